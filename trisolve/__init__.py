@@ -1,0 +1,50 @@
+"""trisolve: solve lower-triangular nonlinear systems ``x_i = F_i(x_{<i})`` in parallel rounds.
+
+One verb, :func:`solve`, takes a system, a solver and row 0::
+
+    sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0,
+                         update_map=trisolve.Unrolled(), window=trisolve.SlidingWindow(32))
+
+Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, array-api-strict.
+"""
+
+from .driver import solve
+from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .result import RoundInfo, Solution, SolveError, Status
+from .sequential import forward_substitution
+from .solvers.anderson import Anderson, TriangularAnderson
+from .solvers.base import Solver, StepContext
+from .solvers.jacobi import Jacobi
+from .solvers.safeguard import Safeguard
+from .systems import BlackBoxSystem, Evaluation, SemilinearSystem, TriangularSystem
+from .tolerance import Tolerance
+from .windows import FullWindow, SlidingWindow, WindowPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "solve",
+    "forward_substitution",
+    "BlackBoxSystem",
+    "SemilinearSystem",
+    "TriangularSystem",
+    "Evaluation",
+    "Jacobi",
+    "Anderson",
+    "TriangularAnderson",
+    "Safeguard",
+    "Solver",
+    "StepContext",
+    "OneStep",
+    "Unrolled",
+    "Picard",
+    "UpdateMap",
+    "FullWindow",
+    "SlidingWindow",
+    "WindowPolicy",
+    "Tolerance",
+    "Solution",
+    "Status",
+    "RoundInfo",
+    "SolveError",
+]

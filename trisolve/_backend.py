@@ -1,0 +1,67 @@
+"""Array-namespace helpers: the one place that touches concrete array libraries.
+
+The solver code receives ``xp`` (an array-API namespace, resolved once in
+:func:`trisolve.solve`) and never imports NumPy, PyTorch or CuPy. Host-side
+tables (coefficients, residual histories) are NumPy ``float64`` arrays; this
+module moves them to and from the caller's namespace and device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = ["namespace", "to_host", "from_host", "work_dtype", "is_floating"]
+
+
+def namespace(*arrays: Any) -> Any:
+    """Return the array-API namespace shared by ``arrays`` (array-api-compat wrapped)."""
+    try:
+        return array_api_compat.array_namespace(*arrays)
+    except TypeError as exc:
+        raise TypeError(
+            "trisolve needs arrays from one array-API library (NumPy, PyTorch, CuPy, "
+            f"array-api-strict); got {sorted({type(a).__name__ for a in arrays})}. "
+            "Convert every input to the same library."
+        ) from exc
+
+
+def device(x: Any) -> Any:
+    return array_api_compat.device(x)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """Copy an array of any supported namespace to a NumPy ``float64`` array on the host."""
+    if isinstance(a, np.ndarray):
+        return np.asarray(a, dtype=np.float64)
+    if array_api_compat.is_torch_array(a):
+        return a.detach().to("cpu").double().numpy()
+    if array_api_compat.is_cupy_array(a):  # pragma: no cover - needs a CUDA machine
+        return a.get().astype(np.float64)
+    return np.asarray(np.from_dlpack(a), dtype=np.float64)
+
+
+def from_host(a: Any, xp: Any, *, dtype: Any, device: Any) -> Any:
+    """Move a host table (NumPy or nested sequence) into namespace ``xp`` with ``dtype``/``device``."""
+    host = np.array(a, dtype=np.float64, order="C", copy=True)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.from_numpy(host).to(device=device, dtype=dtype)
+    return xp.asarray(host, dtype=dtype, device=device)
+
+
+def has_float64(xp: Any, device: Any) -> bool:
+    """Whether ``float64`` arithmetic is available on ``device`` (not on Apple MPS)."""
+    return "mps" not in str(device)
+
+
+def work_dtype(xp: Any, device: Any) -> Any:
+    """The dtype for small Gram solves and coefficient tables: float64 where the device has it."""
+    return xp.float64 if has_float64(xp, device) else xp.float32
+
+
+def is_floating(xp: Any, dtype: Any) -> bool:
+    return xp.isdtype(dtype, "real floating")

@@ -1,0 +1,238 @@
+"""Anderson (type II) and Triangular Anderson acceleration (ParaTAA) of the window iteration.
+
+Notation (DESIGN 3; ``w`` window rows, ``S`` independent samples, ``d`` values per sample,
+``m`` difference pairs):
+
+===========  ===================  ==========================================================
+``x``        ``(w, S, d)``        current iterate of the window rows
+``r``        ``(w, S, d)``        map residual ``R = G(x) - x``
+``dX, dR``   ``(m, w, S, d)``     newest-first differences of iterates and of residuals
+                                  between consecutive rounds; zero where not valid
+``gram``     ``(w, S, m, m)``     ``dR_i dR_i^T`` per row (float64 where available)
+``gamma``    ``(w, S, m, 1)``     mixing coefficients
+===========  ===================  ==========================================================
+
+Type-II Anderson fits one ``gamma`` for the whole window; TAA [TAA] fits one per row from
+prefix sums over the rows it depends on::
+
+    gamma_i = (sum_{s<=i} dR_s dR_s^T + lambda_i I)^{-1} sum_{s<=i} dR_s R_s
+    x_i    <- x_i + R_i - (dX_i + dR_i)^T gamma_i
+
+``lambda_i = max(regularization, 1e-12) * trace(.)/m`` is relative to the Gram matrix, so scaling the
+system does not change the iteration. History slots are aligned by round across rows, so a
+row that entered the window late uses its newest valid differences.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .._backend import device, to_host, work_dtype
+from .base import Solver, StepContext
+from .safeguard import Safeguard
+
+__all__ = ["Anderson", "TriangularAnderson", "AndersonState"]
+
+_FLOOR = 1e-300  # keeps a zero Gram solvable: gamma = 0, the plain step
+_MIN_REG = 1e-12  # relative floor: (gram + lambda I) is never singular in float64
+
+
+@dataclass
+class AndersonState:
+    """Per-solve state of :class:`Anderson` / :class:`TriangularAnderson`."""
+
+    lo: int = 0
+    hi: int = 0
+    x_prev: Any = None  # (w_prev, S, d)
+    r_prev: Any = None  # (w_prev, S, d)
+    err_prev: np.ndarray | None = None  # (w_prev,)
+    dX: Any = None  # (m, w_prev, S, d)
+    dR: Any = None
+    accelerated: bool = False
+    num_restarts: int = 0
+    num_rejections: int = 0
+    num_fallback_rows: int = 0
+
+
+def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int, xp: Any) -> tuple[Any, int]:
+    """Rows ``[lo, min(hi, hi_old))`` of ``a`` (stored for ``[lo_old, hi_old)``) and their count."""
+    size = hi_old - lo_old
+    begin = min(lo - lo_old, size)
+    end = max(min(hi, hi_old) - lo_old, begin)
+    idx = (slice(None),) * axis + (slice(begin, end), Ellipsis)
+    return a[idx], end - begin
+
+
+def _pad_rows(a: Any, w: int, *, axis: int, xp: Any) -> Any:
+    """Zero-pad ``a`` along ``axis`` to ``w`` rows (rows without a valid value)."""
+    have = a.shape[axis]
+    if have == w:
+        return a
+    shape = list(a.shape)
+    shape[axis] = w - have
+    return xp.concat([a, xp.zeros(tuple(shape), dtype=a.dtype, device=device(a))], axis=axis)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _AndersonBase(Solver):
+    history_size: int = 2
+    regularization: float = 1e-6
+    max_coefficient: float = 1e4
+    safeguard: Safeguard | None = field(default_factory=Safeguard)
+    triangular: bool = field(default=True, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        m = self.history_size
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+            raise ValueError(f"history_size must be an int >= 1 (difference pairs kept), got {m!r}.")
+        for name in ("regularization", "max_coefficient"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
+        if self.safeguard is not None and not isinstance(self.safeguard, Safeguard):
+            raise TypeError(f"safeguard must be a trisolve.Safeguard or None, got {type(self.safeguard).__name__}.")
+
+    def init(self) -> AndersonState:
+        return AndersonState()
+
+    def step(self, ctx: StepContext, state: AndersonState) -> tuple[Any, AndersonState]:
+        xp, lo, hi = ctx.xp, ctx.lo, ctx.hi
+        w = hi - lo
+        event = tuple(ctx.x.shape[1:])
+        S = math.prod(event[: ctx.batch_ndim])
+        x = xp.reshape(ctx.x, (w, S, -1))  # (w, S, d)
+        r = xp.reshape(ctx.r, (w, S, -1))
+        m = self.history_size
+
+        if state.x_prev is None:  # first round, or after a rejection
+            new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
+            return ctx.g, new
+
+        x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0, xp=xp)
+        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0, xp=xp)
+
+        # -- safeguard: compare residual growth over the rows present in both rounds
+        restart = False
+        if self.safeguard is not None and ov > 0:
+            e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0, xp=np)
+            rho_prev = float(np.sqrt(np.mean(np.square(e_prev))))
+            rho = float(np.sqrt(np.mean(np.square(ctx.errors[:ov]))))
+            if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
+                plain = xp.reshape(_pad_rows(x_prev + r_prev, w, axis=0, xp=xp), ctx.x.shape)
+                keep = [1.0] * ov + [0.0] * (w - ov)  # rows without a previous iterate: plain step from now
+                mask = xp.reshape(xp.asarray(keep, dtype=ctx.x.dtype, device=device(ctx.x)), (w,) + (1,) * len(event))
+                proposal = mask * plain + (1.0 - mask) * ctx.g
+                new = AndersonState(
+                    num_restarts=state.num_restarts,
+                    num_rejections=state.num_rejections + 1,
+                    num_fallback_rows=state.num_fallback_rows,
+                )
+                return proposal, new
+            restart = rho > self.safeguard.restart_growth * rho_prev
+
+        # -- newest difference pair; rows that were not in the previous window get zeros
+        dx = _pad_rows(x[:ov, ...] - x_prev, w, axis=0, xp=xp)  # (w, S, d)
+        dr = _pad_rows(r[:ov, ...] - r_prev, w, axis=0, xp=xp)
+        if state.dX is None or restart:
+            dX, dR = dx[None, ...], dr[None, ...]
+        else:
+            old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1, xp=xp)
+            old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1, xp=xp)
+            dX = xp.concat([dx[None, ...], _pad_rows(old_dX[: min(m - 1, old_dX.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
+            dR = xp.concat([dr[None, ...], _pad_rows(old_dR[: min(m - 1, old_dR.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
+
+        with np.errstate(all="ignore"):  # overflow / singular systems are detected and handled below
+            proposal, valid = self._mix(x, r, dX, dR, start=ctx.start, xp=xp)
+        # drop the history of rows whose coefficients were rejected
+        fallback = ~valid[ctx.start :]
+        nfall = int(np.count_nonzero(fallback.any(axis=1)))
+        if nfall:
+            keep = xp.asarray(valid.astype(np.float64), dtype=x.dtype, device=device(x))[None, :, :, None]
+            dX, dR = dX * keep, dR * keep
+        new = AndersonState(
+            lo=lo,
+            hi=hi,
+            x_prev=x,
+            r_prev=r,
+            err_prev=ctx.errors,
+            dX=dX,
+            dR=dR,
+            accelerated=True,
+            num_restarts=state.num_restarts + int(restart),
+            num_rejections=state.num_rejections,
+            num_fallback_rows=state.num_fallback_rows + nfall,
+        )
+        return xp.reshape(proposal, ctx.x.shape), new
+
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any) -> tuple[Any, np.ndarray]:
+        """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) host)``."""
+        m = dX.shape[0]
+        f64 = work_dtype(xp, device(x))
+        dRt = xp.permute_dims(dR, (1, 2, 0, 3))  # (w, S, m, d)
+        gram = xp.astype(xp.matmul(dRt, xp.matrix_transpose(dRt)), f64)  # (w, S, m, m)
+        rhs = xp.astype(xp.matmul(dRt, r[..., None]), f64)  # (w, S, m, 1)
+        if self.triangular:
+            gram = xp.cumulative_sum(gram, axis=0)
+            rhs = xp.cumulative_sum(rhs, axis=0)
+        else:  # one coefficient vector for the rows being accelerated
+            gram = xp.broadcast_to(xp.sum(gram[start:, ...], axis=0, keepdims=True), gram.shape)
+            rhs = xp.broadcast_to(xp.sum(rhs[start:, ...], axis=0, keepdims=True), rhs.shape)
+        eye = xp.eye(m, dtype=f64, device=device(x))
+        trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
+        lam = max(self.regularization, _MIN_REG) * trace / m + _FLOOR
+        gamma = xp.linalg.solve(gram + lam[..., None, None] * eye, rhs)  # (w, S, m, 1)
+        bound = xp.max(xp.abs(gamma), axis=(-2, -1))  # (w, S)
+        ok = xp.isfinite(bound) & (bound <= self.max_coefficient)
+        gamma = xp.where(ok[..., None, None], gamma, xp.zeros_like(gamma))
+        mix = xp.permute_dims(dX + dR, (1, 2, 3, 0))  # (w, S, d, m)
+        correction = xp.matmul(mix, xp.astype(gamma, x.dtype))[..., 0]  # (w, S, d)
+        valid = to_host(xp.astype(ok, f64)) > 0.5
+        return x + r - correction, valid
+
+
+@dataclass(frozen=True, kw_only=True)
+class TriangularAnderson(_AndersonBase):
+    """Triangular Anderson acceleration (TAA, ParaTAA [TAA]).
+
+    Row ``i`` fits its own coefficients from the rows it depends on (prefix sums of per-row
+    Gram matrices), then ``x_i <- x_i + R_i - (dX_i + dR_i)^T gamma_i``. Rows up to the
+    first unconverged one take the plain step (structural safeguard), so ``n`` rounds always
+    suffice.
+
+    Parameters
+    ----------
+    history_size : int
+        Difference pairs ``m`` kept (ParaTAA's "memory size" is ``m + 1``).
+    regularization : float
+        ``lambda_i`` relative to the mean diagonal of the Gram matrix.
+    max_coefficient : float
+        Coefficients larger than this (or non-finite) fall back to the plain step for that
+        row and drop its history.
+    safeguard : Safeguard or None
+        Restart / reject rule; ``None`` disables it.
+
+    Examples
+    --------
+    >>> import numpy as np, trisolve
+    >>> sys = trisolve.SemilinearSystem(np.full(50, 0.99), np.full(50, 0.05), lambda y, lo, hi: np.sin(y))
+    >>> sol = trisolve.solve(sys, trisolve.TriangularAnderson(), np.ones(3), update_map=trisolve.Unrolled())
+    >>> sol.converged, sol.num_rounds < 50
+    (True, True)
+    """
+
+    triangular: bool = field(default=True, init=False, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Anderson(_AndersonBase):
+    """Type-II Anderson acceleration with one coefficient vector for the whole window.
+
+    Same parameters and safeguards as :class:`TriangularAnderson`; the Gram matrix and right
+    side are summed over all rows being accelerated instead of per-row prefix sums.
+    """
+
+    triangular: bool = field(default=False, init=False, repr=False)

@@ -1,0 +1,60 @@
+"""The solver protocol: how a solver proposes new values for the active rows of a window."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Solver", "StepContext"]
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Everything a solver sees in one round (window ``[lo, hi)``, ``w = hi - lo`` rows).
+
+    Attributes
+    ----------
+    x : array, shape ``(w, *event)``
+        Current iterate of the window rows.
+    g : array, shape ``(w, *event)``
+        The update map's values ``G(x)``; the plain step is ``x <- g``.
+    r : array, shape ``(w, *event)``
+        Map residual ``g - x``.
+    errors : ndarray, shape ``(w,)``
+        Scaled residual of each row (host float64).
+    lo, hi : int
+        Window bounds (global row indices).
+    start : int
+        Window-local index of the first row the solver may accelerate; rows before it get
+        the plain step from the driver (the structural safeguard, DESIGN 4.2).
+    batch_ndim : int
+        Leading event axes that index independent samples.
+    xp : namespace
+    """
+
+    x: Any
+    g: Any
+    r: Any
+    errors: np.ndarray
+    lo: int
+    hi: int
+    start: int
+    batch_ndim: int
+    xp: Any
+
+
+class Solver:
+    """Base of the solvers: small frozen settings objects; per-solve state is a separate value.
+
+    ``init()`` returns the state for a new solve, ``step(ctx, state)`` returns the proposal
+    ``(w, *event)`` for the window rows and the new state. Only rows ``>= ctx.start`` of
+    the proposal are used.
+    """
+
+    def init(self) -> Any:
+        return None
+
+    def step(self, ctx: StepContext, state: Any) -> tuple[Any, Any]:
+        raise NotImplementedError

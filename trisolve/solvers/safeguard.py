@@ -1,0 +1,42 @@
+"""Safeguards of the accelerated solvers (DESIGN 4.3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["Safeguard"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Safeguard:
+    """When an accelerated solver restarts its history or rejects its last proposal.
+
+    Each round the solver compares ``rho_t``, the RMS scaled map residual over the rows that
+    were in the window in both this and the previous round, with ``rho_{t-1}`` over the same
+    rows:
+
+    * ``rho_t > reject_growth * rho_{t-1}`` after an accelerated round: the accelerated
+      iterate is rejected [ZOB]; those rows take the plain step from the previous iterate
+      (``x_{t-1} + R_{t-1}``) and the history is cleared.
+    * otherwise ``rho_t > restart_growth * rho_{t-1}``: the history is cleared (restart) and
+      this round takes the plain step.
+
+    Neither can break the ``n``-round bound, which comes from freezing (DESIGN 4.2).
+
+    Parameters
+    ----------
+    restart_growth : float
+        ``>= 1``; ``inf`` never restarts.
+    reject_growth : float
+        ``>= 1``; ``inf`` never rejects.
+    """
+
+    restart_growth: float = 1.0
+    reject_growth: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("restart_growth", "reject_growth"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or math.isnan(v) or v < 1.0:
+                raise ValueError(f"{name} must be a number >= 1 (inf disables it), got {v!r}.")

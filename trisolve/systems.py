@@ -1,0 +1,311 @@
+"""Lower-triangular systems ``x_i = F_i(x_0, ..., x_{i-1})``, ``i = 1..n``.
+
+Index convention (everywhere in trisolve): a trajectory ``x`` has shape ``(n + 1, *event)``;
+row 0 is given; row ``i`` may read only rows ``< i``; a window is a half-open row range
+``[lo, hi)`` with ``1 <= lo < hi <= n + 1``. Per-row tables (``a``, ``B``, ``c``, ``sigma``)
+have ``n`` entries, entry ``i - 1`` belonging to row ``i``.
+
+Two kinds of system:
+
+* :class:`BlackBoxSystem` -- any batched ``F``: ``fn(x, lo, hi)`` returns ``F_i(x[:i])`` for
+  every ``i`` in ``[lo, hi)`` as one array ``(hi - lo, *event)``, in one batched computation.
+* :class:`SemilinearSystem` -- the structure shared by diffusion samplers, explicit ODE
+  integrators and many RNNs,
+
+  .. math:: x_i = a_i x_{i-1} + \\sum_{q=0}^{p-1} B_{i,q}\\, g_{i-1-q}(x_{i-1-q}) + c_i,
+
+  with scalar float64 tables ``a`` ``(n,)`` and ``B`` ``(n, p)``, a fixed forcing ``c``
+  ``(n, *event)`` and an expensive map ``g`` evaluated for a block of rows in one call.
+  Values ``g_j`` of final rows are kept and never recomputed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "TriangularSystem",
+    "BlackBoxSystem",
+    "SemilinearSystem",
+    "Evaluation",
+]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One batched evaluation of a system over the window ``[lo, hi)``.
+
+    Attributes
+    ----------
+    f : array, shape ``(hi - lo, *event)``
+        One-step values ``F_i(x)``.
+    u : array or None, shape ``(hi - lo, *event)``
+        For semilinear systems, the forcing ``u_i = F_i(x) - a_i x_{i-1}``; else ``None``.
+    num_evals : int
+        Rows of the expensive map evaluated by this call.
+    """
+
+    f: Any
+    u: Any
+    num_evals: int
+
+
+@runtime_checkable
+class TriangularSystem(Protocol):
+    """What :func:`trisolve.solve` needs from a system.
+
+    ``n`` rows to solve, per-row scales ``sigma`` (host float64 ``(n,)``), the number of
+    leading event axes ``batch_ndim`` that index independent samples, and a batched
+    ``evaluate``. ``new_cache`` returns the per-solve scratch value that ``evaluate`` may
+    fill (the kept ``g`` values of a semilinear system).
+    """
+
+    n: int
+    batch_ndim: int
+
+    @property
+    def sigma(self) -> np.ndarray: ...
+
+    def new_cache(self) -> Any: ...
+
+    def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
+
+
+def _check_n(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an int, got {type(n).__name__}.")
+    if n < 1:
+        raise ValueError(f"n must be >= 1 (the number of rows to solve), got {n}.")
+    return int(n)
+
+
+def _check_sigma(sigma: Any, n: int) -> np.ndarray:
+    if sigma is None:
+        return np.ones(n)
+    s = np.asarray(sigma, dtype=np.float64)
+    if s.shape != (n,):
+        raise ValueError(f"sigma must have shape (n,) = ({n},), one scale per row 1..n; got {s.shape}.")
+    if not np.all(np.isfinite(s)) or np.any(s < 0):
+        raise ValueError("sigma must be finite and >= 0 for every row.")
+    return s
+
+
+def _check_batch_ndim(batch_ndim: Any) -> int:
+    if isinstance(batch_ndim, bool) or not isinstance(batch_ndim, int) or batch_ndim < 0:
+        raise ValueError(f"batch_ndim must be an int >= 0, got {batch_ndim!r}.")
+    return batch_ndim
+
+
+def _check_rows(name: str, out: Any, lo: int, hi: int, x: Any) -> None:
+    if type(out) is not type(x):
+        raise TypeError(
+            f"{name} returned a {type(out).__name__} for a trajectory of {type(x).__name__}; "
+            "return rows in the trajectory's array library."
+        )
+    if out.dtype != x.dtype:
+        raise TypeError(f"{name} returned dtype {out.dtype} for a {x.dtype} trajectory; cast its output to {x.dtype}.")
+    if _device(out) != _device(x):
+        raise ValueError(f"{name} returned rows on {_device(out)} for a trajectory on {_device(x)}; move them to {_device(x)}.")
+    expected = (hi - lo, *x.shape[1:])
+    if tuple(out.shape) != expected:
+        raise ValueError(
+            f"{name} returned shape {tuple(out.shape)} for rows [{lo}, {hi}); expected {expected}, "
+            "one row per requested row with the trajectory's event shape."
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class BlackBoxSystem:
+    """A lower-triangular system given by a batched function.
+
+    Parameters
+    ----------
+    fn : callable ``fn(x, lo, hi) -> array (hi - lo, *event)``
+        Returns ``F_i(x[:i])`` for every ``i`` in ``[lo, hi)``; must read only rows ``< i``
+        for row ``i``, and should be one batched computation.
+    n : int
+        Number of rows to solve (the trajectory has ``n + 1`` rows).
+    sigma : array_like, shape ``(n,)``, optional
+        Per-row scale of the tolerance (section 4.1 of the design); ones by default.
+    batch_ndim : int, optional
+        Leading event axes that index independent samples.
+
+    Examples
+    --------
+    >>> import numpy as np, trisolve
+    >>> sys = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1.0, n=4)
+    >>> trisolve.forward_substitution(sys, np.zeros(())).tolist()
+    [0.0, 1.0, 1.5, 1.75, 1.875]
+    """
+
+    fn: Callable[[Any, int, int], Any]
+    n: int
+    sigma_: Any = field(default=None, repr=False)
+    batch_ndim: int = 0
+
+    def __init__(self, fn: Callable[[Any, int, int], Any], n: int, *, sigma: Any = None, batch_ndim: int = 0):
+        if not callable(fn):
+            raise TypeError(f"fn must be callable as fn(x, lo, hi), got {type(fn).__name__}.")
+        n = _check_n(n)
+        object.__setattr__(self, "fn", fn)
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
+        object.__setattr__(self, "batch_ndim", _check_batch_ndim(batch_ndim))
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return self.sigma_
+
+    def new_cache(self) -> None:
+        return None
+
+    def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
+        f = self.fn(x, lo, hi)
+        _check_rows("fn", f, lo, hi, x)
+        return Evaluation(f=f, u=None, num_evals=hi - lo)
+
+
+@dataclass
+class _GCache:
+    """Kept values of ``g``: rows ``j < final_upto`` were evaluated at their final value."""
+
+    g: Any = None  # (n, *event) once allocated
+    final_upto: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class SemilinearSystem:
+    """``x_i = a_i x_{i-1} + sum_{q<p} B[i-1, q] g_{i-1-q}(x_{i-1-q}) + c_i``.
+
+    Parameters
+    ----------
+    a : array_like, shape ``(n,)``
+        ``a[i - 1]`` multiplies ``x_{i-1}`` in row ``i`` (float64 on the host).
+    B : array_like, shape ``(n, p)`` or ``(n,)``
+        ``B[i - 1, q]`` multiplies ``g_{i-1-q}(x_{i-1-q})`` in row ``i``; entries that would
+        reach before row 0 must be zero. A 1-D ``B`` means ``p = 1``.
+    g : callable ``g(x_rows, lo, hi) -> array (hi - lo, *event)``
+        The expensive map: ``g_j(x_j)`` for ``j`` in ``[lo, hi)`` given ``x_rows = x[lo:hi]``.
+    c : array, shape ``(n, *event)``, optional
+        Fixed forcing, in the trajectory's namespace (e.g. pre-drawn noise times its
+        coefficient). Zero when omitted.
+    sigma, batch_ndim
+        As for :class:`BlackBoxSystem`.
+
+    Examples
+    --------
+    Explicit Euler for ``y' = -y`` with step 0.1 (``a = 1``, ``B = h``, ``g(y) = -y``):
+
+    >>> import numpy as np, trisolve
+    >>> sys = trisolve.SemilinearSystem(np.ones(3), np.full(3, 0.1), lambda y, lo, hi: -y)
+    >>> trisolve.forward_substitution(sys, np.ones(())).round(3).tolist()
+    [1.0, 0.9, 0.81, 0.729]
+    """
+
+    a: np.ndarray
+    B: np.ndarray
+    g: Callable[[Any, int, int], Any]
+    c: Any = None
+    sigma_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+    batch_ndim: int = 0
+
+    def __init__(
+        self, a: Any, B: Any, g: Callable[[Any, int, int], Any], *, c: Any = None, sigma: Any = None, batch_ndim: int = 0
+    ):
+        a = np.array(a, dtype=np.float64)
+        if a.ndim != 1 or a.shape[0] < 1:
+            raise ValueError(f"a must have shape (n,) with n >= 1, got {a.shape}.")
+        n = a.shape[0]
+        B = np.array(B, dtype=np.float64)
+        if B.ndim == 1:
+            B = B[:, None]
+        if B.ndim != 2 or B.shape[0] != n or B.shape[1] < 1:
+            raise ValueError(f"B must have shape (n, p) = ({n}, p) with p >= 1, got {B.shape}.")
+        if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
+            raise ValueError("a and B must be finite.")
+        p = B.shape[1]
+        rows = np.arange(1, n + 1)[:, None]
+        reach = rows - 1 - np.arange(p)[None, :]
+        if np.any(B[reach < 0] != 0):
+            raise ValueError("B[i - 1, q] must be zero where row i - 1 - q < 0 (before row 0).")
+        if not callable(g):
+            raise TypeError(f"g must be callable as g(x_rows, lo, hi), got {type(g).__name__}.")
+        if c is not None and (len(c.shape) < 1 or c.shape[0] != n):
+            raise ValueError(f"c must have shape (n, *event) with n = {n}, got {tuple(c.shape)}.")
+        a.setflags(write=False)
+        B.setflags(write=False)
+        object.__setattr__(self, "a", a)
+        object.__setattr__(self, "B", B)
+        object.__setattr__(self, "g", g)
+        object.__setattr__(self, "c", c)
+        object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
+        object.__setattr__(self, "batch_ndim", _check_batch_ndim(batch_ndim))
+
+    @property
+    def n(self) -> int:  # type: ignore[override]
+        return self.a.shape[0]
+
+    @property
+    def p(self) -> int:
+        """Band width: how many earlier ``g`` values a row reads."""
+        return self.B.shape[1]
+
+    @property
+    def sigma(self) -> np.ndarray:
+        return self.sigma_
+
+    def new_cache(self) -> _GCache:
+        return _GCache()
+
+    def evaluate(self, x: Any, lo: int, hi: int, cache: _GCache, *, xp: Any) -> Evaluation:
+        """Evaluate rows ``[lo, hi)``; rows ``< lo`` must be final.
+
+        ``g`` is evaluated on rows ``[start, hi - 1)`` in one call, where rows below ``lo`` are
+        included only if their kept value was computed before they were final.
+        """
+        from ._backend import from_host
+
+        p = self.p
+        first_needed = max(lo - p, 0)
+        start = max(first_needed, min(cache.final_upto, lo))
+        if cache.g is None:
+            cache.g = xp.zeros((self.n, *x.shape[1:]), dtype=x.dtype, device=_device(x))
+        num_evals = 0
+        if hi - 1 > start:
+            g_new = self.g(x[start : hi - 1, ...], start, hi - 1)
+            _check_rows("g", g_new, start, hi - 1, x)
+            cache.g[start : hi - 1, ...] = g_new
+            num_evals = hi - 1 - start
+        cache.final_upto = max(cache.final_upto, lo)
+        # u_i = sum_q B[i-1, q] g_{i-1-q} + c_i for i in [lo, hi)    (w, *event)
+        w = hi - lo
+        bshape = (w,) + (1,) * (len(x.shape) - 1)
+        u = None
+        for q in range(p):
+            j_lo, j_hi = lo - 1 - q, hi - 1 - q
+            coef = self.B[lo - 1 : hi - 1, q]
+            valid = max(0, -j_lo)  # rows whose j would be < 0 have B == 0
+            if not np.any(coef):
+                continue
+            gq = cache.g[max(j_lo, 0) : j_hi, ...]
+            if valid:
+                gq = xp.concat([xp.zeros((valid, *x.shape[1:]), dtype=x.dtype, device=_device(x)), gq], axis=0)
+            term = xp.reshape(from_host(coef, xp, dtype=x.dtype, device=_device(x)), bshape) * gq
+            u = term if u is None else u + term
+        if u is None:
+            u = xp.zeros((w, *x.shape[1:]), dtype=x.dtype, device=_device(x))
+        if self.c is not None:
+            u = u + self.c[lo - 1 : hi - 1, ...]
+        a = xp.reshape(from_host(self.a[lo - 1 : hi - 1], xp, dtype=x.dtype, device=_device(x)), bshape)
+        f = a * x[lo - 1 : hi - 1, ...] + u
+        return Evaluation(f=f, u=u, num_evals=num_evals)
+
+
+def _device(x: Any) -> Any:
+    from ._backend import device
+
+    return device(x)

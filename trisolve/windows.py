@@ -1,0 +1,53 @@
+"""Window policies: which rows a round works on.
+
+The window is the half-open row range ``[lo, hi)``; ``lo`` is always the first row that is
+not final, so the window never moves backwards. A policy only chooses ``hi``.
+
+* :class:`FullWindow` -- every remaining row (parallel fixed point / Jacobi).
+* :class:`SlidingWindow` -- at most ``size`` rows: Jacobi inside the window, Gauss-Seidel
+  across windows [PD, S21]. ``size=1`` is sequential forward substitution; it bounds memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["WindowPolicy", "FullWindow", "SlidingWindow"]
+
+
+class WindowPolicy:
+    """Base of the window policies."""
+
+    def end(self, lo: int, n: int) -> int:
+        """Exclusive end ``hi`` of the window that starts at the first non-final row ``lo``."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class FullWindow(WindowPolicy):
+    """Work on every non-final row at once: ``[lo, n + 1)``."""
+
+    def end(self, lo: int, n: int) -> int:
+        return n + 1
+
+
+@dataclass(frozen=True)
+class SlidingWindow(WindowPolicy):
+    """Work on at most ``size`` rows: ``[lo, min(lo + size, n + 1))``.
+
+    Parameters
+    ----------
+    size : int
+        Window length ``W >= 1``. ``W = 1`` is forward substitution, ``W >= n`` is Jacobi.
+    """
+
+    size: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, int):
+            raise TypeError(f"SlidingWindow size must be an int, got {type(self.size).__name__}.")
+        if self.size < 1:
+            raise ValueError(f"SlidingWindow size must be >= 1 (1 is sequential), got {self.size}.")
+
+    def end(self, lo: int, n: int) -> int:
+        return min(lo + self.size, n + 1)

@@ -1,0 +1,77 @@
+"""``DDPMScheduler`` as a semilinear system (fixed variance types).
+
+Notation: ``ab_t``, ``ab_prev`` (``alphas_cumprod`` at ``t`` and at the previous timestep of
+the schedule, 1 after the last), ``alpha_t = ab_t / ab_prev``, ``beta_t = 1 - alpha_t``. One
+step of ``DDPMScheduler.step``::
+
+    x0_hat = P(pred_x0(x_t, m_t))
+    x_prev = sqrt(ab_prev) beta_t / (1 - ab_t) * x0_hat + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) * x_t + s_t z
+
+with ``s_t = sqrt(max(var_t, 1e-20))`` (``fixed_small``, ``fixed_small_log``) or ``sqrt(beta_t)``
+(``fixed_large``), and no noise drawn at ``t = 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions
+
+__all__ = ["DDPMMapping", "map_ddpm"]
+
+
+@dataclass(frozen=True, eq=False)
+class DDPMMapping(SchedulerMapping):
+    sab: np.ndarray = None
+    s1ab: np.ndarray = None
+    c_x0: np.ndarray = None
+    c_x: np.ndarray = None
+
+    def g(self, x, model_output, rows):
+        cfg = self.scheduler.config
+        sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
+        x0, _ = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
+        x0 = self.process_x0(x0)
+        step = self.col(self.c_x0[rows], x) * x0 + self.col(self.c_x[rows], x) * x
+        return step - self.col(self.a[rows], x) * x
+
+
+def map_ddpm(scheduler) -> DDPMMapping:
+    check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
+    vt = scheduler.config.variance_type
+    if vt not in ("fixed_small", "fixed_small_log", "fixed_large"):
+        raise UnsupportedSchedulerError(
+            f"DDPMScheduler with variance_type={vt!r} is not supported (diffusers' own step for 'fixed_large_log' "
+            "takes the square root of a log-variance); use 'fixed_small', 'fixed_small_log' or 'fixed_large'."
+        )
+    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    n = ts.shape[0]
+    abar = scheduler.alphas_cumprod.double().cpu().numpy()
+    prev = np.append(ts[1:], -1)  # DDPMScheduler.previous_timestep after set_timesteps
+    ab_t = abar[ts]
+    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], 1.0)
+    alpha_t = ab_t / ab_prev
+    beta_t = 1 - alpha_t
+    var = np.maximum((1 - ab_prev) / (1 - ab_t) * beta_t, 1e-20)
+    std = np.sqrt(beta_t) if vt == "fixed_large" else np.sqrt(var)
+    drawn = ts > 0
+    sab, s1ab = np.sqrt(ab_t), np.sqrt(1 - ab_t)
+    c_x0 = np.sqrt(ab_prev) * beta_t / (1 - ab_t)
+    c_x = np.sqrt(alpha_t) * (1 - ab_prev) / (1 - ab_t)
+    dx0, _ = linear_part(scheduler.config.prediction_type, sab, s1ab)
+    return DDPMMapping(
+        scheduler=scheduler,
+        timesteps=ts,
+        a=c_x0 * dx0 + c_x,
+        B=np.ones((n, 1)),
+        noise_scale=np.where(drawn, std, 0.0),
+        noise_drawn=drawn,
+        noise_in_float32=False,
+        sigma=posterior_std(ab_t, ab_prev),
+        sab=sab,
+        s1ab=s1ab,
+        c_x0=c_x0,
+        c_x=c_x,
+    )
