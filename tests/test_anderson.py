@@ -112,9 +112,7 @@ def _rounds(solver, update_map, seeds=range(5), scale=1.0):
         system, x0 = ddim_system(seed=seed)
         if scale != 1.0:
             g = system.g
-            system = trisolve.SemilinearSystem(
-                system.a, system.B * scale, lambda x, lo, hi, g=g: g(x / scale, lo, hi), sigma=system.sigma
-            )
+            system = trisolve.SemilinearSystem(system.a, system.B * scale, lambda x, lo, hi, g=g: g(x / scale, lo, hi), sigma=system.sigma)
             x0 = x0 * scale
         sol = trisolve.solve(system, solver, x0, update_map=update_map, atol=0.0, rtol=1e-3 * scale)
         assert sol.converged
@@ -184,9 +182,7 @@ def test_identical_iterates_give_the_plain_step():
 def test_bad_coefficients_fall_back_to_the_plain_step_and_drop_history(r_prev, r, bound):
     solver = trisolve.TriangularAnderson(history_size=2, regularization=0.0, max_coefficient=bound, safeguard=None)
     good = np.zeros((1, 1, 2))
-    state = AndersonState(
-        lo=1, hi=3, x_prev=np.zeros((2, 1, 2)), r_prev=np.concatenate([good, np.reshape(r_prev, (1, 1, 2))]), err_prev=np.ones(2)
-    )
+    state = AndersonState(lo=1, hi=3, x_prev=np.zeros((2, 1, 2)), r_prev=np.concatenate([good, np.reshape(r_prev, (1, 1, 2))]), err_prev=np.ones(2))
     x = np.array([[0.0, 0.0], [1.0, 1.0]])
     rr = np.array([[0.0, 0.0], r])
     prop, new = solver.step(_ctx(x, rr, 1, 3, 0, [1.0, 1.0]), state)

@@ -121,10 +121,7 @@ def test_higher_order_needs_fewer_rounds_on_a_slow_recurrence():
     n = 60
     system = trisolve.SemilinearSystem(np.full(n, 0.98), np.full(n, 0.05), lambda x, lo, hi: np.sin(x))
     x0 = rng.standard_normal(4)
-    rounds = {
-        k: trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Unrolled(order=k), atol=1e-10).num_rounds
-        for k in (1, 4, n)
-    }
+    rounds = {k: trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Unrolled(order=k), atol=1e-10).num_rounds for k in (1, 4, n)}
     assert rounds[n] < rounds[4] < rounds[1]
 
 
@@ -238,9 +235,7 @@ def test_callback_can_stop_and_sees_each_round():
     rng = np.random.default_rng(7)
     system = blackbox_system(rng, 30, 1, (), BACKENDS[0], scale=1.3)
     infos = []
-    sol = trisolve.solve(
-        system, trisolve.Jacobi(), np.zeros(()), atol=1e-14, callback=lambda info: infos.append(info) or info.round == 3
-    )
+    sol = trisolve.solve(system, trisolve.Jacobi(), np.zeros(()), atol=1e-14, callback=lambda info: infos.append(info) or info.round == 3)
     assert sol.status is trisolve.Status.STOPPED_BY_CALLBACK
     assert sol.num_rounds == 3 and [i.round for i in infos] == [1, 2, 3]
     assert infos[-1].num_frozen == sol.num_frozen

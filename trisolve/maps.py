@@ -53,9 +53,7 @@ class UpdateMap:
     def check(self, system: Any) -> None:
         """Raise if this map cannot be used with ``system``; also checks ``order <= n``."""
         if self.order is not None and self.order > system.n:
-            raise ValueError(
-                f"order must be between 1 and n = {system.n}, got {self.order}; use order=None for the whole window."
-            )
+            raise ValueError(f"order must be between 1 and n = {system.n}, got {self.order}; use order=None for the whole window.")
 
     def apply(self, x: Any, ev: Evaluation, lo: int, hi: int, system: Any, *, xp: Any) -> Any:
         raise NotImplementedError

@@ -19,9 +19,7 @@ class Status(enum.Enum):
         "max_iter rounds ran out before every row met the tolerance; raise max_iter, loosen the "
         "tolerance, or resume with init=solution.trajectory, num_frozen=solution.num_frozen"
     )
-    EARLY_STOPPED = (
-        "stopped early because the final row stopped changing (early_stop); rows from num_frozen on are not yet within tolerance"
-    )
+    EARLY_STOPPED = "stopped early because the final row stopped changing (early_stop); rows from num_frozen on are not yet within tolerance"
     STOPPED_BY_CALLBACK = "the callback asked to stop; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
     NONFINITE = (
         "F returned a non-finite value (nan or inf); the trajectory holds the last finite iterate and rows "

@@ -103,8 +103,7 @@ def _check_batch_ndim(batch_ndim: Any) -> int:
 def _check_rows(name: str, out: Any, lo: int, hi: int, x: Any) -> None:
     if type(out) is not type(x):
         raise TypeError(
-            f"{name} returned a {type(out).__name__} for a trajectory of {type(x).__name__}; "
-            "return rows in the trajectory's array library."
+            f"{name} returned a {type(out).__name__} for a trajectory of {type(x).__name__}; return rows in the trajectory's array library."
         )
     if out.dtype != x.dtype:
         raise TypeError(f"{name} returned dtype {out.dtype} for a {x.dtype} trajectory; cast its output to {x.dtype}.")
@@ -213,9 +212,7 @@ class SemilinearSystem:
     sigma_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     batch_ndim: int = 0
 
-    def __init__(
-        self, a: Any, B: Any, g: Callable[[Any, int, int], Any], *, c: Any = None, sigma: Any = None, batch_ndim: int = 0
-    ):
+    def __init__(self, a: Any, B: Any, g: Callable[[Any, int, int], Any], *, c: Any = None, sigma: Any = None, batch_ndim: int = 0):
         a = np.array(a, dtype=np.float64)
         if a.ndim != 1 or a.shape[0] < 1:
             raise ValueError(f"a must have shape (n,) with n >= 1, got {a.shape}.")

@@ -85,9 +85,6 @@ class BatchedDenoiser:
         size = inp.shape[0] if self.max_batch_size is None else self.max_batch_size
         outs = []
         for s in range(0, inp.shape[0], size):
-            kw = {
-                k: (v[s : s + size] if k == "encoder_hidden_states" or (k == "timestep_cond" and v is not None) else v)
-                for k, v in extra.items()
-            }
+            kw = {k: (v[s : s + size] if k == "encoder_hidden_states" or (k == "timestep_cond" and v is not None) else v) for k, v in extra.items()}
             outs.append(self.unet(inp[s : s + size], t[s : s + size], return_dict=False, **kw)[0])
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)

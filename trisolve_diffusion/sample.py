@@ -31,8 +31,7 @@ __all__ = ["sample", "ParallelImagePipelineOutput", "ParallelStableDiffusionOutp
 #: Pipeline arguments that have no meaning when all steps are solved at once.
 _REFUSED = {
     "callback_on_step_end": (
-        "a per-step callback cannot run inside a parallel solve; pass callback= (called once per round with a "
-        "trisolve.RoundInfo) instead"
+        "a per-step callback cannot run inside a parallel solve; pass callback= (called once per round with a trisolve.RoundInfo) instead"
     ),
     "callback_on_step_end_tensor_inputs": "per-step callbacks are not supported in a parallel solve",
     "callback": "a per-step callback cannot run inside a parallel solve; pass callback= (called once per round) instead",
@@ -139,9 +138,10 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
     done = [int(opts["num_frozen"]) - 1]
 
     def on_round(info: trisolve.RoundInfo):
-        bar.update(max(0, min(info.num_frozen - 1, n) - done[0]))
-        done[0] = min(info.num_frozen - 1, n)
-        bar.set_postfix(round=info.round, frozen=done[0], max_res=f"{info.max_error:.3g}", refresh=False)
+        frozen = min(info.num_frozen - 1, n)
+        bar.set_postfix(round=info.round, frozen=frozen, max_res=f"{info.max_error:.3g}", refresh=False)
+        bar.update(max(0, frozen - done[0]))
+        done[0] = frozen
         return bool(user_cb(info)) if user_cb is not None else False
 
     init = opts["init"]
@@ -241,9 +241,7 @@ def sample(
     """
     if trajectory_dtype not in (torch.float32, torch.float64):
         raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {trajectory_dtype}.")
-    if max_batch_size is not None and (
-        isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1
-    ):
+    if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1):
         raise ValueError(f"max_batch_size must be an int >= 1 or None, got {max_batch_size!r}.")
     if order is not None and (isinstance(order, bool) or not isinstance(order, int) or order < 1):
         raise ValueError(f"order must be an int >= 1 or None, got {order!r}.")
@@ -251,10 +249,11 @@ def sample(
         solver=solver, update_map=update_map, order=order, window_size=window_size, atol=atol, rtol=rtol, max_iter=max_iter,
         early_stop=early_stop, init=init, num_frozen=num_frozen, trajectory_dtype=trajectory_dtype, callback=callback,
     )  # fmt: skip
-    if isinstance(pipe, StableDiffusionPipeline):
-        return _sample_sd(pipe, _bind(pipe, args, kwargs), opts, max_batch_size)
-    if isinstance(pipe, (DDPMPipeline, DDIMPipeline)):
-        return _sample_unconditional(pipe, _bind(pipe, args, kwargs), opts, max_batch_size)
+    with torch.no_grad():  # as the pipelines' own __call__
+        if isinstance(pipe, StableDiffusionPipeline):
+            return _sample_sd(pipe, _bind(pipe, args, kwargs), opts, max_batch_size)
+        if isinstance(pipe, (DDPMPipeline, DDIMPipeline)):
+            return _sample_unconditional(pipe, _bind(pipe, args, kwargs), opts, max_batch_size)
     raise TypeError(
         f"sample() supports DDPMPipeline, DDIMPipeline and StableDiffusionPipeline, got {type(pipe).__name__}. "
         "For another sampler, build a trisolve.SemilinearSystem and call trisolve.solve."
@@ -264,9 +263,7 @@ def sample(
 def _check_init(init: Any, n: int, shape: tuple) -> None:
     if init is not None and (not isinstance(init, torch.Tensor) or tuple(init.shape) != (n + 1, *shape)):
         got = tuple(init.shape) if isinstance(init, torch.Tensor) else type(init).__name__
-        raise ValueError(
-            f"init must be a tensor of shape (num_inference_steps + 1, *latents.shape) = {(n + 1, *shape)}, got {got}."
-        )
+        raise ValueError(f"init must be a tensor of shape (num_inference_steps + 1, *latents.shape) = {(n + 1, *shape)}, got {got}.")
 
 
 def _sample_unconditional(pipe, p, opts, max_batch_size):
@@ -311,9 +308,7 @@ def _sample_sd(pipe, p, opts, max_batch_size):
         height = size if isinstance(size, int) else size[0]
         width = size if isinstance(size, int) else size[1]
         height, width = height * pipe.vae_scale_factor, width * pipe.vae_scale_factor
-    pipe.check_inputs(
-        prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds, None, None, ["latents"]
-    )
+    pipe.check_inputs(prompt, height, width, None, negative_prompt, prompt_embeds, negative_prompt_embeds, None, None, ["latents"])
     if isinstance(prompt, list) and isinstance(negative_prompt, list) and len(prompt) != len(negative_prompt):
         raise ValueError(f"negative_prompt has {len(negative_prompt)} entries for {len(prompt)} prompts; give one per prompt.")
     guidance_scale = p["guidance_scale"]
@@ -352,9 +347,7 @@ def _sample_sd(pipe, p, opts, max_batch_size):
         if not isinstance(latents_in, torch.Tensor) or tuple(latents_in.shape) != expected:
             got = tuple(latents_in.shape) if isinstance(latents_in, torch.Tensor) else type(latents_in).__name__
             raise ValueError(f"latents must have shape (batch * num_images_per_prompt, C, H/8, W/8) = {expected}, got {got}.")
-    latents = pipe.prepare_latents(
-        total, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents_in
-    )
+    latents = pipe.prepare_latents(total, pipe.unet.config.in_channels, height, width, prompt_embeds.dtype, device, generator, latents_in)
     step_params = set(inspect.signature(pipe.scheduler.step).parameters)
     eta = p["eta"] if "eta" in step_params else 0.0
     mapping = map_scheduler(pipe.scheduler, eta=eta)

@@ -101,9 +101,7 @@ def check_common(scheduler: Any, *, allowed_prediction: tuple[str, ...]) -> None
     cfg = scheduler.config
     name = type(scheduler).__name__
     if cfg.prediction_type not in allowed_prediction:
-        raise UnsupportedSchedulerError(
-            f"{name} with prediction_type={cfg.prediction_type!r} is not supported; use one of {allowed_prediction}."
-        )
+        raise UnsupportedSchedulerError(f"{name} with prediction_type={cfg.prediction_type!r} is not supported; use one of {allowed_prediction}.")
     vt = getattr(cfg, "variance_type", None)
     if vt in ("learned", "learned_range"):
         raise UnsupportedSchedulerError(

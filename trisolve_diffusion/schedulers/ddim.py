@@ -63,8 +63,7 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
     a = c_x0 * dx0 + c_eps * deps
     if not np.all(np.isfinite(np.concatenate([a, c_eps, std]))):
         raise ValueError(
-            f"DDIMScheduler with eta={eta} gives non-finite step coefficients for these timesteps "
-            "(1 - abar_prev - s_t^2 < 0); use a smaller eta."
+            f"DDIMScheduler with eta={eta} gives non-finite step coefficients for these timesteps (1 - abar_prev - s_t^2 < 0); use a smaller eta."
         )
     return DDIMMapping(
         scheduler=scheduler,

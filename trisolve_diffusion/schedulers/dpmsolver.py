@@ -45,11 +45,7 @@ def _coefficients(algo: str, solver_type: str, order: int, alpha_t, sigma_t, alp
         elif algo == "sde-dpmsolver++":
             a, c0 = sigma_t / sigma_s * em, alpha_t * (1.0 - e2m)
             noise = sigma_t * np.sqrt(1.0 - e2m)
-            c1 = (
-                0.5 * alpha_t * (1.0 - e2m)
-                if (order == 2 and solver_type == "midpoint")
-                else alpha_t * ((1.0 - e2m) / (-2.0 * h) + 1.0)
-            )
+            c1 = 0.5 * alpha_t * (1.0 - e2m) if (order == 2 and solver_type == "midpoint") else alpha_t * ((1.0 - e2m) / (-2.0 * h) + 1.0)
             c2 = alpha_t * ((1.0 - e2m - 2.0 * h) / (2.0 * h) ** 2 - 0.5)
         else:  # sde-dpmsolver
             a, c0 = alpha_t / alpha_s, -2.0 * sigma_t * (ep - 1.0)
@@ -74,9 +70,7 @@ class DPMSolverMapping(SchedulerMapping):
         alpha, sig = self.col(self.alpha[rows], x), self.col(self.sig[rows], x)
         pred, m = cfg.prediction_type, model_output
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[
-                pred
-            ]()
+            x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
             return self.process_x0(x0) if cfg.thresholding else x0
         eps = {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
         if cfg.thresholding:
@@ -89,9 +83,7 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     cfg = scheduler.config
     if cfg.use_flow_sigmas:
-        raise UnsupportedSchedulerError(
-            "DPMSolverMultistepScheduler with use_flow_sigmas=True is not supported; use the default sigmas."
-        )
+        raise UnsupportedSchedulerError("DPMSolverMultistepScheduler with use_flow_sigmas=True is not supported; use the default sigmas.")
     algo, order_cfg = cfg.algorithm_type, cfg.solver_order
     if algo not in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"):
         raise UnsupportedSchedulerError(f"DPMSolverMultistepScheduler with algorithm_type={algo!r} is not supported.")
@@ -119,9 +111,7 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
         else:
             order = 3
         h = lam[j + 1] - lam[j]
-        aj, c0, c1, c2, nz = _coefficients(
-            algo, cfg.solver_type, order, alpha_t[j + 1], sigma_t[j + 1], alpha_t[j], sigma_t[j], h
-        )
+        aj, c0, c1, c2, nz = _coefficients(algo, cfg.solver_type, order, alpha_t[j + 1], sigma_t[j + 1], alpha_t[j], sigma_t[j], h)
         a[j], noise[j] = aj, nz
         if order == 1:
             B[j, 0] = c0

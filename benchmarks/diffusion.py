@@ -1,0 +1,180 @@
+"""Diffusion benchmark: rounds, network evaluations and fidelity of parallel samplers.
+
+    python benchmarks/diffusion.py            # full suite (tens of minutes on 2 CPU cores)
+    python benchmarks/diffusion.py --quick    # smoke size
+
+Model: the bundled digits DDPM (``trisolve_diffusion.models``). For every setting, seed and
+batch size, every method solves the same sampler as the real sequential diffusers loop
+(``pipe(...)``), which is the reference. Per run: rounds to finish, first round whose final
+sample is >= 30 / >= 40 dB PSNR from the sequential one (worst image of the batch, pixels in
+[0, 1]), network evaluations (image rows) and their ratio to sequential, final max abs
+difference and PSNR. Medians and [min, max] over seeds.
+
+Methods. "ParaDiGMS" is the Picard map with a sliding window and Jacobi updates at its
+tolerance (rtol = 0.1 or 0.01 times the posterior std, atol = 0); trisolve's freeze test also
+requires the one-step residual to pass, so this is a slightly stricter ParaDiGMS. "ParaTAA
+defaults" is TAA with one difference pair, lambda = 1e-3 (relative here), order T (DDIM) or 20,
+atol = rtol = 1e-3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write  # noqa: E402
+
+import trisolve  # noqa: E402
+import trisolve_diffusion as td  # noqa: E402
+from trisolve_diffusion.demo import psnr  # noqa: E402
+from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
+
+
+def pipeline(setting: str):
+    kind, steps = setting.rsplit("-", 1)
+    if kind == "DDIM":
+        return load_digits_pipeline("ddim"), int(steps)
+    pipe = load_digits_pipeline("ddpm")
+    if kind == "DPM++2M":
+        from diffusers import DPMSolverMultistepScheduler
+
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
+    return pipe, int(steps)
+
+
+def methods(T: int, quick: bool):
+    taa_order = T if T <= 50 else 20
+    out = [
+        ("Jacobi k=1", dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep())),
+        ("Jacobi k=T", dict(solver=trisolve.Jacobi(), update_map=trisolve.Unrolled())),
+        ("ParaDiGMS tol 0.1, W=all", dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), atol=0.0, rtol=0.1)),
+        ("ParaDiGMS tol 0.01, W=all", dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), atol=0.0, rtol=0.01)),
+        (
+            "ParaDiGMS tol 0.1, W=8",
+            dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), window_size=8, atol=0.0, rtol=0.1),
+        ),
+        (
+            "ParaTAA defaults",
+            dict(
+                solver=trisolve.TriangularAnderson(history_size=1, regularization=1e-3),
+                update_map=trisolve.Unrolled(order=taa_order),
+            ),
+        ),
+        ("Anderson m=2, k=T", dict(solver=trisolve.Anderson(history_size=2), update_map=trisolve.Unrolled())),
+        ("TAA m=2, k=T", dict(solver=trisolve.TriangularAnderson(history_size=2), update_map=trisolve.Unrolled())),
+        ("TAA m=2, Picard (default)", dict()),
+        ("TAA m=4, Picard", dict(solver=trisolve.TriangularAnderson(history_size=4), update_map=trisolve.Picard())),
+        ("TAA m=2, Picard, early stop", dict(early_stop=1.0)),
+    ]
+    if quick:
+        keep = {"Jacobi k=T", "ParaTAA defaults", "TAA m=2, Picard (default)"}
+        out = [m for m in out if m[0] in keep]
+    return out
+
+
+def to_images(latents: torch.Tensor) -> np.ndarray:
+    return (latents.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def run_one(pipe, steps, seed, batch, opts):
+    finals = []
+    cb = lambda info: finals.append(info.trajectory[-1].clone()) and False
+    start = time.perf_counter()
+    out = td.sample(
+        pipe,
+        batch_size=batch,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        callback=cb,
+        **opts,
+    )
+    return out, finals, time.perf_counter() - start
+
+
+def worst_psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return min(psnr(a[i], b[i]) for i in range(a.shape[0]))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args(argv)
+    settings = ["DDIM-25"] if args.quick else ["DDIM-25", "DDIM-50", "DDIM-100", "DDPM-100", "DPM++2M-20", "DPM++2M-50"]
+    seeds = [0] if args.quick else [0, 1, 2, 3, 4]
+    batches = [1] if args.quick else [1, 4]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    records = []
+    for setting in settings:
+        pipe, steps = pipeline(setting)
+        pipe.set_progress_bar_config(disable=True)
+        for batch in batches:
+            for seed in seeds:
+                ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
+                for name, opts in methods(steps, args.quick):
+                    out, finals, wall = run_one(pipe, steps, seed, batch, opts)
+                    sol = out.solution
+                    curve = [worst_psnr(to_images(f), ref) for f in finals]
+                    first = lambda db, curve=curve: next((i + 1 for i, v in enumerate(curve) if v >= db), None)
+                    records.append(
+                        dict(
+                            setting=setting, steps=steps, batch=batch, seed=seed, method=name, rounds=sol.num_rounds,
+                            status=sol.status.name, rounds_to_30db=first(30.0), rounds_to_40db=first(40.0),
+                            evals=sol.num_evals * batch, evals_rel=sol.num_evals / steps, final_psnr=worst_psnr(out.images, ref),
+                            max_abs_diff=float(np.abs(out.images - ref).max()), wall_s=wall,
+                        )
+                    )  # fmt: skip
+                    r = records[-1]
+                    print(
+                        f"{setting:11s} b{batch} s{seed} {name:30s} rounds {r['rounds']:3d} 40dB@{r['rounds_to_40db']} "
+                        f"final {r['final_psnr']:.1f} dB evals x{r['evals_rel']:.2f}",
+                        flush=True,
+                    )
+    write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
+
+
+def _stat(values):
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) < len(values):
+        return f"{statistics.median(vals):g}* [{min(vals):g}, {max(vals):g}]"
+    med = statistics.median(vals)
+    return f"{med:g} [{min(vals):g}, {max(vals):g}]" if min(vals) != max(vals) else f"{med:g}"
+
+
+def table(records) -> str:
+    lines = [
+        "| setting | batch | method | rounds | rounds to 30 dB | rounds to 40 dB | evals / T | final PSNR (min) | runs >= 40 dB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = []
+    for r in records:
+        k = (r["setting"], r["batch"], r["method"])
+        if k not in keys:
+            keys.append(k)
+    for k in keys:
+        rs = [r for r in records if (r["setting"], r["batch"], r["method"]) == k]
+        final = min(r["final_psnr"] for r in rs)
+        ok = sum(r["final_psnr"] >= 40 for r in rs)
+        lines.append(
+            f"| {k[0]} | {k[1]} | {k[2]} | {_stat([r['rounds'] for r in rs])} | {_stat([r['rounds_to_30db'] for r in rs])} | "
+            f"{_stat([r['rounds_to_40db'] for r in rs])} | {_stat([round(r['evals_rel'], 2) for r in rs])} | "
+            f"{'inf' if final == float('inf') else f'{final:.1f}'} | {ok}/{len(rs)} |"
+        )
+    lines.append("")
+    lines.append(
+        "Median [min, max] over seeds; `*`: median of the runs that reached it. evals / T: network evaluations per image divided by the steps."
+    )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The diffusion adapter's contract: refusals, options, progress bar, warm starts, early stopping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+)
+
+import trisolve
+import trisolve_diffusion as td
+from trisolve_diffusion.models.closed_form import GaussianMixtureDenoiser
+from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
+
+
+def gmm_pipe(cls=DDIMPipeline, scheduler=None, k=6, size=4, seed=0):
+    scheduler = scheduler or DDIMScheduler(num_train_timesteps=1000, clip_sample=False, set_alpha_to_one=False)
+    g = torch.Generator().manual_seed(seed)
+    model = GaussianMixtureDenoiser(torch.rand(k, 1, size, size, generator=g) * 2 - 1, scheduler.alphas_cumprod, std=0.05)
+    pipe = cls(unet=model, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_refuses_unsupported_pipelines_and_schedulers():
+    with pytest.raises(TypeError, match="supports DDPMPipeline, DDIMPipeline and StableDiffusionPipeline"):
+        td.sample(object())
+    pipe = gmm_pipe(DDPMPipeline)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(td.UnsupportedSchedulerError, match="EulerDiscreteScheduler is not supported.*DDIMScheduler"):
+        td.sample(pipe, num_inference_steps=5)
+    pipe.scheduler = DDPMScheduler(variance_type="learned_range")
+    with pytest.raises(td.UnsupportedSchedulerError, match="variance_type='learned_range'"):
+        td.sample(pipe, num_inference_steps=5)
+    pipe.scheduler = DDPMScheduler(variance_type="fixed_large_log")
+    with pytest.raises(td.UnsupportedSchedulerError, match="fixed_large_log"):
+        td.sample(pipe, num_inference_steps=5)
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="zero")
+    with pytest.raises(td.UnsupportedSchedulerError, match="non-finite step coefficients"):
+        td.sample(pipe, num_inference_steps=5)
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", solver_order=3)
+    with pytest.raises(td.UnsupportedSchedulerError, match="no third-order"):
+        td.sample(pipe, num_inference_steps=5)
+
+
+def test_refuses_arguments_without_meaning_in_a_parallel_solve():
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback cannot run inside a parallel solve"):
+        td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})
+    with pytest.raises(TypeError, match="unexpected arguments \\['not_an_argument'\\]"):
+        td.sample(sd, "a cat", not_an_argument=1)
+    with pytest.raises(TypeError, match="DDIMPipeline: got an unexpected keyword argument 'prompt'"):
+        td.sample(gmm_pipe(), prompt="x")
+    with pytest.raises(ValueError, match=r"latents must have shape .* = \(1, 4, 16, 16\)"):
+        td.sample(sd, "a cat", latents=torch.zeros(1, 4, 8, 8), num_inference_steps=2)
+    with pytest.raises(ValueError, match="negative_prompt has 1 entries for 2 prompts"):
+        td.sample(sd, ["a", "b"], negative_prompt=["c"], num_inference_steps=2)
+    with pytest.raises(ValueError, match="num_inference_steps must be an int >= 1"):
+        td.sample(gmm_pipe(), num_inference_steps=0)
+    with pytest.raises(ValueError, match="You passed 1 generators for batch_size=2"):
+        td.sample(gmm_pipe(), batch_size=2, generator=[torch.manual_seed(0)])
+    with pytest.raises(TypeError, match="trajectory_dtype"):
+        td.sample(gmm_pipe(), trajectory_dtype=torch.float16)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        td.sample(gmm_pipe(), max_batch_size=0)
+    with pytest.raises(ValueError, match="either order= or update_map="):
+        td.sample(gmm_pipe(), num_inference_steps=4, solver=trisolve.Jacobi(), update_map=trisolve.Picard(), order=2)
+    with pytest.raises(ValueError, match=r"init must be a tensor of shape"):
+        td.sample(gmm_pipe(), num_inference_steps=4, init=torch.zeros(3, 1, 1, 4, 4))
+
+
+def test_rounds_never_exceed_steps_and_result_is_attached():
+    pipe = gmm_pipe()
+    for steps in (1, 2, 7, 30):
+        out = td.sample(pipe, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="np")
+        sol = out.solution
+        assert isinstance(sol, trisolve.Solution) and sol.converged
+        assert 1 <= sol.num_rounds <= steps
+        assert sol.trajectory.shape == (steps + 1, 1, 1, 4, 4)
+        assert sol.residuals.shape == (sol.num_rounds, steps + 1)
+        assert out.wall_time > 0
+    images, sol = td.sample(pipe, num_inference_steps=5, generator=torch.manual_seed(0), return_dict=False)
+    assert isinstance(sol, trisolve.Solution) and len(images) == 1
+
+
+def test_progress_bar_follows_set_progress_bar_config(capsys):
+    pipe = gmm_pipe()
+    pipe.set_progress_bar_config(disable=False, desc="parallel", ncols=120)
+    td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
+    err = capsys.readouterr().err
+    assert "parallel" in err and "round=" in err and "frozen=" in err and "max_res=" in err
+    pipe.set_progress_bar_config(disable=True)
+    td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
+    assert capsys.readouterr().err == ""
+
+
+def test_warm_start_from_an_earlier_trajectory_is_exact_and_faster():
+    pipe = gmm_pipe(k=12, size=6)
+    first = td.sample(pipe, num_inference_steps=40, generator=torch.manual_seed(1), output_type="np", atol=1e-6, rtol=0)
+    again = td.sample(
+        pipe,
+        num_inference_steps=40,
+        generator=torch.manual_seed(1),
+        output_type="np",
+        atol=1e-6,
+        rtol=0,
+        init=first.solution.trajectory,
+    )
+    assert again.solution.num_rounds <= 2 < first.solution.num_rounds
+    np.testing.assert_allclose(again.images, first.images, atol=1e-5)
+
+
+def test_partial_reuse_gives_a_variation_with_the_same_start():
+    pipe = gmm_pipe(cls=DDPMPipeline, scheduler=DDPMScheduler(clip_sample=False), k=12, size=6)
+    base = td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(2), output_type="np")
+    traj = base.solution.trajectory
+    var = td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(3), output_type="np", init=traj, num_frozen=11)
+    # the kept rows are untouched, the rest is solved again with the new noise
+    torch.testing.assert_close(var.solution.trajectory[1:11], traj[1:11])
+    assert var.solution.num_rounds <= 20
+    assert not np.allclose(var.images, base.images)
+
+
+def test_early_stopping_saves_rounds_and_stays_close():
+    pipe = gmm_pipe(k=12, size=6)
+    full = td.sample(pipe, num_inference_steps=50, generator=torch.manual_seed(4), output_type="np", atol=1e-5, rtol=0)
+    early = td.sample(pipe, num_inference_steps=50, generator=torch.manual_seed(4), output_type="np", atol=1e-5, rtol=0, early_stop=10.0)
+    assert early.solution.status in (trisolve.Status.EARLY_STOPPED, trisolve.Status.CONVERGED)
+    assert early.solution.num_rounds <= full.solution.num_rounds
+    assert np.abs(early.images - full.images).max() < 1e-2
+
+
+def test_sliding_window_and_other_solvers_agree():
+    pipe = gmm_pipe(k=10, size=5)
+    ref = pipe(num_inference_steps=25, generator=torch.manual_seed(5), output_type="np").images
+    for kw in (
+        dict(window_size=6),
+        dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep()),
+        dict(solver=trisolve.Anderson(), update_map=trisolve.Unrolled(order=5)),
+        dict(order=4),
+    ):
+        out = td.sample(
+            pipe,
+            num_inference_steps=25,
+            generator=torch.manual_seed(5),
+            output_type="np",
+            atol=1e-7,
+            rtol=0,
+            trajectory_dtype=torch.float64,
+            **kw,
+        )
+        assert out.solution.converged and out.solution.num_rounds <= 25
+        np.testing.assert_allclose(out.images, ref, atol=2e-5)
+
+
+def test_network_failure_raises_with_the_partial_solution():
+    pipe = gmm_pipe()
+    calls = {"n": 0}
+    real = pipe.unet.forward
+
+    def flaky(sample, timestep, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(sample, timestep, *a, **k)
+
+    pipe.unet.forward = flaky
+    try:
+        with pytest.raises(td.ParallelSamplingError, match="FAILED") as info:
+            td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(0), atol=1e-6, rtol=0)
+    finally:
+        pipe.unet.forward = real
+    sol = info.value.solution
+    assert sol.num_rounds == 2 and sol.num_frozen >= 3
+    assert isinstance(info.value.__cause__, RuntimeError)
+    resumed = td.sample(
+        pipe,
+        num_inference_steps=30,
+        generator=torch.manual_seed(0),
+        atol=1e-6,
+        rtol=0,
+        init=sol.trajectory,
+        num_frozen=sol.num_frozen,
+        output_type="np",
+    )
+    ref = pipe(num_inference_steps=30, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(resumed.images, ref, atol=2e-5)
+
+
+def test_network_returning_nan_raises_with_status():
+    pipe = gmm_pipe()
+    real = pipe.unet.forward
+    pipe.unet.forward = lambda sample, timestep, *a, **k: type(real(sample, timestep))(sample=torch.full_like(sample, float("nan")))
+    try:
+        with pytest.raises(td.ParallelSamplingError, match="NONFINITE"):
+            td.sample(pipe, num_inference_steps=10, generator=torch.manual_seed(0))
+    finally:
+        pipe.unet.forward = real
