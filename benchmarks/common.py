@@ -9,7 +9,7 @@ import statistics
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(os.environ.get("TRISOLVE_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 
 
 def machine() -> dict:

@@ -69,12 +69,13 @@ def methods(T: int, quick: bool):
         ),
         ("Anderson m=2, k=T", dict(solver=trisolve.Anderson(history_size=2), update_map=trisolve.Unrolled())),
         ("TAA m=2, k=T", dict(solver=trisolve.TriangularAnderson(history_size=2), update_map=trisolve.Unrolled())),
-        ("TAA m=2, Picard (default)", dict()),
-        ("TAA m=4, Picard", dict(solver=trisolve.TriangularAnderson(history_size=4), update_map=trisolve.Picard())),
-        ("TAA m=2, Picard, early stop", dict(early_stop=1.0)),
+        ("TAA m=2, Picard", dict(solver=trisolve.TriangularAnderson(history_size=2), update_map=trisolve.Picard())),
+        ("TAA m=4, Picard (default)", dict()),
+        ("TAA m=4, Picard, early stop", dict(early_stop=1.0)),
+        ("TAA m=4, Picard, tol 3e-3", dict(atol=3e-3, rtol=3e-3)),
     ]
     if quick:
-        keep = {"Jacobi k=T", "ParaTAA defaults", "TAA m=2, Picard (default)"}
+        keep = {"Jacobi k=T", "ParaTAA defaults", "TAA m=4, Picard (default)"}
         out = [m for m in out if m[0] in keep]
     return out
 

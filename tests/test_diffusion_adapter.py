@@ -42,10 +42,11 @@ def test_refuses_unsupported_pipelines_and_schedulers():
     pipe.scheduler = DDPMScheduler(variance_type="fixed_large_log")
     with pytest.raises(td.UnsupportedSchedulerError, match="fixed_large_log"):
         td.sample(pipe, num_inference_steps=5)
-    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="zero")
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="dpmsolver", final_sigmas_type="sigma_min")
+    pipe.scheduler.register_to_config(final_sigmas_type="zero")  # diffusers refuses this at construction; the mapping too
     with pytest.raises(td.UnsupportedSchedulerError, match="non-finite step coefficients"):
         td.sample(pipe, num_inference_steps=5)
-    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", solver_order=3)
+    pipe.scheduler = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", solver_order=3, final_sigmas_type="sigma_min")
     with pytest.raises(td.UnsupportedSchedulerError, match="no third-order"):
         td.sample(pipe, num_inference_steps=5)
 

@@ -72,7 +72,7 @@ def run_demo(
     update_map: str = "picard",
     order: int | None = None,
     window: int | None = None,
-    history: int = 2,
+    history: int = 4,
     seed: int = 0,
     batch: int = 8,
     out: Path | None = Path("trisolve_demo.png"),
@@ -159,8 +159,7 @@ def _figure(seq: np.ndarray, par: np.ndarray, sol: trisolve.Solution, path: Path
     finite = res[np.isfinite(res) & (res > 0)]
     lo = max(finite.min(), 1e-3) if finite.size else 1e-3
     hi = max(finite.max(), lo * 10) if finite.size else 1.0
-    cmap = plt.get_cmap("magma").copy()
-    cmap.set_bad("white")  # rows outside the window: final (or not yet reached)
+    cmap = plt.get_cmap("magma").with_extremes(bad="white")  # rows outside the window: final
     shown = np.where(np.isnan(res), np.nan, np.maximum(res, lo))
     extent = (0.5, res.shape[1] + 0.5, res.shape[0] + 0.5, 0.5)
     im = axes[2].imshow(shown, aspect="auto", cmap=cmap, norm=LogNorm(vmin=lo, vmax=hi), interpolation="nearest", extent=extent)
@@ -183,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map", dest="update_map", choices=MAPS, default="picard", help="update map (default picard)")
     ap.add_argument("--order", type=int, default=None, help="order k of the map (default: the whole window)")
     ap.add_argument("--window", type=int, default=None, help="sliding window size (default: all steps)")
-    ap.add_argument("--history", type=int, default=2, help="Anderson history size")
+    ap.add_argument("--history", type=int, default=4, help="Anderson history size (difference pairs)")
     ap.add_argument("--batch", type=int, default=8, help="images per run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("trisolve_demo.png"), help="figure path (PNG)")

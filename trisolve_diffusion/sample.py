@@ -72,7 +72,7 @@ class ParallelStableDiffusionOutput(StableDiffusionPipelineOutput):
 
 def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
     """The default solver and update map (chosen by the benchmarks, see docs/benchmarks)."""
-    return trisolve.TriangularAnderson(history_size=2), trisolve.Picard()
+    return trisolve.TriangularAnderson(history_size=4), trisolve.Picard()
 
 
 def _bind(pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def sample(
     pipe : DDPMPipeline, DDIMPipeline or StableDiffusionPipeline
         With a ``DDIMScheduler``, ``DDPMScheduler`` or ``DPMSolverMultistepScheduler``.
     solver : trisolve.Solver, optional
-        Default ``TriangularAnderson(history_size=2)``.
+        Default ``TriangularAnderson(history_size=4)``.
     update_map : trisolve.UpdateMap, optional
         Default ``Picard()`` (ParaDiGMS's map over the whole window).
     order : int, optional
