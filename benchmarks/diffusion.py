@@ -5,7 +5,8 @@
 
 Model: the bundled digits DDPM (``trisolve_diffusion.models``). For every setting, seed and
 batch size, every method solves the same sampler as the real sequential diffusers loop
-(``pipe(...)``), which is the reference. Per run: rounds to finish, first round whose final
+(``pipe(...)``), which is the reference. Batch 1 runs every method; batch 4 runs the methods
+in ``BATCH4``. Per run: rounds to finish, first round whose final
 sample is >= 30 / >= 40 dB PSNR from the sequential one (worst image of the batch, pixels in
 [0, 1]), network evaluations (image rows) and their ratio to sequential, final max abs
 difference and PSNR. Medians and [min, max] over seeds.
@@ -49,7 +50,11 @@ def pipeline(setting: str):
     return pipe, int(steps)
 
 
-def methods(T: int, quick: bool):
+#: Methods also run at batch 4 (batch 1 runs all of them).
+BATCH4 = {"Jacobi k=T", "ParaDiGMS tol 0.1, W=all", "ParaTAA defaults", "TAA m=4, Picard (default)"}
+
+
+def methods(T: int, quick: bool, batch: int = 1):
     taa_order = T if T <= 50 else 20
     out = [
         ("Jacobi k=1", dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep())),
@@ -77,6 +82,8 @@ def methods(T: int, quick: bool):
     if quick:
         keep = {"Jacobi k=T", "ParaTAA defaults", "TAA m=4, Picard (default)"}
         out = [m for m in out if m[0] in keep]
+    elif batch > 1:
+        out = [m for m in out if m[0] in BATCH4]
     return out
 
 
@@ -119,7 +126,7 @@ def main(argv=None):
         for batch in batches:
             for seed in seeds:
                 ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
-                for name, opts in methods(steps, args.quick):
+                for name, opts in methods(steps, args.quick, batch):
                     out, finals, wall = run_one(pipe, steps, seed, batch, opts)
                     sol = out.solution
                     curve = [worst_psnr(to_images(f), ref) for f in finals]
@@ -138,7 +145,8 @@ def main(argv=None):
                         f"final {r['final_psnr']:.1f} dB evals x{r['evals_rel']:.2f}",
                         flush=True,
                     )
-    write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
+        # after every setting, so that a long run keeps what it measured
+        write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
 
 
 def _stat(values):

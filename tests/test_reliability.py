@@ -272,3 +272,20 @@ def test_peak_working_memory_is_bounded_by_the_window_not_n():
     assert (large - small) / 3500 < 64, (small, large)
     wide = _working_memory(4000, 256)
     assert wide > 4 * large  # the window is what sets it
+
+
+@pytest.mark.parametrize("update_map", [trisolve.Picard(), trisolve.Unrolled(), trisolve.OneStep()], ids=["picard", "unrolled", "onestep"])
+def test_nonfinite_g_under_every_map(update_map):
+    """A nan from g at one row is caught whatever the map does with it (never hidden by the map residual)."""
+    n = 20
+
+    def g(x, lo, hi):
+        out = np.tanh(x)
+        if lo <= 12 < hi:
+            out[12 - lo] = np.nan
+        return out
+
+    system = trisolve.SemilinearSystem(np.full(n, 0.9), np.full(n, 0.2), g)
+    sol = trisolve.solve(system, trisolve.TriangularAnderson(), np.ones(3), update_map=update_map, atol=1e-10)
+    assert sol.status is trisolve.Status.NONFINITE
+    assert np.all(np.isfinite(sol.trajectory)) and sol.num_frozen <= 13

@@ -200,8 +200,7 @@ def solve(
         g = update_map.apply(x, ev, lo, hi, system, xp=xp)
         r = g - xw
         if not update_map.is_one_step:
-            err = np.fmax(err, tol.scaled_error(r, s_rows, batch_ndim=batch_ndim, xp=xp))
-            err[np.isnan(err)] = np.nan
+            err = np.maximum(err, tol.scaled_error(r, s_rows, batch_ndim=batch_ndim, xp=xp))  # nan propagates
         windows.append((lo, hi))
         errors.append(err)
 
