@@ -266,3 +266,17 @@ def test_cuda_device_is_kept():  # pragma: no cover - runs on a GPU machine
     x0 = torch.randn(8, device="cuda")
     sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, update_map=trisolve.Unrolled(), atol=1e-6)
     assert sol.trajectory.device == x0.device and sol.converged
+
+
+def test_rows_beyond_the_window_never_hold_uninitialised_memory():
+    """With a sliding window, rows not yet reached are a copy of row 0 (what a callback or a stopped solve shows)."""
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1.0, n=50)
+    x0 = np.full(3, 7.0)
+    seen = []
+    sol = trisolve.solve(
+        system, trisolve.Jacobi(), x0, window=trisolve.SlidingWindow(5), max_iter=3, callback=lambda i: seen.append(i.trajectory[-1].copy()) and False
+    )
+    assert sol.status is trisolve.Status.MAX_ITER
+    np.testing.assert_array_equal(sol.trajectory[sol.windows[-1][1] :], np.broadcast_to(x0, (51 - sol.windows[-1][1], 3)))
+    for last in seen:
+        np.testing.assert_array_equal(last, x0)

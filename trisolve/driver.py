@@ -65,8 +65,9 @@ def _prepare(system: Any, x0: Any, init: Any, num_frozen: int) -> tuple[Any, Any
     if init is None:
         if num_frozen != 1:
             raise ValueError("num_frozen > 1 keeps rows of an earlier trajectory: pass that trajectory as init.")
-        x = xp.empty((n + 1, *event), dtype=x0.dtype, device=device(x0))
-        x[0, ...] = x0
+        # every row starts as a copy of row 0, so no row ever holds uninitialised memory; rows
+        # entering the window later are refreshed from the last known row
+        x = xp.asarray(xp.broadcast_to(x0[None, ...], (n + 1, *event)), copy=True)
         return xp, x, 1
     if tuple(init.shape) != (n + 1, *event):
         raise ValueError(f"init must have shape (n + 1, *x0.shape) = {(n + 1, *event)}, got {tuple(init.shape)}.")
