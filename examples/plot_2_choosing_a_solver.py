@@ -64,10 +64,12 @@ for name, kw in configs.items():
 # White cells are final rows (outside the window). Jacobi on the original recurrence
 # (``k = 1``) freezes about one row per round; the unrolled and Picard maps move information
 # along the whole window, and TAA on top freezes large blocks at once.
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), sharey=False)
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.5), layout="constrained")
+cmap = plt.get_cmap("magma").with_extremes(bad="white")
 for ax, name in zip(axes, ["Jacobi, k=1", "Jacobi, k=T", "TAA, Picard"]):
-    res = results[name].residuals[:, 1:]
-    im = ax.imshow(np.log10(np.where(res > 0, res, 1e-3)), aspect="auto", cmap="magma", vmin=-3, vmax=4, interpolation="nearest")
+    res = results[name].residuals[:, 1:]  # nan outside the window
+    log_res = np.log10(np.maximum(res, 1e-3))  # nan stays nan: drawn white
+    im = ax.imshow(log_res, aspect="auto", cmap=cmap, vmin=-3, vmax=4, interpolation="nearest")
     ax.set_title(f"{name}: {results[name].num_rounds} rounds")
     ax.set_xlabel("row")
     ax.set_ylabel("round")

@@ -178,8 +178,8 @@ def sample(
     update_map: trisolve.UpdateMap | None = None,
     order: int | None = None,
     window_size: int | trisolve.WindowPolicy | None = None,
-    atol: float = 1e-3,
-    rtol: float = 1e-3,
+    atol: float = 5e-4,
+    rtol: float = 5e-4,
     max_iter: int | None = None,
     early_stop: float | None = None,
     init: torch.Tensor | None = None,
@@ -211,7 +211,9 @@ def sample(
         Rows per round (``None``: all steps); bounds memory.
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
-        ``<= atol + rtol * sigma_i``, ``sigma_i`` the DDPM posterior std of the step.
+        ``<= atol + rtol * sigma_i``, ``sigma_i`` the DDPM posterior std of the step. The
+        default 5e-4 ended every benchmark run >= 40 dB from the sequential sample; 1e-3
+        (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB.
     max_iter : int, optional
         Most rounds (default: the number of steps, which always suffices).
     early_stop : float, optional
