@@ -240,6 +240,13 @@ def test_callback_can_stop_and_sees_each_round():
     assert sol.num_rounds == 3 and [i.round for i in infos] == [1, 2, 3]
     assert infos[-1].num_frozen == sol.num_frozen
     assert infos[0].errors.shape == (infos[0].hi - infos[0].lo,)
+    # the callback also sees the final round of a converged solve, and cannot un-converge it
+    seen = []
+    done = trisolve.solve(system, trisolve.Jacobi(), np.zeros(()), atol=1e-10, callback=lambda info: seen.append(info.round) or True)
+    assert seen == [1] and done.status is trisolve.Status.STOPPED_BY_CALLBACK
+    seen.clear()
+    done = trisolve.solve(system, trisolve.Jacobi(), np.zeros(()), atol=1e-10, callback=lambda info: seen.append(info.num_frozen) and False)
+    assert done.converged and len(seen) == done.num_rounds and seen[-1] == 31
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)

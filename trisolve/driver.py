@@ -227,13 +227,15 @@ def solve(
         if early_stop is not None and hi == n + 1:
             change = tol.scaled_error(new[-1:, ...] - xw[-1:, ...], sigma[-1:], batch_ndim=batch_ndim, xp=xp)[0]
         x[lo:hi, ...] = new
-        lo += start
+        window_lo, lo = lo, lo + start
+        # the callback sees every round, the last one included
+        stop = callback is not None and bool(callback(RoundInfo(rounds, window_lo, hi, lo, err, x)))
         if lo > n:
             break
         if change is not None and change <= early_stop:
             status = Status.EARLY_STOPPED
             break
-        if callback is not None and callback(RoundInfo(rounds, windows[-1][0], hi, lo, err, x)):
+        if stop:
             status = Status.STOPPED_BY_CALLBACK
             break
 
