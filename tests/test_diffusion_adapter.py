@@ -74,6 +74,8 @@ def test_refuses_arguments_without_meaning_in_a_parallel_solve():
         td.sample(gmm_pipe(), max_batch_size=0)
     with pytest.raises(ValueError, match="either order= or update_map="):
         td.sample(gmm_pipe(), num_inference_steps=4, solver=trisolve.Jacobi(), update_map=trisolve.Picard(), order=2)
+    with pytest.raises(ValueError, match="either order= or update_map="):
+        td.sample(gmm_pipe(), num_inference_steps=4, update_map=trisolve.Picard(), order=2)
     with pytest.raises(ValueError, match=r"init must be a tensor of shape"):
         td.sample(gmm_pipe(), num_inference_steps=4, init=torch.zeros(3, 1, 1, 4, 4))
 

@@ -122,13 +122,12 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
     solver, update_map = opts["solver"], opts["update_map"]
-    if solver is None or update_map is None:
-        d_solver, d_map = default_solver()
-        solver = d_solver if solver is None else solver
-        if update_map is None:
-            update_map = d_map if opts["order"] is None else trisolve.Picard(order=min(opts["order"], system.n))
-    elif opts["order"] is not None:
+    if update_map is not None and opts["order"] is not None:
         raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
+    d_solver, d_map = default_solver()
+    solver = d_solver if solver is None else solver
+    if update_map is None:
+        update_map = d_map if opts["order"] is None else trisolve.Picard(order=min(opts["order"], system.n))
     window = opts["window_size"]
     if window is not None and not isinstance(window, trisolve.WindowPolicy):
         window = trisolve.SlidingWindow(window)
