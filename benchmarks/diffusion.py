@@ -40,18 +40,7 @@ from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
 
 def pipeline(setting: str):
     kind, steps = setting.rsplit("-", 1)
-    if kind == "DDIM":
-        return load_digits_pipeline("ddim"), int(steps)
-    pipe = load_digits_pipeline("ddpm")
-    if kind == "DPM++2M":
-        from diffusers import DPMSolverMultistepScheduler
-
-        # lambda_min_clipped: diffusers' advice for the cosine schedule; without it the first steps
-        # amplify the noise prediction by 1/alpha ~ 3e4 and every image saturates to 0/1
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(
-            pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, lambda_min_clipped=-5.1
-        )
-    return pipe, int(steps)
+    return load_digits_pipeline({"DDIM": "ddim", "DDPM": "ddpm", "DPM++2M": "dpm++"}[kind]), int(steps)
 
 
 #: Methods also run at batch 4 (batch 1 runs all of them).

@@ -58,7 +58,7 @@ class AndersonState:
     num_fallback_rows: int = 0
 
 
-def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int, xp: Any) -> tuple[Any, int]:
+def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
     """Rows ``[lo, min(hi, hi_old))`` of ``a`` (stored for ``[lo_old, hi_old)``) and their count."""
     size = hi_old - lo_old
     begin = min(lo - lo_old, size)
@@ -112,13 +112,13 @@ class _AndersonBase(Solver):
             new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
             return ctx.g, new
 
-        x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0, xp=xp)
-        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0, xp=xp)
+        x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
+        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
 
         # -- safeguard: compare residual growth over the rows present in both rounds
         restart = False
         if self.safeguard is not None and ov > 0:
-            e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0, xp=np)
+            e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
             rho_prev = float(np.sqrt(np.mean(np.square(e_prev))))
             rho = float(np.sqrt(np.mean(np.square(ctx.errors[:ov]))))
             if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
@@ -140,8 +140,8 @@ class _AndersonBase(Solver):
         if state.dX is None or restart:
             dX, dR = dx[None, ...], dr[None, ...]
         else:
-            old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1, xp=xp)
-            old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1, xp=xp)
+            old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
+            old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
             dX = xp.concat([dx[None, ...], _pad_rows(old_dX[: min(m - 1, old_dX.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
             dR = xp.concat([dr[None, ...], _pad_rows(old_dR[: min(m - 1, old_dR.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
 
