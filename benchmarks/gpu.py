@@ -1,94 +1,247 @@
-"""GPU wall clock: sequential against parallel sampling, batch 1, fp16.
+"""GPU wall clock: sequential against parallel, side by side in one process.
 
-    python benchmarks/gpu.py            # needs a CUDA machine; prints a table and writes results/gpu.*
+    python benchmarks/gpu.py                        # a CUDA machine; writes results/gpu.{json,md}
+    python benchmarks/gpu.py --quick --device cpu   # smoke size (the test suite runs this)
 
-Models: the bundled digits DDPM (1x16x16) and a randomly initialised Stable-Diffusion-sized
-``UNet2DConditionModel`` (4x64x64 latents, SD-1.5 block widths, text embeddings of 77x768
-zeros; random weights: the timing is what matters). Sequential = the diffusers loop of the
-same steps; parallel = ``trisolve_diffusion.sample`` at its defaults (rounds reported).
-Medians of 3 runs after a warm-up, with ``torch.cuda.synchronize()`` around each.
+1. Diffusion, batch 1, fp16 network (float32 on the CPU): the bundled digits DDPM (1x16x16;
+   DDIM-25/50/100, DDPM-100) and a randomly initialised Stable-Diffusion-1.5-sized
+   ``UNet2DConditionModel`` (4x64x64 latents, block widths 320/640/1280/1280, classifier-free
+   guidance 7.5 on zero text embeddings: random weights, so the timing is what matters, and its
+   round counts need not match a trained model's). Sequential = the diffusers pipeline's own
+   loop; parallel = ``trisolve_diffusion.sample`` at its defaults. Reported: wall time, rounds,
+   network evaluations / T, max difference and PSNR of the parallel output from the
+   sequential one (digits: images in [0, 1]; SD: latents), peak GPU memory of each; and the
+   time of one network call against its batch size, which says how much of a round's extra
+   work the device absorbs.
+2. The tanh RNN of ``recurrences.py`` (hidden 16 and 64, T = 1e3..1e5, float64): the parallel
+   Jacobi solve on the GPU (PyTorch) against the sequential Python loop over NumPy rows on the
+   host and a sequential loop over PyTorch rows on the GPU, with the max error against the
+   NumPy loop.
+
+Times are medians of 3 runs after a warm-up, with the device synchronised around each.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
+from recurrences import rnn_loop_numpy, rnn_problem  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 
 
-def timed(fn, repeats=3):
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, dev: torch.device, repeats: int = 3):
+    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up, and its last result."""
     fn()
-    torch.cuda.synchronize()
-    out = []
+    _sync(dev)
+    times = []
     for _ in range(repeats):
-        torch.cuda.synchronize()
+        _sync(dev)
         start = time.perf_counter()
         res = fn()
-        torch.cuda.synchronize()
-        out.append(time.perf_counter() - start)
-    return statistics.median(out), res
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), res
 
 
-def sd_sized_pipeline():
+def peak_memory(fn, dev: torch.device) -> float:
+    """Peak device memory (GiB) allocated while ``fn()`` runs (nan off CUDA)."""
+    if dev.type != "cuda":
+        return float("nan")
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+    fn()
+    torch.cuda.synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev) / 2**30
+
+
+def compare(a: torch.Tensor, b: torch.Tensor, peak: float) -> tuple[float, float]:
+    """Max abs difference and PSNR of ``a`` against ``b``, for signals of peak-to-peak ``peak``."""
+    d = a.double() - b.double()
+    mse = float((d * d).mean())
+    return float(d.abs().max()), (math.inf if mse == 0 else 10 * math.log10(peak**2 / mse))
+
+
+def sd_sized_pipeline(dev: torch.device, dtype: torch.dtype, quick: bool):
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
 
     pipe = build_tiny_stable_diffusion()
-    pipe.unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280))
-    pipe.text_encoder = None
+    if not quick:
+        torch.manual_seed(0)
+        with torch.device(dev):  # initialise the 860M parameters where they will run
+            pipe.unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280))
+    pipe.text_encoder = None  # prompt embeddings are given
     pipe.scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
+    pipe = pipe.to(dev, dtype)
+    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def main():
-    if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU")
+def dpm_scheduler(pipe):
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
+
+
+def network_rows(model: str, unet, batches: list[int], cond: torch.Tensor | None, dev: torch.device, repeats: int) -> list[dict]:
+    """Wall time of one network call at each batch size: what a round costs against a step."""
+    cfg = unet.config
+    rows = []
+    for b in batches:
+        x = torch.randn(b, cfg.in_channels, cfg.sample_size, cfg.sample_size, device=dev, dtype=unet.dtype)
+        t = torch.full((b,), 500, device=dev)
+        kw = {} if cond is None else {"encoder_hidden_states": cond.expand(b, *cond.shape[1:])}
+        with torch.no_grad():
+            sec, _ = timed(lambda: unet(x, t, **kw), dev, repeats)
+        rows.append(dict(model=model, batch=b, call_ms=1e3 * sec, per_sample_ms=1e3 * sec / b))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: int) -> tuple[list[dict], list[dict]]:
     from trisolve_diffusion.models import load_digits_pipeline
 
-    dev = torch.device("cuda")
+    rows, net = [], []
+
+    def run(model, label, pipe, steps, kw, peak_value, images, **options):
+        seq = lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw)  # noqa: E731
+        par = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw, **options)  # noqa: E731
+        t_seq, ref = timed(seq, dev, repeats)
+        t_par, out = timed(par, dev, repeats)
+        max_diff, psnr = compare(images(out), images(ref), peak_value)
+        sol = out.solution
+        rows.append(
+            dict(model=model, sampler=label, steps=steps, sequential_s=t_seq, parallel_s=t_par, speedup=t_seq / t_par,
+                 rounds=sol.num_rounds, status=sol.status.name, evals_per_step=sol.num_evals / steps, max_diff=max_diff,
+                 psnr_db=psnr, seq_peak_gib=peak_memory(seq, dev), par_peak_gib=peak_memory(par, dev))
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+
+    digits_steps = [("ddim", "DDIM", 10)] if quick else [("ddim", "DDIM", 25), ("ddim", "DDIM", 50), ("ddim", "DDIM", 100), ("ddpm", "DDPM", 100)]
+    pipes = {}
+    for kind, label, steps in digits_steps:
+        if kind not in pipes:
+            pipes[kind] = load_digits_pipeline(kind).to(dev, dtype)
+            pipes[kind].set_progress_bar_config(disable=True)
+        run("digits DDPM 1x16x16", label, pipes[kind], steps, dict(output_type="pt"), 1.0, lambda o: o.images)
+    net += network_rows("digits DDPM 1x16x16", pipes["ddim"].unet, [1, 8] if quick else [1, 25, 50, 100, 200], None, dev, repeats)
+
+    sd = sd_sized_pipeline(dev, dtype, quick)
+    cross = sd.unet.config.cross_attention_dim
+    emb = torch.zeros(1, 77, cross, device=dev, dtype=dtype)
+    size = sd.unet.config.sample_size * sd.vae_scale_factor  # pixels that give the UNet's latent size
+    kw = dict(prompt_embeds=emb, negative_prompt_embeds=emb, guidance_scale=7.5, output_type="latent", height=size, width=size)
+    latents = lambda o: o.images  # noqa: E731  (output_type="latent": the final latents)
+    model = "tiny SD UNet (quick)" if quick else "random SD-1.5-sized UNet, CFG 7.5"
+    ddim = sd.scheduler
+    for steps in [10] if quick else [25, 50]:
+        run(model, "DDIM", sd, steps, kw, 8.0, latents)
+    for window in [4] if quick else [8, 16, 32]:  # a window bounds the batch (2 x window with guidance)
+        run(model, f"DDIM, window {window}", sd, 10 if quick else 50, kw, 8.0, latents, window_size=window)
+    sd.scheduler = dpm_scheduler(sd)
+    run(model, "DPM++(2M)", sd, 10 if quick else 20, kw, 8.0, latents)
+    sd.scheduler = ddim
+    net += network_rows(model, sd.unet, [2, 8] if quick else [2, 8, 16, 32, 50, 100], emb, dev, repeats)
+    return rows, net
+
+
+def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
     rows = []
-    digits = load_digits_pipeline("ddim").to(dev, torch.float16)
-    digits.set_progress_bar_config(disable=True)
-    for steps in (25, 50, 100):
-        kw = dict(num_inference_steps=steps, output_type="pt")
-        t_seq, _ = timed(lambda: digits(generator=torch.Generator(dev).manual_seed(0), **kw))
-        t_par, out = timed(lambda: td.sample(digits, generator=torch.Generator(dev).manual_seed(0), **kw))
-        rows.append(dict(model="digits DDPM 1x16x16", steps=steps, sequential_s=t_seq, parallel_s=t_par, rounds=out.solution.num_rounds))
-        print(rows[-1], flush=True)
-    sd = sd_sized_pipeline().to(dev, torch.float16)
-    sd.set_progress_bar_config(disable=True)
-    emb = torch.zeros(1, 77, 768, device=dev, dtype=torch.float16)
-    for steps in (25, 50):
-        kw = dict(
-            prompt_embeds=emb, negative_prompt_embeds=emb, guidance_scale=7.5, num_inference_steps=steps, output_type="latent", height=512, width=512
-        )
-        t_seq, _ = timed(lambda: sd(generator=torch.Generator(dev).manual_seed(0), **kw))
-        t_par, out = timed(lambda: td.sample(sd, generator=torch.Generator(dev).manual_seed(0), max_batch_size=64, **kw))
-        rows.append(dict(model="random SD-1.5-sized UNet, CFG", steps=steps, sequential_s=t_seq, parallel_s=t_par, rounds=out.solution.num_rounds))
-        print(rows[-1], flush=True)
-    name = torch.cuda.get_device_name(0)
+    for hidden in [16] if quick else [16, 64]:
+        for T in [1000] if quick else [1000, 10_000, 100_000]:
+            W, drive = rnn_problem(T, hidden=hidden)
+            ref = rnn_loop_numpy(W, drive, T)
+            t_np, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats)
+            Wd, dd = torch.from_numpy(W).to(dev), torch.from_numpy(drive).to(dev)
+
+            def loop_dev():
+                h = torch.zeros(T + 1, hidden, dtype=torch.float64, device=dev)
+                for t in range(1, T + 1):
+                    h[t] = torch.tanh(Wd @ h[t - 1] + dd[t])
+                return h
+
+            def parallel():
+                system = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] @ Wd.T + dd[lo:hi]), T)
+                return trisolve.solve(system, trisolve.Jacobi(), torch.zeros(hidden, dtype=torch.float64, device=dev), atol=1e-9)
+
+            t_loop, _ = timed(loop_dev, dev, 1 if T >= 100_000 else repeats)
+            t_par, sol = timed(parallel, dev, repeats)
+            rows.append(
+                dict(hidden=hidden, T=T, rounds=sol.num_rounds, parallel_s=t_par, python_loop_s=t_np, device_loop_s=t_loop,
+                     speedup_vs_python_loop=t_np / t_par, speedup_vs_device_loop=t_loop / t_par,
+                     max_error=float(np.abs(sol.trajectory.cpu().numpy() - ref).max()))
+            )  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test only)")
+    ap.add_argument("--quick", action="store_true", help="smoke size: one small setting of each")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu for a smoke run).")
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    repeats = 1 if args.quick else 3
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    diff, net = diffusion_rows(dev, dtype, args.quick, repeats)
+    rnn = rnn_rows(dev, args.quick, repeats)
+
     md = [
-        f"GPU: **{name}**, fp16, batch 1.",
+        f"Device: **{name}** (torch {torch.__version__}); network {str(dtype).removeprefix('torch.')}, batch 1; "
+        f"medians of {repeats} runs after a warm-up.",
         "",
-        "| model | steps | sequential [s] | parallel [s] | rounds | speed-up |",
-        "|---|---|---|---|---|---|",
+        "| model | sampler | steps | sequential [s] | parallel [s] | speed-up | rounds | evals / T | max diff | PSNR [dB] | peak memory seq / par [GiB] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in diff:
         md.append(
-            f"| {r['model']} | {r['steps']} | {r['sequential_s']:.3f} | {r['parallel_s']:.3f} | {r['rounds']} | {r['sequential_s'] / r['parallel_s']:.2f}x |"
+            f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['sequential_s']:.3f} | {r['parallel_s']:.3f} | {r['speedup']:.2f}x | "
+            f"{r['rounds']} | {r['evals_per_step']:.1f} | {r['max_diff']:.1e} | {r['psnr_db']:.1f} | {r['seq_peak_gib']:.2f} / {r['par_peak_gib']:.2f} |"
         )
-    write("gpu", {"gpu": name, "rows": rows}, "\n".join(md) + "\n")
+    md += [
+        "",
+        "Digits: images in [0, 1]. SD-sized: the final latents (PSNR over a peak-to-peak of 8); random weights.",
+        "",
+        "One network call against its batch (a round evaluates 2 x window rows with guidance, the sequential loop 2):",
+        "",
+        "| model | batch | ms per call | ms per sample |",
+        "|---|---|---|---|",
+        *[f"| {r['model']} | {r['batch']} | {r['call_ms']:.2f} | {r['per_sample_ms']:.3f} |" for r in net],
+        "",
+        "| tanh RNN hidden | T | rounds | parallel on device [s] | Python loop (NumPy, host) [s] | loop on device [s] | "
+        "speed-up vs Python loop | speed-up vs device loop | max error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rnn:
+        md.append(
+            f"| {r['hidden']} | {r['T']:,} | {r['rounds']} | {r['parallel_s']:.4f} | {r['python_loop_s']:.3f} | {r['device_loop_s']:.3f} | "
+            f"{r['speedup_vs_python_loop']:.1f}x | {r['speedup_vs_device_loop']:.1f}x | {r['max_error']:.1e} |"
+        )
+    md += ["", "Jacobi, atol 1e-9, float64; the error is against the NumPy loop."]
+    write("gpu" + ("_quick" if args.quick else ""), {"device": name, "diffusion": diff, "network": net, "rnn": rnn}, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

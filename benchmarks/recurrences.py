@@ -28,24 +28,24 @@ import trisolve  # noqa: E402
 HIDDEN = 16
 
 
-def rnn_problem(T: int, seed: int = 0):
+def rnn_problem(T: int, seed: int = 0, hidden: int = HIDDEN):
     rng = np.random.default_rng(seed)
-    W = rng.standard_normal((HIDDEN, HIDDEN)) * 0.5 / np.sqrt(HIDDEN)
-    U = rng.standard_normal((HIDDEN, 4))
+    W = rng.standard_normal((hidden, hidden)) * 0.5 / np.sqrt(hidden)
+    U = rng.standard_normal((hidden, 4))
     u = rng.standard_normal((T + 1, 4))
     drive = u @ U.T  # (T + 1, hidden): the input term, precomputed for every method alike
     return W, drive
 
 
 def rnn_loop_numpy(W, drive, T):
-    h = np.zeros((T + 1, HIDDEN))
+    h = np.zeros((T + 1, W.shape[0]))
     for t in range(1, T + 1):
         h[t] = np.tanh(W @ h[t - 1] + drive[t])
     return h
 
 
 def rnn_loop_torch(W, drive, T):
-    h = torch.zeros(T + 1, HIDDEN, dtype=torch.float64)
+    h = torch.zeros(T + 1, W.shape[0], dtype=torch.float64)
     for t in range(1, T + 1):
         h[t] = torch.tanh(W @ h[t - 1] + drive[t])
     return h
@@ -54,9 +54,9 @@ def rnn_loop_torch(W, drive, T):
 def rnn_parallel(W, drive, T, lib):
     if lib == "torch":
         W, drive = torch.from_numpy(W), torch.from_numpy(drive)
-        tanh, x0 = torch.tanh, torch.zeros(HIDDEN, dtype=torch.float64)
+        tanh, x0 = torch.tanh, torch.zeros(W.shape[0], dtype=torch.float64)
     else:
-        tanh, x0 = np.tanh, np.zeros(HIDDEN)
+        tanh, x0 = np.tanh, np.zeros(W.shape[0])
     system = trisolve.BlackBoxSystem(lambda x, lo, hi: tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
     return trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-9)
 

@@ -287,3 +287,25 @@ def test_rows_beyond_the_window_never_hold_uninitialised_memory():
     np.testing.assert_array_equal(sol.trajectory[sol.windows[-1][1] :], np.broadcast_to(x0, (51 - sol.windows[-1][1], 3)))
     for last in seen:
         np.testing.assert_array_equal(last, x0)
+
+
+@pytest.mark.parametrize("atol,rtol", [(1e-3, 0.0), (1e-3, 0.5), (0.0, 0.5), (0.0, 0.0)])
+@pytest.mark.parametrize("batch_ndim", [0, 1])
+def test_scaled_error_matches_its_definition(atol, rtol, batch_ndim):
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((7, 3, 4)) * 1e-3
+    r[1] = 0.0  # exactly converged row
+    r[2, 1, 2] = np.nan
+    r[3, 0, 0] = np.inf
+    r[4, 2, :] = 0.0  # a zero sample in a non-zero row
+    sigma = np.array([0.0, 1.0, 2.0, 0.5, 0.0, 3.0, 1.0])
+    err = trisolve.Tolerance(atol=atol, rtol=rtol).scaled_error(r, sigma, batch_ndim=batch_ndim, xp=np)
+    expected = np.empty(7)
+    for i in range(7):
+        samples = r[i][:, None, :] if batch_ndim else r[i].reshape(1, -1)
+        rms = max(float(np.sqrt(np.mean(s**2))) for s in samples) if np.all(np.isfinite(r[i])) else np.nan
+        thr = atol + rtol * sigma[i]
+        expected[i] = np.nan if np.isnan(rms) else (rms / thr if thr > 0 else (0.0 if rms == 0 else np.inf))
+    np.testing.assert_array_equal(np.isnan(err), np.isnan(expected))
+    np.testing.assert_allclose(err[~np.isnan(err)], expected[~np.isnan(expected)], rtol=1e-12)
+    assert np.isnan(err[2]) and np.isnan(err[3]) and err[1] == 0.0

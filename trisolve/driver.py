@@ -34,8 +34,8 @@ __all__ = ["solve"]
 
 def _first(mask: np.ndarray) -> int:
     """Index of the first True in ``mask``, or ``len(mask)``."""
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) if idx.size else mask.shape[0]
+    i = int(np.argmax(mask)) if mask.size else 0  # argmax of a bool array stops at the first True
+    return i if mask.size and mask[i] else mask.shape[0]
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
@@ -197,16 +197,22 @@ def solve(
         evals += ev.num_evals
         xw = xp.asarray(x[lo:hi, ...], copy=True)  # (w, *event); a copy: the buffer is written below
         s_rows = sigma[lo - 1 : hi - 1]
-        err = tol.scaled_error(ev.f - xw, s_rows, batch_ndim=batch_ndim, xp=xp)
+        d = ev.f - xw  # first-order residual
+        err = tol.scaled_error(d, s_rows, batch_ndim=batch_ndim, xp=xp)
         g = update_map.apply(x, ev, lo, hi, system, xp=xp)
-        r = g - xw
-        if not update_map.is_one_step:
+        if update_map.is_one_step:
+            r = d  # G = F: the map residual is the first-order one
+        else:
+            r = g - xw
             err = np.maximum(err, tol.scaled_error(r, s_rows, batch_ndim=batch_ndim, xp=xp))  # nan propagates
         windows.append((lo, hi))
         errors.append(err)
 
-        istar = _first(~(err <= 1.0))  # first unconverged (nan counts as unconverged)
-        bad = _first(np.isnan(err))
+        ok = err <= 1.0  # nan compares False: unconverged
+        istar = int(np.argmin(ok)) if ok.size else 0  # argmin of a bool array stops at the first False
+        if ok.size and ok[istar]:
+            istar = hi - lo  # every row converged
+        bad = hi - lo if not math.isnan(err.sum()) else _first(np.isnan(err))  # err >= 0: the sum is nan iff a row is
         start = min(istar + 1, hi - lo)  # rows [0, start) take the plain step and freeze
         if bad < hi - lo:
             start = min(start, bad)
@@ -220,13 +226,18 @@ def solve(
                 StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp),
                 state,
             )
-            new = xp.concat([g[:start, ...], proposal[start:, ...]], axis=0)
         else:
-            new = g
+            proposal = g
         change = None
         if early_stop is not None and hi == n + 1:
-            change = tol.scaled_error(new[-1:, ...] - xw[-1:, ...], sigma[-1:], batch_ndim=batch_ndim, xp=xp)[0]
-        x[lo:hi, ...] = new
+            change = tol.scaled_error(proposal[-1:, ...] - xw[-1:, ...], sigma[-1:], batch_ndim=batch_ndim, xp=xp)[0]
+        # rows [lo, lo + start) take the plain step, the rest the solver's proposal
+        if proposal is g:
+            x[lo:hi, ...] = g
+        else:
+            if start:
+                x[lo : lo + start, ...] = g[:start, ...]
+            x[lo + start : hi, ...] = proposal[start:, ...]
         window_lo, lo = lo, lo + start
         # the callback sees every round, the last one included
         stop = callback is not None and bool(callback(RoundInfo(rounds, window_lo, hi, lo, err, x)))

@@ -207,7 +207,11 @@ def sample(
     order : int, optional
         Order ``k`` of the default Picard map (``None``: the whole window).
     window_size : int or WindowPolicy, optional
-        Rows per round (``None``: all steps); bounds memory.
+        Rows per round (``None``: all steps); bounds memory. Fewest rounds with the whole
+        window; with a network that already fills the device at a small batch, a window whose
+        round batch (``2 x window`` with guidance) sits where the per-sample time stops falling
+        is faster (an SD-sized UNet on one H200, DDIM-50: window 8 2.0x, all steps 1.1x; see
+        the GPU benchmark).
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the DDPM posterior std of the step. The
