@@ -32,7 +32,7 @@ def _x0(backend, rng, event):
     n=st.integers(1, 24),
     p=st.integers(1, 3),
     event=event_shapes,
-    kind=st.sampled_from(["black", "semi"]),
+    kind=st.sampled_from(["black", "semi", "semi-with-linear-rows"]),
 )
 def test_every_solver_reaches_forward_substitution(backend, name, make, window, seed, n, p, event, kind):
     rng = np.random.default_rng(seed)
@@ -41,7 +41,7 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
         system = blackbox_system(rng, n, p, event, backend, counter=counter)
         update_map = trisolve.Picard() if seed % 2 else trisolve.OneStep()
     else:
-        system = semilinear_system(rng, n, p, event, backend, counter=counter)
+        system = semilinear_system(rng, n, p, event, backend, counter=counter, linear_fraction=0.4 if kind.endswith("rows") else 0.0)
         update_map = MAPS[seed % len(MAPS)]
         if update_map.order is not None and update_map.order > n:
             update_map = type(update_map)(order=n)
@@ -309,3 +309,31 @@ def test_scaled_error_matches_its_definition(atol, rtol, batch_ndim):
     np.testing.assert_array_equal(np.isnan(err), np.isnan(expected))
     np.testing.assert_allclose(err[~np.isnan(err)], expected[~np.isnan(expected)], rtol=1e-12)
     assert np.isnan(err[2]) and np.isnan(err[3]) and err[1] == 0.0
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_linear_rows_are_resolved_in_the_round_their_predecessor_freezes(backend):
+    # rows 2, 4, ..., n read no g: x_i = a_i x_{i-1} + c_i. Order-1 Jacobi freezes one row per
+    # round at worst; each frozen odd row carries the linear row after it, so n / 2 rounds do
+    n = 12
+    rng = np.random.default_rng(3)
+    B = rng.uniform(-1.0, 1.0, size=n)
+    B[1::2] = 0.0  # rows 2, 4, ..., 12
+    requested: list[tuple[int, int]] = []
+
+    def g(x, lo, hi):
+        requested.append((lo, hi))
+        return backend.xp.sin(3.0 * x) + 1.0
+
+    system = trisolve.SemilinearSystem(rng.uniform(0.5, 1.5, size=n), B, g, c=backend.asarray(rng.standard_normal((n, 2))))
+    assert system.linear_rows.tolist() == [False] + [bool(i % 2 == 0) for i in range(1, n + 1)]
+    x0 = backend.asarray(np.array([0.3, -0.7]))
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    requested.clear()
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=0.0, rtol=0.0)  # exact: only the structure converges
+    assert sol.status is trisolve.Status.CONVERGED
+    assert sol.num_rounds == n // 2
+    np.testing.assert_allclose(backend.to_numpy(sol.trajectory), ref, rtol=1e-12, atol=1e-12)
+    # g of the last row is read by no row, so it is never evaluated
+    assert all(hi <= n - 1 for _, hi in requested)
+    assert sol.num_evals == sum(hi - lo for lo, hi in requested)

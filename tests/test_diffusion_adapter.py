@@ -207,3 +207,31 @@ def test_network_returning_nan_raises_with_status():
             td.sample(pipe, num_inference_steps=10, generator=torch.manual_seed(0))
     finally:
         pipe.unet.forward = real
+
+
+@pytest.mark.parametrize(
+    "config,identity",
+    [
+        (dict(set_alpha_to_one=False, clip_sample=False), True),  # last step t=0 -> abar[0]: identity
+        (dict(set_alpha_to_one=False, clip_sample=False, prediction_type="v_prediction"), True),
+        (dict(set_alpha_to_one=False, clip_sample=True), False),  # clipping x0_hat breaks it
+        (dict(set_alpha_to_one=False, clip_sample=False, thresholding=True), False),
+        (dict(set_alpha_to_one=True, clip_sample=False), False),  # last step -> abar = 1
+        (dict(set_alpha_to_one=False, clip_sample=False, steps_offset=1), False),  # last t = 1
+    ],
+)
+def test_ddim_identity_step_is_written_exactly(config, identity):
+    from trisolve_diffusion.schedulers import map_scheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, **config)
+    sched.set_timesteps(25)
+    m = map_scheduler(sched, eta=1.0)
+    expected_linear = np.zeros(25, dtype=bool)
+    expected_linear[-1] = identity
+    np.testing.assert_array_equal(~np.any(m.B != 0, axis=1), expected_linear)
+    if identity:
+        assert m.a[-1] == 1.0 and m.noise_scale[-1] == 0.0
+        # and the step really is the identity in diffusers' own step, up to float32 rounding
+        x, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+        prev = sched.step(out, sched.timesteps[-1], x, eta=0.0).prev_sample
+        torch.testing.assert_close(prev, x, rtol=0, atol=1e-5)

@@ -70,6 +70,12 @@ CONFIGS = [
         dict(num_inference_steps=20, eta=1.0, use_clipped_model_output=True),
     ),
     (
+        "ddim-eta1-identity-last-step",  # abar_prev == abar_t at t = 0: the last step is solved without g
+        DDIMPipeline,
+        DDIMScheduler(num_train_timesteps=T, set_alpha_to_one=False, clip_sample=False),
+        dict(num_inference_steps=20, eta=1.0),
+    ),
+    (
         "ddim-eta0.5-sample-threshold-linspace",
         DDIMPipeline,
         DDIMScheduler(num_train_timesteps=T, prediction_type="sample", thresholding=True, timestep_spacing="linspace"),

@@ -34,13 +34,15 @@ def blackbox_system(rng, n, p, event, xp_backend, *, nonlinear=True, scale=0.6, 
     return trisolve.BlackBoxSystem(fn, n)
 
 
-def semilinear_system(rng, n, p, event, xp_backend, *, a_range=(0.5, 1.1), with_c=True, counter=None):
-    """``x_i = a_i x_{i-1} + sum_q B[i,q] tanh(s_j x_j) + c_i``."""
+def semilinear_system(rng, n, p, event, xp_backend, *, a_range=(0.5, 1.1), with_c=True, counter=None, linear_fraction=0.0):
+    """``x_i = a_i x_{i-1} + sum_q B[i,q] tanh(s_j x_j) + c_i``; a ``linear_fraction`` of the rows
+    read no ``g`` (``B[i-1] = 0``: ``x_i = a_i x_{i-1} + c_i``)."""
     xp = xp_backend.xp
     a = rng.uniform(*a_range, size=n)
     B = rng.uniform(-0.5, 0.5, size=(n, p))
     for i in range(1, n + 1):
         B[i - 1, i:] = 0.0
+    B[rng.random(n) < linear_fraction] = 0.0
     s = xp_backend.asarray(rng.uniform(0.5, 2.0, size=n + 1))
     c = xp_backend.asarray(rng.standard_normal((n, *event)) * 0.1) if with_c else None
 

@@ -169,6 +169,7 @@ def solve(
     sigma = system.sigma  # (n,) rows 1..n
     batch_ndim = system.batch_ndim
     cache = system.new_cache()
+    linear = getattr(system, "linear_rows", np.zeros(n + 1, dtype=bool))  # (n + 1,) bool
     state = solver.init()
 
     lo = num_frozen
@@ -238,6 +239,11 @@ def solve(
             if start:
                 x[lo : lo + start, ...] = g[:start, ...]
             x[lo + start : hi, ...] = proposal[start:, ...]
+        # a linear row (no g term) right after the frozen prefix reads only final rows: it is
+        # exact now, without an evaluation, and freezes in this round too
+        while lo + start < hi and linear[lo + start]:
+            x[lo + start, ...] = system.linear_step(x, lo + start, xp=xp)
+            start += 1
         window_lo, lo = lo, lo + start
         # the callback sees every round, the last one included
         stop = callback is not None and bool(callback(RoundInfo(rounds, window_lo, hi, lo, err, x)))

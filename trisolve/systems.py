@@ -162,6 +162,11 @@ class BlackBoxSystem:
     def new_cache(self) -> None:
         return None
 
+    @property
+    def linear_rows(self) -> np.ndarray:
+        """``(n + 1,)`` bool: rows computable from the previous row alone (none for a black box)."""
+        return np.zeros(self.n + 1, dtype=bool)
+
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
         f = self.fn(x, lo, hi)
         _check_rows("fn", f, lo, hi, x)
@@ -235,6 +240,16 @@ class SemilinearSystem:
             raise ValueError(f"c must have shape (n, *event) with n = {n}, got {tuple(c.shape)}.")
         a.setflags(write=False)
         B.setflags(write=False)
+        # g_j is read by row j + 1 + q with coefficient B[j + q, q]; rows that read no g at all
+        # (B[i - 1] == 0) are linear: x_i = a_i x_{i-1} + c_i
+        g_used = np.zeros(n, dtype=bool)
+        for q in range(p):
+            g_used[: n - q] |= B[q:, q] != 0
+        linear = np.concatenate([[False], ~np.any(B != 0, axis=1)])
+        g_used.setflags(write=False)
+        linear.setflags(write=False)
+        object.__setattr__(self, "_g_used", g_used)
+        object.__setattr__(self, "_linear", linear)
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "g", g)
@@ -258,6 +273,20 @@ class SemilinearSystem:
     def new_cache(self) -> _GCache:
         return _GCache()
 
+    @property
+    def linear_rows(self) -> np.ndarray:
+        """``(n + 1,)`` bool: row ``i`` reads no ``g`` (``B[i - 1] == 0``), so ``x_i = a_i x_{i-1} + c_i``.
+
+        Once row ``i - 1`` is final such a row is exact without evaluating anything; the
+        driver resolves it in the same round (:meth:`linear_step`).
+        """
+        return self._linear
+
+    def linear_step(self, x: Any, i: int, *, xp: Any) -> Any:
+        """``a_i x_{i-1} + c_i`` for a linear row ``i`` (``linear_rows[i]``), shape ``event``."""
+        row = float(self.a[i - 1]) * x[i - 1, ...]
+        return row if self.c is None else row + self.c[i - 1, ...]
+
     def evaluate(self, x: Any, lo: int, hi: int, cache: _GCache, *, xp: Any) -> Evaluation:
         """Evaluate rows ``[lo, hi)``; rows ``< lo`` must be final.
 
@@ -272,11 +301,14 @@ class SemilinearSystem:
         if cache.g is None:
             cache.g = xp.zeros((self.n, *x.shape[1:]), dtype=x.dtype, device=_device(x))
         num_evals = 0
-        if hi - 1 > start:
-            g_new = self.g(x[start : hi - 1, ...], start, hi - 1)
-            _check_rows("g", g_new, start, hi - 1, x)
-            cache.g[start : hi - 1, ...] = g_new
-            num_evals = hi - 1 - start
+        g_hi = hi - 1
+        while g_hi > start and not self._g_used[g_hi - 1]:  # trailing rows whose g no row reads
+            g_hi -= 1
+        if g_hi > start:
+            g_new = self.g(x[start:g_hi, ...], start, g_hi)
+            _check_rows("g", g_new, start, g_hi, x)
+            cache.g[start:g_hi, ...] = g_new
+            num_evals = g_hi - start
         cache.final_upto = max(cache.final_upto, lo)
         # u_i = sum_q B[i-1, q] g_{i-1-q} + c_i for i in [lo, hi)    (w, *event)
         w = hi - lo

@@ -61,6 +61,13 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
     c_eps = np.sqrt(1 - ab_prev - std**2)
     dx0, deps = linear_part(cfg.prediction_type, sab, s1ab)
     a = c_x0 * dx0 + c_eps * deps
+    B = np.ones((n, 1))
+    # a step with abar_prev == abar_t (the last one with leading spacing, final timestep 0 and
+    # set_alpha_to_one=False) is the identity when x0_hat is not clipped or thresholded:
+    # x_prev = sqrt(ab) x0_hat + sqrt(1 - ab) eps = x_t, and s_t = 0. Written exactly (a = 1,
+    # no g term), the solver resolves it without a network call or a round of its own.
+    identity = (ab_prev == ab_t) & (not cfg.clip_sample) & (not cfg.thresholding)
+    a[identity], B[identity] = 1.0, 0.0
     if not np.all(np.isfinite(np.concatenate([a, c_eps, std]))):
         raise ValueError(
             f"DDIMScheduler with eta={eta} gives non-finite step coefficients for these timesteps (1 - abar_prev - s_t^2 < 0); use a smaller eta."
@@ -69,7 +76,7 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
         scheduler=scheduler,
         timesteps=ts,
         a=a,
-        B=np.ones((n, 1)),
+        B=B,
         noise_scale=std,
         noise_drawn=np.full(n, eta > 0),
         noise_in_float32=False,
