@@ -334,6 +334,6 @@ def test_linear_rows_are_resolved_in_the_round_their_predecessor_freezes(backend
     assert sol.status is trisolve.Status.CONVERGED
     assert sol.num_rounds == n // 2
     np.testing.assert_allclose(backend.to_numpy(sol.trajectory), ref, rtol=1e-12, atol=1e-12)
-    # g of the last row is read by no row, so it is never evaluated
+    # g of row n - 1 is read by no row (row n is linear), so it is never evaluated
     assert all(hi <= n - 1 for _, hi in requested)
     assert sol.num_evals == sum(hi - lo for lo, hi in requested)
