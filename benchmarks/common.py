@@ -28,15 +28,23 @@ def machine() -> dict:
     return info
 
 
-def median_time(fn, repeats: int = 5) -> tuple[float, list[float]]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up)."""
+def median_time(fn, repeats: int = 5, sync=None) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up), and the last result.
+
+    ``sync`` (e.g. ``torch.cuda.synchronize``) is called around each run, so that work a device
+    still has queued is counted in the run that queued it.
+    """
+    sync = sync or (lambda: None)
     fn()
+    sync()
     times = []
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
-        fn()
+        result = fn()
+        sync()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+    return statistics.median(times), result
 
 
 def write(name: str, payload: dict, markdown: str) -> None:

@@ -25,50 +25,33 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
-from recurrences import rnn_loop_numpy, rnn_problem  # noqa: E402
+from common import median_time, write  # noqa: E402
+from recurrences import rnn_loop_numpy, rnn_loop_torch, rnn_parallel, rnn_problem  # noqa: E402
 
-import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 
 
-def _sync(dev: torch.device) -> None:
+def _sync(dev: torch.device):
+    """What to call around a timed run on ``dev`` (``None`` on the CPU)."""
+    return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
+
+
+def timed(fn, dev: torch.device, repeats: int) -> tuple[float, object, float]:
+    """Median wall time of ``fn()`` (after a warm-up), its last result, and the peak device memory
+    (GiB) any of the runs allocated (nan off CUDA): every run does the same work."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
-
-
-def timed(fn, dev: torch.device, repeats: int = 3):
-    """Median wall time of ``fn()`` over ``repeats`` runs after one warm-up, and its last result."""
-    fn()
-    _sync(dev)
-    times = []
-    for _ in range(repeats):
-        _sync(dev)
-        start = time.perf_counter()
-        res = fn()
-        _sync(dev)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), res
-
-
-def peak_memory(fn, dev: torch.device) -> float:
-    """Peak device memory (GiB) allocated while ``fn()`` runs (nan off CUDA)."""
-    if dev.type != "cuda":
-        return float("nan")
-    torch.cuda.synchronize(dev)
-    torch.cuda.reset_peak_memory_stats(dev)
-    fn()
-    torch.cuda.synchronize(dev)
-    return torch.cuda.max_memory_allocated(dev) / 2**30
+        torch.cuda.reset_peak_memory_stats(dev)
+    sec, result = median_time(fn, repeats, sync=_sync(dev))
+    peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
+    return sec, result, peak
 
 
 def compare(a: torch.Tensor, b: torch.Tensor, peak: float) -> tuple[float, float]:
@@ -112,7 +95,7 @@ def network_rows(model: str, unet, batches: list[int], cond: torch.Tensor | None
         t = torch.full((b,), 500, device=dev)
         kw = {} if cond is None else {"encoder_hidden_states": cond.expand(b, *cond.shape[1:])}
         with torch.no_grad():
-            sec, _ = timed(lambda: unet(x, t, **kw), dev, repeats)
+            sec, _, _ = timed(lambda: unet(x, t, **kw), dev, repeats)
         rows.append(dict(model=model, batch=b, call_ms=1e3 * sec, per_sample_ms=1e3 * sec / b))
         print(rows[-1], flush=True)
     return rows
@@ -126,14 +109,14 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
     def run(model, label, pipe, steps, kw, peak_value, images, **options):
         seq = lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw)  # noqa: E731
         par = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw, **options)  # noqa: E731
-        t_seq, ref = timed(seq, dev, repeats)
-        t_par, out = timed(par, dev, repeats)
+        t_seq, ref, seq_peak = timed(seq, dev, repeats)
+        t_par, out, par_peak = timed(par, dev, repeats)
         max_diff, psnr = compare(images(out), images(ref), peak_value)
         sol = out.solution
         rows.append(
             dict(model=model, sampler=label, steps=steps, sequential_s=t_seq, parallel_s=t_par, speedup=t_seq / t_par,
                  rounds=sol.num_rounds, status=sol.status.name, evals_per_step=sol.num_evals / steps, max_diff=max_diff,
-                 psnr_db=psnr, seq_peak_gib=peak_memory(seq, dev), par_peak_gib=peak_memory(par, dev))
+                 psnr_db=psnr, seq_peak_gib=seq_peak, par_peak_gib=par_peak)
         )  # fmt: skip
         print(rows[-1], flush=True)
 
@@ -170,22 +153,10 @@ def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
     for hidden in [16] if quick else [16, 64]:
         for T in [1000] if quick else [1000, 10_000, 100_000]:
             W, drive = rnn_problem(T, hidden=hidden)
-            ref = rnn_loop_numpy(W, drive, T)
-            t_np, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats)
+            t_np, ref, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats)
             Wd, dd = torch.from_numpy(W).to(dev), torch.from_numpy(drive).to(dev)
-
-            def loop_dev():
-                h = torch.zeros(T + 1, hidden, dtype=torch.float64, device=dev)
-                for t in range(1, T + 1):
-                    h[t] = torch.tanh(Wd @ h[t - 1] + dd[t])
-                return h
-
-            def parallel():
-                system = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] @ Wd.T + dd[lo:hi]), T)
-                return trisolve.solve(system, trisolve.Jacobi(), torch.zeros(hidden, dtype=torch.float64, device=dev), atol=1e-9)
-
-            t_loop, _ = timed(loop_dev, dev, 1 if T >= 100_000 else repeats)
-            t_par, sol = timed(parallel, dev, repeats)
+            t_loop, _, _ = timed(lambda: rnn_loop_torch(Wd, dd, T), dev, 1 if T >= 100_000 else repeats)
+            t_par, sol, _ = timed(lambda: rnn_parallel(Wd, dd, T), dev, repeats)
             rows.append(
                 dict(hidden=hidden, T=T, rounds=sol.num_rounds, parallel_s=t_par, python_loop_s=t_np, device_loop_s=t_loop,
                      speedup_vs_python_loop=t_np / t_par, speedup_vs_device_loop=t_loop / t_par,

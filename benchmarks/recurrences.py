@@ -45,16 +45,16 @@ def rnn_loop_numpy(W, drive, T):
 
 
 def rnn_loop_torch(W, drive, T):
-    h = torch.zeros(T + 1, W.shape[0], dtype=torch.float64)
+    h = torch.zeros(T + 1, W.shape[0], dtype=torch.float64, device=W.device)
     for t in range(1, T + 1):
         h[t] = torch.tanh(W @ h[t - 1] + drive[t])
     return h
 
 
-def rnn_parallel(W, drive, T, lib):
-    if lib == "torch":
-        W, drive = torch.from_numpy(W), torch.from_numpy(drive)
-        tanh, x0 = torch.tanh, torch.zeros(W.shape[0], dtype=torch.float64)
+def rnn_parallel(W, drive, T):
+    """Jacobi on the RNN, in the library and on the device of ``W`` (NumPy or torch)."""
+    if isinstance(W, torch.Tensor):
+        tanh, x0 = torch.tanh, torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
     else:
         tanh, x0 = np.tanh, np.zeros(W.shape[0])
     system = trisolve.BlackBoxSystem(lambda x, lo, hi: tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
@@ -86,13 +86,11 @@ def main(argv=None):
     rows = []
     for T in sizes:
         W, drive = rnn_problem(T)
-        ref = rnn_loop_numpy(W, drive, T)
-        t_np_loop, _ = median_time(lambda: rnn_loop_numpy(W, drive, T), repeats)
+        t_np_loop, ref = median_time(lambda: rnn_loop_numpy(W, drive, T), repeats)
         Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
         t_torch_loop, _ = median_time(lambda: rnn_loop_torch(Wt, dt, T), repeats)
-        for lib in ("numpy", "torch"):
-            sol = rnn_parallel(W, drive, T, lib)
-            t_par, _ = median_time(lambda lib=lib: rnn_parallel(W, drive, T, lib), repeats)
+        for lib, arrays in (("numpy", (W, drive)), ("torch", (Wt, dt))):
+            t_par, sol = median_time(lambda arrays=arrays: rnn_parallel(*arrays, T), repeats)
             traj = sol.trajectory.numpy() if lib == "torch" else sol.trajectory
             rows.append(
                 dict(problem="tanh RNN (hidden 16), Jacobi", T=T, backend=lib, rounds=sol.num_rounds, parallel_s=t_par,
@@ -101,10 +99,8 @@ def main(argv=None):
             )  # fmt: skip
             print(rows[-1], flush=True)
         h = 10.0 / T
-        ref_e = euler_loop(T, h)
-        t_loop, _ = median_time(lambda: euler_loop(T, h), repeats)
-        sol = euler_parallel(T, h)
-        t_par, _ = median_time(lambda: euler_parallel(T, h), repeats)
+        t_loop, ref_e = median_time(lambda: euler_loop(T, h), repeats)
+        t_par, sol = median_time(lambda: euler_parallel(T, h), repeats)
         rows.append(
             dict(problem="explicit Euler ODE, TAA on Unrolled()", T=T, backend="numpy", rounds=sol.num_rounds, parallel_s=t_par,
                  python_loop_s=t_loop, torch_loop_s=float("nan"), speedup_vs_python_loop=t_loop / t_par,

@@ -209,10 +209,7 @@ def solve(
         windows.append((lo, hi))
         errors.append(err)
 
-        ok = err <= 1.0  # nan compares False: unconverged
-        istar = int(np.argmin(ok)) if ok.size else 0  # argmin of a bool array stops at the first False
-        if ok.size and ok[istar]:
-            istar = hi - lo  # every row converged
+        istar = _first(~(err <= 1.0))  # first unconverged (nan compares False: unconverged)
         bad = hi - lo if not math.isnan(err.sum()) else _first(np.isnan(err))  # err >= 0: the sum is nan iff a row is
         start = min(istar + 1, hi - lo)  # rows [0, start) take the plain step and freeze
         if bad < hi - lo:
