@@ -107,7 +107,7 @@ def affine_scan(J: Any, r: Any, *, dense: bool, xp: Any) -> Any:
     # delta_{2k} = J_{2k} delta_{2k-1} + r_{2k}; delta_{-1} = 0
     n_even = w - m
     prev = d_odd[: n_even - 1, ...]  # delta_{2k-1} for k = 1 .. n_even - 1
-    d_even = xp.concat([r[0:1, ...], _apply(J[2 : 2 * n_even : 2, ...], prev, dense, xp) + r[2 : 2 * n_even : 2, ...]], axis=0)
+    d_even = xp.concat([r[0:1, ...], _apply(J[2:w:2, ...], prev, dense, xp) + r[2:w:2, ...]], axis=0)
     inter = xp.reshape(xp.stack([d_even[:m, ...], d_odd], axis=1), (2 * m, *r.shape[1:]))  # rows 0, 1, ..., 2m - 1
     return inter if w == 2 * m else xp.concat([inter, d_even[m:, ...]], axis=0)
 
