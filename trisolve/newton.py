@@ -9,10 +9,10 @@ Every update map is one residual scan (DESIGN 9). With ``r = F(x) - x`` on the w
     \\qquad \\delta_{lo-1} = 0 .
 
 ``J_i = dF_i / dx_{i-1}`` makes ``G`` Newton's method on the triangular system
-``x - F(x) = 0`` (DEER [DEER]_): the linearisation ``(I - L) delta = r`` of a lower-bidiagonal
+``x - F(x) = 0`` (DEER): the linearisation ``(I - L) delta = r`` of a lower-bidiagonal
 system is exactly this recurrence. A diagonal ``J_i`` is quasi-DEER, and ``J_i / (1 + damping)``
 a damped step between Newton (``damping = 0``) and the one-step map (``damping -> inf``), in
-the spirit of ELK's trust region [ELK]_.
+the spirit of ELK's trust region.
 
 Notation (``w`` window rows, ``S`` independent samples = the ``batch_ndim`` leading event
 axes, ``d`` values per sample, state axes flattened in C order):
@@ -30,12 +30,8 @@ chunk's first row), so its peak memory is ``O(chunk_rows * S * d^2 + w * S * d)`
 window: by default ``chunk_rows * S * d^2 <= 2^22`` entries (32 MiB in float64; the scan and
 the forward-mode Jacobian hold a few such blocks at once). The diagonal map is ``O(w * S * d)``.
 
-References
-----------
-.. [DEER] Lim, Zhu, Selfridge, Kasim. "Parallelizing non-linear sequential models over the
-   sequence length", ICLR 2024.
-.. [ELK] Gonzalez, Warrington, Smith, Linderman. "Towards scalable and stable parallelization
-   of nonlinear RNNs", NeurIPS 2024.
+References (full entries in the docs' theory page): DEER = Lim, Zhu, Selfridge, Kasim,
+ICLR 2024; ELK = Gonzalez, Warrington, Smith, Linderman, NeurIPS 2024.
 """
 
 from __future__ import annotations
