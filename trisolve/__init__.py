@@ -11,6 +11,7 @@ Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, arra
 from .driver import solve
 from .maps import OneStep, Picard, Unrolled, UpdateMap
 from .result import RoundInfo, Solution, SolveError, Status
+from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
@@ -39,6 +40,7 @@ __all__ = [
     "Unrolled",
     "Picard",
     "UpdateMap",
+    "affine_scan",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
