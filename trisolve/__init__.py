@@ -9,7 +9,9 @@ Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, arra
 """
 
 from .driver import solve
+from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .newton import Newton
 from .result import RoundInfo, Solution, SolveError, Status
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
@@ -38,7 +40,9 @@ __all__ = [
     "OneStep",
     "Unrolled",
     "Picard",
+    "Newton",
     "UpdateMap",
+    "Adjoint",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
