@@ -58,6 +58,9 @@ class SchedulerMapping:
         Noise drawn in float32 (DPM-Solver SDE) rather than in the network's dtype.
     sigma : ndarray, shape ``(n,)``
         Tolerance scale of each row (posterior standard deviation of the step).
+    input_scale : ndarray, shape ``(n,)``
+        Factor ``scheduler.scale_model_input`` applies to row ``j`` before the network (1.0
+        when it applies none; the default).
     """
 
     scheduler: Any
@@ -68,13 +71,18 @@ class SchedulerMapping:
     noise_drawn: np.ndarray
     noise_in_float32: bool
     sigma: np.ndarray
+    input_scale: np.ndarray = None
+
+    def __post_init__(self):
+        if self.input_scale is None:
+            object.__setattr__(self, "input_scale", np.ones(self.n))
 
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
 
-    def g(self, x: torch.Tensor, model_output: torch.Tensor, rows: np.ndarray) -> torch.Tensor:
-        """Processed prediction of rows ``rows`` from ``x`` and the network output, ``(w, *event)``."""
+    def g(self, x: torch.Tensor, model_output: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Processed prediction of rows ``[lo, hi)`` from their latents ``x`` and the network output, ``(hi - lo, *event)``."""
         raise NotImplementedError
 
     # -- helpers for subclasses -------------------------------------------------------------

@@ -31,7 +31,8 @@ class DDIMMapping(SchedulerMapping):
     c_eps: np.ndarray = None  # sqrt(1 - ab_prev - s_t^2)
     use_clipped_model_output: bool = False
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
+        rows = slice(lo, hi)
         cfg = self.scheduler.config
         sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
         x0, eps = predictions(cfg.prediction_type, x, model_output, sab, s1ab)

@@ -29,7 +29,8 @@ class DDPMMapping(SchedulerMapping):
     c_x0: np.ndarray = None
     c_x: np.ndarray = None
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
+        rows = slice(lo, hi)
         cfg = self.scheduler.config
         sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
         x0, _ = predictions(cfg.prediction_type, x, model_output, sab, s1ab)

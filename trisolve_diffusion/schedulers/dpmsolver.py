@@ -64,7 +64,8 @@ class DPMSolverMapping(SchedulerMapping):
     alpha: np.ndarray = None  # alpha_j of row j   (n,)
     sig: np.ndarray = None  # sigma_j of row j
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
+        rows = slice(lo, hi)
         s = self.scheduler
         cfg = s.config
         alpha, sig = self.col(self.alpha[rows], x), self.col(self.sig[rows], x)
