@@ -183,7 +183,10 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
     From the system's ``jacobian`` callable when it has one (see :class:`BlackBoxSystem`,
     :class:`SemilinearSystem`), else, for PyTorch arrays, by forward-mode automatic
     differentiation (``torch.func.jvp`` under ``vmap``): ``d`` Jacobian-vector products, each
-    with a basis vector in every row at once. For a black box this differentiates
+    with a basis vector in every row at once. A black box is handed the trajectory's rows
+    ``0 .. hi - 2`` (all that ``F_lo .. F_{hi-1}`` may read), and ``vmap`` materialises that
+    prefix once per batched column, so its columns are batched in groups that keep
+    ``columns x (hi - 1) x S x d <= 2^22``; a ``jacobian=`` callable avoids that cost. For a black box this differentiates
     ``fn(x, lo, hi)`` with respect to the rows ``x[lo-1 : hi-1]`` moved together, which is
     ``dF_i/dx_{i-1}`` when ``F_i`` reads no row before ``i - 1`` (a Markov system; see
     :class:`Newton` for banded ones).
@@ -222,8 +225,10 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
             )
         import torch
 
-        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, w * S * d)))
         xd = x.detach()
+        # vmap materialises one trajectory per batched column: bound columns x rows read x S x d
+        rows_read = w if semilinear else hi - 1
+        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, rows_read * S * d)))
         if semilinear:
             g = system.g
 
@@ -233,7 +238,8 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
             fn = system.fn
 
             def func(rows):  # F_i for i in [lo, hi) as a function of rows lo-1 .. hi-2 moved together
-                return fn(torch.cat([xd[: lo - 1], rows, xd[hi - 1 :]], dim=0), lo, hi)
+                # rows 0 .. hi-2 are all that F_lo .. F_(hi-1) may read
+                return fn(torch.cat([xd[: lo - 1], rows], dim=0), lo, hi)
 
         try:
             with torch.enable_grad():
@@ -253,6 +259,46 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
         else:
             J = xp.reshape(a, (w, 1, 1)) + xp.reshape(b, (w, 1, 1)) * J
     return J, got_dense
+
+
+# ----------------------------------------------------------------------------- secant slopes
+
+
+class SecantState:
+    """Per-solve memory of ``Newton("secant")``: the last round's inputs and values.
+
+    ``x_in`` ``(w', *event)`` holds rows ``lo' - 1 .. hi' - 2`` of that round's iterate and
+    ``f`` ``(w', *event)`` the values ``F_i`` of rows ``lo' .. hi' - 1``.
+    """
+
+    def __init__(self) -> None:
+        self.lo: int | None = None
+        self.x_in: Any = None
+        self.f: Any = None
+
+    def slopes(self, x: Any, f: Any, lo: int, hi: int, *, xp: Any) -> Any:
+        """Elementwise secant slopes ``clip((F_i - F_i') / (x_{i-1} - x_{i-1}'), 0, 1)`` ``(w, *event)``.
+
+        Primes are the previous round. Rows or entries without a usable difference (first
+        round, a row new to the window, ``x_{i-1}`` unchanged, a non-finite quotient) get 0.
+        Then records this round. No host read.
+        """
+        w = hi - lo
+        x_in = xp.asarray(x[lo - 1 : hi - 1, ...], copy=True)
+        J = xp.zeros_like(f)
+        if self.lo is not None:
+            s = lo - self.lo  # the window never moves back: s >= 0
+            m = min(w, self.f.shape[0] - s)
+            if m > 0:
+                dx = x_in[:m, ...] - self.x_in[s : s + m, ...]
+                df = f[:m, ...] - self.f[s : s + m, ...]
+                nz = dx != 0
+                q = xp.where(nz, df / xp.where(nz, dx, xp.ones_like(dx)), xp.zeros_like(dx))
+                q = xp.where(xp.isfinite(q), q, xp.zeros_like(q))
+                q = xp.minimum(xp.maximum(q, xp.zeros_like(q)), xp.ones_like(q))
+                J = q if m == w else xp.concat([q, J[m:, ...]], axis=0)
+        self.lo, self.x_in, self.f = lo, x_in, xp.asarray(f, copy=True)
+        return J
 
 
 # ----------------------------------------------------------------------------- the map
