@@ -13,6 +13,7 @@ from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
 from .newton import Newton
 from .result import RoundInfo, Solution, SolveError, Status
+from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
@@ -43,6 +44,7 @@ __all__ = [
     "Newton",
     "UpdateMap",
     "Adjoint",
+    "affine_scan",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
