@@ -20,6 +20,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -287,6 +290,32 @@ def test_deis_matches_step_loop(config, steps):
 
 def test_deis_parallel_solve():
     check_parity(lambda: DEISMultistepScheduler(solver_order=3), 15, tol=F64, solve=True)
+
+
+# -- two evaluations per step: one row each ------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HeunDiscreteScheduler(),
+        lambda: HeunDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: HeunDiscreteScheduler(prediction_type="sample", clip_sample=True, clip_sample_range=0.8),
+        lambda: HeunDiscreteScheduler(timestep_spacing="leading", steps_offset=1, use_exponential_sigmas=True),
+        lambda: KDPM2DiscreteScheduler(),
+        lambda: KDPM2DiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(timestep_spacing="trailing"),
+        lambda: KDPM2AncestralDiscreteScheduler(),
+        lambda: KDPM2AncestralDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+    ],
+    ids=["heun", "heun-karras-v", "heun-sample-clip", "heun-leading-exp", "kdpm2", "kdpm2-karras-v", "kdpm2-trailing",
+         "kdpm2a", "kdpm2a-karras-v"],
+)  # fmt: skip
+def test_two_evaluations_per_step_match_step_loop(make):
+    m = check_parity(make, 8, tol=F64, seed=2)
+    assert m.n == len(m.scheduler.timesteps) > 8  # one row per network evaluation
+
+
+def test_two_stage_parallel_solve():
+    check_parity(lambda: KDPM2AncestralDiscreteScheduler(), 8, tol=F64, seed=4, solve=True)
 
 
 # -- the table cache -----------------------------------------------------------------------------

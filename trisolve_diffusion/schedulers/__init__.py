@@ -19,6 +19,7 @@ from .deis import map_deis
 from .dpmsolver import map_dpmsolver
 from .euler import map_euler
 from .euler_ancestral import map_euler_ancestral
+from .heun import map_heun, map_kdpm2, map_kdpm2_ancestral
 from .lms import map_lms
 from .pndm import map_pndm
 from .unipc import map_unipc
@@ -36,6 +37,9 @@ _MAPPERS = {
     "PNDMScheduler": lambda s, eta, clipped: map_pndm(s),
     "LMSDiscreteScheduler": lambda s, eta, clipped: map_lms(s),
     "DEISMultistepScheduler": lambda s, eta, clipped: map_deis(s),
+    "HeunDiscreteScheduler": lambda s, eta, clipped: map_heun(s),
+    "KDPM2DiscreteScheduler": lambda s, eta, clipped: map_kdpm2(s),
+    "KDPM2AncestralDiscreteScheduler": lambda s, eta, clipped: map_kdpm2_ancestral(s),
 }
 
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
