@@ -18,6 +18,7 @@ import torch
 from diffusers import (
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
@@ -281,7 +282,7 @@ def test_lms_parallel_solve():
     "config, steps",
     [(dict(solver_order=1), 10), (dict(solver_order=2), 10), (dict(solver_order=3), 10), (dict(solver_order=3), 16),
      (dict(solver_order=3, lower_order_final=False), 10), (dict(prediction_type="v_prediction"), 10),
-     (dict(prediction_type="sample", thresholding=True, sample_max_value=0.8), 10), (dict(use_karras_sigmas=True, solver_order=3), 10)],
+     (dict(prediction_type="sample", thresholding=True), 10), (dict(use_karras_sigmas=True, solver_order=3), 10)],
     ids=str,
 )  # fmt: skip
 def test_deis_matches_step_loop(config, steps):
@@ -290,6 +291,30 @@ def test_deis_matches_step_loop(config, steps):
 
 def test_deis_parallel_solve():
     check_parity(lambda: DEISMultistepScheduler(solver_order=3), 15, tol=F64, solve=True)
+
+
+# -- DPM-Solver singlestep -------------------------------------------------------------------------
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("algo", ["dpmsolver++", "dpmsolver"])
+def test_dpmsolver_singlestep_matches_step_loop(algo, order, solver_type):
+    make = lambda: DPMSolverSinglestepScheduler(algorithm_type=algo, solver_order=order, solver_type=solver_type, final_sigmas_type="sigma_min")  # noqa: E731
+    check_parity(make, 11, tol=F64)
+
+
+@pytest.mark.parametrize(
+    "config, steps",
+    [(dict(), 12), (dict(solver_order=3), 12), (dict(solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min"), 12),
+     (dict(prediction_type="v_prediction", use_karras_sigmas=True), 10), (dict(prediction_type="sample", thresholding=True), 10),
+     (dict(use_exponential_sigmas=True, solver_order=3), 7)],
+    ids=str,
+)  # fmt: skip
+def test_dpmsolver_singlestep_options_match_step_loop(config, steps):
+    check_parity(lambda: DPMSolverSinglestepScheduler(**config), steps, tol=F64)
+
+
+def test_dpmsolver_singlestep_parallel_solve():
+    check_parity(lambda: DPMSolverSinglestepScheduler(solver_order=3), 15, tol=F64, solve=True)
 
 
 # -- two evaluations per step: one row each ------------------------------------------------------
@@ -342,8 +367,20 @@ def test_device_tables_are_built_once_per_dtype():
         (lambda: EulerAncestralDiscreteScheduler(prediction_type="sample"), "'epsilon' or 'v_prediction'"),
         (lambda: UniPCMultistepScheduler(predict_x0=False), "non-finite.*predict_x0=True"),
         (lambda: UniPCMultistepScheduler(solver_type="bh1"), "non-finite.*solver_type='bh2'"),
+        (lambda: DPMSolverSinglestepScheduler(algorithm_type="sde-dpmsolver++"), "two noise draws.*DPMSolverMultistepScheduler"),
     ],
-    ids=["lcm", "tcd", "pndm-prk", "unipc-solver_p", "unipc-flow", "deis-flow", "ancestral-sample", "unipc-noise-final-zero", "unipc-bh1-final-zero"],
+    ids=[
+        "lcm",
+        "tcd",
+        "pndm-prk",
+        "unipc-solver_p",
+        "unipc-flow",
+        "deis-flow",
+        "ancestral-sample",
+        "unipc-noise-final-zero",
+        "unipc-bh1-final-zero",
+        "singlestep-sde",
+    ],
 )
 def test_refusals_say_what_to_do(make, match):
     s = make()

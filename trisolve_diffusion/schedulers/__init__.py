@@ -17,6 +17,7 @@ from .ddim import map_ddim
 from .ddpm import map_ddpm
 from .deis import map_deis
 from .dpmsolver import map_dpmsolver
+from .dpmsolver_singlestep import map_dpmsolver_singlestep
 from .euler import map_euler
 from .euler_ancestral import map_euler_ancestral
 from .heun import map_heun, map_kdpm2, map_kdpm2_ancestral
@@ -31,6 +32,7 @@ _MAPPERS = {
     "DDIMScheduler": lambda s, eta, clipped: map_ddim(s, eta=eta, use_clipped_model_output=clipped),
     "DDPMScheduler": lambda s, eta, clipped: map_ddpm(s),
     "DPMSolverMultistepScheduler": lambda s, eta, clipped: map_dpmsolver(s),
+    "DPMSolverSinglestepScheduler": lambda s, eta, clipped: map_dpmsolver_singlestep(s),
     "EulerDiscreteScheduler": lambda s, eta, clipped: map_euler(s),
     "EulerAncestralDiscreteScheduler": lambda s, eta, clipped: map_euler_ancestral(s),
     "UniPCMultistepScheduler": lambda s, eta, clipped: map_unipc(s),
