@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
     DPMSolverSinglestepScheduler,
@@ -75,11 +77,11 @@ def promote(scheduler):
     return scheduler
 
 
-def sequential(scheduler, model, x0, generator=None):
-    """The pipelines' loop: ``(num_steps + 1, *SHAPE)`` latents after every step."""
+def sequential(scheduler, model, x0, generator=None, start=0):
+    """The pipelines' loop from step ``start`` (img2img): ``(num_steps - start + 1, *SHAPE)`` latents after every step."""
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     x, traj = x0, [x0]
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps[start:]:
         out = model(scheduler.scale_model_input(x, t), t)
         kw = {"generator": generator} if takes_generator else {}
         x = scheduler.step(out, t, x, **kw).prev_sample
@@ -341,6 +343,54 @@ def test_two_evaluations_per_step_match_step_loop(make):
 
 def test_two_stage_parallel_solve():
     check_parity(lambda: KDPM2AncestralDiscreteScheduler(), 8, tol=F64, seed=4, solve=True)
+
+
+# -- a loop that starts part-way (img2img) --------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EulerDiscreteScheduler(use_karras_sigmas=True),
+        lambda: EulerAncestralDiscreteScheduler(),
+        lambda: UniPCMultistepScheduler(solver_order=3),
+        lambda: DPMSolverMultistepScheduler(solver_order=3),
+        lambda: LMSDiscreteScheduler(),
+        lambda: DEISMultistepScheduler(solver_order=3),
+        lambda: PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        lambda: DDIMScheduler(),
+        lambda: DDPMScheduler(),
+    ],
+    ids=["euler", "euler-ancestral", "unipc", "dpm", "lms", "deis", "pndm", "ddim", "ddpm"],
+)
+def test_partial_loop_matches_step_loop(make):
+    """img2img runs timesteps[start:] (after set_begin_index where the scheduler has it); rows start there."""
+    steps, start = 12, 5
+    sched_ref, sched_map = promote_after(make(), steps), promote_after(make(), steps)
+    if hasattr(sched_ref, "set_begin_index"):
+        sched_ref.set_begin_index(start)
+        sched_map.set_begin_index(start)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 3.0
+    ref = sequential(sched_ref, MixtureModel(sched_ref), x0, torch.Generator().manual_seed(8), start=start)
+    mapping = map_scheduler(sched_map, start=start)
+    fs = trisolve.forward_substitution(mapped_system(mapping, MixtureModel(sched_map), torch.Generator().manual_seed(8)), x0)
+    assert mapping.n == ref.shape[0] - 1
+    tol = (
+        F32 if type(sched_ref).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler") else F64
+    )  # their step() rounds x to float32
+    np.testing.assert_allclose(fs.numpy(), ref.numpy(), rtol=0, atol=tol * float(ref.abs().max()))
+
+
+def test_partial_loop_refusals():
+    s = HeunDiscreteScheduler()
+    s.set_timesteps(6)
+    with pytest.raises(UnsupportedSchedulerError, match="full loop only"):
+        map_scheduler(s, start=2)
+    e = EulerDiscreteScheduler()
+    e.set_timesteps(6)
+    e.set_begin_index(2)
+    with pytest.raises(ValueError, match="begin_index=2"):
+        map_scheduler(e, start=3)
+    with pytest.raises(ValueError, match="start must be"):
+        map_scheduler(e, start=6) if e.set_begin_index(6) is None else None
 
 
 # -- the table cache -----------------------------------------------------------------------------

@@ -116,8 +116,8 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
     traj_dtype = opts["trajectory_dtype"]
     x0 = latents.to(traj_dtype)
 
-    def g(x_rows, lo, hi):
-        return mapping.g(x_rows, denoiser(x_rows, lo, hi), lo, hi)
+    def g(x_rows, lo, hi):  # the network sees input_scale * x (scale_model_input)
+        return mapping.g(x_rows, denoiser(x_rows * mapping.table("input_scale", x_rows)[lo:hi], lo, hi), lo, hi)
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
     solver, update_map = opts["solver"], opts["update_map"]

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, posterior_std, timesteps_of
+from .base import UnsupportedSchedulerError, check_common, posterior_std, refuse_partial, timesteps_of
 from .dpmsolver import DPMSolverMapping
 
 __all__ = ["DPMSolverSinglestepMapping", "map_dpmsolver_singlestep"]
@@ -68,7 +68,7 @@ class DPMSolverSinglestepMapping(DPMSolverMapping):
     pass
 
 
-def map_dpmsolver_singlestep(scheduler: Any) -> DPMSolverSinglestepMapping:
+def map_dpmsolver_singlestep(scheduler: Any, start: int | None = None) -> DPMSolverSinglestepMapping:
     cfg = scheduler.config
     name = "DPMSolverSinglestepScheduler"
     algo = cfg.algorithm_type
@@ -92,8 +92,7 @@ def map_dpmsolver_singlestep(scheduler: Any) -> DPMSolverSinglestepMapping:
         raise UnsupportedSchedulerError(f"{name} with solver_order={cfg.solver_order} is not mapped; use 1, 2 or 3.")
     if scheduler.sample is not None or any(m is not None for m in scheduler.model_outputs):
         raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
-    if (scheduler.begin_index or 0) != 0:
-        raise UnsupportedSchedulerError(f"{name} with a begin_index (a loop that starts part-way) is not mapped; map the full schedule.")
+    refuse_partial(scheduler, start)
     ts = timesteps_of(scheduler)
     n = ts.shape[0]
     alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas.detach().double().cpu()))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, timesteps_of, ve_posterior_std
+from .base import UnsupportedSchedulerError, check_common, refuse_partial, timesteps_of, ve_posterior_std
 from .euler import KDerivativeMapping, derivative_tables
 
 __all__ = ["TwoStageMapping", "map_heun", "map_kdpm2", "map_kdpm2_ancestral"]
@@ -55,7 +55,7 @@ def _tables(scheduler: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _map_two_stage(scheduler: Any, kind: str) -> TwoStageMapping:
+def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapping:
     cfg = scheduler.config
     name = type(scheduler).__name__
     if kind == "heun":
@@ -66,8 +66,7 @@ def _map_two_stage(scheduler: Any, kind: str) -> TwoStageMapping:
                 f"{name} with prediction_type='sample' is not implemented in diffusers either; use 'epsilon' or 'v_prediction'."
             )
         check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
-    if (scheduler.begin_index or 0) != 0:
-        raise UnsupportedSchedulerError(f"{name} with a begin_index (a loop that starts part-way) is not mapped; map the full schedule.")
+    refuse_partial(scheduler, start)
     if getattr(scheduler, "sample", None) is not None or getattr(scheduler, "dt", None) is not None:
         raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
     tab = _tables(scheduler)
@@ -132,13 +131,13 @@ def _map_two_stage(scheduler: Any, kind: str) -> TwoStageMapping:
     )
 
 
-def map_heun(scheduler: Any) -> TwoStageMapping:
-    return _map_two_stage(scheduler, "heun")
+def map_heun(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+    return _map_two_stage(scheduler, "heun", start)
 
 
-def map_kdpm2(scheduler: Any) -> TwoStageMapping:
-    return _map_two_stage(scheduler, "kdpm2")
+def map_kdpm2(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+    return _map_two_stage(scheduler, "kdpm2", start)
 
 
-def map_kdpm2_ancestral(scheduler: Any) -> TwoStageMapping:
-    return _map_two_stage(scheduler, "kdpm2_ancestral")
+def map_kdpm2_ancestral(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+    return _map_two_stage(scheduler, "kdpm2_ancestral", start)
