@@ -101,10 +101,11 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
     a = np.zeros(n)
     B = np.zeros((n, order_cfg))
     noise = np.zeros(n)
+    begin = int(scheduler.begin_index or 0)  # img2img starts the loop at begin_index: the warm-up restarts there
     for j in range(n):  # step i = j + 1, from row j; mirrors the order choice in step()
         lower_final = j == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
         lower_second = j == n - 2 and cfg.lower_order_final and n < 15
-        done = min(j, order_cfg)  # lower_order_nums before this step
+        done = min(max(j - begin, 0), order_cfg)  # lower_order_nums before this step
         if order_cfg == 1 or done < 1 or lower_final:
             order = 1
         elif order_cfg == 2 or done < 2 or lower_second:
