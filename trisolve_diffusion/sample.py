@@ -11,9 +11,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMPipeline, DDPMPipeline, StableDiffusionPipeline
+from diffusers import (
+    DDIMPipeline,
+    DDPMPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from .pipelines._common import bind
+from .pipelines.img2img import sample_img2img
+from .pipelines.inpaint import sample_inpaint
+from .pipelines.sdxl import sample_sdxl
+from .pipelines.sdxl_img2img import sample_sdxl_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
 from .pipelines.unconditional import sample_unconditional
 from .sampler import OPTION_NAMES, SolveOptions
@@ -23,6 +35,10 @@ __all__ = ["sample", "SUPPORTED_PIPELINES"]
 #: (pipeline class, front door), checked in order with ``isinstance``.
 _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusionPipeline, sample_stable_diffusion),
+    (StableDiffusionImg2ImgPipeline, sample_img2img),
+    (StableDiffusionInpaintPipeline, sample_inpaint),
+    (StableDiffusionXLPipeline, sample_sdxl),
+    (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img),
     (DDPMPipeline, sample_unconditional),
     (DDIMPipeline, sample_unconditional),
 ]
