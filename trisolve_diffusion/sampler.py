@@ -211,7 +211,9 @@ def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
     return SolveOptions().solver_and_map(2**31)
 
 
-def draw_noise(mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype) -> torch.Tensor | None:
+def draw_noise(
+    mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype
+) -> torch.Tensor | None:
     """``c_i = noise_scale_i z_i`` for every row, ``(n, *shape)``, drawn in the sequential loop's order.
 
     ``z_i`` is drawn with ``randn_tensor(shape, generator=generator, dtype=dtype)`` (float32 where
