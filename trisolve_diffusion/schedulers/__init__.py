@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
 from .base import SchedulerMapping, UnsupportedSchedulerError
 from .ddim import map_ddim
 from .ddpm import map_ddpm
 from .dpmsolver import map_dpmsolver
+from .flow_match import map_flow_match
 
 __all__ = ["map_scheduler", "SchedulerMapping", "UnsupportedSchedulerError", "SUPPORTED_SCHEDULERS"]
 
-SUPPORTED_SCHEDULERS = (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler)
+SUPPORTED_SCHEDULERS = (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler)
 
 
 def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output: bool = False) -> SchedulerMapping:
@@ -33,6 +34,8 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
         return map_ddpm(scheduler)
     if type(scheduler) is DPMSolverMultistepScheduler:
         return map_dpmsolver(scheduler)
+    if type(scheduler) is FlowMatchEulerDiscreteScheduler:
+        return map_flow_match(scheduler)
     raise UnsupportedSchedulerError(
         f"{type(scheduler).__name__} is not supported by trisolve_diffusion; supported schedulers: "
         + ", ".join(s.__name__ for s in SUPPORTED_SCHEDULERS)
