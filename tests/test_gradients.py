@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
+
 import array_api_strict
 import numpy as np
 import pytest
 import torch
 
 import trisolve
+
+_API = "gradients" in inspect.signature(trisolve.solve).parameters
+pytestmark = pytest.mark.skipif(not _API, reason="needs solve(..., gradients=...), wired in once the core refactor is on main")
 
 ADJOINTS = [trisolve.Adjoint(jacobian=j) for j in ("dense", "diagonal", "none")]
 

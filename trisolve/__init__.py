@@ -9,8 +9,11 @@ Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, arra
 """
 
 from .driver import solve
+from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .newton import Newton
 from .result import RoundInfo, Solution, SolveError, Status
+from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
@@ -38,7 +41,10 @@ __all__ = [
     "OneStep",
     "Unrolled",
     "Picard",
+    "Newton",
     "UpdateMap",
+    "affine_scan",
+    "Adjoint",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",

@@ -131,7 +131,7 @@ def _check_jacobian(name: str, out: Any, w: int, event: tuple[int, ...], batch_n
     diag_shape = (w, *event)
     dense_shape = (w, *event[:batch_ndim], d, d)
     if type(out) is not type(x):
-        raise TypeError(f"{name} returned a {type(out).__name__} for a trajectory of {type(x).__name__}; return it in the trajectory's array library.")
+        raise TypeError(f"{name} returned a {type(out).__name__} for a trajectory of {type(x).__name__}; return it in the trajectory's library.")
     if out.dtype != x.dtype:
         raise TypeError(f"{name} returned dtype {out.dtype} for a {x.dtype} trajectory; cast it to {x.dtype}.")
     shape = tuple(out.shape)

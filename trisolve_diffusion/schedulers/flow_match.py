@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std
+from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, timesteps_of
 
 __all__ = ["FlowMatchMapping", "map_flow_match", "flow_posterior_std"]
 
@@ -65,7 +65,7 @@ def map_flow_match(scheduler: Any) -> FlowMatchMapping:
     if getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called; call it (as the pipeline does) before mapping the scheduler.")
     start = scheduler.begin_index or 0
-    ts_all = scheduler.timesteps.detach().cpu().numpy().copy()  # as the pipeline passes them, (n,)
+    ts_all = timesteps_of(scheduler)  # as the pipeline passes them, (n,)
     sig = scheduler.sigmas.detach().double().cpu().numpy()[start:]  # (n + 1,)
     ts = ts_all[start:]
     n = ts.shape[0]

@@ -65,7 +65,7 @@ for name, a, c in zip(["W", "U", "b", "readout"], g_solve, g_loop):
 opt = torch.optim.Adam(params, lr=0.03)
 losses, round_counts = [], []
 start = time.perf_counter()
-for step in range(120):
+for _ in range(120):
     opt.zero_grad()
     h, rounds = hidden_states(x0)
     loss = loss_of(h)
