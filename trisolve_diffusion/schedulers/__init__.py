@@ -20,6 +20,7 @@ from .dpmsolver import map_dpmsolver
 from .dpmsolver_singlestep import map_dpmsolver_singlestep
 from .euler import map_euler
 from .euler_ancestral import map_euler_ancestral
+from .flow_match import map_flow_match
 from .heun import map_heun, map_kdpm2, map_kdpm2_ancestral
 from .lms import map_lms
 from .pndm import map_pndm
@@ -42,6 +43,7 @@ _MAPPERS = {
     "HeunDiscreteScheduler": lambda s, eta, clipped, start: map_heun(s, start),
     "KDPM2DiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2(s, start),
     "KDPM2AncestralDiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2_ancestral(s, start),
+    "FlowMatchEulerDiscreteScheduler": lambda s, eta, clipped, start: map_flow_match(s, start),
 }
 
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
