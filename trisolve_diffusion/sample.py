@@ -111,6 +111,14 @@ def _draw_noise(
     return c
 
 
+def _fingerprint(opts: dict, latents: torch.Tensor) -> tuple:
+    """What every rank of a distributed solve must share: the options by value, the initial latents by content."""
+    from trisolve.distributed import _digest
+
+    skip = ("callback", "distributed", "init")
+    return (tuple((k, repr(v)) for k, v in sorted(opts.items()) if k not in skip), _digest(latents), _digest(opts["init"]))
+
+
 def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solution, float]:
     """Run the parallel solve with the user's options and a progress bar."""
     traj_dtype = opts["trajectory_dtype"]
@@ -121,6 +129,9 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
         return mapping.g(x_rows, denoiser(x_rows, lo, hi), rows)
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
+    if opts["distributed"] is not False:  # rows of every round split over the ranks (trisolve.distributed)
+        group = None if opts["distributed"] is True else opts["distributed"]
+        system = trisolve.distribute(system, group=group, fingerprint=_fingerprint(opts, latents))
     solver, update_map = opts["solver"], opts["update_map"]
     if update_map is not None and opts["order"] is not None:
         raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
@@ -165,6 +176,8 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
     elapsed = time.perf_counter() - start
     bar.update(max(0, min(sol.num_frozen - 1, n) - done[0]))
     bar.close()
+    if opts["distributed"] is not False and isinstance(sol.error, trisolve.DistributedError):
+        raise sol.error
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE, trisolve.Status.INTERRUPTED):
         raise ParallelSamplingError(f"parallel sampling stopped: {sol.status.name}: {sol.status.message}", sol) from sol.error
     return sol, elapsed
@@ -186,6 +199,7 @@ def sample(
     max_batch_size: int | None = None,
     trajectory_dtype: torch.dtype = torch.float32,
     callback: Any = None,
+    distributed: bool | Any = False,
     **kwargs: Any,
 ) -> ParallelImagePipelineOutput | ParallelStableDiffusionOutput | tuple:
     """Sample from a diffusers pipeline with every denoising step solved in parallel rounds.
@@ -231,6 +245,12 @@ def sample(
         dtype of the trajectory and residuals (float32 or float64); the network keeps its own.
     callback : callable, optional
         ``callback(info: trisolve.RoundInfo)`` after every round; a true return stops.
+    distributed : bool or ProcessGroup
+        ``True`` (the default process group) or a ``torch.distributed`` process group: every
+        rank runs this same call (launch with ``torchrun``, same seed and arguments) and
+        evaluates a contiguous share of each round's rows (all samples and guidance copies of
+        those rows); an all-gather gives every rank every output, so all ranks return the same
+        result. See :func:`trisolve.distribute` and the multi-GPU page.
 
     Returns
     -------
@@ -253,6 +273,7 @@ def sample(
     opts = dict(
         solver=solver, update_map=update_map, order=order, window_size=window_size, atol=atol, rtol=rtol, max_iter=max_iter,
         early_stop=early_stop, init=init, num_frozen=num_frozen, trajectory_dtype=trajectory_dtype, callback=callback,
+        distributed=distributed,
     )  # fmt: skip
     with torch.no_grad():  # as the pipelines' own __call__
         if isinstance(pipe, StableDiffusionPipeline):
