@@ -119,6 +119,24 @@ def _fingerprint(opts: dict, latents: torch.Tensor) -> tuple:
     return (tuple((k, repr(v)) for k, v in sorted(opts.items()) if k not in skip), _digest(latents), _digest(opts["init"]))
 
 
+def _auto_window(g, x0: torch.Tensor, denoiser: BatchedDenoiser, mapping, distributed) -> trisolve.WindowPolicy:
+    """``window_size="auto"``: the window the cost model (``cost_model.py``) predicts fastest."""
+    from .cost_model import auto_window
+
+    n = mapping.n
+
+    def rows(r: int):  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
+        return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+
+    ehs = denoiser.encoder_hidden_states
+    key = (tuple(x0.shape), str(x0.dtype), str(x0.device), denoiser.do_guidance, None if ehs is None else tuple(ehs.shape))
+    choice = auto_window(
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=denoiser.unet, key=key,
+        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed,
+    )  # fmt: skip
+    return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+
+
 def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solution, float]:
     """Run the parallel solve with the user's options and a progress bar."""
     traj_dtype = opts["trajectory_dtype"]
@@ -140,6 +158,8 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
     if update_map is None:
         update_map = d_map if opts["order"] is None else trisolve.Picard(order=min(opts["order"], system.n))
     window = opts["window_size"]
+    if window == "auto" or (window is None and x0.device.type == "cuda"):
+        window = _auto_window(g, x0, denoiser, mapping, opts["distributed"])
     if window is not None and not isinstance(window, trisolve.WindowPolicy):
         window = trisolve.SlidingWindow(window)
     n = system.n
@@ -189,7 +209,7 @@ def sample(
     solver: trisolve.Solver | None = None,
     update_map: trisolve.UpdateMap | None = None,
     order: int | None = None,
-    window_size: int | trisolve.WindowPolicy | None = None,
+    window_size: int | str | trisolve.WindowPolicy | None = None,
     atol: float = 5e-4,
     rtol: float = 5e-4,
     max_iter: int | None = None,
@@ -220,12 +240,17 @@ def sample(
         Default ``Picard()`` (ParaDiGMS's map over the whole window).
     order : int, optional
         Order ``k`` of the default Picard map (``None``: the whole window).
-    window_size : int or WindowPolicy, optional
-        Rows per round (``None``: all steps); bounds memory. Fewest rounds with the whole
-        window; with a network that already fills the device at a small batch, a window whose
-        round batch (``2 x window`` with guidance) sits where the per-sample time stops falling
-        is faster (an SD-sized UNet on one H200, DDIM-50: window 8 2.0x, all steps 1.1x; see
-        the GPU benchmark).
+    window_size : int, "auto" or WindowPolicy, optional
+        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
+        that already fills the device at a small batch, a window whose round batch
+        (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
+        (an SD-sized UNet on one H200, DDIM-50: window 8 2.0x, all steps 1.1x; see the GPU
+        benchmark). ``"auto"`` measures the network's time against its batch once per model,
+        shape, dtype and device (a few calls, cached) and takes the window the cost model
+        predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the whole window
+        unless another is predicted > 5 % faster. ``None`` (default): ``"auto"`` when the
+        latents are on a CUDA device, the whole window elsewhere (on a CPU the timings are
+        noisy and the rounds of every run would depend on them).
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the DDPM posterior std of the step. The
