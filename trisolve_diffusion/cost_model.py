@@ -43,7 +43,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 >>> model = CostModel(curve, steps=50)
 >>> choice = model.best_window()
 >>> choice.window, round(model.rounds(choice.window), 1), round(model.sequential_time() / choice.seconds, 1)
-(6, 22.2, 2.3)
+(10, 15.0, 2.6)
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchTimeCurve", "RoundsModel", "CostModel", "WindowChoice", "measure_round_time", "choose_window", "clear_cache"]
+__all__ = ["BatchTimeCurve", "RoundsModel", "CostModel", "WindowChoice", "measure_round_time", "choose_window", "auto_window", "clear_cache"]
 
 
 @dataclass(frozen=True)
