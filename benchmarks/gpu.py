@@ -13,10 +13,12 @@
    sequential one (digits: images in [0, 1]; SD: latents), peak GPU memory of each; and the
    time of one network call against its batch size, which says how much of a round's extra
    work the device absorbs.
-2. The tanh RNN of ``recurrences.py`` (hidden 16 and 64, T = 1e3..1e5, float64): the parallel
-   Jacobi solve on the GPU (PyTorch) against the sequential Python loop over NumPy rows on the
-   host and a sequential loop over PyTorch rows on the GPU, with the max error against the
-   NumPy loop.
+2. The tanh RNN of ``recurrences.py`` (hidden 16 and 64, T = 1e3..1e5, float64): parallel
+   solves on the GPU (PyTorch) -- Jacobi, Newton dense (DEER) and Newton diagonal
+   (quasi-DEER) with the RNN's ``jacobian=`` callable, and Newton dense forward + backward
+   (``gradients=True``) -- against the sequential Python loop over NumPy rows on the host and
+   a sequential loop over PyTorch rows on the GPU (forward, and forward + backward by
+   autograd), with the max error against the NumPy loop.
 
 Times are medians of 3 runs after a warm-up, with the device synchronised around each.
 """
@@ -33,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time, write  # noqa: E402
-from recurrences import rnn_loop_numpy, rnn_loop_torch, rnn_parallel, rnn_problem  # noqa: E402
+from recurrences import RNN_METHODS, rnn_loop_numpy, rnn_loop_torch, rnn_parallel, rnn_problem  # noqa: E402
 
 import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
@@ -263,14 +265,34 @@ def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
             W, drive = rnn_problem(T, hidden=hidden)
             t_np, ref, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats)
             Wd, dd = torch.from_numpy(W).to(dev), torch.from_numpy(drive).to(dev)
-            t_loop, _, _ = timed(lambda: rnn_loop_torch(Wd, dd, T), dev, 1 if T >= 100_000 else repeats)
-            t_par, sol, _ = timed(lambda: rnn_parallel(Wd, dd, T), dev, repeats)
-            rows.append(
-                dict(hidden=hidden, T=T, rounds=sol.num_rounds, parallel_s=t_par, python_loop_s=t_np, device_loop_s=t_loop,
-                     speedup_vs_python_loop=t_np / t_par, speedup_vs_device_loop=t_loop / t_par,
-                     max_error=float(np.abs(sol.trajectory.cpu().numpy() - ref).max()))
-            )  # fmt: skip
-            print(rows[-1], flush=True)
+            loop_reps = 1 if T >= 100_000 else repeats
+            t_loop, _, _ = timed(lambda: rnn_loop_torch(Wd, dd, T), dev, loop_reps)
+            wts = torch.randn(T + 1, hidden, dtype=torch.float64, device=dev)
+            Wg, dg = Wd.clone().requires_grad_(True), dd.clone().requires_grad_(True)
+
+            def loop_fb():
+                (rnn_loop_torch(Wg, dg, T) * wts).sum().backward()
+
+            t_loop_fb, _, _ = timed(loop_fb, dev, loop_reps)
+
+            def newton_fb():
+                sol = rnn_parallel(Wg, dg, T, gradients=True, **RNN_METHODS["Newton dense"])
+                (sol.trajectory * wts).sum().backward()
+                return sol
+
+            for name in ("Jacobi", "Newton dense", "Newton diagonal", "Newton dense, forward + backward"):
+                if name.endswith("backward"):
+                    t_par, sol, peak = timed(newton_fb, dev, repeats)
+                    t_ref = t_loop_fb
+                else:
+                    t_par, sol, peak = timed(lambda name=name: rnn_parallel(Wd, dd, T, **RNN_METHODS[name]), dev, repeats)
+                    t_ref = t_loop
+                rows.append(
+                    dict(hidden=hidden, T=T, method=name, rounds=sol.num_rounds, parallel_s=t_par, python_loop_s=t_np, device_loop_s=t_ref,
+                         speedup_vs_python_loop=t_np / t_par, speedup_vs_device_loop=t_ref / t_par, peak_gib=peak,
+                         max_error=float(np.abs(sol.trajectory.detach().cpu().numpy() - ref).max()))
+                )  # fmt: skip
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -313,16 +335,20 @@ def main(argv=None):
         "|---|---|---|---|",
         *[f"| {r['model']} | {r['batch']} | {r['call_ms']:.2f} | {r['per_sample_ms']:.3f} |" for r in net],
         "",
-        "| tanh RNN hidden | T | rounds | parallel on device [s] | Python loop (NumPy, host) [s] | loop on device [s] | "
-        "speed-up vs Python loop | speed-up vs device loop | max error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| tanh RNN hidden | T | method | rounds | parallel on device [s] | Python loop (NumPy, host) [s] | loop on device [s] | "
+        "speed-up vs Python loop | speed-up vs device loop | peak memory [GiB] | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rnn:
         md.append(
-            f"| {r['hidden']} | {r['T']:,} | {r['rounds']} | {r['parallel_s']:.4f} | {r['python_loop_s']:.3f} | {r['device_loop_s']:.3f} | "
-            f"{r['speedup_vs_python_loop']:.1f}x | {r['speedup_vs_device_loop']:.1f}x | {r['max_error']:.1e} |"
+            f"| {r['hidden']} | {r['T']:,} | {r['method']} | {r['rounds']} | {r['parallel_s']:.4f} | {r['python_loop_s']:.3f} | {r['device_loop_s']:.3f} | "
+            f"{r['speedup_vs_python_loop']:.1f}x | {r['speedup_vs_device_loop']:.1f}x | {r['peak_gib']:.2f} | {r['max_error']:.1e} |"
         )
-    md += ["", "Jacobi, atol 1e-9, float64; the error is against the NumPy loop."]
+    md += [
+        "",
+        "atol 1e-9, float64; the error is against the NumPy loop. Forward + backward rows: the solve with gradients=True and "
+        "loss.backward(), compared with autograd through the loop on the device.",
+    ]
     md += cost_model_markdown(predicted, measured, args.link_gbps, args.link_latency_us)
     payload = {"device": name, "diffusion": diff, "network": net, "rnn": rnn, "cost_model": {"predicted": predicted, "measured": measured}}
     write("gpu" + ("_quick" if args.quick else ""), payload, "\n".join(md) + "\n")

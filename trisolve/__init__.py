@@ -11,8 +11,11 @@ are imported on first use.
 """
 
 from .driver import solve
+from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .newton import Newton
 from .result import RoundInfo, Solution, SolveError, Status
+from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
@@ -53,7 +56,10 @@ __all__ = [
     "OneStep",
     "Unrolled",
     "Picard",
+    "Newton",
     "UpdateMap",
+    "affine_scan",
+    "Adjoint",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",

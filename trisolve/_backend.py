@@ -13,7 +13,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "to_host", "from_host", "work_dtype", "is_floating"]
+__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -65,3 +65,14 @@ def work_dtype(xp: Any, device: Any) -> Any:
 
 def is_floating(xp: Any, dtype: Any) -> bool:
     return xp.isdtype(dtype, "real floating")
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """Whether ``a`` may be a view of ``b``'s memory (NumPy and PyTorch; ``False`` elsewhere)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if array_api_compat.is_torch_array(a) and array_api_compat.is_torch_array(b):
+        if a.device != b.device or a.device.type == "meta":
+            return False
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    return False

@@ -9,6 +9,7 @@ Scheduler mappings live in ``trisolve_diffusion/schedulers/`` (one file per sche
 batched network call in ``network.py``, the front door in ``sample.py``.
 """
 
+from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .sample import ParallelImagePipelineOutput, ParallelSamplingError, ParallelStableDiffusionOutput, default_solver, sample
 from .schedulers import SUPPORTED_SCHEDULERS, SchedulerMapping, UnsupportedSchedulerError, map_scheduler
 

@@ -143,8 +143,7 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
     x0 = latents.to(traj_dtype)
 
     def g(x_rows, lo, hi):
-        rows = np.arange(lo, hi)
-        return mapping.g(x_rows, denoiser(x_rows, lo, hi), rows)
+        return mapping.g(x_rows, denoiser(x_rows, lo, hi), lo, hi)
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
     if opts["distributed"] is not False:  # rows of every round split over the ranks (trisolve.distributed)

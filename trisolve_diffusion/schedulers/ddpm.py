@@ -29,13 +29,13 @@ class DDPMMapping(SchedulerMapping):
     c_x0: np.ndarray = None
     c_x: np.ndarray = None
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
         cfg = self.scheduler.config
-        sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
+        sab, s1ab = self.table("sab", x)[lo:hi], self.table("s1ab", x)[lo:hi]
         x0, _ = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
         x0 = self.process_x0(x0)
-        step = self.col(self.c_x0[rows], x) * x0 + self.col(self.c_x[rows], x) * x
-        return step - self.col(self.a[rows], x) * x
+        step = self.table("c_x0", x)[lo:hi] * x0 + self.table("c_x", x)[lo:hi] * x
+        return step - self.table("a", x)[lo:hi] * x
 
 
 def map_ddpm(scheduler) -> DDPMMapping:
@@ -64,6 +64,7 @@ def map_ddpm(scheduler) -> DDPMMapping:
     return DDPMMapping(
         scheduler=scheduler,
         timesteps=ts,
+        input_scale=np.ones(n),
         a=c_x0 * dx0 + c_x,
         B=np.ones((n, 1)),
         noise_scale=np.where(drawn, std, 0.0),

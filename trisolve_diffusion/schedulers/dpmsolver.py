@@ -64,10 +64,9 @@ class DPMSolverMapping(SchedulerMapping):
     alpha: np.ndarray = None  # alpha_j of row j   (n,)
     sig: np.ndarray = None  # sigma_j of row j
 
-    def g(self, x, model_output, rows):
-        s = self.scheduler
-        cfg = s.config
-        alpha, sig = self.col(self.alpha[rows], x), self.col(self.sig[rows], x)
+    def g(self, x, model_output, lo, hi):
+        cfg = self.scheduler.config
+        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
         pred, m = cfg.prediction_type, model_output
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
             x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
@@ -133,6 +132,7 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
     return DPMSolverMapping(
         scheduler=scheduler,
         timesteps=ts,
+        input_scale=np.ones(n),
         a=a,
         B=B,
         noise_scale=noise,
