@@ -23,9 +23,9 @@ row ``T``): 62 % of all rows with the full window. Fitted on the
 bundled digits model (TAA m=4 + Picard, the defaults; seeds 0-4, ``benchmarks/autowindow.py``
 prints the measured table next to this model)::
 
-    R_T = log2(T) + 2.4       deterministic samplers (DDIM-25/50/100: 7 / 8 / 9 rounds measured)
-    R_T = 2 (log2(T) + 2.4)   samplers that add noise (DDPM-100)
-    beta_inf = 1.9, phi = 0.38
+    R_T = log2(T) + 2.4,       beta_inf = 1.9   deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
+    R_T = 2 (log2(T) + 2.4),   beta_inf = 2.5   samplers that add noise (DDPM-100: 16-19 rounds)
+    phi = 0.38
 
 ``t(r)`` is measured (:func:`measure_round_time`): a few timed calls at ``r = 1, 2, 4, ...``,
 device-synchronised, cached per (model, row shape, dtype, device); once the time doubles with
@@ -114,8 +114,9 @@ class RoundsModel:
     full_rounds : float, optional
         ``R_T``, rounds with the whole window; ``None``: the fitted prior ``log2(T) + 2.4``
         (times 2 when ``stochastic``).
-    beta_inf : float
-        Rounds the frozen front of a large sliding window needs to advance by one window.
+    beta_inf : float, optional
+        Rounds the frozen front of a large sliding window needs to advance by one window;
+        ``None``: 1.9, or 2.5 when ``stochastic`` (fitted).
     stochastic : bool
         Whether the sampler adds noise (DDPM, ancestral samplers): about twice the rounds.
     phi : float
@@ -123,7 +124,7 @@ class RoundsModel:
     """
 
     full_rounds: float | None = None
-    beta_inf: float = 1.9
+    beta_inf: float | None = None
     stochastic: bool = False
     phi: float = 0.38
 
@@ -139,7 +140,8 @@ class RoundsModel:
     def __call__(self, w: int, steps: int) -> float:
         if w >= steps:
             return self.full(steps)
-        beta = 1 + (self.beta_inf - 1) * (1 - 1 / w) ** 2
+        beta_inf = (2.5 if self.stochastic else 1.9) if self.beta_inf is None else self.beta_inf
+        beta = 1 + (beta_inf - 1) * (1 - 1 / w) ** 2
         return min(float(steps), self.full(steps) + beta * (steps / w - 1))
 
 
