@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                        # a CUDA machine; writes results/gpu.{json,md}
     python benchmarks/gpu.py --quick --device cpu   # smoke size (the test suite runs this)
+    python benchmarks/gpu.py --cost-model-only      # section 3 alone (results/gpu_cost_model.{json,md})
 
 1. Diffusion, batch 1, fp16 network (float32 on the CPU): the bundled digits DDPM (1x16x16;
    DDIM-25/50/100, DDPM-100) and a randomly initialised Stable-Diffusion-1.5-sized
@@ -19,6 +20,11 @@
    (``gradients=True``) -- against the sequential Python loop over NumPy rows on the host and
    a sequential loop over PyTorch rows on the GPU (forward, and forward + backward by
    autograd), with the max error against the NumPy loop.
+
+3. The cost model (``trisolve_diffusion.cost_model``): the measured round-time curve of each
+   model, the predicted wall time and best window on 1, 2, 4 and 8 devices (all-gather at an
+   assumed link speed, ``--link-gbps``), and on this device the prediction next to measured
+   ``sample()`` runs with windows 8/16/32, ``window_size="auto"`` and the full window.
 
 Times are medians of 3 runs after a warm-up, with the device synchronised around each.
 """
@@ -258,6 +264,14 @@ def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: 
     return md
 
 
+def cost_model_main(dev: torch.device, dtype: torch.dtype, name: str, args, repeats: int) -> None:
+    """``--cost-model-only``: the cost-model section alone."""
+    predicted, measured = cost_model_rows(dev, dtype, args.quick, repeats, args.link_gbps, args.link_latency_us)
+    head = f"Device: **{name}** (torch {torch.__version__}); network {str(dtype).removeprefix('torch.')}, batch 1; medians of {repeats} runs after a warm-up."
+    md = [head, *cost_model_markdown(predicted, measured, args.link_gbps, args.link_latency_us)]
+    write("gpu_cost_model" + ("_quick" if args.quick else ""), {"device": name, "predicted": predicted, "measured": measured}, "\n".join(md) + "\n")
+
+
 def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
     rows = []
     for hidden in [16] if quick else [16, 64]:
@@ -302,13 +316,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke size: one small setting of each")
     ap.add_argument("--link-gbps", type=float, default=LINK_GBPS, help="assumed all-gather bandwidth for the multi-device predictions")
     ap.add_argument("--link-latency-us", type=float, default=LINK_LATENCY_US, help="assumed latency per collective")
+    ap.add_argument("--cost-model-only", action="store_true", help="only the cost-model section; writes results/gpu_cost_model.{json,md}")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per median (default 3; 1 with --quick)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu for a smoke run).")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    if args.cost_model_only:
+        return cost_model_main(dev, dtype, name, args, repeats)
     diff, net = diffusion_rows(dev, dtype, args.quick, repeats)
     rnn = rnn_rows(dev, args.quick, repeats)
     predicted, measured = cost_model_rows(dev, dtype, args.quick, repeats, args.link_gbps, args.link_latency_us)
