@@ -56,7 +56,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchTimeCurve", "RoundsModel", "CostModel", "WindowChoice", "measure_round_time", "choose_window", "auto_window", "clear_cache"]
+__all__ = [
+    "BatchTimeCurve",
+    "RoundsModel",
+    "CostModel",
+    "WindowChoice",
+    "measure_round_time",
+    "choose_window",
+    "auto_window",
+    "network_of",
+    "clear_cache",
+]
 
 
 @dataclass(frozen=True)
@@ -386,3 +396,42 @@ def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float
     moved = (info.world - 1) / info.world * (max_rows - 1) * info.world * bytes_per_row
     bandwidth = moved / (tmax - t1) if tmax > t1 and moved > 0 else math.inf
     return curve, latency, bandwidth
+
+
+def network_of(denoiser: Any, depth: int = 4) -> Any:
+    """The ``torch.nn.Module`` a denoiser calls (searched in its attributes and closure), or ``None``.
+
+    The measured curve is cached per network, so that a denoiser rebuilt for every call (a
+    guidance closure around the same UNet) reuses it.
+
+    >>> import torch
+    >>> net = torch.nn.Identity()
+    >>> def guided(model):
+    ...     return lambda x, t: 2 * model(x)
+    >>> network_of(guided(net)) is net
+    True
+    """
+    import torch
+
+    seen: set[int] = set()
+
+    def find(obj: Any, d: int) -> Any:
+        if isinstance(obj, torch.nn.Module):
+            return obj
+        if d == 0 or id(obj) in seen or obj is None or isinstance(obj, (str, bytes, int, float, bool, torch.Tensor)):
+            return None
+        seen.add(id(obj))
+        children: list = []
+        if callable(obj) and getattr(obj, "__closure__", None):
+            children += [c.cell_contents for c in obj.__closure__ if c.cell_contents is not None]
+        if hasattr(obj, "__dict__") and not isinstance(obj, type):
+            children += list(vars(obj).values())
+        if hasattr(obj, "__self__"):  # a bound method
+            children.append(obj.__self__)
+        for child in children:
+            found = find(child, d - 1)
+            if found is not None:
+                return found
+        return None
+
+    return find(denoiser, depth)
