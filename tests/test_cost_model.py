@@ -110,3 +110,24 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
 def test_auto_is_refused_where_a_window_policy_is_expected():
     with pytest.raises(TypeError):
         trisolve.SlidingWindow("auto")
+
+
+def test_solve_options_accept_auto_and_a_distributed_flag_only():
+    assert td.SolveOptions(window_size="auto").window() is None  # resolved in sample_latents
+    with pytest.raises(ValueError, match="auto"):
+        td.SolveOptions(window_size="fastest")
+    with pytest.raises(TypeError, match="distributed"):
+        td.SolveOptions(distributed="yes")
+
+
+def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
+    import torch.distributed as dist
+    from diffusers import DDIMScheduler
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(5)
+    opts = td.SolveOptions(distributed=True, progress=False)
+    with pytest.raises(ValueError, match="torchrun"):
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), options=opts)
