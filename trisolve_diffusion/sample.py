@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from .models.digits_flow import DigitsFlowPipeline
 from .pipelines._common import bind
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
-from .pipelines.sd3 import sample_sd3
+from .pipelines.sd3 import sample_sd3, sample_sd3_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
 from .pipelines.unconditional import sample_unconditional
 from .sampler import OPTION_NAMES, SolveOptions
@@ -28,6 +28,7 @@ __all__ = ["sample", "SUPPORTED_PIPELINES"]
 _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusionPipeline, sample_stable_diffusion),
     (StableDiffusion3Pipeline, sample_sd3),
+    (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img),
     (FluxPipeline, sample_flux),
     (DigitsFlowPipeline, sample_digits_flow),
     (DDPMPipeline, sample_unconditional),
@@ -35,7 +36,7 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
 ]
 
 #: Arguments of ``_common.REFUSED`` that a front door honours.
-_HONOURED = {sample_sd3: frozenset({"sigmas"}), sample_flux: frozenset({"sigmas"}), sample_digits_flow: frozenset({"sigmas"})}
+_HONOURED = {door: frozenset({"sigmas"}) for door in (sample_sd3, sample_sd3_img2img, sample_flux, sample_digits_flow)}
 
 #: Pipeline classes ``sample()`` accepts.
 SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
