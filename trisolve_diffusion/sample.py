@@ -11,13 +11,28 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMPipeline, DDPMPipeline, FluxPipeline, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers import (
+    DDIMPipeline,
+    DDPMPipeline,
+    FluxPipeline,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3Pipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from .models.digits_flow import DigitsFlowPipeline
 from .pipelines._common import bind
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
+from .pipelines.img2img import sample_img2img
+from .pipelines.inpaint import sample_inpaint
 from .pipelines.sd3 import sample_sd3, sample_sd3_img2img
+from .pipelines.sdxl import sample_sdxl
+from .pipelines.sdxl_img2img import sample_sdxl_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
 from .pipelines.unconditional import sample_unconditional
 from .sampler import OPTION_NAMES, SolveOptions
@@ -27,6 +42,10 @@ __all__ = ["sample", "SUPPORTED_PIPELINES"]
 #: (pipeline class, front door), checked in order with ``isinstance``.
 _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusionPipeline, sample_stable_diffusion),
+    (StableDiffusionImg2ImgPipeline, sample_img2img),
+    (StableDiffusionInpaintPipeline, sample_inpaint),
+    (StableDiffusionXLPipeline, sample_sdxl),
+    (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img),
     (StableDiffusion3Pipeline, sample_sd3),
     (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img),
     (FluxPipeline, sample_flux),

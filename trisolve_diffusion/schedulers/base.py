@@ -169,11 +169,28 @@ def timesteps_of(scheduler: Any) -> np.ndarray:
     return scheduler.timesteps.detach().cpu().numpy().copy()
 
 
-def check_begin_index(scheduler: Any) -> None:
-    """Refuse a scheduler whose loop starts part-way (``set_begin_index``, img2img): not mapped yet."""
+def start_index(scheduler: Any, start: int | None) -> int:
+    """The first step the loop runs: ``start``, else the scheduler's ``begin_index``, else 0.
+
+    img2img runs ``scheduler.timesteps[start:]`` (and sets ``begin_index`` where the scheduler
+    has one); the mapping's rows then begin at that step.
+    """
     begin = getattr(scheduler, "begin_index", None)
-    if begin not in (None, 0):
+    num = len(scheduler.timesteps)
+    if start is None:
+        start = begin or 0
+    elif begin is not None and begin != start:
+        raise ValueError(f"start={start} differs from the scheduler's begin_index={begin}; pass the same step (or leave start unset).")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < num:
+        raise ValueError(f"start must be an int in [0, {num}) (an index into scheduler.timesteps), got {start!r}.")
+    return int(start)
+
+
+def refuse_partial(scheduler: Any, start: int | None) -> None:
+    """For mappings of the full loop only: refuse a loop that starts part-way."""
+    if start_index(scheduler, start) != 0:
         raise UnsupportedSchedulerError(
-            f"{type(scheduler).__name__} has begin_index={begin} (a loop that starts part-way, as img2img sets it); "
-            "this mapping covers the full schedule only. Call set_timesteps again (which resets it) and map the whole loop."
+            f"{type(scheduler).__name__} is mapped for the full loop only (its state at a later step depends on how it got "
+            "there); a loop that starts part-way (img2img) is not supported. Use EulerDiscreteScheduler, "
+            "DPMSolverMultistepScheduler or UniPCMultistepScheduler for img2img."
         )

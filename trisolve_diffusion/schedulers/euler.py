@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, timesteps_of, ve_posterior_std
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
 
 __all__ = ["EulerMapping", "map_euler", "k_sigmas", "KDerivativeMapping"]
 
@@ -74,10 +74,10 @@ class EulerMapping(KDerivativeMapping):
     pass
 
 
-def map_euler(scheduler: Any) -> EulerMapping:
+def map_euler(scheduler: Any, start: int | None = None) -> EulerMapping:
     cfg = scheduler.config
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction", "sample", "original_sample"))
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
     n = sig.shape[0] - 1
     ts = timesteps_of(scheduler)[start:]

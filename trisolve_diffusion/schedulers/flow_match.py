@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, start_index, timesteps_of
 
 __all__ = ["FlowMatchMapping", "map_flow_match", "flow_posterior_std"]
 
@@ -59,12 +59,12 @@ class FlowMatchMapping(SchedulerMapping):
         return model_output
 
 
-def map_flow_match(scheduler: Any) -> FlowMatchMapping:
-    """The semilinear form of a ``FlowMatchEulerDiscreteScheduler`` loop (after ``set_timesteps``)."""
+def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping:
+    """The semilinear form of a ``FlowMatchEulerDiscreteScheduler`` loop (after ``set_timesteps``), from step ``start``."""
     name = type(scheduler).__name__
     if getattr(scheduler, "num_inference_steps", None) is None:
         raise ValueError(f"{name}.set_timesteps has not been called; call it (as the pipeline does) before mapping the scheduler.")
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     ts_all = timesteps_of(scheduler)  # as the pipeline passes them, (n,)
     sig = scheduler.sigmas.detach().double().cpu().numpy()[start:]  # (n + 1,)
     ts = ts_all[start:]
