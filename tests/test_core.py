@@ -49,7 +49,7 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     x0 = _x0(backend, rng, event)
     ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
     counter.clear()
-    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11)
+    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11, record="errors")
     assert sol.status is trisolve.Status.CONVERGED, sol.status
     assert sol.num_rounds <= n
     assert sol.num_frozen == n + 1
@@ -62,6 +62,7 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     # num_evals counts exactly the rows handed to the system
     assert sol.num_evals == sum(counter)
     assert sol.residuals.shape == (sol.num_rounds, n + 1)
+    np.testing.assert_array_equal(sol.round_max_errors, [e.max() for e in sol.round_errors])
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)

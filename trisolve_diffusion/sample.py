@@ -161,6 +161,7 @@ def _solve(pipe, mapping, denoiser, latents, noise, opts) -> tuple[trisolve.Solu
             callback=on_round,
             init=init,
             num_frozen=opts["num_frozen"],
+            record="errors",  # per-row residuals on the Solution (O(rounds x steps) floats)
         )
     elapsed = time.perf_counter() - start
     bar.update(max(0, min(sol.num_frozen - 1, n) - done[0]))
