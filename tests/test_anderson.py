@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import BACKENDS
 from ddim_toy import ddim_system
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import blackbox_system, event_shapes, semilinear_system
 
@@ -56,6 +56,7 @@ def test_vectorised_round_matches_loop_reference(cls, seed, w, S, d, m, start):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("cls", ACCELERATED)
+@settings(max_examples=15)  # each example is several full solves: keep the suite fast
 @given(
     seed=st.integers(0, 2**31),
     n=st.integers(1, 30),

@@ -320,6 +320,7 @@ class _Run:
                 parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp)]  # e_d      (w,)
                 if not one_step:
                     parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
+                    parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
                 if last and self.final_row_atol is not None:  # unscaled RMS of row n's residual, max over samples
                     rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp)
                     parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
@@ -330,9 +331,11 @@ class _Run:
             pos = w
             if one_step:
                 err = e_d
+                g_ok = ~np.isnan(e_d)  # G = F; conservative: a nan may also be an overflowing F - x
             else:
                 e_R = host[pos : pos + w]
-                pos += w
+                g_ok = host[pos + w : pos + 2 * w] > 0.5
+                pos += 2 * w
                 err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
             final_ok = change = None
             if last and self.final_row_atol is not None:
@@ -361,12 +364,22 @@ class _Run:
                 return Status.NONFINITE, FloatingPointError(
                     f"F_{i} returned nan or inf at row {i}, which reads only final rows 0..{i - 1}; rows before it are final (solution.num_frozen)."
                 )
+            i = start - 1  # the last row that freezes now (i*, or the window's last row)
+            if not g_ok[i]:
+                # it reads only final rows and F is finite there, but F + J delta overflowed
+                # (values near the dtype's limit): it takes the one-step value F_i instead
+                g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
+                g_ok[i] = True
             if start < w:
                 with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
                     ctx = StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp)
                     proposal, self.state = self.solver.step(ctx, self.state)
-                    plain = None if proposal is g else g[start:, ...]
-                    new = xp.concat([g[:start, ...], _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp)], axis=0)
+                    if proposal is g and g_ok[start:].all():  # the plain step, known finite from the round's read
+                        new = g
+                    else:  # rows with nan/inf fall back on the device (no host read)
+                        plain = None if proposal is g else g[start:, ...]
+                        tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp)
+                        new = xp.concat([g[:start, ...], tail], axis=0)
             else:
                 new = g
             x[lo:hi, ...] = new  # one write: rows [lo, lo + start) final, the rest the next iterate
