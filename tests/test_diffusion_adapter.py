@@ -11,7 +11,7 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
+    LCMScheduler,
 )
 
 import trisolve
@@ -30,11 +30,11 @@ def gmm_pipe(cls=DDIMPipeline, scheduler=None, k=6, size=4, seed=0):
 
 
 def test_refuses_unsupported_pipelines_and_schedulers():
-    with pytest.raises(TypeError, match="supports DDPMPipeline, DDIMPipeline and StableDiffusionPipeline"):
+    with pytest.raises(TypeError, match="supports StableDiffusionPipeline.*sample_latents"):
         td.sample(object())
     pipe = gmm_pipe(DDPMPipeline)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(td.UnsupportedSchedulerError, match="EulerDiscreteScheduler is not supported.*DDIMScheduler"):
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(td.UnsupportedSchedulerError, match="LCMScheduler is not supported.*DPMSolverMultistepScheduler"):
         td.sample(pipe, num_inference_steps=5)
     pipe.scheduler = DDPMScheduler(variance_type="learned_range")
     with pytest.raises(td.UnsupportedSchedulerError, match="variance_type='learned_range'"):
@@ -90,7 +90,11 @@ def test_rounds_never_exceed_steps_and_result_is_attached():
         assert sol.trajectory.shape == (steps + 1, 1, 1, 4, 4)
         assert sol.residuals.shape == (sol.num_rounds, steps + 1)
         assert out.wall_time > 0
-    images, sol = td.sample(pipe, num_inference_steps=5, generator=torch.manual_seed(0), return_dict=False)
+    # return_dict=False: exactly the pipeline's tuple; the solution through return_solution=True
+    ref = pipe(num_inference_steps=5, generator=torch.manual_seed(0), return_dict=False)
+    out = td.sample(pipe, num_inference_steps=5, generator=torch.manual_seed(0), return_dict=False)
+    assert isinstance(out, tuple) and len(out) == len(ref) == 1 and len(out[0]) == 1
+    (images,), sol = td.sample(pipe, num_inference_steps=5, generator=torch.manual_seed(0), return_dict=False, return_solution=True)
     assert isinstance(sol, trisolve.Solution) and len(images) == 1
 
 

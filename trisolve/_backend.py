@@ -14,7 +14,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "autograd"]
+__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -79,9 +79,9 @@ def shares_memory(a: Any, b: Any) -> bool:
     return False
 
 
-def autograd(xp: Any, *, enabled: bool) -> Any:
-    """A context that turns PyTorch's autograd recording off (``enabled=False``) or leaves it as is."""
-    if not enabled and array_api_compat.is_torch_namespace(xp):
+def no_grad(xp: Any) -> Any:
+    """A context without autograd recording for PyTorch (the solve's rounds), a no-op elsewhere."""
+    if array_api_compat.is_torch_namespace(xp):
         import torch  # local: only reached when the caller already uses torch
 
         return torch.no_grad()

@@ -22,8 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import autograd, device, is_floating, namespace, to_host
+from ._backend import device, is_floating, namespace, no_grad, to_host
 from ._validate import check_float, check_int
+from .defaults import default_method
+from .gradients import Adjoint, check_gradients_supported
+from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
 from .result import RoundInfo, Solution, Status
 from .solvers.base import Solver, StepContext
@@ -88,7 +91,7 @@ def _prepare(system: Any, x0: Any, init: Any, num_frozen: int) -> tuple[Any, Any
 
 def solve(
     system: TriangularSystem,
-    solver: Solver,
+    solver: Solver | None,
     x0: Any,
     *,
     update_map: UpdateMap | None = None,
@@ -101,8 +104,8 @@ def solve(
     callback: Callable[[RoundInfo], bool | None] | None = None,
     init: Any = None,
     num_frozen: int = 1,
+    gradients: bool | Adjoint = False,
     record: str = "summary",
-    enable_grad: bool = False,
 ) -> Solution:
     """Solve the lower-triangular system ``x_i = F_i(x_0, ..., x_{i-1})`` in parallel rounds.
 
@@ -110,13 +113,18 @@ def solve(
     ----------
     system : BlackBoxSystem or SemilinearSystem
         The system; ``system.n`` rows are solved.
-    solver : Jacobi, Anderson or TriangularAnderson
-        How the rows after the first unconverged one are updated.
+    solver : Jacobi, Anderson, TriangularAnderson or None
+        How the rows after the first unconverged one are updated. ``None``: the default
+        method (:func:`trisolve.defaults.default_method`): ``Jacobi()`` on
+        ``Newton("dense")`` when Jacobians are available (a ``jacobian=`` callable, or PyTorch
+        tensors with at most 256 values per sample), else on ``Newton("secant")``; with an
+        ``update_map`` given, ``Jacobi()`` on that map.
     x0 : array, shape ``event``
         Row 0. Its namespace, dtype and device are those of the result.
     update_map : UpdateMap, optional
-        The fixed-point map: :class:`OneStep` (default), :class:`Unrolled` (order ``k``,
-        semilinear systems) or :class:`Picard`.
+        The fixed-point map: :class:`OneStep` (default when a solver is given),
+        :class:`Unrolled` (order ``k``, semilinear systems), :class:`Picard` or
+        :class:`Newton`.
     window : WindowPolicy, optional
         :class:`FullWindow` (default) or :class:`SlidingWindow`.
     atol, rtol : float
@@ -144,14 +152,18 @@ def solve(
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` of ``init`` are taken as final and kept (partial reuse;
         resume with ``num_frozen=solution.num_frozen``).
+    gradients : bool or Adjoint
+        PyTorch only: return a trajectory differentiable with respect to ``x0`` and every
+        tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
+        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve
+        (else :class:`SolveError`); NumPy and array-api-strict arrays raise ``TypeError``. The
+        rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
+        keeps no graph per round.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
         error (``Solution.round_errors``, ``Solution.residuals``), ``O(rounds x window)``
         floats -- with the full window on a hard system that is ``O(n^2)``.
-    enable_grad : bool
-        Record autograd graphs while ``F`` runs (PyTorch). Off by default: the solve runs
-        under ``torch.no_grad()``, so an ``nn.Module`` in ``F`` keeps no graph per round.
 
     Returns
     -------
@@ -184,6 +196,51 @@ def solve(
     >>> bool(np.allclose(sol.trajectory, ref, atol=1e-10)), sol.num_rounds <= 100
     (True, True)
     """
+    if not isinstance(system, TriangularSystem):
+        raise TypeError(f"system must be a BlackBoxSystem or SemilinearSystem, got {type(system).__name__}.")
+    # solver=None: the default method (trisolve.defaults); a given map keeps its plain Jacobi solver
+    if solver is None:
+        solver, default_map = default_method(system, x0)
+        update_map = default_map if update_map is None else update_map
+    adjoint = _check_gradients(gradients, x0)
+    # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
+    with no_grad(namespace(x0)):
+        solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
+                          early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init, num_frozen=num_frozen,
+                          record=record)  # fmt: skip
+    return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
+
+
+def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
+    """``gradients=`` as the adjoint settings, or ``None`` when no gradients are asked for."""
+    if gradients is False or gradients is None:
+        return None
+    if gradients is True:
+        gradients = Adjoint()
+    if not isinstance(gradients, Adjoint):
+        raise TypeError(f"gradients must be True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
+    check_gradients_supported(x0)
+    return gradients
+
+
+def _solve(
+    system: TriangularSystem,
+    solver: Solver,
+    x0: Any,
+    *,
+    update_map: UpdateMap | None = None,
+    window: WindowPolicy | None = None,
+    atol: float = 1e-6,
+    rtol: float = 0.0,
+    max_iter: int | None = None,
+    early_stop: float | None = None,
+    final_row_atol: float | None = None,
+    callback: Callable[[RoundInfo], bool | None] | None = None,
+    init: Any = None,
+    num_frozen: int = 1,
+    record: str = "summary",
+) -> Solution:
+    """The rounds of :func:`solve` (its arguments, already defaulted)."""
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a trisolve solver (Jacobi(), TriangularAnderson(), ...), got {type(solver).__name__}.")
     if not isinstance(system, TriangularSystem):
@@ -207,8 +264,6 @@ def solve(
         final_row_atol = check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
     if record not in ("summary", "errors"):
         raise ValueError(f"record must be 'summary' or 'errors', got {record!r}.")
-    if not isinstance(enable_grad, bool):
-        raise TypeError(f"enable_grad must be True or False, got {type(enable_grad).__name__}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
 
@@ -229,11 +284,10 @@ def solve(
         callback=callback,
         record=record,
     )
-    with autograd(xp, enabled=enable_grad):
-        try:
-            status, error = run.loop()
-        except KeyboardInterrupt as exc:  # anywhere in the loop: the rows before run.lo are final
-            status, error = Status.INTERRUPTED, exc
+    try:
+        status, error = run.loop()
+    except KeyboardInterrupt as exc:  # anywhere in the loop: the rows before run.lo are final
+        status, error = Status.INTERRUPTED, exc
     return run.solution(status, error)
 
 
