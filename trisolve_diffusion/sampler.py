@@ -436,7 +436,7 @@ def sample_latents(
     try:
         with torch.no_grad():
             sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol,
+                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
             )  # fmt: skip
         bar.advance(sol.num_frozen)
