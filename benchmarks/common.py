@@ -28,15 +28,16 @@ def machine() -> dict:
     return info
 
 
-def median_time(fn, repeats: int = 5, sync=None) -> tuple[float, object]:
-    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up), and the last result.
+def median_time(fn, repeats: int = 5, sync=None, *, warmup: bool = True) -> tuple[float, object]:
+    """Median wall time of ``fn()`` over ``repeats`` runs (after one warm-up unless ``warmup=False``), and the last result.
 
     ``sync`` (e.g. ``torch.cuda.synchronize``) is called around each run, so that work a device
     still has queued is counted in the run that queued it.
     """
     sync = sync or (lambda: None)
-    fn()
-    sync()
+    if warmup:
+        fn()
+        sync()
     times = []
     for _ in range(repeats):
         sync()

@@ -1,19 +1,26 @@
-"""Generic recurrences: the core on its own, against sequential loops.
+"""Generic recurrences: update maps and solvers against sequential loops, forward and backward.
 
     python benchmarks/recurrences.py [--quick]
 
-1. A contractive non-linear RNN ``h_t = tanh(W h_{t-1} + U u_t)`` (hidden 16) for T = 1e3..1e5:
-   wall time of the parallel solve (Jacobi, NumPy and PyTorch CPU) against a sequential
-   Python loop over NumPy rows and a sequential loop over torch rows, with the max error.
-2. Explicit Euler for ``y' = A y + 0.3 sin(y)`` (a semilinear system, 2 states): TAA on the
-   unrolled map against the same loops.
+1. A contractive tanh RNN ``h_t = tanh(W h_{t-1} + U u_t)`` with hidden 4, 16 and 64, T = 1e3..1e5
+   (PyTorch, float64, CPU): rounds and wall time of Jacobi (one-step map), TAA (one-step
+   map), Newton dense (DEER) and Newton diagonal (quasi-DEER), with the Jacobian from a
+   ``jacobian=`` callable, against a sequential loop over torch rows and one over NumPy rows.
+   Forward + backward: ``solve(..., gradients=True)`` then ``loss.backward()`` against the
+   forward alone, and against autograd through the torch loop.
+2. RK4 of a damped pendulum (a stable ODE, 2 states) and of Lorenz-96 (40 states, chaotic):
+   rounds / n for every map, the default (``solver=None``), and the max difference from the
+   sequential loop -- O(1) for Lorenz-96 after a converged solve (error amplification: see
+   the tutorial "Newton, Picard or TAA for an ODE").
 
-Times are medians of 5 runs after a warm-up, measured side by side in one process.
+Times are medians of 3 runs after a warm-up (1 run, no warm-up, for the largest settings),
+measured side by side in one process on the machine recorded in the JSON file.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -26,6 +33,10 @@ from common import median_time, write  # noqa: E402
 import trisolve  # noqa: E402
 
 HIDDEN = 16
+ATOL = 1e-9
+
+
+# ----------------------------------------------------------------------------- the tanh RNN
 
 
 def rnn_problem(T: int, seed: int = 0, hidden: int = HIDDEN):
@@ -45,82 +56,173 @@ def rnn_loop_numpy(W, drive, T):
 
 
 def rnn_loop_torch(W, drive, T):
-    h = torch.zeros(T + 1, W.shape[0], dtype=torch.float64, device=W.device)
+    h = [torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)]
     for t in range(1, T + 1):
-        h[t] = torch.tanh(W @ h[t - 1] + drive[t])
-    return h
+        h.append(torch.tanh(W @ h[-1] + drive[t]))
+    return torch.stack(h)
 
 
-def rnn_parallel(W, drive, T):
-    """Jacobi on the RNN, in the library and on the device of ``W`` (NumPy or torch)."""
-    if isinstance(W, torch.Tensor):
-        tanh, x0 = torch.tanh, torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)
-    else:
-        tanh, x0 = np.tanh, np.zeros(W.shape[0])
-    system = trisolve.BlackBoxSystem(lambda x, lo, hi: tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
-    return trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-9)
+def rnn_system(W, drive, T, *, jacobian: bool = True):
+    """The RNN as a black box; with its Jacobian ``diag(1 - h_t^2) W`` (or the diagonal of it)."""
+    lib = torch if isinstance(W, torch.Tensor) else np
+
+    def F(x, lo, hi):
+        return lib.tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi])
+
+    def J(x, lo, hi):
+        return (1 - F(x, lo, hi) ** 2)[:, :, None] * W  # (w, d, d)
+
+    return trisolve.BlackBoxSystem(F, T, jacobian=J if jacobian else None)
 
 
-A = np.array([[-0.5, 2.0], [-2.0, -0.5]])
+def rnn_parallel(W, drive, T, *, solver=None, update_map=None, gradients=False):
+    """A parallel solve of the RNN in the library and on the device of ``W`` (Jacobi by default)."""
+    x0 = torch.zeros(W.shape[0], dtype=W.dtype, device=W.device) if isinstance(W, torch.Tensor) else np.zeros(W.shape[0])
+    solver = trisolve.Jacobi() if solver is None and update_map is None else solver
+    return trisolve.solve(rnn_system(W, drive, T), solver, x0, update_map=update_map, atol=ATOL, gradients=gradients)
 
 
-def euler_loop(T, h):
-    y = np.zeros((T + 1, 2))
-    y[0] = (1.0, 0.0)
-    for i in range(1, T + 1):
-        y[i] = y[i - 1] + h * (A @ y[i - 1] + 0.3 * np.sin(y[i - 1]))
-    return y
+RNN_METHODS = {
+    "Jacobi": dict(solver=trisolve.Jacobi()),
+    "TAA": dict(solver=trisolve.TriangularAnderson()),
+    "Newton dense": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton()),
+    "Newton diagonal": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton(jacobian="diagonal")),
+}
 
 
-def euler_parallel(T, h):
-    system = trisolve.SemilinearSystem(np.ones(T), np.full(T, h), lambda y, lo, hi: y @ A.T + 0.3 * np.sin(y))
-    return trisolve.solve(system, trisolve.TriangularAnderson(history_size=2), np.array([1.0, 0.0]), update_map=trisolve.Unrolled(), atol=1e-10)
+def rnn_rows(sizes, hiddens, repeats):
+    rows = []
+    for hidden in hiddens:
+        for T in sizes:
+            big = T * hidden * hidden >= 100_000 * 64 * 64
+            rep, warm = (1, False) if big else (repeats, True)
+            W, drive = rnn_problem(T, hidden=hidden)
+            t_np, ref = median_time(lambda: rnn_loop_numpy(W, drive, T), rep, warmup=warm)
+            Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
+            t_loop, _ = median_time(lambda: rnn_loop_torch(Wt, dt, T), rep, warmup=warm)
+            wts = torch.from_numpy(np.random.default_rng(1).standard_normal((T + 1, hidden)))
+            Wg, dg = Wt.clone().requires_grad_(True), dt.clone().requires_grad_(True)
+
+            def loop_fb():
+                loss = (rnn_loop_torch(Wg, dg, T) * wts).sum()
+                loss.backward()
+                return loss
+
+            t_loop_fb, _ = median_time(loop_fb, rep, warmup=warm)
+            for name, kw in RNN_METHODS.items():
+                if name == "TAA" and big:
+                    continue
+                t_fwd, sol = median_time(lambda kw=kw: rnn_parallel(Wt, dt, T, **kw), rep, warmup=warm)
+
+                def fb(kw=kw):
+                    s = rnn_parallel(Wg, dg, T, gradients=True, **kw)
+                    (s.trajectory * wts).sum().backward()
+                    return s
+
+                t_fb = median_time(fb, rep, warmup=warm)[0] if name.startswith("Newton") or T <= 10_000 else math.nan
+                rows.append(
+                    dict(problem=f"tanh RNN, hidden {hidden}", T=T, method=name, rounds=sol.num_rounds, status=sol.status.name,
+                         forward_s=t_fwd, forward_backward_s=t_fb, fb_over_f=t_fb / t_fwd, torch_loop_s=t_loop,
+                         torch_loop_fb_s=t_loop_fb, numpy_loop_s=t_np, max_error=float(np.abs(sol.trajectory.numpy() - ref).max()))
+                )  # fmt: skip
+                print(rows[-1], flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- ODEs (RK4)
+
+
+def rk4_system(f, h, n):
+    """Explicit RK4 steps of ``y' = f(y)`` as a black box (torch); ``f`` acts on the last axis."""
+
+    def F(x, lo, hi):
+        y = x[lo - 1 : hi - 1]
+        k1 = f(y)
+        k2 = f(y + 0.5 * h * k1)
+        k3 = f(y + 0.5 * h * k2)
+        k4 = f(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return trisolve.BlackBoxSystem(F, n)
+
+
+def pendulum(y, gamma=0.3):
+    """Damped pendulum ``theta'' = -sin(theta) - gamma theta'``."""
+    return torch.stack([y[..., 1], -torch.sin(y[..., 0]) - gamma * y[..., 1]], dim=-1)
+
+
+def lorenz96(y, forcing=8.0):
+    """``y_k' = (y_{k+1} - y_{k-2}) y_{k-1} - y_k + F`` (cyclic)."""
+    return (torch.roll(y, -1, -1) - torch.roll(y, 2, -1)) * torch.roll(y, 1, -1) - y + forcing
+
+
+ODE_METHODS = {
+    "default (solver=None)": dict(solver=None),
+    "Jacobi, one-step": dict(solver=trisolve.Jacobi()),
+    "Jacobi, Picard": dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard()),
+    "TAA, Picard": dict(solver=trisolve.TriangularAnderson(), update_map=trisolve.Picard()),
+    "Newton dense": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton()),
+    "Newton diagonal": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton(jacobian="diagonal")),
+}
+
+
+def ode_rows(quick, repeats):
+    x_pend = torch.tensor([2.5, 0.0], dtype=torch.float64)
+    x_l96 = torch.tensor(8.0 + 0.01 * np.sin(np.arange(40)), dtype=torch.float64)
+    cases = [("RK4 damped pendulum, h = 0.05", pendulum, 0.05, x_pend, [1000] if quick else [1000, 10_000])]
+    cases.append(("RK4 Lorenz-96 (40 states), h = 0.01", lorenz96, 0.01, x_l96, [200] if quick else [1000]))
+    rows = []
+    for problem, f, h, x0, sizes in cases:
+        for n in sizes:
+            system = rk4_system(f, h, n)
+            t_loop, ref = median_time(lambda: trisolve.forward_substitution(system, x0), repeats)
+            for name, kw in ODE_METHODS.items():
+                if name == "Jacobi, one-step" and n > 1000:  # n rounds of n rows: quadratic, skipped
+                    continue
+                t, sol = median_time(lambda kw=kw: trisolve.solve(system, kw["solver"], x0, update_map=kw.get("update_map"), atol=ATOL), repeats)
+                rows.append(
+                    dict(problem=problem, T=n, method=name, rounds=sol.num_rounds, rounds_over_n=sol.num_rounds / n, status=sol.status.name,
+                         parallel_s=t, loop_s=t_loop, max_error=float((sol.trajectory - ref).abs().max()))
+                )  # fmt: skip
+                print(rows[-1], flush=True)
+    return rows
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
-    sizes = [1000] if args.quick else [1000, 10_000, 100_000]
-    repeats = 1 if args.quick else 5
-    rows = []
-    for T in sizes:
-        W, drive = rnn_problem(T)
-        t_np_loop, ref = median_time(lambda: rnn_loop_numpy(W, drive, T), repeats)
-        Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
-        t_torch_loop, _ = median_time(lambda: rnn_loop_torch(Wt, dt, T), repeats)
-        for lib, arrays in (("numpy", (W, drive)), ("torch", (Wt, dt))):
-            t_par, sol = median_time(lambda arrays=arrays: rnn_parallel(*arrays, T), repeats)
-            traj = sol.trajectory.numpy() if lib == "torch" else sol.trajectory
-            rows.append(
-                dict(problem="tanh RNN (hidden 16), Jacobi", T=T, backend=lib, rounds=sol.num_rounds, parallel_s=t_par,
-                     python_loop_s=t_np_loop, torch_loop_s=t_torch_loop, speedup_vs_python_loop=t_np_loop / t_par,
-                     speedup_vs_torch_loop=t_torch_loop / t_par, max_error=float(np.abs(traj - ref).max()))
-            )  # fmt: skip
-            print(rows[-1], flush=True)
-        h = 10.0 / T
-        t_loop, ref_e = median_time(lambda: euler_loop(T, h), repeats)
-        t_par, sol = median_time(lambda: euler_parallel(T, h), repeats)
-        rows.append(
-            dict(problem="explicit Euler ODE, TAA on Unrolled()", T=T, backend="numpy", rounds=sol.num_rounds, parallel_s=t_par,
-                 python_loop_s=t_loop, torch_loop_s=float("nan"), speedup_vs_python_loop=t_loop / t_par,
-                 speedup_vs_torch_loop=float("nan"), max_error=float(np.abs(sol.trajectory - ref_e).max()))
-        )  # fmt: skip
-        print(rows[-1], flush=True)
+    repeats = 1 if args.quick else 3
+    sizes = [300] if args.quick else [1000, 10_000, 100_000]
+    hiddens = [4, 16] if args.quick else [4, 16, 64]
+    rnn = rnn_rows(sizes, hiddens, repeats)
+    ode = ode_rows(args.quick, repeats)
     md = [
-        "| problem | T | backend | rounds | parallel [s] | Python loop [s] | torch loop [s] | speed-up vs Python loop | speed-up vs torch loop | max error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| problem | T | method | rounds | forward [s] | forward + backward [s] | ratio | torch loop [s] | torch loop fwd + bwd [s] | NumPy loop [s] | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in rnn:
         md.append(
-            f"| {r['problem']} | {r['T']:,} | {r['backend']} | {r['rounds']} | {r['parallel_s']:.3f} | {r['python_loop_s']:.3f} | "
-            f"{r['torch_loop_s']:.3f} | {r['speedup_vs_python_loop']:.1f}x | {r['speedup_vs_torch_loop']:.1f}x | {r['max_error']:.1e} |"
+            f"| {r['problem']} | {r['T']:,} | {r['method']} | {r['rounds']} | {r['forward_s']:.3f} | {r['forward_backward_s']:.3f} | "
+            f"{r['fb_over_f']:.2f} | {r['torch_loop_s']:.3f} | {r['torch_loop_fb_s']:.3f} | {r['numpy_loop_s']:.3f} | {r['max_error']:.1e} |"
         )
-    md.append("")
-    md.append(
-        "Medians of 5 runs after a warm-up, single process, float64. The loops evaluate one row per step; the parallel solve evaluates every remaining row per round."
-    )
-    write("recurrences" + ("_quick" if args.quick else ""), {"rows": rows}, "\n".join(md) + "\n")
+    md += [
+        "",
+        "| problem | T | method | status | rounds | rounds / T | parallel [s] | loop [s] | max difference from the loop |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in ode:
+        md.append(
+            f"| {r['problem']} | {r['T']:,} | {r['method']} | {r['status']} | {r['rounds']} | {r['rounds_over_n']:.3f} | {r['parallel_s']:.3f} | "
+            f"{r['loop_s']:.3f} | {r['max_error']:.1e} |"
+        )
+    md += [
+        "",
+        f"PyTorch CPU, float64, atol {ATOL:g}. Medians of {repeats} runs after a warm-up (one run for the largest RNN). "
+        "Forward + backward: the solve with `gradients=True` and `loss.backward()`; ratio = (forward + backward) / forward. "
+        "The Lorenz-96 difference is error amplification of a chaotic system, not a solver error: every row meets the tolerance.",
+    ]
+    write("recurrences" + ("_quick" if args.quick else ""), {"rnn": rnn, "ode": ode}, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,17 @@ numpydoc_xref_param_type = False
 suppress_warnings = ["config.cache"]
 nitpicky = False
 
+
+
+def _tight_matplotlib_scraper(block, block_vars, gallery_conf, **kwargs):
+    """sphinx-gallery's matplotlib scraper, saving figures without white margins."""
+    from sphinx_gallery.scrapers import matplotlib_scraper
+
+    return matplotlib_scraper(block, block_vars, gallery_conf, bbox_inches="tight", pad_inches=0.05, **kwargs)
+
+
 sphinx_gallery_conf = {
+    "image_scrapers": (_tight_matplotlib_scraper,),
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",

@@ -73,7 +73,7 @@ for ax, name in zip(axes, ["Jacobi, k=1", "Jacobi, k=T", "TAA, Picard"]):
     ax.set_title(f"{name}: {results[name].num_rounds} rounds")
     ax.set_xlabel("row")
     ax.set_ylabel("round")
-fig.colorbar(im, ax=axes, label="log10 scaled residual")
+_ = fig.colorbar(im, ax=axes, label="log10 scaled residual")
 
 # %%
 # Order k, window size and history size

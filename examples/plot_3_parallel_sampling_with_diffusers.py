@@ -43,7 +43,7 @@ def grid(images):
     return np.concatenate([np.concatenate(list(images[i : i + 4, ..., 0]), axis=1) for i in range(0, len(images), 4)], axis=0)
 
 
-fig, ax = plt.subplots(1, 2, figsize=(8, 4))
+fig, ax = plt.subplots(1, 2, figsize=(6, 3.2), layout="constrained")
 for a, img, title in ((ax[0], seq, "sequential, 50 steps"), (ax[1], out.images, f"parallel, {out.solution.num_rounds} rounds")):
     a.imshow(grid(img), cmap="gray", vmin=0, vmax=1)
     a.set_title(title)
@@ -82,7 +82,7 @@ print(f"warm start from the same trajectory: {warm.solution.num_rounds} round(s)
 ddpm = load_digits_pipeline("ddpm")
 ddpm.set_progress_bar_config(disable=True)
 base = td.sample(ddpm, batch_size=4, num_inference_steps=100, generator=torch.manual_seed(1), output_type="np")
-fig, ax = plt.subplots(1, 4, figsize=(10, 2.8))
+fig, ax = plt.subplots(1, 4, figsize=(9, 2.6), layout="constrained")
 ax[0].imshow(grid(base.images), cmap="gray", vmin=0, vmax=1)
 ax[0].set_title("base sample")
 for a, keep in zip(ax[1:], (40, 60, 80)):
@@ -99,7 +99,6 @@ for a, keep in zip(ax[1:], (40, 60, 80)):
     a.set_title(f"keep {keep} steps: {var.solution.num_rounds} rounds")
 for a in ax:
     a.axis("off")
-fig.tight_layout()
 
 # %%
 # Options

@@ -12,7 +12,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu"])
+@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
     monkeypatch.syspath_prepend(str(BENCH))
@@ -32,3 +32,11 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     if name == "gpu":  # the CPU smoke run of the CUDA script: the parallel answers match the loops
         assert all(r["status"] == "CONVERGED" and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
         assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
+        cm = payload["cost_model"]
+        assert {r["devices"] for r in cm["predicted"]} == {1, 2, 4, 8}
+        assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in cm["predicted"])
+        assert {r["window"] for r in cm["measured"]} >= {"auto", "full"}
+    if name == "autowindow":  # every window, auto and the sequential loop timed in one run; the model beside the measurement
+        assert {r["window"] for r in payload["timing"]} >= {"4", "8", "full", "auto", "sequential"}
+        assert all(r["rounds"] is None or r["rounds"] <= r["steps"] for r in payload["timing"])
+        assert all(r["predicted"] > 0 for r in payload["rounds"])

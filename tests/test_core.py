@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
 from conftest import BACKENDS
@@ -93,27 +94,37 @@ def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 30), k=st.integers(1, 30), lo=st.integers(1, 10))
-def test_unrolled_map_matches_explicit_formula(backend, seed, n, k, lo):
-    """G_i = Phi(s->i) x_s + sum_{l=s+1}^i Phi(l->i) u_l, written out with loops."""
+def test_maps_match_their_explicit_formulas(backend, seed, n, k, lo):
+    """The one residual scan reproduces each map written out with loops (DESIGN 2.1), to round-off.
+
+    Unrolled: G_i = Phi(s->i) x_s + sum_{l=s+1}^i Phi(l->i) u_l, u_l = F_l - a_l x_{l-1};
+    Picard:   G_i = x_s + sum_{l=s+1}^i (F_l - x_{l-1});   OneStep: G_i = F_i;   s = max(i - k, lo - 1).
+    """
     rng = np.random.default_rng(seed)
     k = min(k, n)
     lo = min(lo, n)
     system = semilinear_system(rng, n, 2 if n > 1 else 1, (2,), backend, a_range=(-1.5, 1.5))
     x = backend.asarray(rng.standard_normal((n + 1, 2)))
-    ev = system.evaluate(x, lo, n + 1, system.new_cache(), xp=backend.xp)
-    G = backend.to_numpy(trisolve.Unrolled(order=k).apply(x, ev, lo, n + 1, system, xp=backend.xp))
-    xn, u = backend.to_numpy(x), backend.to_numpy(ev.u)
-    for i in range(lo, n + 1):
-        s = max(i - k, lo - 1)
-        phi = lambda l: np.prod(system.a[l:i])  # a_{l+1} .. a_i (a[j-1] is a_j)
-        expect = phi(s) * xn[s] + sum(phi(l) * u[l - lo] for l in range(s + 1, i + 1))
-        np.testing.assert_allclose(G[i - lo], expect, rtol=1e-10, atol=1e-10)
-    P = backend.to_numpy(trisolve.Picard(order=k).apply(x, ev, lo, n + 1, system, xp=backend.xp))
-    f = backend.to_numpy(ev.f)
-    for i in range(lo, n + 1):
-        s = max(i - k, lo - 1)
-        expect = xn[s] + sum(f[l - lo] - xn[l - 1] for l in range(s + 1, i + 1))
-        np.testing.assert_allclose(P[i - lo], expect, rtol=1e-10, atol=1e-10)
+    xp = backend.xp
+    f = system.evaluate(x, lo, n + 1, system.new_cache(x, xp=xp), xp=xp).f
+    xn, fn = backend.to_numpy(x), backend.to_numpy(f)
+    u = fn - system.a[lo - 1 :, None] * xn[lo - 1 : n]
+
+    def check(update_map, expect_row):
+        G, R = update_map.apply(update_map.prepare(system, x, xp=xp), x, f, lo, n + 1, xp=xp)
+        G, R = backend.to_numpy(G), backend.to_numpy(R)
+        for i in range(lo, n + 1):
+            expect = expect_row(i, max(i - k, lo - 1))
+            scale = max(1.0, np.abs(expect).max())
+            np.testing.assert_allclose(G[i - lo], expect, rtol=0, atol=4e-15 * scale * n)
+            np.testing.assert_allclose(R[i - lo], expect - xn[i], rtol=0, atol=4e-15 * scale * n)
+
+    phi = lambda l, i: np.prod(system.a[l:i])  # a_{l+1} .. a_i (a[j-1] is a_j)
+    check(trisolve.Unrolled(order=k), lambda i, s: phi(s, i) * xn[s] + sum(phi(l, i) * u[l - lo] for l in range(s + 1, i + 1)))
+    check(trisolve.Picard(order=k), lambda i, s: xn[s] + sum(fn[l - lo] - xn[l - 1] for l in range(s + 1, i + 1)))
+    check(trisolve.OneStep(), lambda i, s: fn[i - lo])
+    if k == n:  # order=None is the whole window
+        check(trisolve.Unrolled(), lambda i, s: phi(lo - 1, i) * xn[lo - 1] + sum(phi(l, i) * u[l - lo] for l in range(lo, i + 1)))
 
 
 def test_higher_order_needs_fewer_rounds_on_a_slow_recurrence():
@@ -337,3 +348,228 @@ def test_linear_rows_are_resolved_in_the_round_their_predecessor_freezes(backend
     # g of row n - 1 is read by no row (row n is linear), so it is never evaluated
     assert all(hi <= n - 1 for _, hi in requested)
     assert sol.num_evals == sum(hi - lo for lo, hi in requested)
+
+
+# -- the residual scan and the map protocol ---------------------------------------------------
+
+
+def _scan_reference(J, r, kind, order):
+    """delta_t = sum_{l = max(t-k+1, 0)}^{t} J_t ... J_{l+1} r_l, with explicit loops (NumPy)."""
+    w = r.shape[0]
+    k = w if order is None else order
+    out = np.zeros_like(r)
+    for t in range(w):
+        for l in range(max(t - k + 1, 0), t + 1):
+            v = r[l]
+            for j in range(l + 1, t + 1):
+                if kind == "scalar":
+                    v = J[j] * v
+                elif kind == "diagonal":
+                    v = J[j] * v
+                else:
+                    v = np.einsum("...ij,...j->...i", J[j], v)
+            out[t] += v
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("kind", ["scalar", "diagonal", "dense", "one"])
+@given(seed=st.integers(0, 2**31), w=st.integers(1, 12), order=st.one_of(st.none(), st.integers(0, 14)))
+def test_affine_scan_matches_the_loop_for_every_linear_part(backend, kind, seed, w, order):
+    rng = np.random.default_rng(seed)
+    event = (2, 3)
+    r = rng.standard_normal((w, *event))
+    J = {
+        "scalar": rng.uniform(-1.5, 1.5, size=w),
+        "diagonal": rng.uniform(-1.5, 1.5, size=(w, *event)),
+        "dense": rng.uniform(-0.8, 0.8, size=(w, *event, event[-1])),
+        "one": 1.0,
+    }[kind]
+    Jd = J if kind == "one" else backend.asarray(J)
+    got = backend.to_numpy(trisolve.affine_scan(Jd, backend.asarray(r), order=order, xp=backend.xp))
+    want = _scan_reference(np.ones(w) if kind == "one" else J, r, "scalar" if kind == "one" else kind, order)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_affine_scan_refuses_a_linear_part_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="does not fit residual rows"):
+        trisolve.affine_scan(np.ones((3, 2)), np.ones((3, 4)), xp=xnp)
+
+
+class _DiagonalNewton(trisolve.UpdateMap):
+    """A test-only Newton map (DEER) for x_i = tanh(W x_{i-1} + u_i) with diagonal W: J_i = dF_i/dx_{i-1}."""
+
+    order = None
+
+    def __init__(self, wdiag, u):
+        self.wdiag, self.u = wdiag, u
+
+    def linear_part(self, tables, x, f, lo, hi, *, xp):
+        return (1.0 - f * f) * self.wdiag  # tanh' = 1 - tanh^2, elementwise  (w, d)
+
+
+def test_a_newton_map_is_just_another_linear_part():
+    """Supplying J_i = dF_i/dx_{i-1} through the protocol gives Newton's method: exact, in a handful of rounds."""
+    rng = np.random.default_rng(0)
+    n, d = 200, 3
+    wdiag = rng.uniform(0.5, 1.2, size=d)
+    u = rng.standard_normal((n + 1, d))
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(wdiag * x[lo - 1 : hi - 1] + u[lo:hi]), n)
+    x0 = rng.standard_normal(d)
+    ref = trisolve.forward_substitution(system, x0)
+    newton = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=_DiagonalNewton(wdiag, u), atol=1e-12)
+    plain = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12)
+    assert newton.converged
+    np.testing.assert_allclose(newton.trajectory, ref, atol=1e-10)
+    assert newton.num_rounds <= 12 < plain.num_rounds
+
+
+# -- layout and host traffic ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS[:2], ids=str)
+@pytest.mark.parametrize("warm", [False, True])
+def test_trajectory_buffer_is_c_contiguous(backend, warm):
+    event = (4, 5)
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1], n=50)
+    x0 = backend.asarray(np.ones(event))
+    init = None
+    if warm:  # a warm start with the row axis innermost must not leak its strides
+        init = backend.asarray(np.asfortranarray(np.ones((51, *event))))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, init=init, max_iter=2)
+    itemsize = 8
+    expected = (4 * 5 * itemsize, 5 * itemsize, itemsize)
+    if backend.name == "torch":
+        assert sol.trajectory.is_contiguous()
+        assert tuple(s * itemsize for s in sol.trajectory.stride()) == expected
+    else:
+        assert sol.trajectory.flags["C_CONTIGUOUS"] and sol.trajectory.strides == expected
+
+
+class _HostTraffic:
+    """Counts device-to-host reads and tensors built from host data by wrapping torch's entry points."""
+
+    READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__array__")
+    BUILDS = ("as_tensor", "tensor", "from_numpy", "asarray")
+
+    def __init__(self):
+        self.reads = self.builds = 0
+        self._saved = []
+
+    def __enter__(self):
+        import torch
+
+        for name in self.READS:
+            orig = getattr(torch.Tensor, name)
+
+            def read(*a, _orig=orig, **k):
+                self.reads += 1
+                return _orig(*a, **k)
+
+            self._saved.append((torch.Tensor, name, orig))
+            setattr(torch.Tensor, name, read)
+        for name in self.BUILDS:
+            orig = getattr(torch, name)
+
+            def build(data, *a, _orig=orig, **k):
+                if not isinstance(data, torch.Tensor):
+                    self.builds += 1
+                return _orig(data, *a, **k)
+
+            self._saved.append((torch, name, orig))
+            setattr(torch, name, build)
+        return self
+
+    def __exit__(self, *exc):
+        for owner, name, orig in reversed(self._saved):
+            setattr(owner, name, orig)
+
+
+@pytest.mark.parametrize(
+    "solver", [trisolve.Jacobi(), trisolve.TriangularAnderson(history_size=3), trisolve.Anderson()], ids=["jacobi", "taa", "anderson"]
+)
+@pytest.mark.parametrize(
+    "update_map", [trisolve.OneStep(), trisolve.Picard(), trisolve.Unrolled(order=4)], ids=["onestep", "picard", "unrolled"]
+)
+@pytest.mark.parametrize("window", [None, 6], ids=["full", "sliding"])
+def test_at_most_one_host_read_and_no_host_built_tensor_per_round(solver, update_map, window):
+    import torch
+
+    n = 24
+    rng = np.random.default_rng(0)
+    W = torch.from_numpy(rng.standard_normal((4, 4)) / 3)
+    B = rng.uniform(0.1, 0.5, size=(n, 2))
+    B[0, 1] = 0.0
+    B[5] = 0.0  # a linear row
+    c = torch.from_numpy(rng.standard_normal((n, 2, 4)) * 0.1)
+    system = trisolve.SemilinearSystem(
+        rng.uniform(0.8, 1.0, n), B, lambda x, lo, hi: torch.tanh(x @ W), c=c, sigma=rng.uniform(0.5, 1.0, n), batch_ndim=1
+    )
+    x0 = torch.from_numpy(rng.standard_normal((2, 4)))
+    counts = []
+    with _HostTraffic() as traffic:
+        sol = trisolve.solve(
+            system,
+            solver,
+            x0,
+            update_map=update_map,
+            window=None if window is None else trisolve.SlidingWindow(window),
+            atol=1e-11,
+            rtol=1e-10,
+            early_stop=1e-30,
+            final_row_atol=1e-30,
+            callback=lambda info: counts.append((traffic.reads, traffic.builds)),
+        )
+    assert sol.converged and sol.num_rounds >= 4
+    reads = np.diff([0] + [r for r, _ in counts])
+    builds = np.diff([b for _, b in counts])
+    # one read per round (and the wrapper sees it); round 1 also validates x0 and builds the tables
+    assert reads[1:].max() <= 1 and reads[1:].min() == 1, reads
+    assert builds.max(initial=0) == 0, builds
+    np.testing.assert_allclose(sol.trajectory.numpy(), trisolve.forward_substitution(system, x0).numpy(), atol=1e-6)
+
+
+# -- the output-aware finish ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("solver", [trisolve.Jacobi(), trisolve.TriangularAnderson()], ids=["jacobi", "taa"])
+def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solver):
+    """Stop at the first round whose starting iterate has RMS(F_n(x) - x_n) <= final_row_atol for every
+    sample (unscaled by sigma), checked independently from the iterates a callback saw."""
+    n, tol = 60, 1e-3
+    rng = np.random.default_rng(5)
+    base = blackbox_system(rng, n, 1, (3, 4), backend, scale=0.4)
+    system = trisolve.BlackBoxSystem(base.fn, n, sigma=np.full(n, 1e6), batch_ndim=1)  # sigma must not matter
+    x0 = backend.asarray(rng.standard_normal((3, 4)))
+    full = trisolve.solve(system, solver, x0, atol=1e-12)
+    seen = [backend.to_numpy(trisolve.forward_substitution(system, x0))[:1].repeat(n + 1, 0)]  # the copy-forward start
+    seen[0][0] = backend.to_numpy(x0)
+    sol = trisolve.solve(
+        system, solver, x0, atol=1e-12, final_row_atol=tol, callback=lambda i: seen.append(backend.to_numpy(i.trajectory).copy())
+    )
+    assert sol.status is trisolve.Status.FINAL_ROW_CONVERGED and sol.status.ok and not sol.converged
+    assert "final row" in sol.status.message and "earlier rows" in sol.status.message
+    sol.raise_for_status()  # ok: no error
+    assert sol.num_rounds < full.num_rounds
+
+    def final_rms(traj):  # max over samples of the RMS over the rest of the event
+        f = backend.to_numpy(system.fn(backend.asarray(traj), n, n + 1))[0]
+        return np.sqrt(np.mean((f - traj[n]) ** 2, axis=-1)).max()
+
+    starts = seen[:-1]  # the iterate each round started from
+    in_window = [t for t, (lo, hi) in enumerate(sol.windows) if hi == n + 1]
+    assert final_rms(starts[-1]) <= tol
+    assert all(final_rms(starts[t]) > tol for t in in_window[:-1])
+    # the answer is close to the solution at the final row
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    assert np.abs(backend.to_numpy(sol.trajectory)[-1] - ref[-1]).max() < 10 * tol
+
+
+def test_final_row_atol_is_checked():
+    with pytest.raises(ValueError, match="final_row_atol must be a finite number >= 0"):
+        trisolve.solve(trisolve.BlackBoxSystem(lambda x, lo, hi: x[lo - 1 : hi - 1], 3), trisolve.Jacobi(), np.zeros(2), final_row_atol=-1.0)
+    # a threshold never met leaves the solve to the ordinary test
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1, 20)
+    sol = trisolve.solve(system, trisolve.Jacobi(), np.zeros(2), final_row_atol=0.0)
+    assert sol.status is trisolve.Status.CONVERGED or sol.status is trisolve.Status.FINAL_ROW_CONVERGED

@@ -11,7 +11,7 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
+    LCMScheduler,
 )
 
 import trisolve
@@ -33,8 +33,8 @@ def test_refuses_unsupported_pipelines_and_schedulers():
     with pytest.raises(TypeError, match="supports StableDiffusionPipeline.*sample_latents"):
         td.sample(object())
     pipe = gmm_pipe(DDPMPipeline)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(td.UnsupportedSchedulerError, match="EulerDiscreteScheduler is not supported.*DDIMScheduler"):
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(td.UnsupportedSchedulerError, match="LCMScheduler is not supported.*DPMSolverMultistepScheduler"):
         td.sample(pipe, num_inference_steps=5)
     pipe.scheduler = DDPMScheduler(variance_type="learned_range")
     with pytest.raises(td.UnsupportedSchedulerError, match="variance_type='learned_range'"):

@@ -6,11 +6,16 @@ One verb, :func:`solve`, takes a system, a solver and row 0::
                          update_map=trisolve.Unrolled(), window=trisolve.SlidingWindow(32))
 
 Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, array-api-strict.
+Multi-device rounds (:func:`distribute`, :mod:`trisolve.distributed`) use torch.distributed and
+are imported on first use.
 """
 
 from .driver import solve
+from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .newton import Newton
 from .result import RoundInfo, Solution, SolveError, Status
+from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
@@ -21,6 +26,19 @@ from .tolerance import Tolerance
 from .windows import FullWindow, SlidingWindow, WindowPolicy
 
 __version__ = "0.1.0"
+
+#: Names served lazily from :mod:`trisolve.distributed` (it imports torch; the rest of trisolve does not).
+_DISTRIBUTED = ("distribute", "DistributedError")
+
+
+def __getattr__(name: str):
+    if name in _DISTRIBUTED or name == "distributed":
+        import importlib
+
+        module = importlib.import_module(".distributed", __name__)
+        return module if name == "distributed" else getattr(module, name)
+    raise AttributeError(f"module 'trisolve' has no attribute {name!r}")
+
 
 __all__ = [
     "solve",
@@ -38,7 +56,10 @@ __all__ = [
     "OneStep",
     "Unrolled",
     "Picard",
+    "Newton",
     "UpdateMap",
+    "Adjoint",
+    "affine_scan",
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
@@ -47,4 +68,6 @@ __all__ = [
     "Status",
     "RoundInfo",
     "SolveError",
+    "distribute",
+    "DistributedError",
 ]

@@ -8,12 +8,13 @@ module moves them to and from the caller's namespace and device.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "to_host", "from_host", "work_dtype", "is_floating"]
+__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -65,3 +66,23 @@ def work_dtype(xp: Any, device: Any) -> Any:
 
 def is_floating(xp: Any, dtype: Any) -> bool:
     return xp.isdtype(dtype, "real floating")
+
+
+def shares_memory(a: Any, b: Any) -> bool:
+    """Whether ``a`` may be a view of ``b``'s memory (NumPy and PyTorch; ``False`` elsewhere)."""
+    if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
+        return bool(np.may_share_memory(a, b))
+    if array_api_compat.is_torch_array(a) and array_api_compat.is_torch_array(b):
+        if a.device != b.device or a.device.type == "meta":
+            return False
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+    return False
+
+
+def no_grad(xp: Any) -> Any:
+    """A context without autograd recording for PyTorch (the solve's rounds), a no-op elsewhere."""
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()

@@ -21,17 +21,22 @@ class Status(enum.Enum):
     )
     EARLY_STOPPED = "stopped early because the final row stopped changing (early_stop); rows from num_frozen on are not yet within tolerance"
     STOPPED_BY_CALLBACK = "the callback asked to stop; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
+    FINAL_ROW_CONVERGED = (
+        "the final row n is within final_row_atol (its residual RMS per sample, at the last round's iterate); "
+        "earlier rows from num_frozen on may not be within the tolerance"
+    )
     NONFINITE = (
-        "F returned a non-finite value (nan or inf); the trajectory holds the last finite iterate and rows "
-        "before num_frozen are final: check the system, its inputs and its dtype"
+        "F returned a non-finite value (nan or inf) at row num_frozen, which reads only final rows "
+        "(solution.error names it); rows before num_frozen are final and the trajectory holds only finite "
+        "values: check the system, its inputs and its dtype"
     )
     FAILED = (
-        "evaluating the system raised an exception (solution.error); the trajectory holds the iterate "
-        "from before that round and rows before num_frozen are final"
+        "evaluating the system or the callback raised an exception (solution.error); rows before "
+        "num_frozen are final and the trajectory holds a finite iterate"
     )
     INTERRUPTED = (
-        "interrupted (KeyboardInterrupt) during an evaluation; the trajectory holds the iterate from "
-        "before that round; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
+        "interrupted (KeyboardInterrupt); rows before num_frozen are final and the trajectory holds a "
+        "finite iterate; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
     )
 
     @property
@@ -40,8 +45,12 @@ class Status(enum.Enum):
 
     @property
     def ok(self) -> bool:
-        """Whether the trajectory is the solution to tolerance."""
-        return self is Status.CONVERGED
+        """Whether the requested output is final to its tolerance.
+
+        ``CONVERGED`` (every row) and ``FINAL_ROW_CONVERGED`` (the final row, to
+        ``final_row_atol``, which the caller asked for) are ok; every other status is not.
+        """
+        return self in (Status.CONVERGED, Status.FINAL_ROW_CONVERGED)
 
 
 class SolveError(RuntimeError):
@@ -96,7 +105,8 @@ class Solution:
     windows : list of (int, int)
         The window ``[lo, hi)`` of each round.
     error : BaseException or None
-        The exception that ended the solve, for ``Status.FAILED``.
+        The exception that ended the solve (``FAILED``, ``INTERRUPTED``), or a
+        ``FloatingPointError`` naming the row for ``NONFINITE``.
     num_restarts, num_rejections, num_fallback_rows : int
         Safeguard activity of accelerated solvers (zero for Jacobi).
     """
@@ -129,8 +139,13 @@ class Solution:
             out[t, lo:hi] = err
         return out
 
+    @property
+    def message(self) -> str:
+        """The status message, followed by the error's text when there is one."""
+        return self.status.message + ("" if self.error is None else f" ({type(self.error).__name__}: {self.error})")
+
     def raise_for_status(self) -> Solution:
-        """Return ``self`` if converged, else raise :class:`SolveError` with the status message."""
-        if self.status is not Status.CONVERGED:
-            raise SolveError(f"{self.status.name}: {self.status.message}") from self.error
+        """Return ``self`` if ``status.ok``, else raise :class:`SolveError` with the status message."""
+        if not self.status.ok:
+            raise SolveError(f"{self.status.name}: {self.message}") from self.error
         return self

@@ -38,6 +38,7 @@ def forward_substitution(system: BlackBoxSystem | SemilinearSystem, x0: Any) -> 
                 row = row + system.c[i - 1, ...]
             x[i, ...] = row
         return x
+    cache = system.new_cache(x, xp=xp)
     for i in range(1, n + 1):
-        x[i, ...] = system.evaluate(x, i, i + 1, None, xp=xp).f[0, ...]
+        x[i, ...] = system.evaluate(x, i, i + 1, cache, xp=xp).f[0, ...]
     return x

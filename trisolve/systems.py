@@ -27,6 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ._backend import device as _device
+from ._backend import from_host, shares_memory
+from ._validate import check_int
+
 __all__ = [
     "TriangularSystem",
     "BlackBoxSystem",
@@ -42,15 +46,12 @@ class Evaluation:
     Attributes
     ----------
     f : array, shape ``(hi - lo, *event)``
-        One-step values ``F_i(x)``.
-    u : array or None, shape ``(hi - lo, *event)``
-        For semilinear systems, the forcing ``u_i = F_i(x) - a_i x_{i-1}``; else ``None``.
+        One-step values ``F_i(x)``; never a view of the trajectory.
     num_evals : int
         Rows of the expensive map evaluated by this call.
     """
 
     f: Any
-    u: Any
     num_evals: int
 
 
@@ -58,10 +59,20 @@ class Evaluation:
 class TriangularSystem(Protocol):
     """What :func:`trisolve.solve` needs from a system.
 
-    ``n`` rows to solve, per-row scales ``sigma`` (host float64 ``(n,)``), the number of
-    leading event axes ``batch_ndim`` that index independent samples, and a batched
-    ``evaluate``. ``new_cache`` returns the per-solve scratch value that ``evaluate`` may
-    fill (the kept ``g`` values of a semilinear system).
+    * ``n`` rows to solve; ``batch_ndim`` leading event axes that index independent samples;
+    * ``sigma``: per-row scales of the tolerance, host float64 ``(n,)``;
+    * ``linear_coefficients``: host float64 ``(n,)`` with ``a_i``, the part of ``F_i`` that is
+      ``a_i x_{i-1}`` (what :class:`~trisolve.Unrolled` unrolls), or ``None`` when the system
+      exposes no linear part (black boxes);
+    * ``linear_rows``: host bool ``(n + 1,)``, rows that read no expensive term, so
+      ``linear_step`` gives them exactly once the row before is final;
+    * ``new_cache(x, *, xp)``: the per-solve value ``evaluate`` and ``linear_step`` use (device
+      tables built once, kept ``g`` values); it also checks the system against the trajectory
+      buffer ``x`` ``(n + 1, *event)`` and raises ``ValueError`` on a mismatch;
+    * ``evaluate(x, lo, hi, cache, *, xp)``: one batched evaluation of rows ``[lo, hi)``.
+
+    Neither ``evaluate`` nor ``linear_step`` reads device values on the host or builds device
+    arrays from host data (that happens once, in ``new_cache``).
     """
 
     n: int
@@ -70,17 +81,26 @@ class TriangularSystem(Protocol):
     @property
     def sigma(self) -> np.ndarray: ...
 
-    def new_cache(self) -> Any: ...
+    @property
+    def linear_coefficients(self) -> np.ndarray | None: ...
+
+    @property
+    def linear_rows(self) -> np.ndarray: ...
+
+    def new_cache(self, x: Any, *, xp: Any) -> Any: ...
+
+    def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any: ...
 
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
 
 
+def _check_jacobian_callable(jacobian: Any, how: str) -> None:
+    if jacobian is not None and not callable(jacobian):
+        raise TypeError(f"jacobian must be callable as {how} or None, got {type(jacobian).__name__}.")
+
+
 def _check_n(n: Any) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n must be an int, got {type(n).__name__}.")
-    if n < 1:
-        raise ValueError(f"n must be >= 1 (the number of rows to solve), got {n}.")
-    return int(n)
+    return check_int("n", n, 1, hint="(the number of rows to solve)")
 
 
 def _check_sigma(sigma: Any, n: int) -> np.ndarray:
@@ -95,9 +115,7 @@ def _check_sigma(sigma: Any, n: int) -> np.ndarray:
 
 
 def _check_batch_ndim(batch_ndim: Any) -> int:
-    if isinstance(batch_ndim, bool) or not isinstance(batch_ndim, int) or batch_ndim < 0:
-        raise ValueError(f"batch_ndim must be an int >= 0, got {batch_ndim!r}.")
-    return batch_ndim
+    return check_int("batch_ndim", batch_ndim, 0)
 
 
 def _check_rows(name: str, out: Any, lo: int, hi: int, x: Any) -> None:
@@ -132,6 +150,13 @@ class BlackBoxSystem:
         Per-row scale of the tolerance (section 4.1 of the design); ones by default.
     batch_ndim : int, optional
         Leading event axes that index independent samples.
+    jacobian : callable ``jacobian(x, lo, hi) -> array``, optional
+        ``J_i = dF_i/dx_{i-1}`` at ``x`` for every ``i`` in ``[lo, hi)``, for
+        :class:`~trisolve.Newton`: dense ``(hi - lo, *batch, d, d)`` (row ``k`` of a block is
+        output component ``k``; ``batch = event[:batch_ndim]``, the other event axes flattened
+        to ``d``), or the diagonal ``(hi - lo, *event)`` when ``F`` is elementwise. Needed
+        for NumPy and array-api-strict arrays; PyTorch systems are differentiated
+        automatically without it.
 
     Examples
     --------
@@ -145,11 +170,22 @@ class BlackBoxSystem:
     n: int
     sigma_: Any = field(default=None, repr=False)
     batch_ndim: int = 0
+    jacobian: Callable[[Any, int, int], Any] | None = field(default=None, repr=False)
 
-    def __init__(self, fn: Callable[[Any, int, int], Any], n: int, *, sigma: Any = None, batch_ndim: int = 0):
+    def __init__(
+        self,
+        fn: Callable[[Any, int, int], Any],
+        n: int,
+        *,
+        sigma: Any = None,
+        batch_ndim: int = 0,
+        jacobian: Callable[[Any, int, int], Any] | None = None,
+    ):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(x, lo, hi), got {type(fn).__name__}.")
+        _check_jacobian_callable(jacobian, "jacobian(x, lo, hi)")
         n = _check_n(n)
+        object.__setattr__(self, "jacobian", jacobian)
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
@@ -159,7 +195,9 @@ class BlackBoxSystem:
     def sigma(self) -> np.ndarray:
         return self.sigma_
 
-    def new_cache(self) -> None:
+    @property
+    def linear_coefficients(self) -> None:
+        """A black box exposes no linear part."""
         return None
 
     @property
@@ -167,17 +205,32 @@ class BlackBoxSystem:
         """``(n + 1,)`` bool: rows computable from the previous row alone (none for a black box)."""
         return np.zeros(self.n + 1, dtype=bool)
 
+    def new_cache(self, x: Any, *, xp: Any) -> None:
+        return None
+
+    def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any:
+        raise NotImplementedError("a black-box system has no linear rows")
+
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
         f = self.fn(x, lo, hi)
         _check_rows("fn", f, lo, hi, x)
-        return Evaluation(f=f, u=None, num_evals=hi - lo)
+        if shares_memory(f, x):  # fn returned a view of its input (identity rows, skips): the driver writes x
+            f = xp.asarray(f, copy=True)
+        return Evaluation(f=f, num_evals=hi - lo)
 
 
 @dataclass
-class _GCache:
-    """Kept values of ``g``: rows ``j < final_upto`` were evaluated at their final value."""
+class _SemilinearCache:
+    """Per-solve value of a :class:`SemilinearSystem` (one solve, one device).
 
-    g: Any = None  # (n, *event) once allocated
+    ``a`` ``(n,)`` and ``B`` ``(n, p)`` are the coefficient tables on the trajectory's device
+    in its dtype, built once; ``g`` ``(n, *event)`` holds the kept values of ``g``: rows
+    ``j < final_upto`` were evaluated at their final value.
+    """
+
+    a: Any
+    B: Any
+    g: Any
     final_upto: int = 0
 
 
@@ -199,6 +252,11 @@ class SemilinearSystem:
         coefficient). Zero when omitted.
     sigma, batch_ndim
         As for :class:`BlackBoxSystem`.
+    jacobian : callable ``jacobian(x_rows, lo, hi) -> array``, optional
+        ``dg_j/dx_j`` for ``j`` in ``[lo, hi)`` given ``x_rows = x[lo:hi]`` (the signature of
+        ``g``), dense ``(hi - lo, *batch, d, d)`` or diagonal ``(hi - lo, *event)``, for
+        :class:`~trisolve.Newton` (``J_i = a_i I + B[i-1, 0] dg_{i-1}/dx_{i-1}``). Needed for
+        NumPy and array-api-strict arrays; PyTorch's ``g`` is differentiated automatically.
 
     Examples
     --------
@@ -216,8 +274,20 @@ class SemilinearSystem:
     c: Any = None
     sigma_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     batch_ndim: int = 0
+    jacobian: Callable[[Any, int, int], Any] | None = field(default=None, repr=False)
 
-    def __init__(self, a: Any, B: Any, g: Callable[[Any, int, int], Any], *, c: Any = None, sigma: Any = None, batch_ndim: int = 0):
+    def __init__(
+        self,
+        a: Any,
+        B: Any,
+        g: Callable[[Any, int, int], Any],
+        *,
+        c: Any = None,
+        sigma: Any = None,
+        batch_ndim: int = 0,
+        jacobian: Callable[[Any, int, int], Any] | None = None,
+    ):
+        _check_jacobian_callable(jacobian, "jacobian(x_rows, lo, hi)")
         a = np.array(a, dtype=np.float64)
         if a.ndim != 1 or a.shape[0] < 1:
             raise ValueError(f"a must have shape (n,) with n >= 1, got {a.shape}.")
@@ -236,8 +306,12 @@ class SemilinearSystem:
             raise ValueError("B[i - 1, q] must be zero where row i - 1 - q < 0 (before row 0).")
         if not callable(g):
             raise TypeError(f"g must be callable as g(x_rows, lo, hi), got {type(g).__name__}.")
-        if c is not None and (len(c.shape) < 1 or c.shape[0] != n):
-            raise ValueError(f"c must have shape (n, *event) with n = {n}, got {tuple(c.shape)}.")
+        if c is not None:
+            shape = getattr(c, "shape", None)
+            if shape is None or not hasattr(c, "dtype"):
+                raise TypeError(f"c must be an array of shape (n, *event) in the trajectory's array library, got {type(c).__name__}.")
+            if len(shape) < 1 or shape[0] != n:
+                raise ValueError(f"c must have shape (n, *event) with n = {n} rows (one per row 1..n), got {tuple(shape)}.")
         a.setflags(write=False)
         B.setflags(write=False)
         # g_j is read by row j + 1 + q with coefficient B[j + q, q]; rows that read no g at all
@@ -253,6 +327,7 @@ class SemilinearSystem:
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "g", g)
+        object.__setattr__(self, "jacobian", jacobian)
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
         object.__setattr__(self, "batch_ndim", _check_batch_ndim(batch_ndim))
@@ -270,8 +345,10 @@ class SemilinearSystem:
     def sigma(self) -> np.ndarray:
         return self.sigma_
 
-    def new_cache(self) -> _GCache:
-        return _GCache()
+    @property
+    def linear_coefficients(self) -> np.ndarray:
+        """``a`` ``(n,)``: ``F_i`` is ``a_i x_{i-1}`` plus terms that do not read ``x_{i-1}`` linearly."""
+        return self.a
 
     @property
     def linear_rows(self) -> np.ndarray:
@@ -282,24 +359,42 @@ class SemilinearSystem:
         """
         return self._linear
 
-    def linear_step(self, x: Any, i: int, *, xp: Any) -> Any:
+    def new_cache(self, x: Any, *, xp: Any) -> _SemilinearCache:
+        """Check ``c`` against the trajectory ``x`` ``(n + 1, *event)``; move ``a`` and ``B`` to its device once."""
+        event = tuple(x.shape[1:])
+        if self.c is not None:
+            if tuple(self.c.shape) != (self.n, *event):
+                raise ValueError(
+                    f"c has shape {tuple(self.c.shape)} but the trajectory needs (n, *event) = {(self.n, *event)}: "
+                    "give the forcing one row per step with x0's shape (broadcast it yourself if it is shared)."
+                )
+            if type(self.c) is not type(x) or self.c.dtype != x.dtype or _device(self.c) != _device(x):
+                raise TypeError(
+                    f"c is a {type(self.c).__name__} of {self.c.dtype} on {_device(self.c)}; the trajectory is a "
+                    f"{type(x).__name__} of {x.dtype} on {_device(x)}: convert c to match x0."
+                )
+        dev = _device(x)
+        return _SemilinearCache(
+            a=from_host(self.a, xp, dtype=x.dtype, device=dev),
+            B=from_host(self.B, xp, dtype=x.dtype, device=dev),
+            g=xp.zeros((self.n, *event), dtype=x.dtype, device=dev),
+        )
+
+    def linear_step(self, x: Any, i: int, cache: _SemilinearCache, *, xp: Any) -> Any:
         """``a_i x_{i-1} + c_i`` for a linear row ``i`` (``linear_rows[i]``), shape ``event``."""
-        row = float(self.a[i - 1]) * x[i - 1, ...]
+        row = cache.a[i - 1] * x[i - 1, ...]
         return row if self.c is None else row + self.c[i - 1, ...]
 
-    def evaluate(self, x: Any, lo: int, hi: int, cache: _GCache, *, xp: Any) -> Evaluation:
+    def evaluate(self, x: Any, lo: int, hi: int, cache: _SemilinearCache, *, xp: Any) -> Evaluation:
         """Evaluate rows ``[lo, hi)``; rows ``< lo`` must be final.
 
         ``g`` is evaluated on rows ``[start, hi - 1)`` in one call, where rows below ``lo`` are
-        included only if their kept value was computed before they were final.
+        included only if their kept value was computed before they were final. Then
+        ``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` from the device tables.
         """
-        from ._backend import from_host
-
         p = self.p
         first_needed = max(lo - p, 0)
         start = max(first_needed, min(cache.final_upto, lo))
-        if cache.g is None:
-            cache.g = xp.zeros((self.n, *x.shape[1:]), dtype=x.dtype, device=_device(x))
         num_evals = 0
         g_hi = hi - 1
         while g_hi > start and not self._g_used[g_hi - 1]:  # trailing rows whose g no row reads
@@ -310,31 +405,19 @@ class SemilinearSystem:
             cache.g[start:g_hi, ...] = g_new
             num_evals = g_hi - start
         cache.final_upto = max(cache.final_upto, lo)
-        # u_i = sum_q B[i-1, q] g_{i-1-q} + c_i for i in [lo, hi)    (w, *event)
+        # F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i for i in [lo, hi)    (w, *event)
         w = hi - lo
         bshape = (w,) + (1,) * (len(x.shape) - 1)
-        u = None
+        f = xp.reshape(cache.a[lo - 1 : hi - 1], bshape) * x[lo - 1 : hi - 1, ...]
         for q in range(p):
             j_lo, j_hi = lo - 1 - q, hi - 1 - q
-            coef = self.B[lo - 1 : hi - 1, q]
-            valid = max(0, -j_lo)  # rows whose j would be < 0 have B == 0
-            if not np.any(coef):
+            if not np.any(self.B[lo - 1 : hi - 1, q]):  # host table: no device read
                 continue
             gq = cache.g[max(j_lo, 0) : j_hi, ...]
-            if valid:
-                gq = xp.concat([xp.zeros((valid, *x.shape[1:]), dtype=x.dtype, device=_device(x)), gq], axis=0)
-            term = xp.reshape(from_host(coef, xp, dtype=x.dtype, device=_device(x)), bshape) * gq
-            u = term if u is None else u + term
-        if u is None:
-            u = xp.zeros((w, *x.shape[1:]), dtype=x.dtype, device=_device(x))
+            pad = max(0, -j_lo)  # rows whose j would be < 0 have B == 0
+            if pad:
+                gq = xp.concat([xp.zeros((pad, *x.shape[1:]), dtype=x.dtype, device=_device(x)), gq], axis=0)
+            f = f + xp.reshape(cache.B[lo - 1 : hi - 1, q], bshape) * gq
         if self.c is not None:
-            u = u + self.c[lo - 1 : hi - 1, ...]
-        a = xp.reshape(from_host(self.a[lo - 1 : hi - 1], xp, dtype=x.dtype, device=_device(x)), bshape)
-        f = a * x[lo - 1 : hi - 1, ...] + u
-        return Evaluation(f=f, u=u, num_evals=num_evals)
-
-
-def _device(x: Any) -> Any:
-    from ._backend import device
-
-    return device(x)
+            f = f + self.c[lo - 1 : hi - 1, ...]
+        return Evaluation(f=f, num_evals=num_evals)

@@ -12,7 +12,16 @@ and row ``i`` is converged iff ``e_i <= 1``. ``sigma_i`` is the system's per-row
 unrolled update map (order ``k > 1`` or the Picard map) the same test is applied to the
 map residual ``G_i(x) - x_i`` as well, and a row must pass both (DESIGN 4.1).
 
-With ``atol = rtol = 0`` a row converges only when its residual is exactly zero.
+With ``atol = rtol = 0`` a row converges only when its residual is exactly zero. A residual
+with a nan or inf entry gives ``e_i = nan`` (never converged).
+
+Arithmetic. The RMS is computed overflow-safe and without underflow in the work dtype
+(float64 where the device has it, else float32): the residual is cast up first, and where
+the work dtype cannot hold the square of the residual dtype's largest value (float64
+residuals, or bfloat16 without float64) each sample is divided by its largest magnitude
+before squaring, ``RMS(r) = m * RMS(r / m)`` with ``m = max |r|``. So a finite residual
+always gives a finite error, and a float16 residual of ``1e-4`` reads as ``1e-4``, not 0.
+All of it stays on the device; the driver reads the errors once per round.
 """
 
 from __future__ import annotations
@@ -23,9 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import to_host
+from ._backend import device, from_host, to_host, work_dtype
+from ._validate import check_float
 
 __all__ = ["Tolerance"]
+
+
+def _needs_scaling(xp: Any, rdtype: Any, wdtype: Any) -> bool:
+    """Whether squaring the largest ``rdtype`` value overflows ``wdtype``."""
+    return 2.0 * math.log(float(xp.finfo(rdtype).max)) > math.log(float(xp.finfo(wdtype).max))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,50 +60,63 @@ class Tolerance:
 
     def __post_init__(self) -> None:
         for name in ("atol", "rtol"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise TypeError(f"{name} must be a real number, got {type(value).__name__}.")
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+            object.__setattr__(self, name, check_float(name, getattr(self, name), 0.0))
 
     def thresholds(self, sigma: np.ndarray) -> np.ndarray:
         """Per-row thresholds ``atol + rtol * sigma`` (host, float64)."""
         return self.atol + self.rtol * np.asarray(sigma, dtype=np.float64)
 
-    def scaled_error(self, r: Any, sigma: np.ndarray, *, batch_ndim: int, xp: Any) -> np.ndarray:
-        """Scaled error ``e_i`` of every row of ``r``.
+    def device_thresholds(self, sigma: np.ndarray, *, xp: Any, device: Any) -> Any:
+        """The thresholds as a device vector in the work dtype (built once per solve)."""
+        return from_host(self.thresholds(sigma), xp, dtype=work_dtype(xp, device), device=device)
+
+    @staticmethod
+    def sample_rms(r: Any, *, batch_ndim: int, xp: Any) -> Any:
+        """RMS over the event of every row and sample: ``(w,)`` or ``(w, S)`` in the work dtype.
+
+        Overflow-safe (see the module docstring); ``nan`` where a value is not finite.
+        """
+        w = r.shape[0]
+        S = math.prod(r.shape[1 : 1 + batch_ndim]) if batch_ndim else 1
+        wdt = work_dtype(xp, device(r))
+        rows = xp.reshape(xp.astype(r, wdt), (w, S, -1))  # (w, S, d)
+        if rows.shape[-1] == 0:
+            return xp.zeros((w, S) if batch_ndim else (w,), dtype=wdt, device=device(r))
+        if _needs_scaling(xp, r.dtype, wdt):
+            m = xp.max(xp.abs(rows), axis=-1, keepdims=True)  # (w, S, 1); nan/inf propagate
+            safe = xp.where(xp.isfinite(m) & (m > 0), m, xp.ones_like(m))
+            rms = m[..., 0] * xp.sqrt(xp.mean(xp.square(rows / safe), axis=-1))
+            rms = xp.where(xp.isfinite(m[..., 0]), rms, xp.full_like(rms, math.nan))
+        else:
+            rms = xp.sqrt(xp.mean(xp.square(rows), axis=-1))  # squares fit the work dtype
+            rms = xp.where(xp.isinf(rms), xp.full_like(rms, math.nan), rms)
+        return rms if batch_ndim else rms[:, 0]
+
+    def row_errors(self, r: Any, thr: Any, *, batch_ndim: int, xp: Any) -> Any:
+        """Scaled error ``e_i`` of every row of ``r`` on the device.
 
         Parameters
         ----------
         r : array, shape ``(w, *event)``
-            Residual rows.
-        sigma : ndarray, shape ``(w,)``
-            Row scales (host, float64).
-        batch_ndim : int
-            Number of leading event axes that index independent samples.
+        thr : array, shape ``(w,)``
+            The rows' thresholds (a slice of :meth:`device_thresholds`).
 
         Returns
         -------
-        ndarray, shape ``(w,)``
-            Host float64; ``nan`` where the residual is not finite.
+        array, shape ``(w,)``, work dtype; ``nan`` where the residual is not finite.
         """
-        w = r.shape[0]
-        rows = xp.reshape(r, (w, -1)) if batch_ndim == 0 else r
-        if batch_ndim:
-            num_samples = math.prod(r.shape[1 : 1 + batch_ndim])
-            rows = xp.reshape(r, (w, num_samples, -1))
-        ms = xp.mean(rows * rows, axis=-1)  # (w,) or (w, B)
-        rms = np.sqrt(to_host(ms))
-        if batch_ndim:
-            rms = np.where(np.isnan(rms).any(axis=1), np.nan, rms.max(axis=1, initial=0.0))
-        # host work per round grows with the window: keep the common case (atol > 0) to a few passes
+        rms = self.sample_rms(r, batch_ndim=batch_ndim, xp=xp)
+        if batch_ndim:  # max over samples; a nan sample makes the row nan
+            bad = xp.any(xp.isnan(rms), axis=1)
+            rms = xp.where(bad, xp.full_like(rms[:, 0], math.nan), xp.max(rms, axis=1))
         if self.atol > 0:  # every threshold is positive
-            err = rms / (self.atol if self.rtol == 0 else self.thresholds(sigma))
-            if not math.isfinite(rms.sum()):  # one cheap pass in the common case
-                err[np.isinf(rms)] = np.nan  # nan stays nan
-            return err
-        thr = self.thresholds(sigma)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            err = np.where(thr > 0, rms / np.where(thr > 0, thr, 1.0), np.where(rms == 0, 0.0, np.inf))
-        err[~np.isfinite(rms)] = np.nan
-        return err
+            return rms / thr
+        pos = thr > 0
+        safe = xp.where(pos, thr, xp.ones_like(thr))
+        zero_thr = xp.where(rms == 0, xp.zeros_like(rms), xp.full_like(rms, math.inf))
+        return xp.where(xp.isnan(rms), rms, xp.where(pos, rms / safe, zero_thr))
+
+    def scaled_error(self, r: Any, sigma: np.ndarray, *, batch_ndim: int, xp: Any) -> np.ndarray:
+        """:meth:`row_errors` with host thresholds, read back as a host float64 ``(w,)`` (tests, tools)."""
+        thr = self.device_thresholds(sigma, xp=xp, device=device(r))
+        return to_host(self.row_errors(r, thr, batch_ndim=batch_ndim, xp=xp))

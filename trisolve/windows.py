@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._validate import check_int
+
 __all__ = ["WindowPolicy", "FullWindow", "SlidingWindow"]
 
 
@@ -19,7 +21,10 @@ class WindowPolicy:
     """Base of the window policies."""
 
     def end(self, lo: int, n: int) -> int:
-        """Exclusive end ``hi`` of the window that starts at the first non-final row ``lo``."""
+        """Exclusive end ``hi`` of the window that starts at the first non-final row ``lo``.
+
+        Must satisfy ``lo < hi <= n + 1``; :func:`trisolve.solve` raises ``ValueError`` otherwise.
+        """
         raise NotImplementedError
 
 
@@ -44,10 +49,7 @@ class SlidingWindow(WindowPolicy):
     size: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, int):
-            raise TypeError(f"SlidingWindow size must be an int, got {type(self.size).__name__}.")
-        if self.size < 1:
-            raise ValueError(f"SlidingWindow size must be >= 1 (1 is sequential), got {self.size}.")
+        object.__setattr__(self, "size", check_int("SlidingWindow size", self.size, 1, hint="(1 is sequential)"))
 
     def end(self, lo: int, n: int) -> int:
         return min(lo + self.size, n + 1)

@@ -12,6 +12,7 @@ loop in parallel rounds for any denoiser. Layout: ``sampler.py`` (``sample_laten
 family), ``sample.py`` (the dispatch).
 """
 
+from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
 from .sample import SUPPORTED_PIPELINES, sample

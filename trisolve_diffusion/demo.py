@@ -137,11 +137,23 @@ def _figure(seq: np.ndarray, par: np.ndarray, sol: trisolve.Solution, path: Path
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.6]})
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4.2), gridspec_kw={"width_ratios": [1, 1, 1.2, 1.6]})
     for ax, img, name in ((axes[0], seq, "sequential"), (axes[1], par, f"parallel ({sol.num_rounds} rounds)")):
         ax.imshow(_grid(img), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name)
         ax.axis("off")
+    # the exactness made visible: |parallel - sequential| on its own scale (pixels in [0, 1])
+    diff = np.abs(par.astype(np.float64) - seq.astype(np.float64))
+    grid = _grid(diff)
+    grid[_grid(np.zeros_like(diff)) == 1.0] = np.nan  # grid lines (ones in _grid): drawn white
+    top = max(float(diff.max()), 1e-12)
+    im_d = axes[2].imshow(grid, cmap=plt.get_cmap("viridis").with_extremes(bad="white"), vmin=0, vmax=top)
+    axes[2].set_title(f"|parallel - sequential|, max {diff.max():.1e}", pad=14)
+    axes[2].axis("off")
+    cb = fig.colorbar(im_d, ax=axes[2], fraction=0.046, pad=0.04)
+    cb.set_label("pixels in [0, 1] (one 8-bit level = 3.9e-3)")
+    cb.formatter.set_powerlimits((0, 0))
+    axes = [axes[0], axes[1], axes[3]]
     res = sol.residuals[:, 1:]  # rows 1..n
     finite = res[np.isfinite(res) & (res > 0)]
     lo = max(finite.min(), 1e-3) if finite.size else 1e-3

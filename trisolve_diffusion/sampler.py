@@ -97,11 +97,16 @@ class SolveOptions:
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
         Order ``k`` of the default Picard map; pass either ``order`` or ``update_map``.
-    window_size : int or trisolve.WindowPolicy, optional
-        Rows per round (``None``: all steps); bounds memory. Fewest rounds with the whole
-        window; with a network that already fills the device at a small batch, a window whose
-        round batch (``2 x window`` with guidance) sits where the per-sample time stops
-        falling is faster (see the GPU benchmark).
+    window_size : int, "auto" or trisolve.WindowPolicy, optional
+        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
+        that already fills the device at a small batch, a window whose round batch
+        (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
+        (see the GPU benchmark). ``"auto"`` measures the network's time against its batch once
+        per network, latent shape, dtype and device (a few calls, cached) and takes the window
+        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
+        when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
+        timings are noisy, and the rounds of every run would depend on them).
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
@@ -128,6 +133,12 @@ class SolveOptions:
         An unconverged end (``max_iter``, ``early_stop``, a stopping callback) raises
         :class:`UnconvergedSampleError` when true; otherwise it warns
         (:class:`UnconvergedSampleWarning`) and returns the last iterate.
+    distributed : bool or torch.distributed ProcessGroup
+        ``True`` (the default process group) or a group: every rank runs this same call
+        (launched by ``torchrun``, same seed and arguments) and evaluates a contiguous share
+        of each round's rows, for all samples and guidance copies of those rows; an all-gather
+        gives every rank every output, so all ranks return the same result
+        (:func:`trisolve.distribute`; the multi-GPU docs page). ``False``: one process.
 
     Examples
     --------
@@ -140,7 +151,7 @@ class SolveOptions:
     solver: trisolve.Solver | None = None
     update_map: trisolve.UpdateMap | None = None
     order: int | None = None
-    window_size: int | trisolve.WindowPolicy | None = None
+    window_size: int | str | trisolve.WindowPolicy | None = None
     atol: float = 5e-4
     rtol: float = 5e-4
     max_iter: int | None = None
@@ -151,6 +162,7 @@ class SolveOptions:
     callback: Callable[[trisolve.RoundInfo], Any] | None = None
     progress: bool | Callable[..., Any] = True
     strict: bool = False
+    distributed: Any = False
 
     def __post_init__(self):
         if self.trajectory_dtype not in (torch.float32, torch.float64):
@@ -182,8 +194,11 @@ class SolveOptions:
             raise TypeError(f"callback must be callable or None, got {type(self.callback).__name__}.")
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
-        if self.window_size is not None and not isinstance(self.window_size, trisolve.WindowPolicy) and not _is_int(self.window_size, 1):
-            raise ValueError(f"window_size must be an int >= 1, a trisolve.WindowPolicy or None, got {self.window_size!r}.")
+        ws = self.window_size
+        if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy) and not _is_int(ws, 1):
+            raise ValueError(f'window_size must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
+        if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
+            raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
     def replace(self, **changes: Any) -> SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
@@ -197,9 +212,16 @@ class SolveOptions:
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
     def window(self) -> trisolve.WindowPolicy | None:
-        if self.window_size is None or isinstance(self.window_size, trisolve.WindowPolicy):
-            return self.window_size
+        """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
+        if self.window_size is None or self.window_size == "auto" or isinstance(self.window_size, trisolve.WindowPolicy):
+            return None if self.window_size == "auto" else self.window_size
         return trisolve.SlidingWindow(int(self.window_size))
+
+
+def _is_process_group(v: Any) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(v, dist.ProcessGroup)
 
 
 #: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword).
@@ -212,22 +234,22 @@ def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
 
 
 def draw_noise(
-    mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype, begin: int = 0
+    mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """``c_i = noise_scale_i z_i`` for steps ``begin..n-1``, ``(n - begin, *shape)``, drawn in the sequential loop's order.
+    """``c_i = noise_scale_i z_i`` for every row, ``(n, *shape)``, drawn in the sequential loop's order.
 
     ``z_i`` is drawn with ``randn_tensor(shape, generator=generator, dtype=dtype)`` (float32 where
     the scheduler draws it so) exactly where the loop draws it, also where its coefficient is 0.
     ``None`` when the loop draws no noise.
     """
-    drawn = np.flatnonzero(mapping.noise_drawn[begin:])
+    drawn = np.flatnonzero(mapping.noise_drawn)
     if drawn.size == 0:
         return None
-    c = torch.zeros((mapping.n - begin, *shape), dtype=traj_dtype, device=device)
+    c = torch.zeros((mapping.n, *shape), dtype=traj_dtype, device=device)
     z_dtype = torch.float32 if mapping.noise_in_float32 else dtype
     for i in drawn:
         z = randn_tensor(shape, generator=generator, device=device, dtype=z_dtype)
-        c[i] = float(mapping.noise_scale[begin + i]) * z.to(traj_dtype)
+        c[i] = float(mapping.noise_scale[i]) * z.to(traj_dtype)
     return c
 
 
@@ -311,7 +333,7 @@ def sample_latents(
     begin_index : int, optional
         The loop starts at ``scheduler.timesteps[begin_index]`` (img2img's ``strength``);
         ``None``: ``scheduler.begin_index`` where the scheduler has one and it is set, else 0.
-        The solve has ``n = len(scheduler.timesteps) - begin_index`` rows after row 0.
+        The mapping starts there (``map_scheduler(..., start=begin_index)``): row 0 is the latents entering that step.
     mask : tensor, broadcastable to ``(B, C, H, W)``, optional
         Inpainting blend, as diffusers' 4-channel inpainting loop: after step ``i``,
         ``x_i <- mask * x_i + (1 - mask) * known_latents[i - 1]``. ``mask`` is 1 where the
@@ -362,30 +384,30 @@ def sample_latents(
         raise TypeError(f"denoiser must be callable as denoiser(model_input, timesteps), got {type(denoiser).__name__}.")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
         raise TypeError("latents must be a floating-point torch tensor of shape (batch, C, H, W).")
-    mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output)
-    begin = _begin_index(scheduler, begin_index, mapping.n)
+    begin = _begin_index(scheduler, begin_index, len(scheduler.timesteps))
+    mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=begin)  # rows of steps begin..
     shape, device, traj = tuple(latents.shape), latents.device, options.trajectory_dtype
-    n, batch = mapping.n - begin, shape[0]  # rows solved: the loop's steps begin..n-1
+    n, batch = mapping.n, shape[0]
     if options.init is not None and tuple(options.init.shape) != (n + 1, *shape):
         raise ValueError(f"init must be a tensor of shape (n + 1, *latents.shape) = {(n + 1, *shape)}, got {tuple(options.init.shape)}.")
     if (mask is None) != (known_latents is None):
         raise ValueError("pass mask= and known_latents= together (the inpainting blend needs both).")
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"You passed {len(generator)} generators for a batch of {batch} latents; pass one per sample or one for all.")
-    c = draw_noise(mapping, shape, generator, device, latents.dtype, traj, begin)
+    c = draw_noise(mapping, shape, generator, device, latents.dtype, traj)
     x0 = latents.to(traj)
 
     # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
     t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
-    ts = torch.as_tensor(np.asarray(mapping.timesteps[begin:], dtype=np.float64), device=device).to(t_dtype)
-    input_scale = np.asarray(mapping.input_scale[begin:], dtype=np.float64)
+    ts = torch.as_tensor(np.asarray(mapping.timesteps, dtype=np.float64), device=device).to(t_dtype)
+    input_scale = np.asarray(mapping.input_scale, dtype=np.float64)
     scaled = not np.all(input_scale == 1.0)
     scale = torch.as_tensor(input_scale, device=device).to(traj)
     bshape = (-1,) + (1,) * len(shape)  # per-row scalars over (w, B, *event)
 
     m = None
     if mask is not None:
-        c, m = _blend(mapping.a[begin:], c, x0, mask, known_latents, traj)
+        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
 
     def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
         w = hi - lo
@@ -393,11 +415,16 @@ def sample_latents(
         t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
         out = denoiser(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
         out = out.reshape(w, batch, *out.shape[1:]).to(traj)
-        out = mapping.g(x_rows, out, begin + lo, begin + hi)
+        out = mapping.g(x_rows, out, lo, hi)
         return out if m is None else m * out
 
-    a, B, sigma = mapping.a[begin:], mapping.B[begin:], mapping.sigma[begin:]
-    system = trisolve.SemilinearSystem(a, B, g, c=c, sigma=sigma, batch_ndim=1)
+    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
+    window = options.window()
+    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed)
+    if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
+        system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
+                                     fingerprint=_fingerprint(options, x0, c))  # fmt: skip
     solver, update_map = options.solver_and_map(n)
     init = None if options.init is None else options.init.to(device=device, dtype=traj)
     bar = _Progress(options.progress, n)
@@ -409,7 +436,7 @@ def sample_latents(
     try:
         with torch.no_grad():
             sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=options.window(), atol=options.atol, rtol=options.rtol,
+                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol,
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
             )  # fmt: skip
         bar.advance(sol.num_frozen)
@@ -430,6 +457,33 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     if not begin_index < n:
         raise ValueError(f"begin_index={begin_index} leaves no step of the scheduler's {n}; use begin_index < {n} (a higher strength).")
     return int(begin_index)
+
+
+def _auto_window(g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any) -> trisolve.WindowPolicy:
+    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    from .cost_model import auto_window, network_of
+
+    n = mapping.n
+
+    def rows(r: int) -> torch.Tensor:  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
+        with torch.no_grad():
+            return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+
+    key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
+    choice = auto_window(
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key,
+        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed,
+    )  # fmt: skip
+    return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+
+
+def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
+    """What every rank of a distributed solve must share: the options by value, row 0, the noise and ``init`` by content."""
+    from trisolve.distributed import _digest
+
+    skip = ("callback", "progress", "distributed", "init")
+    described = tuple((f.name, repr(getattr(options, f.name))) for f in dataclasses.fields(options) if f.name not in skip)
+    return described, _digest(x0), _digest(c), _digest(options.init)
 
 
 def _blend(a_rows, c, x0, mask, known, traj):

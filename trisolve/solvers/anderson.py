@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import device, to_host, work_dtype
+from .._backend import device, work_dtype
+from .._validate import check_float, check_int
 from .base import Solver, StepContext
 from .safeguard import Safeguard
 
@@ -55,7 +56,7 @@ class AndersonState:
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
-    num_fallback_rows: int = 0
+    num_fallback_rows: Any = 0  # a device scalar once a round has run (no host read per round)
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -86,18 +87,21 @@ class _AndersonBase(Solver):
     triangular: bool = field(default=True, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        m = self.history_size
-        if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-            raise ValueError(f"history_size must be an int >= 1 (difference pairs kept), got {m!r}.")
+        object.__setattr__(self, "history_size", check_int("history_size", self.history_size, 1, hint="(difference pairs kept)"))
         for name in ("regularization", "max_coefficient"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
+            object.__setattr__(self, name, check_float(name, getattr(self, name), 0.0))
         if self.safeguard is not None and not isinstance(self.safeguard, Safeguard):
             raise TypeError(f"safeguard must be a trisolve.Safeguard or None, got {type(self.safeguard).__name__}.")
 
     def init(self) -> AndersonState:
         return AndersonState()
+
+    def stats(self, state: AndersonState) -> dict[str, int]:
+        return {
+            "num_restarts": state.num_restarts,
+            "num_rejections": state.num_rejections,
+            "num_fallback_rows": int(state.num_fallback_rows),  # a device count: read once, at the end
+        }
 
     def step(self, ctx: StepContext, state: AndersonState) -> tuple[Any, AndersonState]:
         xp, lo, hi = ctx.xp, ctx.lo, ctx.hi
@@ -115,17 +119,19 @@ class _AndersonBase(Solver):
         x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
         r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
 
-        # -- safeguard: compare residual growth over the rows present in both rounds
+        # -- safeguard: compare residual growth over the rows present in both rounds (host errors;
+        # a non-finite error counts as infinite growth)
         restart = False
         if self.safeguard is not None and ov > 0:
             e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
-            rho_prev = float(np.sqrt(np.mean(np.square(e_prev))))
-            rho = float(np.sqrt(np.mean(np.square(ctx.errors[:ov]))))
+            with np.errstate(over="ignore", invalid="ignore"):
+                rho_prev = float(np.sqrt(np.mean(np.square(np.nan_to_num(e_prev, nan=np.inf)))))
+                rho = float(np.sqrt(np.mean(np.square(np.nan_to_num(ctx.errors[:ov], nan=np.inf)))))
             if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
-                plain = xp.reshape(_pad_rows(x_prev + r_prev, w, axis=0, xp=xp), ctx.x.shape)
-                keep = [1.0] * ov + [0.0] * (w - ov)  # rows without a previous iterate: plain step from now
-                mask = xp.reshape(xp.asarray(keep, dtype=ctx.x.dtype, device=device(ctx.x)), (w,) + (1,) * len(event))
-                proposal = mask * plain + (1.0 - mask) * ctx.g
+                # the rows present in both rounds take the plain step from the previous iterate;
+                # rows without a previous iterate take the plain step from now
+                plain = xp.reshape(x_prev + r_prev, (ov, *event))
+                proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
                 new = AndersonState(
                     num_restarts=state.num_restarts,
                     num_rejections=state.num_rejections + 1,
@@ -134,9 +140,14 @@ class _AndersonBase(Solver):
                 return proposal, new
             restart = rho > self.safeguard.restart_growth * rho_prev
 
-        # -- newest difference pair; rows that were not in the previous window get zeros
-        dx = _pad_rows(x[:ov, ...] - x_prev, w, axis=0, xp=xp)  # (w, S, d)
-        dr = _pad_rows(r[:ov, ...] - r_prev, w, axis=0, xp=xp)
+        # -- newest difference pair; rows that were not in the previous window, or whose
+        # differences are not finite, get zeros (no information)
+        with np.errstate(all="ignore"):  # inf - inf: caught by the finiteness mask
+            dx = x[:ov, ...] - x_prev
+            dr = r[:ov, ...] - r_prev
+            fin = xp.all(xp.isfinite(dx), axis=-1) & xp.all(xp.isfinite(dr), axis=-1)  # (ov, S)
+            dx = _pad_rows(xp.where(fin[..., None], dx, xp.zeros_like(dx)), w, axis=0, xp=xp)  # (w, S, d)
+            dr = _pad_rows(xp.where(fin[..., None], dr, xp.zeros_like(dr)), w, axis=0, xp=xp)
         if state.dX is None or restart:
             dX, dR = dx[None, ...], dr[None, ...]
         else:
@@ -147,12 +158,11 @@ class _AndersonBase(Solver):
 
         with np.errstate(all="ignore"):  # overflow / singular systems are detected and handled below
             proposal, valid = self._mix(x, r, dX, dR, start=ctx.start, xp=xp)
-        # drop the history of rows whose coefficients were rejected
-        fallback = ~valid[ctx.start :]
-        nfall = int(np.count_nonzero(fallback.any(axis=1)))
-        if nfall:
-            keep = xp.asarray(valid.astype(np.float64), dtype=x.dtype, device=device(x))[None, :, :, None]
-            dX, dR = dX * keep, dR * keep
+        # drop the history of rows whose coefficients were rejected (on the device, no read)
+        keep = valid[None, :, :, None]  # (1, w, S, 1)
+        dX = xp.where(keep, dX, xp.zeros_like(dX))
+        dR = xp.where(keep, dR, xp.zeros_like(dR))
+        nfall = xp.sum(xp.astype(xp.any(~valid[ctx.start :, ...], axis=1), xp.int64))  # device scalar
         new = AndersonState(
             lo=lo,
             hi=hi,
@@ -168,13 +178,20 @@ class _AndersonBase(Solver):
         )
         return xp.reshape(proposal, ctx.x.shape), new
 
-    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any) -> tuple[Any, np.ndarray]:
-        """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) host)``."""
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any) -> tuple[Any, Any]:
+        """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
+
+        A row/sample whose residual is not finite adds nothing to the fitted sums (so it does
+        not spoil the prefix sums of the rows after it); its own proposal is not finite and
+        the driver replaces it.
+        """
         m = dX.shape[0]
         f64 = work_dtype(xp, device(x))
+        r_ok = xp.all(xp.isfinite(r), axis=-1)  # (w, S)
+        r_fit = xp.where(r_ok[..., None], r, xp.zeros_like(r))
         dRt = xp.permute_dims(dR, (1, 2, 0, 3))  # (w, S, m, d)
         gram = xp.astype(xp.matmul(dRt, xp.matrix_transpose(dRt)), f64)  # (w, S, m, m)
-        rhs = xp.astype(xp.matmul(dRt, r[..., None]), f64)  # (w, S, m, 1)
+        rhs = xp.astype(xp.matmul(dRt, r_fit[..., None]), f64)  # (w, S, m, 1)
         if self.triangular:
             gram = xp.cumulative_sum(gram, axis=0)
             rhs = xp.cumulative_sum(rhs, axis=0)
@@ -184,14 +201,16 @@ class _AndersonBase(Solver):
         eye = xp.eye(m, dtype=f64, device=device(x))
         trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
         lam = max(self.regularization, _MIN_REG) * trace / m + _FLOOR
-        gamma = xp.linalg.solve(gram + lam[..., None, None] * eye, rhs)  # (w, S, m, 1)
+        ok_sys = xp.isfinite(lam)  # an overflowing Gram: no solve for that row
+        lam = xp.where(ok_sys, lam, xp.ones_like(lam))
+        A = xp.where(ok_sys[..., None, None], gram, xp.zeros_like(gram)) + lam[..., None, None] * eye
+        gamma = xp.linalg.solve(A, xp.where(ok_sys[..., None, None], rhs, xp.zeros_like(rhs)))  # (w, S, m, 1)
         bound = xp.max(xp.abs(gamma), axis=(-2, -1))  # (w, S)
-        ok = xp.isfinite(bound) & (bound <= self.max_coefficient)
+        ok = ok_sys & xp.isfinite(bound) & (bound <= self.max_coefficient)
         gamma = xp.where(ok[..., None, None], gamma, xp.zeros_like(gamma))
         mix = xp.permute_dims(dX + dR, (1, 2, 3, 0))  # (w, S, d, m)
         correction = xp.matmul(mix, xp.astype(gamma, x.dtype))[..., 0]  # (w, S, d)
-        valid = to_host(xp.astype(ok, f64)) > 0.5
-        return x + r - correction, valid
+        return x + r - correction, ok
 
 
 @dataclass(frozen=True, kw_only=True)

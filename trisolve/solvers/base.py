@@ -50,7 +50,10 @@ class Solver:
 
     ``init()`` returns the state for a new solve, ``step(ctx, state)`` returns the proposal
     ``(w, *event)`` for the window rows and the new state. Only rows ``>= ctx.start`` of
-    the proposal are used.
+    the proposal are used; rows with a nan or inf are replaced by the driver (plain step, or
+    the last final row), so the trajectory stays finite. ``stats(state)`` returns the
+    solver's counters at the end. ``step`` must not read device values on the host nor build
+    arrays from host data (the driver reads once per round; ``ctx.errors`` is on the host).
     """
 
     def init(self) -> Any:
@@ -58,3 +61,7 @@ class Solver:
 
     def step(self, ctx: StepContext, state: Any) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def stats(self, state: Any) -> dict[str, int]:
+        """Counters of a finished solve (``num_restarts``, ...); read once, at the end."""
+        return {}

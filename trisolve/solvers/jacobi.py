@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
+from .._validate import check_float
 from .base import Solver, StepContext
 
 __all__ = ["Jacobi"]
@@ -35,8 +35,7 @@ class Jacobi(Solver):
     damping: float = 0.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.damping, (int, float)) or not (0.0 <= self.damping < 1.0) or math.isnan(self.damping):
-            raise ValueError(f"damping must be in [0, 1), got {self.damping!r}.")
+        object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, high=1.0, high_open=True))
 
     def step(self, ctx: StepContext, state: None) -> tuple[object, None]:
         if self.damping == 0.0:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from .._validate import check_float
 
 __all__ = ["Safeguard"]
 
@@ -37,6 +38,4 @@ class Safeguard:
 
     def __post_init__(self) -> None:
         for name in ("restart_growth", "reject_growth"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or math.isnan(v) or v < 1.0:
-                raise ValueError(f"{name} must be a number >= 1 (inf disables it), got {v!r}.")
+            object.__setattr__(self, name, check_float(name, getattr(self, name), 1.0, finite=False, hint="(inf disables it)"))

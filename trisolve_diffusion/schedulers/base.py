@@ -18,7 +18,7 @@ host; ``scheduler.step`` is never called.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,9 +46,15 @@ class SchedulerMapping:
     ----------
     scheduler : diffusers scheduler (after ``set_timesteps``)
     timesteps : ndarray, shape ``(n,)``
-        Timestep passed to the network for row ``j`` (``j = 0..n-1``).
+        Timestep passed to the network for row ``j`` (``j = 0..n-1``), as the pipeline passes it.
+    input_scale : ndarray, shape ``(n,)``
+        Factor ``scheduler.scale_model_input`` applies to row ``j`` before the network
+        (``1 / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers, 1.0 where there is none).
+        The network sees ``input_scale[j] * x_j``; ``g`` takes the unscaled ``x_j``.
     a : ndarray, shape ``(n,)``
+        ``a[i - 1]`` multiplies ``x_{i-1}`` in row ``i``.
     B : ndarray, shape ``(n, p)``
+        ``B[i - 1, q]`` multiplies ``g_{i-1-q}`` in row ``i``.
     noise_scale : ndarray, shape ``(n,)``
         Coefficient of the noise drawn at step ``i``.
     noise_drawn : ndarray of bool, shape ``(n,)``
@@ -58,39 +64,46 @@ class SchedulerMapping:
         Noise drawn in float32 (DPM-Solver SDE) rather than in the network's dtype.
     sigma : ndarray, shape ``(n,)``
         Tolerance scale of each row (posterior standard deviation of the step).
-    input_scale : ndarray, shape ``(n,)``
-        Factor ``scheduler.scale_model_input`` applies to row ``j`` before the network (1.0
-        when it applies none; the default).
     """
 
     scheduler: Any
     timesteps: np.ndarray
+    input_scale: np.ndarray
     a: np.ndarray
     B: np.ndarray
     noise_scale: np.ndarray
     noise_drawn: np.ndarray
     noise_in_float32: bool
     sigma: np.ndarray
-    input_scale: np.ndarray = None
 
-    def __post_init__(self):
-        if self.input_scale is None:
-            object.__setattr__(self, "input_scale", np.ones(self.n))
+    _device_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
 
     def g(self, x: torch.Tensor, model_output: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Processed prediction of rows ``[lo, hi)`` from their latents ``x`` and the network output, ``(hi - lo, *event)``."""
+        """Processed prediction ``g_j`` of rows ``j = lo .. hi - 1``, shape ``(hi - lo, *event)``.
+
+        ``x`` are those rows' latents ``(hi - lo, *event)`` (unscaled: before ``input_scale``) and
+        ``model_output`` the network's output for them, same shape.
+        """
         raise NotImplementedError
 
     # -- helpers for subclasses -------------------------------------------------------------
-    @staticmethod
-    def col(values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        """Per-row scalars as a tensor that broadcasts over ``(w, *event)``."""
-        t = torch.as_tensor(np.ascontiguousarray(values, dtype=np.float64), device=like.device).to(like.dtype)
-        return t.reshape((-1,) + (1,) * (like.ndim - 1))
+    def table(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """Host table ``self.<name>`` ``(n,)`` as a device column ``(n, 1, ..., 1)`` in ``like``'s dtype.
+
+        Built once per (name, device, dtype, ndim) and cached on the mapping; ``g`` slices
+        ``[lo:hi]`` so no host data is copied per round.
+        """
+        key = (name, like.device, like.dtype, like.ndim)
+        t = self._device_tables.get(key)
+        if t is None:
+            values = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
+            t = torch.as_tensor(values, device=like.device).to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+            self._device_tables[key] = t
+        return t
 
     def process_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """The scheduler's clean-image post-processing: dynamic thresholding or clipping."""
@@ -139,3 +152,45 @@ def linear_part(pred_type: str, sab: np.ndarray, s1ab: np.ndarray) -> tuple[np.n
     if pred_type == "sample":
         return np.zeros_like(sab), 1.0 / s1ab
     return sab, s1ab
+
+
+def ve_posterior_std(sigmas: np.ndarray) -> np.ndarray:
+    """Tolerance scale of each step for k-diffusion sigmas ``(n + 1,)`` (latents ``x = x0 + sigma eps``).
+
+    The DDPM posterior std between the levels ``abar = 1 / (1 + sigma^2)`` of consecutive rows,
+    times the latent scale ``sqrt(1 + sigma_{i}^2)`` of the row it lands on; shape ``(n,)``.
+    """
+    ab = 1.0 / (1.0 + sigmas**2)
+    return posterior_std(ab[:-1], ab[1:]) * np.sqrt(1.0 + sigmas[1:] ** 2)
+
+
+def timesteps_of(scheduler: Any) -> np.ndarray:
+    """The scheduler's timesteps ``(n,)`` as the pipeline passes them to the network (their own dtype)."""
+    return scheduler.timesteps.detach().cpu().numpy().copy()
+
+
+def start_index(scheduler: Any, start: int | None) -> int:
+    """The first step the loop runs: ``start``, else the scheduler's ``begin_index``, else 0.
+
+    img2img runs ``scheduler.timesteps[start:]`` (and sets ``begin_index`` where the scheduler
+    has one); the mapping's rows then begin at that step.
+    """
+    begin = getattr(scheduler, "begin_index", None)
+    num = len(scheduler.timesteps)
+    if start is None:
+        start = begin or 0
+    elif begin is not None and begin != start:
+        raise ValueError(f"start={start} differs from the scheduler's begin_index={begin}; pass the same step (or leave start unset).")
+    if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or not 0 <= start < num:
+        raise ValueError(f"start must be an int in [0, {num}) (an index into scheduler.timesteps), got {start!r}.")
+    return int(start)
+
+
+def refuse_partial(scheduler: Any, start: int | None) -> None:
+    """For mappings of the full loop only: refuse a loop that starts part-way."""
+    if start_index(scheduler, start) != 0:
+        raise UnsupportedSchedulerError(
+            f"{type(scheduler).__name__} is mapped for the full loop only (its state at a later step depends on how it got "
+            "there); a loop that starts part-way (img2img) is not supported. Use EulerDiscreteScheduler, "
+            "DPMSolverMultistepScheduler or UniPCMultistepScheduler for img2img."
+        )

@@ -1,0 +1,201 @@
+"""Newton maps (DEER, quasi-DEER, damped): the scan kernel, exactness and guarantees on three namespaces."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import BACKENDS
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import trisolve
+
+
+def coupled_system(backend, rng, n, event, *, scale, batch_ndim=0, linear=False, with_jacobian=True, elementwise=False):
+    """``F_i(x) = tanh(M_i x_{i-1}) + b_i`` (``M_i`` acts on the last axis; identity for ``linear``).
+
+    Written with array-API calls only, with its exact Jacobian ``diag(1 - tanh^2) M_i`` (or the
+    diagonal of it for ``elementwise``, where ``M_i`` is diagonal).
+    """
+    xp = backend.xp
+    d = event[-1]
+    M = rng.standard_normal((n + 1, d, d)) * scale / np.sqrt(d)
+    if elementwise:
+        M = M * np.eye(d)
+    Md = backend.asarray(M)
+    b = backend.asarray(rng.standard_normal((n + 1, *event)))
+    extra = (1,) * (len(event) - 1)
+
+    def z(x, lo, hi):
+        Mi = xp.reshape(Md[lo:hi, ...], (hi - lo, *extra, d, d))
+        return xp.matmul(Mi, x[lo - 1 : hi - 1, ..., None])[..., 0]  # (w, *event)
+
+    def fn(x, lo, hi):
+        zz = z(x, lo, hi)
+        return (zz if linear else xp.tanh(zz)) + b[lo:hi, ...]
+
+    def jac(x, lo, hi):
+        zz = z(x, lo, hi)
+        s = xp.ones_like(zz) if linear else 1.0 - xp.tanh(zz) ** 2  # (w, *event)
+        Mi = xp.reshape(Md[lo:hi, ...], (hi - lo, *extra, d, d))
+        if elementwise:
+            return s * _diag(Mi, xp)  # (w, *event)
+        return s[..., None] * Mi  # (w, *event, d): row k of the block is output k
+
+    kwargs = {"jacobian": jac} if with_jacobian else {}
+    return trisolve.BlackBoxSystem(fn, n, batch_ndim=batch_ndim, **kwargs)
+
+
+def _diag(M, xp):
+    d = M.shape[-1]
+    flat = xp.reshape(M, (*M.shape[:-2], d * d))
+    return xp.take(flat, xp.asarray(np.arange(0, d * d, d + 1)), axis=-1)
+
+
+def _sequential_scan(J, r, dense):
+    out, prev = np.zeros_like(r), np.zeros_like(r[0])
+    for t in range(r.shape[0]):
+        prev = (np.einsum("...ij,...j->...i", J[t], prev) if dense else J[t] * prev) + r[t]
+        out[t] = prev
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@given(seed=st.integers(0, 2**31), w=st.integers(1, 40), d=st.integers(1, 4), dense=st.booleans())
+def test_affine_scan_equals_the_sequential_recurrence(backend, seed, w, d, dense):
+    rng = np.random.default_rng(seed)
+    J = rng.standard_normal((w, 2, d, d) if dense else (w, 2, d)) * 0.7
+    r = rng.standard_normal((w, 2, d))
+    got = backend.to_numpy(trisolve.affine_scan(backend.asarray(J), backend.asarray(r), xp=backend.xp))
+    np.testing.assert_allclose(got, _sequential_scan(J, r, dense), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@given(
+    seed=st.integers(0, 2**31),
+    n=st.integers(1, 30),
+    event=st.sampled_from([(1,), (3,), (2, 3)]),
+    scale=st.sampled_from([0.5, 2.5]),  # contractive and not
+    jacobian=st.sampled_from(["dense", "diagonal"]),
+    damping=st.sampled_from([0.0, 0.5]),
+)
+@settings(max_examples=20)
+def test_newton_maps_reach_forward_substitution_in_at_most_n_rounds(backend, seed, n, event, scale, jacobian, damping):
+    rng = np.random.default_rng(seed)
+    batch_ndim = len(event) - 1
+    system = coupled_system(backend, rng, n, event, scale=scale, batch_ndim=batch_ndim)
+    x0 = backend.asarray(rng.standard_normal(event))
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian=jacobian, damping=damping), atol=1e-12)
+    assert sol.status is trisolve.Status.CONVERGED
+    assert sol.num_rounds <= n and sol.num_frozen == n + 1
+    np.testing.assert_allclose(backend.to_numpy(sol.trajectory), ref, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_dense_newton_solves_a_linear_markov_system_in_two_rounds(backend):
+    """DEER on a linear system is exact after one round; the second round only confirms it."""
+    rng = np.random.default_rng(0)
+    n = 200
+    system = coupled_system(backend, rng, n, (3,), scale=0.9, linear=True)
+    x0 = backend.asarray(rng.standard_normal(3))
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-9)
+    assert sol.status is trisolve.Status.CONVERGED and sol.num_rounds <= 2
+    np.testing.assert_allclose(backend.to_numpy(sol.trajectory), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_dense_newton_needs_far_fewer_rounds_than_jacobi_on_an_rnn():
+    rng = np.random.default_rng(1)
+    n = 400
+    system = coupled_system(BACKENDS[0], rng, n, (8,), scale=0.9)
+    x0 = np.zeros(8)
+    jac = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-10)
+    deer = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-10)
+    quasi = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian="diagonal"), atol=1e-10)
+    assert deer.status.ok and quasi.status.ok and jac.status.ok
+    assert 3 * deer.num_rounds <= jac.num_rounds
+    assert deer.num_rounds <= quasi.num_rounds
+    np.testing.assert_allclose(deer.trajectory, jac.trajectory, atol=1e-9)
+
+
+def test_torch_jacobians_come_from_autodiff_and_match_the_callable():
+    """Without a jacobian= callable a torch system is differentiated by torch.func; same rounds, same answer."""
+    rng = np.random.default_rng(2)
+    be = BACKENDS[1]
+    for event, batch_ndim in (((4,), 0), ((2, 3), 1)):
+        with_j = coupled_system(be, np.random.default_rng(2), 60, event, scale=1.2, batch_ndim=batch_ndim)
+        auto = coupled_system(be, np.random.default_rng(2), 60, event, scale=1.2, batch_ndim=batch_ndim, with_jacobian=False)
+        x0 = be.asarray(rng.standard_normal(event))
+        for jac in ("dense", "diagonal"):
+            a = trisolve.solve(with_j, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian=jac), atol=1e-11)
+            b = trisolve.solve(auto, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian=jac), atol=1e-11)
+            assert a.status.ok and b.status.ok and a.num_rounds == b.num_rounds
+            torch.testing.assert_close(a.trajectory, b.trajectory, rtol=1e-12, atol=1e-12)
+
+
+def test_semilinear_jacobian_uses_the_linear_part_and_g():
+    """J_i = a_i I + B_i dg/dx: on torch from autodiff of g, on NumPy from the system's g-Jacobian."""
+    rng = np.random.default_rng(3)
+    n, d = 120, 3
+    A = rng.standard_normal((d, d)) * 0.6
+    At = torch.from_numpy(A)
+    h = 0.05
+    a, B = np.ones(n), np.full(n, h)
+    sys_t = trisolve.SemilinearSystem(a, B, lambda y, lo, hi: torch.tanh(y @ At.T))
+    sys_np = trisolve.SemilinearSystem(
+        a, B, lambda y, lo, hi: np.tanh(y @ A.T), jacobian=lambda y, lo, hi: (1 - np.tanh(y @ A.T) ** 2)[:, :, None] * A
+    )
+    x0 = rng.standard_normal(d)
+    ref = trisolve.forward_substitution(sys_np, x0)
+    s1 = trisolve.solve(sys_np, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-11)
+    s2 = trisolve.solve(sys_t, trisolve.Jacobi(), torch.from_numpy(x0), update_map=trisolve.Newton(), atol=1e-11)
+    assert s1.status.ok and s2.status.ok and s1.num_rounds == s2.num_rounds <= 6
+    np.testing.assert_allclose(s1.trajectory, ref, atol=1e-10)
+    np.testing.assert_allclose(s2.trajectory.numpy(), ref, atol=1e-10)
+
+
+def test_chunked_scan_gives_the_same_iterates():
+    rng = np.random.default_rng(4)
+    system = coupled_system(BACKENDS[0], rng, 97, (3,), scale=1.0)
+    x0 = rng.standard_normal(3)
+    whole = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-11)
+    for c in (1, 7, 32):
+        part = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(chunk_rows=c), atol=1e-11)
+        assert part.num_rounds == whole.num_rounds
+        np.testing.assert_allclose(part.trajectory, whole.trajectory, rtol=1e-12, atol=1e-12)
+
+
+def test_overflowing_scan_falls_back_to_the_one_step_value():
+    """J = 10 at the start: products reach 10^400 and overflow; those rows take F_i(x) and the solve stays exact."""
+    n = 400
+    fn = lambda x, lo, hi: np.tanh(10.0 * x[lo - 1 : hi - 1]) + 0.5  # noqa: E731
+    jac = lambda x, lo, hi: 10.0 * (1.0 - np.tanh(10.0 * x[lo - 1 : hi - 1]) ** 2)  # noqa: E731
+    system = trisolve.BlackBoxSystem(fn, n, jacobian=jac)
+    x0 = np.zeros(2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian="diagonal"), atol=1e-12)
+    assert sol.status is trisolve.Status.CONVERGED and sol.num_rounds <= n
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), atol=1e-12)
+
+
+def test_newton_refuses_what_it_cannot_do():
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]), 5)
+    with pytest.raises(TypeError, match="jacobian= callable"):
+        trisolve.solve(system, trisolve.Jacobi(), np.zeros(2), update_map=trisolve.Newton())
+    banded = trisolve.SemilinearSystem(np.ones(5), np.full((5, 2), 0.1) * (np.arange(5)[:, None] >= np.arange(2)), lambda y, lo, hi: y)
+    with pytest.raises(ValueError, match="augmented state"):
+        trisolve.solve(banded, trisolve.Jacobi(), np.zeros(2), update_map=trisolve.Newton())
+    bad = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]), 5, jacobian=lambda x, lo, hi: np.ones((hi - lo, 3)))
+    sol = trisolve.solve(bad, trisolve.Jacobi(), np.zeros(2), update_map=trisolve.Newton())  # raised in a round: kept
+    assert sol.status is trisolve.Status.FAILED and isinstance(sol.error, ValueError) and "expected" in str(sol.error)
+    bad_settings = (
+        ({"jacobian": "full"}, ValueError),
+        ({"damping": -1.0}, ValueError),
+        ({"chunk_rows": 0}, ValueError),
+        ({"chunk_rows": 1.5}, TypeError),
+    )
+    for kwargs, exc in bad_settings:
+        with pytest.raises(exc):
+            trisolve.Newton(**kwargs)
