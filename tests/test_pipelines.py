@@ -14,9 +14,14 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
+    PNDMScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionXLImg2ImgPipeline,
+    UniPCMultistepScheduler,
 )
 
 import trisolve_diffusion as td
@@ -127,3 +132,94 @@ def test_sdxl_img2img_parity(sched, default_too):
     pipe = build_tiny_stable_diffusion_xl(pipeline_class=StableDiffusionXLImg2ImgPipeline)
     kw = dict(prompt=PROMPTS, image=IMAGE, strength=0.6, num_inference_steps=8, guidance_scale=5.0, output_type="np")
     check_parity(pipe, sched, kw, default_too)
+
+
+NEW_SCHEDULERS = {
+    "euler": lambda cfg: EulerDiscreteScheduler.from_config(cfg),
+    "euler-ancestral": lambda cfg: EulerAncestralDiscreteScheduler.from_config(cfg),
+    "unipc": lambda cfg: UniPCMultistepScheduler.from_config(cfg),
+    "pndm-plms": lambda cfg: PNDMScheduler.from_config(cfg, skip_prk_steps=True),
+}
+
+
+@pytest.fixture(scope="module")
+def sd():
+    return build_tiny_stable_diffusion()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name", list(NEW_SCHEDULERS))
+def test_stable_diffusion_parity_with_the_schedulers_people_use(sd, name):
+    sd.scheduler = NEW_SCHEDULERS[name](sd.scheduler.config)
+    sd.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a red cat", negative_prompt="blurry", num_inference_steps=8, guidance_scale=5.0, output_type="np")
+    ref = sd(generator=torch.manual_seed(0), **kw).images
+    out = td.sample(sd, generator=torch.manual_seed(0), atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, **kw)
+    assert out.solution.converged
+    np.testing.assert_allclose(out.images, ref, rtol=0, atol=2e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+@pytest.mark.parametrize("name", ["euler-ancestral", "unipc"])
+def test_img2img_parity_with_input_scaling_and_multistep(name):
+    pipe = build_tiny_stable_diffusion(pipeline_class=StableDiffusionImg2ImgPipeline)
+    pipe.scheduler = NEW_SCHEDULERS[name](pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(prompt="a red cat", image=IMAGE[:1], strength=0.6, num_inference_steps=8, guidance_scale=5.0, output_type="np")
+    ref = pipe(generator=torch.manual_seed(0), **kw).images
+    out = td.sample(pipe, generator=torch.manual_seed(0), atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, **kw)
+    np.testing.assert_allclose(out.images, ref, rtol=0, atol=2e-5)
+
+
+def test_refusals_come_before_any_work(sd):
+    """Unsupported pipelines and options raise before the network runs, saying what to do."""
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    calls = []
+    hook = sd.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(TypeError, match=r"got ControlNetLike.*sample_latents\(denoiser, scheduler, latents\)"):
+            td.sample(type("ControlNetLike", (), {})())
+        with pytest.raises(TypeError, match="ip_adapter_image: IP-Adapter"):
+            td.sample(sd, "a cat", ip_adapter_image=IMAGE[:1])
+        with pytest.raises(TypeError, match="sigmas: custom sigmas are not supported"):
+            td.sample(sd, "a cat", sigmas=[1.0, 0.5])
+        with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback"):
+            td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})
+        with pytest.raises(TypeError, match="options must be a trisolve_diffusion.SolveOptions"):
+            td.sample(sd, "a cat", options={"atol": 1e-3})
+        with pytest.raises(ValueError, match="either order= or update_map="):
+            td.sample(sd, "a cat", order=2, update_map=td.SolveOptions().solver_and_map(4)[1])
+        with pytest.raises(TypeError, match="trajectory_dtype"):
+            td.sample(sd, "a cat", trajectory_dtype=torch.float16)
+        sd.scheduler = LCMScheduler.from_config(sd.scheduler.config)
+        with pytest.raises(td.UnsupportedSchedulerError, match="LCMScheduler is not supported.*DPMSolverMultistepScheduler"):
+            td.sample(sd, "a cat", num_inference_steps=4)
+    finally:
+        hook.remove()
+        sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    assert calls == []  # the UNet never ran
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_sample_ctrl_c_and_unconverged_end(sd):
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+    sd.set_progress_bar_config(disable=True)
+    real, calls = sd.unet.forward, [0]
+
+    def interrupted(*a, **k):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    sd.unet.forward = interrupted
+    try:
+        with pytest.raises(td.SamplingInterrupted) as info:
+            td.sample(sd, "a cat", num_inference_steps=6, atol=1e-7, rtol=0.0)
+    finally:
+        sd.unet.forward = real
+    assert isinstance(info.value, KeyboardInterrupt) and info.value.solution.num_rounds == 1
+    with pytest.warns(td.UnconvergedSampleWarning, match="MAX_ITER"):
+        td.sample(sd, "a cat", num_inference_steps=6, atol=1e-7, rtol=0.0, max_iter=2, output_type="latent")
+    with pytest.raises(td.UnconvergedSampleError):
+        td.sample(sd, "a cat", num_inference_steps=6, atol=1e-7, rtol=0.0, max_iter=2, strict=True, output_type="latent")

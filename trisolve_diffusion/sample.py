@@ -14,6 +14,8 @@ import torch
 from diffusers import (
     DDIMPipeline,
     DDPMPipeline,
+    FluxPipeline,
+    StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -21,9 +23,13 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from .models.digits_flow import DigitsFlowPipeline
 from .pipelines._common import bind
+from .pipelines.digits_flow import sample_digits_flow
+from .pipelines.flux import sample_flux
 from .pipelines.img2img import sample_img2img
 from .pipelines.inpaint import sample_inpaint
+from .pipelines.sd3 import sample_sd3
 from .pipelines.sdxl import sample_sdxl
 from .pipelines.sdxl_img2img import sample_sdxl_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
@@ -41,6 +47,9 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img),
     (DDPMPipeline, sample_unconditional),
     (DDIMPipeline, sample_unconditional),
+    (StableDiffusion3Pipeline, sample_sd3),
+    (FluxPipeline, sample_flux),
+    (DigitsFlowPipeline, sample_digits_flow),
 ]
 
 #: Pipeline classes ``sample()`` accepts.
