@@ -77,11 +77,11 @@ def test_img2img_parity(sched, default_too):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("channels", [4, 9])
-@pytest.mark.parametrize("sched", list(SCHEDULERS))
-def test_inpaint_parity(sched, channels):
+@pytest.mark.parametrize("sched,default_too", CASES_2)
+def test_inpaint_parity(sched, default_too, channels):
     pipe = build_tiny_stable_diffusion(pipeline_class=StableDiffusionInpaintPipeline, unet_in_channels=channels)
-    kw = dict(prompt=["a red cat", "a dog"], image=IMAGE, mask_image=MASK, strength=0.8, num_inference_steps=10, guidance_scale=4.0, output_type="np")
-    check_parity(pipe, sched, kw)
+    kw = dict(prompt=PROMPTS, image=IMAGE, mask_image=MASK, strength=0.8, num_inference_steps=8, guidance_scale=4.0, output_type="np")
+    check_parity(pipe, sched, kw, default_too)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
