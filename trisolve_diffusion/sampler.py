@@ -314,7 +314,7 @@ def sample_latents(
     denoiser : callable
         ``denoiser(model_input, timesteps) -> model_output``: ``model_input (w * B, C, H, W)``
         already multiplied by the scheduler's input scale (what a pipeline's UNet receives),
-        in ``options.trajectory_dtype``; ``timesteps (w * B,)`` on the latents' device, in the
+        in the latents' dtype (the model's working dtype, as in the loop); ``timesteps (w * B,)`` on the latents' device, in the
         scheduler's timestep dtype; ``model_output`` of the input's shape, any float dtype.
         Classifier-free guidance goes inside (see :func:`classifier_free_guidance`). Called
         once per round, without autograd.
@@ -413,7 +413,7 @@ def sample_latents(
         w = hi - lo
         model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
         t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
-        out = denoiser(model_input.reshape(w * batch, *shape[1:]), t)
+        out = denoiser(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
         out = out.reshape(w, batch, *out.shape[1:]).to(traj)
         out = mapping.g(x_rows, out, lo, hi)
         return out if m is None else m * out
