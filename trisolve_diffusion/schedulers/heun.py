@@ -123,6 +123,7 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
         noise_drawn=drawn,
         noise_in_float32=False,
         sigma=ve_posterior_std(np.abs(lvl)),
+        row_scale=1.0 / np.sqrt(np.append(sig_in, lvl[-1]) ** 2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,
