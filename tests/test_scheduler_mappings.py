@@ -333,22 +333,23 @@ def test_dpmsolver_singlestep_parallel_solve():
         lambda: HeunDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
         lambda: HeunDiscreteScheduler(prediction_type="sample", clip_sample=True, clip_sample_range=0.8),
         lambda: HeunDiscreteScheduler(timestep_spacing="leading", steps_offset=1, use_exponential_sigmas=True),
-        lambda: KDPM2DiscreteScheduler(),
-        lambda: KDPM2DiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
-        lambda: KDPM2DiscreteScheduler(timestep_spacing="trailing"),
-        lambda: KDPM2AncestralDiscreteScheduler(),
-        lambda: KDPM2AncestralDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, timestep_spacing="trailing"),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
     ],
     ids=["heun", "heun-karras-v", "heun-sample-clip", "heun-leading-exp", "kdpm2", "kdpm2-karras-v", "kdpm2-trailing",
          "kdpm2a", "kdpm2a-karras-v"],
 )  # fmt: skip
 def test_two_evaluations_per_step_match_step_loop(make):
+    # KDPM2's constructor runs set_timesteps(num_train_timesteps) with a slow per-sigma loop: 100 train steps keep it fast
     m = check_parity(make, 8, tol=F64, seed=2)
     assert m.n == len(m.scheduler.timesteps) > 8  # one row per network evaluation
 
 
 def test_two_stage_parallel_solve():
-    check_parity(lambda: KDPM2AncestralDiscreteScheduler(), 8, tol=F64, seed=4, solve=True)
+    check_parity(lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100), 8, tol=F64, seed=4, solve=True)
 
 
 # -- a loop that starts part-way (img2img) --------------------------------------------------------
@@ -407,7 +408,7 @@ def test_partial_loop_refusals():
         lambda: EulerAncestralDiscreteScheduler(prediction_type="v_prediction"),
         lambda: LMSDiscreteScheduler(),
         lambda: HeunDiscreteScheduler(),
-        lambda: KDPM2AncestralDiscreteScheduler(),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
         lambda: DDIMScheduler(),  # no row_scale: scaled() is the mapping itself
     ],
     ids=["euler", "euler-ancestral", "lms", "heun", "kdpm2a", "ddim"],
