@@ -20,7 +20,8 @@ atol = rtol = 1e-3.
 Scheduler settings ("Euler-25", "EulerA-25", "UniPC-20", "PNDM-50", ...): the same network sampled
 with another diffusers scheduler (built from the digits scheduler config with SD's spacing,
 ``timestep_spacing="leading"``, ``steps_offset=1``), seeds 0-9, batch 1, the default method
-only. The reference is the loop a Stable Diffusion pipeline runs (initial noise times
+only (plus, for the k-diffusion schedulers, the same solve on the variance-preserving rows
+``mapping.scaled()``). The reference is the loop a Stable Diffusion pipeline runs (initial noise times
 ``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); the parallel solve
 maps the scheduler (``map_scheduler``), pre-draws its noise in the loop's order and feeds the
 network ``input_scale * x``, as ``sample_latents`` does. "evals / T" divides by the number of
@@ -89,8 +90,12 @@ def sequential_latents(unet, sched, seed: int, batch: int) -> torch.Tensor:
     return x
 
 
-def parallel_latents(unet, sched, seed: int, batch: int, callback):
-    """The same loop solved in parallel rounds with the default solver and tolerance of ``sample``."""
+def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool = False):
+    """The same loop solved in parallel rounds with the default solver and tolerance of ``sample``.
+
+    ``scaled``: solve for the variance-preserving rows ``y = row_scale * x`` (``mapping.scaled()``);
+    the callback and the returned trajectory are then in ``y`` units, the final latents ``y_n / row_scale[n]``.
+    """
     from diffusers.utils.torch_utils import randn_tensor
 
     from trisolve_diffusion.network import BatchedDenoiser
@@ -100,6 +105,9 @@ def parallel_latents(unet, sched, seed: int, batch: int, callback):
     shape = (batch, 1, 16, 16)
     x0 = randn_tensor(shape, generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
     mapping = td.map_scheduler(sched)
+    if scaled:
+        x0 = x0 * float(mapping.row_scale[0])
+        mapping = mapping.scaled()
     noise = _draw_noise(mapping, shape, gen, x0.device, unet.dtype, torch.float32)
     denoiser = BatchedDenoiser(unet, mapping.timesteps)
 
@@ -117,18 +125,23 @@ def run_scheduler_setting(setting: str, seeds, records):
 
     unet = load_digits_unet()
     steps = int(setting.rsplit("-", 1)[1])
-    for seed in seeds:
+    variants = [("TAA m=4, Picard (default)", False)]
+    if td.map_scheduler(make_scheduler(setting, steps)).row_scale is not None:
+        variants.append(("TAA m=4, Picard, VP rows (mapping.scaled())", True))
+    for seed, (method, scaled) in [(seed, v) for seed in seeds for v in variants]:
         ref = to_images(sequential_latents(unet, make_scheduler(setting, steps), seed, 1))
+        sched = make_scheduler(setting, steps)
+        c_n = float(td.map_scheduler(sched).row_scale[-1]) if scaled else 1.0
         finals = []
         start = time.perf_counter()
-        sol = parallel_latents(unet, make_scheduler(setting, steps), seed, 1, lambda info: finals.append(info.trajectory[-1].clone()) and False)
+        sol = parallel_latents(unet, sched, seed, 1, lambda info: finals.append(info.trajectory[-1].clone() / c_n) and False, scaled)
         wall = time.perf_counter() - start
         curve = [worst_psnr(to_images(f), ref) for f in finals]
         first = lambda db, curve=curve: next((i + 1 for i, v in enumerate(curve) if v >= db), None)
-        images = to_images(sol.trajectory[-1])
+        images = to_images(sol.trajectory[-1] / c_n)
         records.append(
             dict(
-                setting=setting, steps=steps, batch=1, seed=seed, method="TAA m=4, Picard (default)", rounds=sol.num_rounds,
+                setting=setting, steps=steps, batch=1, seed=seed, method=method, rounds=sol.num_rounds,
                 status=sol.status.name, rounds_to_30db=first(30.0), rounds_to_40db=first(40.0), evals=sol.num_evals,
                 evals_rel=sol.num_evals / steps, final_psnr=worst_psnr(images, ref), max_abs_diff=float(np.abs(images - ref).max()),
                 wall_s=wall,
@@ -136,7 +149,7 @@ def run_scheduler_setting(setting: str, seeds, records):
         )  # fmt: skip
         r = records[-1]
         print(
-            f"{setting:11s} b1 s{seed} rounds {r['rounds']:3d} 40dB@{r['rounds_to_40db']} final {r['final_psnr']:.1f} dB evals x{r['evals_rel']:.2f}",
+            f"{setting:11s} b1 s{seed} {method:45s} rounds {r['rounds']:3d} 40dB@{r['rounds_to_40db']} final {r['final_psnr']:.1f} dB evals x{r['evals_rel']:.2f}",
             flush=True,
         )
 
