@@ -24,7 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 import trisolve
 
 from .network import BatchedDenoiser
-from .schedulers import SchedulerMapping, map_scheduler
+from .schedulers import SchedulerMapping, UnsupportedSchedulerError, map_scheduler
 
 __all__ = ["sample", "ParallelImagePipelineOutput", "ParallelStableDiffusionOutput", "ParallelSamplingError", "default_solver"]
 
@@ -286,6 +286,12 @@ def _sample_unconditional(pipe, p, opts, max_batch_size):
     eta = p.get("eta", 0.0) if isinstance(pipe, DDIMPipeline) else 0.0
     clipped = bool(p.get("use_clipped_model_output") or False) if isinstance(pipe, DDIMPipeline) else False
     mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=clipped)
+    if np.any(mapping.input_scale != 1.0) or float(scheduler.init_noise_sigma) != 1.0:
+        raise UnsupportedSchedulerError(
+            f"{type(pipe).__name__}'s loop neither scales the initial noise nor calls scale_model_input, so with "
+            f"{type(scheduler).__name__} pipe(...) itself does not sample that scheduler's ODE; use DDIMScheduler, "
+            "DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler or PNDMScheduler(skip_prk_steps=True) here."
+        )
     _check_init(opts["init"], mapping.n, shape)
     noise = _draw_noise(mapping, shape, generator, device, unet.dtype, opts["trajectory_dtype"])
     denoiser = BatchedDenoiser(unet, mapping.timesteps, max_batch_size=max_batch_size)
