@@ -11,6 +11,7 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
     LCMScheduler,
 )
 
@@ -33,6 +34,9 @@ def test_refuses_unsupported_pipelines_and_schedulers():
     with pytest.raises(TypeError, match="supports StableDiffusionPipeline.*sample_latents"):
         td.sample(object())
     pipe = gmm_pipe(DDPMPipeline)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # mapped, but DDPMPipeline never scales its input
+    with pytest.raises(td.UnsupportedSchedulerError, match="neither scales its initial noise.*nor calls scale_model_input"):
+        td.sample(pipe, num_inference_steps=5)
     pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
     with pytest.raises(td.UnsupportedSchedulerError, match="LCMScheduler is not supported.*DPMSolverMultistepScheduler"):
         td.sample(pipe, num_inference_steps=5)
