@@ -40,3 +40,18 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         assert {r["window"] for r in payload["timing"]} >= {"4", "8", "full", "auto", "sequential"}
         assert all(r["rounds"] is None or r["rounds"] <= r["steps"] for r in payload["timing"])
         assert all(r["predicted"] > 0 for r in payload["rounds"])
+
+
+def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
+    """``gpu.py --cost-model-only --quick --device cpu``: predictions for 1-8 devices and the measured windows beside them."""
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "gpu"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("gpu").main(["--quick", "--device", "cpu", "--cost-model-only"])
+    payload = json.loads((tmp_path / "gpu_cost_model_quick.json").read_text())
+    assert {r["devices"] for r in payload["predicted"]} == {1, 2, 4, 8}
+    assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in payload["predicted"])
+    assert {r["window"] for r in payload["measured"]} == {"4", "auto", "full"}
+    assert all(r["rounds"] <= r["steps"] for r in payload["measured"])
+    assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10
