@@ -271,10 +271,7 @@ def test_result_keeps_namespace_dtype_and_device(backend, dtype):
     rng = np.random.default_rng(8)
     system = semilinear_system(rng, 10, 2, (4,), backend)
     x0 = backend.asarray(rng.standard_normal(4), dtype=dtype)
-    if backend.name != "numpy":
-        system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)
-    else:
-        system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)
+    system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)  # no forcing: x0 alone sets the dtype
     sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, update_map=trisolve.Unrolled(), atol=1e-4)
     assert type(sol.trajectory) is type(x0)
     assert sol.trajectory.dtype == x0.dtype
@@ -579,3 +576,15 @@ def test_final_row_atol_is_checked():
     system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1, 20)
     sol = trisolve.solve(system, trisolve.Jacobi(), np.zeros(2), final_row_atol=0.0)
     assert sol.status is trisolve.Status.CONVERGED or sol.status is trisolve.Status.FINAL_ROW_CONVERGED
+
+
+def test_an_int_window_means_a_sliding_window_in_solve_as_in_sample():
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.9 * np.tanh(x[lo - 1 : hi - 1]) + 0.1, n=40)
+    by_int = trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=np.int64(5), atol=1e-12)
+    by_policy = trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=trisolve.SlidingWindow(5), atol=1e-12)
+    assert by_int.windows == by_policy.windows and max(hi - lo for lo, hi in by_int.windows) == 5
+    np.testing.assert_array_equal(by_int.trajectory, by_policy.trajectory)
+    with pytest.raises(TypeError, match="window must be None, an int"):
+        trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window="8")
+    with pytest.raises(ValueError, match="SlidingWindow size must be >= 1"):
+        trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=0)

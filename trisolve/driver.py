@@ -32,7 +32,7 @@ from .result import RoundInfo, Solution, Status
 from .solvers.base import Solver, StepContext
 from .systems import TriangularSystem
 from .tolerance import Tolerance
-from .windows import FullWindow, WindowPolicy
+from .windows import WindowPolicy, as_window
 
 __all__ = ["solve"]
 
@@ -95,7 +95,7 @@ def solve(
     x0: Any,
     *,
     update_map: UpdateMap | None = None,
-    window: WindowPolicy | None = None,
+    window: WindowPolicy | int | None = None,
     atol: float = 1e-6,
     rtol: float = 0.0,
     max_iter: int | None = None,
@@ -125,8 +125,9 @@ def solve(
         The fixed-point map: :class:`OneStep` (default when a solver is given),
         :class:`Unrolled` (order ``k``, semilinear systems), :class:`Picard` or
         :class:`Newton`.
-    window : WindowPolicy, optional
-        :class:`FullWindow` (default) or :class:`SlidingWindow`.
+    window : WindowPolicy or int, optional
+        :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
+        ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
         same for the map residual), per sample; see :class:`Tolerance`.
@@ -229,7 +230,7 @@ def _solve(
     x0: Any,
     *,
     update_map: UpdateMap | None = None,
-    window: WindowPolicy | None = None,
+    window: WindowPolicy | int | None = None,
     atol: float = 1e-6,
     rtol: float = 0.0,
     max_iter: int | None = None,
@@ -249,9 +250,7 @@ def _solve(
     if not isinstance(update_map, UpdateMap):
         raise TypeError(f"update_map must be OneStep(), Unrolled(order) or Picard(order), got {type(update_map).__name__}.")
     update_map.check(system)
-    window = FullWindow() if window is None else window
-    if not isinstance(window, WindowPolicy):
-        raise TypeError(f"window must be FullWindow() or SlidingWindow(size), got {type(window).__name__}.")
+    window = as_window(window)
     tol = Tolerance(atol=atol, rtol=rtol)
     n = system.n
     num_frozen = check_int("num_frozen", num_frozen, 1)

@@ -213,9 +213,7 @@ class SolveOptions:
 
     def window(self) -> trisolve.WindowPolicy | None:
         """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
-        if self.window_size is None or self.window_size == "auto" or isinstance(self.window_size, trisolve.WindowPolicy):
-            return None if self.window_size == "auto" else self.window_size
-        return trisolve.SlidingWindow(int(self.window_size))
+        return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
 
 
 def _is_process_group(v: Any) -> bool:
