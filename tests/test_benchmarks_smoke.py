@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-import trisolve
-
-_NEWTON_API = "gradients" in inspect.signature(trisolve.solve).parameters
-
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
-    if name in ("recurrences", "gpu") and not _NEWTON_API:
-        pytest.skip("the Newton/gradient benchmarks need solve(..., gradients=...), wired in once the core refactor is on main")
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
     monkeypatch.syspath_prepend(str(BENCH))
     for mod in ("common", name):

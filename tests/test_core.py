@@ -6,7 +6,7 @@ import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
 from conftest import BACKENDS
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import blackbox_system, event_shapes, semilinear_system
 
@@ -28,6 +28,7 @@ def _x0(backend, rng, event):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("name,make,window", SOLVERS, ids=[s[0] for s in SOLVERS])
+@settings(max_examples=15)  # each example is several full solves: keep the suite fast
 @given(
     seed=st.integers(0, 2**31),
     n=st.integers(1, 24),
@@ -49,7 +50,7 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     x0 = _x0(backend, rng, event)
     ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
     counter.clear()
-    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11)
+    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11, record="errors")
     assert sol.status is trisolve.Status.CONVERGED, sol.status
     assert sol.num_rounds <= n
     assert sol.num_frozen == n + 1
@@ -62,9 +63,11 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     # num_evals counts exactly the rows handed to the system
     assert sol.num_evals == sum(counter)
     assert sol.residuals.shape == (sol.num_rounds, n + 1)
+    np.testing.assert_array_equal(sol.round_max_errors, [e.max() for e in sol.round_errors])
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=15)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(2, 20), p=st.integers(1, 3), event=event_shapes, r=st.integers(1, 20))
 def test_order1_jacobi_is_exact_on_first_r_rows_after_r_rounds(backend, seed, n, p, event, r):
     rng = np.random.default_rng(seed)
@@ -79,6 +82,7 @@ def test_order1_jacobi_is_exact_on_first_r_rows_after_r_rounds(backend, seed, n,
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=8)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 24), p=st.integers(1, 3), event=event_shapes)
 def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
     rng = np.random.default_rng(seed)
@@ -93,6 +97,7 @@ def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=20)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 30), k=st.integers(1, 30), lo=st.integers(1, 10))
 def test_maps_match_their_explicit_formulas(backend, seed, n, k, lo):
     """The one residual scan reproduces each map written out with loops (DESIGN 2.1), to round-off.
@@ -374,6 +379,7 @@ def _scan_reference(J, r, kind, order):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("kind", ["scalar", "diagonal", "dense", "one"])
+@settings(max_examples=20)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), w=st.integers(1, 12), order=st.one_of(st.none(), st.integers(0, 14)))
 def test_affine_scan_matches_the_loop_for_every_linear_part(backend, kind, seed, w, order):
     rng = np.random.default_rng(seed)

@@ -11,7 +11,8 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
-    HeunDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LCMScheduler,
 )
 
 import trisolve
@@ -33,8 +34,11 @@ def test_refuses_unsupported_pipelines_and_schedulers():
     with pytest.raises(TypeError, match="supports StableDiffusionPipeline.*sample_latents"):
         td.sample(object())
     pipe = gmm_pipe(DDPMPipeline)
-    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(td.UnsupportedSchedulerError, match="HeunDiscreteScheduler is not supported.*DPMSolverMultistepScheduler"):
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # mapped, but DDPMPipeline never scales its input
+    with pytest.raises(td.UnsupportedSchedulerError, match="neither scales its initial noise.*nor calls scale_model_input"):
+        td.sample(pipe, num_inference_steps=5)
+    pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(td.UnsupportedSchedulerError, match="LCMScheduler is not supported.*DPMSolverMultistepScheduler"):
         td.sample(pipe, num_inference_steps=5)
     pipe.scheduler = DDPMScheduler(variance_type="learned_range")
     with pytest.raises(td.UnsupportedSchedulerError, match="variance_type='learned_range'"):

@@ -16,10 +16,16 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
     DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
     LCMScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
@@ -71,11 +77,11 @@ def promote(scheduler):
     return scheduler
 
 
-def sequential(scheduler, model, x0, generator=None):
-    """The pipelines' loop: ``(num_steps + 1, *SHAPE)`` latents after every step."""
+def sequential(scheduler, model, x0, generator=None, start=0):
+    """The pipelines' loop from step ``start`` (img2img): ``(num_steps - start + 1, *SHAPE)`` latents after every step."""
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
     x, traj = x0, [x0]
-    for t in scheduler.timesteps:
+    for t in scheduler.timesteps[start:]:
         out = model(scheduler.scale_model_input(x, t), t)
         kw = {"generator": generator} if takes_generator else {}
         x = scheduler.step(out, t, x, **kw).prev_sample
@@ -99,7 +105,7 @@ def mapped_system(mapping, model, generator=None):
     return trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
 
 
-def check_parity(make, steps, *, tol, seed=0, solve=False):
+def check_parity(make, steps, *, tol, seed=0, solve=False, scaled=False):
     """Map ``make()`` after ``set_timesteps(steps)``, compare with the loop on a fresh copy."""
     sched_ref, sched_map = promote_after(make(), steps), promote_after(make(), steps)
     x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * float(sched_ref.init_noise_sigma)
@@ -107,6 +113,12 @@ def check_parity(make, steps, *, tol, seed=0, solve=False):
     ref = sequential(sched_ref, MixtureModel(sched_ref), x0, gen_ref)
     mapping = map_scheduler(sched_map)
     assert mapping.n == len(sched_ref.timesteps) == ref.shape[0] - 1
+    c = np.ones(mapping.n + 1)
+    if scaled:  # solve for y_j = row_scale[j] x_j, compare x_j = y_j / row_scale[j]
+        c = np.ones(mapping.n + 1) if mapping.row_scale is None else np.asarray(mapping.row_scale)
+        mapping = mapping.scaled()
+        ref = ref * torch.as_tensor(c).view(-1, 1, 1, 1, 1)
+        x0 = x0 * float(c[0])
     model = MixtureModel(sched_map)
     system = mapped_system(mapping, model, gen_map)
     # the same number of draws: both generators are in the same state afterwards
@@ -278,7 +290,7 @@ def test_lms_parallel_solve():
     "config, steps",
     [(dict(solver_order=1), 10), (dict(solver_order=2), 10), (dict(solver_order=3), 10), (dict(solver_order=3), 16),
      (dict(solver_order=3, lower_order_final=False), 10), (dict(prediction_type="v_prediction"), 10),
-     (dict(prediction_type="sample", thresholding=True, sample_max_value=0.8), 10), (dict(use_karras_sigmas=True, solver_order=3), 10)],
+     (dict(prediction_type="sample", thresholding=True), 10), (dict(use_karras_sigmas=True, solver_order=3), 10)],
     ids=str,
 )  # fmt: skip
 def test_deis_matches_step_loop(config, steps):
@@ -287,6 +299,130 @@ def test_deis_matches_step_loop(config, steps):
 
 def test_deis_parallel_solve():
     check_parity(lambda: DEISMultistepScheduler(solver_order=3), 15, tol=F64, solve=True)
+
+
+# -- DPM-Solver singlestep -------------------------------------------------------------------------
+@pytest.mark.parametrize("solver_type", ["midpoint", "heun"])
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("algo", ["dpmsolver++", "dpmsolver"])
+def test_dpmsolver_singlestep_matches_step_loop(algo, order, solver_type):
+    make = lambda: DPMSolverSinglestepScheduler(algorithm_type=algo, solver_order=order, solver_type=solver_type, final_sigmas_type="sigma_min")  # noqa: E731
+    check_parity(make, 11, tol=F64)
+
+
+@pytest.mark.parametrize(
+    "config, steps",
+    [(dict(), 12), (dict(solver_order=3), 12), (dict(solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min"), 12),
+     (dict(prediction_type="v_prediction", use_karras_sigmas=True), 10), (dict(prediction_type="sample", thresholding=True), 10),
+     (dict(use_exponential_sigmas=True, solver_order=3), 7)],
+    ids=str,
+)  # fmt: skip
+def test_dpmsolver_singlestep_options_match_step_loop(config, steps):
+    check_parity(lambda: DPMSolverSinglestepScheduler(**config), steps, tol=F64)
+
+
+def test_dpmsolver_singlestep_parallel_solve():
+    check_parity(lambda: DPMSolverSinglestepScheduler(solver_order=3), 15, tol=F64, solve=True)
+
+
+# -- two evaluations per step: one row each ------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: HeunDiscreteScheduler(),
+        lambda: HeunDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: HeunDiscreteScheduler(prediction_type="sample", clip_sample=True, clip_sample_range=0.8),
+        lambda: HeunDiscreteScheduler(timestep_spacing="leading", steps_offset=1, use_exponential_sigmas=True),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, timestep_spacing="trailing"),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
+    ],
+    ids=["heun", "heun-karras-v", "heun-sample-clip", "heun-leading-exp", "kdpm2", "kdpm2-karras-v", "kdpm2-trailing",
+         "kdpm2a", "kdpm2a-karras-v"],
+)  # fmt: skip
+def test_two_evaluations_per_step_match_step_loop(make):
+    # KDPM2's constructor runs set_timesteps(num_train_timesteps) with a slow per-sigma loop: 100 train steps keep it fast
+    m = check_parity(make, 8, tol=F64, seed=2)
+    assert m.n == len(m.scheduler.timesteps) > 8  # one row per network evaluation
+
+
+def test_two_stage_parallel_solve():
+    check_parity(lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100), 8, tol=F64, seed=4, solve=True)
+
+
+# -- a loop that starts part-way (img2img) --------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EulerDiscreteScheduler(use_karras_sigmas=True),
+        lambda: EulerAncestralDiscreteScheduler(),
+        lambda: UniPCMultistepScheduler(solver_order=3),
+        lambda: DPMSolverMultistepScheduler(solver_order=3),
+        lambda: LMSDiscreteScheduler(),
+        lambda: DEISMultistepScheduler(solver_order=3),
+        lambda: PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        lambda: DDIMScheduler(),
+        lambda: DDPMScheduler(),
+    ],
+    ids=["euler", "euler-ancestral", "unipc", "dpm", "lms", "deis", "pndm", "ddim", "ddpm"],
+)
+def test_partial_loop_matches_step_loop(make):
+    """img2img runs timesteps[start:] (after set_begin_index where the scheduler has it); rows start there."""
+    steps, start = 12, 5
+    sched_ref, sched_map = promote_after(make(), steps), promote_after(make(), steps)
+    if hasattr(sched_ref, "set_begin_index"):
+        sched_ref.set_begin_index(start)
+        sched_map.set_begin_index(start)
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64) * 3.0
+    ref = sequential(sched_ref, MixtureModel(sched_ref), x0, torch.Generator().manual_seed(8), start=start)
+    mapping = map_scheduler(sched_map, start=start)
+    fs = trisolve.forward_substitution(mapped_system(mapping, MixtureModel(sched_map), torch.Generator().manual_seed(8)), x0)
+    assert mapping.n == ref.shape[0] - 1
+    tol = (
+        F32 if type(sched_ref).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler") else F64
+    )  # their step() rounds x to float32
+    np.testing.assert_allclose(fs.numpy(), ref.numpy(), rtol=0, atol=tol * float(ref.abs().max()))
+
+
+def test_partial_loop_refusals():
+    s = HeunDiscreteScheduler()
+    s.set_timesteps(6)
+    with pytest.raises(UnsupportedSchedulerError, match="full loop only"):
+        map_scheduler(s, start=2)
+    e = EulerDiscreteScheduler()
+    e.set_timesteps(6)
+    e.set_begin_index(2)
+    with pytest.raises(ValueError, match="begin_index=2"):
+        map_scheduler(e, start=3)
+    with pytest.raises(ValueError, match="start must be"):
+        map_scheduler(e, start=6) if e.set_begin_index(6) is None else None
+
+
+# -- solving for the variance-preserving rows of the k-diffusion schedulers -----------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EulerDiscreteScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min"),
+        lambda: EulerAncestralDiscreteScheduler(prediction_type="v_prediction"),
+        lambda: LMSDiscreteScheduler(),
+        lambda: HeunDiscreteScheduler(),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
+        lambda: DDIMScheduler(),  # no row_scale: scaled() is the mapping itself
+    ],
+    ids=["euler", "euler-ancestral", "lms", "heun", "kdpm2a", "ddim"],
+)
+def test_scaled_rows_match_step_loop(make):
+    m = check_parity(make, 8, tol=F32, seed=1, scaled=True)
+    if m.row_scale is None:
+        assert m.scaled() is m
+    else:
+        np.testing.assert_allclose(m.scaled().input_scale, 1.0)  # the network sees the scaled row itself
+
+
+def test_scaled_rows_parallel_solve():
+    check_parity(lambda: EulerDiscreteScheduler(), 15, tol=F32, seed=2, solve=True, scaled=True)
 
 
 # -- the table cache -----------------------------------------------------------------------------
@@ -313,8 +449,20 @@ def test_device_tables_are_built_once_per_dtype():
         (lambda: EulerAncestralDiscreteScheduler(prediction_type="sample"), "'epsilon' or 'v_prediction'"),
         (lambda: UniPCMultistepScheduler(predict_x0=False), "non-finite.*predict_x0=True"),
         (lambda: UniPCMultistepScheduler(solver_type="bh1"), "non-finite.*solver_type='bh2'"),
+        (lambda: DPMSolverSinglestepScheduler(algorithm_type="sde-dpmsolver++"), "two noise draws.*DPMSolverMultistepScheduler"),
     ],
-    ids=["lcm", "tcd", "pndm-prk", "unipc-solver_p", "unipc-flow", "deis-flow", "ancestral-sample", "unipc-noise-final-zero", "unipc-bh1-final-zero"],
+    ids=[
+        "lcm",
+        "tcd",
+        "pndm-prk",
+        "unipc-solver_p",
+        "unipc-flow",
+        "deis-flow",
+        "ancestral-sample",
+        "unipc-noise-final-zero",
+        "unipc-bh1-final-zero",
+        "singlestep-sde",
+    ],
 )
 def test_refusals_say_what_to_do(make, match):
     s = make()

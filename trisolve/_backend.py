@@ -8,12 +8,13 @@ module moves them to and from the caller's namespace and device.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory"]
+__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -76,3 +77,12 @@ def shares_memory(a: Any, b: Any) -> bool:
             return False
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
     return False
+
+
+def no_grad(xp: Any) -> Any:
+    """A context without autograd recording for PyTorch (the solve's rounds), a no-op elsewhere."""
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()

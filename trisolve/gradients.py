@@ -17,7 +17,7 @@ number of rounds.
 How ``lambda`` is found (notation: ``g = dL/dx``, ``V(lambda)_j = sum_{i>j} (dF_i/dx_j)^T
 lambda_i``, one vector-Jacobian product of ``F`` over all rows at once; ``P`` the reversed
 affine scan ``mu_j = J_{j+1}^T mu_{j+1} + v_j`` with ``J_i = dF_i/dx_{i-1}``,
-:func:`trisolve.newton.affine_scan` run backwards):
+:func:`trisolve.affine_scan` run backwards):
 
 1. ``lambda <- P(g)``: exact for a Markov system (``F_i`` reads ``x_{i-1}`` only) with a
    dense Jacobian, or a diagonal one when ``F`` is elementwise;
@@ -36,8 +36,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._backend import namespace
-from .newton import _apply, _split_event, affine_scan, jacobian_rows
+from .newton import _split_event, jacobian_rows
 from .result import SolveError
+from .scan import affine_scan, apply_linear
 
 __all__ = ["Adjoint", "differentiable_trajectory"]
 
@@ -88,7 +89,7 @@ def check_gradients_supported(x0: Any) -> None:
 
 def _evaluate_all(system: Any, x: Any, xp: Any) -> Any:
     """``F_i(x)`` for every row ``i = 1..n``, one batched call: ``(n, *event)``."""
-    return system.evaluate(x, 1, system.n + 1, system.new_cache(), xp=xp).f
+    return system.evaluate(x, 1, system.n + 1, system.new_cache(x, xp=xp), xp=xp).f
 
 
 class _Adjoint:
@@ -145,11 +146,12 @@ class _Adjoint:
                 shape = (1, S, d, d) if got_dense else (1, S, d)
                 zero = torch.zeros(shape, dtype=vv.dtype, device=vv.device)
                 J = zero if J is None else torch.cat([J, zero], dim=0)
+            kind = "dense" if got_dense else "diagonal"
             K = torch.flip(J, dims=[0])  # reversed order: K_t multiplies mu_{t-1} (the row above)
             r = torch.flip(vv[j0 - 1 : j1 - 1], dims=[0])
             if carry is not None:
-                r = torch.cat([r[:1] + _apply(K[:1], carry, got_dense, self.xp), r[1:]], dim=0)
-            mu = affine_scan(K, r, dense=got_dense, xp=self.xp)
+                r = torch.cat([r[:1] + apply_linear(K[:1], carry, kind=kind, xp=self.xp), r[1:]], dim=0)
+            mu = affine_scan(K, r, xp=self.xp)
             carry = mu[-1:]
             parts.append(torch.flip(mu, dims=[0]))
         return torch.cat(parts[::-1], dim=0).reshape(n, *self.event)
@@ -209,7 +211,7 @@ def differentiable_trajectory(system: Any, x0: Any, trajectory: Any, adjoint: Ad
     x_star = trajectory.detach()
 
     def hook(g):  # built at backward time: nothing but the trajectory is held until then
-        return _Adjoint(system, x_star, settings).solve(g)
+        return None if g is None else _Adjoint(system, x_star, settings).solve(g)
 
     y.register_hook(hook)
     return torch.cat([x0[None], y + (x_star[1:] - y).detach()], dim=0)

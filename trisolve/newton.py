@@ -43,69 +43,14 @@ from typing import Any
 import numpy as np
 
 from ._backend import device, from_host
+from ._validate import check_float, check_int
 from .maps import UpdateMap
+from .scan import affine_scan, apply_linear
 from .systems import SemilinearSystem
 
-__all__ = ["Newton", "affine_scan", "jacobian_rows"]
+__all__ = ["Newton", "jacobian_rows"]
 
 _CHUNK_ENTRIES = 2**22  # default bound on chunk_rows * S * d^2 (dense) or chunk_rows * S * d (diagonal)
-
-
-# ----------------------------------------------------------------------------- the scan kernel
-
-
-def _apply(J: Any, v: Any, dense: bool, xp: Any) -> Any:
-    """``J v`` for a batch: dense ``(..., d, d) @ (..., d)``, else elementwise."""
-    return xp.matmul(J, v[..., None])[..., 0] if dense else J * v
-
-
-def _compose(J2: Any, J1: Any, dense: bool, xp: Any) -> Any:
-    """``J2 J1`` (apply ``J1`` first)."""
-    return xp.matmul(J2, J1) if dense else J2 * J1
-
-
-def affine_scan(J: Any, r: Any, *, dense: bool, xp: Any) -> Any:
-    """Solve ``delta_t = J_t delta_{t-1} + r_t`` with ``delta_{-1} = 0`` for every ``t`` at once.
-
-    Odd-even (Ladner-Fischer style) reduction of the associative operator
-    ``(J, r) o (J', r') = (J J', J r' + r)``: pairs ``(2k, 2k+1)`` are combined into
-    ``(J_{2k+1} J_{2k}, J_{2k+1} r_{2k} + r_{2k+1})``, the half-length problem is solved
-    recursively (it gives ``delta`` at the odd rows), then each even row is one step from
-    the odd row before it. Depth ``O(log w)``; work ``O(w d^3)`` dense, ``O(w d)`` diagonal --
-    no ``log w`` factor, unlike the Hillis-Steele doubling scan.
-
-    Parameters
-    ----------
-    J : array, shape ``(w, *batch, d, d)`` (``dense``) or broadcastable to ``r`` (diagonal)
-    r : array, shape ``(w, *batch, d)``
-    dense : bool
-    xp : namespace
-
-    Returns
-    -------
-    array, shape of ``r``
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from trisolve.newton import affine_scan
-    >>> J, r = np.full((4, 1), 0.5), np.ones((4, 1))
-    >>> affine_scan(J, r, dense=False, xp=np)[:, 0].tolist()
-    [1.0, 1.5, 1.75, 1.875]
-    """
-    w = r.shape[0]
-    if w == 1:
-        return r
-    m = w // 2
-    Je, Jo = J[0 : 2 * m : 2, ...], J[1 : 2 * m : 2, ...]
-    re, ro = r[0 : 2 * m : 2, ...], r[1 : 2 * m : 2, ...]
-    d_odd = affine_scan(_compose(Jo, Je, dense, xp), _apply(Jo, re, dense, xp) + ro, dense=dense, xp=xp)  # delta_{2k+1}  (m, ...)
-    # delta_{2k} = J_{2k} delta_{2k-1} + r_{2k}; delta_{-1} = 0
-    n_even = w - m
-    prev = d_odd[: n_even - 1, ...]  # delta_{2k-1} for k = 1 .. n_even - 1
-    d_even = xp.concat([r[0:1, ...], _apply(J[2:w:2, ...], prev, dense, xp) + r[2:w:2, ...]], axis=0)
-    inter = xp.reshape(xp.stack([d_even[:m, ...], d_odd], axis=1), (2 * m, *r.shape[1:]))  # rows 0, 1, ..., 2m - 1
-    return inter if w == 2 * m else xp.concat([inter, d_even[m:, ...]], axis=0)
 
 
 # ----------------------------------------------------------------------------- Jacobians
@@ -123,6 +68,11 @@ def _take_diagonal(J: Any, xp: Any) -> Any:
     flat = xp.reshape(J, (*J.shape[:-2], d * d))
     idx = xp.asarray(np.arange(0, d * d, d + 1), device=device(J))
     return xp.take(flat, idx, axis=-1)
+
+
+def _user_jacobian(system: Any) -> Any:
+    """The system's ``jacobian=`` callable, or ``None`` (systems outside trisolve may lack the attribute)."""
+    return getattr(system, "jacobian", None)
 
 
 def _check_jacobian(name: str, out: Any, w: int, event: tuple[int, ...], batch_ndim: int, x: Any) -> bool:
@@ -177,16 +127,22 @@ def _torch_jvp_columns(func: Any, rows: Any, dense: bool, d: int, S: int, chunk:
     return J.permute(1, 2, 3, 0) if dense else J.permute(1, 2, 0)  # (w, S, d, d) [out, in] or (w, S, d)
 
 
-def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any) -> tuple[Any, bool]:
+def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any, tables: NewtonTables | None = None) -> tuple[Any, bool]:
     """``J_i = dF_i / dx_{i-1}`` at the iterate ``x`` for the rows ``i`` in ``[lo, hi)``.
 
     From the system's ``jacobian`` callable when it has one (see :class:`BlackBoxSystem`,
     :class:`SemilinearSystem`), else, for PyTorch arrays, by forward-mode automatic
     differentiation (``torch.func.jvp`` under ``vmap``): ``d`` Jacobian-vector products, each
-    with a basis vector in every row at once. For a black box this differentiates
+    with a basis vector in every row at once. A black box is handed the trajectory's rows
+    ``0 .. hi - 2`` (all that ``F_lo .. F_{hi-1}`` may read), and ``vmap`` materialises that
+    prefix once per batched column, so its columns are batched in groups that keep
+    ``columns x (hi - 1) x S x d <= 2^22``; a ``jacobian=`` callable avoids that cost. For a black box this differentiates
     ``fn(x, lo, hi)`` with respect to the rows ``x[lo-1 : hi-1]`` moved together, which is
     ``dF_i/dx_{i-1}`` when ``F_i`` reads no row before ``i - 1`` (a Markov system; see
     :class:`Newton` for banded ones).
+
+    ``tables`` (from :meth:`Newton.prepare`) holds the device copies of a semilinear system's
+    ``a`` and ``B``; without it they are moved from the host here.
 
     Returns
     -------
@@ -200,7 +156,7 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
     event = tuple(x.shape[1:])
     batch_ndim = system.batch_ndim
     S, d = _split_event(event, batch_ndim)
-    user = getattr(system, "jacobian", None)
+    user = _user_jacobian(system)
     semilinear = isinstance(system, SemilinearSystem)
     dev = device(x)
     if user is not None:
@@ -222,8 +178,10 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
             )
         import torch
 
-        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, w * S * d)))
         xd = x.detach()
+        # vmap materialises one trajectory per batched column: bound columns x rows read x S x d
+        rows_read = w if semilinear else hi - 1
+        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, rows_read * S * d)))
         if semilinear:
             g = system.g
 
@@ -233,7 +191,8 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
             fn = system.fn
 
             def func(rows):  # F_i for i in [lo, hi) as a function of rows lo-1 .. hi-2 moved together
-                return fn(torch.cat([xd[: lo - 1], rows, xd[hi - 1 :]], dim=0), lo, hi)
+                # rows 0 .. hi-2 are all that F_lo .. F_(hi-1) may read
+                return fn(torch.cat([xd[: lo - 1], rows], dim=0), lo, hi)
 
         try:
             with torch.enable_grad():
@@ -245,8 +204,9 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
             ) from exc
         got_dense = dense
     if semilinear:  # J_i = a_i I + B_i dg_{i-1}
-        a = from_host(system.a[lo - 1 : hi - 1], xp, dtype=x.dtype, device=dev)
-        b = from_host(system.B[lo - 1 : hi - 1, 0], xp, dtype=x.dtype, device=dev)
+        if tables is None:
+            tables = NewtonTables.build(system, x, xp=xp)
+        a, b = tables.a[lo - 1 : hi - 1], tables.b[lo - 1 : hi - 1]
         if got_dense:
             eye = xp.eye(d, dtype=x.dtype, device=dev)
             J = xp.reshape(a, (w, 1, 1, 1)) * eye + xp.reshape(b, (w, 1, 1, 1)) * J
@@ -255,16 +215,67 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
     return J, got_dense
 
 
+# ----------------------------------------------------------------------------- secant slopes
+
+
+class SecantState:
+    """Per-solve memory of ``Newton("secant")``: the last round's inputs and values.
+
+    ``x_in`` ``(w', *event)`` holds rows ``lo' - 1 .. hi' - 2`` of that round's iterate and
+    ``f`` ``(w', *event)`` the values ``F_i`` of rows ``lo' .. hi' - 1``.
+    """
+
+    def __init__(self) -> None:
+        self.lo: int | None = None
+        self.x_in: Any = None
+        self.f: Any = None
+
+    def slopes(self, x: Any, f: Any, lo: int, hi: int, *, xp: Any) -> Any:
+        """Elementwise secant slopes ``clip((F_i - F_i') / (x_{i-1} - x_{i-1}'), 0, 1)`` ``(w, *event)``.
+
+        Primes are the previous round. Rows or entries without a usable difference (first
+        round, a row new to the window, ``x_{i-1}`` unchanged, a non-finite quotient) get 0.
+        Then records this round. No host read.
+        """
+        w = hi - lo
+        x_in = xp.asarray(x[lo - 1 : hi - 1, ...], copy=True)
+        J = xp.zeros_like(f)
+        if self.lo is not None:
+            s = lo - self.lo  # the window never moves back: s >= 0
+            m = min(w, self.f.shape[0] - s)
+            if m > 0:
+                dx = x_in[:m, ...] - self.x_in[s : s + m, ...]
+                df = f[:m, ...] - self.f[s : s + m, ...]
+                nz = dx != 0
+                q = xp.where(nz, df / xp.where(nz, dx, xp.ones_like(dx)), xp.zeros_like(dx))
+                q = xp.where(xp.isfinite(q), q, xp.zeros_like(q))
+                q = xp.minimum(xp.maximum(q, xp.zeros_like(q)), xp.ones_like(q))
+                J = q if m == w else xp.concat([q, J[m:, ...]], axis=0)
+        self.lo, self.x_in, self.f = lo, x_in, xp.asarray(f, copy=True)
+        return J
+
+
 # ----------------------------------------------------------------------------- the map
 
 
-def _check_chunk_rows(value: Any) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"chunk_rows must be an int >= 1 or None (automatic), got {type(value).__name__}.")
-    if value < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {value}.")
+class NewtonTables:
+    """Per-solve values of a :class:`Newton` map (:meth:`Newton.prepare`).
+
+    ``system``; for a semilinear system ``a`` ``(n,)`` and ``b = B[:, 0]`` ``(n,)`` on the
+    trajectory's device in its dtype; ``secant`` the round-to-round memory of
+    ``Newton("secant")``.
+    """
+
+    def __init__(self, system: Any, a: Any = None, b: Any = None, secant: SecantState | None = None):
+        self.system, self.a, self.b, self.secant = system, a, b, secant
+
+    @classmethod
+    def build(cls, system: Any, x: Any, *, xp: Any, secant: bool = False) -> NewtonTables:
+        a = b = None
+        if isinstance(system, SemilinearSystem):
+            a = from_host(system.a, xp, dtype=x.dtype, device=device(x))
+            b = from_host(system.B[:, 0], xp, dtype=x.dtype, device=device(x))
+        return cls(system, a, b, SecantState() if secant else None)
 
 
 @dataclass(frozen=True)
@@ -279,8 +290,12 @@ class Newton(UpdateMap):
     with ``J_i = dF_i/dx_{i-1}`` at the current iterate: ``jacobian="dense"`` is DEER [DEER]_
     (quadratic convergence; on a linear Markov system one round is exact),
     ``jacobian="diagonal"`` keeps only the diagonal of ``J_i`` (quasi-DEER [ELK]_: ``O(d)``
-    instead of ``O(d^3)`` per row, more rounds). The scan is a log-depth associative scan on
-    the arrays' device (:func:`affine_scan`).
+    instead of ``O(d^3)`` per row, more rounds). ``jacobian="secant"`` needs no derivatives:
+    each component's ``J`` is the slope of ``F`` observed between the last two rounds,
+    ``(F_i - F_i') / (x_{i-1} - x_{i-1}')``, clipped to ``[0, 1]`` -- between the one-step
+    map (0) and the Picard map (1); it is the default when no Jacobian is available. The scan
+    is a log-depth associative scan on the arrays' device (:func:`trisolve.affine_scan`); the
+    values are computed as ``G_i = F_i(x) + J_i delta_{i-1}``.
 
     Jacobians come from the system's ``jacobian=`` callable, or, for PyTorch tensors,
     automatically from ``torch.func`` (``d`` batched Jacobian-vector products per chunk of
@@ -290,8 +305,8 @@ class Newton(UpdateMap):
 
     Guarantees are those of every map: rows freeze by the two-residual test (the first-order
     residual and ``delta``), the frozen prefix grows by at least one row per round (at most
-    ``n`` rounds), and rows whose ``delta`` is not finite (a Jacobian that overflows the scan)
-    fall back to the one-step value ``F_i(x)``.
+    ``n`` rounds), and a (row, sample) whose correction ``J_i delta_{i-1}`` is not finite (a
+    scan of expanding Jacobians can overflow) falls back to the one-step value ``F_i(x)``.
 
     Banded systems: a :class:`SemilinearSystem` with ``p > 1`` is refused (rewrite it on the
     augmented state ``(x_i, x_{i-1}, ..., x_{i-p+1})``, which is Markov). For a
@@ -301,7 +316,7 @@ class Newton(UpdateMap):
 
     Parameters
     ----------
-    jacobian : {"dense", "diagonal"}
+    jacobian : {"dense", "diagonal", "secant"}
         Which Jacobian the scan uses.
     damping : float
         ``>= 0``; scales ``J`` by ``1 / (1 + damping)``. 0 is Newton.
@@ -330,11 +345,11 @@ class Newton(UpdateMap):
     chunk_rows: int | None = None
 
     def __post_init__(self) -> None:
-        if self.jacobian not in ("dense", "diagonal"):
-            raise ValueError(f'jacobian must be "dense" or "diagonal", got {self.jacobian!r}.')
-        if isinstance(self.damping, bool) or not isinstance(self.damping, (int, float)) or not (self.damping >= 0) or math.isinf(self.damping):
-            raise ValueError(f"damping must be a finite number >= 0 (0 is Newton), got {self.damping!r}.")
-        _check_chunk_rows(self.chunk_rows)
+        if self.jacobian not in ("dense", "diagonal", "secant"):
+            raise ValueError(f'jacobian must be "dense", "diagonal" or "secant", got {self.jacobian!r}.')
+        object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, hint="(0 is Newton)"))
+        if self.chunk_rows is not None:
+            object.__setattr__(self, "chunk_rows", check_int("chunk_rows", self.chunk_rows, 1, hint="or None (automatic)"))
 
     @property
     def order(self) -> None:  # type: ignore[override]
@@ -345,11 +360,23 @@ class Newton(UpdateMap):
         return self.jacobian == "dense"
 
     def check(self, system: Any) -> None:
-        if isinstance(system, SemilinearSystem) and system.p > 1:
+        if self.jacobian != "secant" and isinstance(system, SemilinearSystem) and system.p > 1:
             raise ValueError(
                 f"Newton needs a Markov system (F_i reads x_(i-1) only); this SemilinearSystem has a band p = {system.p}. "
-                "Rewrite it on the augmented state (x_i, ..., x_(i-p+1)), or use Unrolled()/Picard() with TriangularAnderson()."
+                "Rewrite it on the augmented state (x_i, ..., x_(i-p+1)), or use Newton('secant'), Unrolled() or Picard()."
             )
+
+    def prepare(self, system: Any, x: Any, *, xp: Any) -> NewtonTables:
+        """Device tables; raises ``TypeError`` here (before any round) when no Jacobian can be had."""
+        from array_api_compat import is_torch_namespace
+
+        if self.jacobian != "secant" and _user_jacobian(system) is None and not is_torch_namespace(xp):
+            raise TypeError(
+                f"Newton(jacobian={self.jacobian!r}) needs the Jacobians dF_i/dx_(i-1): give the {type(system).__name__} a jacobian= "
+                "callable (NumPy and array-api-strict arrays have no automatic differentiation), use PyTorch tensors, "
+                "or use Newton('secant'), which estimates them from the iterates."
+            )
+        return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
 
     def rows_per_chunk(self, S: int, d: int) -> int:
         """Rows whose Jacobians are computed and scanned at once."""
@@ -358,31 +385,37 @@ class Newton(UpdateMap):
         per_row = S * d * d if self.dense else S * d
         return max(1, _CHUNK_ENTRIES // per_row)
 
-    def correction(self, system: Any, x: Any, r: Any, lo: int, hi: int, *, xp: Any) -> Any:
-        """``delta`` ``(w, *event)`` for the residual ``r = F(x) - x`` of rows ``[lo, hi)``."""
+    def apply(self, tables: NewtonTables, x: Any, f: Any, lo: int, hi: int, *, xp: Any) -> tuple[Any, Any]:
+        """``(G, R)`` with ``G_i = F_i + J_i delta_{i-1}``, ``R_i = r_i + J_i delta_{i-1}``, chunk by chunk."""
+        system = tables.system
         w = hi - lo
         event = tuple(x.shape[1:])
         S, d = _split_event(event, system.batch_ndim)
+        r = f - x[lo:hi, ...]  # (w, *event)
         rr = xp.reshape(r, (w, S, d))
+        secant = tables.secant.slopes(x, f, lo, hi, xp=xp) if tables.secant is not None else None
         c = self.rows_per_chunk(S, d)
         parts, carry = [], None
         for t0 in range(0, w, c):
             t1 = min(w, t0 + c)
-            J, dense = jacobian_rows(system, x, lo + t0, lo + t1, dense=self.dense, xp=xp)
+            if secant is not None:
+                J = xp.reshape(secant[t0:t1, ...], (t1 - t0, S, d))
+                kind = "diagonal"
+            else:
+                J, dense = jacobian_rows(system, x, lo + t0, lo + t1, dense=self.dense, xp=xp, tables=tables)
+                kind = "dense" if dense else "diagonal"
             if self.damping:
                 J = J / (1.0 + self.damping)
             rc = rr[t0:t1, ...]
-            if carry is not None:  # delta of the previous chunk's last row enters this chunk's first row
-                rc = xp.concat([rc[:1, ...] + _apply(J[:1, ...], carry, dense, xp), rc[1:, ...]], axis=0)
-            delta = affine_scan(J, rc, dense=dense, xp=xp)  # (c, S, d)
+            # delta_{t-1} for every row of the chunk: the carry from the previous chunk, then the scan
+            first = xp.zeros_like(rc[:1, ...]) if carry is None else carry
+            rc_in = rc if carry is None else xp.concat([rc[:1, ...] + apply_linear(J[:1, ...], carry, kind=kind, xp=xp), rc[1:, ...]], axis=0)
+            delta = affine_scan(J, rc_in, xp=xp)  # (c, S, d)
+            corr = apply_linear(J, xp.concat([first, delta[:-1, ...]], axis=0), kind=kind, xp=xp)  # J_i delta_{i-1}
             # non-finite fallback: a (row, sample) whose correction overflowed takes the one-step value
-            ok = xp.all(xp.isfinite(delta), axis=-1, keepdims=True)
-            delta = xp.where(ok, delta, rr[t0:t1, ...])
-            carry = delta[-1:, ...]
-            parts.append(delta)
-        delta = parts[0] if len(parts) == 1 else xp.concat(parts, axis=0)
-        return xp.reshape(delta, (w, *event))
-
-    def apply(self, x, ev, lo, hi, system, *, xp):
-        xw = x[lo:hi, ...]
-        return xw + self.correction(system, x, ev.f - xw, lo, hi, xp=xp)
+            ok = xp.all(xp.isfinite(corr), axis=-1, keepdims=True)
+            corr = xp.where(ok, corr, xp.zeros_like(corr))
+            carry = (rc + corr)[-1:, ...]
+            parts.append(corr)
+        corr = xp.reshape(parts[0] if len(parts) == 1 else xp.concat(parts, axis=0), (w, *event))
+        return f + corr, r + corr

@@ -27,9 +27,10 @@ Phi(l -> t) r_l`` with ``Phi(l -> t) = J_t ... J_{l+1}``; ``order=None`` keeps t
 
 Algorithm. The pairs ``(A, y)`` compose associatively,
 ``(A, y) o (A', y') = (A A', A y' + y)`` (apply ``(A', y')`` first), so the scan is a prefix
-composition: Hillis-Steele doubling, ``ceil(log2 w)`` vectorised steps, each an elementwise
-product (scalar / diagonal ``J``) or a batched matrix product (dense ``J``). After the step
-with offset ``h`` the pair at row ``t`` composes rows ``(t - 2h, t]``. A truncated scan
+composition. The full scan is an odd-even reduction (:func:`_odd_even`): ``O(log w)`` depth,
+each level an elementwise product (scalar / diagonal ``J``) or a batched matrix product (dense
+``J``), and ``O(w)`` compositions in all (the work of the sequential recurrence times ``d`` for
+dense blocks, with no ``log w`` factor). A truncated scan
 combines the segments of lengths ``2^b`` for the set bits ``b`` of ``k`` (binary lifting),
 ``O(w log k)`` work, exact for zero or negative ``J`` (no division, no logarithms). Per-row
 scalar ``J`` (a host table moved to the device once per solve) keeps its own dtype (float64
@@ -127,6 +128,27 @@ def _mul(A: Any, y: Any, kind: str, xp: Any) -> Any:
     return apply_linear(A, y, kind=kind, xp=xp)
 
 
+def _odd_even(J: Any, r: Any, kind: str, xp: Any) -> Any:
+    """The untruncated scan by odd-even reduction: depth ``O(log w)``, work ``O(w)`` compositions.
+
+    Pairs ``(2k, 2k+1)`` are combined into ``(J_{2k+1} J_{2k}, J_{2k+1} r_{2k} + r_{2k+1})``;
+    the half-length problem, solved recursively, gives ``delta`` at the odd rows; each even row
+    is then one step from the odd row before it. Unlike Hillis-Steele doubling there is no
+    ``log w`` factor in the work: ``O(w d^3)`` for dense ``d x d`` blocks, not ``O(w d^3 log w)``.
+    """
+    w = r.shape[0]
+    if w == 1:
+        return r
+    m = w // 2
+    Je, Jo = J[0 : 2 * m : 2, ...], J[1 : 2 * m : 2, ...]
+    d_odd = _odd_even(_compose(Jo, Je, kind, xp), _mul(Jo, r[0 : 2 * m : 2, ...], kind, xp) + r[1 : 2 * m : 2, ...], kind, xp)  # delta_{2k+1}
+    n_even = w - m
+    # delta_{2k} = J_{2k} delta_{2k-1} + r_{2k} for k >= 1; delta_0 = r_0
+    d_even = xp.concat([r[0:1, ...], _mul(J[2:w:2, ...], d_odd[: n_even - 1, ...], kind, xp) + r[2:w:2, ...]], axis=0)
+    inter = xp.reshape(xp.stack([d_even[:m, ...], d_odd], axis=1), (2 * m, *r.shape[1:]))  # rows 0 .. 2m - 1
+    return inter if w == 2 * m else xp.concat([inter, d_even[m:, ...]], axis=0)
+
+
 def affine_scan(J: Any, r: Any, *, order: int | None = None, xp: Any) -> Any:
     """``delta_t = J_t delta_{t-1} + r_t`` (``delta_{-1} = 0``), keeping the ``order`` newest terms.
 
@@ -159,14 +181,8 @@ def affine_scan(J: Any, r: Any, *, order: int | None = None, xp: Any) -> Any:
     if kind == "constant":
         J = xp.full((w,), float(J), dtype=r.dtype, device=_device(r))
         kind = "scalar"
-    if k is None:  # Hillis-Steele prefix composition
-        A, y, h = J, r, 1
-        while h < w:
-            y = xp.concat([y[:h, ...], y[h:, ...] + _mul(A[h:, ...], y[: w - h, ...], kind, xp)], axis=0)
-            if 2 * h < w:
-                A = xp.concat([A[:h, ...], _compose(A[h:, ...], A[: w - h, ...], kind, xp)], axis=0)
-            h *= 2
-        return y
+    if k is None:
+        return _odd_even(J, r, kind, xp)
     # binary lifting: segments (t - 2^b, t] of every level b, combined for the set bits of k
     out_A, out_y, pos = None, None, 0
     seg_A, seg_y, h, rest = J, r, 1, k

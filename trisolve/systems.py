@@ -94,6 +94,11 @@ class TriangularSystem(Protocol):
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
 
 
+def _check_jacobian_callable(jacobian: Any, how: str) -> None:
+    if jacobian is not None and not callable(jacobian):
+        raise TypeError(f"jacobian must be callable as {how} or None, got {type(jacobian).__name__}.")
+
+
 def _check_n(n: Any) -> int:
     return check_int("n", n, 1, hint="(the number of rows to solve)")
 
@@ -145,6 +150,13 @@ class BlackBoxSystem:
         Per-row scale of the tolerance (section 4.1 of the design); ones by default.
     batch_ndim : int, optional
         Leading event axes that index independent samples.
+    jacobian : callable ``jacobian(x, lo, hi) -> array``, optional
+        ``J_i = dF_i/dx_{i-1}`` at ``x`` for every ``i`` in ``[lo, hi)``, for
+        :class:`~trisolve.Newton`: dense ``(hi - lo, *batch, d, d)`` (row ``k`` of a block is
+        output component ``k``; ``batch = event[:batch_ndim]``, the other event axes flattened
+        to ``d``), or the diagonal ``(hi - lo, *event)`` when ``F`` is elementwise. Needed
+        for NumPy and array-api-strict arrays; PyTorch systems are differentiated
+        automatically without it.
 
     Examples
     --------
@@ -158,11 +170,22 @@ class BlackBoxSystem:
     n: int
     sigma_: Any = field(default=None, repr=False)
     batch_ndim: int = 0
+    jacobian: Callable[[Any, int, int], Any] | None = field(default=None, repr=False)
 
-    def __init__(self, fn: Callable[[Any, int, int], Any], n: int, *, sigma: Any = None, batch_ndim: int = 0):
+    def __init__(
+        self,
+        fn: Callable[[Any, int, int], Any],
+        n: int,
+        *,
+        sigma: Any = None,
+        batch_ndim: int = 0,
+        jacobian: Callable[[Any, int, int], Any] | None = None,
+    ):
         if not callable(fn):
             raise TypeError(f"fn must be callable as fn(x, lo, hi), got {type(fn).__name__}.")
+        _check_jacobian_callable(jacobian, "jacobian(x, lo, hi)")
         n = _check_n(n)
+        object.__setattr__(self, "jacobian", jacobian)
         object.__setattr__(self, "fn", fn)
         object.__setattr__(self, "n", n)
         object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
@@ -229,6 +252,11 @@ class SemilinearSystem:
         coefficient). Zero when omitted.
     sigma, batch_ndim
         As for :class:`BlackBoxSystem`.
+    jacobian : callable ``jacobian(x_rows, lo, hi) -> array``, optional
+        ``dg_j/dx_j`` for ``j`` in ``[lo, hi)`` given ``x_rows = x[lo:hi]`` (the signature of
+        ``g``), dense ``(hi - lo, *batch, d, d)`` or diagonal ``(hi - lo, *event)``, for
+        :class:`~trisolve.Newton` (``J_i = a_i I + B[i-1, 0] dg_{i-1}/dx_{i-1}``). Needed for
+        NumPy and array-api-strict arrays; PyTorch's ``g`` is differentiated automatically.
 
     Examples
     --------
@@ -246,8 +274,20 @@ class SemilinearSystem:
     c: Any = None
     sigma_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     batch_ndim: int = 0
+    jacobian: Callable[[Any, int, int], Any] | None = field(default=None, repr=False)
 
-    def __init__(self, a: Any, B: Any, g: Callable[[Any, int, int], Any], *, c: Any = None, sigma: Any = None, batch_ndim: int = 0):
+    def __init__(
+        self,
+        a: Any,
+        B: Any,
+        g: Callable[[Any, int, int], Any],
+        *,
+        c: Any = None,
+        sigma: Any = None,
+        batch_ndim: int = 0,
+        jacobian: Callable[[Any, int, int], Any] | None = None,
+    ):
+        _check_jacobian_callable(jacobian, "jacobian(x_rows, lo, hi)")
         a = np.array(a, dtype=np.float64)
         if a.ndim != 1 or a.shape[0] < 1:
             raise ValueError(f"a must have shape (n,) with n >= 1, got {a.shape}.")
@@ -287,6 +327,7 @@ class SemilinearSystem:
         object.__setattr__(self, "a", a)
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "g", g)
+        object.__setattr__(self, "jacobian", jacobian)
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
         object.__setattr__(self, "batch_ndim", _check_batch_ndim(batch_ndim))

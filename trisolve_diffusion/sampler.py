@@ -236,7 +236,7 @@ def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
 def draw_noise(
     mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """``c_i = noise_scale_i z_i`` for every step, ``(n, *shape)``, drawn in the sequential loop's order.
+    """``c_i = noise_scale_i z_i`` for every row, ``(n, *shape)``, drawn in the sequential loop's order.
 
     ``z_i`` is drawn with ``randn_tensor(shape, generator=generator, dtype=dtype)`` (float32 where
     the scheduler draws it so) exactly where the loop draws it, also where its coefficient is 0.
@@ -292,6 +292,7 @@ def sample_latents(
     options: SolveOptions | None = None,
     eta: float = 0.0,
     use_clipped_model_output: bool = False,
+    begin_index: int | None = None,
     mask: torch.Tensor | None = None,
     known_latents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, trisolve.Solution]:
@@ -299,7 +300,7 @@ def sample_latents(
 
     Equivalent to the sequential loop::
 
-        for t in scheduler.timesteps:
+        for t in scheduler.timesteps[begin_index:]:
             model_input = scheduler.scale_model_input(latents, t)
             latents = scheduler.step(denoiser(model_input, t), t, latents, eta=eta, generator=generator).prev_sample
 
@@ -313,7 +314,7 @@ def sample_latents(
     denoiser : callable
         ``denoiser(model_input, timesteps) -> model_output``: ``model_input (w * B, C, H, W)``
         already multiplied by the scheduler's input scale (what a pipeline's UNet receives),
-        in ``options.trajectory_dtype``; ``timesteps (w * B,)`` on the latents' device, in the
+        in the latents' dtype (the model's working dtype, as in the loop); ``timesteps (w * B,)`` on the latents' device, in the
         scheduler's timestep dtype; ``model_output`` of the input's shape, any float dtype.
         Classifier-free guidance goes inside (see :func:`classifier_free_guidance`). Called
         once per round, without autograd.
@@ -329,6 +330,10 @@ def sample_latents(
         Solver, tolerance, window, warm start, callback, progress bar, strictness.
     eta, use_clipped_model_output
         ``scheduler.step`` arguments (DDIM only).
+    begin_index : int, optional
+        The loop starts at ``scheduler.timesteps[begin_index]`` (img2img's ``strength``);
+        ``None``: ``scheduler.begin_index`` where the scheduler has one and it is set, else 0.
+        The mapping starts there (``map_scheduler(..., start=begin_index)``): row 0 is the latents entering that step.
     mask : tensor, broadcastable to ``(B, C, H, W)``, optional
         Inpainting blend, as diffusers' 4-channel inpainting loop: after step ``i``,
         ``x_i <- mask * x_i + (1 - mask) * known_latents[i - 1]``. ``mask`` is 1 where the
@@ -379,7 +384,8 @@ def sample_latents(
         raise TypeError(f"denoiser must be callable as denoiser(model_input, timesteps), got {type(denoiser).__name__}.")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
         raise TypeError("latents must be a floating-point torch tensor of shape (batch, C, H, W).")
-    mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output)
+    begin = _begin_index(scheduler, begin_index, len(scheduler.timesteps))
+    mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=begin)  # rows of steps begin..
     shape, device, traj = tuple(latents.shape), latents.device, options.trajectory_dtype
     n, batch = mapping.n, shape[0]
     if options.init is not None and tuple(options.init.shape) != (n + 1, *shape):
@@ -394,19 +400,20 @@ def sample_latents(
     # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
     t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
     ts = torch.as_tensor(np.asarray(mapping.timesteps, dtype=np.float64), device=device).to(t_dtype)
-    scaled = not np.all(np.asarray(mapping.input_scale) == 1.0)
-    scale = torch.as_tensor(np.asarray(mapping.input_scale, dtype=np.float64), device=device).to(traj)
+    input_scale = np.asarray(mapping.input_scale, dtype=np.float64)
+    scaled = not np.all(input_scale == 1.0)
+    scale = torch.as_tensor(input_scale, device=device).to(traj)
     bshape = (-1,) + (1,) * len(shape)  # per-row scalars over (w, B, *event)
 
     m = None
     if mask is not None:
-        c, m = _blend(mapping, c, x0, mask, known_latents, traj)
+        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
 
     def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
         w = hi - lo
         model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
         t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
-        out = denoiser(model_input.reshape(w * batch, *shape[1:]), t)
+        out = denoiser(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
         out = out.reshape(w, batch, *out.shape[1:]).to(traj)
         out = mapping.g(x_rows, out, lo, hi)
         return out if m is None else m * out
@@ -429,7 +436,7 @@ def sample_latents(
     try:
         with torch.no_grad():
             sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol,
+                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
             )  # fmt: skip
         bar.advance(sol.num_frozen)
@@ -437,6 +444,19 @@ def sample_latents(
         bar.close()
     _raise_for_status(sol, options.strict)
     return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
+    own = getattr(scheduler, "begin_index", None)  # schedulers without set_begin_index have none
+    if begin_index is None:
+        begin_index = 0 if own is None else int(own)
+    elif not _is_int(begin_index, 0):
+        raise ValueError(f"begin_index must be an int >= 0 or None, got {begin_index!r}.")
+    elif own is not None and int(own) != int(begin_index):
+        raise ValueError(f"begin_index={begin_index} but the scheduler's begin_index is {own}; pass the same or leave begin_index=None.")
+    if not begin_index < n:
+        raise ValueError(f"begin_index={begin_index} leaves no step of the scheduler's {n}; use begin_index < {n} (a higher strength).")
+    return int(begin_index)
 
 
 def _auto_window(g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any) -> trisolve.WindowPolicy:
@@ -466,9 +486,9 @@ def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None
     return described, _digest(x0), _digest(c), _digest(options.init)
 
 
-def _blend(mapping, c, x0, mask, known, traj):
+def _blend(a_rows, c, x0, mask, known, traj):
     """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes)."""
-    n = mapping.n
+    n = len(a_rows)
     if not isinstance(known, torch.Tensor) or tuple(known.shape) != (n, *x0.shape):
         got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
         raise ValueError(f"known_latents must have shape (n, *latents.shape) = {(n, *x0.shape)}, got {got}.")
@@ -476,7 +496,7 @@ def _blend(mapping, c, x0, mask, known, traj):
     q = known.to(device=x0.device, dtype=traj)  # (n, B, *event): row i = 1..n
     keep = 1 - m
     q_prev = torch.cat([(keep * x0)[None], q[:-1]])  # known_{i-1}, known_0 = (1 - m) x_0
-    a = torch.as_tensor(mapping.a, device=x0.device, dtype=traj).reshape((-1,) + (1,) * x0.ndim)
+    a = torch.as_tensor(np.asarray(a_rows, dtype=np.float64), device=x0.device).to(traj).reshape((-1,) + (1,) * x0.ndim)
     forcing = keep * (q - a * q_prev)
     c = forcing if c is None else m * c + forcing
     return c, m

@@ -34,7 +34,7 @@ REFUSED = {
     "callback_steps": "per-step callbacks are not supported in a parallel solve",
     "ip_adapter_image": "IP-Adapter inputs are not supported by trisolve_diffusion",
     "ip_adapter_image_embeds": "IP-Adapter inputs are not supported by trisolve_diffusion",
-    "sigmas": "custom sigmas are not supported; use num_inference_steps or timesteps",
+    "sigmas": "custom sigmas are supported for the flow-matching pipelines only; use num_inference_steps or timesteps",
     "denoising_end": "denoising_end (an SDXL ensemble of experts) is not supported; sample the whole schedule",
     "denoising_start": "denoising_start (an SDXL ensemble of experts) is not supported; use strength=",
 }
@@ -65,10 +65,14 @@ class ParallelStableDiffusionXLOutput(StableDiffusionXLPipelineOutput):
     wall_time: float | None = None
 
 
-def bind(pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The pipeline's ``__call__`` arguments with its defaults; refuses what a parallel solve cannot honour."""
+def bind(pipe: Any, args: tuple, kwargs: dict, allow: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The pipeline's ``__call__`` arguments with its defaults; refuses what a parallel solve cannot honour.
+
+    ``allow``: names of :data:`REFUSED` that the pipeline's front door does honour (``sigmas``
+    for the flow-matching pipelines).
+    """
     for name, why in REFUSED.items():
-        if kwargs.get(name) is not None:
+        if name not in allow and kwargs.get(name) is not None:
             raise TypeError(f"sample() does not take {name}: {why}.")
     sig = inspect.signature(type(pipe).__call__)
     try:

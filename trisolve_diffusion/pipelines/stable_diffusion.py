@@ -43,10 +43,10 @@ def encode_prompts(pipe: Any, p: dict[str, Any], device: Any, guided: bool) -> t
     return torch.cat([negative, embeds]) if guided else embeds
 
 
-def set_timesteps(pipe: Any, p: dict[str, Any], device: Any) -> None:
-    """``retrieve_timesteps`` as the pipeline calls it (``num_inference_steps`` or custom ``timesteps``)."""
+def set_timesteps(pipe: Any, p: dict[str, Any], device: Any) -> int:
+    """``retrieve_timesteps`` as the pipeline calls it (``num_inference_steps`` or custom ``timesteps``); the step count."""
     steps = check_steps(p["num_inference_steps"]) if p["timesteps"] is None else None
-    retrieve_timesteps(pipe.scheduler, num_inference_steps=steps, device=device, timesteps=p["timesteps"])
+    return retrieve_timesteps(pipe.scheduler, num_inference_steps=steps, device=device, timesteps=p["timesteps"])[1]
 
 
 def guidance_denoiser(pipe: Any, p: dict[str, Any], embeds: torch.Tensor, guided: bool, total: int, dtype, device, max_batch_size, **extra):
@@ -56,7 +56,7 @@ def guidance_denoiser(pipe: Any, p: dict[str, Any], embeds: torch.Tensor, guided
         gs = torch.tensor(p["guidance_scale"] - 1).repeat(total)
         timestep_cond = pipe.get_guidance_scale_embedding(gs, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=device, dtype=dtype)
     return unet_denoiser(
-        pipe.unet, guidance_scale=p["guidance_scale"] if guided else None, guidance_rescale=p["guidance_rescale"] if guided else 0.0,
+        pipe.unet, guidance_scale=p["guidance_scale"] if guided else None, guidance_rescale=p.get("guidance_rescale", 0.0) if guided else 0.0,
         encoder_hidden_states=embeds, timestep_cond=timestep_cond, cross_attention_kwargs=p["cross_attention_kwargs"],
         max_batch_size=max_batch_size, **extra,
     )  # fmt: skip

@@ -31,6 +31,13 @@ def sample_unconditional(pipe: Any, p: dict[str, Any], options: SolveOptions, ma
     device = pipe._execution_device  # read only: where the pipeline runs its networks
     latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)  # as both pipelines draw them
     scheduler.set_timesteps(steps)
+    if float(scheduler.init_noise_sigma) != 1.0:
+        raise ValueError(
+            f"{type(pipe).__name__} neither scales its initial noise by init_noise_sigma nor calls scale_model_input, so "
+            f"pipe(...) with {type(scheduler).__name__} (init_noise_sigma={float(scheduler.init_noise_sigma):.4g}) samples "
+            "with mis-scaled latents and there is no sequential result to match; use DDIMScheduler, DDPMScheduler, "
+            "DPMSolverMultistepScheduler or UniPCMultistepScheduler, or call trisolve_diffusion.sample_latents with your own latents."
+        )
     ddim = isinstance(pipe, DDIMPipeline)
     eta = p["eta"] if ddim else 0.0
     if ddim and not 0.0 <= eta <= 1.0:

@@ -17,25 +17,33 @@ from .ddim import map_ddim
 from .ddpm import map_ddpm
 from .deis import map_deis
 from .dpmsolver import map_dpmsolver
+from .dpmsolver_singlestep import map_dpmsolver_singlestep
 from .euler import map_euler
 from .euler_ancestral import map_euler_ancestral
+from .flow_match import map_flow_match
+from .heun import map_heun, map_kdpm2, map_kdpm2_ancestral
 from .lms import map_lms
 from .pndm import map_pndm
 from .unipc import map_unipc
 
 __all__ = ["map_scheduler", "SchedulerMapping", "UnsupportedSchedulerError", "SUPPORTED_SCHEDULERS", "REFUSED_SCHEDULERS"]
 
-#: diffusers scheduler class name -> mapping function ``f(scheduler, *, eta, use_clipped_model_output)``.
+#: diffusers scheduler class name -> mapping function ``f(scheduler, eta, use_clipped_model_output, start)``.
 _MAPPERS = {
-    "DDIMScheduler": lambda s, eta, clipped: map_ddim(s, eta=eta, use_clipped_model_output=clipped),
-    "DDPMScheduler": lambda s, eta, clipped: map_ddpm(s),
-    "DPMSolverMultistepScheduler": lambda s, eta, clipped: map_dpmsolver(s),
-    "EulerDiscreteScheduler": lambda s, eta, clipped: map_euler(s),
-    "EulerAncestralDiscreteScheduler": lambda s, eta, clipped: map_euler_ancestral(s),
-    "UniPCMultistepScheduler": lambda s, eta, clipped: map_unipc(s),
-    "PNDMScheduler": lambda s, eta, clipped: map_pndm(s),
-    "LMSDiscreteScheduler": lambda s, eta, clipped: map_lms(s),
-    "DEISMultistepScheduler": lambda s, eta, clipped: map_deis(s),
+    "DDIMScheduler": lambda s, eta, clipped, start: map_ddim(s, eta=eta, use_clipped_model_output=clipped, start=start),
+    "DDPMScheduler": lambda s, eta, clipped, start: map_ddpm(s, start),
+    "DPMSolverMultistepScheduler": lambda s, eta, clipped, start: map_dpmsolver(s, start),
+    "DPMSolverSinglestepScheduler": lambda s, eta, clipped, start: map_dpmsolver_singlestep(s, start),
+    "EulerDiscreteScheduler": lambda s, eta, clipped, start: map_euler(s, start),
+    "EulerAncestralDiscreteScheduler": lambda s, eta, clipped, start: map_euler_ancestral(s, start),
+    "UniPCMultistepScheduler": lambda s, eta, clipped, start: map_unipc(s, start),
+    "PNDMScheduler": lambda s, eta, clipped, start: map_pndm(s, start),
+    "LMSDiscreteScheduler": lambda s, eta, clipped, start: map_lms(s, start),
+    "DEISMultistepScheduler": lambda s, eta, clipped, start: map_deis(s, start),
+    "HeunDiscreteScheduler": lambda s, eta, clipped, start: map_heun(s, start),
+    "KDPM2DiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2(s, start),
+    "KDPM2AncestralDiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2_ancestral(s, start),
+    "FlowMatchEulerDiscreteScheduler": lambda s, eta, clipped, start: map_flow_match(s, start),
 }
 
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
@@ -62,12 +70,18 @@ REFUSED_SCHEDULERS = {
 }
 
 
-def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output: bool = False) -> SchedulerMapping:
+def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> SchedulerMapping:
     """The semilinear form of ``scheduler``'s sampling loop (``set_timesteps`` must have run).
 
     ``eta`` and ``use_clipped_model_output`` are the step arguments the pipeline passes; they
     apply to :class:`~diffusers.DDIMScheduler` only (other schedulers ignore them, as in the
-    pipelines).
+    pipelines). ``start`` is the first step the loop runs (img2img: ``timesteps[start:]``);
+    by default the scheduler's ``begin_index`` (``set_begin_index``), else 0. Row 0 is then
+    the latents entering step ``start``.
+
+    Mapped exactly: DDIM, DDPM, DPM-Solver multistep and singlestep, Euler, Euler ancestral,
+    UniPC, PNDM (``skip_prk_steps=True``), LMS, DEIS, Heun, KDPM2 and KDPM2 ancestral (one row
+    per network evaluation). Refused: ``REFUSED_SCHEDULERS`` and options without an exact form.
 
     Raises
     ------
@@ -81,14 +95,14 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     >>> sched.set_timesteps(10)
     >>> m = map_scheduler(sched)
     >>> m.n, m.B.shape, bool(m.a[0] == 1.0), round(float(m.input_scale[0]), 4)
-    (10, (10, 1), True, 0.0066)
+    (10, (10, 1), True, 0.0064)
     """
     name = type(scheduler).__name__
     mapper = _MAPPERS.get(name)
     if mapper is not None and type(scheduler) is getattr(diffusers, name):
         if getattr(scheduler, "num_inference_steps", None) is None:
             raise ValueError(f"{name}: call scheduler.set_timesteps(...) before mapping it.")
-        return mapper(scheduler, eta, use_clipped_model_output)
+        return mapper(scheduler, eta, use_clipped_model_output, start)
     if name in REFUSED_SCHEDULERS:
         raise UnsupportedSchedulerError(f"{name} is not supported by trisolve_diffusion: {REFUSED_SCHEDULERS[name]}.")
     raise UnsupportedSchedulerError(

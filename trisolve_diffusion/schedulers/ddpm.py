@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions, start_index
 
 __all__ = ["DDPMMapping", "map_ddpm"]
 
@@ -38,7 +38,7 @@ class DDPMMapping(SchedulerMapping):
         return step - self.table("a", x)[lo:hi] * x
 
 
-def map_ddpm(scheduler) -> DDPMMapping:
+def map_ddpm(scheduler, start: int | None = None) -> DDPMMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     vt = scheduler.config.variance_type
     if vt not in ("fixed_small", "fixed_small_log", "fixed_large"):
@@ -47,9 +47,11 @@ def map_ddpm(scheduler) -> DDPMMapping:
             "takes the square root of a log-variance); use 'fixed_small', 'fixed_small_log' or 'fixed_large'."
         )
     ts = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    prev = np.append(ts[1:], -1)  # DDPMScheduler.previous_timestep after set_timesteps
+    first = start_index(scheduler, start)  # one-step: rows from start
+    ts, prev = ts[first:], prev[first:]
     n = ts.shape[0]
     abar = scheduler.alphas_cumprod.double().cpu().numpy()
-    prev = np.append(ts[1:], -1)  # DDPMScheduler.previous_timestep after set_timesteps
     ab_t = abar[ts]
     ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], 1.0)
     alpha_t = ab_t / ab_prev

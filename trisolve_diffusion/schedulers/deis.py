@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
 
 __all__ = ["DEISMapping", "map_deis"]
 
@@ -50,7 +50,7 @@ class DEISMapping(SchedulerMapping):
         return (x - alpha * x0) / sig
 
 
-def map_deis(scheduler: Any) -> DEISMapping:
+def map_deis(scheduler: Any, start: int | None = None) -> DEISMapping:
     cfg = scheduler.config
     name = "DEISMultistepScheduler"
     if cfg.use_flow_sigmas or getattr(cfg, "use_dynamic_shifting", False):
@@ -66,7 +66,7 @@ def map_deis(scheduler: Any) -> DEISMapping:
         raise UnsupportedSchedulerError(f"{name} with solver_order={order_cfg} is not mapped; use 1, 2 or 3.")
     if scheduler.lower_order_nums != 0:
         raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     ts_all = timesteps_of(scheduler)
     N = ts_all.shape[0]
     ts = ts_all[start:]

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, timesteps_of, ve_posterior_std
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
 
 __all__ = ["EulerMapping", "map_euler", "k_sigmas", "KDerivativeMapping"]
 
@@ -42,7 +42,10 @@ def k_sigmas(scheduler: Any, start: int) -> np.ndarray:
     num = len(scheduler.timesteps)
     sig = scheduler.sigmas.detach().double().cpu().numpy()[start : num + 1]
     if sig.shape[0] < 2 or not np.all(np.isfinite(sig)) or np.any(sig[:-1] <= 0):
-        raise UnsupportedSchedulerError(f"{type(scheduler).__name__} has a sigma table this mapping cannot use: {sig}.")
+        raise UnsupportedSchedulerError(
+            f"{type(scheduler).__name__} has a sigma table this mapping cannot use (it needs finite sigmas > 0 before the "
+            f"last): {sig}; use the scheduler's own sigma schedules (set_timesteps(num_inference_steps))."
+        )
     return sig
 
 
@@ -74,10 +77,10 @@ class EulerMapping(KDerivativeMapping):
     pass
 
 
-def map_euler(scheduler: Any) -> EulerMapping:
+def map_euler(scheduler: Any, start: int | None = None) -> EulerMapping:
     cfg = scheduler.config
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction", "sample", "original_sample"))
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
     n = sig.shape[0] - 1
     ts = timesteps_of(scheduler)[start:]
@@ -92,6 +95,7 @@ def map_euler(scheduler: Any) -> EulerMapping:
         noise_drawn=np.zeros(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, timesteps_of, ve_posterior_std
+from .base import UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
 from .euler import KDerivativeMapping, derivative_tables, k_sigmas
 
 __all__ = ["EulerAncestralMapping", "map_euler_ancestral"]
@@ -30,7 +30,7 @@ class EulerAncestralMapping(KDerivativeMapping):
     pass
 
 
-def map_euler_ancestral(scheduler: Any) -> EulerAncestralMapping:
+def map_euler_ancestral(scheduler: Any, start: int | None = None) -> EulerAncestralMapping:
     cfg = scheduler.config
     if cfg.prediction_type == "sample":
         raise UnsupportedSchedulerError(
@@ -38,7 +38,7 @@ def map_euler_ancestral(scheduler: Any) -> EulerAncestralMapping:
             "use 'epsilon' or 'v_prediction', or EulerDiscreteScheduler."
         )
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
     n = sig.shape[0] - 1
     ts = timesteps_of(scheduler)[start:]
@@ -58,6 +58,7 @@ def map_euler_ancestral(scheduler: Any) -> EulerAncestralMapping:
         noise_drawn=np.ones(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

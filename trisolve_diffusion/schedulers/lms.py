@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, timesteps_of, ve_posterior_std
+from .base import UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
 from .euler import KDerivativeMapping, derivative_tables, k_sigmas
 
 __all__ = ["LMSMapping", "map_lms", "LMS_ORDER"]
@@ -33,12 +33,12 @@ class LMSMapping(KDerivativeMapping):
     pass
 
 
-def map_lms(scheduler: Any) -> LMSMapping:
+def map_lms(scheduler: Any, start: int | None = None) -> LMSMapping:
     cfg = scheduler.config
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction", "sample"))
     if len(scheduler.derivatives) != 0:
         raise UnsupportedSchedulerError("LMSDiscreteScheduler has already been stepped; call set_timesteps again before mapping it.")
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
     n = sig.shape[0] - 1
     ts = timesteps_of(scheduler)[start:]
@@ -60,6 +60,7 @@ def map_lms(scheduler: Any) -> LMSMapping:
         noise_drawn=np.zeros(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
 
 __all__ = ["PNDMMapping", "map_pndm"]
 
@@ -43,7 +43,7 @@ class PNDMMapping(SchedulerMapping):
         return model_output  # the raw network output: the step is linear in it for epsilon and v prediction
 
 
-def map_pndm(scheduler: Any) -> PNDMMapping:
+def map_pndm(scheduler: Any, start: int | None = None) -> PNDMMapping:
     cfg = scheduler.config
     if not cfg.skip_prk_steps:
         raise UnsupportedSchedulerError(
@@ -54,7 +54,7 @@ def map_pndm(scheduler: Any) -> PNDMMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
     if scheduler.counter != 0 or len(scheduler.ets) != 0:
         raise UnsupportedSchedulerError("PNDMScheduler has already been stepped; call set_timesteps again before mapping it.")
-    ts = timesteps_of(scheduler).astype(np.int64)
+    ts = timesteps_of(scheduler).astype(np.int64)[start_index(scheduler, start) :]  # img2img: the counter starts at 0 there
     n = ts.shape[0]
     abar = scheduler.alphas_cumprod.detach().double().cpu().numpy()
     final = float(scheduler.final_alpha_cumprod)

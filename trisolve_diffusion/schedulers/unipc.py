@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
 
 __all__ = ["UniPCMapping", "map_unipc"]
 
@@ -98,7 +98,7 @@ class UniPCMapping(SchedulerMapping):
         return {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
 
 
-def map_unipc(scheduler: Any) -> UniPCMapping:
+def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
     cfg = scheduler.config
     name = "UniPCMultistepScheduler"
     if scheduler.solver_p is not None:
@@ -119,7 +119,7 @@ def map_unipc(scheduler: Any) -> UniPCMapping:
         raise UnsupportedSchedulerError(f"{name} with solver_order={order_cfg} is not mapped; use 1, 2 or 3.")
     if scheduler.lower_order_nums != 0 or scheduler.last_sample is not None:
         raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
-    start = scheduler.begin_index or 0
+    start = start_index(scheduler, start)
     ts_all = timesteps_of(scheduler)
     N = ts_all.shape[0]
     ts = ts_all[start:]
