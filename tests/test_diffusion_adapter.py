@@ -89,7 +89,7 @@ def test_rounds_never_exceed_steps_and_result_is_attached():
     for steps in (1, 2, 7, 30):
         out = td.sample(pipe, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="np")
         sol = out.solution
-        assert isinstance(sol, trisolve.Solution) and sol.converged
+        assert isinstance(sol, trisolve.Solution) and sol.status.ok  # the output-aware finish may end it (pixel space)
         assert 1 <= sol.num_rounds <= steps
         assert sol.trajectory.shape == (steps + 1, 1, 1, 4, 4)
         assert sol.residuals.shape == (sol.num_rounds, steps + 1)

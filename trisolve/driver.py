@@ -137,8 +137,9 @@ def solve(
         Stop once the final row is in the window and its change made by the previous round,
         scaled like the residual, is ``<= early_stop`` (status ``EARLY_STOPPED``).
     final_row_atol : float, optional
-        Output-aware finish: stop once row ``n`` is in the window and its first-order
-        residual ``RMS(F_n(x) - x_n)`` at the iterate the round started from is
+        Output-aware finish: stop once row ``n`` is in the window and its pending correction
+        -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
+        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from is
         ``<= final_row_atol`` for every sample (absolute, in the trajectory's units, not
         scaled by ``sigma``); that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
@@ -374,8 +375,13 @@ class _Run:
                 if not one_step:
                     parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
                     parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
-                if last and self.final_row_atol is not None:  # unscaled RMS of row n's residual, max over samples
+                if last and self.final_row_atol is not None:
+                    # unscaled RMS of row n's pending correction, max over samples: the first-order
+                    # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
+                    # that is nearly the identity has a small one-step residual at any input)
                     rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp)
+                    if not one_step:
+                        rms = xp.maximum(rms, tol.sample_rms(r[-1:, ...], batch_ndim=batch_ndim, xp=xp))
                     parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
                 if last and self.early_stop is not None and self.prev_last is not None:
                     parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp))

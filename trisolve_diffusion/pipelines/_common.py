@@ -94,10 +94,16 @@ def check_steps(num_inference_steps: Any) -> int:
     return num_inference_steps
 
 
-def solve(pipe: Any, denoiser, latents: torch.Tensor, options: SolveOptions, **kwargs: Any) -> tuple[torch.Tensor, trisolve.Solution, float]:
-    """``sample_latents`` with the pipeline's scheduler and progress bar; returns ``(latents, solution, seconds)``."""
+def solve(
+    pipe: Any, denoiser, latents: torch.Tensor, options: SolveOptions, *, pixel_space: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, trisolve.Solution, float]:
+    """``sample_latents`` with the pipeline's scheduler and progress bar; returns ``(latents, solution, seconds)``.
+
+    ``pixel_space``: the latents are the image in ``[-1, 1]`` (:meth:`SolveOptions.resolve_final_atol`).
+    """
     if options.progress is True:
         options = options.replace(progress=pipe.progress_bar)
+    options = options.resolve_final_atol(pixel_space=pixel_space)  # the front door knows its output space
     start = time.perf_counter()
     final, sol = sample_latents(denoiser, pipe.scheduler, latents, options=options, **kwargs)
     return final, sol, time.perf_counter() - start
