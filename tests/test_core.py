@@ -588,3 +588,19 @@ def test_an_int_window_means_a_sliding_window_in_solve_as_in_sample():
         trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window="8")
     with pytest.raises(ValueError, match="SlidingWindow size must be >= 1"):
         trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=0)
+
+
+def test_final_row_atol_reads_the_map_residual_of_an_unrolled_map():
+    """A last step that is the identity has a zero one-step residual at any input; with the Picard map
+    the pending correction of the final row is the map residual, which must pass too (else the solve
+    would stop in round 1 with a wrong final row)."""
+    n = 30
+    a = np.full(n, 0.9)
+    B = np.full(n, 0.1)
+    a[-1], B[-1] = 1.0, 0.0  # x_n = x_{n-1}: an identity last step
+    system = trisolve.SemilinearSystem(a, B, lambda y, lo, hi: np.sin(3.0 * y) + 1.0)
+    x0 = np.linspace(-1.0, 1.0, 5)
+    ref = trisolve.forward_substitution(system, x0)
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-12, final_row_atol=1e-6)
+    assert sol.num_rounds > 1 and sol.status.ok
+    assert np.abs(sol.trajectory[-1] - ref[-1]).max() < 1e-5
