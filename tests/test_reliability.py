@@ -38,7 +38,7 @@ def _system(n=10, event=(3,)):
         (dict(num_frozen=12, init=np.zeros((11, 3))), ValueError, r"num_frozen must be <= n \+ 1"),
         (dict(early_stop=-1.0), ValueError, "early_stop must be a finite number >= 0"),
         (dict(callback=3), TypeError, "callback must be callable"),
-        (dict(window="all"), TypeError, "window must be FullWindow"),
+        (dict(window="all"), TypeError, "window must be None, an int"),
         (dict(update_map="picard"), TypeError, "update_map must be"),
         (dict(update_map=trisolve.Picard(order=11)), ValueError, "order must be between 1 and n = 10"),
         (dict(update_map=trisolve.Unrolled(order=2)), TypeError, "Unrolled.*needs a SemilinearSystem"),
