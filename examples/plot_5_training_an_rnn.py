@@ -65,15 +65,15 @@ for name, a, c in zip(["W", "U", "b", "readout"], g_solve, g_loop):
 opt = torch.optim.Adam(params, lr=0.03)
 losses, round_counts = [], []
 start = time.perf_counter()
-for _ in range(120):
+for _ in range(80):
     opt.zero_grad()
     h, rounds = hidden_states(x0)
     loss = loss_of(h)
     loss.backward()
     opt.step()
-    losses.append(float(loss))
+    losses.append(loss.item())
     round_counts.append(rounds)
-print(f"120 steps in {time.perf_counter() - start:.1f} s; loss {losses[0]:.3f} -> {losses[-1]:.4f}; rounds per solve {min(round_counts)}..{max(round_counts)}")
+print(f"80 steps in {time.perf_counter() - start:.1f} s; loss {losses[0]:.3f} -> {losses[-1]:.4f}; rounds per solve {min(round_counts)}..{max(round_counts)}")
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
 ax1.semilogy(losses)

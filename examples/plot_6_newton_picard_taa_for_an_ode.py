@@ -37,7 +37,7 @@ def pendulum(y, gamma=0.3):
     return torch.stack([y[..., 1], -torch.sin(y[..., 0]) - gamma * y[..., 1]], dim=-1)
 
 
-n = 1000
+n = 300
 system = rk4(pendulum, 0.05, n)
 x0 = torch.tensor([2.5, 0.0], dtype=torch.float64)
 ref = trisolve.forward_substitution(system, x0)
