@@ -92,7 +92,7 @@ def lorenz96(y, forcing=8.0):
     return (torch.roll(y, -1, -1) - torch.roll(y, 2, -1)) * torch.roll(y, 1, -1) - y + forcing
 
 
-h, n96 = 0.05, 400
+h, n96 = 0.05, 300
 system96 = rk4(lorenz96, h, n96)
 y0 = torch.tensor(8.0 + 0.01 * np.sin(np.arange(40)), dtype=torch.float64)
 loop = trisolve.forward_substitution(system96, y0)
