@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py                        # a CUDA machine; writes results/gpu.{json,md}
     python benchmarks/gpu.py --quick --device cpu   # smoke size (the test suite runs this)
+    python benchmarks/gpu.py --cost-model-only      # section 3 alone (results/gpu_cost_model.{json,md})
 
 1. Diffusion, batch 1, fp16 network (float32 on the CPU): the bundled digits DDPM (1x16x16;
    DDIM-25/50/100, DDPM-100) and a randomly initialised Stable-Diffusion-1.5-sized
@@ -20,6 +21,11 @@
    a sequential loop over PyTorch rows on the GPU (forward, and forward + backward by
    autograd), with the max error against the NumPy loop.
 
+3. The cost model (``trisolve_diffusion.cost_model``): the measured round-time curve of each
+   model, the predicted wall time and best window on 1, 2, 4 and 8 devices (all-gather at an
+   assumed link speed, ``--link-gbps``), and on this device the prediction next to measured
+   ``sample()`` runs with windows 8/16/32, ``window_size="auto"`` and the full window.
+
 Times are medians of 3 runs after a warm-up, with the device synchronised around each.
 """
 
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_time, write  # noqa: E402
 from recurrences import RNN_METHODS, rnn_loop_numpy, rnn_loop_torch, rnn_parallel, rnn_problem  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 
 
@@ -150,6 +157,121 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
     return rows, net
 
 
+# ---------------------------------------------------------------- cost model: auto window and devices
+
+#: Assumed all-gather link for the multi-device predictions (one GPU cannot measure it): NVLink-class
+#: bus bandwidth and a per-collective latency; ``--link-gbps`` / ``--link-latency-us`` change them.
+LINK_GBPS, LINK_LATENCY_US = 100.0, 50.0
+
+
+def _unet_curve(unet, batch: int, guidance: int, cond: torch.Tensor | None, steps: int, dev: torch.device, repeats: int):
+    """``t(r)``: one UNet call on ``r`` trajectory rows (a network batch of ``r * batch * guidance``)."""
+    from trisolve_diffusion.cost_model import measure_round_time
+
+    cfg = unet.config
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+
+    inputs = {}
+
+    def call(r: int):
+        b = r * batch * guidance
+        if b not in inputs:  # built before the timed calls (the warm-up call comes first)
+            x = torch.randn(b, cfg.in_channels, size, size, device=dev, dtype=unet.dtype)
+            kw = {} if cond is None else {"encoder_hidden_states": cond.expand(b, *cond.shape[1:])}
+            inputs[b] = (x, torch.full((b,), 500, device=dev), kw)
+        x, t, kw = inputs[b]
+        with torch.no_grad():
+            return unet(x, t, return_dict=False, **kw)[0]
+
+    sync = _sync(dev)
+    return measure_round_time(call, steps, sync=sync, repeats=repeats)
+
+
+def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: int, link_gbps: float, latency_us: float):
+    """Predicted wall time and best window on 1, 2, 4, 8 devices (digits; SD-sized UNet with guidance), and on one
+    device the prediction next to measured ``sample()`` runs with fixed windows and ``window_size="auto"``."""
+    from trisolve_diffusion.cost_model import CostModel, RoundsModel, clear_cache
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    clear_cache()
+    predicted, measured = [], []
+    digits = load_digits_pipeline("ddim").to(dev, dtype)
+    digits.set_progress_bar_config(disable=True)
+    sd = sd_sized_pipeline(dev, dtype, quick)
+    emb = torch.zeros(1, 77, sd.unet.config.cross_attention_dim, device=dev, dtype=dtype)
+    size = sd.unet.config.sample_size * sd.vae_scale_factor
+    sd_kw = dict(prompt_embeds=emb, negative_prompt_embeds=emb, guidance_scale=7.5, output_type="latent", height=size, width=size)
+    cases = [
+        ("digits DDPM 1x16x16", digits, 1, 1, None, dict(output_type="pt"), 4 * 16 * 16),
+        ("tiny SD UNet (quick)" if quick else "random SD-1.5-sized UNet, CFG 7.5", sd, 1, 2, emb, sd_kw,
+         4 * sd.unet.config.in_channels * sd.unet.config.sample_size**2),
+    ]  # fmt: skip
+    steps = 10 if quick else 50
+    for name, pipe, batch, guidance, cond, kw, row_bytes in cases:
+        curve = _unet_curve(pipe.unet, batch, guidance, cond, steps, dev, repeats)
+        print(name, "t(r):", dict(zip(curve.rows, [round(1e3 * s, 2) for s in curve.seconds])), flush=True)
+        for devices in (1, 2, 4, 8):
+            model = CostModel(curve, steps, devices=devices, gather_bytes_per_row=batch * row_bytes, link_bandwidth=link_gbps * 1e9,
+                              link_latency=2 * latency_us * 1e-6, rounds_model=RoundsModel())  # fmt: skip
+            choice = model.best_window()
+            seq = CostModel(curve, steps).sequential_time()
+            predicted.append(dict(model=name, steps=steps, devices=devices, best_window=choice.window, predicted_rounds=choice.rounds,
+                                  predicted_s=choice.seconds, predicted_sequential_s=seq, predicted_speedup=seq / choice.seconds,
+                                  full_window_s=model.wall_time(steps)))  # fmt: skip
+            print(predicted[-1], flush=True)
+        one = CostModel(curve, steps)
+        t_seq, _, _ = timed(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw), dev, repeats)
+        for window in [4, "auto", None] if quick else [8, 16, 32, "auto", None]:
+            run = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps,  # noqa: E731
+                                    window_size=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
+            sec, out, _ = timed(run, dev, repeats)
+            w = max(hi - lo for lo, hi in out.solution.windows)
+            measured.append(dict(model=name, steps=steps, window="full" if window is None else str(window), used_window=w,
+                                 rounds=out.solution.num_rounds, predicted_rounds=one.rounds(w), measured_s=sec,
+                                 predicted_s=one.wall_time(w), sequential_s=t_seq, predicted_sequential_s=one.sequential_time(),
+                                 speedup=t_seq / sec))  # fmt: skip
+            print(measured[-1], flush=True)
+    return predicted, measured
+
+
+def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: float, latency_us: float) -> list[str]:
+    md = [
+        "",
+        "Cost model (`trisolve_diffusion.cost_model`; t(r) measured on this device, rounds(w) the fitted prior). "
+        f"Predicted on P devices (all-gather at an assumed {link_gbps:g} GB/s, {latency_us:g} us per collective):",
+        "",
+        "| model | steps | devices | best window | predicted rounds | predicted [s] | predicted sequential [s] | predicted speed-up | full window [s] |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['steps']} | {r['devices']} | {r['best_window']} | {r['predicted_rounds']:.1f} | {r['predicted_s']:.3f} | "
+        f"{r['predicted_sequential_s']:.3f} | {r['predicted_speedup']:.2f}x | {r['full_window_s']:.3f} |"
+        for r in predicted
+    ]
+    md += [
+        "",
+        'One device, prediction next to measurement (`sample()` with fixed windows, `window_size="auto"` and the full window; '
+        "the model has no per-round overhead term):",
+        "",
+        "| model | steps | window | used | rounds | predicted rounds | measured [s] | predicted [s] | sequential [s] | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    md += [
+        f"| {r['model']} | {r['steps']} | {r['window']} | {r['used_window']} | {r['rounds']} | {r['predicted_rounds']:.1f} | "
+        f"{r['measured_s']:.3f} | {r['predicted_s']:.3f} | {r['sequential_s']:.3f} | {r['speedup']:.2f}x |"
+        for r in measured
+    ]
+    return md
+
+
+def cost_model_main(dev: torch.device, dtype: torch.dtype, name: str, args, repeats: int) -> None:
+    """``--cost-model-only``: the cost-model section alone."""
+    predicted, measured = cost_model_rows(dev, dtype, args.quick, repeats, args.link_gbps, args.link_latency_us)
+    head = f"Device: **{name}** (torch {torch.__version__}); network {str(dtype).removeprefix('torch.')}, batch 1; medians of {repeats} runs after a warm-up."
+    md = [head, *cost_model_markdown(predicted, measured, args.link_gbps, args.link_latency_us)]
+    write("gpu_cost_model" + ("_quick" if args.quick else ""), {"device": name, "predicted": predicted, "measured": measured}, "\n".join(md) + "\n")
+
+
 def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
     rows = []
     for hidden in [16] if quick else [16, 64]:
@@ -192,15 +314,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu (smoke test only)")
     ap.add_argument("--quick", action="store_true", help="smoke size: one small setting of each")
+    ap.add_argument("--link-gbps", type=float, default=LINK_GBPS, help="assumed all-gather bandwidth for the multi-device predictions")
+    ap.add_argument("--link-latency-us", type=float, default=LINK_LATENCY_US, help="assumed latency per collective")
+    ap.add_argument("--cost-model-only", action="store_true", help="only the cost-model section; writes results/gpu_cost_model.{json,md}")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs per median (default 3; 1 with --quick)")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks/gpu.py needs a CUDA GPU (or --device cpu for a smoke run).")
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    repeats = 1 if args.quick else 3
+    repeats = args.repeats or (1 if args.quick else 3)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+    if args.cost_model_only:
+        return cost_model_main(dev, dtype, name, args, repeats)
     diff, net = diffusion_rows(dev, dtype, args.quick, repeats)
     rnn = rnn_rows(dev, args.quick, repeats)
+    predicted, measured = cost_model_rows(dev, dtype, args.quick, repeats, args.link_gbps, args.link_latency_us)
 
     md = [
         f"Device: **{name}** (torch {torch.__version__}); network {str(dtype).removeprefix('torch.')}, batch 1; "
@@ -238,7 +367,9 @@ def main(argv=None):
         "atol 1e-9, float64; the error is against the NumPy loop. Forward + backward rows: the solve with gradients=True and "
         "loss.backward(), compared with autograd through the loop on the device.",
     ]
-    write("gpu" + ("_quick" if args.quick else ""), {"device": name, "diffusion": diff, "network": net, "rnn": rnn}, "\n".join(md) + "\n")
+    md += cost_model_markdown(predicted, measured, args.link_gbps, args.link_latency_us)
+    payload = {"device": name, "diffusion": diff, "network": net, "rnn": rnn, "cost_model": {"predicted": predicted, "measured": measured}}
+    write("gpu" + ("_quick" if args.quick else ""), payload, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":

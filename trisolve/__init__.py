@@ -6,6 +6,8 @@ One verb, :func:`solve`, takes a system, a solver and row 0::
                          update_map=trisolve.Unrolled(), window=trisolve.SlidingWindow(32))
 
 Backend-agnostic through array-api-compat: NumPy, PyTorch (CPU/CUDA), CuPy, array-api-strict.
+Multi-device rounds (:func:`distribute`, :mod:`trisolve.distributed`) use torch.distributed and
+are imported on first use.
 """
 
 from .driver import solve
@@ -21,9 +23,22 @@ from .solvers.jacobi import Jacobi
 from .solvers.safeguard import Safeguard
 from .systems import BlackBoxSystem, Evaluation, SemilinearSystem, TriangularSystem
 from .tolerance import Tolerance
-from .windows import FullWindow, SlidingWindow, WindowPolicy
+from .windows import FullWindow, SlidingWindow, WindowPolicy, as_window
 
 __version__ = "0.1.0"
+
+#: Names served lazily from :mod:`trisolve.distributed` (it imports torch; the rest of trisolve does not).
+_DISTRIBUTED = ("distribute", "DistributedError")
+
+
+def __getattr__(name: str):
+    if name in _DISTRIBUTED or name == "distributed":
+        import importlib
+
+        module = importlib.import_module(".distributed", __name__)
+        return module if name == "distributed" else getattr(module, name)
+    raise AttributeError(f"module 'trisolve' has no attribute {name!r}")
+
 
 __all__ = [
     "solve",
@@ -48,9 +63,12 @@ __all__ = [
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
+    "as_window",
     "Tolerance",
     "Solution",
     "Status",
     "RoundInfo",
     "SolveError",
+    "distribute",
+    "DistributedError",
 ]

@@ -5,22 +5,53 @@
     out = trisolve_diffusion.sample(pipe, num_inference_steps=50, generator=torch.manual_seed(0))
     out.images, out.solution.num_rounds
 
-Scheduler mappings live in ``trisolve_diffusion/schedulers/`` (one file per scheduler), the
-batched network call in ``network.py``, the front door in ``sample.py``.
+Below any pipeline, ``sample_latents(denoiser, scheduler, latents)`` runs a scheduler's whole
+loop in parallel rounds for any denoiser. Layout: ``sampler.py`` (``sample_latents``,
+``SolveOptions``), ``network.py`` (UNet denoiser, classifier-free guidance),
+``schedulers/`` (one file per scheduler), ``pipelines/`` (one front door per pipeline
+family), ``sample.py`` (the dispatch).
 """
 
 from . import _quiet  # noqa: F401  (before diffusers is imported)
-from .sample import ParallelImagePipelineOutput, ParallelSamplingError, ParallelStableDiffusionOutput, default_solver, sample
+from .network import UNetDenoiser, classifier_free_guidance
+from .pipelines import (
+    ParallelFluxOutput,
+    ParallelImagePipelineOutput,
+    ParallelStableDiffusion3Output,
+    ParallelStableDiffusionOutput,
+    ParallelStableDiffusionXLOutput,
+)
+from .sample import SUPPORTED_PIPELINES, sample
+from .sampler import (
+    ParallelSamplingError,
+    SamplingInterrupted,
+    SolveOptions,
+    UnconvergedSampleError,
+    UnconvergedSampleWarning,
+    default_solver,
+    sample_latents,
+)
 from .schedulers import SUPPORTED_SCHEDULERS, SchedulerMapping, UnsupportedSchedulerError, map_scheduler
 
 __all__ = [
     "sample",
+    "sample_latents",
+    "SolveOptions",
+    "classifier_free_guidance",
+    "UNetDenoiser",
     "default_solver",
     "map_scheduler",
     "SchedulerMapping",
     "UnsupportedSchedulerError",
     "SUPPORTED_SCHEDULERS",
+    "SUPPORTED_PIPELINES",
     "ParallelImagePipelineOutput",
     "ParallelStableDiffusionOutput",
+    "ParallelStableDiffusionXLOutput",
+    "ParallelStableDiffusion3Output",
+    "ParallelFluxOutput",
     "ParallelSamplingError",
+    "SamplingInterrupted",
+    "UnconvergedSampleError",
+    "UnconvergedSampleWarning",
 ]

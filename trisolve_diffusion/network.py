@@ -1,90 +1,168 @@
-"""One round = one batched network call over the window (DESIGN 5).
+"""Denoisers for :func:`~trisolve_diffusion.sample_latents`: a diffusers UNet, and classifier-free guidance.
 
-:class:`BatchedDenoiser` evaluates the network on rows ``[lo, hi)`` of a trajectory
-``(n + 1, batch, C, H, W)`` at once: rows and samples are flattened into one network batch
-(doubled for classifier-free guidance), optionally cut into chunks of at most
-``max_batch_size`` to bound memory. The network runs in its own dtype; its output is cast
-to the trajectory's dtype.
+A denoiser is ``denoiser(model_input (N, C, H, W), timesteps (N,)) -> model_output``, with
+``N = w * B`` (rows of the round's window times samples, row-major). Per-sample
+conditioning of batch ``E`` (prompt embeddings, SDXL's added conditioning, the 9-channel
+inpainting UNet's extra input channels) is tiled to ``N`` once per call, on the device.
+
+Classifier-free guidance (Ho & Salimans 2022), with the rescale of Lin et al. 2024::
+
+    out = u + s (c - u)                     u, c: unconditional and conditional outputs
+    out <- phi out std(c) / std(out) + (1 - phi) out          (guidance_rescale phi > 0)
+
+One round is one network call on ``2 N`` inputs ``[x; x]``, chunked to ``max_batch_size``
+if asked.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-__all__ = ["BatchedDenoiser"]
+__all__ = ["UNetDenoiser", "classifier_free_guidance", "unet_denoiser"]
+
+
+def _tile(v: torch.Tensor, n: int, groups: int) -> torch.Tensor:
+    """Per-sample tensor ``(E, ...)`` laid out for ``n`` inputs of ``groups`` blocks: ``(n, ...)``.
+
+    ``groups = 2``: ``v = [uncond (E/2); cond (E/2)]`` and the input is ``[x; x]`` with ``x``
+    of ``n/2 = k E/2`` rows, so each half is repeated ``k`` times; ``groups = 1``: ``v``
+    repeated ``n / E`` times.
+    """
+    e = v.shape[0]
+    per = e // groups
+    k = n // (groups * per)
+    if k * groups * per != n or per * groups != e:
+        raise ValueError(f"conditioning of batch {e} does not tile a network batch of {n} (groups={groups}); give one entry per sample.")
+    return v.reshape(groups, 1, per, *v.shape[1:]).expand(groups, k, per, *v.shape[1:]).reshape(n, *v.shape[1:])
 
 
 @dataclass(frozen=True, eq=False)
-class BatchedDenoiser:
-    """Network output for a block of rows, ``(w, batch, C, H, W) -> (w, batch, C, H, W)``.
+class UNetDenoiser:
+    """A diffusers ``UNet2DModel`` / ``UNet2DConditionModel`` as a denoiser, ``(N, C, H, W) -> (N, C, H, W)``.
 
     Parameters
     ----------
-    unet : UNet2DModel or UNet2DConditionModel
-    timesteps : ndarray, shape ``(n,)``
-        Network timestep of each row ``j``.
-    encoder_hidden_states : tensor, shape ``(B_net, L, D)``, optional
-        Prompt embeddings; ``B_net = 2 * batch`` with guidance (``[uncond; cond]``).
-    guidance_scale : float
-        Classifier-free guidance weight; guidance is on when ``encoder_hidden_states`` has
-        twice the batch and ``do_guidance`` is true.
-    guidance_rescale : float
-        ``rescale_noise_cfg`` factor (0 disables it).
+    unet : diffusers UNet
+        Runs in its own dtype and device; the output is returned in the input's dtype.
+    encoder_hidden_states : tensor, shape ``(E, L, D)``, optional
+        Prompt embeddings, one per sample (``E = B``), or ``[uncond; cond]`` (``E = 2 B``) with
+        ``groups=2``.
+    added_cond_kwargs : dict of tensors with leading batch ``E``, optional
+        SDXL's ``text_embeds`` and ``time_ids``.
+    timestep_cond : tensor, shape ``(E, D)``, optional
+        Guidance-scale embedding of LCM-style UNets (``time_cond_proj_dim``).
+    extra_channels : tensor, shape ``(E, C', H, W)``, optional
+        Concatenated to the input along channels (the 9-channel inpainting UNet's mask and
+        masked-image latents).
+    cross_attention_kwargs : dict, optional
+    groups : int
+        2 when the conditioning is ``[uncond; cond]`` and the input is ``[x; x]`` (what
+        :func:`classifier_free_guidance` passes), else 1.
     max_batch_size : int, optional
-        Largest network batch per call; ``None`` evaluates the whole window at once.
+        Largest network batch per call; ``None`` evaluates everything at once.
     """
 
     unet: Any
-    timesteps: np.ndarray
     encoder_hidden_states: torch.Tensor | None = None
-    do_guidance: bool = False
-    guidance_scale: float = 1.0
-    guidance_rescale: float = 0.0
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
     timestep_cond: torch.Tensor | None = None
+    extra_channels: torch.Tensor | None = None
     cross_attention_kwargs: dict | None = None
+    groups: int = 1
     max_batch_size: int | None = None
 
-    def __call__(self, x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        w, batch = x.shape[0], x.shape[1]
-        dev, dtype = self.unet.device, self.unet.dtype
-        copies = 2 if self.do_guidance else 1
-        inp = x.to(dtype)
-        if copies == 2:
-            inp = torch.cat([inp, inp], dim=1)  # (w, 2 * batch, C, H, W): [uncond; cond] per row
-        inp = inp.reshape(w * copies * batch, *x.shape[2:])
-        t = torch.as_tensor(self.timesteps[lo:hi], device=dev).repeat_interleave(copies * batch)
-        extra: dict[str, Any] = {}
+    def __post_init__(self):
+        mbs = self.max_batch_size
+        if mbs is not None and (isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1):
+            raise ValueError(f"max_batch_size must be an int >= 1 or None, got {self.max_batch_size!r}.")
+        if self.groups not in (1, 2):
+            raise ValueError(f"groups must be 1 or 2, got {self.groups!r}.")
+
+    def __call__(self, model_input: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        n = model_input.shape[0]
+        dtype = self.unet.dtype
+        inp = model_input.to(dtype)
+        if self.extra_channels is not None:
+            inp = torch.cat([inp, _tile(self.extra_channels, n, self.groups).to(dtype)], dim=1)
+        per_sample: dict[str, Any] = {}
         if self.encoder_hidden_states is not None:
-            e = self.encoder_hidden_states
-            extra["encoder_hidden_states"] = e.unsqueeze(0).expand(w, *e.shape).reshape(w * e.shape[0], *e.shape[1:])
-            extra["timestep_cond"] = None if self.timestep_cond is None else self.timestep_cond.repeat(w * copies, 1)
-            extra["cross_attention_kwargs"] = self.cross_attention_kwargs
-        out = self._run(inp, t, extra)  # (w * copies * batch, C', H, W)
-        out = out.reshape(w, copies * batch, *out.shape[1:])
-        if copies == 2:
-            uncond, cond = out[:, :batch], out[:, batch:]
-            guided = uncond + self.guidance_scale * (cond - uncond)
-            if self.guidance_rescale > 0.0:
-                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-
-                flat = rescale_noise_cfg(
-                    guided.reshape(w * batch, *out.shape[2:]),
-                    cond.reshape(w * batch, *out.shape[2:]),
-                    guidance_rescale=self.guidance_rescale,
-                )
-                guided = flat.reshape(guided.shape)
-            out = guided
-        return out.to(x.dtype)
-
-    @torch.no_grad()
-    def _run(self, inp: torch.Tensor, t: torch.Tensor, extra: dict[str, Any]) -> torch.Tensor:
-        size = inp.shape[0] if self.max_batch_size is None else self.max_batch_size
+            per_sample["encoder_hidden_states"] = _tile(self.encoder_hidden_states, n, self.groups)
+        if self.timestep_cond is not None:
+            per_sample["timestep_cond"] = _tile(self.timestep_cond, n, self.groups)
+        added = {k: _tile(v, n, self.groups) for k, v in (self.added_cond_kwargs or {}).items()}
+        size = n if self.max_batch_size is None else self.max_batch_size
         outs = []
-        for s in range(0, inp.shape[0], size):
-            kw = {k: (v[s : s + size] if k == "encoder_hidden_states" or (k == "timestep_cond" and v is not None) else v) for k, v in extra.items()}
-            outs.append(self.unet(inp[s : s + size], t[s : s + size], return_dict=False, **kw)[0])
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        with torch.no_grad():
+            for s in range(0, n, size):
+                kw = {k: v[s : s + size] for k, v in per_sample.items()}
+                if self.added_cond_kwargs is not None:
+                    kw["added_cond_kwargs"] = {k: v[s : s + size] for k, v in added.items()}
+                if self.cross_attention_kwargs is not None:
+                    kw["cross_attention_kwargs"] = self.cross_attention_kwargs
+                outs.append(self.unet(inp[s : s + size], timesteps[s : s + size], return_dict=False, **kw)[0])
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        return out.to(model_input.dtype)
+
+
+def classifier_free_guidance(
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guidance_scale: float, *, guidance_rescale: float = 0.0
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Wrap a conditional model into a guided denoiser.
+
+    ``model(x2 (2N, C, H, W), t2 (2N,))`` evaluates its first ``N`` inputs unconditioned and
+    its last ``N`` conditioned (e.g. :class:`UNetDenoiser` with ``groups=2``); the returned
+    ``denoiser(x (N, ...), t (N,))`` calls it once on ``[x; x]`` and returns
+    ``u + guidance_scale (c - u)``, rescaled by ``guidance_rescale`` as diffusers'
+    ``rescale_noise_cfg`` does (per sample, std over ``(C, H, W)``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> model = lambda x, t: torch.cat([0 * x[: len(x) // 2], x[len(x) // 2 :]])  # uncond 0, cond x
+    >>> den = classifier_free_guidance(model, 3.0)
+    >>> den(torch.ones(2, 1, 2, 2), torch.zeros(2)).flatten()[:2]
+    tensor([3., 3.])
+    """
+    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
+        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
+        raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}.")
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out = model(torch.cat([x, x]), torch.cat([t, t]))
+        uncond, cond = out[:n], out[n:]
+        guided = uncond + guidance_scale * (cond - uncond)
+        if guidance_rescale > 0.0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+            guided = rescale_noise_cfg(guided, cond, guidance_rescale=guidance_rescale)
+        return guided
+
+    return denoiser
+
+
+def unet_denoiser(
+    unet: Any,
+    *,
+    guidance_scale: float | None = None,
+    guidance_rescale: float = 0.0,
+    encoder_hidden_states: torch.Tensor | None = None,
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None,
+    timestep_cond: torch.Tensor | None = None,
+    extra_channels: torch.Tensor | None = None,
+    cross_attention_kwargs: dict | None = None,
+    max_batch_size: int | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A UNet denoiser, guided when ``guidance_scale`` is given (conditioning then ``[uncond; cond]``, batch ``2 B``)."""
+    guided = guidance_scale is not None
+    net = UNetDenoiser(
+        unet, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs, timestep_cond=timestep_cond,
+        extra_channels=extra_channels, cross_attention_kwargs=cross_attention_kwargs, groups=2 if guided else 1,
+        max_batch_size=max_batch_size,
+    )  # fmt: skip
+    return classifier_free_guidance(net, guidance_scale, guidance_rescale=guidance_rescale) if guided else net

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SchedulerMapping, check_common, linear_part, posterior_std, predictions
+from .base import SchedulerMapping, check_common, linear_part, posterior_std, predictions, start_index
 
 __all__ = ["DDIMMapping", "map_ddim"]
 
@@ -31,23 +31,23 @@ class DDIMMapping(SchedulerMapping):
     c_eps: np.ndarray = None  # sqrt(1 - ab_prev - s_t^2)
     use_clipped_model_output: bool = False
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
         cfg = self.scheduler.config
-        sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
+        sab, s1ab = self.table("sab", x)[lo:hi], self.table("s1ab", x)[lo:hi]
         x0, eps = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
         x0 = self.process_x0(x0)
         if self.use_clipped_model_output:
             eps = (x - sab * x0) / s1ab
-        step = self.col(self.c_x0[rows], x) * x0 + self.col(self.c_eps[rows], x) * eps
-        return step - self.col(self.a[rows], x) * x
+        step = self.table("c_x0", x)[lo:hi] * x0 + self.table("c_eps", x)[lo:hi] * eps
+        return step - self.table("a", x)[lo:hi] * x
 
 
-def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False) -> DDIMMapping:
+def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> DDIMMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     if not (isinstance(eta, (int, float)) and np.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
     cfg = scheduler.config
-    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
     n = ts.shape[0]
     abar = scheduler.alphas_cumprod.double().cpu().numpy()
     final = float(scheduler.final_alpha_cumprod)
@@ -75,6 +75,7 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
     return DDIMMapping(
         scheduler=scheduler,
         timesteps=ts,
+        input_scale=np.ones(n),
         a=a,
         B=B,
         noise_scale=std,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions, start_index
 
 __all__ = ["DDPMMapping", "map_ddpm"]
 
@@ -29,16 +29,16 @@ class DDPMMapping(SchedulerMapping):
     c_x0: np.ndarray = None
     c_x: np.ndarray = None
 
-    def g(self, x, model_output, rows):
+    def g(self, x, model_output, lo, hi):
         cfg = self.scheduler.config
-        sab, s1ab = self.col(self.sab[rows], x), self.col(self.s1ab[rows], x)
+        sab, s1ab = self.table("sab", x)[lo:hi], self.table("s1ab", x)[lo:hi]
         x0, _ = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
         x0 = self.process_x0(x0)
-        step = self.col(self.c_x0[rows], x) * x0 + self.col(self.c_x[rows], x) * x
-        return step - self.col(self.a[rows], x) * x
+        step = self.table("c_x0", x)[lo:hi] * x0 + self.table("c_x", x)[lo:hi] * x
+        return step - self.table("a", x)[lo:hi] * x
 
 
-def map_ddpm(scheduler) -> DDPMMapping:
+def map_ddpm(scheduler, start: int | None = None) -> DDPMMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     vt = scheduler.config.variance_type
     if vt not in ("fixed_small", "fixed_small_log", "fixed_large"):
@@ -47,9 +47,11 @@ def map_ddpm(scheduler) -> DDPMMapping:
             "takes the square root of a log-variance); use 'fixed_small', 'fixed_small_log' or 'fixed_large'."
         )
     ts = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    prev = np.append(ts[1:], -1)  # DDPMScheduler.previous_timestep after set_timesteps
+    first = start_index(scheduler, start)  # one-step: rows from start
+    ts, prev = ts[first:], prev[first:]
     n = ts.shape[0]
     abar = scheduler.alphas_cumprod.double().cpu().numpy()
-    prev = np.append(ts[1:], -1)  # DDPMScheduler.previous_timestep after set_timesteps
     ab_t = abar[ts]
     ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], 1.0)
     alpha_t = ab_t / ab_prev
@@ -64,6 +66,7 @@ def map_ddpm(scheduler) -> DDPMMapping:
     return DDPMMapping(
         scheduler=scheduler,
         timesteps=ts,
+        input_scale=np.ones(n),
         a=c_x0 * dx0 + c_x,
         B=np.ones((n, 1)),
         noise_scale=np.where(drawn, std, 0.0),

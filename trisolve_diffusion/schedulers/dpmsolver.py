@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index
 
 __all__ = ["DPMSolverMapping", "map_dpmsolver"]
 
@@ -64,10 +64,9 @@ class DPMSolverMapping(SchedulerMapping):
     alpha: np.ndarray = None  # alpha_j of row j   (n,)
     sig: np.ndarray = None  # sigma_j of row j
 
-    def g(self, x, model_output, rows):
-        s = self.scheduler
-        cfg = s.config
-        alpha, sig = self.col(self.alpha[rows], x), self.col(self.sig[rows], x)
+    def g(self, x, model_output, lo, hi):
+        cfg = self.scheduler.config
+        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
         pred, m = cfg.prediction_type, model_output
         if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
             x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
@@ -79,7 +78,7 @@ class DPMSolverMapping(SchedulerMapping):
         return eps
 
 
-def map_dpmsolver(scheduler) -> DPMSolverMapping:
+def map_dpmsolver(scheduler, start: int | None = None) -> DPMSolverMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     cfg = scheduler.config
     if cfg.use_flow_sigmas:
@@ -91,9 +90,12 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
         raise UnsupportedSchedulerError(f"solver_order={order_cfg} is not supported; use 1, 2 or 3.")
     if algo == "sde-dpmsolver" and order_cfg == 3:
         raise UnsupportedSchedulerError("sde-dpmsolver has no third-order update in diffusers; use solver_order <= 2.")
-    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    first = start_index(scheduler, start)  # img2img: the warm-up restarts there, lower_order_final counts from the end
+    ts_all = scheduler.timesteps.cpu().numpy().astype(np.int64)
+    N = ts_all.shape[0]
+    ts = ts_all[first:]
     n = ts.shape[0]
-    sig_table = scheduler.sigmas.double().cpu()
+    sig_table = scheduler.sigmas.double().cpu()[first:]
     alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(sig_table))  # (n + 1,)
     with np.errstate(divide="ignore"):
         lam = np.log(alpha_t) - np.log(sigma_t)
@@ -101,8 +103,9 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
     B = np.zeros((n, order_cfg))
     noise = np.zeros(n)
     for j in range(n):  # step i = j + 1, from row j; mirrors the order choice in step()
-        lower_final = j == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15) or cfg.final_sigmas_type == "zero")
-        lower_second = j == n - 2 and cfg.lower_order_final and n < 15
+        s = first + j  # the scheduler's step_index
+        lower_final = s == N - 1 and (cfg.euler_at_final or (cfg.lower_order_final and N < 15) or cfg.final_sigmas_type == "zero")
+        lower_second = s == N - 2 and cfg.lower_order_final and N < 15
         done = min(j, order_cfg)  # lower_order_nums before this step
         if order_cfg == 1 or done < 1 or lower_final:
             order = 1
@@ -133,6 +136,7 @@ def map_dpmsolver(scheduler) -> DPMSolverMapping:
     return DPMSolverMapping(
         scheduler=scheduler,
         timesteps=ts,
+        input_scale=np.ones(n),
         a=a,
         B=B,
         noise_scale=noise,

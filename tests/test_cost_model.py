@@ -1,0 +1,133 @@
+"""The cost model and ``window_size="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import trisolve
+import trisolve_diffusion as td
+from trisolve_diffusion import cost_model as cm
+
+FLAT = cm.BatchTimeCurve(rows=(1, 2, 4, 8, 16, 32, 64), seconds=(0.01,) * 7)  # a device far from saturation
+LINEAR = cm.BatchTimeCurve(rows=(1, 2, 4, 8), seconds=(0.01, 0.02, 0.04, 0.08))  # saturated from one row
+
+
+def test_curve_interpolates_and_extends_linearly():
+    c = cm.BatchTimeCurve(rows=(1, 4, 8), seconds=(1.0, 1.0, 2.0))
+    assert c(0.5) == c(1) == 1.0 and c(6) == pytest.approx(1.5) and c(16) == pytest.approx(4.0)
+    assert c.saturation_rows() == 8 and FLAT.saturation_rows() is None
+    with pytest.raises(ValueError, match="increasing"):
+        cm.BatchTimeCurve(rows=(2, 1), seconds=(1.0, 1.0))
+    with pytest.raises(ValueError, match="> 0"):
+        cm.BatchTimeCurve(rows=(1,), seconds=(0.0,))
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+@pytest.mark.parametrize("T", [10, 25, 50, 100, 1000])
+def test_rounds_model_bounds(T, stochastic):
+    m = cm.RoundsModel(stochastic=stochastic)
+    r = [m(w, T) for w in range(1, T + 1)]
+    assert r[0] == T  # a window of one row is forward substitution
+    assert r[-1] == m.full(T) <= T
+    assert all(a >= b - 1e-12 for a, b in zip(r, r[1:]))  # never more rounds for a larger window
+    assert all(0 < m.fill(w, T) <= 1 for w in (1, T // 2 or 1, T))
+
+
+def test_flat_curve_keeps_the_full_window_and_linear_curve_prefers_short_ones():
+    assert cm.CostModel(FLAT, 50).best_window().window == 50
+    choice = cm.CostModel(LINEAR, 50).best_window()
+    assert choice.window < 8 and choice.seconds <= cm.CostModel(LINEAR, 50).wall_time(50)
+    assert choice.seconds == min(s for _, _, s in choice.table)
+
+
+def test_more_devices_never_slower_with_a_free_link_and_the_link_costs_time():
+    model = lambda p, bw: cm.CostModel(LINEAR, 50, devices=p, gather_bytes_per_row=1e6, link_bandwidth=bw, link_latency=1e-4)  # noqa: E731
+    best = [model(p, math.inf).best_window().seconds for p in (1, 2, 4, 8)]
+    assert all(a >= b for a, b in zip(best, best[1:]))
+    assert model(4, 1e9).wall_time(50) > model(4, math.inf).wall_time(50)
+    assert cm.CostModel(LINEAR, 50).sequential_time() == pytest.approx(50 * 0.01)
+
+
+def test_measure_stops_once_saturated_and_caches(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def call(r):  # flat up to 4 rows, then linear: a fake device on a fake clock
+        calls.append(r)
+        clock[0] += 0.01 * max(r, 4)
+
+    class Model:  # anything weakly referenceable
+        pass
+
+    model = Model()
+    curve = cm.measure_round_time(call, 256, repeats=2, key="k", model=model)
+    assert curve.rows == (1, 2, 4, 8, 16) and curve.seconds[-1] == pytest.approx(0.16)  # stopped after two doublings of the time
+    n = len(calls)
+    assert cm.measure_round_time(call, 256, key="k", model=model) is curve and len(calls) == n  # cached
+    cm.clear_cache()
+    cm.measure_round_time(call, 256, key="k", model=model)
+    assert len(calls) > n
+
+
+def _digits():
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("curve, expect_full", [(FLAT, True), (LINEAR, False)])
+def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full):
+    seen = {}
+
+    def fake_measure(call, max_rows, **kw):  # the real call runs once on 2 rows: the hook evaluates the network
+        seen["out"] = call(2)
+        seen["max_rows"] = max_rows
+        return curve
+
+    monkeypatch.setattr(cm, "measure_round_time", fake_measure)
+    pipe = _digits()
+    kw = dict(batch_size=2, num_inference_steps=20, generator=None, output_type="np")
+    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size="auto")
+    full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)})
+    assert seen["max_rows"] == 20 and seen["out"].shape == (2, 2, 1, 16, 16)
+    widths = {hi - lo for lo, hi in out.solution.windows}
+    expected = cm.CostModel(curve, 20).best_window().window
+    if expect_full:
+        assert expected == 20 and out.solution.windows == full.solution.windows
+    else:
+        assert expected < 20 and max(widths) == expected
+    assert out.solution.converged
+    np.testing.assert_allclose(out.images, full.images, atol=5e-3)  # both within tolerance of the sequential loop
+
+
+def test_auto_is_refused_where_a_window_policy_is_expected():
+    with pytest.raises(TypeError):
+        trisolve.SlidingWindow("auto")
+
+
+def test_solve_options_accept_auto_and_a_distributed_flag_only():
+    assert td.SolveOptions(window_size="auto").window() is None  # resolved in sample_latents
+    with pytest.raises(ValueError, match="auto"):
+        td.SolveOptions(window_size="fastest")
+    with pytest.raises(TypeError, match="distributed"):
+        td.SolveOptions(distributed="yes")
+
+
+def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
+    import torch.distributed as dist
+    from diffusers import DDIMScheduler
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(5)
+    opts = td.SolveOptions(distributed=True, progress=False)
+    with pytest.raises(ValueError, match="torchrun"):
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), options=opts)

@@ -1,0 +1,152 @@
+"""Multi-rank solves (``trisolve.distributed``): two gloo processes on the CPU give the single-process answer.
+
+One fixture starts two ranks of ``distributed_worker.py`` once; each test reads what the ranks
+recorded and compares it with an independent single-process reference computed here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from distributed_worker import rnn_system, semilinear_system
+
+import trisolve
+
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ranks")
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE="2", HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), str(WORKER.parent)]))  # fmt: skip
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(out)], env=dict(env, RANK=str(r)), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(2)]  # fmt: skip
+    try:
+        logs = [p.communicate(timeout=300)[0] for p in procs]  # seconds when idle; minutes on a loaded 2-core machine
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+
+    def read(name, rank):
+        return json.loads((out / f"{name}_rank{rank}.json").read_text())
+
+    return out, read
+
+
+def test_black_box_matches_single_process_and_splits_rows(ranks):
+    out, read = ranks
+    system, _ = rnn_system()
+    ref = trisolve.forward_substitution(system, np.zeros(4))
+    single = trisolve.solve(system, trisolve.Jacobi(), np.zeros(4), atol=1e-10)
+    t0, t1 = np.load(out / "rnn_rank0.npy"), np.load(out / "rnn_rank1.npy")
+    assert np.array_equal(t0, t1)  # the ranks hold the same bytes
+    np.testing.assert_allclose(t0, single.trajectory, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(t0, ref, rtol=0, atol=1e-8)
+    r0, r1 = read("rnn", 0), read("rnn", 1)
+    assert r0["status"] == r1["status"] == "CONVERGED"
+    assert r0["rounds"] == r1["rounds"] == single.num_rounds and r0["evals"] == single.num_evals
+    # each rank evaluated its half of every round (sizes differ by at most one row per round)
+    assert r0["rows_requested"] == r1["rows_requested"] == single.num_evals
+    assert r0["rows_evaluated"] + r1["rows_evaluated"] == single.num_evals
+    assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= single.num_rounds
+
+
+def test_semilinear_taa_matches_single_process_and_splits_g_rows(ranks):
+    out, read = ranks
+    system = semilinear_system()
+    x0 = torch.zeros(3, dtype=torch.float64)
+    ref = trisolve.forward_substitution(system, x0).numpy()
+    t0, t1 = np.load(out / "semilinear_rank0.npy"), np.load(out / "semilinear_rank1.npy")
+    assert np.array_equal(t0, t1)
+    np.testing.assert_allclose(t0, ref, rtol=0, atol=1e-9)
+    r0, r1 = read("semilinear", 0), read("semilinear", 1)
+    assert r0["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"]
+    assert r0["rows_evaluated"] + r1["rows_evaluated"] == r0["rows_requested"] == r0["evals"]
+    assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= r0["rounds"]
+
+
+def test_digits_sample_matches_single_process(ranks):
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    out, read = ranks
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    single = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np")
+    seq = pipe(batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np").images
+    i0, i1 = np.load(out / "digits_rank0.npy"), np.load(out / "digits_rank1.npy")
+    assert np.array_equal(i0, i1)
+    np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
+    np.testing.assert_allclose(i0, seq, rtol=0, atol=5e-3)  # and the sequential pipeline at the default tolerance
+    r0 = read("digits", 0)
+    assert r0["status"] == "CONVERGED" and r0["rounds"] == single.solution.num_rounds
+
+
+def test_auto_window_is_the_same_on_every_rank(ranks):
+    out, read = ranks
+    a0, a1 = read("digits_auto", 0), read("digits_auto", 1)
+    assert a0["status"] == "CONVERGED" and a0["windows"] == a1["windows"]
+    assert np.array_equal(np.load(out / "digits_auto_rank0.npy"), np.load(out / "digits_auto_rank1.npy"))
+
+
+def test_mismatched_row_0_raises_on_both_ranks(ranks):
+    _, read = ranks
+    for r in range(2):
+        rec = read("mismatch", r)
+        assert rec["raised"] and "disagree" in rec["raised"] and "row 0" in rec["raised"]
+        assert rec["seconds"] < 5
+
+
+def test_failing_rank_raises_on_both_ranks(ranks):
+    _, read = ranks
+    for r in range(2):
+        rec = read("failure", r)
+        assert rec["raised"] and "rank(s) [1]" in rec["raised"] and "boom on purpose" in rec["raised"]
+        assert rec["seconds"] < 5
+    assert "ValueError" in read("failure", 1)["cause"]  # the failing rank chains its own exception
+
+
+def test_absent_rank_times_out_with_an_error(ranks):
+    _, read = ranks
+    rec = read("absent", 0)
+    assert rec["raised"] and "no answer" in rec["raised"]
+    assert 1.5 < rec["seconds"] < 10
+
+
+def test_distribute_needs_an_initialised_group_and_a_known_system():
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    with pytest.raises(ValueError, match="init_process_group"):
+        trisolve.distribute(rnn_system()[0])
+
+
+def test_row_chunks_cover_rows_in_order():
+    from trisolve.distributed import row_chunks
+
+    for lo, hi, world in [(1, 2, 4), (3, 50, 2), (1, 101, 8), (5, 6, 1)]:
+        chunks = row_chunks(lo, hi, world)
+        assert chunks[0][0] == lo and chunks[-1][1] == hi
+        assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
+        sizes = [b - a for a, b in chunks]
+        assert max(sizes) - min(sizes) <= 1

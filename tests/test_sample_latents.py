@@ -1,0 +1,193 @@
+"""sample_latents below any pipeline: parity with a hand-written loop over scheduler.step, options, faults."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+import trisolve
+import trisolve_diffusion as td
+from trisolve_diffusion.models.closed_form import GaussianMixtureDenoiser
+
+T = 200
+
+
+def gmm(scheduler, k=8, shape=(2, 6, 6), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = GaussianMixtureDenoiser(torch.rand(k, *shape, generator=g) * 2 - 1, scheduler.alphas_cumprod, std=0.05)
+    return lambda x, t: model(x, t).sample
+
+
+def sequential(denoiser, scheduler, latents, generator=None, eta=None):
+    """The loop a pipeline runs: scale_model_input, denoiser, scheduler.step."""
+    x = latents
+    kw = {} if eta is None else {"eta": eta}
+    for t in scheduler.timesteps:
+        inp = scheduler.scale_model_input(x, t)
+        out = denoiser(inp, t.reshape(1).expand(x.shape[0]))
+        x = scheduler.step(out, t, x, generator=generator, **kw).prev_sample
+    return x
+
+
+SCHEDULERS = [
+    ("ddim", lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), {}),
+    ("ddim-eta1-clip", lambda: DDIMScheduler(num_train_timesteps=T, set_alpha_to_one=False), {"eta": 1.0}),
+    ("ddpm", lambda: DDPMScheduler(num_train_timesteps=T, clip_sample=False), {}),
+    ("dpm++2m", lambda: DPMSolverMultistepScheduler(num_train_timesteps=T), {}),
+    ("sde-dpm++2m", lambda: DPMSolverMultistepScheduler(num_train_timesteps=T, algorithm_type="sde-dpmsolver++"), {}),
+]
+
+
+@pytest.mark.parametrize("name,make,kw", SCHEDULERS, ids=[s[0] for s in SCHEDULERS])
+def test_sample_latents_equals_a_loop_over_scheduler_step(name, make, kw):
+    sched = make()
+    sched.set_timesteps(15)
+    den = gmm(sched)
+    latents = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    ref = sequential(den, make_set(make, 15), latents.clone(), torch.Generator().manual_seed(7), **kw)
+    opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), options=opts, **kw)
+    assert sol.converged and sol.num_rounds <= 15
+    assert final.dtype == latents.dtype and final.shape == latents.shape
+    torch.testing.assert_close(final, ref, atol=2e-5, rtol=0)
+    torch.testing.assert_close(sol.trajectory[0].float(), latents)
+
+
+def make_set(make, steps):
+    s = make()
+    s.set_timesteps(steps)
+    return s
+
+
+def test_default_tolerance_is_close_to_the_loop():
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), 25)
+    den = gmm(sched, seed=3)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(2))
+    ref = sequential(den, sched, latents.clone())
+    final, sol = td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False))
+    psnr = 10 * torch.log10(4.0 / ((final - ref) ** 2).mean())  # latents in about [-1, 1]: peak-to-peak 2
+    assert sol.converged and psnr >= 45
+
+
+def test_input_scale_and_timesteps_reach_the_denoiser():
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 6)
+    seen = []
+
+    def den(x, t):
+        seen.append((x.shape, t.clone()))
+        return torch.zeros_like(x)
+
+    latents = torch.randn(2, 1, 4, 4)
+    td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False, solver=trisolve.Jacobi()))
+    for shape, t in seen:  # one call per round on (w * B, C, H, W), timesteps (w * B,) row-major
+        assert shape[0] == t.shape[0] and shape[0] % 2 == 0 and shape[1:] == (1, 4, 4)
+        assert t.dtype == sched.timesteps.dtype
+        assert torch.equal(t[0::2], t[1::2])
+        assert set(t.tolist()) <= set(sched.timesteps.tolist())
+
+
+def test_classifier_free_guidance_matches_the_pipeline_formula():
+    torch.manual_seed(0)
+    x, t = torch.randn(3, 2, 4, 4), torch.zeros(3)
+    cond, uncond = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
+    model = lambda x2, t2: torch.cat([uncond, cond]) * 1.0 + 0 * x2  # noqa: E731
+    out = td.classifier_free_guidance(model, 5.0)(x, t)
+    torch.testing.assert_close(out, uncond + 5.0 * (cond - uncond))
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+    out = td.classifier_free_guidance(model, 5.0, guidance_rescale=0.7)(x, t)
+    torch.testing.assert_close(out, rescale_noise_cfg(uncond + 5.0 * (cond - uncond), cond, guidance_rescale=0.7))
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        td.classifier_free_guidance(model, 5.0, guidance_rescale=2.0)
+
+
+def test_options_are_validated_at_construction():
+    with pytest.raises(ValueError, match="either order= or update_map="):
+        td.SolveOptions(order=2, update_map=trisolve.Picard())
+    with pytest.raises(TypeError, match="trajectory_dtype"):
+        td.SolveOptions(trajectory_dtype=torch.float16)
+    with pytest.raises(ValueError, match="atol must be a finite number"):
+        td.SolveOptions(atol=-1.0)
+    with pytest.raises(ValueError, match="both 0"):
+        td.SolveOptions(atol=0.0, rtol=0.0)
+    with pytest.raises(ValueError, match="num_frozen > 1 keeps rows of init"):
+        td.SolveOptions(num_frozen=3)
+    with pytest.raises(TypeError, match="solver must be a trisolve solver"):
+        td.SolveOptions(solver="taa")
+    with pytest.raises(ValueError, match="window_size"):
+        td.SolveOptions(window_size=0)
+    with pytest.raises(TypeError, match="progress"):
+        td.SolveOptions(progress="yes")
+    import numpy as np
+
+    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window_size=np.int64(4)).max_iter == 3
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 4)
+    with pytest.raises(ValueError, match=r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"):
+        td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options=td.SolveOptions(init=torch.zeros(4, 1, 1, 2, 2)))
+    with pytest.raises(TypeError, match="options must be a trisolve_diffusion.SolveOptions"):
+        td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options={"atol": 1})
+
+
+def test_progress_bar_without_a_pipeline(capsys):
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 8)
+    td.sample_latents(gmm(sched, shape=(1, 2, 2)), sched, torch.randn(1, 1, 2, 2))
+    err = capsys.readouterr().err
+    assert "parallel sampling" in err and "8/8" in err and "round=" in err
+    td.sample_latents(gmm(sched, shape=(1, 2, 2)), sched, torch.randn(1, 1, 2, 2), options=td.SolveOptions(progress=False))
+    assert capsys.readouterr().err == ""
+
+
+def test_unconverged_end_warns_or_raises_under_strict():
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), 20)
+    den, latents = gmm(sched), torch.randn(1, 2, 6, 6)
+    opts = td.SolveOptions(max_iter=2, atol=1e-7, rtol=0.0, progress=False)
+    with pytest.warns(td.UnconvergedSampleWarning, match="MAX_ITER"):
+        _, sol = td.sample_latents(den, sched, latents, options=opts)
+    assert sol.status is trisolve.Status.MAX_ITER
+    with pytest.raises(td.UnconvergedSampleError, match="MAX_ITER") as info:
+        td.sample_latents(den, sched, latents, options=opts.replace(strict=True))
+    assert info.value.solution.num_rounds == 2
+    with pytest.warns(td.UnconvergedSampleWarning, match="STOPPED_BY_CALLBACK"):
+        td.sample_latents(den, sched, latents, options=opts.replace(max_iter=None, callback=lambda info: info.round >= 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged solve is silent
+        td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False))
+
+
+def test_ctrl_c_stays_a_keyboard_interrupt_with_the_partial_solution():
+    sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), 20)
+    inner, calls = gmm(sched), [0]
+
+    def den(x, t):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return inner(x, t)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), options=td.SolveOptions(atol=1e-7, rtol=0.0, progress=False))
+    assert isinstance(info.value, td.SamplingInterrupted) and not isinstance(info.value, Exception)
+    assert info.value.solution.num_rounds == 2 and info.value.solution.status is trisolve.Status.INTERRUPTED
+
+
+def test_inpainting_blend_equals_the_blended_loop():
+    """x_i <- m * step(x_{i-1}) + (1 - m) * q_i, as diffusers' 4-channel inpainting loop."""
+    for make in (lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), lambda: DPMSolverMultistepScheduler(num_train_timesteps=T)):
+        sched = make_set(make, 12)
+        den = gmm(sched)
+        latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(4))
+        mask = (torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(5)) > 0.5).float()
+        known = torch.randn(12, 2, 2, 6, 6, generator=torch.Generator().manual_seed(6))
+        ref_sched, x = make_set(make, 12), latents.clone()
+        for i, t in enumerate(ref_sched.timesteps):
+            x = ref_sched.step(den(x, t.reshape(1).expand(2)), t, x).prev_sample
+            x = mask * x + (1 - mask) * known[i]
+        opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+        final, sol = td.sample_latents(den, sched, latents, options=opts, mask=mask, known_latents=known)
+        assert sol.converged
+        torch.testing.assert_close(final, x, atol=2e-5, rtol=0)
+    with pytest.raises(ValueError, match="together"):
+        td.sample_latents(den, sched, latents, mask=mask)

@@ -1,0 +1,382 @@
+"""Multi-device rounds on ``torch.distributed`` (DESIGN 10): one solve, the evaluations split.
+
+SPMD: every rank (process) runs the same deterministic solve on the same inputs; only the
+expensive evaluation of a round is split. The rows ``[lo, hi)`` a round evaluates are cut
+into ``P`` contiguous chunks in a fixed order (``P`` ranks),
+
+    chunk r = [lo + floor(w r / P), lo + floor(w (r + 1) / P)),   w = hi - lo,
+
+rank ``r`` evaluates chunk ``r``, and one all-gather (each chunk padded to
+``ceil(w / P)`` rows) hands every output to every rank. Every rank then holds the same bytes,
+runs the same solver arithmetic on them and keeps the same trajectory, so nothing else is
+ever broadcast, and every rank returns the same :class:`~trisolve.Solution`.
+
+Safety, per round (one small all-gather before the data, read once on the host):
+
+* a header ``[ok, lo, hi, fingerprint...]`` from every rank. ``ok = 0`` when the rank's chunk
+  raised; then every rank raises :class:`DistributedError` naming the rank, its rows and its
+  exception (gathered as text), instead of leaving the others waiting;
+* the fingerprint digests what must agree: ``n``, the event shape and dtype, the system's
+  tables (``sigma``, and ``a``, ``B``, ``c`` of a semilinear system), and the solve options
+  and row 0 when :func:`solve` is used. A mismatch raises on every rank, saying what differs;
+* every collective waits at most ``timeout`` (default: the process group's), so a rank that
+  died or never called the solve turns into an error on the others, not a hang.
+
+The engine is ``torch.distributed`` (launched by ``torchrun``; NCCL on GPUs, gloo on CPUs);
+this module is the only place in ``trisolve`` that imports torch, and ``trisolve`` imports it
+lazily.
+
+Examples
+--------
+``python -m torchrun --standalone --nproc-per-node 2 script.py`` with ``script.py``::
+
+    import numpy as np, torch.distributed as dist, trisolve
+    dist.init_process_group("gloo")
+    rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] + 0.1), n=1000)
+    sol = trisolve.distributed.solve(rnn, trisolve.Jacobi(), np.zeros(4), atol=1e-9)
+    # every rank holds the same sol.trajectory; each evaluated about half of the rows
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .systems import BlackBoxSystem, SemilinearSystem
+
+__all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "row_chunks", "GroupInfo"]
+
+
+class DistributedError(RuntimeError):
+    """A multi-rank solve cannot go on: a rank failed, the ranks disagree, or a rank did not answer in time.
+
+    Raised on every rank of the group (for a timeout: on every rank still running).
+    """
+
+
+def row_chunks(lo: int, hi: int, world: int) -> list[tuple[int, int]]:
+    """The fixed split of rows ``[lo, hi)`` over ``world`` ranks: contiguous, sizes differing by at most one.
+
+    >>> row_chunks(1, 11, 3)
+    [(1, 4), (4, 7), (7, 11)]
+    """
+    w = hi - lo
+    return [(lo + (w * r) // world, lo + (w * (r + 1)) // world) for r in range(world)]
+
+
+@dataclass(frozen=True, eq=False)
+class GroupInfo:
+    """The process group a solve runs on: rank, size, the device collectives use, the timeout."""
+
+    group: Any
+    rank: int
+    world: int
+    device: torch.device
+    timeout: datetime.timedelta | None
+
+    @classmethod
+    def resolve(cls, group: Any = None, timeout: float | datetime.timedelta | None = None) -> GroupInfo:
+        """Check that ``torch.distributed`` is up and describe ``group`` (``None``: the default group)."""
+        if not dist.is_available():
+            raise RuntimeError("this PyTorch build has no torch.distributed; install one that does (the default wheels have it).")
+        if not dist.is_initialized():
+            raise ValueError(
+                "torch.distributed is not initialised: launch with `torchrun --nproc-per-node N script.py` and call "
+                "torch.distributed.init_process_group() (backend 'nccl' on GPUs, 'gloo' on CPUs) before solving, or pass group=."
+            )
+        if timeout is not None and not isinstance(timeout, datetime.timedelta):
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ValueError(f"timeout must be a number of seconds > 0, a datetime.timedelta or None, got {timeout!r}.")
+            timeout = datetime.timedelta(seconds=float(timeout))
+        backend = str(dist.get_backend(group))
+        if "nccl" in backend:  # NCCL moves only CUDA tensors: use this rank's current device
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        return cls(group, dist.get_rank(group), dist.get_world_size(group), device, timeout)
+
+    def _wait(self, work: Any, what: str) -> None:
+        try:
+            if self.timeout is None:
+                work.wait()
+            else:
+                work.wait(timeout=self.timeout)
+        except Exception as exc:  # a timeout or a broken peer, as the backend reports it
+            limit = "the process group's timeout" if self.timeout is None else f"{self.timeout.total_seconds():g} s"
+            raise DistributedError(
+                f"rank {self.rank}: no answer from every rank within {limit} during {what}; another rank failed outside "
+                f"the evaluation, stopped, or was called with other arguments ({type(exc).__name__}: {exc})."
+            ) from exc
+
+    def all_gather(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        """``(world * t.shape[0], ...)``: every rank's ``t`` in rank order (``t`` on ``self.device``)."""
+        out = torch.empty((self.world * t.shape[0], *t.shape[1:]), dtype=t.dtype, device=t.device)
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # the newer name where torch has it
+        self._wait(gather(out, t.contiguous(), group=self.group, async_op=True), what)
+        return out
+
+    def all_gather_text(self, text: str) -> list[str]:
+        """Every rank's ``text`` (a second, rare collective: only on the failure path)."""
+        data = torch.tensor(list(text.encode()[:2000]), dtype=torch.uint8, device=self.device)
+        size = self.all_gather(torch.tensor([data.numel()], dtype=torch.int64, device=self.device), "an error report")
+        m = int(size.max())
+        buf = torch.zeros(m, dtype=torch.uint8, device=self.device)
+        buf[: data.numel()] = data
+        allb = self.all_gather(buf, "an error report").reshape(self.world, m).cpu().numpy()
+        return [bytes(allb[r, : int(size[r])]).decode(errors="replace") for r in range(self.world)]
+
+
+def _digest(*parts: Any) -> int:
+    """A signed 64-bit digest of ``parts`` (text, bytes or arrays, hashed by value)."""
+    h = hashlib.sha256()
+    for p in parts:
+        if p is None:
+            h.update(b"<none>")
+        elif isinstance(p, (bytes, bytearray)):
+            h.update(bytes(p))
+        elif isinstance(p, np.ndarray):
+            h.update(str((p.shape, p.dtype.str)).encode())
+            h.update(np.ascontiguousarray(p).tobytes())
+        elif isinstance(p, torch.Tensor):
+            t = p.detach().to("cpu").contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(p).encode())
+        h.update(b"|")
+    return int.from_bytes(h.digest()[:8], "little", signed=True)
+
+
+#: What each fingerprint field of the header means (for the mismatch message).
+_FIELDS = ("rows n", "event shape and dtype", "system tables (sigma; a, B, c of a semilinear system)", "solve options and row 0")
+
+
+@dataclass(eq=False)
+class ShardedFunction:
+    """``fn(x, lo, hi)`` or ``g(x_rows, lo, hi)`` evaluated chunk by chunk over the ranks of a group.
+
+    Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
+    computed), ``rows_requested`` (rows all ranks were asked for), ``calls``.
+
+    Parameters
+    ----------
+    fn : callable
+        The single-process function.
+    rows_arg : bool
+        ``True`` for a black box ``fn(x, lo, hi)`` that reads the whole trajectory ``x``;
+        ``False`` for a semilinear ``g(x_rows, lo, hi)`` whose first argument holds only the
+        rows ``[lo, hi)``.
+    """
+
+    fn: Any
+    rows_arg: bool
+    info: GroupInfo
+    static: tuple[int, int, int]  # digests: n, tables, options (event shape/dtype per call)
+    n: int
+    rows_evaluated: int = 0
+    rows_requested: int = 0
+    calls: int = 0
+    _event_digest: dict = field(default_factory=dict, repr=False)
+
+    def __call__(self, x: Any, lo: int, hi: int) -> Any:
+        info = self.info
+        self.calls += 1
+        self.rows_requested += hi - lo
+        is_numpy = isinstance(x, np.ndarray)
+        if not is_numpy and not isinstance(x, torch.Tensor):
+            raise TypeError(f"a distributed solve needs NumPy or PyTorch arrays, got {type(x).__name__}.")
+        event = tuple(x.shape[1:])
+        base = lo if not self.rows_arg else 0  # the first argument's row 0 is row `base` of the trajectory
+        a, b = row_chunks(lo, hi, info.world)[info.rank]
+        out, failure = None, ""
+        if b > a:
+            try:
+                out = self.fn(x[a - base : b - base] if not self.rows_arg else x, a, b)
+                _check_chunk(out, a, b, x)
+            except Exception as exc:  # reported to every rank below, then raised from here
+                failure, error = f"{type(exc).__name__}: {exc}", exc
+            self.rows_evaluated += b - a
+        key = (event, str(x.dtype))
+        if key not in self._event_digest:
+            self._event_digest[key] = _digest(event, str(x.dtype))
+        n_d, tables_d, options_d = self.static
+        header = torch.tensor([0 if failure else 1, lo, hi, n_d, self._event_digest[key], tables_d, options_d], dtype=torch.int64)
+        headers = info.all_gather(header.to(info.device), f"round rows [{lo}, {hi})").reshape(info.world, -1).cpu().numpy()
+        if not headers[:, 0].all():
+            texts = info.all_gather_text(failure)
+            bad = [r for r in range(info.world) if not headers[r, 0]]
+            lines = "; ".join(f"rank {r} (rows {row_chunks(lo, hi, info.world)[r]}): {texts[r]}" for r in bad)
+            msg = f"evaluation failed on rank(s) {bad} in the round over rows [{lo}, {hi}): {lines}"
+            if failure:
+                raise DistributedError(msg) from error
+            raise DistributedError(msg)
+        if (headers[:, 1:3] != headers[0, 1:3]).any():
+            rows = ", ".join(f"rank {r}: [{headers[r, 1]}, {headers[r, 2]})" for r in range(info.world))
+            raise DistributedError(
+                f"the ranks asked for different rows in the same round ({rows}): their solves diverged; every rank must "
+                "call the solve with the same solver, options, tolerances and callback stopping rule."
+            )
+        diff = [name for j, name in enumerate(_FIELDS, start=3) if (headers[:, j] != headers[0, j]).any()]
+        if diff:
+            raise DistributedError(
+                f"the ranks disagree on {', '.join(diff)}: every rank must call the solve with the same system, row 0, "
+                "options and dtype (same seed, same arguments)."
+            )
+        m = -(-(hi - lo) // info.world)  # rows per padded chunk
+        buf = torch.zeros((m, *event), dtype=_torch_dtype(x), device=info.device)
+        if b > a:
+            buf[: b - a] = (torch.from_numpy(np.ascontiguousarray(out)) if is_numpy else out).to(info.device)
+        allr = info.all_gather(buf, f"the outputs of rows [{lo}, {hi})")  # (world * m, *event)
+        sizes = [e - s for s, e in row_chunks(lo, hi, info.world)]
+        if any(s != m for s in sizes):
+            idx = torch.cat([torch.arange(r * m, r * m + s) for r, s in enumerate(sizes)]).to(info.device)
+            allr = allr.index_select(0, idx)
+        if is_numpy:
+            return allr.cpu().numpy()
+        return allr.to(x.device)
+
+
+def _check_chunk(out: Any, a: int, b: int, x: Any) -> None:
+    """The chunk must be what the all-gather expects: ``(b - a, *event)`` in ``x``'s library and dtype."""
+    if type(out) is not type(x) or out.dtype != x.dtype:
+        raise TypeError(f"the function returned {type(out).__name__} of {out.dtype} for a trajectory of {type(x).__name__} of {x.dtype}.")
+    if tuple(out.shape) != (b - a, *x.shape[1:]):
+        raise ValueError(f"the function returned shape {tuple(out.shape)} for rows [{a}, {b}); expected {(b - a, *x.shape[1:])}.")
+
+
+def _torch_dtype(x: Any) -> torch.dtype:
+    if isinstance(x, torch.Tensor):
+        return x.dtype
+    return torch.from_numpy(np.zeros(0, dtype=x.dtype)).dtype
+
+
+def distribute(system: Any, *, group: Any = None, timeout: float | datetime.timedelta | None = None, fingerprint: Any = None) -> Any:
+    """The same system with its expensive evaluation split over the ranks of a process group.
+
+    Returns a system of the same type and tables whose batched function (``fn`` of a
+    :class:`~trisolve.BlackBoxSystem`, ``g`` of a :class:`~trisolve.SemilinearSystem`) is a
+    :class:`ShardedFunction`: on a call over rows ``[lo, hi)`` rank ``r`` evaluates
+    ``row_chunks(lo, hi, P)[r]`` and an all-gather returns all ``hi - lo`` rows to every rank.
+    Every rank must then run the same solve (same options, same row 0): see :func:`solve`,
+    which also checks the options.
+
+    Parameters
+    ----------
+    system : BlackBoxSystem or SemilinearSystem
+    group : ProcessGroup, optional
+        Default: the default group of ``torch.distributed.init_process_group``.
+    timeout : float (seconds) or timedelta, optional
+        Longest wait for the other ranks in one collective (default: the group's timeout).
+    fingerprint : any, optional
+        Extra description that must be equal on every rank (its ``repr`` is digested).
+
+    Returns
+    -------
+    BlackBoxSystem or SemilinearSystem
+        Its ``fn``/``g`` is a :class:`ShardedFunction` with this rank's counts.
+
+    Examples
+    --------
+    On one process (a group of size 1) the split is the identity:
+
+    >>> import numpy as np, torch.distributed as dist, trisolve
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> sys = trisolve.distribute(trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1.0, n=4))
+    >>> trisolve.solve(sys, trisolve.Jacobi(), np.zeros(())).trajectory.tolist()
+    [0.0, 1.0, 1.5, 1.75, 1.875]
+    >>> sys.fn.rows_evaluated
+    10
+    >>> dist.destroy_process_group()
+    """
+    info = GroupInfo.resolve(group, timeout)
+    options = _digest(fingerprint)
+    if isinstance(system, BlackBoxSystem):
+        fn = system.fn.fn if isinstance(system.fn, ShardedFunction) else system.fn
+        static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, "blackbox"), options)
+        sharded = ShardedFunction(fn, True, info, static, system.n)
+        return BlackBoxSystem(sharded, system.n, sigma=system.sigma, batch_ndim=system.batch_ndim)
+    if isinstance(system, SemilinearSystem):
+        g = system.g.fn if isinstance(system.g, ShardedFunction) else system.g
+        static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, system.a, system.B, system.c, "semilinear"), options)
+        sharded = ShardedFunction(g, False, info, static, system.n)
+        return SemilinearSystem(system.a, system.B, sharded, c=system.c, sigma=system.sigma, batch_ndim=system.batch_ndim)
+    raise TypeError(
+        f"distribute() takes a trisolve.BlackBoxSystem or SemilinearSystem, got {type(system).__name__}; "
+        "wrap your batched function in a BlackBoxSystem."
+    )
+
+
+def _options_fingerprint(solver: Any, x0: Any, kwargs: dict) -> tuple:
+    """What must agree across ranks besides the system: solver and options by value, row 0 and init by content."""
+    described = []
+    for k in sorted(kwargs):
+        v = kwargs[k]
+        if k == "callback":  # a function: only whether one is given (it may differ per rank, e.g. logging)
+            v = v is not None
+        elif k == "init":
+            v = None if v is None else _digest(v)
+        described.append((k, v))
+    return (repr(solver), _digest(x0), tuple(described))
+
+
+def solve(
+    system: Any,
+    solver: Any,
+    x0: Any,
+    *,
+    group: Any = None,
+    timeout: float | datetime.timedelta | None = None,
+    **options: Any,
+) -> Any:
+    """:func:`trisolve.solve` on every rank of a process group, each evaluating its share of every round.
+
+    Same arguments and result as :func:`trisolve.solve`; the system is wrapped by
+    :func:`distribute` with a fingerprint of the solver, the options and row 0 (and ``init``),
+    so that ranks called with different arguments raise instead of computing different
+    trajectories. Rows per round are split as ``row_chunks(lo, hi, P)``; the result is the
+    single-process result up to the round-off of evaluating smaller batches.
+
+    Parameters
+    ----------
+    system, solver, x0, **options
+        As for :func:`trisolve.solve`.
+    group : ProcessGroup, optional
+        Default: the default process group.
+    timeout : float (seconds) or timedelta, optional
+        Longest wait for the other ranks in one collective (default: the group's timeout).
+
+    Returns
+    -------
+    Solution
+        The same on every rank.
+
+    Raises
+    ------
+    DistributedError
+        On every rank, when a rank's evaluation raised (the message names it and its
+        exception), when the ranks' arguments differ, or when a rank does not answer within
+        ``timeout``.
+
+    Examples
+    --------
+    >>> import numpy as np, torch.distributed as dist, trisolve
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]) + 0.1, n=50)
+    >>> sol = trisolve.distributed.solve(rnn, trisolve.Jacobi(), np.zeros(2), atol=1e-12)
+    >>> bool(np.allclose(sol.trajectory, trisolve.forward_substitution(rnn, np.zeros(2))))
+    True
+    >>> dist.destroy_process_group()
+    """
+    from .driver import solve as _solve
+
+    wrapped = distribute(system, group=group, timeout=timeout, fingerprint=_options_fingerprint(solver, x0, options))
+    sol = _solve(wrapped, solver, x0, **options)
+    if isinstance(sol.error, DistributedError):
+        raise sol.error
+    return sol

@@ -1,0 +1,14 @@
+"""One front door per pipeline family: prepare with the pipeline's public methods, call
+:func:`~trisolve_diffusion.sample_latents`, post-process with the pipeline's methods."""
+
+from ._common import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
+from .flux import ParallelFluxOutput
+from .sd3 import ParallelStableDiffusion3Output
+
+__all__ = [
+    "ParallelImagePipelineOutput",
+    "ParallelStableDiffusionOutput",
+    "ParallelStableDiffusionXLOutput",
+    "ParallelStableDiffusion3Output",
+    "ParallelFluxOutput",
+]

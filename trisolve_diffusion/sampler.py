@@ -1,0 +1,544 @@
+"""``sample_latents``: a parallel diffusion sampler below any pipeline (DESIGN 7).
+
+A sampler is a function of a denoiser and a scheduler, as in k-diffusion. The scheduler
+(after ``set_timesteps``) is mapped to the semilinear system of its sampling loop
+(``schedulers/``)::
+
+    x_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q}(x_{i-1-q}) + c_i,    i = 1..n
+    c_i = noise_scale[i-1] z_i                                         (pre-drawn noise)
+    g_j = mapping.g(x_j, denoiser(input_scale_j x_j, t_j))
+
+and solved in parallel rounds by :func:`trisolve.solve`. Notation: ``n`` rows after row 0,
+``w`` rows in a round's window, ``B`` samples (the latents' batch), ``event = (C, H, W)``.
+
+Shapes: ``latents (B, *event)``; trajectory ``(n + 1, B, *event)``; one denoiser call per
+round on ``(w * B, *event)`` inputs and ``(w * B,)`` timesteps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+import trisolve
+
+from .schedulers import SchedulerMapping, map_scheduler
+
+__all__ = [
+    "SolveOptions",
+    "sample_latents",
+    "ParallelSamplingError",
+    "SamplingInterrupted",
+    "UnconvergedSampleError",
+    "UnconvergedSampleWarning",
+    "Denoiser",
+]
+
+#: ``denoiser(model_input (N, C, H, W), timesteps (N,)) -> model_output (N, C, H, W)``, ``N = w * B``.
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class ParallelSamplingError(RuntimeError):
+    """The parallel solve stopped on a fault; ``.solution`` keeps what was computed.
+
+    Resume with ``options=SolveOptions(init=err.solution.trajectory, num_frozen=err.solution.num_frozen)``.
+    """
+
+    def __init__(self, message: str, solution: trisolve.Solution):
+        super().__init__(message)
+        self.solution = solution
+
+
+class UnconvergedSampleError(ParallelSamplingError):
+    """Under ``SolveOptions(strict=True)``: the solve ended before every step met the tolerance."""
+
+
+class SamplingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a parallel solve; still a :class:`KeyboardInterrupt`, with ``.solution`` attached.
+
+    Resume with ``options=SolveOptions(init=exc.solution.trajectory, num_frozen=exc.solution.num_frozen)``.
+    """
+
+    def __init__(self, message: str, solution: trisolve.Solution):
+        super().__init__(message)
+        self.solution = solution
+
+
+class UnconvergedSampleWarning(UserWarning):
+    """The solve ended (``max_iter``, ``early_stop`` or a stopping callback) before every step met
+    the tolerance: the sample may differ from the sequential loop's. ``SolveOptions(strict=True)``
+    raises :class:`UnconvergedSampleError` instead."""
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) >= low
+
+
+def _is_float(v: Any, low: float = 0.0) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) and v >= low
+
+
+#: ``final_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
+#: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
+#: from the sequential sample (``benchmarks/diffusion.py``, docs/benchmarks).
+PIXEL_FINAL_ATOL = 8e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class SolveOptions:
+    """How the parallel solve runs: one place for every default.
+
+    Attributes
+    ----------
+    solver : trisolve.Solver, optional
+        ``None``: ``TriangularAnderson(history_size=4)`` (chosen by the benchmarks).
+    update_map : trisolve.UpdateMap, optional
+        ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
+    order : int, optional
+        Order ``k`` of the default Picard map; pass either ``order`` or ``update_map``.
+    window_size : int, "auto" or trisolve.WindowPolicy, optional
+        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
+        that already fills the device at a small batch, a window whose round batch
+        (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
+        (see the GPU benchmark). ``"auto"`` measures the network's time against its batch once
+        per network, latent shape, dtype and device (a few calls, cached) and takes the window
+        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
+        when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
+        timings are noisy, and the rounds of every run would depend on them).
+    atol, rtol : float
+        A step is converged when the RMS of its residual (per sample, in latent units) is
+        ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
+        std). The default 5e-4 ended every benchmark run >= 40 dB from the sequential sample;
+        1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB.
+    max_iter : int, optional
+        Most rounds (``None``: the number of rows, which always suffices).
+    early_stop : float, optional
+        Stop when the final latent's change between rounds, in tolerance units, is below this.
+    final_atol : float, "auto" or None
+        Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
+        latent's pending correction (the RMS of its residual, per sample) is ``<= final_atol``,
+        status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
+        pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
+        the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
+        level; off when ``atol`` or ``rtol`` is given (a tolerance asked for is met by every
+        step), for latent models, and for :func:`sample_latents` called directly, whose output
+        units it cannot know. ``None``: every step must meet ``atol``/``rtol``.
+    init : tensor, shape ``(n + 1, B, C, H, W)``, optional
+        Warm-start trajectory (e.g. ``solution.trajectory`` of a similar prompt).
+    num_frozen : int
+        Keep rows ``0 .. num_frozen - 1`` of ``init`` (variations of an earlier sample).
+    trajectory_dtype : torch.dtype
+        dtype of the trajectory and residuals (float32 or float64); the network keeps its own.
+    callback : callable, optional
+        ``callback(info: trisolve.RoundInfo)`` after every round; a true return stops.
+    progress : bool or callable
+        ``True``: a tqdm bar over the rows (``round``, ``frozen``, ``max_res`` in its postfix);
+        ``False``: none; a callable ``progress(total=n)`` returning a tqdm-like bar (the
+        pipeline front doors pass ``pipe.progress_bar``, so ``pipe.set_progress_bar_config``
+        applies).
+    strict : bool
+        An unconverged end (``max_iter``, ``early_stop``, a stopping callback) raises
+        :class:`UnconvergedSampleError` when true; otherwise it warns
+        (:class:`UnconvergedSampleWarning`) and returns the last iterate.
+    distributed : bool or torch.distributed ProcessGroup
+        ``True`` (the default process group) or a group: every rank runs this same call
+        (launched by ``torchrun``, same seed and arguments) and evaluates a contiguous share
+        of each round's rows, for all samples and guidance copies of those rows; an all-gather
+        gives every rank every output, so all ranks return the same result
+        (:func:`trisolve.distribute`; the multi-GPU docs page). ``False``: one process.
+
+    Examples
+    --------
+    >>> import trisolve, trisolve_diffusion as td
+    >>> opts = td.SolveOptions(solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0, progress=False)
+    >>> opts.window_size is None
+    True
+    """
+
+    solver: trisolve.Solver | None = None
+    update_map: trisolve.UpdateMap | None = None
+    order: int | None = None
+    window_size: int | str | trisolve.WindowPolicy | None = None
+    atol: float = 5e-4
+    rtol: float = 5e-4
+    max_iter: int | None = None
+    early_stop: float | None = None
+    final_atol: float | str | None = "auto"
+    init: torch.Tensor | None = None
+    num_frozen: int = 1
+    trajectory_dtype: torch.dtype = torch.float32
+    callback: Callable[[trisolve.RoundInfo], Any] | None = None
+    progress: bool | Callable[..., Any] = True
+    strict: bool = False
+    distributed: Any = False
+
+    def __post_init__(self):
+        if self.trajectory_dtype not in (torch.float32, torch.float64):
+            raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {self.trajectory_dtype}.")
+        if self.order is not None and not _is_int(self.order, 1):
+            raise ValueError(f"order must be an int >= 1 or None, got {self.order!r}.")
+        if self.update_map is not None and self.order is not None:
+            raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
+        if self.solver is not None and not isinstance(self.solver, trisolve.Solver):
+            raise TypeError(f"solver must be a trisolve solver (e.g. trisolve.TriangularAnderson()), got {type(self.solver).__name__}.")
+        if self.update_map is not None and not isinstance(self.update_map, trisolve.UpdateMap):
+            raise TypeError(f"update_map must be a trisolve update map (e.g. trisolve.Picard()), got {type(self.update_map).__name__}.")
+        for name in ("atol", "rtol"):
+            if not _is_float(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
+        if self.atol == 0 and self.rtol == 0:
+            raise ValueError("atol and rtol are both 0: no step could ever be accepted; give a positive tolerance.")
+        if self.max_iter is not None and not _is_int(self.max_iter, 1):
+            raise ValueError(f"max_iter must be an int >= 1 or None, got {self.max_iter!r}.")
+        if self.early_stop is not None and not (_is_float(self.early_stop) and self.early_stop > 0):
+            raise ValueError(f"early_stop must be a finite number > 0 or None, got {self.early_stop!r}.")
+        fa = self.final_atol
+        if fa is not None and fa != "auto" and not (_is_float(fa) and fa > 0):
+            raise ValueError(f'final_atol must be a finite number > 0, "auto" or None, got {fa!r}.')
+        if not _is_int(self.num_frozen, 1):
+            raise ValueError(f"num_frozen must be an int >= 1, got {self.num_frozen!r}.")
+        if self.num_frozen > 1 and self.init is None:
+            raise ValueError("num_frozen > 1 keeps rows of init; pass init= (e.g. an earlier solution.trajectory) too.")
+        if self.init is not None and not isinstance(self.init, torch.Tensor):
+            raise TypeError(f"init must be a torch tensor of shape (n + 1, *latents.shape), got {type(self.init).__name__}.")
+        if self.callback is not None and not callable(self.callback):
+            raise TypeError(f"callback must be callable or None, got {type(self.callback).__name__}.")
+        if not (isinstance(self.progress, bool) or callable(self.progress)):
+            raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
+        ws = self.window_size
+        if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy) and not _is_int(ws, 1):
+            raise ValueError(f'window_size must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
+        if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
+            raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
+
+    def resolve_final_atol(self, *, pixel_space: bool) -> SolveOptions:
+        """A copy with ``final_atol="auto"`` resolved (see the attribute): the front doors call this."""
+        if self.final_atol != "auto":
+            return self
+        default_tol = (self.atol, self.rtol) == (_FIELD_DEFAULTS["atol"], _FIELD_DEFAULTS["rtol"])
+        return self.replace(final_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
+
+    def replace(self, **changes: Any) -> SolveOptions:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def solver_and_map(self, n: int) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+        """The solver and update map for an ``n``-row system, defaults filled in."""
+        solver = trisolve.TriangularAnderson(history_size=4) if self.solver is None else self.solver
+        if self.update_map is not None:
+            return solver, self.update_map
+        return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
+
+    def window(self) -> trisolve.WindowPolicy | None:
+        """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
+        return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
+
+
+def _is_process_group(v: Any) -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and isinstance(v, dist.ProcessGroup)
+
+
+#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword).
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions))
+_FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
+
+
+def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+    """The default solver and update map (chosen by the benchmarks, see docs/benchmarks)."""
+    return SolveOptions().solver_and_map(2**31)
+
+
+def draw_noise(
+    mapping: SchedulerMapping, shape: tuple, generator: Any, device: Any, dtype: torch.dtype, traj_dtype: torch.dtype
+) -> torch.Tensor | None:
+    """``c_i = noise_scale_i z_i`` for every row, ``(n, *shape)``, drawn in the sequential loop's order.
+
+    ``z_i`` is drawn with ``randn_tensor(shape, generator=generator, dtype=dtype)`` (float32 where
+    the scheduler draws it so) exactly where the loop draws it, also where its coefficient is 0.
+    ``None`` when the loop draws no noise.
+    """
+    drawn = np.flatnonzero(mapping.noise_drawn)
+    if drawn.size == 0:
+        return None
+    c = torch.zeros((mapping.n, *shape), dtype=traj_dtype, device=device)
+    z_dtype = torch.float32 if mapping.noise_in_float32 else dtype
+    for i in drawn:
+        z = randn_tensor(shape, generator=generator, device=device, dtype=z_dtype)
+        c[i] = float(mapping.noise_scale[i]) * z.to(traj_dtype)
+    return c
+
+
+class _Progress:
+    """Rows frozen so far on a tqdm-like bar, with the round's numbers in its postfix."""
+
+    def __init__(self, progress: bool | Callable[..., Any], n: int):
+        self.n, self.done = n, 0
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=n, desc="parallel sampling")
+        elif progress is False:
+            self.bar = None
+        else:
+            self.bar = progress(total=n)
+
+    def round(self, info: trisolve.RoundInfo) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(round=info.round, frozen=min(info.num_frozen - 1, self.n), max_res=f"{info.max_error:.3g}", refresh=False)
+            self.advance(info.num_frozen)
+
+    def advance(self, num_frozen: int) -> None:
+        frozen = min(num_frozen - 1, self.n)
+        if self.bar is not None and frozen > self.done:
+            self.bar.update(frozen - self.done)
+            self.done = frozen
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def sample_latents(
+    denoiser: Denoiser,
+    scheduler: Any,
+    latents: torch.Tensor,
+    *,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    options: SolveOptions | None = None,
+    eta: float = 0.0,
+    use_clipped_model_output: bool = False,
+    begin_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    known_latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, trisolve.Solution]:
+    """Run a scheduler's whole sampling loop in parallel rounds, below any pipeline.
+
+    Equivalent to the sequential loop::
+
+        for t in scheduler.timesteps[begin_index:]:
+            model_input = scheduler.scale_model_input(latents, t)
+            latents = scheduler.step(denoiser(model_input, t), t, latents, eta=eta, generator=generator).prev_sample
+
+    (every noise tensor pre-drawn from ``generator`` in the loop's order), solved as the
+    semilinear system ``x_i = a_i x_{i-1} + sum_q B[i-1,q] g_{i-1-q} + c_i`` by
+    :func:`trisolve.solve`: with a tight tolerance the result equals the loop's.
+    ``scheduler.step`` is never called; the scheduler is only read.
+
+    Parameters
+    ----------
+    denoiser : callable
+        ``denoiser(model_input, timesteps) -> model_output``: ``model_input (w * B, C, H, W)``
+        already multiplied by the scheduler's input scale (what a pipeline's UNet receives),
+        in the latents' dtype (the model's working dtype, as in the loop); ``timesteps (w * B,)`` on the latents' device, in the
+        scheduler's timestep dtype; ``model_output`` of the input's shape, any float dtype.
+        Classifier-free guidance goes inside (see :func:`classifier_free_guidance`). Called
+        once per round, without autograd.
+    scheduler : diffusers scheduler
+        After ``set_timesteps``; one of :data:`SUPPORTED_SCHEDULERS` (others raise
+        :class:`UnsupportedSchedulerError` saying what to swap to).
+    latents : tensor, shape ``(B, C, H, W)``
+        Initial latents (row 0), already multiplied by ``scheduler.init_noise_sigma``. Noise
+        is drawn in their dtype and on their device.
+    generator : torch.Generator or list of them, optional
+        What the loop passes to ``scheduler.step`` (one per sample, or one for all).
+    options : SolveOptions, optional
+        Solver, tolerance, window, warm start, callback, progress bar, strictness.
+    eta, use_clipped_model_output
+        ``scheduler.step`` arguments (DDIM only).
+    begin_index : int, optional
+        The loop starts at ``scheduler.timesteps[begin_index]`` (img2img's ``strength``);
+        ``None``: ``scheduler.begin_index`` where the scheduler has one and it is set, else 0.
+        The mapping starts there (``map_scheduler(..., start=begin_index)``): row 0 is the latents entering that step.
+    mask : tensor, broadcastable to ``(B, C, H, W)``, optional
+        Inpainting blend, as diffusers' 4-channel inpainting loop: after step ``i``,
+        ``x_i <- mask * x_i + (1 - mask) * known_latents[i - 1]``. ``mask`` is 1 where the
+        image is generated.
+    known_latents : tensor, shape ``(n, B, C, H, W)``, optional
+        The known region's latent after each step (the pre-noised image), with ``mask``.
+
+    Returns
+    -------
+    final_latents : tensor, shape ``(B, C, H, W)``
+        Row ``n``, in the latents' dtype.
+    solution : trisolve.Solution
+        Trajectory ``(n + 1, B, C, H, W)``, rounds, evaluations, per-round residuals, status.
+
+    Raises
+    ------
+    ParallelSamplingError
+        The denoiser raised (``.__cause__``) or returned nan/inf; ``.solution`` keeps the
+        rows computed so far.
+    SamplingInterrupted
+        Ctrl-C (a :class:`KeyboardInterrupt`) with the partial ``.solution``.
+    UnconvergedSampleError
+        Under ``strict=True`` when the solve ended unconverged; otherwise an
+        :class:`UnconvergedSampleWarning` is issued.
+
+    Notes
+    -----
+    With ``mask``, the blend stays a semilinear system: at the solution ``(1 - mask) x_i =
+    known_i``, so ``x_i = a_i x_{i-1} + sum_q B m g + c'_i`` with ``g' = mask * g`` and
+    ``c'_i = mask c_i + (1 - mask) (known_i - a_i known_{i-1})`` (``known_0 = (1 - mask) x_0``).
+
+    Examples
+    --------
+    >>> import torch, trisolve_diffusion as td
+    >>> from diffusers import DDIMScheduler
+    >>> scheduler = DDIMScheduler(num_train_timesteps=100)
+    >>> scheduler.set_timesteps(10)
+    >>> denoiser = lambda x, t: 0.1 * x          # eps prediction of a toy model
+    >>> x0 = torch.randn(2, 3, 8, 8, generator=torch.manual_seed(0))
+    >>> final, sol = td.sample_latents(denoiser, scheduler, x0, options=td.SolveOptions(progress=False))
+    >>> final.shape, sol.converged
+    (torch.Size([2, 3, 8, 8]), True)
+    """
+    options = SolveOptions() if options is None else options
+    if not isinstance(options, SolveOptions):
+        raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}.")
+    if not callable(denoiser):
+        raise TypeError(f"denoiser must be callable as denoiser(model_input, timesteps), got {type(denoiser).__name__}.")
+    if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
+        raise TypeError("latents must be a floating-point torch tensor of shape (batch, C, H, W).")
+    begin = _begin_index(scheduler, begin_index, len(scheduler.timesteps))
+    mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=begin)  # rows of steps begin..
+    shape, device, traj = tuple(latents.shape), latents.device, options.trajectory_dtype
+    n, batch = mapping.n, shape[0]
+    if options.init is not None and tuple(options.init.shape) != (n + 1, *shape):
+        raise ValueError(f"init must be a tensor of shape (n + 1, *latents.shape) = {(n + 1, *shape)}, got {tuple(options.init.shape)}.")
+    if (mask is None) != (known_latents is None):
+        raise ValueError("pass mask= and known_latents= together (the inpainting blend needs both).")
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"You passed {len(generator)} generators for a batch of {batch} latents; pass one per sample or one for all.")
+    c = draw_noise(mapping, shape, generator, device, latents.dtype, traj)
+    x0 = latents.to(traj)
+
+    # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
+    t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
+    ts = torch.as_tensor(np.asarray(mapping.timesteps, dtype=np.float64), device=device).to(t_dtype)
+    input_scale = np.asarray(mapping.input_scale, dtype=np.float64)
+    scaled = not np.all(input_scale == 1.0)
+    scale = torch.as_tensor(input_scale, device=device).to(traj)
+    bshape = (-1,) + (1,) * len(shape)  # per-row scalars over (w, B, *event)
+
+    m = None
+    if mask is not None:
+        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
+
+    def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
+        w = hi - lo
+        model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
+        t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
+        out = denoiser(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
+        out = out.reshape(w, batch, *out.shape[1:]).to(traj)
+        out = mapping.g(x_rows, out, lo, hi)
+        return out if m is None else m * out
+
+    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
+    window = options.window()
+    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed)
+    if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
+        system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
+                                     fingerprint=_fingerprint(options, x0, c))  # fmt: skip
+    solver, update_map = options.solver_and_map(n)
+    init = None if options.init is None else options.init.to(device=device, dtype=traj)
+    bar = _Progress(options.progress, n)
+
+    def on_round(info: trisolve.RoundInfo):
+        bar.round(info)
+        return bool(options.callback(info)) if options.callback is not None else False
+
+    try:
+        with torch.no_grad():
+            sol = trisolve.solve(
+                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
+                max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
+                final_row_atol=None if options.final_atol == "auto" else options.final_atol,
+            )  # fmt: skip
+        bar.advance(sol.num_frozen)
+    finally:
+        bar.close()
+    _raise_for_status(sol, options.strict)
+    return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
+    own = getattr(scheduler, "begin_index", None)  # schedulers without set_begin_index have none
+    if begin_index is None:
+        begin_index = 0 if own is None else int(own)
+    elif not _is_int(begin_index, 0):
+        raise ValueError(f"begin_index must be an int >= 0 or None, got {begin_index!r}.")
+    elif own is not None and int(own) != int(begin_index):
+        raise ValueError(f"begin_index={begin_index} but the scheduler's begin_index is {own}; pass the same or leave begin_index=None.")
+    if not begin_index < n:
+        raise ValueError(f"begin_index={begin_index} leaves no step of the scheduler's {n}; use begin_index < {n} (a higher strength).")
+    return int(begin_index)
+
+
+def _auto_window(g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any) -> trisolve.WindowPolicy:
+    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    from .cost_model import auto_window, network_of
+
+    n = mapping.n
+
+    def rows(r: int) -> torch.Tensor:  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
+        with torch.no_grad():
+            return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+
+    key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
+    choice = auto_window(
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key,
+        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed,
+    )  # fmt: skip
+    return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+
+
+def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
+    """What every rank of a distributed solve must share: the options by value, row 0, the noise and ``init`` by content."""
+    from trisolve.distributed import _digest
+
+    skip = ("callback", "progress", "distributed", "init")
+    described = tuple((f.name, repr(getattr(options, f.name))) for f in dataclasses.fields(options) if f.name not in skip)
+    return described, _digest(x0), _digest(c), _digest(options.init)
+
+
+def _blend(a_rows, c, x0, mask, known, traj):
+    """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes)."""
+    n = len(a_rows)
+    if not isinstance(known, torch.Tensor) or tuple(known.shape) != (n, *x0.shape):
+        got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
+        raise ValueError(f"known_latents must have shape (n, *latents.shape) = {(n, *x0.shape)}, got {got}.")
+    m = mask.to(device=x0.device, dtype=traj)
+    q = known.to(device=x0.device, dtype=traj)  # (n, B, *event): row i = 1..n
+    keep = 1 - m
+    q_prev = torch.cat([(keep * x0)[None], q[:-1]])  # known_{i-1}, known_0 = (1 - m) x_0
+    a = torch.as_tensor(np.asarray(a_rows, dtype=np.float64), device=x0.device).to(traj).reshape((-1,) + (1,) * x0.ndim)
+    forcing = keep * (q - a * q_prev)
+    c = forcing if c is None else m * c + forcing
+    return c, m
+
+
+def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
+    status = sol.status
+    if status is trisolve.Status.INTERRUPTED:
+        raise SamplingInterrupted(f"parallel sampling interrupted: {status.message}", sol) from sol.error
+    if status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):
+        raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {status.message}", sol) from sol.error
+    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_atol the caller chose
+        msg = (
+            f"parallel sampling ended {status.name} after {sol.num_rounds} rounds with rows {sol.num_frozen}.. not within "
+            f"tolerance: the sample may differ from the sequential loop's ({status.message})."
+        )
+        if strict:
+            raise UnconvergedSampleError(msg, sol)
+        warnings.warn(msg, UnconvergedSampleWarning, stacklevel=3)

@@ -1,0 +1,100 @@
+"""``FlowMatchEulerDiscreteScheduler`` (SD3, Flux, the bundled digits flow model) as a semilinear system.
+
+Notation (diffusers -> symbol): ``sigmas[j]`` -> ``sigma_j``, the flow time of row ``j``
+(latents ``x_j = (1 - sigma_j) x0 + sigma_j z``; ``sigma_n`` is 0, or 1 with ``invert_sigmas``);
+``model_output`` -> ``v_j``, the velocity the network predicts at ``timesteps[j]``. One step of
+``FlowMatchEulerDiscreteScheduler.step`` (the pipelines pass no ``s_churn`` or per-token
+timesteps)::
+
+    deterministic:          x_{j+1} = x_j + (sigma_{j+1} - sigma_j) v_j
+                            a = 1,              B = sigma_{j+1} - sigma_j,               g_j = v_j
+    stochastic_sampling:    x0_hat = x_j - sigma_j v_j,  x_{j+1} = (1 - sigma_{j+1}) x0_hat + sigma_{j+1} z_{j+1}
+                            a = 1 - sigma_{j+1}, B = -(1 - sigma_{j+1}) sigma_j,         g_j = v_j,
+                            noise_scale = sigma_{j+1}
+
+``shift``, dynamic shifting (``mu``, exponential or linear ``time_shift_type``),
+``shift_terminal``, Karras / exponential / beta sigmas, ``invert_sigmas`` and custom
+``sigmas`` / ``timesteps`` passed to ``set_timesteps`` only change the ``sigma`` and timestep
+tables, which are read after ``set_timesteps``. The network sees ``x_j`` unscaled
+(``input_scale = 1``) at ``timesteps[j]`` (``1000 sigma_j`` unless custom timesteps were set).
+``step`` computes in float32 and draws the stochastic noise in float32
+(``noise_in_float32``). A loop that starts part-way (``begin_index``, as SD3 img2img sets it)
+maps the rows from ``begin_index`` on.
+
+Tolerance scale ``sigma`` (DESIGN 4.1): the DDPM posterior standard deviation between the two
+levels of a step, in flow units. A flow latent is a variance-preserving one times
+``sqrt((1 - s)^2 + s^2)`` with ``abar = (1 - s)^2 / ((1 - s)^2 + s^2)``, so
+``sigma_i = posterior_std(abar_i, abar_{i+1}) sqrt((1 - s_{i+1})^2 + s_{i+1}^2)``, taking the
+noisier level as the start when the schedule runs upwards (``invert_sigmas``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, start_index, timesteps_of
+
+__all__ = ["FlowMatchMapping", "map_flow_match", "flow_posterior_std"]
+
+
+def flow_posterior_std(s: np.ndarray) -> np.ndarray:
+    """Tolerance scale of each step for flow sigmas ``s`` ``(n + 1,)``, shape ``(n,)`` (see module docstring)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm2 = (1.0 - s) ** 2 + s**2
+        ab = (1.0 - s) ** 2 / norm2
+    hi, lo = np.minimum(ab[:-1], ab[1:]), np.maximum(ab[:-1], ab[1:])  # noisier level first
+    return posterior_std(hi, lo) * np.sqrt(norm2[1:])
+
+
+@dataclass(frozen=True, eq=False)
+class FlowMatchMapping(SchedulerMapping):
+    """``g_j = v_j``: the network's velocity, unchanged (guidance is applied in the denoiser)."""
+
+    flow_sigmas: np.ndarray = None  # sigma_j of rows 0..n    (n + 1,)
+
+    def g(self, x, model_output, lo, hi):
+        return model_output
+
+
+def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping:
+    """The semilinear form of a ``FlowMatchEulerDiscreteScheduler`` loop (after ``set_timesteps``), from step ``start``."""
+    name = type(scheduler).__name__
+    if getattr(scheduler, "num_inference_steps", None) is None:
+        raise ValueError(f"{name}.set_timesteps has not been called; call it (as the pipeline does) before mapping the scheduler.")
+    start = start_index(scheduler, start)
+    ts_all = timesteps_of(scheduler)  # as the pipeline passes them, (n,)
+    sig = scheduler.sigmas.detach().double().cpu().numpy()[start:]  # (n + 1,)
+    ts = ts_all[start:]
+    n = ts.shape[0]
+    if n < 1 or sig.shape[0] != n + 1:
+        raise UnsupportedSchedulerError(f"{name} has {ts.shape[0]} timesteps for {sig.shape[0]} sigmas from index {start}; call set_timesteps first.")
+    if not np.all(np.isfinite(sig)) or np.any(sig < 0) or np.any(sig > 1):
+        raise UnsupportedSchedulerError(f"{name} has a sigma table outside [0, 1] or non-finite, which no flow loop uses: {sig}.")
+    if scheduler.begin_index is None and np.count_nonzero(ts_all == ts_all[0]) > 1:
+        # step() then starts at the *second* occurrence (index_for_timestep), skipping rows
+        raise UnsupportedSchedulerError(
+            f"{name} has its first timestep {ts_all[0]} repeated; its step() would then start at the second occurrence. "
+            "Pass distinct sigmas/timesteps to set_timesteps."
+        )
+    s, s_next = sig[:-1], sig[1:]
+    if scheduler.config.stochastic_sampling:
+        a, B, noise_scale = 1.0 - s_next, -(1.0 - s_next) * s, s_next
+        noise_drawn = np.ones(n, dtype=bool)
+    else:
+        a, B, noise_scale = np.ones(n), s_next - s, np.zeros(n)
+        noise_drawn = np.zeros(n, dtype=bool)
+    return FlowMatchMapping(
+        scheduler=scheduler,
+        timesteps=ts,
+        input_scale=np.ones(n),
+        a=a,
+        B=B[:, None],
+        noise_scale=noise_scale,
+        noise_drawn=noise_drawn,
+        noise_in_float32=True,
+        sigma=flow_posterior_std(sig),
+        flow_sigmas=sig,
+    )
