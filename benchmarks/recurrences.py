@@ -196,11 +196,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else 3
     ode_repeats = 1
-    ode = ode_rows(args.quick, ode_repeats)
     rnn = []
     for hidden in [4] if args.quick else [16, 4, 64]:  # the dense scan is O(T d^3) per round: hidden 64 at T = 1e3 only
         sizes = [100] if args.quick else {16: [1000, 10_000, 100_000], 4: [1000, 10_000], 64: [1000]}[hidden]
         rnn += rnn_rows(sizes, [hidden], repeats)
+    ode = ode_rows(args.quick, ode_repeats)
     md = [
         "| problem | T | method | rounds | forward [s] | forward + backward [s] | ratio | torch loop [s] | torch loop fwd + bwd [s] | NumPy loop [s] | max error |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
