@@ -15,7 +15,7 @@
    sequential loop -- O(1) for Lorenz-96 after a converged solve (error amplification: see
    the tutorial "Newton, Picard or TAA for an ODE").
 
-Times are medians of 3 runs after a warm-up (T = 1e4: 1 run after a warm-up; T = 1e5: 1 run),
+PyTorch runs on one thread (the machine is shared). Times are medians of 3 runs after a warm-up (T = 1e4: 1 run after a warm-up; T = 1e5: 1 run),
 measured side by side in one process on the machine recorded in the JSON file.
 """
 
@@ -194,6 +194,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
+    if not args.quick:  # a shared 2-core machine: one thread each, so that timings are not thread contention
+        torch.set_num_threads(1)
     repeats = 1 if args.quick else 3
     ode_repeats = 1
     rnn = []
