@@ -29,6 +29,9 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         assert {r["method"] for r in recs} >= {"TAA m=4, Picard (default)"}
         assert all(r["rounds"] <= r["steps"] for r in recs)
         assert all(r["final_psnr"] >= 40 for r in recs)
+    if name == "recurrences":  # every parallel answer matches its loop; the ODEs all converge
+        assert all(r["status"] == "CONVERGED" and r["max_error"] < 1e-6 for r in payload["rnn"])
+        assert all(r["status"] == "CONVERGED" for r in payload["ode"])
     if name == "gpu":  # the CPU smoke run of the CUDA script: the parallel answers match the loops
         ok = ("CONVERGED", "FINAL_ROW_CONVERGED")  # pixel-space digits: the output-aware finish is the default
         assert all(r["status"] in ok and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
