@@ -348,6 +348,20 @@ def test_two_evaluations_per_step_match_step_loop(make):
     assert m.n == len(m.scheduler.timesteps) > 8  # one row per network evaluation
 
 
+def test_two_stage_mapping_after_a_full_run():
+    """A finished loop leaves Heun's stale `sample`; after set_timesteps the scheduler maps again, and mid-loop it is refused."""
+    s = HeunDiscreteScheduler()
+    s.set_timesteps(3)
+    x = torch.zeros(SHAPE)
+    for t in s.timesteps:
+        x = s.step(torch.zeros(SHAPE), t, x).prev_sample
+    s.set_timesteps(3)
+    assert map_scheduler(s).n == 5
+    s.step(torch.zeros(SHAPE), s.timesteps[0], x)
+    with pytest.raises(UnsupportedSchedulerError, match="already been stepped"):
+        map_scheduler(s)
+
+
 def test_two_stage_parallel_solve():
     check_parity(lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100), 8, tol=F64, seed=4, solve=True)
 

@@ -67,7 +67,7 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
             )
         check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
     refuse_partial(scheduler, start)
-    if getattr(scheduler, "sample", None) is not None or getattr(scheduler, "dt", None) is not None:
+    if not scheduler.state_in_first_order:  # set_timesteps resets it (Heun keeps a stale `sample`, harmlessly)
         raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
     tab = _tables(scheduler)
     sig = tab["sigmas"]
