@@ -89,7 +89,7 @@ class SchedulerMapping:
         return int(self.a.shape[0])
 
     def g(self, x: torch.Tensor, model_output: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-        """Processed prediction ``g_j`` of rows ``j = lo .. hi - 1``, shape ``(hi - lo, *event)``.
+        """Processed prediction ``g_j`` of rows ``lo <= j < hi``, shape ``(hi - lo, *event)``.
 
         ``x`` are those rows' latents ``(hi - lo, *event)`` (unscaled: before ``input_scale``) and
         ``model_output`` the network's output for them, same shape.
@@ -98,7 +98,7 @@ class SchedulerMapping:
 
     # -- helpers for subclasses -------------------------------------------------------------
     def table(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Host table ``self.<name>`` ``(n,)`` as a device column ``(n, 1, ..., 1)`` in ``like``'s dtype.
+        """Host table ``self.<name>`` of shape ``(n,)`` as a cached device column (trailing axes of size 1), in ``like``'s dtype.
 
         Built once per (name, device, dtype, ndim) and cached on the mapping; ``g`` slices
         ``[lo:hi]`` so no host data is copied per round.
@@ -112,7 +112,9 @@ class SchedulerMapping:
         return t
 
     def scaled(self) -> SchedulerMapping:
-        """The same loop for ``y_j = c_j x_j`` with ``c = row_scale`` (``(n + 1,)``)::
+        """The same loop in the rescaled rows ``y_j = c_j x_j``, ``c = row_scale`` of shape ``(n + 1,)``.
+
+        ::
 
             y_i = (a_i c_i / c_{i-1}) y_{i-1} + sum_q c_i B[i-1, q] g_{i-1-q}(y / c) + c_i noise_scale[i-1] z_i
 
