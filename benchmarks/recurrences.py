@@ -203,6 +203,11 @@ def main(argv=None):
         sizes = [100] if args.quick else {16: [1000, 10_000, 100_000], 4: [1000, 10_000], 64: [1000]}[hidden]
         rnn += rnn_rows(sizes, [hidden], repeats)
     ode = ode_rows(args.quick, ode_repeats)
+    write_tables(rnn, ode, quick=args.quick, repeats=repeats)
+
+
+def write_tables(rnn: list[dict], ode: list[dict], *, quick: bool, repeats: int, note: str = "") -> None:
+    """``results/recurrences[_quick].{json,md}`` from the rows of :func:`rnn_rows` and :func:`ode_rows`."""
     md = [
         "| problem | T | method | rounds | forward [s] | forward + backward [s] | ratio | torch loop [s] | torch loop fwd + bwd [s] | NumPy loop [s] | max error |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -228,7 +233,9 @@ def main(argv=None):
         "Forward + backward: the solve with `gradients=True` and `loss.backward()`; ratio = (forward + backward) / forward. "
         "The Lorenz-96 difference is error amplification of a chaotic system, not a solver error: every row meets the tolerance.",
     ]
-    write("recurrences" + ("_quick" if args.quick else ""), {"rnn": rnn, "ode": ode}, "\n".join(md) + "\n")
+    if note:
+        md += ["", note]
+    write("recurrences" + ("_quick" if quick else ""), {"rnn": rnn, "ode": ode}, "\n".join(md) + "\n")
 
 
 if __name__ == "__main__":
