@@ -24,7 +24,7 @@ from diffusers import (
 )
 
 from .models.digits_flow import DigitsFlowPipeline
-from .pipelines._common import bind
+from .pipelines._common import REFUSED_UNET, bind
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
 from .pipelines.img2img import sample_img2img
@@ -51,6 +51,8 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
     (FluxPipeline, sample_flux),
     (DigitsFlowPipeline, sample_digits_flow),
 ]
+
+_FLOW_FRONT_DOORS = (sample_sd3, sample_flux, sample_digits_flow)
 
 #: Pipeline classes ``sample()`` accepts.
 SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
@@ -143,7 +145,7 @@ def sample(
     if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1):
         raise ValueError(f"max_batch_size must be an int >= 1 or None, got {max_batch_size!r}.")
     front = _front_door(pipe)
-    params = bind(pipe, args, kwargs)
+    params = bind(pipe, args, kwargs, refused=None if front in _FLOW_FRONT_DOORS else REFUSED_UNET)
     with torch.no_grad():  # as the pipelines' own __call__
         result, solution = front(pipe, params, options, max_batch_size)
     return (result, solution) if return_solution else result

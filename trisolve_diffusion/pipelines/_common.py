@@ -34,7 +34,6 @@ REFUSED = {
     "callback_steps": "per-step callbacks are not supported in a parallel solve",
     "ip_adapter_image": "IP-Adapter inputs are not supported by trisolve_diffusion",
     "ip_adapter_image_embeds": "IP-Adapter inputs are not supported by trisolve_diffusion",
-    "sigmas": "custom sigmas are not supported; use num_inference_steps or timesteps",
     "denoising_end": "denoising_end (an SDXL ensemble of experts) is not supported; sample the whole schedule",
     "denoising_start": "denoising_start (an SDXL ensemble of experts) is not supported; use strength=",
 }
@@ -65,9 +64,13 @@ class ParallelStableDiffusionXLOutput(StableDiffusionXLPipelineOutput):
     wall_time: float | None = None
 
 
-def bind(pipe: Any, args: tuple, kwargs: dict) -> dict[str, Any]:
+#: Refused by the UNet front doors only (the flow-matching front doors honour custom sigmas).
+REFUSED_UNET = {"sigmas": "custom sigmas are not supported by the Stable Diffusion front doors; use num_inference_steps or timesteps"}
+
+
+def bind(pipe: Any, args: tuple, kwargs: dict, refused: dict[str, str] | None = None) -> dict[str, Any]:
     """The pipeline's ``__call__`` arguments with its defaults; refuses what a parallel solve cannot honour."""
-    for name, why in REFUSED.items():
+    for name, why in {**REFUSED, **(refused or {})}.items():
         if kwargs.get(name) is not None:
             raise TypeError(f"sample() does not take {name}: {why}.")
     sig = inspect.signature(type(pipe).__call__)
