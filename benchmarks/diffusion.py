@@ -16,6 +16,16 @@ tolerance (rtol = 0.1 or 0.01 times the posterior std, atol = 0); trisolve's fre
 requires the one-step residual to pass, so this is a slightly stricter ParaDiGMS. "ParaTAA
 defaults" is TAA with one difference pair, lambda = 1e-3 (relative here), order T (DDIM) or 20,
 atol = rtol = 1e-3.
+
+Scheduler settings ("Euler-25", "EulerA-25", "UniPC-20", "PNDM-50", ...): the same network sampled
+with another diffusers scheduler (built from the digits scheduler config with SD's spacing,
+``timestep_spacing="leading"``, ``steps_offset=1``), seeds 0-9, batch 1, the default method
+only (plus, for the k-diffusion schedulers, the same solve on the variance-preserving rows
+``mapping.scaled()``). The reference is the loop a Stable Diffusion pipeline runs (initial noise times
+``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); the parallel solve
+maps the scheduler (``map_scheduler``), pre-draws its noise in the loop's order and feeds the
+network ``input_scale * x``, as ``sample_latents`` does. "evals / T" divides by the number of
+steps; PNDM's doubled first step makes it ``T + 1`` network evaluations sequentially.
 """
 
 from __future__ import annotations
@@ -41,6 +51,107 @@ from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
 def pipeline(setting: str):
     kind, steps = setting.rsplit("-", 1)
     return load_digits_pipeline({"DDIM": "ddim", "DDPM": "ddpm", "DPM++2M": "dpm++"}[kind]), int(steps)
+
+
+#: Scheduler settings: name -> (diffusers class name, config overrides on the digits scheduler config).
+SCHEDULER_SETTINGS = {
+    "Euler": ("EulerDiscreteScheduler", {}),
+    "EulerA": ("EulerAncestralDiscreteScheduler", {}),
+    "UniPC": ("UniPCMultistepScheduler", {}),
+    "PNDM": ("PNDMScheduler", {"skip_prk_steps": True}),
+}
+SD_SPACING = {"timestep_spacing": "leading", "steps_offset": 1}
+
+
+def make_scheduler(setting: str, steps: int):
+    import diffusers
+
+    from trisolve_diffusion.models.digits import SCHEDULER_CONFIG
+
+    cls_name, overrides = SCHEDULER_SETTINGS[setting.rsplit("-", 1)[0]]
+    sched = getattr(diffusers, cls_name)(**{**SCHEDULER_CONFIG, **SD_SPACING, **overrides})
+    sched.set_timesteps(steps)
+    return sched
+
+
+def sequential_latents(unet, sched, seed: int, batch: int) -> torch.Tensor:
+    """The Stable Diffusion pipeline's loop on an unconditional network."""
+    import inspect
+
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    kw = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
+    with torch.no_grad():
+        for t in sched.timesteps:
+            out = unet(sched.scale_model_input(x, t), t).sample
+            x = sched.step(out, t, x, **kw).prev_sample
+    return x
+
+
+def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool = False):
+    """The same loop solved in parallel rounds with the default solver and tolerance of ``sample``.
+
+    ``scaled``: solve for the variance-preserving rows ``y = row_scale * x`` (``mapping.scaled()``);
+    the callback and the returned trajectory are then in ``y`` units, the final latents ``y_n / row_scale[n]``.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from trisolve_diffusion.network import BatchedDenoiser
+    from trisolve_diffusion.sample import _draw_noise, default_solver
+
+    gen = torch.Generator().manual_seed(seed)
+    shape = (batch, 1, 16, 16)
+    x0 = randn_tensor(shape, generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    mapping = td.map_scheduler(sched)
+    if scaled:
+        x0 = x0 * float(mapping.row_scale[0])
+        mapping = mapping.scaled()
+    noise = _draw_noise(mapping, shape, gen, x0.device, unet.dtype, torch.float32)
+    denoiser = BatchedDenoiser(unet, mapping.timesteps)
+
+    def g(x_rows, lo, hi):
+        return mapping.g(x_rows, denoiser(x_rows * mapping.table("input_scale", x_rows)[lo:hi], lo, hi), lo, hi)
+
+    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
+    solver, update_map = default_solver()
+    with torch.no_grad():
+        return trisolve.solve(system, solver, x0, update_map=update_map, atol=5e-4, rtol=5e-4, callback=callback)
+
+
+def run_scheduler_setting(setting: str, seeds, records):
+    from trisolve_diffusion.models import load_digits_unet
+
+    unet = load_digits_unet()
+    steps = int(setting.rsplit("-", 1)[1])
+    variants = [("TAA m=4, Picard (default)", False)]
+    if td.map_scheduler(make_scheduler(setting, steps)).row_scale is not None:
+        variants.append(("TAA m=4, Picard, VP rows (mapping.scaled())", True))
+    for seed, (method, scaled) in [(seed, v) for seed in seeds for v in variants]:
+        ref = to_images(sequential_latents(unet, make_scheduler(setting, steps), seed, 1))
+        sched = make_scheduler(setting, steps)
+        c_n = float(td.map_scheduler(sched).row_scale[-1]) if scaled else 1.0
+        finals = []
+        start = time.perf_counter()
+        sol = parallel_latents(unet, sched, seed, 1, lambda info: finals.append(info.trajectory[-1].clone() / c_n) and False, scaled)
+        wall = time.perf_counter() - start
+        curve = [worst_psnr(to_images(f), ref) for f in finals]
+        first = lambda db, curve=curve: next((i + 1 for i, v in enumerate(curve) if v >= db), None)
+        images = to_images(sol.trajectory[-1] / c_n)
+        records.append(
+            dict(
+                setting=setting, steps=steps, batch=1, seed=seed, method=method, rounds=sol.num_rounds,
+                status=sol.status.name, rounds_to_30db=first(30.0), rounds_to_40db=first(40.0), evals=sol.num_evals,
+                evals_rel=sol.num_evals / steps, final_psnr=worst_psnr(images, ref), max_abs_diff=float(np.abs(images - ref).max()),
+                wall_s=wall,
+            )
+        )  # fmt: skip
+        r = records[-1]
+        print(
+            f"{setting:11s} b1 s{seed} {method:45s} rounds {r['rounds']:3d} 40dB@{r['rounds_to_40db']} final {r['final_psnr']:.1f} dB evals x{r['evals_rel']:.2f}",
+            flush=True,
+        )
 
 
 #: Methods also run at batch 4 (batch 1 runs all of them).
@@ -110,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--settings", nargs="*", help="rerun only these settings, keeping the other records of results/diffusion.json")
     args = ap.parse_args(argv)
     all_settings = ["DDIM-25", "DDIM-50", "DDIM-100", "DDPM-100", "DPM++2M-20", "DPM++2M-50"]
+    all_settings += ["Euler-25", "Euler-50", "EulerA-25", "EulerA-50", "UniPC-20", "UniPC-50", "PNDM-25", "PNDM-50"]
     settings = ["DDIM-25"] if args.quick else (args.settings or all_settings)
     seeds = [0] if args.quick else [0, 1, 2, 3, 4]
     batches = [1] if args.quick else [1, 4]
@@ -123,6 +235,12 @@ def main(argv=None):
         kept = json.loads((RESULTS / "diffusion.json").read_text())["records"]
         records = [r for r in kept if r["setting"] not in settings]
     for setting in settings:
+        if setting.rsplit("-", 1)[0] in SCHEDULER_SETTINGS:
+            run_scheduler_setting(setting, seeds if args.quick else list(range(10)), records)
+            order = {name: i for i, name in enumerate(all_settings)}
+            records.sort(key=lambda r: (order[r["setting"]], r["batch"], r["seed"]))
+            write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
+            continue
         pipe, steps = pipeline(setting)
         pipe.set_progress_bar_config(disable=True)
         for batch in batches:

@@ -2,6 +2,7 @@
 
     python benchmarks/flow.py            # full suite (about an hour on a shared 2-core CPU)
     python benchmarks/flow.py --quick    # smoke size
+    python benchmarks/flow.py --sweep    # 28 steps: solver and tolerance variants (results/flow_sweep.*)
 
 Model: the bundled digits rectified-flow model (``load_digits_flow_pipeline``) with
 ``FlowMatchEulerDiscreteScheduler`` (shift 1) at 20, 28 and 50 steps, seeds 0-9, batch 1 and 4.
@@ -62,6 +63,22 @@ def methods(quick: bool):
     return out
 
 
+def sweep_methods():
+    """Variants at 28 steps looking for a setting with median rounds <= 7 and every run >= 45 dB (``--sweep``)."""
+    taa = trisolve.TriangularAnderson
+    return [
+        ("TAA m=4, Picard (default)", dict()),
+        ("TAA m=2, Picard", dict(solver=taa(history_size=2))),
+        ("TAA m=8, Picard", dict(solver=taa(history_size=8))),
+        ("Anderson m=4, Picard", dict(solver=trisolve.Anderson(history_size=4))),
+        ("TAA m=4, k=T", dict(update_map=trisolve.Unrolled())),
+        ("ParaTAA defaults (TAA m=1, lambda 1e-3, k=T)", dict(solver=taa(history_size=1, regularization=1e-3), update_map=trisolve.Unrolled())),
+        ("TAA m=4, Picard, atol 1e-3 rtol 5e-4", dict(atol=1e-3, rtol=5e-4)),
+        ("TAA m=4, Picard, atol 5e-4 rtol 2e-3", dict(atol=5e-4, rtol=2e-3)),
+        ("TAA m=4, Picard, atol 2e-3 rtol 5e-4", dict(atol=2e-3, rtol=5e-4)),
+    ]
+
+
 def to_images(latents: torch.Tensor) -> np.ndarray:
     return (latents.float().cpu() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # DigitsFlowPipeline.postprocess
 
@@ -85,9 +102,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sweep", action="store_true", help="28 steps only, solver and tolerance variants (results/flow_sweep.*)")
     ap.add_argument("--device", default="cpu", help="where the network runs (rounds and PSNR do not depend on it beyond round-off)")
     args = ap.parse_args(argv)
-    steps_list = (20,) if args.quick else STEPS
+    steps_list = (20,) if args.quick else (28,) if args.sweep else STEPS
     seeds = [0] if args.quick else list(range(10))
     batches = [1] if args.quick else [1, 4]
     torch.set_num_threads(args.threads)
@@ -101,7 +119,7 @@ def main(argv=None):
         for batch in batches:
             for seed in seeds:
                 ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
-                for name, opts in methods(args.quick):
+                for name, opts in sweep_methods() if args.sweep else methods(args.quick):
                     out, finals, wall = run_one(pipe, steps, seed, batch, opts)
                     sol = out.solution
                     curve = [worst_psnr(to_images(f), ref) for f in finals]
@@ -120,7 +138,8 @@ def main(argv=None):
                         flush=True,
                     )
             # after every (steps, batch), so that a long run keeps what it measured
-            write("flow" + ("_quick" if args.quick else ""), {"device": args.device, "records": records}, table(records))
+            name = "flow" + ("_quick" if args.quick else "_sweep" if args.sweep else "")
+            write(name, {"device": args.device, "records": records}, table(records))
 
 
 def _stat(values):

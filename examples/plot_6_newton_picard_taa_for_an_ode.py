@@ -37,7 +37,7 @@ def pendulum(y, gamma=0.3):
     return torch.stack([y[..., 1], -torch.sin(y[..., 0]) - gamma * y[..., 1]], dim=-1)
 
 
-n = 1000
+n = 300
 system = rk4(pendulum, 0.05, n)
 x0 = torch.tensor([2.5, 0.0], dtype=torch.float64)
 ref = trisolve.forward_substitution(system, x0)
@@ -75,7 +75,8 @@ fig.tight_layout()
 #   in one round on a linear system, and ``O(d^3)`` work per row for the dense scan (``O(d)``
 #   for the diagonal one, which pays in rounds). The default (``solver=None``) picks Newton
 #   whenever Jacobians are available: a ``jacobian=`` callable, or PyTorch tensors with
-#   ``d <= 256`` values per sample.
+#   ``d <= 256`` values per sample; otherwise ``Newton("secant")``, a per-component linear
+#   part between 0 (one-step) and 1 (Picard) estimated from the last two rounds.
 
 # %%
 # A chaotic system: converged, and still O(1) away from the loop
@@ -92,7 +93,7 @@ def lorenz96(y, forcing=8.0):
     return (torch.roll(y, -1, -1) - torch.roll(y, 2, -1)) * torch.roll(y, 1, -1) - y + forcing
 
 
-h, n96 = 0.05, 400
+h, n96 = 0.05, 300
 system96 = rk4(lorenz96, h, n96)
 y0 = torch.tensor(8.0 + 0.01 * np.sin(np.arange(40)), dtype=torch.float64)
 loop = trisolve.forward_substitution(system96, y0)

@@ -48,3 +48,23 @@ def backend(request) -> Backend:
 
 
 BACKENDS = [Backend("numpy"), Backend("torch"), Backend("strict")]
+
+
+#: End-to-end modules (whole pipelines, trained models, benchmark smoke runs, two-process runs):
+#: marked ``slow`` so that ``pytest -m "not slow"`` is the quick loop; CI runs everything.
+SLOW_MODULES = {
+    "test_benchmarks_smoke.py",
+    "test_diffusion_parity.py",
+    "test_distributed.py",
+    "test_flow_benchmark_smoke.py",
+    "test_flow_model.py",
+    "test_flow_pipelines.py",
+    "test_models.py",
+    "test_pipelines.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -83,6 +83,12 @@ def main(out: Path) -> None:
     g = o.solution  # the sharded g is not reachable from the output: count network rows from the solution instead
     record("digits", status=g.status.name, rounds=g.num_rounds, evals=g.num_evals)
 
+    # 3b. window_size="auto" on two ranks: each measures, both choose the same window
+    o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True,
+                  window_size="auto")  # fmt: skip
+    np.save(out / f"digits_auto_rank{rank}.npy", o.images)
+    record("digits_auto", windows=o.solution.windows, status=o.solution.status.name)
+
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()
     x0 = np.zeros(4) if rank == 0 else np.full(4, 0.5)

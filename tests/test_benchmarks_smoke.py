@@ -12,14 +12,14 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow"])
+@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
     monkeypatch.syspath_prepend(str(BENCH))
     for mod in ("common", name):
         sys.modules.pop(mod, None)
     module = importlib.import_module(name)
-    module.main(["--quick", "--device", "cpu"] if name == "gpu" else ["--quick"])
+    module.main(["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"])
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert payload["machine"]["cpus"] >= 1
     table = (tmp_path / f"{name}_quick.md").read_text()
@@ -29,14 +29,40 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         assert {r["method"] for r in recs} >= {"TAA m=4, Picard (default)"}
         assert all(r["rounds"] <= r["steps"] for r in recs)
         assert all(r["final_psnr"] >= 40 for r in recs)
+    if name == "recurrences":  # every parallel answer matches its loop; the ODEs all converge
+        assert all(r["status"] == "CONVERGED" and r["max_error"] < 1e-6 for r in payload["rnn"])
+        assert all(r["status"] == "CONVERGED" for r in payload["ode"])
     if name == "gpu":  # the CPU smoke run of the CUDA script: the parallel answers match the loops
-        assert all(r["status"] == "CONVERGED" and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
+        ok = ("CONVERGED", "FINAL_ROW_CONVERGED")  # pixel-space digits: the output-aware finish is the default
+        assert all(r["status"] in ok and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
         assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
         cm = payload["cost_model"]
         assert {r["devices"] for r in cm["predicted"]} == {1, 2, 4, 8}
         assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in cm["predicted"])
         assert {r["window"] for r in cm["measured"]} >= {"auto", "full"}
+    if name == "finish":  # the default finish and the full solve side by side, both close to the loop
+        methods = {r["method"] for r in payload["records"]}
+        assert len(methods) == 2 and all(r["psnr_db"] >= 40 and r["rounds"] <= 25 for r in payload["records"])
+    if name == "gpu_round":  # the split of the solve's time adds up; the parallel answers match the loops
+        for r in payload["diffusion"]:
+            assert 0 < r["network_s"] <= r["wall_s"] and r["rounds"] >= 1 and r["psnr_db"] >= 40
+        assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
     if name == "autowindow":  # every window, auto and the sequential loop timed in one run; the model beside the measurement
         assert {r["window"] for r in payload["timing"]} >= {"4", "8", "full", "auto", "sequential"}
         assert all(r["rounds"] is None or r["rounds"] <= r["steps"] for r in payload["timing"])
         assert all(r["predicted"] > 0 for r in payload["rounds"])
+
+
+def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
+    """``gpu.py --cost-model-only --quick --device cpu``: predictions for 1-8 devices and the measured windows beside them."""
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "gpu"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("gpu").main(["--quick", "--device", "cpu", "--cost-model-only"])
+    payload = json.loads((tmp_path / "gpu_cost_model_quick.json").read_text())
+    assert {r["devices"] for r in payload["predicted"]} == {1, 2, 4, 8}
+    assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in payload["predicted"])
+    assert {r["window"] for r in payload["measured"]} == {"4", "auto", "full"}
+    assert all(r["rounds"] <= r["steps"] for r in payload["measured"])
+    assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10

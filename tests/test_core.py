@@ -6,7 +6,7 @@ import array_api_compat.numpy as xnp
 import numpy as np
 import pytest
 from conftest import BACKENDS
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from zoo import blackbox_system, event_shapes, semilinear_system
 
@@ -28,6 +28,7 @@ def _x0(backend, rng, event):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("name,make,window", SOLVERS, ids=[s[0] for s in SOLVERS])
+@settings(max_examples=15)  # each example is several full solves: keep the suite fast
 @given(
     seed=st.integers(0, 2**31),
     n=st.integers(1, 24),
@@ -49,7 +50,7 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     x0 = _x0(backend, rng, event)
     ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
     counter.clear()
-    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11)
+    sol = trisolve.solve(system, make(), x0, update_map=update_map, window=window, atol=1e-11, record="errors")
     assert sol.status is trisolve.Status.CONVERGED, sol.status
     assert sol.num_rounds <= n
     assert sol.num_frozen == n + 1
@@ -62,9 +63,11 @@ def test_every_solver_reaches_forward_substitution(backend, name, make, window, 
     # num_evals counts exactly the rows handed to the system
     assert sol.num_evals == sum(counter)
     assert sol.residuals.shape == (sol.num_rounds, n + 1)
+    np.testing.assert_array_equal(sol.round_max_errors, [e.max() for e in sol.round_errors])
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=15)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(2, 20), p=st.integers(1, 3), event=event_shapes, r=st.integers(1, 20))
 def test_order1_jacobi_is_exact_on_first_r_rows_after_r_rounds(backend, seed, n, p, event, r):
     rng = np.random.default_rng(seed)
@@ -79,6 +82,7 @@ def test_order1_jacobi_is_exact_on_first_r_rows_after_r_rounds(backend, seed, n,
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=8)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 24), p=st.integers(1, 3), event=event_shapes)
 def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
     rng = np.random.default_rng(seed)
@@ -93,6 +97,7 @@ def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@settings(max_examples=20)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 30), k=st.integers(1, 30), lo=st.integers(1, 10))
 def test_maps_match_their_explicit_formulas(backend, seed, n, k, lo):
     """The one residual scan reproduces each map written out with loops (DESIGN 2.1), to round-off.
@@ -266,10 +271,7 @@ def test_result_keeps_namespace_dtype_and_device(backend, dtype):
     rng = np.random.default_rng(8)
     system = semilinear_system(rng, 10, 2, (4,), backend)
     x0 = backend.asarray(rng.standard_normal(4), dtype=dtype)
-    if backend.name != "numpy":
-        system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)
-    else:
-        system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)
+    system = trisolve.SemilinearSystem(system.a, system.B, system.g, c=None)  # no forcing: x0 alone sets the dtype
     sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, update_map=trisolve.Unrolled(), atol=1e-4)
     assert type(sol.trajectory) is type(x0)
     assert sol.trajectory.dtype == x0.dtype
@@ -374,6 +376,7 @@ def _scan_reference(J, r, kind, order):
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("kind", ["scalar", "diagonal", "dense", "one"])
+@settings(max_examples=20)  # each example is several full solves: keep the suite fast
 @given(seed=st.integers(0, 2**31), w=st.integers(1, 12), order=st.one_of(st.none(), st.integers(0, 14)))
 def test_affine_scan_matches_the_loop_for_every_linear_part(backend, kind, seed, w, order):
     rng = np.random.default_rng(seed)
@@ -573,3 +576,31 @@ def test_final_row_atol_is_checked():
     system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1, 20)
     sol = trisolve.solve(system, trisolve.Jacobi(), np.zeros(2), final_row_atol=0.0)
     assert sol.status is trisolve.Status.CONVERGED or sol.status is trisolve.Status.FINAL_ROW_CONVERGED
+
+
+def test_an_int_window_means_a_sliding_window_in_solve_as_in_sample():
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.9 * np.tanh(x[lo - 1 : hi - 1]) + 0.1, n=40)
+    by_int = trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=np.int64(5), atol=1e-12)
+    by_policy = trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=trisolve.SlidingWindow(5), atol=1e-12)
+    assert by_int.windows == by_policy.windows and max(hi - lo for lo, hi in by_int.windows) == 5
+    np.testing.assert_array_equal(by_int.trajectory, by_policy.trajectory)
+    with pytest.raises(TypeError, match="window must be None, an int"):
+        trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window="8")
+    with pytest.raises(ValueError, match="SlidingWindow size must be >= 1"):
+        trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=0)
+
+
+def test_final_row_atol_reads_the_map_residual_of_an_unrolled_map():
+    """A last step that is the identity has a zero one-step residual at any input; with the Picard map
+    the pending correction of the final row is the map residual, which must pass too (else the solve
+    would stop in round 1 with a wrong final row)."""
+    n = 30
+    a = np.full(n, 0.9)
+    B = np.full(n, 0.1)
+    a[-1], B[-1] = 1.0, 0.0  # x_n = x_{n-1}: an identity last step
+    system = trisolve.SemilinearSystem(a, B, lambda y, lo, hi: np.sin(3.0 * y) + 1.0)
+    x0 = np.linspace(-1.0, 1.0, 5)
+    ref = trisolve.forward_substitution(system, x0)
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-12, final_row_atol=1e-6)
+    assert sol.num_rounds > 1 and sol.status.ok
+    assert np.abs(sol.trajectory[-1] - ref[-1]).max() < 1e-5

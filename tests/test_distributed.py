@@ -101,6 +101,13 @@ def test_digits_sample_matches_single_process(ranks):
     assert r0["status"] == "CONVERGED" and r0["rounds"] == single.solution.num_rounds
 
 
+def test_auto_window_is_the_same_on_every_rank(ranks):
+    out, read = ranks
+    a0, a1 = read("digits_auto", 0), read("digits_auto", 1)
+    assert a0["status"] == "CONVERGED" and a0["windows"] == a1["windows"]
+    assert np.array_equal(np.load(out / "digits_auto_rank0.npy"), np.load(out / "digits_auto_rank1.npy"))
+
+
 def test_mismatched_row_0_raises_on_both_ranks(ranks):
     _, read = ranks
     for r in range(2):

@@ -126,6 +126,20 @@ def test_sd3_refusals(sd3):
         td.sample(sd3, callback_on_step_end=lambda *a: {}, **kw)
 
 
+def test_sd3_img2img_equals_pipeline(sd3):
+    """img2img: the loop starts at begin_index (strength); the image is encoded and noised by the pipeline."""
+    from diffusers import StableDiffusion3Img2ImgPipeline
+
+    pipe = StableDiffusion3Img2ImgPipeline(**sd3.components)
+    pipe.set_progress_bar_config(disable=True)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    kw = dict(**_sd3_embeds(1), image=image, strength=0.6, height=16, width=16, num_inference_steps=10, guidance_scale=3.0, output_type="latent")
+    ref, out = _both(pipe, **kw)
+    torch.testing.assert_close(out.images, ref.images, rtol=0, atol=2e-5)
+    assert out.solution.n == 6  # 10 steps at strength 0.6
+    assert out.solution.num_rounds <= 6
+
+
 # -- Flux ---------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import torch
 from conftest import BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from zoo import semilinear_system
 
 import trisolve
 
@@ -199,3 +200,50 @@ def test_newton_refuses_what_it_cannot_do():
     for kwargs, exc in bad_settings:
         with pytest.raises(exc):
             trisolve.Newton(**kwargs)
+
+
+def _rk4_pendulum(lib, n, h=0.05):
+    def f(y):
+        return lib.stack([y[..., 1], -lib.sin(y[..., 0]) - 0.3 * y[..., 1]], -1)
+
+    def F(x, lo, hi):
+        y = x[lo - 1 : hi - 1]
+        k1 = f(y)
+        k2 = f(y + 0.5 * h * k1)
+        k3 = f(y + 0.5 * h * k2)
+        k4 = f(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return trisolve.BlackBoxSystem(F, n)
+
+
+def test_default_method_does_not_degenerate_on_an_integrator_or_an_rnn():
+    """solver=None: Newton (torch autodiff) takes <= 10% of n rounds on RK4; without Jacobians the secant map stays far from n."""
+    n = 400
+    sys_t = _rk4_pendulum(torch, n)
+    x0 = torch.tensor([2.5, 0.0], dtype=torch.float64)
+    assert trisolve.defaults.default_method(sys_t, x0)[1] == trisolve.Newton()
+    sol = trisolve.solve(sys_t, None, x0, atol=1e-10)
+    assert sol.status.ok and sol.num_rounds <= n // 10
+    torch.testing.assert_close(sol.trajectory, trisolve.forward_substitution(sys_t, x0), rtol=1e-8, atol=1e-8)
+
+    sys_np = _rk4_pendulum(np, n)
+    assert trisolve.defaults.default_method(sys_np, x0.numpy())[1] == trisolve.Newton(jacobian="secant")
+    sol = trisolve.solve(sys_np, None, x0.numpy(), atol=1e-10)
+    assert sol.status.ok and sol.num_rounds <= n // 4  # the one-step map needs n
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(sys_np, x0.numpy()), atol=1e-8)
+
+    rnn = coupled_system(BACKENDS[0], np.random.default_rng(5), n, (6,), scale=0.9, with_jacobian=False)
+    sol = trisolve.solve(rnn, None, np.zeros(6), atol=1e-10)
+    assert sol.status.ok and sol.num_rounds <= n // 4  # the Picard map needs about n
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(rnn, np.zeros(6)), atol=1e-8)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_secant_map_serves_banded_systems_exactly(backend):
+    rng = np.random.default_rng(6)
+    system = semilinear_system(rng, 40, 3, (2,), backend)
+    x0 = backend.asarray(rng.standard_normal(2))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian="secant"), atol=1e-11)
+    assert sol.status.ok and sol.num_rounds <= 40
+    np.testing.assert_allclose(backend.to_numpy(sol.trajectory), backend.to_numpy(trisolve.forward_substitution(system, x0)), atol=1e-9)

@@ -105,7 +105,7 @@ def mapped_system(mapping, model, generator=None):
     return trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
 
 
-def check_parity(make, steps, *, tol, seed=0, solve=False):
+def check_parity(make, steps, *, tol, seed=0, solve=False, scaled=False):
     """Map ``make()`` after ``set_timesteps(steps)``, compare with the loop on a fresh copy."""
     sched_ref, sched_map = promote_after(make(), steps), promote_after(make(), steps)
     x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * float(sched_ref.init_noise_sigma)
@@ -113,6 +113,12 @@ def check_parity(make, steps, *, tol, seed=0, solve=False):
     ref = sequential(sched_ref, MixtureModel(sched_ref), x0, gen_ref)
     mapping = map_scheduler(sched_map)
     assert mapping.n == len(sched_ref.timesteps) == ref.shape[0] - 1
+    c = np.ones(mapping.n + 1)
+    if scaled:  # solve for y_j = row_scale[j] x_j, compare x_j = y_j / row_scale[j]
+        c = np.ones(mapping.n + 1) if mapping.row_scale is None else np.asarray(mapping.row_scale)
+        mapping = mapping.scaled()
+        ref = ref * torch.as_tensor(c).view(-1, 1, 1, 1, 1)
+        x0 = x0 * float(c[0])
     model = MixtureModel(sched_map)
     system = mapped_system(mapping, model, gen_map)
     # the same number of draws: both generators are in the same state afterwards
@@ -327,22 +333,23 @@ def test_dpmsolver_singlestep_parallel_solve():
         lambda: HeunDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
         lambda: HeunDiscreteScheduler(prediction_type="sample", clip_sample=True, clip_sample_range=0.8),
         lambda: HeunDiscreteScheduler(timestep_spacing="leading", steps_offset=1, use_exponential_sigmas=True),
-        lambda: KDPM2DiscreteScheduler(),
-        lambda: KDPM2DiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
-        lambda: KDPM2DiscreteScheduler(timestep_spacing="trailing"),
-        lambda: KDPM2AncestralDiscreteScheduler(),
-        lambda: KDPM2AncestralDiscreteScheduler(use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
+        lambda: KDPM2DiscreteScheduler(num_train_timesteps=100, timestep_spacing="trailing"),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100, use_karras_sigmas=True, prediction_type="v_prediction"),
     ],
     ids=["heun", "heun-karras-v", "heun-sample-clip", "heun-leading-exp", "kdpm2", "kdpm2-karras-v", "kdpm2-trailing",
          "kdpm2a", "kdpm2a-karras-v"],
 )  # fmt: skip
 def test_two_evaluations_per_step_match_step_loop(make):
+    # KDPM2's constructor runs set_timesteps(num_train_timesteps) with a slow per-sigma loop: 100 train steps keep it fast
     m = check_parity(make, 8, tol=F64, seed=2)
     assert m.n == len(m.scheduler.timesteps) > 8  # one row per network evaluation
 
 
 def test_two_stage_parallel_solve():
-    check_parity(lambda: KDPM2AncestralDiscreteScheduler(), 8, tol=F64, seed=4, solve=True)
+    check_parity(lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100), 8, tol=F64, seed=4, solve=True)
 
 
 # -- a loop that starts part-way (img2img) --------------------------------------------------------
@@ -391,6 +398,31 @@ def test_partial_loop_refusals():
         map_scheduler(e, start=3)
     with pytest.raises(ValueError, match="start must be"):
         map_scheduler(e, start=6) if e.set_begin_index(6) is None else None
+
+
+# -- solving for the variance-preserving rows of the k-diffusion schedulers -----------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: EulerDiscreteScheduler(use_karras_sigmas=True, final_sigmas_type="sigma_min"),
+        lambda: EulerAncestralDiscreteScheduler(prediction_type="v_prediction"),
+        lambda: LMSDiscreteScheduler(),
+        lambda: HeunDiscreteScheduler(),
+        lambda: KDPM2AncestralDiscreteScheduler(num_train_timesteps=100),
+        lambda: DDIMScheduler(),  # no row_scale: scaled() is the mapping itself
+    ],
+    ids=["euler", "euler-ancestral", "lms", "heun", "kdpm2a", "ddim"],
+)
+def test_scaled_rows_match_step_loop(make):
+    m = check_parity(make, 8, tol=F32, seed=1, scaled=True)
+    if m.row_scale is None:
+        assert m.scaled() is m
+    else:
+        np.testing.assert_allclose(m.scaled().input_scale, 1.0)  # the network sees the scaled row itself
+
+
+def test_scaled_rows_parallel_solve():
+    check_parity(lambda: EulerDiscreteScheduler(), 15, tol=F32, seed=2, solve=True, scaled=True)
 
 
 # -- the table cache -----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .solvers.jacobi import Jacobi
 from .solvers.safeguard import Safeguard
 from .systems import BlackBoxSystem, Evaluation, SemilinearSystem, TriangularSystem
 from .tolerance import Tolerance
-from .windows import FullWindow, SlidingWindow, WindowPolicy
+from .windows import FullWindow, SlidingWindow, WindowPolicy, as_window
 
 __version__ = "0.1.0"
 
@@ -63,6 +63,7 @@ __all__ = [
     "FullWindow",
     "SlidingWindow",
     "WindowPolicy",
+    "as_window",
     "Tolerance",
     "Solution",
     "Status",

@@ -15,6 +15,8 @@ Each round (DESIGN 3-4):
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -30,7 +32,7 @@ from .result import RoundInfo, Solution, Status
 from .solvers.base import Solver, StepContext
 from .systems import TriangularSystem
 from .tolerance import Tolerance
-from .windows import FullWindow, WindowPolicy
+from .windows import WindowPolicy, as_window
 
 __all__ = ["solve"]
 
@@ -51,6 +53,13 @@ def _prepare(system: Any, x0: Any, init: Any, num_frozen: int) -> tuple[Any, Any
     xp = namespace(*arrays)
     if not is_floating(xp, x0.dtype):
         raise TypeError(f"x0 must have a real floating dtype (float16, bfloat16, float32 or float64), got {x0.dtype}.")
+    for a in arrays:
+        if "meta" in str(device(a)):
+            raise ValueError(
+                f"{'x0' if a is x0 else 'init'} is on the meta device, which holds no values: create it on a real device (cpu, cuda, ...)."
+            )
+    if math.prod(x0.shape) == 0:
+        raise ValueError(f"x0 has shape {tuple(x0.shape)} with no values: a row needs at least one entry.")
     if not _all_finite(x0, xp):
         raise ValueError("x0 contains nan or inf; every value of row 0 must be finite.")
     n = system.n
@@ -86,7 +95,7 @@ def solve(
     x0: Any,
     *,
     update_map: UpdateMap | None = None,
-    window: WindowPolicy | None = None,
+    window: WindowPolicy | int | None = None,
     atol: float = 1e-6,
     rtol: float = 0.0,
     max_iter: int | None = None,
@@ -96,6 +105,7 @@ def solve(
     init: Any = None,
     num_frozen: int = 1,
     gradients: bool | Adjoint = False,
+    record: str = "summary",
 ) -> Solution:
     """Solve the lower-triangular system ``x_i = F_i(x_0, ..., x_{i-1})`` in parallel rounds.
 
@@ -115,8 +125,9 @@ def solve(
         The fixed-point map: :class:`OneStep` (default when a solver is given),
         :class:`Unrolled` (order ``k``, semilinear systems), :class:`Picard` or
         :class:`Newton`.
-    window : WindowPolicy, optional
-        :class:`FullWindow` (default) or :class:`SlidingWindow`.
+    window : WindowPolicy or int, optional
+        :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
+        ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
         same for the map residual), per sample; see :class:`Tolerance`.
@@ -126,8 +137,9 @@ def solve(
         Stop once the final row is in the window and its change made by the previous round,
         scaled like the residual, is ``<= early_stop`` (status ``EARLY_STOPPED``).
     final_row_atol : float, optional
-        Output-aware finish: stop once row ``n`` is in the window and its first-order
-        residual ``RMS(F_n(x) - x_n)`` at the iterate the round started from is
+        Output-aware finish: stop once row ``n`` is in the window and its pending correction
+        -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
+        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from is
         ``<= final_row_atol`` for every sample (absolute, in the trajectory's units, not
         scaled by ``sigma``); that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
@@ -147,7 +159,13 @@ def solve(
         tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
         ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve
         (else :class:`SolveError`); NumPy and array-api-strict arrays raise ``TypeError``. The
-        rounds themselves always run without autograd recording.
+        rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
+        keeps no graph per round.
+    record : {"summary", "errors"}
+        What the solve keeps per round. ``"summary"`` (default): the window and the largest
+        scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
+        error (``Solution.round_errors``, ``Solution.residuals``), ``O(rounds x window)``
+        floats -- with the full window on a hard system that is ``O(n^2)``.
 
     Returns
     -------
@@ -156,6 +174,16 @@ def solve(
 
     Notes
     -----
+    Interrupts and failures keep the work: a ``KeyboardInterrupt`` anywhere in the round loop
+    returns the :class:`Solution` with status ``INTERRUPTED``; an exception from ``F`` or from
+    the callback returns it with ``FAILED`` and ``solution.error``. In every case rows before
+    ``num_frozen`` are final and the trajectory holds only finite values, so
+    ``solve(..., init=sol.trajectory, num_frozen=sol.num_frozen)`` resumes.
+
+    Memory: the trajectory ``(n + 1, *event)``, the system's kept values, ``O(window x event)``
+    working arrays (times the history size for Anderson), and ``O(rounds)`` records unless
+    ``record="errors"``.
+
     Host traffic: the per-solve tables (thresholds, the map's coefficients, the system's
     coefficients) move to the device once, before the first round. Each round then reads
     one small vector from the device -- the per-row errors, finiteness flags and the finish
@@ -180,7 +208,8 @@ def solve(
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
-                          early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init, num_frozen=num_frozen)  # fmt: skip
+                          early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init, num_frozen=num_frozen,
+                          record=record)  # fmt: skip
     return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
 
 
@@ -202,7 +231,7 @@ def _solve(
     x0: Any,
     *,
     update_map: UpdateMap | None = None,
-    window: WindowPolicy | None = None,
+    window: WindowPolicy | int | None = None,
     atol: float = 1e-6,
     rtol: float = 0.0,
     max_iter: int | None = None,
@@ -211,6 +240,7 @@ def _solve(
     callback: Callable[[RoundInfo], bool | None] | None = None,
     init: Any = None,
     num_frozen: int = 1,
+    record: str = "summary",
 ) -> Solution:
     """The rounds of :func:`solve` (its arguments, already defaulted)."""
     if not isinstance(solver, Solver):
@@ -221,9 +251,7 @@ def _solve(
     if not isinstance(update_map, UpdateMap):
         raise TypeError(f"update_map must be OneStep(), Unrolled(order) or Picard(order), got {type(update_map).__name__}.")
     update_map.check(system)
-    window = FullWindow() if window is None else window
-    if not isinstance(window, WindowPolicy):
-        raise TypeError(f"window must be FullWindow() or SlidingWindow(size), got {type(window).__name__}.")
+    window = as_window(window)
     tol = Tolerance(atol=atol, rtol=rtol)
     n = system.n
     num_frozen = check_int("num_frozen", num_frozen, 1)
@@ -234,150 +262,208 @@ def _solve(
         early_stop = check_float("early_stop", early_stop, 0.0, hint="or None")
     if final_row_atol is not None:
         final_row_atol = check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
+    if record not in ("summary", "errors"):
+        raise ValueError(f"record must be 'summary' or 'errors', got {record!r}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
-    dev = device(x)
-    batch_ndim = system.batch_ndim
-    # per-solve tables, on the device, built once
-    cache = system.new_cache(x, xp=xp)
-    tables = update_map.prepare(system, x, xp=xp)
-    thr = tol.device_thresholds(system.sigma, xp=xp, device=dev)  # (n,) rows 1..n
-    one_step = update_map.is_one_step
-    linear = system.linear_rows  # (n + 1,) host bool
-    state = solver.init()
+    run = _Run(
+        system=system,
+        solver=solver,
+        update_map=update_map,
+        window=window,
+        tol=tol,
+        xp=xp,
+        x=x,
+        filled=filled,
+        lo=num_frozen,
+        max_iter=max_iter,
+        early_stop=early_stop,
+        final_row_atol=final_row_atol,
+        callback=callback,
+        record=record,
+    )
+    try:
+        status, error = run.loop()
+    except KeyboardInterrupt as exc:  # anywhere in the loop: the rows before run.lo are final
+        status, error = Status.INTERRUPTED, exc
+    return run.solution(status, error)
 
-    lo = num_frozen
-    rounds = evals = 0
-    windows: list[tuple[int, int]] = []
-    errors: list[np.ndarray] = []
-    status, error = Status.CONVERGED, None
-    prev_last = None  # the final row's iterate at the previous round (early_stop)
 
-    while lo <= n:
-        if rounds >= max_iter:
-            status = Status.MAX_ITER
-            break
-        hi = window.end(lo, n)
-        if isinstance(hi, bool) or not isinstance(hi, (int, np.integer)) or not lo < hi <= n + 1:
+class _Run:
+    """The state of one solve and its round loop.
+
+    Invariant (what an interrupt at any point keeps): rows ``< self.lo`` are final, and every
+    row of ``self.x`` is finite. The loop writes a round's rows first and advances ``lo``
+    after, so an interrupt between the two only leaves ``lo`` conservative.
+    """
+
+    def __init__(self, *, system, solver, update_map, window, tol, xp, x, filled, lo, max_iter, early_stop, final_row_atol, callback, record):
+        self.system, self.solver, self.update_map, self.window, self.tol = system, solver, update_map, window, tol
+        self.xp, self.x, self.filled, self.lo = xp, x, filled, lo
+        self.max_iter, self.early_stop, self.final_row_atol, self.callback = max_iter, early_stop, final_row_atol, callback
+        self.n = system.n
+        self.rounds = self.evals = 0
+        self.windows: list[tuple[int, int]] = []  # O(rounds)
+        self.max_errors: list[float] = []  # O(rounds)
+        self.row_errors: list[np.ndarray] | None = [] if record == "errors" else None  # O(rounds x window), opt-in
+        self.state = solver.init()
+        # per-solve tables, on the device, built once
+        self.cache = system.new_cache(x, xp=xp)
+        self.tables = update_map.prepare(system, x, xp=xp)
+        self.thr = tol.device_thresholds(system.sigma, xp=xp, device=device(x))  # (n,) rows 1..n
+        self.linear = system.linear_rows  # (n + 1,) host bool
+        self.prev_last = None  # the final row's iterate at the previous round (early_stop)
+
+    def solution(self, status: Status, error: BaseException | None) -> Solution:
+        stats = self.solver.stats(self.state)
+        return Solution(
+            trajectory=self.x,
+            status=status,
+            num_rounds=self.rounds,
+            num_evals=self.evals,
+            num_frozen=self.lo,
+            windows=self.windows,
+            round_max_errors=np.asarray(self.max_errors, dtype=np.float64),
+            round_errors=self.row_errors,
+            error=error,
+            num_restarts=int(stats.get("num_restarts", 0)),
+            num_rejections=int(stats.get("num_rejections", 0)),
+            num_fallback_rows=int(stats.get("num_fallback_rows", 0)),
+        )
+
+    def _window(self) -> int:
+        lo, n = self.lo, self.n
+        hi = self.window.end(lo, n)
+        if isinstance(hi, bool) or not isinstance(hi, numbers.Integral) or not lo < hi <= n + 1:
             raise ValueError(
-                f"window policy {window!r} returned end {hi!r} for lo = {lo}, n = {n}: a window [lo, hi) needs "
+                f"window policy {self.window!r} returned end {hi!r} for lo = {lo}, n = {n}: a window [lo, hi) needs "
                 f"lo < hi <= n + 1 (at least one row, none past row n)."
             )
-        hi = int(hi)
-        w = hi - lo
-        if hi > filled:  # rows entering the window start as a copy of the last known row
-            x[filled:hi, ...] = xp.broadcast_to(x[filled - 1 : filled, ...], (hi - filled, *x.shape[1:]))
-            filled = hi
-        try:
-            ev = system.evaluate(x, lo, hi, cache, xp=xp)
-            with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
-                g, r = update_map.apply(tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows and R = G - x   (w, *event)
-        except KeyboardInterrupt as exc:
-            status, error = Status.INTERRUPTED, exc
-            break
-        except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
-            status, error = Status.FAILED, exc
-            break
-        rounds += 1
-        evals += ev.num_evals
-        with np.errstate(all="ignore"):  # non-finite residuals are flagged (nan), not warned about
-            xw = xp.asarray(x[lo:hi, ...], copy=True)  # (w, *event); a copy: the buffer is written below
-            d = ev.f - xw  # first-order residual
-            thr_w = thr[lo - 1 : hi - 1]
-            # -- everything the host decides on, gathered into one vector and read once
-            parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp)]  # e_d      (w,)
-            if not one_step:
-                parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
+        return int(hi)
+
+    def loop(self) -> tuple[Status, BaseException | None]:
+        """Run rounds until a stop; return the status and the error that ended the solve, if any."""
+        xp, x, n, tol = self.xp, self.x, self.n, self.tol
+        batch_ndim = self.system.batch_ndim
+        one_step = self.update_map.is_one_step
+        while self.lo <= n:
+            if self.rounds >= self.max_iter:
+                return Status.MAX_ITER, None
+            lo = self.lo
+            hi = self._window()
+            w = hi - lo
+            if hi > self.filled:  # rows entering the window start as a copy of the last known row
+                x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
+                self.filled = hi
+            try:
+                ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
+                with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
+                    g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
+            except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
+                return Status.FAILED, exc
+            self.rounds += 1
+            self.evals += ev.num_evals
             last = hi == n + 1
-            if last and final_row_atol is not None:  # unscaled RMS of row n's residual, max over samples
-                rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp)
-                parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
-            if last and early_stop is not None and prev_last is not None:
-                parts.append(tol.row_errors(xw[-1:, ...] - prev_last, thr[-1:], batch_ndim=batch_ndim, xp=xp))
-        host = to_host(xp.concat(parts, axis=0))  # the one device-to-host read of the round
-        e_d = np.array(host[:w])  # a copy: the records keep it, not the whole vector
-        pos = w
-        if one_step:
-            err = e_d
-        else:
-            e_R = host[pos : pos + w]
-            pos += w
-            err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
-        final_ok = False
-        if last and final_row_atol is not None:
-            final_ok = bool(host[pos] <= final_row_atol)
-            pos += 1
-        change = None
-        if last and early_stop is not None:
-            if prev_last is not None:
-                change = float(host[pos])
-            prev_last = xw[-1:, ...]
-        windows.append((lo, hi))
-        errors.append(err)
+            with np.errstate(all="ignore"):  # non-finite residuals are flagged (nan), not warned about
+                xw = xp.asarray(x[lo:hi, ...], copy=True)  # (w, *event); a copy: the buffer is written below
+                d = ev.f - xw  # first-order residual
+                thr_w = self.thr[lo - 1 : hi - 1]
+                # -- everything the host decides on, gathered into one vector and read once
+                parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp)]  # e_d      (w,)
+                if not one_step:
+                    parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
+                    parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
+                if last and self.final_row_atol is not None:
+                    # unscaled RMS of row n's pending correction, max over samples: the first-order
+                    # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
+                    # that is nearly the identity has a small one-step residual at any input)
+                    rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp)
+                    if not one_step:
+                        rms = xp.maximum(rms, tol.sample_rms(r[-1:, ...], batch_ndim=batch_ndim, xp=xp))
+                    parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
+                if last and self.early_stop is not None and self.prev_last is not None:
+                    parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp))
+            host = to_host(xp.concat(parts, axis=0))  # the one device-to-host read of the round
+            e_d = np.array(host[:w])  # a copy: the records keep it, not the whole vector
+            pos = w
+            if one_step:
+                err = e_d
+                g_ok = ~np.isnan(e_d)  # G = F; conservative: a nan may also be an overflowing F - x
+            else:
+                e_R = host[pos : pos + w]
+                g_ok = host[pos + w : pos + 2 * w] > 0.5
+                pos += 2 * w
+                err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
+            final_ok = change = None
+            if last and self.final_row_atol is not None:
+                final_ok = bool(host[pos] <= self.final_row_atol)
+                pos += 1
+            if last and self.early_stop is not None:
+                if self.prev_last is not None:
+                    change = float(host[pos])
+                self.prev_last = xw[-1:, ...]
+            self.windows.append((lo, hi))
+            self.max_errors.append(float(np.nan if np.isnan(err).any() else err.max()))
+            if self.row_errors is not None:
+                self.row_errors.append(err)
 
-        istar = _first(~(err <= 1.0))  # first unconverged (nan compares False: unconverged)
-        start = min(istar + 1, w)  # rows [0, start) take the plain step and freeze
-        if istar < w and not np.isfinite(e_d[istar]) and not _all_finite(ev.f[istar, ...], xp):
-            # row lo + istar reads only final rows, and F is not finite there: a genuine failure.
-            # (The second read of this round happens only here: a residual that is not finite
-            # at a row that reads only final rows ends the solve, unless F itself is finite
-            # and only the difference to an exploded iterate overflowed.)
-            if istar:
-                x[lo : lo + istar, ...] = g[:istar, ...]
-            lo += istar
-            status = Status.NONFINITE
-            error = FloatingPointError(
-                f"F_{lo} returned nan or inf at row {lo}, which reads only final rows 0..{lo - 1}; "
-                "rows before it are final (solution.num_frozen)."
-            )
-            break
-        if start < w:
-            with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
-                proposal, state = solver.step(
-                    StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp),
-                    state,
+            istar = _first(~(err <= 1.0))  # first unconverged (nan compares False: unconverged)
+            start = min(istar + 1, w)  # rows [0, start) take the plain step and freeze
+            if istar < w and not np.isfinite(e_d[istar]) and not _all_finite(ev.f[istar, ...], xp):
+                # row lo + istar reads only final rows, and F is not finite there: a genuine failure.
+                # (The second read of this round happens only here: a residual that is not finite
+                # at a row that reads only final rows ends the solve, unless F itself is finite
+                # and only the difference to an exploded iterate overflowed.)
+                if istar:
+                    x[lo : lo + istar, ...] = g[:istar, ...]
+                self.lo = lo + istar
+                i = self.lo
+                return Status.NONFINITE, FloatingPointError(
+                    f"F_{i} returned nan or inf at row {i}, which reads only final rows 0..{i - 1}; rows before it are final (solution.num_frozen)."
                 )
-                plain = None if proposal is g else g[start:, ...]
-                new = xp.concat([g[:start, ...], _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp)], axis=0)
-        else:
-            new = g
-        x[lo:hi, ...] = new  # one write: rows [lo, lo + start) final, the rest the next iterate
-        # a linear row (no g term) right after the frozen prefix reads only final rows: it is
-        # exact now, without an evaluation, and freezes in this round too
-        while lo + start < hi and linear[lo + start]:
-            x[lo + start, ...] = system.linear_step(x, lo + start, cache, xp=xp)
-            start += 1
-        window_lo, lo = lo, lo + start
-        # the callback sees every round, the last one included
-        stop = callback is not None and bool(callback(RoundInfo(rounds, window_lo, hi, lo, err, x)))
-        if lo > n:
-            break
-        if final_ok:
-            status = Status.FINAL_ROW_CONVERGED
-            break
-        if change is not None and change <= early_stop:
-            status = Status.EARLY_STOPPED
-            break
-        if stop:
-            status = Status.STOPPED_BY_CALLBACK
-            break
-
-    stats = solver.stats(state)
-    return Solution(
-        trajectory=x,
-        status=status,
-        num_rounds=rounds,
-        num_evals=evals,
-        num_frozen=lo,
-        windows=windows,
-        round_errors=errors,
-        error=error,
-        num_restarts=int(stats.get("num_restarts", 0)),
-        num_rejections=int(stats.get("num_rejections", 0)),
-        num_fallback_rows=int(stats.get("num_fallback_rows", 0)),
-    )
+            i = start - 1  # the last row that freezes now (i*, or the window's last row)
+            if not g_ok[i]:
+                # it reads only final rows and F is finite there, but F + J delta overflowed
+                # (values near the dtype's limit): it takes the one-step value F_i instead
+                g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
+                g_ok[i] = True
+            if start < w:
+                with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
+                    ctx = StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp)
+                    proposal, self.state = self.solver.step(ctx, self.state)
+                    if proposal is g and g_ok[start:].all():  # the plain step, known finite from the round's read
+                        new = g
+                    else:  # rows with nan/inf fall back on the device (no host read)
+                        plain = None if proposal is g else g[start:, ...]
+                        tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp)
+                        new = xp.concat([g[:start, ...], tail], axis=0)
+            else:
+                new = g
+            x[lo:hi, ...] = new  # one write: rows [lo, lo + start) final, the rest the next iterate
+            # a linear row (no g term) right after the frozen prefix reads only final rows: it is
+            # exact now, without an evaluation, and freezes in this round too
+            while lo + start < hi and self.linear[lo + start]:
+                x[lo + start, ...] = self.system.linear_step(x, lo + start, self.cache, xp=xp)
+                start += 1
+            self.lo = lo + start  # only after the rows are written
+            # the callback sees every round, the last one included
+            stop = False
+            if self.callback is not None:
+                try:
+                    stop = bool(self.callback(RoundInfo(self.rounds, lo, hi, self.lo, err, x)))
+                except Exception as exc:  # the work is kept: status FAILED + error
+                    return Status.FAILED, exc
+            if self.lo > n:
+                break
+            if final_ok:
+                return Status.FINAL_ROW_CONVERGED, None
+            if change is not None and change <= self.early_stop:
+                return Status.EARLY_STOPPED, None
+            if stop:
+                return Status.STOPPED_BY_CALLBACK, None
+        return Status.CONVERGED, None
 
 
 def _row_finite(a: Any, xp: Any) -> Any:

@@ -104,6 +104,11 @@ class Solution:
         Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged).
     windows : list of (int, int)
         The window ``[lo, hi)`` of each round.
+    round_max_errors : ndarray, shape ``(num_rounds,)``
+        The largest scaled residual of each round's window (``nan`` if a row was not finite).
+    round_errors : list of ndarray or None
+        With ``solve(..., record="errors")``: each round's scaled residual per window row,
+        ``(hi - lo,)``; ``None`` by default (it costs ``O(rounds x window)``).
     error : BaseException or None
         The exception that ended the solve (``FAILED``, ``INTERRUPTED``), or a
         ``FloatingPointError`` naming the row for ``NONFINITE``.
@@ -117,7 +122,8 @@ class Solution:
     num_evals: int
     num_frozen: int
     windows: list[tuple[int, int]]
-    round_errors: list[np.ndarray] = field(repr=False)
+    round_max_errors: np.ndarray = field(repr=False)
+    round_errors: list[np.ndarray] | None = field(default=None, repr=False)
     error: BaseException | None = None
     num_restarts: int = 0
     num_rejections: int = 0
@@ -133,7 +139,17 @@ class Solution:
 
     @property
     def residuals(self) -> np.ndarray:
-        """Scaled residual per round and row, ``(num_rounds, n + 1)``; ``nan`` outside the window."""
+        """Scaled residual per round and row, ``(num_rounds, n + 1)``; ``nan`` outside the window.
+
+        A dense matrix, built on request from the per-row records, which only
+        ``solve(..., record="errors")`` keeps (``O(rounds x window)``); for a summary per
+        round, read :attr:`round_max_errors`.
+        """
+        if self.round_errors is None:
+            raise ValueError(
+                "per-row residuals were not recorded: pass record='errors' to trisolve.solve (O(rounds x window) memory), "
+                "or read solution.round_max_errors (one number per round)."
+            )
         out = np.full((len(self.windows), self.n + 1), np.nan)
         for t, ((lo, hi), err) in enumerate(zip(self.windows, self.round_errors)):
             out[t, lo:hi] = err

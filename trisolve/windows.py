@@ -10,11 +10,13 @@ not final, so the window never moves backwards. A policy only chooses ``hi``.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
+from typing import Any
 
 from ._validate import check_int
 
-__all__ = ["WindowPolicy", "FullWindow", "SlidingWindow"]
+__all__ = ["WindowPolicy", "FullWindow", "SlidingWindow", "as_window"]
 
 
 class WindowPolicy:
@@ -53,3 +55,22 @@ class SlidingWindow(WindowPolicy):
 
     def end(self, lo: int, n: int) -> int:
         return min(lo + self.size, n + 1)
+
+
+def as_window(window: Any) -> WindowPolicy:
+    """The window policy meant by ``window``: ``None`` -> :class:`FullWindow`, an int ``W`` ->
+    ``SlidingWindow(W)``, a :class:`WindowPolicy` as it is. The one rule for ``solve(window=)``
+    and ``trisolve_diffusion``'s ``window_size``.
+
+    >>> as_window(None), as_window(8)
+    (FullWindow(), SlidingWindow(size=8))
+    """
+    if window is None:
+        return FullWindow()
+    if isinstance(window, WindowPolicy):
+        return window
+    if isinstance(window, numbers.Integral) and not isinstance(window, bool):
+        return SlidingWindow(int(window))
+    raise TypeError(
+        f"window must be None, an int (a sliding window of that many rows), FullWindow() or SlidingWindow(size); got {type(window).__name__}."
+    )

@@ -14,7 +14,13 @@ family), ``sample.py`` (the dispatch).
 
 from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
-from .pipelines import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
+from .pipelines import (
+    ParallelFluxOutput,
+    ParallelImagePipelineOutput,
+    ParallelStableDiffusion3Output,
+    ParallelStableDiffusionOutput,
+    ParallelStableDiffusionXLOutput,
+)
 from .sample import SUPPORTED_PIPELINES, sample
 from .sampler import (
     ParallelSamplingError,
@@ -42,6 +48,8 @@ __all__ = [
     "ParallelImagePipelineOutput",
     "ParallelStableDiffusionOutput",
     "ParallelStableDiffusionXLOutput",
+    "ParallelStableDiffusion3Output",
+    "ParallelFluxOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",

@@ -367,8 +367,7 @@ def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float
     """Every rank's curve -> the slowest at each size (same on every rank); all-gather latency and bandwidth, measured."""
     import torch
 
-    rows = torch.tensor([float(r) for r in curve.rows], dtype=torch.float64, device=info.device)
-    k = torch.tensor([rows.numel()], dtype=torch.int64, device=info.device)
+    k = torch.tensor([len(curve.rows)], dtype=torch.int64, device=info.device)
     ks = info.all_gather(k, "the automatic window's sizes").cpu()
     if not bool((ks == ks[0]).all()):  # ranks stopped doubling at different sizes: use the common prefix
         m = int(ks.min())

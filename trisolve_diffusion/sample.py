@@ -15,6 +15,7 @@ from diffusers import (
     DDIMPipeline,
     DDPMPipeline,
     FluxPipeline,
+    StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionInpaintPipeline,
@@ -24,12 +25,12 @@ from diffusers import (
 )
 
 from .models.digits_flow import DigitsFlowPipeline
-from .pipelines._common import REFUSED_UNET, bind
+from .pipelines._common import bind
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
 from .pipelines.img2img import sample_img2img
 from .pipelines.inpaint import sample_inpaint
-from .pipelines.sd3 import sample_sd3
+from .pipelines.sd3 import sample_sd3, sample_sd3_img2img
 from .pipelines.sdxl import sample_sdxl
 from .pipelines.sdxl_img2img import sample_sdxl_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
@@ -45,14 +46,16 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusionInpaintPipeline, sample_inpaint),
     (StableDiffusionXLPipeline, sample_sdxl),
     (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img),
-    (DDPMPipeline, sample_unconditional),
-    (DDIMPipeline, sample_unconditional),
     (StableDiffusion3Pipeline, sample_sd3),
+    (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img),
     (FluxPipeline, sample_flux),
     (DigitsFlowPipeline, sample_digits_flow),
+    (DDPMPipeline, sample_unconditional),
+    (DDIMPipeline, sample_unconditional),
 ]
 
-_FLOW_FRONT_DOORS = (sample_sd3, sample_flux, sample_digits_flow)
+#: Arguments of ``_common.REFUSED`` that a front door honours.
+_HONOURED = {door: frozenset({"sigmas"}) for door in (sample_sd3, sample_sd3_img2img, sample_flux, sample_digits_flow)}
 
 #: Pipeline classes ``sample()`` accepts.
 SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
@@ -145,7 +148,7 @@ def sample(
     if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1):
         raise ValueError(f"max_batch_size must be an int >= 1 or None, got {max_batch_size!r}.")
     front = _front_door(pipe)
-    params = bind(pipe, args, kwargs, refused=None if front in _FLOW_FRONT_DOORS else REFUSED_UNET)
+    params = bind(pipe, args, kwargs, allow=_HONOURED.get(front, frozenset()))
     with torch.no_grad():  # as the pipelines' own __call__
         result, solution = front(pipe, params, options, max_batch_size)
     return (result, solution) if return_solution else result

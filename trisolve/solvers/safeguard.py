@@ -20,8 +20,11 @@ class Safeguard:
     * ``rho_t > reject_growth * rho_{t-1}`` after an accelerated round: the accelerated
       iterate is rejected [ZOB]; those rows take the plain step from the previous iterate
       (``x_{t-1} + R_{t-1}``) and the history is cleared.
-    * otherwise ``rho_t > restart_growth * rho_{t-1}``: the history is cleared (restart) and
-      this round takes the plain step.
+    * otherwise ``rho_t > restart_growth * rho_{t-1}``: a restart. The older difference pairs
+      are dropped and this round's step is still accelerated, with the newest pair only
+      (``x_t - x_{t-1}``, ``R_t - R_{t-1}``), so a restart never wastes a round on a plain step.
+
+    A non-finite error counts as infinite growth.
 
     Neither can break the ``n``-round bound, which comes from freezing (DESIGN 4.2).
 

@@ -2,5 +2,13 @@
 :func:`~trisolve_diffusion.sample_latents`, post-process with the pipeline's methods."""
 
 from ._common import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
+from .flux import ParallelFluxOutput
+from .sd3 import ParallelStableDiffusion3Output
 
-__all__ = ["ParallelImagePipelineOutput", "ParallelStableDiffusionOutput", "ParallelStableDiffusionXLOutput"]
+__all__ = [
+    "ParallelImagePipelineOutput",
+    "ParallelStableDiffusionOutput",
+    "ParallelStableDiffusionXLOutput",
+    "ParallelStableDiffusion3Output",
+    "ParallelFluxOutput",
+]

@@ -34,6 +34,7 @@ REFUSED = {
     "callback_steps": "per-step callbacks are not supported in a parallel solve",
     "ip_adapter_image": "IP-Adapter inputs are not supported by trisolve_diffusion",
     "ip_adapter_image_embeds": "IP-Adapter inputs are not supported by trisolve_diffusion",
+    "sigmas": "custom sigmas are supported for the flow-matching pipelines only; use num_inference_steps or timesteps",
     "denoising_end": "denoising_end (an SDXL ensemble of experts) is not supported; sample the whole schedule",
     "denoising_start": "denoising_start (an SDXL ensemble of experts) is not supported; use strength=",
 }
@@ -64,14 +65,14 @@ class ParallelStableDiffusionXLOutput(StableDiffusionXLPipelineOutput):
     wall_time: float | None = None
 
 
-#: Refused by the UNet front doors only (the flow-matching front doors honour custom sigmas).
-REFUSED_UNET = {"sigmas": "custom sigmas are not supported by the Stable Diffusion front doors; use num_inference_steps or timesteps"}
+def bind(pipe: Any, args: tuple, kwargs: dict, allow: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The pipeline's ``__call__`` arguments with its defaults; refuses what a parallel solve cannot honour.
 
-
-def bind(pipe: Any, args: tuple, kwargs: dict, refused: dict[str, str] | None = None) -> dict[str, Any]:
-    """The pipeline's ``__call__`` arguments with its defaults; refuses what a parallel solve cannot honour."""
-    for name, why in {**REFUSED, **(refused or {})}.items():
-        if kwargs.get(name) is not None:
+    ``allow``: names of :data:`REFUSED` that the pipeline's front door does honour (``sigmas``
+    for the flow-matching pipelines).
+    """
+    for name, why in REFUSED.items():
+        if name not in allow and kwargs.get(name) is not None:
             raise TypeError(f"sample() does not take {name}: {why}.")
     sig = inspect.signature(type(pipe).__call__)
     try:
@@ -93,10 +94,16 @@ def check_steps(num_inference_steps: Any) -> int:
     return num_inference_steps
 
 
-def solve(pipe: Any, denoiser, latents: torch.Tensor, options: SolveOptions, **kwargs: Any) -> tuple[torch.Tensor, trisolve.Solution, float]:
-    """``sample_latents`` with the pipeline's scheduler and progress bar; returns ``(latents, solution, seconds)``."""
+def solve(
+    pipe: Any, denoiser, latents: torch.Tensor, options: SolveOptions, *, pixel_space: bool = False, **kwargs: Any
+) -> tuple[torch.Tensor, trisolve.Solution, float]:
+    """``sample_latents`` with the pipeline's scheduler and progress bar; returns ``(latents, solution, seconds)``.
+
+    ``pixel_space``: the latents are the image in ``[-1, 1]`` (:meth:`SolveOptions.resolve_final_atol`).
+    """
     if options.progress is True:
         options = options.replace(progress=pipe.progress_bar)
+    options = options.resolve_final_atol(pixel_space=pixel_space)  # the front door knows its output space
     start = time.perf_counter()
     final, sol = sample_latents(denoiser, pipe.scheduler, latents, options=options, **kwargs)
     return final, sol, time.perf_counter() - start

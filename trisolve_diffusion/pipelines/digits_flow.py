@@ -25,7 +25,7 @@ def sample_digits_flow(pipe: Any, p: dict[str, Any], options: SolveOptions, max_
     latents = pipe.prepare_latents(batch_size, generator, p["latents"])  # (B, C, H, W)
     pipe.set_timesteps(steps, latents, sigmas=p["sigmas"], mu=p["mu"])
     denoiser = unet_denoiser(pipe.unet, max_batch_size=max_batch_size)
-    final, sol, elapsed = solve(pipe, denoiser, latents, options, generator=generator)
+    final, sol, elapsed = solve(pipe, denoiser, latents, options, pixel_space=True, generator=generator)
     image = pipe.postprocess(final, p["output_type"])
     pipe.maybe_free_model_hooks()
     if not p["return_dict"]:

@@ -31,7 +31,7 @@ from ..network import _tile
 from ..sampler import SolveOptions
 from ._common import check_steps, solve
 
-__all__ = ["sample_sd3", "SD3Denoiser", "ParallelStableDiffusion3Output"]
+__all__ = ["sample_sd3", "sample_sd3_img2img", "SD3Denoiser", "ParallelStableDiffusion3Output"]
 
 
 @dataclass
@@ -115,52 +115,79 @@ def _skip_layer_rows(n: int, start: float, stop: float) -> np.ndarray:
     return i[(i > n * start) & (i < n * stop)]
 
 
+def _encode(pipe: Any, p: dict[str, Any], do_cfg: bool, device: Any):
+    """``encode_prompt`` as the pipelines call it; ``(embeds (E, L, D), pooled (E, P), positive embeds, positive pooled)``
+    with ``E = 2 B`` ``[negative; positive]`` under guidance."""
+    jak = p["joint_attention_kwargs"]
+    lora_scale = jak.get("scale", None) if jak is not None else None
+    prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=p["prompt"], prompt_2=p["prompt_2"], prompt_3=p["prompt_3"], negative_prompt=p["negative_prompt"],
+        negative_prompt_2=p["negative_prompt_2"], negative_prompt_3=p["negative_prompt_3"], do_classifier_free_guidance=do_cfg,
+        prompt_embeds=p["prompt_embeds"], negative_prompt_embeds=p["negative_prompt_embeds"], pooled_prompt_embeds=p["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"], device=device, clip_skip=p["clip_skip"],
+        num_images_per_prompt=p["num_images_per_prompt"], max_sequence_length=p["max_sequence_length"], lora_scale=lora_scale,
+    )  # fmt: skip
+    if do_cfg:
+        return torch.cat([negative_prompt_embeds, prompt_embeds]), torch.cat([negative_pooled, pooled]), prompt_embeds, pooled
+    return prompt_embeds, pooled, prompt_embeds, pooled
+
+
+def _batch_size(p: dict[str, Any]) -> int:
+    prompt = p["prompt"]
+    return 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else p["prompt_embeds"].shape[0]
+
+
+def _mu(pipe: Any, p: dict[str, Any], h: int, w: int) -> float | None:
+    """``mu`` as the pipelines compute it, from the latent height and width ``h, w``."""
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+    if p["mu"] is not None or not pipe.scheduler.config.get("use_dynamic_shifting", None):
+        return p["mu"]
+    patch, c = pipe.transformer.config.patch_size, pipe.scheduler.config
+    return calculate_shift(
+        (h // patch) * (w // patch), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+        c.get("max_shift", 1.16),
+    )  # fmt: skip
+
+
+def _finish(pipe: Any, p: dict[str, Any], final: torch.Tensor, sol, elapsed: float):
+    if p["output_type"] == "latent":
+        image = final
+    else:
+        z = (final / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
+        image = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type=p["output_type"])
+    pipe.maybe_free_model_hooks()
+    if not p["return_dict"]:
+        return (image,), sol
+    return ParallelStableDiffusion3Output(images=image, solution=sol, wall_time=elapsed), sol
+
+
 def sample_sd3(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_size: int | None):
     """Prepare as ``StableDiffusion3Pipeline.__call__`` does, solve, post-process.
 
     Returns ``(output, solution)``; ``output`` is what ``pipe(**p)`` returns.
     """
-    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift, retrieve_timesteps
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import retrieve_timesteps
 
     height = p["height"] or pipe.default_sample_size * pipe.vae_scale_factor
     width = p["width"] or pipe.default_sample_size * pipe.vae_scale_factor
-    prompt, prompt_embeds = p["prompt"], p["prompt_embeds"]
     pipe.check_inputs(
-        prompt, p["prompt_2"], p["prompt_3"], height, width, negative_prompt=p["negative_prompt"], negative_prompt_2=p["negative_prompt_2"],
-        negative_prompt_3=p["negative_prompt_3"], prompt_embeds=prompt_embeds, negative_prompt_embeds=p["negative_prompt_embeds"],
-        pooled_prompt_embeds=p["pooled_prompt_embeds"], negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"],
-        max_sequence_length=p["max_sequence_length"],
+        p["prompt"], p["prompt_2"], p["prompt_3"], height, width, negative_prompt=p["negative_prompt"],
+        negative_prompt_2=p["negative_prompt_2"], negative_prompt_3=p["negative_prompt_3"], prompt_embeds=p["prompt_embeds"],
+        negative_prompt_embeds=p["negative_prompt_embeds"], pooled_prompt_embeds=p["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"], max_sequence_length=p["max_sequence_length"],
     )  # fmt: skip
     guidance_scale = p["guidance_scale"]
     do_cfg = guidance_scale > 1  # StableDiffusion3Pipeline.do_classifier_free_guidance
     skip_layers = p["skip_guidance_layers"]
-    batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
     device = pipe._execution_device  # read only: where the pipeline runs its networks
-    jak = p["joint_attention_kwargs"]
-    lora_scale = jak.get("scale", None) if jak is not None else None
-    prompt_embeds, negative_prompt_embeds, pooled, negative_pooled = pipe.encode_prompt(
-        prompt=prompt, prompt_2=p["prompt_2"], prompt_3=p["prompt_3"], negative_prompt=p["negative_prompt"],
-        negative_prompt_2=p["negative_prompt_2"], negative_prompt_3=p["negative_prompt_3"], do_classifier_free_guidance=do_cfg,
-        prompt_embeds=prompt_embeds, negative_prompt_embeds=p["negative_prompt_embeds"], pooled_prompt_embeds=p["pooled_prompt_embeds"],
-        negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"], device=device, clip_skip=p["clip_skip"],
-        num_images_per_prompt=p["num_images_per_prompt"], max_sequence_length=p["max_sequence_length"], lora_scale=lora_scale,
-    )  # fmt: skip
-    if do_cfg:
-        prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds], dim=0)
-        pooled = torch.cat([negative_pooled, pooled], dim=0)
-    total = batch_size * p["num_images_per_prompt"]
+    prompt_embeds, pooled, _, _ = _encode(pipe, p, do_cfg, device)
+    total = _batch_size(p) * p["num_images_per_prompt"]
     latents = pipe.prepare_latents(
         total, pipe.transformer.config.in_channels, height, width, prompt_embeds.dtype, device, p["generator"], p["latents"]
     )  # (B, C, h, w)
-    mu = p["mu"]
-    if pipe.scheduler.config.get("use_dynamic_shifting", None) and mu is None:
-        patch = pipe.transformer.config.patch_size
-        c = pipe.scheduler.config
-        mu = calculate_shift(
-            (latents.shape[2] // patch) * (latents.shape[3] // patch),
-            c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5), c.get("max_shift", 1.16),
-        )  # fmt: skip
-    sigmas = p.get("sigmas")
+    mu = _mu(pipe, p, latents.shape[2], latents.shape[3])
+    sigmas = p["sigmas"]
     steps = check_steps(p["num_inference_steps"]) if sigmas is None else p["num_inference_steps"]
     timesteps, n = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu}))
     skip_ts = None
@@ -175,16 +202,51 @@ def sample_sd3(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_si
             )
     denoiser = SD3Denoiser(
         pipe.transformer, prompt_embeds, pooled, guidance_scale=guidance_scale if do_cfg else None, skip_layers=skip_layers if do_cfg else None,
-        skip_layer_scale=p["skip_layer_guidance_scale"], skip_timesteps=skip_ts, joint_attention_kwargs=jak, max_batch_size=max_batch_size,
+        skip_layer_scale=p["skip_layer_guidance_scale"], skip_timesteps=skip_ts, joint_attention_kwargs=p["joint_attention_kwargs"],
+        max_batch_size=max_batch_size,
     )  # fmt: skip
     # the pipeline calls scheduler.step without a generator: stochastic sampling draws from torch's global generator
     final, sol, elapsed = solve(pipe, denoiser, latents, options, generator=None)
-    if p["output_type"] == "latent":
-        image = final
-    else:
-        z = (final / pipe.vae.config.scaling_factor) + pipe.vae.config.shift_factor
-        image = pipe.image_processor.postprocess(pipe.vae.decode(z, return_dict=False)[0], output_type=p["output_type"])
-    pipe.maybe_free_model_hooks()
-    if not p["return_dict"]:
-        return (image,), sol
-    return ParallelStableDiffusion3Output(images=image, solution=sol, wall_time=elapsed), sol
+    return _finish(pipe, p, final, sol, elapsed)
+
+
+def sample_sd3_img2img(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_size: int | None):
+    """Prepare as ``StableDiffusion3Img2ImgPipeline.__call__`` does (the image encoded and noised to the
+    ``strength`` level by the pipeline's ``prepare_latents``; the loop starts at the scheduler's
+    ``begin_index``, which the mapping follows), solve, post-process.
+
+    Returns ``(output, solution)``; ``output`` is what ``pipe(**p)`` returns.
+    """
+    from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import retrieve_timesteps
+
+    height = p["height"] or pipe.default_sample_size * pipe.vae_scale_factor
+    width = p["width"] or pipe.default_sample_size * pipe.vae_scale_factor
+    pipe.check_inputs(
+        p["prompt"], p["prompt_2"], p["prompt_3"], height, width, p["strength"], negative_prompt=p["negative_prompt"],
+        negative_prompt_2=p["negative_prompt_2"], negative_prompt_3=p["negative_prompt_3"], prompt_embeds=p["prompt_embeds"],
+        negative_prompt_embeds=p["negative_prompt_embeds"], pooled_prompt_embeds=p["pooled_prompt_embeds"],
+        negative_pooled_prompt_embeds=p["negative_pooled_prompt_embeds"], max_sequence_length=p["max_sequence_length"],
+    )  # fmt: skip
+    guidance_scale = p["guidance_scale"]
+    do_cfg = guidance_scale > 1
+    device = pipe._execution_device  # read only: where the pipeline runs its networks
+    prompt_embeds, pooled, _, _ = _encode(pipe, p, do_cfg, device)
+    image = pipe.image_processor.preprocess(p["image"], height=height, width=width)
+    mu = _mu(pipe, p, int(height) // pipe.vae_scale_factor, int(width) // pipe.vae_scale_factor)
+    sigmas = p["sigmas"]
+    steps = check_steps(p["num_inference_steps"]) if sigmas is None else p["num_inference_steps"]
+    _, steps = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu}))
+    timesteps, n = pipe.get_timesteps(steps, p["strength"], device)  # sets the scheduler's begin_index
+    if n < 1:
+        raise ValueError(f"strength={p['strength']} with {steps} steps leaves no denoising step; raise strength or num_inference_steps.")
+    batch_size, num = _batch_size(p), p["num_images_per_prompt"]
+    latents = p["latents"]
+    if latents is None:
+        latent_timestep = timesteps[:1].repeat(batch_size * num)
+        latents = pipe.prepare_latents(image, latent_timestep, batch_size, num, prompt_embeds.dtype, device, p["generator"])
+    denoiser = SD3Denoiser(
+        pipe.transformer, prompt_embeds, pooled, guidance_scale=guidance_scale if do_cfg else None,
+        joint_attention_kwargs=p["joint_attention_kwargs"], max_batch_size=max_batch_size,
+    )  # fmt: skip
+    final, sol, elapsed = solve(pipe, denoiser, latents, options, generator=None)
+    return _finish(pipe, p, final, sol, elapsed)

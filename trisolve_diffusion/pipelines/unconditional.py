@@ -44,7 +44,7 @@ def sample_unconditional(pipe: Any, p: dict[str, Any], options: SolveOptions, ma
         raise ValueError(f"eta must be between 0 and 1 (as DDIMPipeline requires), got {eta!r}.")
     clipped = bool(p["use_clipped_model_output"] or False) if ddim else False
     denoiser = unet_denoiser(unet, max_batch_size=max_batch_size)
-    final, sol, elapsed = solve(pipe, denoiser, latents, options, generator=generator, eta=eta, use_clipped_model_output=clipped)
+    final, sol, elapsed = solve(pipe, denoiser, latents, options, pixel_space=True, generator=generator, eta=eta, use_clipped_model_output=clipped)
     image = (final / 2 + 0.5).clamp(0, 1)
     output_type = p["output_type"]
     if output_type != "pt":

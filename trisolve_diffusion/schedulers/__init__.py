@@ -95,7 +95,7 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     >>> sched.set_timesteps(10)
     >>> m = map_scheduler(sched)
     >>> m.n, m.B.shape, bool(m.a[0] == 1.0), round(float(m.input_scale[0]), 4)
-    (10, (10, 1), True, 0.0066)
+    (10, (10, 1), True, 0.0064)
     """
     name = type(scheduler).__name__
     mapper = _MAPPERS.get(name)

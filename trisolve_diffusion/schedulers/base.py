@@ -64,6 +64,11 @@ class SchedulerMapping:
         Noise drawn in float32 (DPM-Solver SDE) rather than in the network's dtype.
     sigma : ndarray, shape ``(n,)``
         Tolerance scale of each row (posterior standard deviation of the step).
+    row_scale : ndarray, shape ``(n + 1,)``, optional
+        A better-conditioned variable for the solve, ``y_j = row_scale[j] x_j``: the
+        variance-preserving latents ``x_j / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers
+        (whose rows range over ``sigma`` up to ~100), ``None`` (all ones) otherwise. See
+        :meth:`scaled`.
     """
 
     scheduler: Any
@@ -75,6 +80,7 @@ class SchedulerMapping:
     noise_drawn: np.ndarray
     noise_in_float32: bool
     sigma: np.ndarray
+    row_scale: np.ndarray | None = None
 
     _device_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -105,6 +111,35 @@ class SchedulerMapping:
             self._device_tables[key] = t
         return t
 
+    def scaled(self) -> SchedulerMapping:
+        """The same loop for ``y_j = c_j x_j`` with ``c = row_scale`` (``(n + 1,)``)::
+
+            y_i = (a_i c_i / c_{i-1}) y_{i-1} + sum_q c_i B[i-1, q] g_{i-1-q}(y / c) + c_i noise_scale[i-1] z_i
+
+        Solve from ``y_0 = c_0 x_0`` and read the final latents as ``y_n / c_n``. For the
+        k-diffusion schedulers ``c = input_scale`` (with ``c_n`` for the final level), so the
+        network sees ``y_j`` itself (``input_scale`` of the scaled mapping is 1) and every row
+        has unit scale; on the digits model this took Euler-25 from 11 to 8 rounds. The
+        mapping itself when ``row_scale`` is ``None``.
+        """
+        if self.row_scale is None:
+            return self
+        c = np.asarray(self.row_scale, dtype=np.float64)
+        return ScaledMapping(
+            scheduler=self.scheduler,
+            timesteps=self.timesteps,
+            input_scale=self.input_scale / c[:-1],
+            a=self.a * c[1:] / c[:-1],
+            B=self.B * c[1:, None],
+            noise_scale=self.noise_scale * c[1:],
+            noise_drawn=self.noise_drawn,
+            noise_in_float32=self.noise_in_float32,
+            sigma=self.sigma * c[1:],
+            row_scale=None,
+            base=self,
+            inv_scale=1.0 / c[:-1],
+        )
+
     def process_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """The scheduler's clean-image post-processing: dynamic thresholding or clipping."""
         cfg = self.scheduler.config
@@ -116,6 +151,17 @@ class SchedulerMapping:
             r = cfg.clip_sample_range
             return x0.clamp(-r, r)
         return x0
+
+
+@dataclass(frozen=True, eq=False)
+class ScaledMapping(SchedulerMapping):
+    """:meth:`SchedulerMapping.scaled`: rows ``y_j = row_scale[j] x_j`` of another mapping."""
+
+    base: SchedulerMapping | None = None
+    inv_scale: np.ndarray | None = None  # 1 / row_scale[j] of rows 0 .. n - 1   (n,)
+
+    def g(self, x, model_output, lo, hi):
+        return self.base.g(x * self.table("inv_scale", x)[lo:hi], model_output, lo, hi)
 
 
 def check_common(scheduler: Any, *, allowed_prediction: tuple[str, ...]) -> None:

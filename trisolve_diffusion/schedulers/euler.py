@@ -42,7 +42,10 @@ def k_sigmas(scheduler: Any, start: int) -> np.ndarray:
     num = len(scheduler.timesteps)
     sig = scheduler.sigmas.detach().double().cpu().numpy()[start : num + 1]
     if sig.shape[0] < 2 or not np.all(np.isfinite(sig)) or np.any(sig[:-1] <= 0):
-        raise UnsupportedSchedulerError(f"{type(scheduler).__name__} has a sigma table this mapping cannot use: {sig}.")
+        raise UnsupportedSchedulerError(
+            f"{type(scheduler).__name__} has a sigma table this mapping cannot use (it needs finite sigmas > 0 before the "
+            f"last): {sig}; use the scheduler's own sigma schedules (set_timesteps(num_inference_steps))."
+        )
     return sig
 
 
@@ -92,6 +95,7 @@ def map_euler(scheduler: Any, start: int | None = None) -> EulerMapping:
         noise_drawn=np.zeros(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

@@ -58,6 +58,7 @@ def map_euler_ancestral(scheduler: Any, start: int | None = None) -> EulerAncest
         noise_drawn=np.ones(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

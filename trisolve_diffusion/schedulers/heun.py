@@ -110,7 +110,10 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
         else:
             B[r, 0], B[r, 1] = h2, w - h1_prev
     if not (np.all(np.isfinite(B)) and np.all(sig_d > 0)):
-        raise UnsupportedSchedulerError(f"{name} has a sigma table this mapping cannot use (a zero level at an evaluated row).")
+        raise UnsupportedSchedulerError(
+            f"{name} has a sigma table this mapping cannot use (a zero level at an evaluated row, where diffusers' own step "
+            "divides by zero); use the scheduler's own sigma schedules, or EulerDiscreteScheduler."
+        )
     c_x, c_m = derivative_tables(cfg.prediction_type, sig_d)
     clip = cfg.clip_sample_range if getattr(cfg, "clip_sample", False) else None
     return TwoStageMapping(
@@ -123,6 +126,7 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
         noise_drawn=drawn,
         noise_in_float32=False,
         sigma=ve_posterior_std(np.abs(lvl)),
+        row_scale=1.0 / np.sqrt(np.append(sig_in, lvl[-1]) ** 2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,

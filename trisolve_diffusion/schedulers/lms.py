@@ -60,6 +60,7 @@ def map_lms(scheduler: Any, start: int | None = None) -> LMSMapping:
         noise_drawn=np.zeros(n, dtype=bool),
         noise_in_float32=False,
         sigma=ve_posterior_std(sig),
+        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
         prediction_type=cfg.prediction_type,
         c_x=c_x,
         c_m=c_m,
