@@ -14,7 +14,7 @@ digits UNet as "your model", check parity with a hand-written loop that calls
 # %%
 import matplotlib.pyplot as plt
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler
 
 import trisolve_diffusion as td
 from trisolve_diffusion.models import load_digits_unet
@@ -36,7 +36,7 @@ def denoiser(model_input, timesteps):
     return unet(model_input, timesteps).sample
 
 
-scheduler = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2")
+scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False, set_alpha_to_one=False)
 scheduler.set_timesteps(25)
 latents = torch.randn(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)) * scheduler.init_noise_sigma
 

@@ -181,7 +181,7 @@ def test_refusals_come_before_any_work(sd):
             td.sample(type("ControlNetLike", (), {})())
         with pytest.raises(TypeError, match="ip_adapter_image: IP-Adapter"):
             td.sample(sd, "a cat", ip_adapter_image=IMAGE[:1])
-        with pytest.raises(TypeError, match="sigmas: custom sigmas are not supported"):
+        with pytest.raises(TypeError, match="sigmas: custom sigmas are supported for the flow-matching pipelines only"):
             td.sample(sd, "a cat", sigmas=[1.0, 0.5])
         with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback"):
             td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})

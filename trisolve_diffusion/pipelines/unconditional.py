@@ -9,6 +9,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..network import unet_denoiser
 from ..sampler import SolveOptions
+from ..schedulers import UnsupportedSchedulerError
 from ._common import ParallelImagePipelineOutput, check_steps, solve
 
 __all__ = ["sample_unconditional"]
@@ -32,7 +33,7 @@ def sample_unconditional(pipe: Any, p: dict[str, Any], options: SolveOptions, ma
     latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)  # as both pipelines draw them
     scheduler.set_timesteps(steps)
     if float(scheduler.init_noise_sigma) != 1.0:
-        raise ValueError(
+        raise UnsupportedSchedulerError(
             f"{type(pipe).__name__} neither scales its initial noise by init_noise_sigma nor calls scale_model_input, so "
             f"pipe(...) with {type(scheduler).__name__} (init_noise_sigma={float(scheduler.init_noise_sigma):.4g}) samples "
             "with mis-scaled latents and there is no sequential result to match; use DDIMScheduler, DDPMScheduler, "
