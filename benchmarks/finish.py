@@ -3,7 +3,8 @@
     python benchmarks/finish.py            # seeds 0-9, batch 1; writes results/finish.{json,md}
     python benchmarks/finish.py --quick    # one seed of DDIM-25 (the test suite runs this)
 
-``sample(pipe, ...)`` at its defaults (``final_atol="auto"``: a pixel-space pipeline stops once
+On the bundled digits DDPM (DDIM-25/50/100, DDPM-100) and the bundled digits flow model
+(flow-matching Euler, 28 steps), ``sample(pipe, ...)`` at its defaults (``final_atol="auto"``: a pixel-space pipeline stops once
 the final image's pending correction is below one 8-bit grey level, ``PIXEL_FINAL_ATOL``)
 against the same solve run until every step meets the tolerance (``final_atol=None``), and
 both against the pipeline's sequential loop for the same seed: rounds, network evaluations
@@ -26,9 +27,9 @@ from common import write  # noqa: E402
 
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
-from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
+from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_pipeline  # noqa: E402
 
-SETTINGS = {"DDIM-25": ("ddim", 25), "DDIM-50": ("ddim", 50), "DDIM-100": ("ddim", 100), "DDPM-100": ("ddpm", 100)}
+SETTINGS = {"DDIM-25": ("ddim", 25), "DDIM-50": ("ddim", 50), "DDIM-100": ("ddim", 100), "DDPM-100": ("ddpm", 100), "FlowEuler-28": ("flow", 28)}
 METHODS = {"default (final_atol auto)": {}, "every step converged (final_atol=None)": {"final_atol": None}}
 
 
@@ -37,7 +38,9 @@ def run(settings, seeds) -> list[dict]:
     pipes = {}
     for setting in settings:
         kind, steps = SETTINGS[setting]
-        pipe = pipes.setdefault(kind, load_digits_pipeline(kind))
+        if kind not in pipes:
+            pipes[kind] = load_digits_flow_pipeline() if kind == "flow" else load_digits_pipeline(kind)
+        pipe = pipes[kind]
         pipe.set_progress_bar_config(disable=True)
         for seed in seeds:
             ref = pipe(batch_size=1, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
@@ -74,9 +77,18 @@ def table(records) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="run only these, keeping the other records of results/finish.json")
     args = ap.parse_args(argv)
-    settings, seeds = (["DDIM-25"], [0]) if args.quick else (list(SETTINGS), list(range(10)))
-    records = run(settings, seeds)
+    settings, seeds = (["DDIM-25"], [0]) if args.quick else (args.settings or list(SETTINGS), list(range(10)))
+    kept = []
+    if args.settings and not args.quick:
+        import json
+
+        from common import RESULTS
+
+        kept = [r for r in json.loads((RESULTS / "finish.json").read_text())["records"] if r["setting"] not in settings]
+    records = kept + run(settings, seeds)
+    records.sort(key=lambda r: (list(SETTINGS).index(r["setting"]), r["seed"]))
     write("finish_quick" if args.quick else "finish", {"records": records}, table(records))
     return 0
 
