@@ -54,3 +54,15 @@ def write(name: str, payload: dict, markdown: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2, default=float))
     (RESULTS / f"{name}.md").write_text(markdown)
     print(markdown)
+
+
+def median_range(values) -> str:
+    """``median [min, max]`` of ``values`` for a table cell; ``None`` entries are runs that never
+    reached the quantity (marked ``*``: the median of those that did); ``-`` when none did."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return "-"
+    if len(vals) < len(values):
+        return f"{statistics.median(vals):g}* [{min(vals):g}, {max(vals):g}]"
+    med = statistics.median(vals)
+    return f"{med:g} [{min(vals):g}, {max(vals):g}]" if min(vals) != max(vals) else f"{med:g}"

@@ -31,7 +31,6 @@ steps; PNDM's doubled first step makes it ``T + 1`` network evaluations sequenti
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import median_range as _stat  # noqa: E402
+from common import write
 
 import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
@@ -269,16 +269,6 @@ def main(argv=None):
         order = {name: i for i, name in enumerate(all_settings)}
         records.sort(key=lambda r: (order[r["setting"]], r["batch"], r["seed"]))
         write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
-
-
-def _stat(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) < len(values):
-        return f"{statistics.median(vals):g}* [{min(vals):g}, {max(vals):g}]"
-    med = statistics.median(vals)
-    return f"{med:g} [{min(vals):g}, {max(vals):g}]" if min(vals) != max(vals) else f"{med:g}"
 
 
 def table(records) -> str:

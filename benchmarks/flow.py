@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write  # noqa: E402
+from common import median_range as _stat  # noqa: E402
+from common import write
 
 import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
@@ -140,16 +141,6 @@ def main(argv=None):
             # after every (steps, batch), so that a long run keeps what it measured
             name = "flow" + ("_quick" if args.quick else "_sweep" if args.sweep else "")
             write(name, {"device": args.device, "records": records}, table(records))
-
-
-def _stat(values):
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return "-"
-    if len(vals) < len(values):
-        return f"{statistics.median(vals):g}* [{min(vals):g}, {max(vals):g}]"
-    med = statistics.median(vals)
-    return f"{med:g} [{min(vals):g}, {max(vals):g}]" if min(vals) != max(vals) else f"{med:g}"
 
 
 def table(records) -> str:
