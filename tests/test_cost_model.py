@@ -103,7 +103,7 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
         assert expected == 20 and out.solution.windows == full.solution.windows
     else:
         assert expected < 20 and max(widths) == expected
-    assert out.solution.converged
+    assert out.solution.status.ok  # CONVERGED, or the pixel-space default finish (FINAL_ROW_CONVERGED)
     np.testing.assert_allclose(out.images, full.images, atol=5e-3)  # both within tolerance of the sequential loop
 
 

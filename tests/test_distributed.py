@@ -98,7 +98,8 @@ def test_digits_sample_matches_single_process(ranks):
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
     np.testing.assert_allclose(i0, seq, rtol=0, atol=5e-3)  # and the sequential pipeline at the default tolerance
     r0 = read("digits", 0)
-    assert r0["status"] == "CONVERGED" and r0["rounds"] == single.solution.num_rounds
+    assert r0["status"] == single.solution.status.name and r0["rounds"] == single.solution.num_rounds
+    assert single.solution.status.ok
 
 
 def test_auto_window_is_the_same_on_every_rank(ranks):
