@@ -128,7 +128,7 @@ class SolveOptions:
         status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
-        level; off when ``atol`` or ``rtol`` is given (a tolerance asked for is met by every
+        level; off when ``atol`` or ``rtol`` differs from its default (a tolerance asked for is met by every
         step), for latent models, and for :func:`sample_latents` called directly, whose output
         units it cannot know. ``None``: every step must meet ``atol``/``rtol``.
     init : tensor, shape ``(n + 1, B, C, H, W)``, optional
