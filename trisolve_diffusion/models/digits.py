@@ -102,6 +102,24 @@ def load_digits_pipeline(kind: str = "ddim", **scheduler_overrides) -> DDIMPipel
     return pipe
 
 
+def optimisation_step(unet: torch.nn.Module, opt: torch.optim.Optimizer, ema: dict, loss: torch.Tensor, *, lr: float, step: int) -> None:
+    """One training step shared by the bundled models' trainers: learning rate ``lr``, gradient
+    norm clipped to 1, then the EMA of the weights (decay ``min(0.999, (1 + step) / (10 + step))``)."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+    opt.step()
+    with torch.no_grad():
+        d = min(0.999, (1 + step) / (10 + step))
+        for k, v in unet.state_dict().items():
+            if v.dtype.is_floating_point:
+                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                ema[k].copy_(v)
+
+
 def train(*, steps: int = 3500, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, out_dir: Path = WEIGHTS_DIR, log_every: int = 500) -> Path:
     """Train the digits DDPM from scratch and write its safetensors weights to ``out_dir``.
 
@@ -129,19 +147,7 @@ def train(*, steps: int = 3500, batch_size: int = 64, lr: float = 2e-3, seed: in
         ab = abar[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
         loss = F.mse_loss(unet(xt, t).sample, eps)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(0.999, (1 + step) / (10 + step))
-            for k, v in unet.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                else:
-                    ema[k].copy_(v)
+        optimisation_step(unet, opt, ema, loss, lr=lr_at(step), step=step)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:6.1f}s", flush=True)
     out_dir = Path(out_dir)

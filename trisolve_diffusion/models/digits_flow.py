@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, ImagePipelineOutput, UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from .digits import UNET_CONFIG, digits_dataset
+from .digits import UNET_CONFIG, digits_dataset, optimisation_step
 
 __all__ = ["WEIGHTS_DIR", "SCHEDULER_CONFIG", "DigitsFlowPipeline", "build_unet", "load_digits_flow_unet", "load_digits_flow_pipeline", "train"]
 
@@ -231,19 +231,7 @@ def train(
         sv = s.view(-1, 1, 1, 1)
         xs = (1 - sv) * x0 + sv * z
         loss = F.mse_loss(unet(xs, s * SCHEDULER_CONFIG["num_train_timesteps"]).sample, z - x0)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(0.999, (1 + step) / (10 + step))
-            for k, v in unet.state_dict().items():
-                if v.dtype.is_floating_point:
-                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                else:
-                    ema[k].copy_(v)
+        optimisation_step(unet, opt, ema, loss, lr=lr_at(step), step=step)
         if log_every and (step % log_every == 0 or step == steps - 1):
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - start:6.1f}s", flush=True)
     out_dir = Path(out_dir)
