@@ -75,8 +75,11 @@ fig.tight_layout()
 #   in one round on a linear system, and ``O(d^3)`` work per row for the dense scan (``O(d)``
 #   for the diagonal one, which pays in rounds). The default (``solver=None``) picks Newton
 #   whenever Jacobians are available: a ``jacobian=`` callable, or PyTorch tensors with
-#   ``d <= 256`` values per sample; otherwise ``Newton("secant")``, a per-component linear
-#   part between 0 (one-step) and 1 (Picard) estimated from the last two rounds.
+#   ``d <= 256`` values per sample; for other arrays with ``d <= 16`` it takes them by
+#   finite differences (``Newton(derivatives="finite-differences")``: ``d`` more evaluations
+#   of ``F`` per row and round, the same rounds); otherwise ``Newton("secant")``, a
+#   per-component linear part between 0 (one-step) and 1 (Picard) estimated from the last
+#   two rounds.
 
 # %%
 # A chaotic system: converged, and still O(1) away from the loop

@@ -193,6 +193,8 @@ def test_newton_refuses_what_it_cannot_do():
     assert sol.status is trisolve.Status.FAILED and isinstance(sol.error, ValueError) and "expected" in str(sol.error)
     bad_settings = (
         ({"jacobian": "full"}, ValueError),
+        ({"derivatives": "autograd"}, ValueError),
+        ({"jacobian": "secant", "derivatives": "finite-differences"}, ValueError),
         ({"damping": -1.0}, ValueError),
         ({"chunk_rows": 0}, ValueError),
         ({"chunk_rows": 1.5}, TypeError),
@@ -218,7 +220,8 @@ def _rk4_pendulum(lib, n, h=0.05):
 
 
 def test_default_method_does_not_degenerate_on_an_integrator_or_an_rnn():
-    """solver=None: Newton (torch autodiff) takes <= 10% of n rounds on RK4; without Jacobians the secant map stays far from n."""
+    """solver=None: Newton takes <= 10% of n rounds on RK4 (torch autodiff, or finite differences on NumPy);
+    a NumPy state too large for finite differences gets the secant map, which stays far from n."""
     n = 400
     sys_t = _rk4_pendulum(torch, n)
     x0 = torch.tensor([2.5, 0.0], dtype=torch.float64)
@@ -228,15 +231,68 @@ def test_default_method_does_not_degenerate_on_an_integrator_or_an_rnn():
     torch.testing.assert_close(sol.trajectory, trisolve.forward_substitution(sys_t, x0), rtol=1e-8, atol=1e-8)
 
     sys_np = _rk4_pendulum(np, n)
-    assert trisolve.defaults.default_method(sys_np, x0.numpy())[1] == trisolve.Newton(jacobian="secant")
+    assert trisolve.defaults.default_method(sys_np, x0.numpy())[1] == trisolve.Newton(derivatives="finite-differences")
     sol = trisolve.solve(sys_np, None, x0.numpy(), atol=1e-10)
-    assert sol.status.ok and sol.num_rounds <= n // 4  # the one-step map needs n
+    assert sol.status.ok and sol.num_rounds <= n // 10  # the one-step map needs n, the secant map about n / 7
     np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(sys_np, x0.numpy()), atol=1e-8)
 
     rnn = coupled_system(BACKENDS[0], np.random.default_rng(5), n, (6,), scale=0.9, with_jacobian=False)
+    jacobi = trisolve.solve(rnn, trisolve.Jacobi(), np.zeros(6), atol=1e-10)
     sol = trisolve.solve(rnn, None, np.zeros(6), atol=1e-10)
-    assert sol.status.ok and sol.num_rounds <= n // 4  # the Picard map needs about n
+    assert sol.status.ok and 3 * sol.num_rounds <= jacobi.num_rounds  # the Picard map needs about n
     np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(rnn, np.zeros(6)), atol=1e-8)
+
+    d = trisolve.defaults.NEWTON_FD_MAX_D + 4
+    big = coupled_system(BACKENDS[0], np.random.default_rng(5), n, (d,), scale=0.9, with_jacobian=False)
+    assert trisolve.defaults.default_method(big, np.zeros(d))[1] == trisolve.Newton(jacobian="secant")
+    sol = trisolve.solve(big, None, np.zeros(d), atol=1e-10)
+    assert sol.status.ok and sol.num_rounds <= n // 4  # the Picard map needs about n
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(big, np.zeros(d)), atol=1e-8)
+
+    banded = semilinear_system(np.random.default_rng(6), 40, 3, (2,), BACKENDS[1])  # not Markov: no Newton, even on torch
+    assert trisolve.defaults.default_method(banded, torch.zeros(2, dtype=torch.float64))[1] == trisolve.Newton(jacobian="secant")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+def test_finite_difference_jacobians_match_the_exact_ones(backend, jacobian):
+    """derivatives="finite-differences" on every namespace: J to about half the digits, Newton's rounds
+    within one of the exact Jacobian's, the same answer, and the d extra evaluations per row counted."""
+    rng = np.random.default_rng(7)
+    n, event, batch_ndim = 80, (2, 3), 1
+    system = coupled_system(backend, rng, n, event, scale=1.2, batch_ndim=batch_ndim)
+    x = backend.asarray(rng.standard_normal((n + 1, *event)))
+    tables = trisolve.Newton().prepare(system, x, xp=backend.xp)
+    exact, _ = trisolve.newton.jacobian_rows(system, x, 5, 60, dense=jacobian == "dense", xp=backend.xp)
+    fd, _ = trisolve.newton.jacobian_rows(system, x, 5, 60, dense=jacobian == "dense", xp=backend.xp, tables=tables,
+                                          derivatives="finite-differences")  # fmt: skip
+    np.testing.assert_allclose(backend.to_numpy(fd), backend.to_numpy(exact), rtol=1e-6, atol=1e-6)
+    assert tables.extra_evals == 55 * (3 + 1)  # d columns + F at x (no f0 given)
+
+    x0 = backend.asarray(rng.standard_normal(event))
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    a = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian=jacobian), atol=1e-11)
+    b = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(jacobian=jacobian, derivatives="finite-differences"), atol=1e-11)
+    assert a.status.ok and b.status.ok and abs(a.num_rounds - b.num_rounds) <= 1
+    assert b.num_evals == sum((hi - lo) * (1 + 3) for lo, hi in b.windows)  # F and its d = 3 differences, every round
+    np.testing.assert_allclose(backend.to_numpy(b.trajectory), ref, rtol=1e-9, atol=1e-9)
+
+
+def test_finite_difference_jacobian_of_a_semilinear_system_differences_g():
+    """J_i = a_i I + B_i dg/dx with dg from differences of g (one evaluation of g at x plus d more per row)."""
+    rng = np.random.default_rng(3)
+    n, d = 120, 3
+    A = rng.standard_normal((d, d)) * 0.6
+    exact = trisolve.SemilinearSystem(
+        np.ones(n), np.full(n, 0.05), lambda y, lo, hi: np.tanh(y @ A.T), jacobian=lambda y, lo, hi: (1 - np.tanh(y @ A.T) ** 2)[:, :, None] * A
+    )
+    x0 = rng.standard_normal(d)
+    ref = trisolve.forward_substitution(exact, x0)
+    a = trisolve.solve(exact, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-11)
+    b = trisolve.solve(exact, trisolve.Jacobi(), x0, update_map=trisolve.Newton(derivatives="finite-differences"), atol=1e-11)
+    assert a.status.ok and b.status.ok and abs(a.num_rounds - b.num_rounds) <= 1
+    assert b.num_evals == sum((hi - lo) * (2 + d) for lo, hi in b.windows)
+    np.testing.assert_allclose(b.trajectory, ref, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)

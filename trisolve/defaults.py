@@ -7,11 +7,24 @@ pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
   tensors with at most :data:`NEWTON_MAX_D` values per sample (``torch.func`` then gives
   them for ``d`` JVPs per round): ``Jacobi()`` on ``Newton("dense")`` (DEER). A handful of
   rounds on RNNs and stable ODEs, where the one-step map needs ``n`` on an integrator.
+* **no Jacobians, small state** -- at most :data:`NEWTON_FD_MAX_D` values per sample (NumPy,
+  CuPy, array-api-strict): ``Jacobi()`` on ``Newton("dense", derivatives="finite-differences")``:
+  the same rounds as DEER for ``d`` more evaluations of ``F`` per row and round (batched like
+  the round itself). On RK4 of the damped pendulum: 2.6 % of ``n`` rounds, where the secant
+  map below needs 14-15 %; on a hidden-16 tanh RNN 5 rounds against Jacobi's 20-25.
 * **otherwise** -- ``Jacobi()`` on ``Newton("secant")``: each state component gets a
   linear part between 0 (the one-step map) and 1 (the Picard map), the slope of ``F``
-  observed between the last two rounds. It needs nothing from the system and does not
-  degenerate where one of the two fixed maps does (the one-step map needs ``n`` rounds on
-  an integrator, the Picard map about ``n`` on a contractive RNN).
+  observed between the last two rounds. It needs nothing from the system, costs one
+  evaluation per row and round, and does not degenerate where one of the two fixed maps does
+  (the one-step map needs ``n`` rounds on an integrator, the Picard map about ``n`` on a
+  contractive RNN).
+
+A :class:`~trisolve.SemilinearSystem` with a band ``p > 1`` (not Markov, so not a Newton
+system) always gets the secant map.
+
+When rounds are cheap and evaluations are not (a NumPy RNN on a CPU, a contractive system
+where ``Jacobi()`` already needs few rounds), pass ``trisolve.Jacobi()``: the defaults
+minimise rounds, the parallel depth, not evaluations.
 """
 
 from __future__ import annotations
@@ -22,10 +35,12 @@ from typing import Any
 from .newton import Newton
 from .solvers.base import Solver
 from .solvers.jacobi import Jacobi
+from .systems import SemilinearSystem
 
-__all__ = ["default_method", "NEWTON_MAX_D"]
+__all__ = ["default_method", "NEWTON_MAX_D", "NEWTON_FD_MAX_D"]
 
 NEWTON_MAX_D = 256  # PyTorch systems without a jacobian= callable: automatic dense Newton up to this d
+NEWTON_FD_MAX_D = 16  # other systems without a jacobian= callable: finite-difference dense Newton up to this d
 
 
 def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
@@ -33,7 +48,11 @@ def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
     from array_api_compat import is_torch_array
 
     d = math.prod(tuple(x0.shape)[system.batch_ndim :])
+    if isinstance(system, SemilinearSystem) and system.p > 1:
+        return Jacobi(), Newton(jacobian="secant")
     has_callable = getattr(system, "jacobian", None) is not None
     if has_callable or (is_torch_array(x0) and d <= NEWTON_MAX_D):
         return Jacobi(), Newton(jacobian="dense")
+    if d <= NEWTON_FD_MAX_D:
+        return Jacobi(), Newton(jacobian="dense", derivatives="finite-differences")
     return Jacobi(), Newton(jacobian="secant")

@@ -117,7 +117,8 @@ def solve(
         How the rows after the first unconverged one are updated. ``None``: the default
         method (:func:`trisolve.defaults.default_method`): ``Jacobi()`` on
         ``Newton("dense")`` when Jacobians are available (a ``jacobian=`` callable, or PyTorch
-        tensors with at most 256 values per sample), else on ``Newton("secant")``; with an
+        tensors with at most 256 values per sample; finite differences for other arrays with
+        at most 16), else on ``Newton("secant")``; with an
         ``update_map`` given, ``Jacobi()`` on that map.
     x0 : array, shape ``event``
         Row 0. Its namespace, dtype and device are those of the result.
@@ -322,7 +323,7 @@ class _Run:
             trajectory=self.x,
             status=status,
             num_rounds=self.rounds,
-            num_evals=self.evals,
+            num_evals=self.evals + getattr(self.tables, "extra_evals", 0),  # + F evaluations of finite-difference Jacobians
             num_frozen=self.lo,
             windows=self.windows,
             round_max_errors=np.asarray(self.max_errors, dtype=np.float64),

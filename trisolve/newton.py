@@ -127,7 +127,35 @@ def _torch_jvp_columns(func: Any, rows: Any, dense: bool, d: int, S: int, chunk:
     return J.permute(1, 2, 3, 0) if dense else J.permute(1, 2, 0)  # (w, S, d, d) [out, in] or (w, S, d)
 
 
-def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any, tables: NewtonTables | None = None) -> tuple[Any, bool]:
+def _fd_columns(func: Any, rows: Any, f0: Any, dense: bool, d: int, S: int, xp: Any) -> Any:
+    """Forward-difference Jacobian of a row-wise map ``func: (w, *event) -> (w, *event)`` at ``rows``.
+
+    Like :func:`_torch_jvp_columns`, column ``k`` of every row's ``d x d`` block comes from one
+    call with component ``k`` of every row and sample moved at once:
+    ``(func(rows + h_k e_k) - f0) / h_k`` with ``h_k = sqrt(eps) * max(1, |x_k|)`` rounded so that
+    ``x_k + h_k`` is exact (the usual forward-difference step: about half the digits of the
+    dtype, which is all Newton's rate needs; the fixed point does not depend on ``J``).
+    ``f0 = func(rows)``. ``d`` calls; returns ``(w, S, d, d)`` [out, in] or the diagonal ``(w, S, d)``.
+    """
+    w = rows.shape[0]
+    event = tuple(rows.shape[1:])
+    R = xp.reshape(rows, (w, S, d))
+    F0 = xp.reshape(f0, (w, S, d))
+    step = math.sqrt(float(xp.finfo(rows.dtype).eps))
+    eye = xp.eye(d, dtype=rows.dtype, device=device(rows))
+    cols = []
+    for k in range(d):
+        xk = R[..., k]  # (w, S)
+        h = (xk + step * xp.maximum(xp.abs(xk), xp.ones_like(xk))) - xk  # exactly representable
+        fk = xp.reshape(func(xp.reshape(R + h[..., None] * eye[k, :], (w, *event))), (w, S, d))
+        col = (fk - F0) / h[..., None]  # computed now: func may return a view of a reused buffer
+        cols.append(col if dense else col[..., k])
+    return xp.stack(cols, axis=-1)  # (w, S, d, d) [out, in] or (w, S, d)
+
+
+def jacobian_rows(
+    system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any, tables: NewtonTables | None = None, derivatives: str = "auto", f0: Any = None
+) -> tuple[Any, bool]:
     """``J_i = dF_i / dx_{i-1}`` at the iterate ``x`` for the rows ``i`` in ``[lo, hi)``.
 
     From the system's ``jacobian`` callable when it has one (see :class:`BlackBoxSystem`,
@@ -144,6 +172,11 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
     ``tables`` (from :meth:`Newton.prepare`) holds the device copies of a semilinear system's
     ``a`` and ``B``; without it they are moved from the host here.
 
+    ``derivatives="finite-differences"`` takes forward differences of ``F`` instead, on any
+    namespace (:func:`_fd_columns`): ``d`` evaluations of ``F`` for the rows (plus one of ``g``
+    for a semilinear system), counted in ``tables.extra_evals``. ``f0``: ``F`` of the rows at
+    ``x`` when the caller has it (a black box; otherwise it is evaluated).
+
     Returns
     -------
     J : array, shape ``(w, S, d, d)`` or ``(w, S, d)``
@@ -159,7 +192,34 @@ def jacobian_rows(system: Any, x: Any, lo: int, hi: int, *, dense: bool, xp: Any
     user = _user_jacobian(system)
     semilinear = isinstance(system, SemilinearSystem)
     dev = device(x)
-    if user is not None:
+    if derivatives == "finite-differences":
+        rows = x[lo - 1 : hi - 1, ...]
+        if semilinear:
+            g = system.g
+
+            def func(r):
+                return g(r, lo - 1, hi - 1)
+
+            f0 = func(rows)
+            extra = w * (d + 1)
+        else:
+            fn = system.fn
+            buf = xp.asarray(x[: hi - 1, ...], copy=True)  # rows 0 .. hi-2: all that F_lo .. F_(hi-1) may read
+
+            def func(r):
+                buf[lo - 1 : hi - 1, ...] = r
+                return fn(buf, lo, hi)
+
+            if f0 is None:
+                f0 = func(rows)
+                extra = w * (d + 1)
+            else:
+                extra = w * d
+        J = _fd_columns(func, rows, f0, dense, d, S, xp)
+        got_dense = dense
+        if tables is not None:
+            tables.extra_evals += extra
+    elif user is not None:
         if semilinear:
             out = user(x[lo - 1 : hi - 1, ...], lo - 1, hi - 1)  # dg_j/dx_j, j = i - 1
         else:
@@ -263,11 +323,12 @@ class NewtonTables:
 
     ``system``; for a semilinear system ``a`` ``(n,)`` and ``b = B[:, 0]`` ``(n,)`` on the
     trajectory's device in its dtype; ``secant`` the round-to-round memory of
-    ``Newton("secant")``.
+    ``Newton("secant")``; ``extra_evals`` the evaluations spent on finite differences.
     """
 
     def __init__(self, system: Any, a: Any = None, b: Any = None, secant: SecantState | None = None):
         self.system, self.a, self.b, self.secant = system, a, b, secant
+        self.extra_evals = 0  # evaluations of F (or g) spent on finite differences, added to Solution.num_evals
 
     @classmethod
     def build(cls, system: Any, x: Any, *, xp: Any, secant: bool = False) -> NewtonTables:
@@ -302,6 +363,11 @@ class Newton(UpdateMap):
     rows; the diagonal map takes the diagonal of the dense Jacobian column by column, so it
     costs the same ``d`` JVPs but keeps ``O(w S d)`` memory -- give the system a ``jacobian``
     callable that returns the diagonal when ``F`` is elementwise, one cheap call).
+    ``derivatives="finite-differences"`` takes forward differences of ``F`` instead, on any
+    array library: ``d`` more evaluations of ``F`` per row and round (each moves one state
+    component of every row at once, so they batch like the round itself), counted in
+    ``Solution.num_evals``. Half the dtype's digits are enough for Newton's rate, and the
+    fixed point -- the answer -- does not depend on ``J`` at all.
 
     Guarantees are those of every map: rows freeze by the two-residual test (the first-order
     residual and ``delta``), the frozen prefix grows by at least one row per round (at most
@@ -323,6 +389,10 @@ class Newton(UpdateMap):
     chunk_rows : int or None
         Rows whose Jacobians are held at once (see the module notes); ``None`` keeps
         ``chunk_rows * S * d^2 <= 2^22`` (dense) or ``chunk_rows * S * d <= 2^22``.
+    derivatives : {"auto", "finite-differences"}
+        ``"auto"``: the ``jacobian=`` callable, else ``torch.func`` for PyTorch tensors, else
+        a ``TypeError`` before the first round. ``"finite-differences"``: forward differences
+        of ``F`` on any namespace (``jacobian="dense"`` or ``"diagonal"``).
 
     Examples
     --------
@@ -343,10 +413,17 @@ class Newton(UpdateMap):
     jacobian: str = "dense"
     damping: float = 0.0
     chunk_rows: int | None = None
+    derivatives: str = "auto"
 
     def __post_init__(self) -> None:
         if self.jacobian not in ("dense", "diagonal", "secant"):
             raise ValueError(f'jacobian must be "dense", "diagonal" or "secant", got {self.jacobian!r}.')
+        if self.derivatives not in ("auto", "finite-differences"):
+            raise ValueError(f'derivatives must be "auto" or "finite-differences", got {self.derivatives!r}.')
+        if self.derivatives != "auto" and self.jacobian == "secant":
+            raise ValueError(
+                'Newton("secant") estimates its slopes from the iterates; derivatives="finite-differences" needs jacobian="dense" or "diagonal".'
+            )
         object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, hint="(0 is Newton)"))
         if self.chunk_rows is not None:
             object.__setattr__(self, "chunk_rows", check_int("chunk_rows", self.chunk_rows, 1, hint="or None (automatic)"))
@@ -370,10 +447,11 @@ class Newton(UpdateMap):
         """Device tables; raises ``TypeError`` here (before any round) when no Jacobian can be had."""
         from array_api_compat import is_torch_namespace
 
-        if self.jacobian != "secant" and _user_jacobian(system) is None and not is_torch_namespace(xp):
+        if self.jacobian != "secant" and self.derivatives == "auto" and _user_jacobian(system) is None and not is_torch_namespace(xp):
             raise TypeError(
                 f"Newton(jacobian={self.jacobian!r}) needs the Jacobians dF_i/dx_(i-1): give the {type(system).__name__} a jacobian= "
                 "callable (NumPy and array-api-strict arrays have no automatic differentiation), use PyTorch tensors, "
+                "pass derivatives='finite-differences' (d more evaluations of F per row and round), "
                 "or use Newton('secant'), which estimates them from the iterates."
             )
         return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
@@ -402,7 +480,8 @@ class Newton(UpdateMap):
                 J = xp.reshape(secant[t0:t1, ...], (t1 - t0, S, d))
                 kind = "diagonal"
             else:
-                J, dense = jacobian_rows(system, x, lo + t0, lo + t1, dense=self.dense, xp=xp, tables=tables)
+                J, dense = jacobian_rows(system, x, lo + t0, lo + t1, dense=self.dense, xp=xp, tables=tables, derivatives=self.derivatives,
+                                         f0=f[t0:t1, ...])  # fmt: skip
                 kind = "dense" if dense else "diagonal"
             if self.damping:
                 J = J / (1.0 + self.damping)

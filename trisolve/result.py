@@ -99,7 +99,8 @@ class Solution:
     num_rounds : int
         Batched evaluations of the system.
     num_evals : int
-        Rows evaluated in total (rows of ``g`` for a semilinear system).
+        Rows evaluated in total (rows of ``g`` for a semilinear system), the evaluations of a
+        finite-difference Jacobian (``Newton(derivatives="finite-differences")``) included.
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged).
     windows : list of (int, int)
