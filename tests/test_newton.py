@@ -255,6 +255,35 @@ def test_default_method_does_not_degenerate_on_an_integrator_or_an_rnn():
 
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
+def test_damped_newton_takes_the_levenberg_marquardt_step_and_stays_exact(backend, jacobian):
+    """damping = lam: one round's G is x + argmin sum ||delta_t - J_t delta_(t-1) - r_t||^2 + lam ||delta_t||^2
+    (the normal equations, solved densely here), and the solve still ends at forward substitution."""
+    rng = np.random.default_rng(8)
+    n, d, lo, hi, lam = 30, 3, 4, 25, 0.7
+    system = coupled_system(backend, rng, n, (d,), scale=1.5)
+    x = backend.asarray(rng.standard_normal((n + 1, d)))
+    newton = trisolve.Newton(jacobian=jacobian, damping=lam)
+    assert newton.damped and not trisolve.Newton().damped
+    f = system.evaluate(x, lo, hi, None, xp=backend.xp).f
+    g, R = newton.apply(newton.prepare(system, x, xp=backend.xp), x, f, lo, hi, xp=backend.xp)
+    J, _ = trisolve.newton.jacobian_rows(system, x, lo, hi, dense=jacobian == "dense", xp=backend.xp)
+    w = hi - lo
+    J, r = backend.to_numpy(J).reshape((w, d, d) if jacobian == "dense" else (w, d)), backend.to_numpy(f) - backend.to_numpy(x)[lo:hi]
+    A = np.eye(w * d)
+    for t in range(1, w):
+        A[t * d : (t + 1) * d, (t - 1) * d : t * d] = -(J[t] if jacobian == "dense" else np.diag(J[t]))
+    delta = np.linalg.solve(A.T @ A + lam * np.eye(w * d), A.T @ r.reshape(-1)).reshape(w, d)
+    np.testing.assert_allclose(backend.to_numpy(R), delta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(g), backend.to_numpy(x)[lo:hi] + delta, rtol=1e-10, atol=1e-12)
+
+    x0 = backend.asarray(rng.standard_normal(d))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=newton, atol=1e-11)
+    assert sol.status is trisolve.Status.CONVERGED and sol.num_rounds <= n
+    np.testing.assert_allclose(backend.to_numpy(sol.trajectory), backend.to_numpy(trisolve.forward_substitution(system, x0)), atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("jacobian", ["dense", "diagonal"])
 def test_finite_difference_jacobians_match_the_exact_ones(backend, jacobian):
     """derivatives="finite-differences" on every namespace: J to about half the digits, Newton's rounds
     within one of the exact Jacobian's, the same answer, and the d extra evaluations per row counted."""

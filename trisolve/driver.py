@@ -349,6 +349,7 @@ class _Run:
         xp, x, n, tol = self.xp, self.x, self.n, self.tol
         batch_ndim = self.system.batch_ndim
         one_step = self.update_map.is_one_step
+        damped = self.update_map.damped
         while self.lo <= n:
             if self.rounds >= self.max_iter:
                 return Status.MAX_ITER, None
@@ -425,9 +426,10 @@ class _Run:
                     f"F_{i} returned nan or inf at row {i}, which reads only final rows 0..{i - 1}; rows before it are final (solution.num_frozen)."
                 )
             i = start - 1  # the last row that freezes now (i*, or the window's last row)
-            if not g_ok[i]:
+            if not g_ok[i] or (damped and istar < w):
                 # it reads only final rows and F is finite there, but F + J delta overflowed
-                # (values near the dtype's limit): it takes the one-step value F_i instead
+                # (values near the dtype's limit), or G is a damped step (ELK), not exact
+                # there: it takes the one-step value F_i instead
                 g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
                 g_ok[i] = True
             if start < w:

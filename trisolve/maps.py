@@ -68,6 +68,16 @@ class UpdateMap:
         """Whether ``G = F`` (then the map residual is the first-order residual)."""
         return self.order == 1
 
+    @property
+    def damped(self) -> bool:
+        """Whether ``G_i`` is a damped step, not exact on a row that reads only final rows.
+
+        The driver then freezes the first unconverged row at its one-step value ``F_i``
+        instead of ``G_i`` (``Newton(damping > 0)``, ELK's trust region), so the frozen prefix
+        still grows by an exact row every round.
+        """
+        return False
+
     def check(self, system: Any) -> None:
         """Raise if this map cannot be used with ``system``; also checks ``order <= n``."""
         if self.order is not None and self.order > system.n:

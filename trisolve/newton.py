@@ -10,9 +10,10 @@ Every update map is one residual scan (DESIGN 9). With ``r = F(x) - x`` on the w
 
 ``J_i = dF_i / dx_{i-1}`` makes ``G`` Newton's method on the triangular system
 ``x - F(x) = 0`` (DEER): the linearisation ``(I - L) delta = r`` of a lower-bidiagonal
-system is exactly this recurrence. A diagonal ``J_i`` is quasi-DEER, and ``J_i / (1 + damping)``
-a damped step between Newton (``damping = 0``) and the one-step map (``damping -> inf``), in
-the spirit of ELK's trust region.
+system is exactly this recurrence. A diagonal ``J_i`` is quasi-DEER, and ``damping = lam > 0``
+ELK's trust region: the Levenberg-Marquardt step, the minimiser of
+``sum_t ||delta_t - J_t delta_{t-1} - r_t||^2 + lam ||delta_t||^2``, found by a parallel Kalman
+filter and smoother (:func:`trisolve.elk.damped_scan`).
 
 Notation (``w`` window rows, ``S`` independent samples = the ``batch_ndim`` leading event
 axes, ``d`` values per sample, state axes flattened in C order):
@@ -44,6 +45,7 @@ import numpy as np
 
 from ._backend import device, from_host
 from ._validate import check_float, check_int
+from .elk import damped_scan
 from .maps import UpdateMap
 from .scan import affine_scan, apply_linear
 from .systems import SemilinearSystem
@@ -345,7 +347,7 @@ class Newton(UpdateMap):
 
     .. math::
 
-        \\delta_i = \\frac{J_i}{1 + \\text{damping}}\\, \\delta_{i-1} + (F_i(x) - x_i), \\quad
+        \\delta_i = J_i\\, \\delta_{i-1} + (F_i(x) - x_i), \\quad
         \\delta_{lo-1} = 0, \\qquad G_i(x) = x_i + \\delta_i,
 
     with ``J_i = dF_i/dx_{i-1}`` at the current iterate: ``jacobian="dense"`` is DEER [DEER]_
@@ -385,7 +387,16 @@ class Newton(UpdateMap):
     jacobian : {"dense", "diagonal", "secant"}
         Which Jacobian the scan uses.
     damping : float
-        ``>= 0``; scales ``J`` by ``1 / (1 + damping)``. 0 is Newton.
+        ``lam >= 0``, ELK's trust-region parameter [ELK]_: ``delta`` is then the
+        Levenberg-Marquardt step, the minimiser of
+        ``sum_i ||delta_i - J_i delta_{i-1} - r_i||^2 + lam ||delta_i||^2`` (the posterior mean
+        of a linear-Gaussian model, by a parallel Kalman filter and smoother,
+        :func:`trisolve.elk.damped_scan`; ``O(w S d^3)`` work dense, ``O(w S d)`` diagonal).
+        0 is Newton; a larger ``lam`` shortens the step where Newton's would overshoot (an
+        expanding ``J``). A damped step is not exact on a row that reads only final rows, so
+        the first unconverged row freezes at its one-step value ``F_i(x)``; every guarantee
+        holds. Chunks of rows (``chunk_rows``) are smoothed one after another, joined by the
+        carry ``delta``.
     chunk_rows : int or None
         Rows whose Jacobians are held at once (see the module notes); ``None`` keeps
         ``chunk_rows * S * d^2 <= 2^22`` (dense) or ``chunk_rows * S * d <= 2^22``.
@@ -436,6 +447,10 @@ class Newton(UpdateMap):
     def dense(self) -> bool:
         return self.jacobian == "dense"
 
+    @property
+    def damped(self) -> bool:  # type: ignore[override]
+        return self.damping > 0
+
     def check(self, system: Any) -> None:
         if self.jacobian != "secant" and isinstance(system, SemilinearSystem) and system.p > 1:
             raise ValueError(
@@ -483,9 +498,15 @@ class Newton(UpdateMap):
                 J, dense = jacobian_rows(system, x, lo + t0, lo + t1, dense=self.dense, xp=xp, tables=tables, derivatives=self.derivatives,
                                          f0=f[t0:t1, ...])  # fmt: skip
                 kind = "dense" if dense else "diagonal"
-            if self.damping:
-                J = J / (1.0 + self.damping)
             rc = rr[t0:t1, ...]
+            if self.damping:  # ELK: the Levenberg-Marquardt step given the carry; corr = delta - r
+                delta = damped_scan(J, rc, self.damping, kind=kind, xp=xp, carry=carry)
+                corr = delta - rc
+                ok = xp.all(xp.isfinite(corr), axis=-1, keepdims=True)
+                corr = xp.where(ok, corr, xp.zeros_like(corr))
+                carry = (rc + corr)[-1:, ...]
+                parts.append(corr)
+                continue
             # delta_{t-1} for every row of the chunk: the carry from the previous chunk, then the scan
             first = xp.zeros_like(rc[:1, ...]) if carry is None else carry
             rc_in = rc if carry is None else xp.concat([rc[:1, ...] + apply_linear(J[:1, ...], carry, kind=kind, xp=xp), rc[1:, ...]], axis=0)
