@@ -314,6 +314,8 @@ class _Run:
         self.cache = system.new_cache(x, xp=xp)
         self.tables = update_map.prepare(system, x, xp=xp)
         self.thr = tol.device_thresholds(system.sigma, xp=xp, device=device(x))  # (n,) rows 1..n
+        # the plain RMS decides every round unless a threshold is so small that underflowing squares could matter
+        self.careful = bool(np.min(tol.thresholds(system.sigma), initial=np.inf) < tol.fast_floor(xp, device(x)))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
 
@@ -344,9 +346,33 @@ class _Run:
             )
         return int(hi)
 
+    def _decisions(self, d: Any, r: Any, g: Any, xw: Any, lo: int, hi: int, last: bool, one_step: bool, *, careful: bool) -> Any:
+        """Everything the host decides on in a round, gathered into one device vector.
+
+        ``e_d`` (w,), then for an unrolled map ``e_R`` (w,) and ``G`` finite (w,), then the final
+        row's pending correction (1,) and its change since the last round (1,) where asked for.
+        """
+        xp, tol, batch_ndim = self.xp, self.tol, self.system.batch_ndim
+        thr_w = self.thr[lo - 1 : hi - 1]
+        parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp, careful=careful)]  # e_d      (w,)
+        if not one_step:
+            parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp, careful=careful))  # e_R      (w,)
+            parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
+        if last and self.final_row_atol is not None:
+            # unscaled RMS of row n's pending correction, max over samples: the first-order
+            # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
+            # that is nearly the identity has a small one-step residual at any input)
+            rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp, careful=careful)
+            if not one_step:
+                rms = xp.maximum(rms, tol.sample_rms(r[-1:, ...], batch_ndim=batch_ndim, xp=xp, careful=careful))
+            parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
+        if last and self.early_stop is not None and self.prev_last is not None:
+            parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp, careful=careful))
+        return xp.concat(parts, axis=0)
+
     def loop(self) -> tuple[Status, BaseException | None]:
         """Run rounds until a stop; return the status and the error that ended the solve, if any."""
-        xp, x, n, tol = self.xp, self.x, self.n, self.tol
+        xp, x, n = self.xp, self.x, self.n
         batch_ndim = self.system.batch_ndim
         one_step = self.update_map.is_one_step
         damped = self.update_map.damped
@@ -369,25 +395,14 @@ class _Run:
             self.evals += ev.num_evals
             last = hi == n + 1
             with np.errstate(all="ignore"):  # non-finite residuals are flagged (nan), not warned about
-                xw = xp.asarray(x[lo:hi, ...], copy=True)  # (w, *event); a copy: the buffer is written below
-                d = ev.f - xw  # first-order residual
-                thr_w = self.thr[lo - 1 : hi - 1]
-                # -- everything the host decides on, gathered into one vector and read once
-                parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp)]  # e_d      (w,)
-                if not one_step:
-                    parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
-                    parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
-                if last and self.final_row_atol is not None:
-                    # unscaled RMS of row n's pending correction, max over samples: the first-order
-                    # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
-                    # that is nearly the identity has a small one-step residual at any input)
-                    rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp)
-                    if not one_step:
-                        rms = xp.maximum(rms, tol.sample_rms(r[-1:, ...], batch_ndim=batch_ndim, xp=xp))
-                    parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
-                if last and self.early_stop is not None and self.prev_last is not None:
-                    parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp))
-            host = to_host(xp.concat(parts, axis=0))  # the one device-to-host read of the round
+                # the window's iterate (w, *event): a copy when the solver keeps it (the buffer is written below)
+                xw = xp.asarray(x[lo:hi, ...], copy=True) if self.solver.retains_iterate else x[lo:hi, ...]
+                d = r if one_step else ev.f - xw  # first-order residual (the one-step map's R is it)
+                args = (d, r, g, xw, lo, hi, last, one_step)
+                host = to_host(self._decisions(*args, careful=self.careful))  # the one device-to-host read of the round
+                if not self.careful and np.isinf(host).any():
+                    # a plain RMS overflowed (or a residual holds an inf): a second read, only then
+                    host = to_host(self._decisions(*args, careful=True))
             e_d = np.array(host[:w])  # a copy: the records keep it, not the whole vector
             pos = w
             if one_step:
@@ -405,7 +420,7 @@ class _Run:
             if last and self.early_stop is not None:
                 if self.prev_last is not None:
                     change = float(host[pos])
-                self.prev_last = xw[-1:, ...]
+                self.prev_last = xp.asarray(xw[-1:, ...], copy=True)  # xw may be a view of the buffer
             self.windows.append((lo, hi))
             self.max_errors.append(float(np.nan if np.isnan(err).any() else err.max()))
             if self.row_errors is not None:

@@ -21,7 +21,10 @@ the work dtype cannot hold the square of the residual dtype's largest value (flo
 residuals, or bfloat16 without float64) each sample is divided by its largest magnitude
 before squaring, ``RMS(r) = m * RMS(r / m)`` with ``m = max |r|``. So a finite residual
 always gives a finite error, and a float16 residual of ``1e-4`` reads as ``1e-4``, not 0.
-All of it stays on the device; the driver reads the errors once per round.
+All of it stays on the device; the driver reads the errors once per round. The scaling costs
+five passes over the residual, so the driver first computes the plain RMS (exact unless a square
+overflows or underflows) when every threshold is above :meth:`Tolerance.fast_floor`, and
+recomputes the round's errors carefully -- a second read -- only when one of them reads ``inf``.
 """
 
 from __future__ import annotations
@@ -71,10 +74,15 @@ class Tolerance:
         return from_host(self.thresholds(sigma), xp, dtype=work_dtype(xp, device), device=device)
 
     @staticmethod
-    def sample_rms(r: Any, *, batch_ndim: int, xp: Any) -> Any:
+    def sample_rms(r: Any, *, batch_ndim: int, xp: Any, careful: bool = True) -> Any:
         """RMS over the event of every row and sample: ``(w,)`` or ``(w, S)`` in the work dtype.
 
         Overflow-safe (see the module docstring); ``nan`` where a value is not finite.
+        ``careful=False`` skips the scaling where it would be needed (five passes over the
+        residual fewer): the result is exact unless it reads ``inf`` (an overflowing square, or
+        an inf entry) or lies below :meth:`fast_floor` (underflowing squares); the driver
+        uses it when every threshold is above that floor and recomputes carefully when a
+        value reads ``inf``.
         """
         w = r.shape[0]
         S = math.prod(r.shape[1 : 1 + batch_ndim]) if batch_ndim else 1
@@ -82,7 +90,9 @@ class Tolerance:
         rows = xp.reshape(xp.astype(r, wdt), (w, S, -1))  # (w, S, d)
         if rows.shape[-1] == 0:
             return xp.zeros((w, S) if batch_ndim else (w,), dtype=wdt, device=device(r))
-        if _needs_scaling(xp, r.dtype, wdt):
+        if not careful and _needs_scaling(xp, r.dtype, wdt):
+            rms = xp.sqrt(xp.mean(xp.square(rows), axis=-1))  # inf: overflow or an inf entry (the caller redoes it)
+        elif _needs_scaling(xp, r.dtype, wdt):
             m = xp.max(xp.abs(rows), axis=-1, keepdims=True)  # (w, S, 1); nan/inf propagate
             safe = xp.where(xp.isfinite(m) & (m > 0), m, xp.ones_like(m))
             rms = m[..., 0] * xp.sqrt(xp.mean(xp.square(rows / safe), axis=-1))
@@ -92,7 +102,17 @@ class Tolerance:
             rms = xp.where(xp.isinf(rms), xp.full_like(rms, math.nan), rms)
         return rms if batch_ndim else rms[:, 0]
 
-    def row_errors(self, r: Any, thr: Any, *, batch_ndim: int, xp: Any) -> Any:
+    @staticmethod
+    def fast_floor(xp: Any, dev: Any) -> float:
+        """Below this RMS the uncareful :meth:`sample_rms` may lose accuracy to underflowing squares.
+
+        ``sqrt(tiny) / eps`` of the work dtype (about ``7e-139`` in float64): a sum of squares
+        that large has lost at most ``tiny`` to underflow, a relative ``eps^2``.
+        """
+        fi = xp.finfo(work_dtype(xp, dev))
+        return math.sqrt(float(fi.smallest_normal)) / float(fi.eps)
+
+    def row_errors(self, r: Any, thr: Any, *, batch_ndim: int, xp: Any, careful: bool = True) -> Any:
         """Scaled error ``e_i`` of every row of ``r`` on the device.
 
         Parameters
@@ -105,7 +125,7 @@ class Tolerance:
         -------
         array, shape ``(w,)``, work dtype; ``nan`` where the residual is not finite.
         """
-        rms = self.sample_rms(r, batch_ndim=batch_ndim, xp=xp)
+        rms = self.sample_rms(r, batch_ndim=batch_ndim, xp=xp, careful=careful)
         if batch_ndim:  # max over samples; a nan sample makes the row nan
             bad = xp.any(xp.isnan(rms), axis=1)
             rms = xp.where(bad, xp.full_like(rms[:, 0], math.nan), xp.max(rms, axis=1))

@@ -54,7 +54,13 @@ class Solver:
     the last final row), so the trajectory stays finite. ``stats(state)`` returns the
     solver's counters at the end. ``step`` must not read device values on the host nor build
     arrays from host data (the driver reads once per round; ``ctx.errors`` is on the host).
+
+    ``retains_iterate``: whether the state keeps ``ctx.x`` past the call (Anderson's history
+    does). When false the driver hands ``step`` a view of the trajectory's rows instead of a
+    copy (one copy of the window less per round).
     """
+
+    retains_iterate = True
 
     def init(self) -> Any:
         return None

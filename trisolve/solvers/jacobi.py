@@ -33,6 +33,7 @@ class Jacobi(Solver):
     """
 
     damping: float = 0.0
+    retains_iterate = False  # a class attribute, not a field: the step reads ctx.x and keeps nothing
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, high=1.0, high_open=True))
