@@ -1,6 +1,7 @@
 """Generic recurrences: update maps and solvers against sequential loops, forward and backward.
 
     python benchmarks/recurrences.py [--quick]
+    python benchmarks/recurrences.py --cpu-rnn     # only issue 14's CPU target (section 3)
 
 1. A contractive tanh RNN ``h_t = tanh(W h_{t-1} + U u_t)`` with hidden 16 (T = 1e3..1e5), 4
    (T = 1e3, 1e4) and 64 (T = 1e3; ``benchmarks/gpu.py`` runs hidden 64 to T = 1e5)
@@ -13,7 +14,11 @@
    rounds / n for every map (at n = 1e4 only the default and TAA: the others take about n / 8
    rounds of n rows), the default (``solver=None``), and the max difference from the
    sequential loop -- O(1) for Lorenz-96 after a converged solve (error amplification: see
-   the tutorial "Newton, Picard or TAA for an ODE").
+   the tutorial "Newton, Picard or TAA for an ODE"). The pendulum also in NumPy with the
+   default (no autodiff: finite-difference Newton), and with ELK's damping (lam = 0.01).
+3. ``--cpu-rnn``: the tanh RNN, hidden 16, T = 1e5, ``Jacobi()`` in PyTorch on every thread
+   against the NumPy Python loop, float64 and float32, with the floor ``rounds x one F``
+   (:func:`cpu_rnn`); results in ``results/recurrences_cpu_rnn.md``.
 
 PyTorch runs on one thread (the machine is shared). Times are medians of 3 runs after a warm-up (T = 1e4: 1 run after a warm-up; T = 1e5: 1 run),
 measured side by side in one process on the machine recorded in the JSON file.
@@ -165,7 +170,26 @@ ODE_METHODS = {
     "TAA, Picard": dict(solver=trisolve.TriangularAnderson(), update_map=trisolve.Picard()),
     "Newton dense": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton()),
     "Newton diagonal": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton(jacobian="diagonal")),
+    "Newton dense, ELK damping 0.01": dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton(damping=0.01)),
 }
+
+
+def rk4_numpy(f, h, n):
+    """:func:`rk4_system` in NumPy (no Jacobian anywhere: the default takes finite differences)."""
+
+    def F(x, lo, hi):
+        y = x[lo - 1 : hi - 1]
+        k1 = f(y)
+        k2 = f(y + 0.5 * h * k1)
+        k3 = f(y + 0.5 * h * k2)
+        k4 = f(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return trisolve.BlackBoxSystem(F, n)
+
+
+def pendulum_numpy(y, gamma=0.3):
+    return np.stack([y[..., 1], -np.sin(y[..., 0]) - gamma * y[..., 1]], axis=-1)
 
 
 def ode_rows(quick, repeats):
@@ -178,9 +202,21 @@ def ode_rows(quick, repeats):
     for (problem, f, h, x0, _), n in runs:
         system = rk4_system(f, h, n)
         t_loop, ref = median_time(lambda: trisolve.forward_substitution(system, x0), repeats)
+        if f is pendulum:  # the same system in NumPy: no autodiff, so the default differentiates by finite differences
+            sys_np, x0_np = rk4_numpy(pendulum_numpy, h, n), x0.numpy()
+            t_loop_np, ref_np = median_time(lambda: trisolve.forward_substitution(sys_np, x0_np), repeats)
+            t, sol = median_time(lambda: trisolve.solve(sys_np, None, x0_np, atol=ATOL), repeats)
+            rows.append(
+                dict(problem=problem + " (NumPy)", T=n, method="default (solver=None): finite differences", rounds=sol.num_rounds,
+                     rounds_over_n=sol.num_rounds / n, status=sol.status.name, parallel_s=t, loop_s=t_loop_np,
+                     max_error=float(np.abs(sol.trajectory - ref_np).max()))
+            )  # fmt: skip
+            print(rows[-1], flush=True)
         for name, kw in ODE_METHODS.items():
             if (n > 1000 and name not in ("default (solver=None)", "TAA, Picard")) or (name == "Jacobi, one-step" and n > 400):
                 continue  # about n / 8 rounds of n rows (the one-step map: n)
+            if "ELK" in name and f is not pendulum:
+                continue
             t, sol = median_time(lambda kw=kw: trisolve.solve(system, kw["solver"], x0, update_map=kw.get("update_map"), atol=ATOL), repeats)
             rows.append(
                 dict(problem=problem, T=n, method=name, rounds=sol.num_rounds, rounds_over_n=sol.num_rounds / n, status=sol.status.name,
@@ -190,10 +226,68 @@ def ode_rows(quick, repeats):
     return rows
 
 
+# ----------------------------------------------------------------------------- the CPU target
+
+
+def cpu_rnn(T: int = 100_000, hidden: int = HIDDEN, repeats: int = 5, *, quick: bool = False) -> dict:
+    """Issue 14's CPU target: the tanh RNN (hidden 16, T = 1e5) solved by ``Jacobi()`` in PyTorch
+    against the NumPy Python loop, side by side, in float64 (atol 1e-9) and float32 (atol 1e-6:
+    about ten float32 ulps of the O(1) states; the float32 loop is as fast as the float64 one).
+
+    Every thread the machine has (the loop uses one: it cannot use more). Also the floor of the
+    parallel solve: ``rounds x`` the time of one evaluation of ``F`` on all ``T`` rows -- what a
+    round with no overhead at all would cost.
+    """
+    W, drive = rnn_problem(T, hidden=hidden)
+    rows = []
+    for name, dtype, npdtype, atol in (("float64", torch.float64, np.float64, 1e-9), ("float32", torch.float32, np.float32, 1e-6)):
+        Wn, dn = W.astype(npdtype), drive.astype(npdtype)
+        Wt, dt = torch.from_numpy(Wn), torch.from_numpy(dn)
+
+        def F(x, lo, hi, Wt=Wt, dt=dt):
+            return torch.tanh(torch.addmm(dt[lo:hi], x[lo - 1 : hi - 1], Wt.T))
+
+        system = trisolve.BlackBoxSystem(F, T)
+        x0 = torch.zeros(hidden, dtype=dtype)
+        t_loop, ref = median_time(lambda Wn=Wn, dn=dn: rnn_loop_numpy(Wn, dn, T), repeats)
+        t_par, sol = median_time(lambda: trisolve.solve(system, trisolve.Jacobi(), x0, atol=atol), repeats)
+        xfull = torch.from_numpy(ref.astype(npdtype))
+        t_f, _ = median_time(lambda: F(xfull, 1, T + 1), repeats)
+        rows.append(
+            dict(dtype=name, atol=atol, status=sol.status.name, rounds=sol.num_rounds, numpy_loop_s=t_loop, parallel_s=t_par,
+                 speedup=t_loop / t_par, one_F_s=t_f, floor_s=sol.num_rounds * t_f, overhead_share=1 - sol.num_rounds * t_f / t_par,
+                 max_error=float(np.abs(sol.trajectory.double().numpy() - ref.astype(np.float64)).max()), threads=torch.get_num_threads())
+        )  # fmt: skip
+        print(rows[-1], flush=True)
+    md = [
+        f"tanh RNN, hidden {hidden}, T = {T:,}: `trisolve.solve(..., Jacobi(), atol)` in PyTorch ({rows[0]['threads']} threads) against the NumPy "
+        f"Python loop (one thread), medians of {repeats} runs after a warm-up, side by side in one process.",
+        "",
+        "| dtype | atol | rounds | NumPy loop [s] | parallel [s] | speed-up | one F on all rows [s] | floor = rounds x F [s] | share of the round outside F | max error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['dtype']} | {r['atol']:g} | {r['rounds']} | {r['numpy_loop_s']:.3f} | {r['parallel_s']:.3f} | {r['speedup']:.2f}x | "
+            f"{r['one_F_s'] * 1e3:.1f} ms | {r['floor_s']:.3f} | {r['overhead_share']:.0%} | {r['max_error']:.1e} |"
+        )
+    md += [
+        "",
+        "The floor is the time the solve would take if a round cost only its evaluation of F: a speed-up above "
+        "`loop / floor` is out of reach for this number of rounds on this machine.",
+    ]
+    write("recurrences_cpu_rnn" + ("_quick" if quick else ""), {"rows": rows}, "\n".join(md) + "\n")
+    return {"rows": rows}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cpu-rnn", action="store_true", help="only the CPU target: tanh RNN hidden 16, T = 1e5, against the NumPy loop")
     args = ap.parse_args(argv)
+    if args.cpu_rnn:
+        cpu_rnn(T=1000 if args.quick else 100_000, repeats=1 if args.quick else 5, quick=args.quick)
+        return
     if not args.quick:  # a shared 2-core machine: one thread each, so that timings are not thread contention
         torch.set_num_threads(1)
     repeats = 1 if args.quick else 3

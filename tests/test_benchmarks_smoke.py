@@ -12,6 +12,18 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``recurrences.py --cpu-rnn``: both dtypes converge to the NumPy loop, and the floor never exceeds the solve by much."""
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "recurrences"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("recurrences").main(["--cpu-rnn", "--quick"])
+    rows = json.loads((tmp_path / "recurrences_cpu_rnn_quick.json").read_text())["rows"]
+    assert [r["dtype"] for r in rows] == ["float64", "float32"]
+    assert all(r["status"] == "CONVERGED" and r["max_error"] < 10 * r["atol"] and r["rounds"] >= 2 for r in rows)
+
+
 @pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))

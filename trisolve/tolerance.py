@@ -87,7 +87,7 @@ class Tolerance:
         w = r.shape[0]
         S = math.prod(r.shape[1 : 1 + batch_ndim]) if batch_ndim else 1
         wdt = work_dtype(xp, device(r))
-        rows = xp.reshape(xp.astype(r, wdt), (w, S, -1))  # (w, S, d)
+        rows = xp.reshape(xp.astype(r, wdt, copy=False), (w, S, -1))  # (w, S, d)
         if rows.shape[-1] == 0:
             return xp.zeros((w, S) if batch_ndim else (w,), dtype=wdt, device=device(r))
         if not careful and _needs_scaling(xp, r.dtype, wdt):
