@@ -91,7 +91,12 @@ class Tolerance:
         if rows.shape[-1] == 0:
             return xp.zeros((w, S) if batch_ndim else (w,), dtype=wdt, device=device(r))
         if not careful and _needs_scaling(xp, r.dtype, wdt):
-            rms = xp.sqrt(xp.mean(xp.square(rows), axis=-1))  # inf: overflow or an inf entry (the caller redoes it)
+            # one pass where the namespace has a norm: inf on overflow or an inf entry (the caller redoes it)
+            linalg = getattr(xp, "linalg", None)
+            if hasattr(linalg, "vector_norm"):
+                rms = linalg.vector_norm(rows, axis=-1) / math.sqrt(rows.shape[-1])
+            else:
+                rms = xp.sqrt(xp.mean(xp.square(rows), axis=-1))
         elif _needs_scaling(xp, r.dtype, wdt):
             m = xp.max(xp.abs(rows), axis=-1, keepdims=True)  # (w, S, 1); nan/inf propagate
             safe = xp.where(xp.isfinite(m) & (m > 0), m, xp.ones_like(m))
