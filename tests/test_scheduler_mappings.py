@@ -23,6 +23,7 @@ from diffusers import (
     DPMSolverSinglestepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
@@ -433,6 +434,24 @@ def test_scaled_rows_match_step_loop(make):
         assert m.scaled() is m
     else:
         np.testing.assert_allclose(m.scaled().input_scale, 1.0)  # the network sees the scaled row itself
+
+
+def test_default_history_size_is_set_per_loop():
+    """Flow matching keeps one difference pair in the default TAA, every other loop four; a rescaled mapping keeps its loop's."""
+    import trisolve_diffusion as td
+
+    flow = FlowMatchEulerDiscreteScheduler()
+    flow.set_timesteps(8)
+    assert map_scheduler(flow).default_history_size == 1
+    for make in (DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler):
+        sched = make()
+        sched.set_timesteps(8)
+        m = map_scheduler(sched)
+        assert m.default_history_size == 4 and m.scaled().default_history_size == 4
+    assert td.SolveOptions().solver_and_map(8, history_size=1)[0].history_size == 1
+    assert td.SolveOptions().solver_and_map(8)[0].history_size == 4
+    given = trisolve.TriangularAnderson(history_size=3)
+    assert td.SolveOptions(solver=given).solver_and_map(8, history_size=1)[0] is given  # a solver asked for is kept
 
 
 def test_scaled_rows_parallel_solve():

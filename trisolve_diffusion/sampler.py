@@ -98,7 +98,9 @@ class SolveOptions:
     Attributes
     ----------
     solver : trisolve.Solver, optional
-        ``None``: ``TriangularAnderson(history_size=4)`` (chosen by the benchmarks).
+        ``None``: ``TriangularAnderson(history_size=m)`` with the scheduler mapping's
+        ``default_history_size`` ``m`` (chosen by the benchmarks): 4, and 1 for flow matching
+        (``FlowMatchEulerDiscreteScheduler``: SD3, Flux, the bundled digits flow model).
     update_map : trisolve.UpdateMap, optional
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
@@ -230,9 +232,13 @@ class SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def solver_and_map(self, n: int) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
-        """The solver and update map for an ``n``-row system, defaults filled in."""
-        solver = trisolve.TriangularAnderson(history_size=4) if self.solver is None else self.solver
+    def solver_and_map(self, n: int, history_size: int = 4) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+        """The solver and update map for an ``n``-row system, defaults filled in.
+
+        ``history_size``: difference pairs of the default ``TriangularAnderson`` (when ``solver``
+        is ``None``); :func:`sample_latents` passes the mapping's ``default_history_size``.
+        """
+        solver = trisolve.TriangularAnderson(history_size=history_size) if self.solver is None else self.solver
         if self.update_map is not None:
             return solver, self.update_map
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
@@ -254,7 +260,11 @@ _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
 
 
 def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
-    """The default solver and update map (chosen by the benchmarks, see docs/benchmarks)."""
+    """The default solver and update map (chosen by the benchmarks, see docs/benchmarks).
+
+    Flow-matching loops keep one difference pair instead of four
+    (``FlowMatchMapping.default_history_size``).
+    """
     return SolveOptions().solver_and_map(2**31)
 
 
@@ -450,7 +460,7 @@ def sample_latents(
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, c))  # fmt: skip
-    solver, update_map = options.solver_and_map(n)
+    solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
     init = None if options.init is None else options.init.to(device=device, dtype=traj)
     bar = _Progress(options.progress, n)
 

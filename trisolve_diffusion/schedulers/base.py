@@ -19,7 +19,7 @@ host; ``scheduler.step`` is never called.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -69,7 +69,14 @@ class SchedulerMapping:
         variance-preserving latents ``x_j / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers
         (whose rows range over ``sigma`` up to ~100), ``None`` (all ones) otherwise. See
         :meth:`scaled`.
+    default_history_size : int (class attribute)
+        Difference pairs of the default solver (``TriangularAnderson``) for this loop, used when
+        ``SolveOptions.solver`` is ``None``: 4, chosen on the bundled digits DDPM (DDIM-25/50/100,
+        DDPM-100); flow-matching loops override it (:class:`~.flow_match.FlowMatchMapping`).
     """
+
+    #: difference pairs of the default ``TriangularAnderson`` (``SolveOptions(solver=None)``)
+    default_history_size: ClassVar[int] = 4
 
     scheduler: Any
     timesteps: np.ndarray
@@ -161,6 +168,10 @@ class ScaledMapping(SchedulerMapping):
 
     base: SchedulerMapping | None = None
     inv_scale: np.ndarray | None = None  # 1 / row_scale[j] of rows 0 .. n - 1   (n,)
+
+    @property
+    def default_history_size(self) -> int:  # the loop's, not the rescaling's
+        return self.base.default_history_size
 
     def g(self, x, model_output, lo, hi):
         return self.base.g(x * self.table("inv_scale", x)[lo:hi], model_output, lo, hi)
