@@ -539,7 +539,8 @@ def test_at_most_one_host_read_and_no_host_built_tensor_per_round(solver, update
 @pytest.mark.parametrize("solver", [trisolve.Jacobi(), trisolve.TriangularAnderson()], ids=["jacobi", "taa"])
 def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solver):
     """Stop at the first round whose starting iterate has RMS(F_n(x) - x_n) <= final_row_atol for every
-    sample (unscaled by sigma), checked independently from the iterates a callback saw."""
+    sample (unscaled by sigma), and the same for every window row, checked independently from the
+    iterates a callback saw."""
     n, tol = 60, 1e-3
     rng = np.random.default_rng(5)
     base = blackbox_system(rng, n, 1, (3, 4), backend, scale=0.4)
@@ -560,10 +561,18 @@ def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solv
         f = backend.to_numpy(system.fn(backend.asarray(traj), n, n + 1))[0]
         return np.sqrt(np.mean((f - traj[n]) ** 2, axis=-1)).max()
 
+    def window_rms(traj, lo, hi):  # the largest pending correction of the window rows
+        f = backend.to_numpy(system.fn(backend.asarray(traj), lo, hi))
+        return np.sqrt(np.mean((f - traj[lo:hi]) ** 2, axis=-1)).max()
+
+    def may_stop(t):
+        lo, hi = sol.windows[t]
+        return final_rms(starts[t]) <= tol and window_rms(starts[t], lo, hi) <= tol
+
     starts = seen[:-1]  # the iterate each round started from
     in_window = [t for t, (lo, hi) in enumerate(sol.windows) if hi == n + 1]
-    assert final_rms(starts[-1]) <= tol
-    assert all(final_rms(starts[t]) > tol for t in in_window[:-1])
+    assert may_stop(len(starts) - 1)
+    assert not any(may_stop(t) for t in in_window[:-1])
     # the answer is close to the solution at the final row
     ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
     assert np.abs(backend.to_numpy(sol.trajectory)[-1] - ref[-1]).max() < 10 * tol
@@ -588,6 +597,27 @@ def test_an_int_window_means_a_sliding_window_in_solve_as_in_sample():
         trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window="8")
     with pytest.raises(ValueError, match="SlidingWindow size must be >= 1"):
         trisolve.solve(system, trisolve.Jacobi(), np.zeros(3), window=0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_final_row_atol_waits_for_the_rows_that_still_move_the_final_row(backend):
+    """One-step map, last step x_n = x_(n-1): the copy-forward start gives the final row a zero residual
+    in round 1 while every other row is far off; the finish must wait for those rows too."""
+    xp = backend.xp
+    n = 30
+
+    def fn(x, lo, hi):
+        f = 0.5 * xp.tanh(x[lo - 1 : hi - 1, ...]) + 1.0
+        if hi == n + 1:  # the identity last step
+            f = xp.concat([f[: hi - lo - 1, ...], x[n - 1 : n, ...]], axis=0)
+        return f
+
+    system = trisolve.BlackBoxSystem(fn, n)
+    x0 = backend.asarray(np.linspace(-1.0, 1.0, 4))
+    ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, final_row_atol=1e-6)
+    assert sol.status.ok and sol.num_rounds > 1
+    assert np.abs(backend.to_numpy(sol.trajectory)[-1] - ref[-1]).max() < 1e-5
 
 
 def test_final_row_atol_reads_the_map_residual_of_an_unrolled_map():

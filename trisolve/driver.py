@@ -142,7 +142,8 @@ def solve(
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
         order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from is
         ``<= final_row_atol`` for every sample (absolute, in the trajectory's units, not
-        scaled by ``sigma``); that round's update is still applied. Status
+        scaled by ``sigma``), and so is every window row's (a row still far from its value
+        would move the final row in the next rounds); that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
@@ -314,6 +315,7 @@ class _Run:
         self.cache = system.new_cache(x, xp=xp)
         self.tables = update_map.prepare(system, x, xp=xp)
         self.thr = tol.device_thresholds(system.sigma, xp=xp, device=device(x))  # (n,) rows 1..n
+        self.thr_host = tol.thresholds(system.sigma)  # the same, host float64
         # the plain RMS decides every round unless a threshold is so small that underflowing squares could matter
         self.careful = bool(np.min(tol.thresholds(system.sigma), initial=np.inf) < tol.fast_floor(xp, device(x)))
         self.linear = system.linear_rows  # (n + 1,) host bool
@@ -415,7 +417,10 @@ class _Run:
                 err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
             final_ok = change = None
             if last and self.final_row_atol is not None:
-                final_ok = bool(host[pos] <= self.final_row_atol)
+                # and no earlier step still has a larger pending correction (unscaled: err x thr): the
+                # next round would carry it into the final row (a stalled row stays stalled downstream)
+                rows_ok = bool(np.all(err * self.thr_host[lo - 1 : hi - 1] <= self.final_row_atol))
+                final_ok = bool(host[pos] <= self.final_row_atol) and rows_ok
                 pos += 1
             if last and self.early_stop is not None:
                 if self.prev_last is not None:
