@@ -21,9 +21,10 @@ the work dtype cannot hold the square of the residual dtype's largest value (flo
 residuals, or bfloat16 without float64) each sample is divided by its largest magnitude
 before squaring, ``RMS(r) = m * RMS(r / m)`` with ``m = max |r|``. So a finite residual
 always gives a finite error, and a float16 residual of ``1e-4`` reads as ``1e-4``, not 0.
-All of it stays on the device; the driver reads the errors once per round. The scaling costs
-five passes over the residual, so the driver first computes the plain RMS (exact unless a square
-overflows or underflows) when every threshold is above :meth:`Tolerance.fast_floor`, and
+All of it stays on the device; the driver reads the errors once per round. The cast and the
+scaling cost several passes over the residual, so for float32 and float64 trajectories the driver
+first computes the plain norm in the residual's own dtype (one pass; exact to its rounding unless
+a square overflows or underflows) when every threshold is above :meth:`Tolerance.fast_floor`, and
 recomputes the round's errors carefully -- a second read -- only when one of them reads ``inf``.
 """
 
@@ -39,6 +40,11 @@ from ._backend import device, from_host, to_host, work_dtype
 from ._validate import check_float
 
 __all__ = ["Tolerance"]
+
+
+def _fast_dtype(xp: Any, dtype: Any) -> bool:
+    """float32 and float64 residuals may take the plain norm in their own dtype (``careful=False``)."""
+    return dtype == xp.float32 or dtype == xp.float64
 
 
 def _needs_scaling(xp: Any, rdtype: Any, wdtype: Any) -> bool:
@@ -78,26 +84,28 @@ class Tolerance:
         """RMS over the event of every row and sample: ``(w,)`` or ``(w, S)`` in the work dtype.
 
         Overflow-safe (see the module docstring); ``nan`` where a value is not finite.
-        ``careful=False`` skips the scaling where it would be needed (five passes over the
-        residual fewer): the result is exact unless it reads ``inf`` (an overflowing square, or
-        an inf entry) or lies below :meth:`fast_floor` (underflowing squares); the driver
-        uses it when every threshold is above that floor and recomputes carefully when a
-        value reads ``inf``.
+        ``careful=False`` (float32 and float64 residuals): the plain norm in the residual's own
+        dtype, one pass and no cast -- exact to the dtype's rounding unless it reads ``inf``
+        (an overflowing square, or an inf entry) or lies below :meth:`fast_floor` (underflowing
+        squares); the driver uses it when every threshold is above that floor and recomputes
+        carefully when a value reads ``inf``.
         """
         w = r.shape[0]
         S = math.prod(r.shape[1 : 1 + batch_ndim]) if batch_ndim else 1
         wdt = work_dtype(xp, device(r))
-        rows = xp.reshape(xp.astype(r, wdt, copy=False), (w, S, -1))  # (w, S, d)
-        if rows.shape[-1] == 0:
+        if math.prod(r.shape[1 + batch_ndim :]) == 0:  # an empty event: RMS 0
             return xp.zeros((w, S) if batch_ndim else (w,), dtype=wdt, device=device(r))
-        if not careful and _needs_scaling(xp, r.dtype, wdt):
-            # one pass where the namespace has a norm: inf on overflow or an inf entry (the caller redoes it)
+        if not careful and _fast_dtype(xp, r.dtype):
+            rows = xp.reshape(r, (w, S, -1))  # (w, S, d) in the residual's dtype
             linalg = getattr(xp, "linalg", None)
-            if hasattr(linalg, "vector_norm"):
+            if hasattr(linalg, "vector_norm"):  # one pass
                 rms = linalg.vector_norm(rows, axis=-1) / math.sqrt(rows.shape[-1])
             else:
                 rms = xp.sqrt(xp.mean(xp.square(rows), axis=-1))
-        elif _needs_scaling(xp, r.dtype, wdt):
+            rms = xp.astype(rms, wdt, copy=False)  # inf: overflow or an inf entry (the caller redoes it)
+            return rms if batch_ndim else rms[:, 0]
+        rows = xp.reshape(xp.astype(r, wdt, copy=False), (w, S, -1))  # (w, S, d)
+        if _needs_scaling(xp, r.dtype, wdt):
             m = xp.max(xp.abs(rows), axis=-1, keepdims=True)  # (w, S, 1); nan/inf propagate
             safe = xp.where(xp.isfinite(m) & (m > 0), m, xp.ones_like(m))
             rms = m[..., 0] * xp.sqrt(xp.mean(xp.square(rows / safe), axis=-1))
@@ -108,13 +116,16 @@ class Tolerance:
         return rms if batch_ndim else rms[:, 0]
 
     @staticmethod
-    def fast_floor(xp: Any, dev: Any) -> float:
-        """Below this RMS the uncareful :meth:`sample_rms` may lose accuracy to underflowing squares.
+    def fast_floor(xp: Any, dtype: Any) -> float:
+        """Below this RMS the uncareful :meth:`sample_rms` of a ``dtype`` residual may lose accuracy.
 
-        ``sqrt(tiny) / eps`` of the work dtype (about ``7e-139`` in float64): a sum of squares
-        that large has lost at most ``tiny`` to underflow, a relative ``eps^2``.
+        ``sqrt(tiny) / eps`` of ``dtype`` (about ``7e-139`` in float64, ``9e-13`` in float32): a
+        sum of squares that large has lost at most ``tiny`` to underflow, a relative ``eps^2``.
+        ``0`` for dtypes that always take the careful path.
         """
-        fi = xp.finfo(work_dtype(xp, dev))
+        if not _fast_dtype(xp, dtype):
+            return 0.0
+        fi = xp.finfo(dtype)
         return math.sqrt(float(fi.smallest_normal)) / float(fi.eps)
 
     def row_errors(self, r: Any, thr: Any, *, batch_ndim: int, xp: Any, careful: bool = True) -> Any:
