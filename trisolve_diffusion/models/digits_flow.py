@@ -12,14 +12,16 @@ and sampling integrates ``dx / dsigma = v`` from ``sigma = 1`` (noise) to ``sigm
 Euler steps ``x' = x + (sigma' - sigma) v`` (``FlowMatchEulerDiscreteScheduler.step``). The
 weights ship in ``trisolve_diffusion/weights/digits_flow/`` (safetensors); reproduce them with::
 
-    python -m trisolve_diffusion.models.digits_flow --train                # 2 CPU threads, ~13 minutes
+    python -m trisolve_diffusion.models.digits_flow --train                # 2 CPU threads, 13-25 minutes
     python -m trisolve_diffusion.models.digits_flow --train --device cuda  # ~3 minutes
 
 The bundled weights were trained with the second command on one NVIDIA H200 (161 s, 4,000
 steps, ``training.json``); every random draw comes from the same seeded CPU generator on either
 device, so a CPU run differs only by floating-point round-off in the arithmetic. On an otherwise
 idle 16-core x86 host, the CPU path with 2 threads took 0.19 s per step (60 steps in 11.1 s),
-about 13 minutes for the 4,000 steps.
+about 13 minutes for the 4,000 steps; on the project's 2-core development machine, otherwise
+idle, it took 0.38 s per step (steps 250-500 in 95 s), about 25 minutes -- the forward and
+backward passes of the UNet are almost all of it.
 
 Load a ready pipeline with :func:`load_digits_flow_pipeline` (no network access needed).
 """
