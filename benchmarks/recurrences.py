@@ -3,9 +3,8 @@
     python benchmarks/recurrences.py [--quick]
     python benchmarks/recurrences.py --cpu-rnn     # only issue 14's CPU target (section 3)
 
-1. A contractive tanh RNN ``h_t = tanh(W h_{t-1} + U u_t)`` with hidden 16 (T = 1e3..1e5), 4
-   (T = 1e3, 1e4) and 64 (T = 1e3; ``benchmarks/gpu.py`` runs hidden 64 to T = 1e5)
-   (PyTorch, float64, CPU): rounds and wall time of Jacobi (one-step map), TAA (one-step
+1. A contractive tanh RNN ``h_t = tanh(W h_{t-1} + U u_t)`` with hidden 4, 16 and 64, T = 1e3,
+   1e4 and 1e5 (PyTorch, float64, CPU; ``benchmarks/gpu.py`` runs it on a GPU): rounds and wall time of Jacobi (one-step map), TAA (one-step
    map), Newton dense (DEER) and Newton diagonal (quasi-DEER), with the Jacobian from a
    ``jacobian=`` callable, against a sequential loop over torch rows and one over NumPy rows.
    Forward + backward: ``solve(..., gradients=True)`` then ``loss.backward()`` against the
@@ -292,12 +291,13 @@ def main(argv=None):
         torch.set_num_threads(1)
     repeats = 1 if args.quick else 3
     ode_repeats = 1
-    rnn = []
-    for hidden in [4] if args.quick else [16, 4, 64]:  # the dense scan is O(T d^3) per round: hidden 64 at T = 1e3 only
-        sizes = [100] if args.quick else {16: [1000, 10_000, 100_000], 4: [1000, 10_000], 64: [1000]}[hidden]
-        rnn += rnn_rows(sizes, [hidden], repeats)
     ode = ode_rows(args.quick, ode_repeats)
-    write_tables(rnn, ode, quick=args.quick, repeats=repeats)
+    rnn = []
+    for hidden in [4] if args.quick else [16, 4, 64]:
+        for T in [100] if args.quick else [1000, 10_000, 100_000]:
+            rnn += rnn_rows([T], [hidden], repeats)
+            # written after every size: the dense scan is O(T d^3) per round, and hidden 64 at T = 1e5 takes minutes
+            write_tables(rnn, ode, quick=args.quick, repeats=repeats)
 
 
 def write_tables(rnn: list[dict], ode: list[dict], *, quick: bool, repeats: int, note: str = "") -> None:
