@@ -62,9 +62,12 @@ def rnn_loop_numpy(W, drive, T):
 
 
 def rnn_loop_torch(W, drive, T):
+    """The sequential loop over torch rows (``unbind``, not ``drive[t]``: indexing a tensor that
+    requires grad T times makes autograd build T full-size gradients, O(T^2) in the backward)."""
     h = [torch.zeros(W.shape[0], dtype=W.dtype, device=W.device)]
+    rows = drive.unbind(0)
     for t in range(1, T + 1):
-        h.append(torch.tanh(W @ h[-1] + drive[t]))
+        h.append(torch.tanh(W @ h[-1] + rows[t]))
     return torch.stack(h)
 
 
