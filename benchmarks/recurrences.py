@@ -142,7 +142,7 @@ def rnn_rows(sizes, hiddens, repeats):
 
 
 def rk4_system(f, h, n):
-    """Explicit RK4 steps of ``y' = f(y)`` as a black box (torch); ``f`` acts on the last axis."""
+    """Explicit RK4 steps of ``y' = f(y)`` as a black box (torch or NumPy, as ``f``); ``f`` acts on the last axis."""
 
     def F(x, lo, hi):
         y = x[lo - 1 : hi - 1]
@@ -176,21 +176,8 @@ ODE_METHODS = {
 }
 
 
-def rk4_numpy(f, h, n):
-    """:func:`rk4_system` in NumPy (no Jacobian anywhere: the default takes finite differences)."""
-
-    def F(x, lo, hi):
-        y = x[lo - 1 : hi - 1]
-        k1 = f(y)
-        k2 = f(y + 0.5 * h * k1)
-        k3 = f(y + 0.5 * h * k2)
-        k4 = f(y + h * k3)
-        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    return trisolve.BlackBoxSystem(F, n)
-
-
 def pendulum_numpy(y, gamma=0.3):
+    """:func:`pendulum` in NumPy (no autodiff: the default differentiates it by finite differences)."""
     return np.stack([y[..., 1], -np.sin(y[..., 0]) - gamma * y[..., 1]], axis=-1)
 
 
@@ -205,7 +192,7 @@ def ode_rows(quick, repeats):
         system = rk4_system(f, h, n)
         t_loop, ref = median_time(lambda: trisolve.forward_substitution(system, x0), repeats)
         if f is pendulum:  # the same system in NumPy: no autodiff, so the default differentiates by finite differences
-            sys_np, x0_np = rk4_numpy(pendulum_numpy, h, n), x0.numpy()
+            sys_np, x0_np = rk4_system(pendulum_numpy, h, n), x0.numpy()
             t_loop_np, ref_np = median_time(lambda: trisolve.forward_substitution(sys_np, x0_np), repeats)
             t, sol = median_time(lambda: trisolve.solve(sys_np, None, x0_np, atol=ATOL), repeats)
             rows.append(

@@ -317,7 +317,7 @@ class _Run:
         self.thr = tol.device_thresholds(system.sigma, xp=xp, device=device(x))  # (n,) rows 1..n
         self.thr_host = tol.thresholds(system.sigma)  # the same, host float64
         # the plain RMS decides every round unless a threshold is so small that underflowing squares could matter
-        self.careful = bool(np.min(tol.thresholds(system.sigma), initial=np.inf) < tol.fast_floor(xp, x.dtype))
+        self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
 

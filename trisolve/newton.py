@@ -500,18 +500,13 @@ class Newton(UpdateMap):
                 kind = "dense" if dense else "diagonal"
             rc = rr[t0:t1, ...]
             if self.damping:  # ELK: the Levenberg-Marquardt step given the carry; corr = delta - r
-                delta = damped_scan(J, rc, self.damping, kind=kind, xp=xp, carry=carry)
-                corr = delta - rc
-                ok = xp.all(xp.isfinite(corr), axis=-1, keepdims=True)
-                corr = xp.where(ok, corr, xp.zeros_like(corr))
-                carry = (rc + corr)[-1:, ...]
-                parts.append(corr)
-                continue
-            # delta_{t-1} for every row of the chunk: the carry from the previous chunk, then the scan
-            first = xp.zeros_like(rc[:1, ...]) if carry is None else carry
-            rc_in = rc if carry is None else xp.concat([rc[:1, ...] + apply_linear(J[:1, ...], carry, kind=kind, xp=xp), rc[1:, ...]], axis=0)
-            delta = affine_scan(J, rc_in, xp=xp)  # (c, S, d)
-            corr = apply_linear(J, xp.concat([first, delta[:-1, ...]], axis=0), kind=kind, xp=xp)  # J_i delta_{i-1}
+                corr = damped_scan(J, rc, self.damping, kind=kind, xp=xp, carry=carry) - rc
+            else:
+                # delta_{t-1} for every row of the chunk: the carry from the previous chunk, then the scan
+                first = xp.zeros_like(rc[:1, ...]) if carry is None else carry
+                rc_in = rc if carry is None else xp.concat([rc[:1, ...] + apply_linear(J[:1, ...], carry, kind=kind, xp=xp), rc[1:, ...]], axis=0)
+                delta = affine_scan(J, rc_in, xp=xp)  # (c, S, d)
+                corr = apply_linear(J, xp.concat([first, delta[:-1, ...]], axis=0), kind=kind, xp=xp)  # J_i delta_{i-1}
             # non-finite fallback: a (row, sample) whose correction overflowed takes the one-step value
             ok = xp.all(xp.isfinite(corr), axis=-1, keepdims=True)
             corr = xp.where(ok, corr, xp.zeros_like(corr))
