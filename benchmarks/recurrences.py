@@ -2,6 +2,7 @@
 
     python benchmarks/recurrences.py [--quick]
     python benchmarks/recurrences.py --cpu-rnn     # only issue 14's CPU target (section 3)
+    python benchmarks/recurrences.py --adjoint     # only plain Jacobi's forward + backward per adjoint choice (section 4)
 
 1. A contractive tanh RNN ``h_t = tanh(W h_{t-1} + U u_t)`` with hidden 4, 16 and 64, T = 1e3,
    1e4 and 1e5 (PyTorch, float64, CPU; ``benchmarks/gpu.py`` runs it on a GPU): rounds and wall time of Jacobi (one-step map), TAA (one-step
@@ -18,6 +19,9 @@
 3. ``--cpu-rnn``: the tanh RNN, hidden 16, T = 1e5, ``Jacobi()`` in PyTorch on every thread
    against the NumPy Python loop, float64 and float32, with the floor ``rounds x one F``
    (:func:`cpu_rnn`); results in ``results/recurrences_cpu_rnn.md``.
+4. ``--adjoint``: the tanh RNN, hidden 4/16/32/64, T = 1e3..1e5, a plain ``Jacobi()`` forward
+   and its forward + backward with each adjoint choice (``Adjoint()``'s ``"auto"``, ``"dense"``,
+   ``"none"``) side by side (:func:`adjoint_rows`); results in ``results/recurrences_adjoint.md``.
 
 PyTorch runs on one thread (the machine is shared). Times are medians of 3 runs after a warm-up (T = 1e4: 1 run after a warm-up; T = 1e5: 1 run),
 measured side by side in one process on the machine recorded in the JSON file.
@@ -269,11 +273,81 @@ def cpu_rnn(T: int = 100_000, hidden: int = HIDDEN, repeats: int = 5, *, quick: 
     return {"rows": rows}
 
 
+def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats: int = 3, *, quick: bool = False) -> list[dict]:
+    """Issue 16's forward + backward target after a plain Jacobi forward: the adjoint's choices side by side.
+
+    For each size, the Jacobi forward alone, then forward + backward with ``Adjoint()`` (the
+    default, ``"auto"``), ``"dense"`` and ``"none"``, medians of ``repeats`` runs after a warm-up
+    (one run at T = 1e5), PyTorch on one thread. Also what ``"auto"`` did (its VJP steps and the
+    step at which it switched to dense, from a direct adjoint solve with the same cotangent) and
+    how far its gradients are from the dense adjoint's.
+    """
+    from trisolve.gradients import _Adjoint
+
+    rows = []
+    for hidden in hiddens:
+        for T in sizes:
+            rep = 1 if T >= 100_000 else repeats
+            W, drive = rnn_problem(T, hidden=hidden)
+            Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
+            wts = torch.from_numpy(np.random.default_rng(1).standard_normal((T + 1, hidden)))
+            t_fwd, sol = median_time(lambda: rnn_parallel(Wt, dt, T), rep, warmup=True)
+            row = dict(problem=f"tanh RNN, hidden {hidden}", T=T, rounds=sol.num_rounds, forward_s=t_fwd)
+            grads = {}
+            for kind in ("auto", "dense", "none"):
+                Wg, dg = Wt.clone().requires_grad_(True), dt.clone().requires_grad_(True)
+
+                def fb(kind=kind, Wg=Wg, dg=dg):
+                    Wg.grad = dg.grad = None
+                    s = rnn_parallel(Wg, dg, T, gradients=trisolve.Adjoint(jacobian=kind))
+                    (s.trajectory * wts).sum().backward()
+                    return s
+
+                row[f"{kind}_s"] = median_time(fb, rep, warmup=True)[0]
+                row[f"{kind}_ratio"] = row[f"{kind}_s"] / t_fwd
+                grads[kind] = Wg.grad.clone()
+            auto = _Adjoint(rnn_system(Wt, dt, T), sol.trajectory, trisolve.Adjoint())
+            auto.solve(wts[1:])
+            row.update(auto_steps=auto.num_steps, auto_switched_at=auto.switched_at, auto_final=auto.kind,
+                       auto_vs_dense=float((grads["auto"] - grads["dense"]).abs().max() / grads["dense"].abs().max()))  # fmt: skip
+            rows.append(row)
+            print(row, flush=True)
+    md = [
+        "| problem | T | Jacobi rounds | forward [s] | fwd + bwd, auto (default) [s] | ratio | auto: VJP steps, switched to dense at | "
+        "fwd + bwd, dense [s] | ratio | fwd + bwd, none [s] | ratio | auto vs dense, max rel. difference of dL/dW |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        sw = "never (VJP steps only)" if r["auto_switched_at"] is None else f"step {r['auto_switched_at']}"
+        if r["auto_switched_at"] is None and r["auto_final"] == "dense":
+            sw = "dense from the start"
+        md.append(
+            f"| {r['problem']} | {r['T']:,} | {r['rounds']} | {r['forward_s']:.3f} | {r['auto_s']:.3f} | {r['auto_ratio']:.2f} | "
+            f"{r['auto_steps']}, {sw} | {r['dense_s']:.3f} | {r['dense_ratio']:.2f} | {r['none_s']:.3f} | {r['none_ratio']:.2f} | "
+            f"{r['auto_vs_dense']:.1e} |"
+        )
+    md += [
+        "",
+        f"PyTorch CPU, one thread, float64, forward `Jacobi()` at atol {ATOL:g} (the system has a `jacobian=` callable); medians of "
+        f"{repeats} runs after a warm-up (T = 1e5: one run). Ratio = (forward + backward) / forward.",
+    ]
+    write("recurrences_adjoint" + ("_quick" if quick else ""), {"rows": rows}, "\n".join(md) + "\n")
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--cpu-rnn", action="store_true", help="only the CPU target: tanh RNN hidden 16, T = 1e5, against the NumPy loop")
+    ap.add_argument("--adjoint", action="store_true", help="only the forward + backward of plain Jacobi with each adjoint choice")
     args = ap.parse_args(argv)
+    if args.adjoint:
+        torch.set_num_threads(1)
+        if args.quick:
+            adjoint_rows(sizes=(200,), hiddens=(4, 16), repeats=1, quick=True)
+        else:
+            adjoint_rows()
+        return
     if args.cpu_rnn:
         cpu_rnn(T=1000 if args.quick else 100_000, repeats=1 if args.quick else 5, quick=args.quick)
         return

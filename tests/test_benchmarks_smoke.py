@@ -24,6 +24,19 @@ def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
     assert all(r["status"] == "CONVERGED" and r["max_error"] < 10 * r["atol"] and r["rounds"] >= 2 for r in rows)
 
 
+def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``recurrences.py --adjoint``: every adjoint choice's gradient agrees with the dense one; auto at d <= 8 is dense from the start."""
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "recurrences"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("recurrences").main(["--adjoint", "--quick"])
+    rows = json.loads((tmp_path / "recurrences_adjoint_quick.json").read_text())["rows"]
+    assert [r["problem"] for r in rows] == ["tanh RNN, hidden 4", "tanh RNN, hidden 16"]
+    assert all(r["auto_vs_dense"] < 1e-10 and r["rounds"] >= 2 for r in rows)
+    assert rows[0]["auto_final"] == "dense" and rows[0]["auto_switched_at"] is None
+
+
 @pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))

@@ -93,6 +93,72 @@ def test_semilinear_gradients_reach_g_parameters_and_the_forcing():
             torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-8)
 
 
+def _auto_adjoint(system, traj, g):
+    from trisolve.gradients import _Adjoint
+
+    a = _Adjoint(system, traj, trisolve.Adjoint())
+    return a, a.solve(g)
+
+
+def test_auto_adjoint_keeps_vjp_steps_while_they_pay_and_switches_to_dense_when_not():
+    """jacobian="auto" between d = 8 and 256: VJP steps while their predicted total stays below d, else dense.
+
+    A contractive RNN with d = 48 needs about 20 VJP steps (< 48): auto takes them and never
+    builds a Jacobian. The same RNN with d = 12 would need more than 12: auto switches after a
+    step or two and finishes with one dense step. An RK4 integrator (J near I, d = 10), where VJP
+    steps would take about n, switches after the first step. Every answer equals the dense
+    adjoint's (and that one autograd through the loop, the tests above) to 1e-10."""
+    from trisolve.gradients import _Adjoint
+
+    cases = []
+    for H, scale in ((48, 0.3), (12, 0.9)):
+        T = 150
+        W, drive, x0, _ = _rnn(T, H=H, scale=scale)
+        system = trisolve.BlackBoxSystem(lambda x, lo, hi, W=W.detach(), drive=drive.detach(): torch.tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
+        traj = trisolve.solve(system, trisolve.Jacobi(), x0.detach(), atol=1e-13).trajectory
+        cases.append((H, system, traj))
+    n, H = 200, 10
+    A = torch.randn(H, H, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) / H**0.5 - torch.eye(H, dtype=torch.float64)
+    f = lambda y: torch.tanh(y @ A.T)  # noqa: E731
+    h = 0.05
+
+    def rk4(x, lo, hi):
+        y = x[lo - 1 : hi - 1]
+        k1 = f(y)
+        k2 = f(y + 0.5 * h * k1)
+        k3 = f(y + 0.5 * h * k2)
+        k4 = f(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    ode = trisolve.BlackBoxSystem(rk4, n)
+    cases.append(("ode", ode, trisolve.solve(ode, None, torch.ones(H, dtype=torch.float64), atol=1e-13).trajectory))
+    for name, system, traj in cases:
+        g = torch.randn(traj.shape[0] - 1, *traj.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        auto, lam = _auto_adjoint(system, traj, g)
+        dense = _Adjoint(system, traj, trisolve.Adjoint(jacobian="dense"))
+        torch.testing.assert_close(lam, dense.solve(g), rtol=1e-10, atol=1e-10)
+        if name == 48:
+            assert auto.switched_at is None and auto.kind == "none" and 3 <= auto.num_steps < 48, (auto.num_steps, auto.switched_at)
+        elif name == 12:
+            assert auto.switched_at is not None and auto.switched_at <= 3 and auto.kind == "dense", auto.switched_at
+            assert auto.num_steps <= auto.switched_at + 2
+        else:
+            assert auto.switched_at == 1 and auto.num_steps <= 3, (auto.switched_at, auto.num_steps)
+    # at d <= 8 auto is dense from the start; the public path agrees with autograd through the loop
+    T = 60
+    W, drive, x0, weights = _rnn(T, H=4)
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
+    assert _Adjoint(system, torch.zeros(T + 1, 4, dtype=torch.float64), trisolve.Adjoint()).kind == "dense"
+    for H in (4, 12, 48):
+        W, drive, x0, weights = _rnn(T, H=H, scale=0.3 if H == 48 else 0.9)
+        system = trisolve.BlackBoxSystem(lambda x, lo, hi, W=W, drive=drive: torch.tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
+        sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-13, gradients=True)
+        got = torch.autograd.grad(_loss(sol.trajectory, weights), (W, drive, x0))
+        ref = torch.autograd.grad(_loss(_loop(W, drive, x0, T), weights), (W, drive, x0))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+
+
 def test_gradients_match_finite_differences():
     """Central differences of the solved loss along a random direction of (W, x0) against the adjoint gradient."""
     T, H = 40, 3
