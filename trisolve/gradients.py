@@ -215,19 +215,24 @@ class _Adjoint:
         if not bool(torch.isfinite(lam).all()):
             lam = g
         res = torch.empty_like(g)  # reused: large arrays cost page faults every time they are allocated
+        inf = math.inf
+        lbound = None  # after a Jacobi step, max|lambda| <= the previous max|lambda| + max|res|: no pass needed
         for _ in range(self.max_iter):
             jac = self.vjp(lam).add_(g)  # the Jacobi value g + V(lambda), in the VJP's fresh array
             torch.sub(jac, lam, out=res)
-            rmax, lmax = torch.stack([torch.linalg.vector_norm(res, ord=math.inf), torch.linalg.vector_norm(lam, ord=math.inf)]).tolist()
-            scale = max(gmax, lmax)
+            rmax = float(torch.linalg.vector_norm(res, ord=inf))
+            if lbound is None or rmax <= self.rtol * max(gmax, lbound):  # possibly converged: max|lambda| exactly
+                lbound = float(torch.linalg.vector_norm(lam, ord=inf))
+            scale = max(gmax, lbound)
             if rmax <= self.rtol * scale:
                 return lam
             if self.fallback is not None:
                 self._maybe_switch(rmax, self.rtol * scale)
             self.num_steps += 1
             if self.kind == "none":  # P is the identity: the Jacobi step, no correction to build
-                lam = jac
+                lam, lbound = jac, lbound + rmax
                 continue
+            lbound = None
             corr = self.precondition(res) - res
             ok = torch.isfinite(corr).reshape(corr.shape[0], -1).all(dim=1).reshape(-1, *([1] * len(self.event)))
             lam = jac + torch.where(ok, corr, torch.zeros_like(corr))
