@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -273,12 +275,12 @@ def cpu_rnn(T: int = 100_000, hidden: int = HIDDEN, repeats: int = 5, *, quick: 
     return {"rows": rows}
 
 
-def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats: int = 3, *, quick: bool = False) -> list[dict]:
+def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats: int = 5, *, quick: bool = False) -> list[dict]:
     """Issue 16's forward + backward target after a plain Jacobi forward: the adjoint's choices side by side.
 
     For each size, the Jacobi forward alone, then forward + backward with ``Adjoint()`` (the
-    default, ``"auto"``), ``"dense"`` and ``"none"``, medians of ``repeats`` runs after a warm-up
-    (one run at T = 1e5), PyTorch on one thread. Also what ``"auto"`` did (its VJP steps and the
+    default, ``"auto"``), ``"dense"`` and ``"none"``, interleaved run by run, medians of
+    ``repeats`` runs after a warm-up round (3 at T = 1e5), PyTorch on one thread. Also what ``"auto"`` did (its VJP steps and the
     step at which it switched to dense, from a direct adjoint solve with the same cotangent) and
     how far its gradients are from the dense adjoint's.
     """
@@ -287,25 +289,32 @@ def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats
     rows = []
     for hidden in hiddens:
         for T in sizes:
-            rep = 1 if T >= 100_000 else repeats
+            rep = 3 if T >= 100_000 else repeats
             W, drive = rnn_problem(T, hidden=hidden)
             Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
             wts = torch.from_numpy(np.random.default_rng(1).standard_normal((T + 1, hidden)))
-            t_fwd, sol = median_time(lambda: rnn_parallel(Wt, dt, T), rep, warmup=True)
-            row = dict(problem=f"tanh RNN, hidden {hidden}", T=T, rounds=sol.num_rounds, forward_s=t_fwd)
-            grads = {}
-            for kind in ("auto", "dense", "none"):
+            grads, sols = {}, []
+
+            def fb(kind):
                 Wg, dg = Wt.clone().requires_grad_(True), dt.clone().requires_grad_(True)
+                s = rnn_parallel(Wg, dg, T, gradients=trisolve.Adjoint(jacobian=kind))
+                (s.trajectory * wts).sum().backward()
+                grads[kind] = Wg.grad
 
-                def fb(kind=kind, Wg=Wg, dg=dg):
-                    Wg.grad = dg.grad = None
-                    s = rnn_parallel(Wg, dg, T, gradients=trisolve.Adjoint(jacobian=kind))
-                    (s.trajectory * wts).sum().backward()
-                    return s
-
-                row[f"{kind}_s"] = median_time(fb, rep, warmup=True)[0]
+            runs = {"forward": lambda: sols.append(rnn_parallel(Wt, dt, T))} | {k: (lambda k=k: fb(k)) for k in ("auto", "dense", "none")}
+            times = {k: [] for k in runs}
+            for r in range(rep + 1):  # interleaved, so that a slow spell of the machine hits every column alike; run 0 warms up
+                for k, fn in runs.items():
+                    start = time.perf_counter()
+                    fn()
+                    if r:
+                        times[k].append(time.perf_counter() - start)
+            sol = sols[-1]
+            t_fwd = statistics.median(times["forward"])
+            row = dict(problem=f"tanh RNN, hidden {hidden}", T=T, rounds=sol.num_rounds, forward_s=t_fwd, repeats=rep)
+            for kind in ("auto", "dense", "none"):
+                row[f"{kind}_s"] = statistics.median(times[kind])
                 row[f"{kind}_ratio"] = row[f"{kind}_s"] / t_fwd
-                grads[kind] = Wg.grad.clone()
             auto = _Adjoint(rnn_system(Wt, dt, T), sol.trajectory, trisolve.Adjoint())
             auto.solve(wts[1:])
             row.update(auto_steps=auto.num_steps, auto_switched_at=auto.switched_at, auto_final=auto.kind,
@@ -328,8 +337,8 @@ def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats
         )
     md += [
         "",
-        f"PyTorch CPU, one thread, float64, forward `Jacobi()` at atol {ATOL:g} (the system has a `jacobian=` callable); medians of "
-        f"{repeats} runs after a warm-up (T = 1e5: one run). Ratio = (forward + backward) / forward.",
+        f"PyTorch CPU, one thread, float64, forward `Jacobi()` at atol {ATOL:g} (the system has a `jacobian=` callable); the four "
+        f"columns run interleaved, medians of {repeats} runs after a warm-up round (T = 1e5: 3 runs). Ratio = (forward + backward) / forward.",
     ]
     write("recurrences_adjoint" + ("_quick" if quick else ""), {"rows": rows}, "\n".join(md) + "\n")
     return rows

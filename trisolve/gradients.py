@@ -34,7 +34,7 @@ Which ``P`` (``Adjoint(jacobian="auto")``, the default): a dense solve builds ``
 in ``O(n d^3)`` work; a VJP step costs about one evaluation of ``F``, ``O(n d^2)``. Measured after
 a plain Jacobi forward of the tanh RNN (``python benchmarks/recurrences.py --adjoint``, one CPU
 thread, float64): the VJP iteration needs 24-27 steps to ``100 eps``, and the dense solve cost
-about as much as ``d`` of them at ``d = 16 .. 64``. So ``"auto"`` is dense from the start up to
+about as much as 0.9-1.6 ``d`` of them at ``d = 16 .. 64`` (T = 1e4). So ``"auto"`` is dense from the start up to
 ``d = 8``; from there to ``d = 256`` it takes VJP steps while the rate they contract at predicts a
 total of at most ``d`` steps, and otherwise switches to dense steps from where it stands (after one
 step at ``d = 16``; never at ``d = 32`` and 64 on that RNN; after one step on an integrator, where
