@@ -6,6 +6,7 @@ import array_api_strict
 import numpy as np
 import pytest
 import torch
+from zoo import rk4_system
 
 import trisolve
 
@@ -119,18 +120,7 @@ def test_auto_adjoint_keeps_vjp_steps_while_they_pay_and_switches_to_dense_when_
         cases.append((H, system, traj))
     n, H = 200, 10
     A = torch.randn(H, H, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) / H**0.5 - torch.eye(H, dtype=torch.float64)
-    f = lambda y: torch.tanh(y @ A.T)  # noqa: E731
-    h = 0.05
-
-    def rk4(x, lo, hi):
-        y = x[lo - 1 : hi - 1]
-        k1 = f(y)
-        k2 = f(y + 0.5 * h * k1)
-        k3 = f(y + 0.5 * h * k2)
-        k4 = f(y + h * k3)
-        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    ode = trisolve.BlackBoxSystem(rk4, n)
+    ode = rk4_system(lambda y: torch.tanh(y @ A.T), 0.05, n)
     cases.append(("ode", ode, trisolve.solve(ode, None, torch.ones(H, dtype=torch.float64), atol=1e-13).trajectory))
     for name, system, traj in cases:
         g = torch.randn(traj.shape[0] - 1, *traj.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(5))

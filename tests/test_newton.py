@@ -8,7 +8,7 @@ import torch
 from conftest import BACKENDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zoo import semilinear_system
+from zoo import rk4_system, semilinear_system
 
 import trisolve
 
@@ -205,18 +205,7 @@ def test_newton_refuses_what_it_cannot_do():
 
 
 def _rk4_pendulum(lib, n, h=0.05):
-    def f(y):
-        return lib.stack([y[..., 1], -lib.sin(y[..., 0]) - 0.3 * y[..., 1]], -1)
-
-    def F(x, lo, hi):
-        y = x[lo - 1 : hi - 1]
-        k1 = f(y)
-        k2 = f(y + 0.5 * h * k1)
-        k3 = f(y + 0.5 * h * k2)
-        k4 = f(y + h * k3)
-        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    return trisolve.BlackBoxSystem(F, n)
+    return rk4_system(lambda y: lib.stack([y[..., 1], -lib.sin(y[..., 0]) - 0.3 * y[..., 1]], -1), h, n)
 
 
 def test_default_method_does_not_degenerate_on_an_integrator_or_an_rnn():

@@ -55,3 +55,17 @@ def semilinear_system(rng, n, p, event, xp_backend, *, a_range=(0.5, 1.1), with_
 
 
 event_shapes = st.sampled_from([(), (3,), (2, 3), (2, 1, 2)])
+
+
+def rk4_system(f, h, n):
+    """Explicit RK4 steps of ``y' = f(y)`` as a black box (``f`` acts on the last axis; any namespace)."""
+
+    def F(x, lo, hi):
+        y = x[lo - 1 : hi - 1]
+        k1 = f(y)
+        k2 = f(y + 0.5 * h * k1)
+        k3 = f(y + 0.5 * h * k2)
+        k4 = f(y + h * k3)
+        return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    return trisolve.BlackBoxSystem(F, n)
