@@ -21,7 +21,8 @@
    (:func:`cpu_rnn`); results in ``results/recurrences_cpu_rnn.md``.
 4. ``--adjoint``: the tanh RNN, hidden 4/16/32/64, T = 1e3..1e5, a plain ``Jacobi()`` forward
    and its forward + backward with each adjoint choice (``Adjoint()``'s ``"auto"``, ``"dense"``,
-   ``"none"``) side by side (:func:`adjoint_rows`); results in ``results/recurrences_adjoint.md``.
+   ``"none"``) side by side (:func:`adjoint_rows`); results in ``results/recurrences_adjoint.md``
+   (``results/recurrences_adjoint_thp.md`` when run with ``THP_MEM_ALLOC_ENABLE=1``).
 
 PyTorch runs on one thread (the machine is shared). Times are medians of 3 runs after a warm-up (T = 1e4: 1 run after a warm-up; T = 1e5: 1 run),
 measured side by side in one process on the machine recorded in the JSON file.
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -340,7 +342,10 @@ def adjoint_rows(sizes=(1000, 10_000, 100_000), hiddens=(4, 16, 32, 64), repeats
         f"PyTorch CPU, one thread, float64, forward `Jacobi()` at atol {ATOL:g} (the system has a `jacobian=` callable); the four "
         f"columns run interleaved, medians of {repeats} runs after a warm-up round (T = 1e5: 3 runs). Ratio = (forward + backward) / forward.",
     ]
-    write("recurrences_adjoint" + ("_quick" if quick else ""), {"rows": rows}, "\n".join(md) + "\n")
+    thp = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"  # PyTorch's CPU allocator: transparent huge pages for large arrays
+    if thp:
+        md += ["", "Run with `THP_MEM_ALLOC_ENABLE=1` (PyTorch's CPU allocator asks for transparent huge pages for large arrays)."]
+    write("recurrences_adjoint" + ("_thp" if thp else "") + ("_quick" if quick else ""), {"rows": rows, "thp_mem_alloc": thp}, "\n".join(md) + "\n")
     return rows
 
 

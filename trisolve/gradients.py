@@ -39,6 +39,8 @@ about as much as 0.9-1.6 ``d`` of them at ``d = 16 .. 64`` (T = 1e4). So ``"auto
 total of at most ``d`` steps, and otherwise switches to dense steps from where it stands (after one
 step at ``d = 16``; never at ``d = 32`` and 64 on that RNN; after one step on an integrator, where
 VJP steps would take about ``n``). The answer is the same either way (to ``1e-15`` relative there).
+On a CPU, long sequences spend much of a VJP step in page faults of fresh large arrays; PyTorch's
+``THP_MEM_ALLOC_ENABLE=1`` (transparent huge pages) halves that (benchmarks page of the docs).
 """
 
 from __future__ import annotations
