@@ -12,25 +12,26 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
-    """``recurrences.py --cpu-rnn``: both dtypes converge to the NumPy loop, and the floor never exceeds the solve by much."""
+def _run(name, argv, tmp_path, monkeypatch):
+    """Run ``benchmarks/<name>.py``'s ``main(argv)`` with its results written to ``tmp_path`` (fresh imports)."""
     monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
     monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "recurrences"):
+    for mod in ("common", name):
         sys.modules.pop(mod, None)
-    importlib.import_module("recurrences").main(["--cpu-rnn", "--quick"])
+    importlib.import_module(name).main(argv)
+
+
+def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``recurrences.py --cpu-rnn``: both dtypes converge to the NumPy loop, and the floor never exceeds the solve by much."""
+    _run("recurrences", ["--cpu-rnn", "--quick"], tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "recurrences_cpu_rnn_quick.json").read_text())["rows"]
     assert [r["dtype"] for r in rows] == ["float64", "float32"]
     assert all(r["status"] == "CONVERGED" and r["max_error"] < 10 * r["atol"] and r["rounds"] >= 2 for r in rows)
 
 
 def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
-    """``recurrences.py --adjoint``: every adjoint choice's gradient agrees with the dense one; auto at d <= 8 is dense from the start."""
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "recurrences"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("recurrences").main(["--adjoint", "--quick"])
+    """``recurrences.py --adjoint``: the default (auto) adjoint's gradient agrees with the dense one; at d <= 8 it is dense from the start."""
+    _run("recurrences", ["--adjoint", "--quick"], tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "recurrences_adjoint_quick.json").read_text())["rows"]
     assert [r["problem"] for r in rows] == ["tanh RNN, hidden 4", "tanh RNN, hidden 16"]
     assert all(r["auto_vs_dense"] < 1e-10 and r["rounds"] >= 2 for r in rows)
@@ -39,12 +40,7 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", name):
-        sys.modules.pop(mod, None)
-    module = importlib.import_module(name)
-    module.main(["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"])
+    _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert payload["machine"]["cpus"] >= 1
     table = (tmp_path / f"{name}_quick.md").read_text()

@@ -94,13 +94,6 @@ def test_semilinear_gradients_reach_g_parameters_and_the_forcing():
             torch.testing.assert_close(a, r, rtol=1e-8, atol=1e-8)
 
 
-def _auto_adjoint(system, traj, g):
-    from trisolve.gradients import _Adjoint
-
-    a = _Adjoint(system, traj, trisolve.Adjoint())
-    return a, a.solve(g)
-
-
 def test_auto_adjoint_keeps_vjp_steps_while_they_pay_and_switches_to_dense_when_not():
     """jacobian="auto" between d = 8 and 256: VJP steps while their predicted total stays below d, else dense.
 
@@ -124,7 +117,8 @@ def test_auto_adjoint_keeps_vjp_steps_while_they_pay_and_switches_to_dense_when_
     cases.append(("ode", ode, trisolve.solve(ode, None, torch.ones(H, dtype=torch.float64), atol=1e-13).trajectory))
     for name, system, traj in cases:
         g = torch.randn(traj.shape[0] - 1, *traj.shape[1:], dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-        auto, lam = _auto_adjoint(system, traj, g)
+        auto = _Adjoint(system, traj, trisolve.Adjoint())
+        lam = auto.solve(g)
         dense = _Adjoint(system, traj, trisolve.Adjoint(jacobian="dense"))
         torch.testing.assert_close(lam, dense.solve(g), rtol=1e-10, atol=1e-10)
         if name == 48:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import zoo
 from scipy.integrate import solve_ivp
 
 import trisolve
@@ -15,17 +16,8 @@ def rhs(t, y):
     return A @ y + 0.3 * np.sin(y)
 
 
-def rk4_system(h, n):
-    def fn(x, lo, hi):  # one RK4 step from every row x_{i-1}, batched over rows
-        y = x[lo - 1 : hi - 1]
-        f = lambda z: z @ A.T + 0.3 * np.sin(z)
-        k1 = f(y)
-        k2 = f(y + 0.5 * h * k1)
-        k3 = f(y + 0.5 * h * k2)
-        k4 = f(y + h * k3)
-        return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-
-    return trisolve.BlackBoxSystem(fn, n)
+def rk4_system(h, n):  # one RK4 step from every row x_{i-1}, batched over rows
+    return zoo.rk4_system(lambda z: z @ A.T + 0.3 * np.sin(z), h, n)
 
 
 def euler_system(h, n):

@@ -131,7 +131,7 @@ class _Adjoint:
             self.fallback = "dense" if _DENSE_FIRST_D < self.d <= _DENSE_MAX_D else None
         self.kind = kind
         self.switched_at = None  # the VJP step at which "auto" switched to dense
-        self._residuals: list[float] = []
+        self._first_residual = None  # max|res| before the first VJP step, for "auto"'s contraction rate
         self.rtol = settings.rtol if settings.rtol is not None else 100 * torch.finfo(self.x.dtype).eps
         self.max_iter = settings.max_iter if settings.max_iter is not None else self.n
         self.num_vjps = 0
@@ -190,11 +190,12 @@ class _Adjoint:
         steps. If the steps so far plus those exceed the cost of a dense solve (``_VJPS_PER_D * d``
         VJPs), or the residual did not shrink, the remaining steps precondition with the dense scan
         (usually one more step)."""
-        self._residuals.append(rmax)
         budget = _VJPS_PER_D * self.d
-        k = len(self._residuals) - 1
-        if k >= 1:
-            first = self._residuals[0]
+        k = self.num_steps  # VJP steps since the first residual
+        if k == 0:
+            self._first_residual = rmax
+        else:
+            first = self._first_residual
             rate = (rmax / first) ** (1.0 / k) if first > 0 else 0.0
             more = math.inf if rate >= 1 else (0.0 if rate == 0 else math.log(target / rmax) / math.log(rate))
             if self.num_steps + more > budget:
@@ -217,14 +218,13 @@ class _Adjoint:
         if not bool(torch.isfinite(lam).all()):
             lam = g
         res = torch.empty_like(g)  # reused: large arrays cost page faults every time they are allocated
-        inf = math.inf
         lbound = None  # after a Jacobi step, max|lambda| <= the previous max|lambda| + max|res|: no pass needed
         for _ in range(self.max_iter):
             jac = self.vjp(lam).add_(g)  # the Jacobi value g + V(lambda), in the VJP's fresh array
             torch.sub(jac, lam, out=res)
-            rmax = float(torch.linalg.vector_norm(res, ord=inf))
+            rmax = float(torch.linalg.vector_norm(res, ord=math.inf))
             if lbound is None or rmax <= self.rtol * max(gmax, lbound):  # possibly converged: max|lambda| exactly
-                lbound = float(torch.linalg.vector_norm(lam, ord=inf))
+                lbound = float(torch.linalg.vector_norm(lam, ord=math.inf))
             scale = max(gmax, lbound)
             if rmax <= self.rtol * scale:
                 return lam
