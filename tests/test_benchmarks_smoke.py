@@ -38,7 +38,7 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
     assert rows[0]["auto_final"] == "dense" and rows[0]["auto_switched_at"] is None
 
 
-@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round"])
+@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
@@ -68,6 +68,10 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         for r in payload["diffusion"]:
             assert 0 < r["network_s"] <= r["wall_s"] and r["rounds"] >= 1 and r["psnr_db"] >= 40
         assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
+    if name == "flow_weights":  # the bundled weights: a sane loss, samples a classifier recognises, the sampler close to the loop
+        (res,) = payload["results"].values()
+        assert 0 < res["quality"]["loss"] < 0.3 and res["quality"]["confident"] > 0.5
+        assert all(s["worst_psnr"] >= 40 and max(s["rounds"]) <= s["steps"] for s in res["sampler"])
     if name == "autowindow":  # every window, auto and the sequential loop timed in one run; the model beside the measurement
         assert {r["window"] for r in payload["timing"]} >= {"4", "8", "full", "auto", "sequential"}
         assert all(r["rounds"] is None or r["rounds"] <= r["steps"] for r in payload["timing"])

@@ -24,8 +24,9 @@ device, so a GPU run differs only by floating-point round-off.
 An earlier recipe, 4,000 steps (trained on an H200 in 161 s, about 25 minutes on this CPU), gave
 a slightly better model by its loss (0.147 against 0.153 on fixed draws of the whole data set)
 and by a logistic-regression digit classifier (84 % against 78 % of 500 samples classified with
-probability > 0.9); the parallel sampler's rounds were the same (FlowEuler-28, seeds 0-9:
-median 7 with both).
+probability > 0.9); the parallel sampler's median rounds were the same (FlowEuler-28, seeds 0-9:
+7 at batch 1, 8 at batch 4). ``python benchmarks/flow_weights.py`` measures both
+(``benchmarks/results/flow_weights.md``).
 
 Load a ready pipeline with :func:`load_digits_flow_pipeline` (no network access needed).
 """
