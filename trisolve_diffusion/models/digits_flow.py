@@ -17,8 +17,8 @@ weights ship in ``trisolve_diffusion/weights/digits_flow/`` (safetensors); repro
 
 The bundled weights are the first command's output on the project's 2-core development machine
 (AMD EPYC, 2 threads, otherwise idle): 2,000 steps of batch 64 in 811.6 s (``training.json``);
-the forward and backward passes of the UNet are almost all of it (0.36-0.41 s per step, 70 %
-of it in the convolutions). Every random draw comes from one seeded CPU generator on either
+the forward and backward passes of the UNet are almost all of it (0.36-0.41 s per step in the
+training log). Every random draw comes from one seeded CPU generator on either
 device, so a GPU run differs only by floating-point round-off.
 
 An earlier recipe, 4,000 steps (trained on an H200 in 161 s, about 25 minutes on this CPU), gave
