@@ -38,7 +38,7 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
     assert rows[0]["auto_final"] == "dense" and rows[0]["auto_switched_at"] is None
 
 
-@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights"])
+@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches"])
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
@@ -53,6 +53,10 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     if name == "recurrences":  # every parallel answer matches its loop; the ODEs all converge
         assert all(r["status"] == "CONVERGED" and r["max_error"] < 1e-6 for r in payload["rnn"])
         assert all(r["status"] == "CONVERGED" for r in payload["ode"])
+    if name == "launches":  # one device-to-host read per round after the first; the network counted inside, the solver outside
+        for r in payload["solves"]:
+            assert r["reads_per_round_max"] == 1 and r["outside_kernels_median"] > 0 and r["network_kernels_per_round_median"] > 0
+        assert payload["sd15_unet_kernels"] > 1000
     if name == "gpu":  # the CPU smoke run of the CUDA script: the parallel answers match the loops
         ok = ("CONVERGED", "FINAL_ROW_CONVERGED")  # pixel-space digits: the output-aware finish is the default
         assert all(r["status"] in ok and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
