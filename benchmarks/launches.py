@@ -36,8 +36,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -172,6 +174,69 @@ def count_sequential(pipe, net, label: str, **kw) -> dict:
     return rec
 
 
+class StandIn:
+    """Replace ``net.forward`` by a near-free stand-in (``sample / 2``, same shape), timing the calls.
+
+    So that the host time of a round is measured without the network's own compute: on a CPU
+    a real UNet call also evicts the caches and the allocator's pages, which would be charged
+    to the solver's next ops (a cost a GPU's host does not pay). The rounds differ from the
+    real model's; the work per round is the same code on the same shapes.
+    """
+
+    def __init__(self, net: torch.nn.Module):
+        self.net, self.inside, self.starts = net, 0.0, []
+        self._orig = net.forward
+
+        def forward(sample, timestep, *a, return_dict=True, **k):
+            t0 = time.perf_counter()
+            self.starts.append((t0, self.inside))
+            out = sample * 0.5
+            self.inside += time.perf_counter() - t0
+            return SimpleNamespace(sample=out) if return_dict else (out,)
+
+        net.forward = forward
+
+    def remove(self) -> None:
+        self.net.forward = self._orig
+
+
+def host_ms_per_round(pipe, net, repeats: int, **kw) -> float:
+    """Median host time per round outside the network (rounds after the first), over ``repeats`` solves, in ms.
+
+    Between consecutive round callbacks: wall time minus the time inside the stand-in network
+    (:class:`StandIn`). On a CPU with this little data a round's outside work is nearly all
+    dispatch (Python, the array-API wrappers, PyTorch's per-op overhead): the host cost a GPU
+    round pays too, before any launch latency.
+    """
+    clock = StandIn(net)
+    per_round = []
+    try:
+        for _ in range(repeats + 1):  # the first is a warm-up
+            marks = []
+            td.sample(pipe, generator=torch.manual_seed(0), callback=lambda info: marks.append((time.perf_counter(), clock.inside)) and False, **kw)
+            if _ > 0:
+                per_round += [(t1 - t0) - (n1 - n0) for (t0, n0), (t1, n1) in zip(marks, marks[1:])]
+    finally:
+        clock.remove()
+    return 1e3 * statistics.median(per_round)
+
+
+def host_ms_per_step(pipe, net, repeats: int, **kw) -> float:
+    """The pipeline loop's host time per step outside the (stand-in) network, between its calls: median, in ms."""
+    clock = StandIn(net)
+    per_step = []
+    try:
+        for _ in range(repeats + 1):
+            clock.starts = []
+            pipe(generator=torch.manual_seed(0), **kw)
+            if _ > 0:
+                st = clock.starts
+                per_step += [(t1 - t0) - (n1 - n0) for (t0, n0), (t1, n1) in zip(st, st[1:])]
+    finally:
+        clock.remove()
+    return 1e3 * statistics.median(per_step)
+
+
 def sd15_unet_kernels() -> int:
     """Kernels of one call of the SD-1.5-sized UNet (batch 2, 64x64x4 latents), counted on the meta device."""
     from diffusers import UNet2DConditionModel
@@ -210,26 +275,46 @@ def main(argv=None):
     for w in (8, None):
         solves.append(count_solve(sd, sd.unet, f"tiny SD, CFG 7.5, DDIM-{steps}, window {w or 'full'}", window_size=w, **kw))
     sd15 = sd15_unet_kernels()
+    # host time on this CPU, without the counting mode (one thread; medians over rounds of `repeats` solves)
+    torch.set_num_threads(1)
+    repeats = 1 if args.quick else 5
+    pipes = {"digits": (digits, dict(batch_size=1, num_inference_steps=steps, output_type="np")), "tiny SD": (sd, kw)}
+    for r in solves:
+        pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
+        w = r["run"].rsplit("window ", 1)[1]
+        r["host_ms_per_round"] = host_ms_per_round(pipe, pipe.unet, repeats, window_size=None if w == "full" else int(w), **kwr)
+    for r in seqs:
+        pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
+        r["host_ms_per_step"] = host_ms_per_step(pipe, pipe.unet, repeats, **kwr)
+    print(solves, seqs, flush=True)
     digits_net = seqs[0]["network_kernels_per_step"]
 
     md = [
         "ATen operators dispatched by `trisolve_diffusion.sample` (seed 0, batch 1, float32, counted on the CPU; the same "
         "operators run on a GPU). Rounds after the first (round 1 also builds the per-solve tables); medians per round "
-        "(reads and syncs: the most in any round).",
+        "(reads and syncs: the most in any round). Host time: wall time between round callbacks with the UNet replaced by a "
+        f"near-free stand-in (`sample / 2`), minus the stand-in's time; one thread, median over the rounds of {repeats} solves, "
+        "without the counting mode (the stand-in converges in other rounds; the work per round is the same code).",
         "",
-        "| run | rounds | network calls | outside: kernels / round (max) | round 1 | views | allocations | reads / round | other syncs / round | network kernels / round | outside share of kernels |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | rounds | network calls | outside: kernels / round (max) | round 1 | views | allocations | reads / round | other syncs / round | network kernels / round | outside share of kernels | outside host time / round, this CPU [ms] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in solves:
         share = r["outside_kernels_median"] / (r["outside_kernels_median"] + r["network_kernels_per_round_median"])
         md.append(
             f"| {r['run']} | {r['rounds']} | {r['network_calls']} | {r['outside_kernels_median']:g} ({r['outside_kernels_max']}) | "
             f"{r['round1_outside_kernels']} | {r['outside_views_median']:g} | {r['outside_allocations_median']:g} | {r['reads_per_round_max']} | {r['syncs_per_round_max']} | "
-            f"{r['network_kernels_per_round_median']:g} | {100 * share:.1f}% |"
+            f"{r['network_kernels_per_round_median']:g} | {100 * share:.1f}% | {r['host_ms_per_round']:.2f} |"
         )
-    md += ["", "The pipelines' own sequential loops, per step:", "", "| run | outside kernels / step | network kernels / step |", "|---|---|---|"]
+    md += [
+        "",
+        "The pipelines' own sequential loops, per step:",
+        "",
+        "| run | outside kernels / step | network kernels / step | outside host time / step, this CPU [ms] |",
+        "|---|---|---|---|",
+    ]
     for r in seqs:
-        md.append(f"| {r['run']} | {r['outside_kernels_per_step']:g} | {r['network_kernels_per_step']:g} |")
+        md.append(f"| {r['run']} | {r['outside_kernels_per_step']:g} | {r['network_kernels_per_step']:g} | {r['host_ms_per_step']:.2f} |")
     sd_round = [r for r in solves if r["run"].startswith("tiny SD")]
     md += [
         "",

@@ -450,7 +450,11 @@ def test_trajectory_buffer_is_c_contiguous(backend, warm):
 
 
 class _HostTraffic:
-    """Counts device-to-host reads and tensors built from host data by wrapping torch's entry points."""
+    """Counts device-to-host reads and tensors built from host data by wrapping torch's entry points,
+    and (``syncs``) ATen ops that make a CUDA host wait for the device inside C++ (a scalar read,
+    ``linalg.solve``'s error check, data-dependent shapes), seen by a ``TorchDispatchMode``."""
+
+    SYNCING = ("_local_scalar_dense", "_linalg_check_errors", "nonzero", "masked_select", "unique", "_unique2")
 
     READS = ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__bool__", "__index__", "__array__")
     BUILDS = ("as_tensor", "tensor", "from_numpy", "asarray")
@@ -461,7 +465,19 @@ class _HostTraffic:
 
     def __enter__(self):
         import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
 
+        outer = self
+        self.syncs = 0
+
+        class Syncs(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.overloadpacket.__name__ in outer.SYNCING:
+                    outer.syncs += 1
+                return func(*args, **(kwargs or {}))
+
+        self._mode = Syncs()
+        self._mode.__enter__()
         for name in self.READS:
             orig = getattr(torch.Tensor, name)
 
@@ -486,6 +502,7 @@ class _HostTraffic:
     def __exit__(self, *exc):
         for owner, name, orig in reversed(self._saved):
             setattr(owner, name, orig)
+        self._mode.__exit__(*exc)
 
 
 @pytest.mark.parametrize(
@@ -521,14 +538,17 @@ def test_at_most_one_host_read_and_no_host_built_tensor_per_round(solver, update
             rtol=1e-10,
             early_stop=1e-30,
             final_row_atol=1e-30,
-            callback=lambda info: counts.append((traffic.reads, traffic.builds)),
+            callback=lambda info: counts.append((traffic.reads, traffic.builds, traffic.syncs)),
         )
     assert sol.converged and sol.num_rounds >= 4
-    reads = np.diff([0] + [r for r, _ in counts])
-    builds = np.diff([b for _, b in counts])
+    reads = np.diff([0] + [r for r, _, _ in counts])
+    builds = np.diff([b for _, b, _ in counts])
+    syncs = np.diff([s for _, _, s in counts])
     # one read per round (and the wrapper sees it); round 1 also validates x0 and builds the tables
     assert reads[1:].max() <= 1 and reads[1:].min() == 1, reads
     assert builds.max(initial=0) == 0, builds
+    # and no hidden wait inside an op (Anderson's small solves use linalg.solve_ex without its error check)
+    assert syncs.max(initial=0) == 0, syncs
     np.testing.assert_allclose(sol.trajectory.numpy(), trisolve.forward_substitution(system, x0).numpy(), atol=1e-6)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad"]
+__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad", "finite", "solve_unchecked"]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -52,6 +52,34 @@ def from_host(a: Any, xp: Any, *, dtype: Any, device: Any) -> Any:
 
         return torch.from_numpy(host).to(device=device, dtype=dtype)
     return xp.asarray(host, dtype=dtype, device=device)
+
+
+def finite(a: Any, xp: Any) -> Any:
+    """``isfinite(a)`` in as few device kernels as the namespace allows.
+
+    PyTorch's ``isfinite`` is four kernels (``==``, ``abs``, ``!=``, ``*``); ``(a - a) == 0``
+    is two and the same test (``nan`` and ``inf - inf`` are not 0). Elsewhere ``isfinite`` is
+    one kernel (NumPy, CuPy ufuncs). The caller silences NumPy's ``inf - inf`` warnings where
+    it matters; here only PyTorch takes the subtraction.
+    """
+    if array_api_compat.is_torch_namespace(xp):
+        return (a - a) == 0
+    return xp.isfinite(a)
+
+
+def solve_unchecked(A: Any, B: Any, xp: Any) -> Any:
+    """``linalg.solve(A, B)`` without the error check that makes a CUDA host wait for the device.
+
+    PyTorch's ``linalg.solve`` checks the LU pivots on the host (a device synchronisation on
+    CUDA); ``linalg.solve_ex(check_errors=False)`` does the same solve and leaves a singular
+    system's result non-finite or huge, which the caller must test (Anderson does: its
+    coefficient bound). Other namespaces: their ``linalg.solve``.
+    """
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.linalg.solve_ex(A, B, check_errors=False)[0]
+    return xp.linalg.solve(A, B)
 
 
 def has_float64(xp: Any, device: Any) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import device, is_floating, namespace, no_grad, to_host
+from ._backend import device, finite, is_floating, namespace, no_grad, to_host
 from ._validate import check_float, check_int
 from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
@@ -356,17 +356,17 @@ class _Run:
         """
         xp, tol, batch_ndim = self.xp, self.tol, self.system.batch_ndim
         thr_w = self.thr[lo - 1 : hi - 1]
-        parts = [tol.row_errors(d, thr_w, batch_ndim=batch_ndim, xp=xp, careful=careful)]  # e_d      (w,)
+        rms_d = tol.sample_rms(d, batch_ndim=batch_ndim, xp=xp, careful=careful)  # per sample: (w, S) or (w,)
+        parts = [tol.scale(rms_d, thr_w, batch_ndim=batch_ndim, xp=xp)]  # e_d      (w,)
         if not one_step:
-            parts.append(tol.row_errors(r, thr_w, batch_ndim=batch_ndim, xp=xp, careful=careful))  # e_R      (w,)
+            rms_r = tol.sample_rms(r, batch_ndim=batch_ndim, xp=xp, careful=careful)
+            parts.append(tol.scale(rms_r, thr_w, batch_ndim=batch_ndim, xp=xp))  # e_R      (w,)
             parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
         if last and self.final_row_atol is not None:
             # unscaled RMS of row n's pending correction, max over samples: the first-order
             # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
             # that is nearly the identity has a small one-step residual at any input)
-            rms = tol.sample_rms(d[-1:, ...], batch_ndim=batch_ndim, xp=xp, careful=careful)
-            if not one_step:
-                rms = xp.maximum(rms, tol.sample_rms(r[-1:, ...], batch_ndim=batch_ndim, xp=xp, careful=careful))
+            rms = rms_d[-1:, ...] if one_step else xp.maximum(rms_d[-1:, ...], rms_r[-1:, ...])
             parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
         if last and self.early_stop is not None and self.prev_last is not None:
             parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp, careful=careful))
@@ -452,19 +452,21 @@ class _Run:
                 # there: it takes the one-step value F_i instead
                 g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
                 g_ok[i] = True
+            tail = None  # the solver's rows [start, w), when they are not g's
             if start < w:
                 with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
                     ctx = StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp)
                     proposal, self.state = self.solver.step(ctx, self.state)
-                    if proposal is g and g_ok[start:].all():  # the plain step, known finite from the round's read
-                        new = g
-                    else:  # rows with nan/inf fall back on the device (no host read)
+                    plain_ok = bool(g_ok[start:].all())  # the plain step's rows, known finite from the round's read
+                    if not (proposal is g and plain_ok):  # rows with nan/inf fall back on the device (no host read)
                         plain = None if proposal is g else g[start:, ...]
-                        tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp)
-                        new = xp.concat([g[:start, ...], tail], axis=0)
+                        tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp, plain_finite=plain_ok)
+            # rows [lo, lo + start) final, the rest the next iterate (two writes rather than a concatenated copy)
+            if tail is None:
+                x[lo:hi, ...] = g
             else:
-                new = g
-            x[lo:hi, ...] = new  # one write: rows [lo, lo + start) final, the rest the next iterate
+                x[lo : lo + start, ...] = g[:start, ...]
+                x[lo + start : hi, ...] = tail
             # a linear row (no g term) right after the frozen prefix reads only final rows: it is
             # exact now, without an evaluation, and freezes in this round too
             while lo + start < hi and self.linear[lo + start]:
@@ -492,18 +494,20 @@ class _Run:
 def _row_finite(a: Any, xp: Any) -> Any:
     """``(w, 1, ..., 1)`` bool: the row's sum is finite (all entries finite and no overflow)."""
     w = a.shape[0]
-    return xp.reshape(xp.isfinite(xp.sum(xp.reshape(a, (w, -1)), axis=1)), (w,) + (1,) * (len(a.shape) - 1))
+    return xp.reshape(finite(xp.sum(xp.reshape(a, (w, -1)), axis=1), xp), (w,) + (1,) * (len(a.shape) - 1))
 
 
-def _sanitize(p: Any, g: Any, anchor: Any, xp: Any) -> Any:
+def _sanitize(p: Any, g: Any, anchor: Any, xp: Any, *, plain_finite: bool = False) -> Any:
     """Proposal rows ``p`` with every non-finite (or exploding) row replaced, on the device.
 
     A row of ``p`` whose sum is not finite (a nan or inf entry, or values so large that
     they overflow) falls back to the plain map step ``g`` of that row when that is finite
     (``g=None``: ``p`` is the plain step), else to ``anchor`` (the last final row,
     ``(1, *event)``): the trajectory only ever holds finite values. No host read.
+    ``plain_finite``: every row of ``g`` is known finite (from the round's read), so it is
+    the fallback without a test.
     """
     if p.shape[0] == 0:
         return p
-    fallback = anchor if g is None else xp.where(_row_finite(g, xp), g, anchor)
+    fallback = anchor if g is None else g if plain_finite else xp.where(_row_finite(g, xp), g, anchor)
     return xp.where(_row_finite(p, xp), p, fallback)

@@ -141,10 +141,16 @@ class Tolerance:
         -------
         array, shape ``(w,)``, work dtype; ``nan`` where the residual is not finite.
         """
-        rms = self.sample_rms(r, batch_ndim=batch_ndim, xp=xp, careful=careful)
-        if batch_ndim:  # max over samples; a nan sample makes the row nan
-            bad = xp.any(xp.isnan(rms), axis=1)
-            rms = xp.where(bad, xp.full_like(rms[:, 0], math.nan), xp.max(rms, axis=1))
+        return self.scale(self.sample_rms(r, batch_ndim=batch_ndim, xp=xp, careful=careful), thr, batch_ndim=batch_ndim, xp=xp)
+
+    def scale(self, rms: Any, thr: Any, *, batch_ndim: int, xp: Any) -> Any:
+        """:meth:`row_errors` from the per-sample RMS :meth:`sample_rms` returned (``(w, S)`` or ``(w,)``).
+
+        The max over samples propagates ``nan`` (the array API's ``max`` does), so a row with
+        one non-finite sample is ``nan``.
+        """
+        if batch_ndim:
+            rms = xp.max(rms, axis=1)
         if self.atol > 0:  # every threshold is positive
             return rms / thr
         pos = thr > 0

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .._backend import device, work_dtype
+from .._backend import device, finite, namespace, solve_unchecked, to_host, work_dtype
 from .._validate import check_float, check_int
 from .base import Solver, StepContext
 from .safeguard import Safeguard
@@ -56,7 +56,10 @@ class AndersonState:
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
-    num_fallback_rows: Any = 0  # a device scalar once a round has run (no host read per round)
+    # per accelerated round, the (rows, S) device mask of accepted coefficients: counted once, at the end
+    valid_masks: list = field(default_factory=list)
+    num_fallback_rows: int = 0  # from rounds before a rejection reset the state (host)
+    eye: Any = None  # (m, m) work-dtype identity, built once per solve
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -100,7 +103,7 @@ class _AndersonBase(Solver):
         return {
             "num_restarts": state.num_restarts,
             "num_rejections": state.num_rejections,
-            "num_fallback_rows": int(state.num_fallback_rows),  # a device count: read once, at the end
+            "num_fallback_rows": state.num_fallback_rows + _count_fallback_rows(state.valid_masks),  # read once, at the end
         }
 
     def step(self, ctx: StepContext, state: AndersonState) -> tuple[Any, AndersonState]:
@@ -135,19 +138,21 @@ class _AndersonBase(Solver):
                 new = AndersonState(
                     num_restarts=state.num_restarts,
                     num_rejections=state.num_rejections + 1,
+                    valid_masks=state.valid_masks,
                     num_fallback_rows=state.num_fallback_rows,
+                    eye=state.eye,
                 )
                 return proposal, new
             restart = rho > self.safeguard.restart_growth * rho_prev
 
         # -- newest difference pair; rows that were not in the previous window, or whose
-        # differences are not finite, get zeros (no information)
+        # differences are not finite (or so large that their sum overflows), get zeros (no information)
         with np.errstate(all="ignore"):  # inf - inf: caught by the finiteness mask
             dx = x[:ov, ...] - x_prev
             dr = r[:ov, ...] - r_prev
-            fin = xp.all(xp.isfinite(dx), axis=-1) & xp.all(xp.isfinite(dr), axis=-1)  # (ov, S)
-            dx = _pad_rows(xp.where(fin[..., None], dx, xp.zeros_like(dx)), w, axis=0, xp=xp)  # (w, S, d)
-            dr = _pad_rows(xp.where(fin[..., None], dr, xp.zeros_like(dr)), w, axis=0, xp=xp)
+            fin = finite(xp.sum(dx, axis=-1) + xp.sum(dr, axis=-1), xp)  # (ov, S)
+            dx = _pad_rows(xp.where(fin[..., None], dx, 0.0), w, axis=0, xp=xp)  # (w, S, d)
+            dr = _pad_rows(xp.where(fin[..., None], dr, 0.0), w, axis=0, xp=xp)
         if state.dX is None or restart:
             dX, dR = dx[None, ...], dr[None, ...]
         else:
@@ -156,13 +161,15 @@ class _AndersonBase(Solver):
             dX = xp.concat([dx[None, ...], _pad_rows(old_dX[: min(m - 1, old_dX.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
             dR = xp.concat([dr[None, ...], _pad_rows(old_dR[: min(m - 1, old_dR.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
 
+        eye = state.eye if state.eye is not None and state.eye.shape[0] >= dX.shape[0] else None
+        if eye is None:
+            eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
         with np.errstate(all="ignore"):  # overflow / singular systems are detected and handled below
-            proposal, valid = self._mix(x, r, dX, dR, start=ctx.start, xp=xp)
+            proposal, valid = self._mix(x, r, dX, dR, start=ctx.start, xp=xp, eye=eye[: dX.shape[0], : dX.shape[0]])
         # drop the history of rows whose coefficients were rejected (on the device, no read)
         keep = valid[None, :, :, None]  # (1, w, S, 1)
-        dX = xp.where(keep, dX, xp.zeros_like(dX))
-        dR = xp.where(keep, dR, xp.zeros_like(dR))
-        nfall = xp.sum(xp.astype(xp.any(~valid[ctx.start :, ...], axis=1), xp.int64))  # device scalar
+        dX = xp.where(keep, dX, 0.0)
+        dR = xp.where(keep, dR, 0.0)
         new = AndersonState(
             lo=lo,
             hi=hi,
@@ -174,21 +181,28 @@ class _AndersonBase(Solver):
             accelerated=True,
             num_restarts=state.num_restarts + int(restart),
             num_rejections=state.num_rejections,
-            num_fallback_rows=state.num_fallback_rows + nfall,
+            valid_masks=state.valid_masks + [valid[ctx.start :, ...]],
+            num_fallback_rows=state.num_fallback_rows,
+            eye=eye,
         )
         return xp.reshape(proposal, ctx.x.shape), new
 
-    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any) -> tuple[Any, Any]:
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any, eye: Any = None) -> tuple[Any, Any]:
         """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
 
         A row/sample whose residual is not finite adds nothing to the fitted sums (so it does
         not spoil the prefix sums of the rows after it); its own proposal is not finite and
-        the driver replaces it.
+        the driver replaces it. ``eye``: the ``(m, m)`` identity in the work dtype (built when ``None``).
+
+        Every mask here is a ``where`` with a scalar and every finiteness test a cheap one
+        (:func:`~trisolve._backend.finite`): each op is a kernel launch on a GPU, and a round
+        of a small network is bound by launches (``benchmarks/launches.py``).
         """
         m = dX.shape[0]
         f64 = work_dtype(xp, device(x))
-        r_ok = xp.all(xp.isfinite(r), axis=-1)  # (w, S)
-        r_fit = xp.where(r_ok[..., None], r, xp.zeros_like(r))
+        eye = xp.eye(m, dtype=f64, device=device(x)) if eye is None else eye
+        r_ok = finite(xp.sum(r, axis=-1), xp)  # (w, S); an overflowing sum counts as not finite
+        r_fit = xp.where(r_ok[..., None], r, 0.0)
         dRt = xp.permute_dims(dR, (1, 2, 0, 3))  # (w, S, m, d)
         gram = xp.astype(xp.matmul(dRt, xp.matrix_transpose(dRt)), f64)  # (w, S, m, m)
         rhs = xp.astype(xp.matmul(dRt, r_fit[..., None]), f64)  # (w, S, m, 1)
@@ -198,16 +212,16 @@ class _AndersonBase(Solver):
         else:  # one coefficient vector for the rows being accelerated
             gram = xp.broadcast_to(xp.sum(gram[start:, ...], axis=0, keepdims=True), gram.shape)
             rhs = xp.broadcast_to(xp.sum(rhs[start:, ...], axis=0, keepdims=True), rhs.shape)
-        eye = xp.eye(m, dtype=f64, device=device(x))
         trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
         lam = max(self.regularization, _MIN_REG) * trace / m + _FLOOR
-        ok_sys = xp.isfinite(lam)  # an overflowing Gram: no solve for that row
-        lam = xp.where(ok_sys, lam, xp.ones_like(lam))
-        A = xp.where(ok_sys[..., None, None], gram, xp.zeros_like(gram)) + lam[..., None, None] * eye
-        gamma = xp.linalg.solve(A, xp.where(ok_sys[..., None, None], rhs, xp.zeros_like(rhs)))  # (w, S, m, 1)
-        bound = xp.max(xp.abs(gamma), axis=(-2, -1))  # (w, S)
-        ok = ok_sys & xp.isfinite(bound) & (bound <= self.max_coefficient)
-        gamma = xp.where(ok[..., None, None], gamma, xp.zeros_like(gamma))
+        ok_sys = finite(lam, xp)  # an overflowing Gram: no solve for that row
+        lam = xp.where(ok_sys, lam, 1.0)
+        A = xp.where(ok_sys[..., None, None], gram, 0.0) + lam[..., None, None] * eye
+        # no error check (on a GPU it would wait for the device): a failed solve is not finite, caught next
+        gamma = solve_unchecked(A, xp.where(ok_sys[..., None, None], rhs, 0.0), xp)  # (w, S, m, 1)
+        bound = xp.max(xp.abs(gamma), axis=(-2, -1))  # (w, S); nan propagates
+        ok = ok_sys & (bound <= self.max_coefficient)  # nan and inf compare False
+        gamma = xp.where(ok[..., None, None], gamma, 0.0)
         mix = xp.permute_dims(dX + dR, (1, 2, 3, 0))  # (w, S, d, m)
         correction = xp.matmul(mix, xp.astype(gamma, x.dtype))[..., 0]  # (w, S, d)
         return x + r - correction, ok
@@ -255,3 +269,12 @@ class Anderson(_AndersonBase):
     """
 
     triangular: bool = field(default=False, init=False, repr=False)
+
+
+def _count_fallback_rows(masks: list) -> int:
+    """Rows (any sample) whose coefficients were rejected, over the rounds' ``(rows, S)`` masks: one read, at the end."""
+    if not masks:
+        return 0
+    xp = namespace(*masks)
+    rejected = ~xp.all(xp.concat(masks, axis=0), axis=1)
+    return int(np.sum(to_host(rejected)))

@@ -25,7 +25,7 @@ from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
 import trisolve
 
-from ..network import _tile
+from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
 from ._common import check_steps, solve
 
@@ -41,7 +41,7 @@ class ParallelFluxOutput(FluxPipelineOutput):
 
 
 @dataclass(frozen=True, eq=False)
-class FluxDenoiser:
+class FluxDenoiser(_CachedDtype):
     """A ``FluxTransformer2DModel`` as a denoiser on packed latents ``(N, L, 4 C), (N,) -> (N, L, 4 C)``.
 
     Parameters
@@ -60,6 +60,8 @@ class FluxDenoiser:
     max_batch_size : int, optional
         Largest transformer batch per call.
     """
+
+    _network_attr = "transformer"  # the model _CachedDtype reads the dtype of
 
     transformer: Any
     prompt_embeds: torch.Tensor
@@ -92,7 +94,7 @@ class FluxDenoiser:
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def __call__(self, model_input: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        dtype = self.transformer.dtype
+        dtype = self._dtype
         x = model_input.to(dtype)
         t = timesteps.to(dtype) / 1000  # the loop: t.expand(B).to(latents.dtype) / 1000
         cond = self._run(x, t, self.prompt_embeds, self.pooled_prompt_embeds, self.text_ids, "cond")

@@ -27,7 +27,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_output import StableDiffusi
 
 import trisolve
 
-from ..network import _tile
+from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
 from ._common import check_steps, solve
 
@@ -43,7 +43,7 @@ class ParallelStableDiffusion3Output(StableDiffusion3PipelineOutput):
 
 
 @dataclass(frozen=True, eq=False)
-class SD3Denoiser:
+class SD3Denoiser(_CachedDtype):
     """An ``SD3Transformer2DModel`` as a denoiser ``(N, C, H, W), (N,) -> (N, C, H, W)``, guided as the pipeline guides.
 
     Parameters
@@ -63,6 +63,8 @@ class SD3Denoiser:
     max_batch_size : int, optional
         Largest transformer batch per call.
     """
+
+    _network_attr = "transformer"  # the model _CachedDtype reads the dtype of
 
     transformer: Any
     prompt_embeds: torch.Tensor
@@ -86,7 +88,7 @@ class SD3Denoiser:
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def __call__(self, model_input: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        n, dtype = model_input.shape[0], self.transformer.dtype
+        n, dtype = model_input.shape[0], self._dtype
         x = model_input.to(dtype)
         if self.guidance_scale is None:
             emb, pooled = _tile(self.prompt_embeds, n, 1), _tile(self.pooled_prompt_embeds, n, 1)
