@@ -5,12 +5,13 @@
 
 Model: the bundled digits DDPM (``trisolve_diffusion.models``), DDIM, seed 0, default solver
 (TAA m=4 + Picard), float32, ``torch.set_num_threads(1)``. For each setting (steps T,
-batch size S): the measured round-time curve ``t(r)`` (``cost_model.measure_round_time``), the
-wall time of ``sample()`` with windows 4, 8, 16, 32 and the full window and with
-``window_size="auto"`` (medians of ``repeats`` runs, after one warm-up, interleaved), the
-rounds each took, and the cost model's predicted rounds and wall time for each window
-(``cost_model.CostModel`` with the measured curve, no overhead term). The sequential pipeline
-is timed in the same run for reference.
+batch size S): the network's own time curve ``t(r)`` (``cost_model.measure_round_time`` on the
+UNet, recorded in the JSON), the wall time of ``sample()`` with windows 4, 8, 16, 32 and the
+full window and with ``window_size="auto"`` (medians of ``repeats`` runs, after one warm-up,
+interleaved), the rounds each took, and the cost model's predicted rounds and wall time for
+each window: the model ``"auto"`` chose with (``cost_model.last_choice``: its curve and its
+measured per-round overhead), and the same model without the overhead term. The sequential
+pipeline is timed in the same run for reference.
 
 A second table checks the rounds model alone: measured rounds (seeds 0-4 median) against
 ``RoundsModel`` for DDIM-25/50/100 and DDPM-100 at windows 4..full (``--quick``: DDIM-10, one seed).
@@ -19,6 +20,7 @@ A second table checks the rounds model alone: measured rounds (seeds 0-4 median)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -67,7 +69,11 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
             start = time.perf_counter()
             result[lab] = run(w)
             times[lab].append(time.perf_counter() - start)
-    model = cost_model.CostModel(curve, steps)
+    # the model "auto" chose with: its own curve (the same network calls through the sample's g) and the
+    # measured overhead per round; and the same model without the overhead term
+    chosen = cost_model.last_choice.model
+    model = chosen
+    bare = dataclasses.replace(chosen, overhead=0.0, overhead_per_row=0.0)
     out = []
     for w, lab in zip(windows, labels):
         sol = getattr(result[lab], "solution", None)
@@ -80,7 +86,8 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
         rec = dict(steps=steps, batch=batch, window=lab, effective_window=win if lab != "sequential" else None,
                    seconds=statistics.median(times[lab]), rounds=None if sol is None else sol.num_rounds,
                    predicted_rounds=model.rounds(win) if lab != "sequential" else None,
-                   predicted_seconds=model.wall_time(win) if lab != "sequential" else model.sequential_time())  # fmt: skip
+                   predicted_seconds=model.wall_time(win) if lab != "sequential" else model.sequential_time(),
+                   predicted_seconds_no_overhead=bare.wall_time(win) if lab != "sequential" else bare.sequential_time())  # fmt: skip
         out.append(rec)
         print(rec, flush=True)
     fixed = [r for r in out if r["window"] not in ("auto", "sequential")]
@@ -88,7 +95,8 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
     auto = next(r for r in out if r["window"] == "auto")
     summary = dict(steps=steps, batch=batch, best_fixed=best["window"], best_fixed_s=best["seconds"], auto_window=auto["effective_window"],
                    auto_s=auto["seconds"], auto_over_best=auto["seconds"] / best["seconds"],
-                   curve=dict(rows=curve.rows, seconds=curve.seconds))  # fmt: skip
+                   curve=dict(rows=curve.rows, seconds=curve.seconds), auto_curve=dict(rows=chosen.curve.rows, seconds=chosen.curve.seconds),
+                   overhead_s=chosen.overhead, overhead_per_row_s=chosen.overhead_per_row)  # fmt: skip
     return out, summary
 
 
@@ -126,19 +134,25 @@ def main(argv=None):
     rounds = rounds_rows(args.quick)
     md = [
         f"Bundled digits DDPM, DDIM, seed 0, default solver, float32, 1 CPU thread; medians of {repeats} interleaved runs. "
-        "Predicted: `cost_model.CostModel` with the curve measured in the same run (no per-round overhead term).",
+        "Predicted: the `cost_model.CostModel` that `window_size=\"auto\"` chose with in the same run (its measured curve and "
+        "per-round overhead, `cost_model.last_choice`), and the same without the overhead term.",
         "",
-        "| T | batch | window | rounds | predicted rounds | time [s] | predicted [s] |",
-        "|---|---|---|---|---|---|---|",
+        "| T | batch | window | rounds | predicted rounds | time [s] | predicted [s] | predicted without overhead [s] |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in timing:
         win = r["window"] if r["window"] != "auto" else f"auto (chose {r['effective_window']})"
         pr = "" if r["predicted_rounds"] is None else f"{r['predicted_rounds']:.1f}"
-        md.append(f"| {r['steps']} | {r['batch']} | {win} | {r['rounds'] or ''} | {pr} | {r['seconds']:.3f} | {r['predicted_seconds']:.3f} |")
-    md += ["", "| T | batch | best fixed window | its time [s] | auto's window | auto's time [s] | auto / best |", "|---|---|---|---|---|---|---|"]
+        md.append(
+            f"| {r['steps']} | {r['batch']} | {win} | {r['rounds'] or ''} | {pr} | {r['seconds']:.3f} | {r['predicted_seconds']:.3f} | "
+            f"{r['predicted_seconds_no_overhead']:.3f} |"
+        )
+    md += ["", "| T | batch | best fixed window | its time [s] | auto's window | auto's time [s] | auto / best | measured overhead per round |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for s in summaries:
         md.append(
-            f"| {s['steps']} | {s['batch']} | {s['best_fixed']} | {s['best_fixed_s']:.3f} | {s['auto_window']} | {s['auto_s']:.3f} | {s['auto_over_best']:.2f} |"
+            f"| {s['steps']} | {s['batch']} | {s['best_fixed']} | {s['best_fixed_s']:.3f} | {s['auto_window']} | {s['auto_s']:.3f} | {s['auto_over_best']:.2f} | "
+            f"{1e3 * s['overhead_s']:.2f} ms + {1e3 * s['overhead_per_row_s']:.3f} ms per row |"
         )
     md += ["", "Rounds model (`RoundsModel`, fitted prior) against measured rounds, median [min, max] over seeds:", "",
            "| sampler | window | measured rounds | model |", "|---|---|---|---|"]  # fmt: skip

@@ -91,12 +91,21 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
         seen["max_rows"] = max_rows
         return curve
 
+    def fake_overhead(rounds_time, max_rows, **kw):  # the real stand-in solve runs; the model gets no overhead
+        seen["stand_in"] = [rounds_time(4, 3), rounds_time(max_rows, 1)]
+        return 0.0, 0.0
+
     monkeypatch.setattr(cm, "measure_round_time", fake_measure)
+    monkeypatch.setattr(cm, "measure_overhead", fake_overhead)
     pipe = _digits()
     kw = dict(batch_size=2, num_inference_steps=20, generator=None, output_type="np")
     out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size="auto")
     full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)})
     assert seen["max_rows"] == 20 and seen["out"].shape == (2, 2, 1, 16, 16)
+    # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
+    (t3, r3), (t1, r1) = seen["stand_in"]
+    assert t3 > 0 and 1 <= r3 <= 3 and t1 > 0 and r1 == 1
+    assert cm.last_choice.window == max({hi - lo for lo, hi in out.solution.windows}) and cm.last_choice.model.curve is curve
     widths = {hi - lo for lo, hi in out.solution.windows}
     expected = cm.CostModel(curve, 20).best_window().window
     if expect_full:
@@ -131,3 +140,32 @@ def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
     opts = td.SolveOptions(distributed=True, progress=False)
     with pytest.raises(ValueError, match="torchrun"):
         td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), options=opts)
+
+
+def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
+    bare = cm.CostModel(LINEAR, 50)
+    heavy = cm.CostModel(LINEAR, 50, overhead=0.05, overhead_per_row=1e-4)
+    for w in (1, 8, 50):
+        rows = heavy.rounds_model.fill(w, 50) * w
+        assert heavy.wall_time(w) == pytest.approx(bare.wall_time(w) + heavy.rounds(w) * (0.05 + 1e-4 * rows))
+    assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
+
+
+def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches():
+    calls = []
+
+    def rounds_time(w, k):  # what a solve reports: 3 ms of setup, 2 ms + 0.05 ms per row each round
+        calls.append((w, k))
+        return 0.003 + k * (0.002 + 5e-5 * w), k
+
+    class Model:
+        pass
+
+    model = Model()
+    a, b = cm.measure_overhead(rounds_time, 40, key="k", model=model)
+    assert a == pytest.approx(0.002) and b == pytest.approx(5e-5)
+    assert {w for w, _ in calls} == {8, 40} and {k for _, k in calls} == {1, 4}
+    n = len(calls)
+    assert cm.measure_overhead(rounds_time, 40, key="k", model=model) == (a, b) and len(calls) == n  # cached
+    assert cm.measure_overhead(lambda w, k: (0.01, 0), 40) == (0.0, 0.0)  # rounds that did not run: no term
+    assert cm.measure_overhead(lambda w, k: (0.001 * k, k), 1) == (pytest.approx(0.001), 0.0)  # one size: a constant

@@ -7,13 +7,15 @@ One round evaluates the window's rows in one network call, split over the device
 sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of one call on
 ``r`` trajectory rows (a network batch of ``r S G``) on one device::
 
-    round(w)      = t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + overhead
+    round(w)      = t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + o(fill(w) w)
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
-``bytes(w) = w S * event * itemsize`` is what the all-gather moves (a ring all-gather sends
+``o(r) = overhead + overhead_per_row * r`` is the round's work outside the network (the
+solver, the tolerance test, the scheduler mapping, the host read), measured by
+:func:`measure_overhead` on one device. ``bytes(w) = w S * event * itemsize`` is what the all-gather moves (a ring all-gather sends
 ``(P - 1) / P`` of it through each link). ``rounds(w)`` is a sliding-window model: the full
 window needs ``R_T`` rounds; a window of ``w < T`` rows must additionally slide over the
 remaining ``T - w`` rows, and its frozen front advances about ``w / beta(w)`` rows per round
@@ -29,7 +31,9 @@ prints the measured table next to this model)::
 
 ``t(r)`` is measured (:func:`measure_round_time`): a few timed calls at ``r = 1, 2, 4, ...``,
 device-synchronised, cached per (model, row shape, dtype, device); once the time doubles with
-the batch the device is saturated and ``t`` is extended linearly. The automatic window
+the batch the device is saturated and ``t`` is extended linearly. ``o(r)`` is measured
+(:func:`measure_overhead`) by running the solver itself for a few rounds with the network
+replaced by a free stand-in, at two window sizes, and cached the same way. The automatic window
 (:func:`choose_window`) is the ``w`` with the least predicted ``wall(w)``; the full window
 is kept when it is within 5 % of that (fewer rounds, less exposed to the rounds model).
 
@@ -62,6 +66,7 @@ __all__ = [
     "CostModel",
     "WindowChoice",
     "measure_round_time",
+    "measure_overhead",
     "choose_window",
     "auto_window",
     "network_of",
@@ -157,12 +162,13 @@ class RoundsModel:
 
 @dataclass(frozen=True)
 class WindowChoice:
-    """The chosen window and the model's prediction for every candidate."""
+    """The chosen window and the model's prediction for every candidate (``model``: the :class:`CostModel` that chose)."""
 
     window: int
     seconds: float
     rounds: float
     table: tuple[tuple[int, float, float], ...] = field(repr=False)  # (w, predicted rounds, predicted seconds)
+    model: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,9 @@ class CostModel:
         Seconds per round of the collectives (the ok-flag header and the data).
     overhead : float
         Seconds per round outside the network (solver arithmetic, the host read).
+    overhead_per_row : float
+        Seconds per round and per evaluated row outside the network (the solver's work on
+        the window's data).
     rounds_model : RoundsModel
     """
 
@@ -195,6 +204,7 @@ class CostModel:
     link_bandwidth: float = math.inf
     link_latency: float = 0.0
     overhead: float = 0.0
+    overhead_per_row: float = 0.0
     rounds_model: RoundsModel = RoundsModel()
 
     def __post_init__(self):
@@ -209,7 +219,7 @@ class CostModel:
     def round_time(self, w: int) -> float:
         """Mean time of one round: ``fill(w) w`` rows, split over the devices, plus the all-gather."""
         rows = self.rounds_model.fill(w, self.steps) * min(w, self.steps)
-        t = self.curve(max(1.0, rows / self.devices)) + self.overhead
+        t = self.curve(max(1.0, rows / self.devices)) + self.overhead + self.overhead_per_row * rows
         if self.devices > 1:
             t += self.link_latency + (self.devices - 1) / self.devices * rows * self.gather_bytes_per_row / self.link_bandwidth
         return t
@@ -229,10 +239,14 @@ class CostModel:
         full = table[-1]
         if full[0] == self.steps and full[2] <= (1 + keep_full_within) * best[2]:
             best = full
-        return WindowChoice(best[0], best[2], best[1], table)
+        return WindowChoice(best[0], best[2], best[1], table, model=self)
 
 
 # ---------------------------------------------------------------- measuring t(r), cached
+
+#: The :class:`WindowChoice` of the latest :func:`auto_window` in this process (``None`` before one):
+#: its ``model`` holds the measured curve and overhead, ``table`` every candidate's prediction.
+last_choice: WindowChoice | None = None
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(shape, dtype, device, extra): curve}
 _CACHE_NO_MODEL: dict = {}
@@ -306,6 +320,51 @@ def _saturated(curve: BatchTimeCurve) -> bool:
     return len(s) >= 3 and s[-1] >= 1.8 * s[-2] and s[-2] >= 1.8 * s[-3]
 
 
+def measure_overhead(
+    rounds_time: Callable[[int, int], tuple[float, int]], max_rows: int, *, key: Any = None, model: Any = None
+) -> tuple[float, float]:
+    """Measure ``o(r) = overhead + overhead_per_row * r``: a round's time outside the network.
+
+    ``rounds_time(w, k)`` runs the solve with a free stand-in for the network, a window of
+    ``w`` rows and at most ``k`` rounds, and returns ``(seconds, rounds run)``, device-synchronised.
+    Per round: ``(time(k = 4) - time(k = 1)) / (rounds - 1)`` (the difference removes the
+    solve's setup), the median of 3, at ``w = min(8, max_rows)`` and ``w = max_rows``; a line
+    through the two (slope and intercept clipped at 0). Cached like :func:`measure_round_time`.
+
+    Examples
+    --------
+    >>> def rounds_time(w, k):  # what a solve would report: 1 ms of setup, 2 ms + 0.1 ms per row each round
+    ...     return 0.001 + k * (0.002 + 0.0001 * w), k
+    >>> a, b = measure_overhead(rounds_time, 64)
+    >>> round(a, 4), round(b, 5)
+    (0.002, 0.0001)
+    """
+    store = None
+    if key is not None:
+        store = _CACHE.setdefault(model, {}) if model is not None else _CACHE_NO_MODEL
+        if ("overhead", key, max_rows) in store:
+            return store["overhead", key, max_rows]
+    sizes = sorted({min(8, max_rows), max_rows})
+    per_round = []
+    for w in sizes:
+        rounds_time(w, 1)  # warm-up
+        samples = []
+        for _ in range(3):
+            t1, r1 = rounds_time(w, 1)
+            tk, rk = rounds_time(w, 4)
+            if rk > r1:
+                samples.append(max(tk - t1, 0.0) / (rk - r1))
+        per_round.append(statistics.median(samples) if samples else 0.0)
+    if len(sizes) == 1:
+        result = (per_round[0], 0.0)
+    else:
+        slope = max((per_round[1] - per_round[0]) / (sizes[1] - sizes[0]), 0.0)
+        result = (max(per_round[0] - slope * sizes[0], 0.0), slope)
+    if store is not None:
+        store["overhead", key, max_rows] = result
+    return result
+
+
 def choose_window(curve: BatchTimeCurve, steps: int, **model: Any) -> WindowChoice:
     """``CostModel(curve, steps, **model).best_window()``: the automatic window."""
     return CostModel(curve, steps, **model).best_window()
@@ -321,8 +380,10 @@ def auto_window(
     key: Any = None,
     gather_bytes_per_row: float = 0.0,
     group: Any = None,
+    rounds_time: Callable[[int, int], tuple[float, int]] | None = None,
+    method: Any = None,
 ) -> WindowChoice:
-    """Choose the window of a solve: measure ``t`` (cached), then :meth:`CostModel.best_window`.
+    """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
     Parameters
     ----------
@@ -342,6 +403,11 @@ def auto_window(
         A ``torch.distributed`` group (``True``: the default one) when the solve is split over
         ranks: each rank measures ``t`` on its own device, every rank then uses the slowest
         rank's curve and a measured all-gather, so every rank chooses the same window.
+    rounds_time : callable, optional
+        ``rounds_time(w, k) -> (seconds, rounds)``: the solve with a free stand-in network
+        (:func:`measure_overhead`); ``None``, or a solve split over ranks: no overhead term.
+    method : hashable, optional
+        What else the overhead depends on (the solver and map): part of its cache key.
     """
     import torch
 
@@ -357,10 +423,15 @@ def auto_window(
     curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows))
     if info is not None and devices > 1:
         curve, latency, bandwidth = _agree(info, curve, max_rows, gather_bytes_per_row)
-    return CostModel(
+    overhead = per_row = 0.0
+    if rounds_time is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
+        overhead, per_row = measure_overhead(rounds_time, max_rows, model=model, key=None if key is None else (key, method))
+    global last_choice
+    last_choice = CostModel(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
-        rounds_model=RoundsModel(stochastic=stochastic),
+        overhead=overhead, overhead_per_row=per_row, rounds_model=RoundsModel(stochastic=stochastic),
     ).best_window()  # fmt: skip
+    return last_choice
 
 
 def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float) -> tuple[BatchTimeCurve, float, float]:

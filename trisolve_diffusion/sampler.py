@@ -18,6 +18,8 @@ round on ``(w * B, *event)`` inputs and ``(w * B,)`` timesteps.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -445,23 +447,30 @@ def sample_latents(
     if mask is not None:
         c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
 
-    def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
-        w = hi - lo
-        model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
-        t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
-        out = denoiser(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
-        out = out.reshape(w, batch, *out.shape[1:]).to(traj)
-        out = mapping.g(x_rows, out, lo, hi)
-        return out if m is None else m * out
+    def g_of(den: Any) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+        def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
+            w = hi - lo
+            model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
+            t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
+            out = den(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
+            out = out.reshape(w, batch, *out.shape[1:]).to(traj)
+            out = mapping.g(x_rows, out, lo, hi)
+            return out if m is None else m * out
 
+        return g
+
+    g = g_of(denoiser)
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
     window = options.window()
+    solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
     if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed)
+        # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
+        stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
+        rounds_time = functools.partial(_rounds_time, stand_in, solver, update_map, x0, options)
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, rounds_time, (repr(solver), repr(update_map)))
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, c))  # fmt: skip
-    solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
     init = None if options.init is None else options.init.to(device=device, dtype=traj)
     bar = _Progress(options.progress, n)
 
@@ -496,7 +505,30 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     return int(begin_index)
 
 
-def _auto_window(g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any) -> trisolve.WindowPolicy:
+def _rounds_time(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> tuple[float, int]:
+    """Seconds and rounds of at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows, device-synchronised."""
+    sync = (lambda: torch.cuda.synchronize(x0.device)) if x0.device.type == "cuda" else (lambda: None)
+    window = None if w >= system.n else trisolve.SlidingWindow(w)
+    sync()
+    start = time.perf_counter()
+    with torch.no_grad():
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, max_iter=k)
+    sync()
+    seconds = time.perf_counter() - start
+    if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
+        warnings.warn(
+            f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
+            "it chooses the window without the per-round overhead term.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return seconds, 0
+    return seconds, sol.num_rounds
+
+
+def _auto_window(
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, rounds_time: Any = None, method: tuple = ()
+) -> trisolve.WindowPolicy:
     """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
     from .cost_model import auto_window, network_of
 
@@ -508,8 +540,8 @@ def _auto_window(g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, 
 
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
     choice = auto_window(
-        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key,
-        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed,
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key, method=method,
+        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, rounds_time=rounds_time,
     )  # fmt: skip
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
 
