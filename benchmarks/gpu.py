@@ -190,6 +190,9 @@ def _unet_curve(unet, batch: int, guidance: int, cond: torch.Tensor | None, step
 def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: int, link_gbps: float, latency_us: float):
     """Predicted wall time and best window on 1, 2, 4, 8 devices (digits; SD-sized UNet with guidance), and on one
     device the prediction next to measured ``sample()`` runs with fixed windows and ``window_size="auto"``."""
+    import dataclasses
+
+    from trisolve_diffusion import cost_model
     from trisolve_diffusion.cost_model import CostModel, RoundsModel, clear_cache
     from trisolve_diffusion.models import load_digits_pipeline
 
@@ -210,34 +213,41 @@ def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats:
     for name, pipe, batch, guidance, cond, kw, row_bytes in cases:
         curve = _unet_curve(pipe.unet, batch, guidance, cond, steps, dev, repeats)
         print(name, "t(r):", dict(zip(curve.rows, [round(1e3 * s, 2) for s in curve.seconds])), flush=True)
-        for devices in (1, 2, 4, 8):
-            model = CostModel(curve, steps, devices=devices, gather_bytes_per_row=batch * row_bytes, link_bandwidth=link_gbps * 1e9,
-                              link_latency=2 * latency_us * 1e-6, rounds_model=RoundsModel())  # fmt: skip
-            choice = model.best_window()
-            seq = CostModel(curve, steps).sequential_time()
-            predicted.append(dict(model=name, steps=steps, devices=devices, best_window=choice.window, predicted_rounds=choice.rounds,
-                                  predicted_s=choice.seconds, predicted_sequential_s=seq, predicted_speedup=seq / choice.seconds,
-                                  full_window_s=model.wall_time(steps)))  # fmt: skip
-            print(predicted[-1], flush=True)
-        one = CostModel(curve, steps)
+        # one device: measured sample() runs; the prediction of the model "auto" chose with (its own curve through
+        # the sample's g, and its measured per-round overhead), and of the UNet's curve without the overhead
+        bare = CostModel(curve, steps)
         t_seq, _, _ = timed(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw), dev, repeats)
+        runs = []
         for window in [4, "auto", None] if quick else [8, 16, 32, "auto", None]:
             run = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps,  # noqa: E731
                                     window_size=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
             sec, out, _ = timed(run, dev, repeats)
-            w = max(hi - lo for lo, hi in out.solution.windows)
+            runs.append((window, sec, out, max(hi - lo for lo, hi in out.solution.windows)))
+        one = cost_model.last_choice.model
+        for window, sec, out, w in runs:
             measured.append(dict(model=name, steps=steps, window="full" if window is None else str(window), used_window=w,
                                  rounds=out.solution.num_rounds, predicted_rounds=one.rounds(w), measured_s=sec,
-                                 predicted_s=one.wall_time(w), sequential_s=t_seq, predicted_sequential_s=one.sequential_time(),
-                                 speedup=t_seq / sec))  # fmt: skip
+                                 predicted_s=one.wall_time(w), predicted_no_overhead_s=bare.wall_time(w), sequential_s=t_seq,
+                                 predicted_sequential_s=one.sequential_time(), speedup=t_seq / sec,
+                                 overhead_ms=1e3 * one.overhead, overhead_per_row_ms=1e3 * one.overhead_per_row))  # fmt: skip
             print(measured[-1], flush=True)
+        for devices in (1, 2, 4, 8):  # the solver's own work is not split over ranks: each keeps the measured overhead
+            model = dataclasses.replace(one, devices=devices, gather_bytes_per_row=batch * row_bytes, link_bandwidth=link_gbps * 1e9,
+                                        link_latency=2 * latency_us * 1e-6, rounds_model=RoundsModel())  # fmt: skip
+            choice = model.best_window()
+            seq = one.sequential_time()
+            predicted.append(dict(model=name, steps=steps, devices=devices, best_window=choice.window, predicted_rounds=choice.rounds,
+                                  predicted_s=choice.seconds, predicted_sequential_s=seq, predicted_speedup=seq / choice.seconds,
+                                  full_window_s=model.wall_time(steps)))  # fmt: skip
+            print(predicted[-1], flush=True)
     return predicted, measured
 
 
 def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: float, latency_us: float) -> list[str]:
     md = [
         "",
-        "Cost model (`trisolve_diffusion.cost_model`; t(r) measured on this device, rounds(w) the fitted prior). "
+        "Cost model (`trisolve_diffusion.cost_model`; t(r) and the per-round overhead measured on this device by "
+        '`window_size="auto"`, rounds(w) the fitted prior). '
         f"Predicted on P devices (all-gather at an assumed {link_gbps:g} GB/s, {latency_us:g} us per collective):",
         "",
         "| model | steps | devices | best window | predicted rounds | predicted [s] | predicted sequential [s] | predicted speed-up | full window [s] |",
@@ -251,14 +261,15 @@ def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: 
     md += [
         "",
         'One device, prediction next to measurement (`sample()` with fixed windows, `window_size="auto"` and the full window; '
-        "the model has no per-round overhead term):",
+        'predicted: the model `"auto"` chose with, and the UNet\'s own curve without the per-round overhead term):',
         "",
-        "| model | steps | window | used | rounds | predicted rounds | measured [s] | predicted [s] | sequential [s] | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | steps | window | used | rounds | predicted rounds | measured [s] | predicted [s] | without overhead [s] | sequential [s] | speed-up | overhead per round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     md += [
         f"| {r['model']} | {r['steps']} | {r['window']} | {r['used_window']} | {r['rounds']} | {r['predicted_rounds']:.1f} | "
-        f"{r['measured_s']:.3f} | {r['predicted_s']:.3f} | {r['sequential_s']:.3f} | {r['speedup']:.2f}x |"
+        f"{r['measured_s']:.3f} | {r['predicted_s']:.3f} | {r['predicted_no_overhead_s']:.3f} | {r['sequential_s']:.3f} | {r['speedup']:.2f}x | "
+        f"{r['overhead_ms']:.2f} ms + {r['overhead_per_row_ms']:.3f} ms per row |"
         for r in measured
     ]
     return md
