@@ -251,3 +251,19 @@ def test_safeguard_parameters_are_checked():
         trisolve.Safeguard(reject_growth=0.5)
     with pytest.raises(TypeError, match="Safeguard"):
         trisolve.Anderson(safeguard="yes")
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+def test_fallback_rows_are_counted_exactly_with_bounded_memory(backend):
+    """The rejected-coefficient masks are folded into a device count every few rounds (no read), so a long
+    solve keeps a bounded number of them; the count read at the end equals the rows that fell back."""
+    from trisolve.solvers.anderson import _FOLD_EVERY, _count_fallback_rows, _record_valid
+
+    rng = np.random.default_rng(3)
+    state, expect = AndersonState(), 0
+    for _ in range(3 * _FOLD_EVERY + 5):
+        valid = rng.random((int(rng.integers(1, 7)), 2)) > 0.2  # (rows, S): a row falls back if any sample does
+        expect += int((~valid.all(axis=1)).sum())
+        state = AndersonState(**_record_valid(state, backend.asarray(valid), backend.xp))
+        assert len(state.valid_masks) < _FOLD_EVERY
+    assert _count_fallback_rows(state.valid_masks, state.fallback_count) == expect

@@ -35,7 +35,7 @@ def device(x: Any) -> Any:
 
 def to_host(a: Any) -> np.ndarray:
     """Copy an array of any supported namespace to a NumPy ``float64`` array on the host."""
-    if isinstance(a, np.ndarray):
+    if isinstance(a, (np.ndarray, np.generic)):  # NumPy reductions return scalars (np.float64, np.int64, ...)
         return np.asarray(a, dtype=np.float64)
     if array_api_compat.is_torch_array(a):
         return a.detach().to("cpu").double().numpy()

@@ -56,9 +56,10 @@ class AndersonState:
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
-    # per accelerated round, the (rows, S) device mask of accepted coefficients: counted once, at the end
+    # the (rows, S) device masks of accepted coefficients of the latest accelerated rounds (at most
+    # _FOLD_EVERY; then folded into fallback_count), and the device count of earlier rounds' rejected rows
     valid_masks: list = field(default_factory=list)
-    num_fallback_rows: int = 0  # from rounds before a rejection reset the state (host)
+    fallback_count: Any = None
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
 
 
@@ -103,7 +104,7 @@ class _AndersonBase(Solver):
         return {
             "num_restarts": state.num_restarts,
             "num_rejections": state.num_rejections,
-            "num_fallback_rows": state.num_fallback_rows + _count_fallback_rows(state.valid_masks),  # read once, at the end
+            "num_fallback_rows": _count_fallback_rows(state.valid_masks, state.fallback_count),  # read once, at the end
         }
 
     def step(self, ctx: StepContext, state: AndersonState) -> tuple[Any, AndersonState]:
@@ -139,7 +140,7 @@ class _AndersonBase(Solver):
                     num_restarts=state.num_restarts,
                     num_rejections=state.num_rejections + 1,
                     valid_masks=state.valid_masks,
-                    num_fallback_rows=state.num_fallback_rows,
+                    fallback_count=state.fallback_count,
                     eye=state.eye,
                 )
                 return proposal, new
@@ -181,8 +182,7 @@ class _AndersonBase(Solver):
             accelerated=True,
             num_restarts=state.num_restarts + int(restart),
             num_rejections=state.num_rejections,
-            valid_masks=state.valid_masks + [valid[ctx.start :, ...]],
-            num_fallback_rows=state.num_fallback_rows,
+            **_record_valid(state, valid[ctx.start :, ...], xp),
             eye=eye,
         )
         return xp.reshape(proposal, ctx.x.shape), new
@@ -271,10 +271,27 @@ class Anderson(_AndersonBase):
     triangular: bool = field(default=False, init=False, repr=False)
 
 
-def _count_fallback_rows(masks: list) -> int:
-    """Rows (any sample) whose coefficients were rejected, over the rounds' ``(rows, S)`` masks: one read, at the end."""
-    if not masks:
-        return 0
-    xp = namespace(*masks)
-    rejected = ~xp.all(xp.concat(masks, axis=0), axis=1)
-    return int(np.sum(to_host(rejected)))
+_FOLD_EVERY = 16  # masks kept before they are folded into one device count (bounded memory, ~0.3 kernels per round)
+
+
+def _rejected_rows(masks: list, xp: Any) -> Any:
+    """Device int count of rows (any sample) whose coefficients were rejected, over ``(rows, S)`` masks."""
+    return xp.sum(xp.astype(~xp.all(xp.concat(masks, axis=0), axis=1), xp.int64))
+
+
+def _record_valid(state: AndersonState, valid: Any, xp: Any) -> dict:
+    """The round's mask of accepted coefficients appended; every ``_FOLD_EVERY`` rounds folded on the device (no read)."""
+    masks = state.valid_masks + [valid]
+    count = state.fallback_count
+    if len(masks) >= _FOLD_EVERY:
+        folded = _rejected_rows(masks, xp)
+        count, masks = (folded if count is None else count + folded), []
+    return {"valid_masks": masks, "fallback_count": count}
+
+
+def _count_fallback_rows(masks: list, count: Any = None) -> int:
+    """Rows (any sample) whose coefficients were rejected: the folded device count plus the kept masks, one read, at the end."""
+    total = 0 if count is None else int(to_host(count))
+    if masks:
+        total += int(to_host(_rejected_rows(masks, namespace(*masks))))
+    return total
