@@ -237,12 +237,28 @@ def host_ms_per_step(pipe, net, repeats: int, **kw) -> float:
     return 1e3 * statistics.median(per_step)
 
 
-def sd15_unet_kernels() -> int:
-    """Kernels of one call of the SD-1.5-sized UNet (batch 2, 64x64x4 latents), counted on the meta device."""
+def dtype_read_ms(module: torch.nn.Module, reads: int = 50) -> float:
+    """Median host time of one read of a diffusers model's ``.dtype`` (it walks every submodule), in ms."""
+    times = []
+    for _ in range(reads):
+        t0 = time.perf_counter()
+        module.dtype  # noqa: B018
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def sd15_unet(device: str = "meta"):
+    """The SD-1.5-sized ``UNet2DConditionModel`` (860M parameters), built on the meta device (no memory)."""
     from diffusers import UNet2DConditionModel
 
+    with torch.device(device):
+        return UNet2DConditionModel(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280))
+
+
+def sd15_unet_kernels() -> int:
+    """Kernels of one call of the SD-1.5-sized UNet (batch 2, 64x64x4 latents), counted on the meta device."""
+    unet = sd15_unet()
     with torch.device("meta"):
-        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, block_out_channels=(320, 640, 1280, 1280))
         x = torch.empty(2, 4, 64, 64)
         emb = torch.empty(2, 77, 768)
     counter = OpCounter(unet)
@@ -275,6 +291,7 @@ def main(argv=None):
     for w in (8, None):
         solves.append(count_solve(sd, sd.unet, f"tiny SD, CFG 7.5, DDIM-{steps}, window {w or 'full'}", window_size=w, **kw))
     sd15 = sd15_unet_kernels()
+    dtype_ms = {"digits UNet": dtype_read_ms(digits.unet), "SD-1.5-sized UNet": dtype_read_ms(sd15_unet())}
     # host time on this CPU, without the counting mode (one thread; medians over rounds of `repeats` solves)
     torch.set_num_threads(1)
     repeats = 1 if args.quick else 5
@@ -323,9 +340,17 @@ def main(argv=None):
         + ", ".join(f"{100 * r['outside_kernels_median'] / (r['outside_kernels_median'] + sd15):.1f}% ({r['run'].split(', ')[-1]})" for r in sd_round)
         + " outside the network by kernel count.",
         "",
+        "A diffusers model's `.dtype` walks every submodule on each read (the denoisers read it once per solve): "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in dtype_ms.items())
+        + " per read on this CPU (median of 50).",
+        "",
         "Most frequent kernels outside the network (first solve run): " + ", ".join(f"{n} {c}" for n, c in solves[0]["top_outside"]) + ".",
     ]
-    write("launches" + ("_quick" if args.quick else ""), dict(solves=solves, sequential=seqs, sd15_unet_kernels=sd15), "\n".join(md) + "\n")
+    write(
+        "launches" + ("_quick" if args.quick else ""),
+        dict(solves=solves, sequential=seqs, sd15_unet_kernels=sd15, dtype_read_ms=dtype_ms),
+        "\n".join(md) + "\n",
+    )
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ __all__ = ["UNetDenoiser", "classifier_free_guidance", "unet_denoiser"]
 class _CachedDtype:
     """``self._dtype``: the network's dtype, read once per denoiser.
 
-    A diffusers model's ``.dtype`` walks all its submodules on every read (0.6 ms for the
-    digits UNet, 2.7 ms for an SD-1.5-sized one on the 2-core CPU, ``benchmarks/launches.py``'s
-    host time): once per round that is host time a GPU round pays outside the network. A
+    A diffusers model's ``.dtype`` walks all its submodules on every read (0.9 ms for the
+    digits UNet, 4.5 ms for an SD-1.5-sized one on the 2-core CPU, ``benchmarks/launches.py``):
+    once per round that is host time a GPU round pays outside the network. A
     denoiser lives for one ``sample()`` call, during which the model's dtype does not change.
     """
 
