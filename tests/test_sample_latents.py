@@ -191,3 +191,36 @@ def test_inpainting_blend_equals_the_blended_loop():
         torch.testing.assert_close(final, x, atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="together"):
         td.sample_latents(den, sched, latents, mask=mask)
+
+
+def test_the_denoiser_reads_the_models_dtype_once_per_solve(monkeypatch):
+    """A diffusers model's ``.dtype`` walks every submodule on each read: the denoiser reads it once per
+    ``sample()``, not once per round (reads inside the network's own forward are the network's)."""
+    from diffusers import UNet2DModel
+
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    reads, inside = [], [0]
+    orig_dtype = UNet2DModel.dtype
+
+    def dtype(self):
+        if not inside[0]:
+            reads.append(1)
+        return orig_dtype.fget(self)
+
+    forward = pipe.unet.forward
+
+    def counted_forward(*a, **k):
+        inside[0] += 1
+        try:
+            return forward(*a, **k)
+        finally:
+            inside[0] -= 1
+
+    monkeypatch.setattr(UNet2DModel, "dtype", property(dtype))
+    monkeypatch.setattr(pipe.unet, "forward", counted_forward)
+    out = td.sample(pipe, num_inference_steps=10, generator=torch.manual_seed(0), output_type="np")
+    assert out.solution.num_rounds >= 3
+    assert len(reads) <= 3, reads  # the pipeline's setup and the denoiser's one read, whatever the rounds
