@@ -111,8 +111,9 @@ class SolveOptions:
         Rows per round; bounds memory. Fewest rounds with the whole window; with a network
         that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
-        (see the GPU benchmark). ``"auto"`` measures the network's time against its batch once
-        per network, latent shape, dtype and device (a few calls, cached) and takes the window
+        (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
+        the solver's time per round with a free stand-in for the network, once per network,
+        latent shape, dtype, device, solver and map (a few calls, cached) and takes the window
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
         when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
