@@ -69,13 +69,22 @@ def kind_of(func) -> str:
     return "kernels"
 
 
+def _restore(net: torch.nn.Module, forward, own: bool) -> None:
+    """Undo a wrapped ``net.forward``: the instance attribute back, or removed so the class's method shows again."""
+    if own:
+        net.forward = forward
+    else:
+        del net.forward
+
+
 class OpCounter(TorchDispatchMode):
     """Counts dispatched ATen ops by kind, inside ``net.forward`` ("network") and outside it."""
 
     def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net, self.depth, self.counts, self.names = net, 0, Counter(), Counter()
-        self._orig = net.forward
+        self._orig = self._original = net.forward  # _orig: what the wrapper calls (callers may wrap it further)
+        self._own = "forward" in vars(net)  # an instance attribute already (else the class's method)
 
         def forward(*a, **k):
             self.depth += 1
@@ -85,10 +94,9 @@ class OpCounter(TorchDispatchMode):
                 self.depth -= 1
 
         net.forward = forward
-        self.calls = 0
 
     def remove(self) -> None:
-        self.net.forward = self._orig
+        _restore(self.net, self._original, self._own)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         where = "network" if self.depth else "outside"
@@ -185,7 +193,7 @@ class StandIn:
 
     def __init__(self, net: torch.nn.Module):
         self.net, self.inside, self.starts = net, 0.0, []
-        self._orig = net.forward
+        self._orig, self._own = net.forward, "forward" in vars(net)
 
         def forward(sample, timestep, *a, return_dict=True, **k):
             t0 = time.perf_counter()
@@ -197,7 +205,7 @@ class StandIn:
         net.forward = forward
 
     def remove(self) -> None:
-        self.net.forward = self._orig
+        _restore(self.net, self._orig, self._own)
 
 
 def host_ms_per_round(pipe, net, repeats: int, **kw) -> float:
