@@ -113,7 +113,7 @@ class SolveOptions:
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network,
-        latent shape, dtype, device, solver and map (a few calls, cached) and takes the window
+        latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
         when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
@@ -468,7 +468,7 @@ def sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         rounds_time = functools.partial(_rounds_time, stand_in, solver, update_map, x0, options)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, rounds_time, (repr(solver), repr(update_map)))
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, rounds_time, (repr(solver), repr(update_map), type(mapping).__name__))
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, c))  # fmt: skip
