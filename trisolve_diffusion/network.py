@@ -35,11 +35,12 @@ class _CachedDtype:
     denoiser lives for one ``sample()`` call, during which the model's dtype does not change.
     """
 
-    _network_attr = "unet"
+    def _network(self) -> torch.nn.Module:  # the model the denoiser calls
+        return self.unet
 
     @cached_property
     def _dtype(self) -> torch.dtype:
-        return getattr(self, self._network_attr).dtype
+        return self._network().dtype
 
 
 def _tile(v: torch.Tensor, n: int, groups: int) -> torch.Tensor:

@@ -61,8 +61,6 @@ class FluxDenoiser(_CachedDtype):
         Largest transformer batch per call.
     """
 
-    _network_attr = "transformer"  # the model _CachedDtype reads the dtype of
-
     transformer: Any
     prompt_embeds: torch.Tensor
     pooled_prompt_embeds: torch.Tensor
@@ -75,6 +73,9 @@ class FluxDenoiser(_CachedDtype):
     negative_text_ids: torch.Tensor | None = None
     joint_attention_kwargs: dict | None = None
     max_batch_size: int | None = None
+
+    def _network(self) -> Any:  # the model _CachedDtype reads the dtype of
+        return self.transformer
 
     def _run(self, x, t, embeds, pooled, text_ids, cache):  # x (N, L, 4C), t (N,) already / 1000
         n = x.shape[0]

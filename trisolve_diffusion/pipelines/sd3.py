@@ -64,8 +64,6 @@ class SD3Denoiser(_CachedDtype):
         Largest transformer batch per call.
     """
 
-    _network_attr = "transformer"  # the model _CachedDtype reads the dtype of
-
     transformer: Any
     prompt_embeds: torch.Tensor
     pooled_prompt_embeds: torch.Tensor
@@ -75,6 +73,9 @@ class SD3Denoiser(_CachedDtype):
     skip_timesteps: torch.Tensor | None = None
     joint_attention_kwargs: dict | None = None
     max_batch_size: int | None = None
+
+    def _network(self) -> Any:  # the model _CachedDtype reads the dtype of
+        return self.transformer
 
     def _run(self, x, t, embeds, pooled, **kw):  # x (M, C, H, W), t (M,), embeds (M, L, D), pooled (M, P)
         size = x.shape[0] if self.max_batch_size is None else self.max_batch_size
