@@ -91,8 +91,9 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
         seen["max_rows"] = max_rows
         return curve
 
-    def fake_overhead(rounds_time, max_rows, **kw):  # the real stand-in solve runs; the model gets no overhead
-        seen["stand_in"] = [rounds_time(4, 3), rounds_time(max_rows, 1)]
+    def fake_overhead(run_rounds, max_rows, sync=None, **kw):  # the real stand-in solve runs, timed; the model gets no overhead
+        sync = sync or (lambda: None)  # none on a CPU
+        seen["stand_in"] = [cm._timed(run_rounds, 4, 3, sync=sync), cm._timed(run_rounds, max_rows, 1, sync=sync)]
         return 0.0, 0.0
 
     monkeypatch.setattr(cm, "measure_round_time", fake_measure)
@@ -151,21 +152,30 @@ def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
     assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
 
 
-def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches():
-    calls = []
+def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+    calls, syncs = [], []
 
-    def rounds_time(w, k):  # what a solve reports: 3 ms of setup, 2 ms + 0.05 ms per row each round
+    def run_rounds(w, k):  # a fake solve on a fake clock: 3 ms of setup, 2 ms + 0.05 ms per row each round
         calls.append((w, k))
-        return 0.003 + k * (0.002 + 5e-5 * w), k
+        clock[0] += 0.003 + k * (0.002 + 5e-5 * w)
+        return k
 
     class Model:
         pass
 
     model = Model()
-    a, b = cm.measure_overhead(rounds_time, 40, key="k", model=model)
+    a, b = cm.measure_overhead(run_rounds, 40, sync=lambda: syncs.append(1), key="k", model=model)
     assert a == pytest.approx(0.002) and b == pytest.approx(5e-5)
     assert {w for w, _ in calls} == {8, 40} and {k for _, k in calls} == {1, 4}
+    assert len(syncs) == 2 * (len(calls) - 2)  # every timed call bracketed (the two warm-ups are not timed)
     n = len(calls)
-    assert cm.measure_overhead(rounds_time, 40, key="k", model=model) == (a, b) and len(calls) == n  # cached
-    assert cm.measure_overhead(lambda w, k: (0.01, 0), 40) == (0.0, 0.0)  # rounds that did not run: no term
-    assert cm.measure_overhead(lambda w, k: (0.001 * k, k), 1) == (pytest.approx(0.001), 0.0)  # one size: a constant
+    assert cm.measure_overhead(run_rounds, 40, key="k", model=model) == (a, b) and len(calls) == n  # cached
+    assert cm.measure_overhead(lambda w, k: 0, 40) == (0.0, 0.0)  # rounds that did not run: no term
+
+    def constant(w, k):
+        clock[0] += 0.001 * k
+        return k
+
+    assert cm.measure_overhead(constant, 1) == (pytest.approx(0.001), 0.0)  # one size: a constant

@@ -298,11 +298,7 @@ def measure_round_time(
         sync()
         times = []
         for _ in range(repeats):
-            sync()
-            start = time.perf_counter()
-            call(r)
-            sync()
-            times.append(time.perf_counter() - start)
+            times.append(_timed(call, r, sync=sync)[0])
         rows.append(r)
         secs.append(max(statistics.median(times), 1e-9))
         steep = steep + 1 if len(secs) > 1 and secs[-1] >= 1.8 * secs[-2] else 0
@@ -315,43 +311,61 @@ def measure_round_time(
     return curve
 
 
+def _timed(call: Callable[..., Any], *args: Any, sync: Callable[[], None]) -> tuple[float, Any]:
+    """Seconds of ``call(*args)`` with ``sync()`` before and after (the device's queued work counted), and its result."""
+    sync()
+    start = time.perf_counter()
+    out = call(*args)
+    sync()
+    return time.perf_counter() - start, out
+
+
 def _saturated(curve: BatchTimeCurve) -> bool:
     s = curve.seconds
     return len(s) >= 3 and s[-1] >= 1.8 * s[-2] and s[-2] >= 1.8 * s[-3]
 
 
 def measure_overhead(
-    rounds_time: Callable[[int, int], tuple[float, int]], max_rows: int, *, key: Any = None, model: Any = None
+    run_rounds: Callable[[int, int], int],
+    max_rows: int,
+    *,
+    sync: Callable[[], None] | None = None,
+    key: Any = None,
+    model: Any = None,
 ) -> tuple[float, float]:
     """Measure ``o(r) = overhead + overhead_per_row * r``: a round's time outside the network.
 
-    ``rounds_time(w, k)`` runs the solve with a free stand-in for the network, a window of
-    ``w`` rows and at most ``k`` rounds, and returns ``(seconds, rounds run)``, device-synchronised.
-    Per round: ``(time(k = 4) - time(k = 1)) / (rounds - 1)`` (the difference removes the
-    solve's setup), the median of 3, at ``w = min(8, max_rows)`` and ``w = max_rows``; a line
-    through the two (slope and intercept clipped at 0). Cached like :func:`measure_round_time`.
+    ``run_rounds(w, k)`` runs the solve with a free stand-in for the network, a window of
+    ``w`` rows and at most ``k`` rounds, and returns the rounds it ran; each call is timed,
+    bracketed by ``sync()`` as in :func:`measure_round_time`. Per round:
+    ``(time(k = 4) - time(k = 1)) / (rounds - 1)`` (the difference removes the solve's setup),
+    the median of 3, at ``w = min(8, max_rows)`` and ``w = max_rows``; a line through the two
+    (slope and intercept clipped at 0). Cached like :func:`measure_round_time`.
 
     Examples
     --------
-    >>> def rounds_time(w, k):  # what a solve would report: 1 ms of setup, 2 ms + 0.1 ms per row each round
-    ...     return 0.001 + k * (0.002 + 0.0001 * w), k
-    >>> a, b = measure_overhead(rounds_time, 64)
-    >>> round(a, 4), round(b, 5)
-    (0.002, 0.0001)
+    >>> import time
+    >>> def run_rounds(w, k):  # 1 ms of setup, 2 ms + 0.05 ms per row each round
+    ...     time.sleep(0.001 + k * (0.002 + 0.00005 * w))
+    ...     return k
+    >>> a, b = measure_overhead(run_rounds, 64)
+    >>> 0.0015 < a < 0.005, 0.0 <= b < 0.0002
+    (True, True)
     """
     store = None
     if key is not None:
         store = _CACHE.setdefault(model, {}) if model is not None else _CACHE_NO_MODEL
         if ("overhead", key, max_rows) in store:
             return store["overhead", key, max_rows]
+    sync = sync or (lambda: None)
     sizes = sorted({min(8, max_rows), max_rows})
     per_round = []
     for w in sizes:
-        rounds_time(w, 1)  # warm-up
+        run_rounds(w, 1)  # warm-up
         samples = []
         for _ in range(3):
-            t1, r1 = rounds_time(w, 1)
-            tk, rk = rounds_time(w, 4)
+            t1, r1 = _timed(run_rounds, w, 1, sync=sync)
+            tk, rk = _timed(run_rounds, w, 4, sync=sync)
             if rk > r1:
                 samples.append(max(tk - t1, 0.0) / (rk - r1))
         per_round.append(statistics.median(samples) if samples else 0.0)
@@ -380,7 +394,7 @@ def auto_window(
     key: Any = None,
     gather_bytes_per_row: float = 0.0,
     group: Any = None,
-    rounds_time: Callable[[int, int], tuple[float, int]] | None = None,
+    run_rounds: Callable[[int, int], int] | None = None,
     method: Any = None,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
@@ -403,8 +417,8 @@ def auto_window(
         A ``torch.distributed`` group (``True``: the default one) when the solve is split over
         ranks: each rank measures ``t`` on its own device, every rank then uses the slowest
         rank's curve and a measured all-gather, so every rank chooses the same window.
-    rounds_time : callable, optional
-        ``rounds_time(w, k) -> (seconds, rounds)``: the solve with a free stand-in network
+    run_rounds : callable, optional
+        ``run_rounds(w, k) -> rounds``: the solve with a free stand-in network
         (:func:`measure_overhead`); ``None``, or a solve split over ranks: no overhead term.
     method : hashable, optional
         What else the overhead depends on (the solver and map): part of its cache key.
@@ -424,8 +438,8 @@ def auto_window(
     if info is not None and devices > 1:
         curve, latency, bandwidth = _agree(info, curve, max_rows, gather_bytes_per_row)
     overhead = per_row = 0.0
-    if rounds_time is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
-        overhead, per_row = measure_overhead(rounds_time, max_rows, model=model, key=None if key is None else (key, method))
+    if run_rounds is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
+        overhead, per_row = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
     global last_choice
     last_choice = CostModel(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -467,8 +466,8 @@ def sample_latents(
     if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
-        rounds_time = functools.partial(_rounds_time, stand_in, solver, update_map, x0, options)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, rounds_time, (repr(solver), repr(update_map), type(mapping).__name__))
+        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, c))  # fmt: skip
@@ -506,16 +505,11 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     return int(begin_index)
 
 
-def _rounds_time(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> tuple[float, int]:
-    """Seconds and rounds of at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows, device-synchronised."""
-    sync = (lambda: torch.cuda.synchronize(x0.device)) if x0.device.type == "cuda" else (lambda: None)
+def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> int:
+    """Run at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows; the rounds run (0 if it failed)."""
     window = None if w >= system.n else trisolve.SlidingWindow(w)
-    sync()
-    start = time.perf_counter()
     with torch.no_grad():
         sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, max_iter=k)
-    sync()
-    seconds = time.perf_counter() - start
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
             f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
@@ -523,12 +517,12 @@ def _rounds_time(system, solver, update_map, x0: torch.Tensor, options: SolveOpt
             RuntimeWarning,
             stacklevel=2,
         )
-        return seconds, 0
-    return seconds, sol.num_rounds
+        return 0
+    return sol.num_rounds
 
 
 def _auto_window(
-    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, rounds_time: Any = None, method: tuple = ()
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = ()
 ) -> trisolve.WindowPolicy:
     """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
     from .cost_model import auto_window, network_of
@@ -542,7 +536,7 @@ def _auto_window(
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
     choice = auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key, method=method,
-        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, rounds_time=rounds_time,
+        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, run_rounds=run_rounds,
     )  # fmt: skip
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
 

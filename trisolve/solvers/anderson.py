@@ -162,7 +162,7 @@ class _AndersonBase(Solver):
             dX = xp.concat([dx[None, ...], _pad_rows(old_dX[: min(m - 1, old_dX.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
             dR = xp.concat([dr[None, ...], _pad_rows(old_dR[: min(m - 1, old_dR.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
 
-        eye = state.eye if state.eye is not None and state.eye.shape[0] >= dX.shape[0] else None
+        eye = state.eye  # (m, m): dX never holds more than m pairs
         if eye is None:
             eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
         with np.errstate(all="ignore"):  # overflow / singular systems are detected and handled below
