@@ -78,6 +78,9 @@ __all__ = [
     "get_sigmas_vp",
     "get_ancestral_step",
     "default_noise_sampler",
+    "LoopConvention",
+    "K_DIFFUSION",
+    "COMFYUI",
 ]
 
 # -- k-diffusion's schedules and helpers (k-diffusion 0.1.1.post1, sampling.py), same maths --------------
@@ -130,6 +133,42 @@ def default_noise_sampler(x: torch.Tensor) -> Callable[[Any, Any], torch.Tensor]
     return lambda sigma, sigma_next: torch.randn_like(x)
 
 
+# -- the loop's convention -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConvention:
+    """Details in which forks of k-diffusion's ``sampling.py`` differ; the rows follow the one chosen.
+
+    Attributes
+    ----------
+    churn_draws_every_step : bool
+        Euler, Heun and DPM-2 draw ``torch.randn_like(x)`` at every step (k-diffusion), or only
+        where ``gamma > 0`` (ComfyUI).
+    ancestral_denoises_at_zero_sigma_down : bool
+        Euler ancestral returns ``D`` with no noise where ``sigma_down == 0`` (ComfyUI), or steps to
+        ``sigma_down`` and adds noise wherever the next sigma is > 0 (k-diffusion). The two
+        differ only for ``eta > 1``.
+    lms_denoises_to_zero : bool
+        LMS's step to a sigma of 0 returns ``D`` (ComfyUI) instead of the multistep formula.
+    sde_noise_needs_s_noise : bool
+        The SDE samplers draw noise only where ``eta > 0 and s_noise > 0`` (ComfyUI), or wherever
+        ``eta != 0`` (k-diffusion).
+    """
+
+    churn_draws_every_step: bool = True
+    ancestral_denoises_at_zero_sigma_down: bool = False
+    lms_denoises_to_zero: bool = False
+    sde_noise_needs_s_noise: bool = False
+
+
+#: k-diffusion 0.1.1.post1's ``sampling.py`` (the default).
+K_DIFFUSION = LoopConvention()
+#: ComfyUI's fork, ``comfy/k_diffusion/sampling.py`` (for models that are not flow matching, ``CONST``).
+COMFYUI = LoopConvention(churn_draws_every_step=False, ancestral_denoises_at_zero_sigma_down=True, lms_denoises_to_zero=True,
+                         sde_noise_needs_s_noise=True)  # fmt: skip
+
+
 # -- the rows of a sampler --------------------------------------------------------------------------------
 
 
@@ -180,29 +219,34 @@ class _Rows:
         return np.asarray(self.a, dtype=np.float64), B
 
 
-def _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise):
-    """k-diffusion's churn of step ``i``: ``(sigma_hat, e)``, ``e`` the noise added to ``x`` (``None`` when gamma is 0)."""
-    gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
-    eps = torch.randn_like(x) * s_noise  # drawn at every step, as the loop does
-    sigma_hat = sigmas[i] * (gamma + 1)
+def _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, conv):
+    """The churn of step ``i``: ``(sigma_hat, e)``, ``e`` the noise added to ``x`` (``None`` when gamma is 0)."""
+    if conv.churn_draws_every_step:  # k-diffusion
+        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_tmin <= sigmas[i] <= s_tmax else 0.0
+        eps = torch.randn_like(x) * s_noise
+        sigma_hat = sigmas[i] * (gamma + 1)
+    else:  # ComfyUI
+        gamma = min(s_churn / (len(sigmas) - 1), 2**0.5 - 1) if s_churn > 0 and s_tmin <= sigmas[i] <= s_tmax else 0
+        sigma_hat = sigmas[i] * (gamma + 1) if s_churn > 0 else sigmas[i]
+        eps = torch.randn_like(x) * s_noise if gamma > 0 else None
     return sigma_hat, (eps * (sigma_hat**2 - sigmas[i] ** 2) ** 0.5 if gamma > 0 else None)
 
 
-def _rows_euler(x, sigmas, *, s_churn, s_tmin, s_tmax, s_noise) -> _Rows:
+def _rows_euler(x, sigmas, conv, *, s_churn, s_tmin, s_tmax, s_noise) -> _Rows:
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
-        sh, e = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
+        sh, e = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, conv)
         rows.begin(sigmas[i], sh)
         ratio = float(sigmas[i + 1]) / float(sh)
         rows.step(sh, ratio, [1 - ratio], sigmas[i + 1], shift=e)
     return rows
 
 
-def _rows_two_stage(x, sigmas, kind, *, s_churn, s_tmin, s_tmax, s_noise) -> _Rows:
+def _rows_two_stage(x, sigmas, conv, kind, *, s_churn, s_tmin, s_tmax, s_noise) -> _Rows:
     """Heun (``kind="heun"``) or DPM-2 (``"dpm_2"``): a second row where the next sigma is not 0."""
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
-        sh_t, e = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise)
+        sh_t, e = _churn(x, sigmas, i, s_churn, s_tmin, s_tmax, s_noise, conv)
         rows.begin(sigmas[i], sh_t)
         sh, s1 = float(sh_t), float(sigmas[i + 1])
         if s1 == 0:  # Euler to 0: x' = D
@@ -219,18 +263,21 @@ def _rows_two_stage(x, sigmas, kind, *, s_churn, s_tmin, s_tmax, s_noise) -> _Ro
     return rows
 
 
-def _rows_euler_ancestral(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
+def _rows_euler_ancestral(x, sigmas, conv, *, eta, s_noise, noise_sampler) -> _Rows:
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
         rows.begin(sigmas[i], sigmas[i])
         sd, su = get_ancestral_step(sigmas[i], sigmas[i + 1], eta=eta)
-        noise = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * su if sigmas[i + 1] > 0 else None
+        if conv.ancestral_denoises_at_zero_sigma_down and sd == 0:
+            rows.step(sigmas[i], 0.0, [1.0], sigmas[i + 1])
+            continue
+        noise = noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * su if sigmas[i + 1] > 0 or conv.ancestral_denoises_at_zero_sigma_down else None
         ratio = float(sd) / float(sigmas[i])
         rows.step(sigmas[i], ratio, [1 - ratio], sigmas[i + 1], noise=noise)
     return rows
 
 
-def _rows_dpm_2_ancestral(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
+def _rows_dpm_2_ancestral(x, sigmas, conv, *, eta, s_noise, noise_sampler) -> _Rows:
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
         rows.begin(sigmas[i], sigmas[i])
@@ -247,7 +294,7 @@ def _rows_dpm_2_ancestral(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
     return rows
 
 
-def _rows_dpmpp_2s_ancestral(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
+def _rows_dpmpp_2s_ancestral(x, sigmas, conv, *, eta, s_noise, noise_sampler) -> _Rows:
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
         rows.begin(sigmas[i], sigmas[i])
@@ -282,11 +329,14 @@ def _lms_coefficient(order: int, t: np.ndarray, i: int, j: int) -> float:
     return integrate.quad(fn, t[i], t[i + 1], epsrel=1e-4)[0]
 
 
-def _rows_lms(x, sigmas, *, order) -> _Rows:
+def _rows_lms(x, sigmas, conv, *, order) -> _Rows:
     rows = _Rows(sigmas)
     t = sigmas.detach().cpu().numpy()  # k-diffusion integrates over the sigmas in their own dtype
     for i in range(len(sigmas) - 1):
         rows.begin(sigmas[i], sigmas[i])
+        if conv.lms_denoises_to_zero and sigmas[i + 1] == 0:
+            rows.step(sigmas[i], 0.0, [1.0], 0.0)  # x' = D, written in D
+            continue
         cur = min(i + 1, order)
         rows.step(sigmas[i], 1.0, [_lms_coefficient(cur, t, i, j) for j in range(cur)], sigmas[i + 1], derivative=True)
     return rows
@@ -297,7 +347,7 @@ def _log_step(sigmas, i) -> float:
     return float(sigmas[i + 1].log().neg() - sigmas[i].log().neg())
 
 
-def _rows_dpmpp_2m(x, sigmas) -> _Rows:
+def _rows_dpmpp_2m(x, sigmas, conv) -> _Rows:
     rows = _Rows(sigmas)
     for i in range(len(sigmas) - 1):
         rows.begin(sigmas[i], sigmas[i])
@@ -310,13 +360,17 @@ def _rows_dpmpp_2m(x, sigmas) -> _Rows:
     return rows
 
 
+def _sde_draws(conv, eta, s_noise) -> bool:
+    return eta > 0 and s_noise > 0 if conv.sde_noise_needs_s_noise else bool(eta)
+
+
 def _sde_noise(noise_sampler, sigmas, i, h_eta_factor, s_noise):
     """``noise_sampler(s, s') s' sqrt(1 - exp(-2 f h)) s_noise`` as k-diffusion's SDE samplers (``f = eta``)."""
     h = sigmas[i + 1].log().neg() - sigmas[i].log().neg()
     return noise_sampler(sigmas[i], sigmas[i + 1]) * sigmas[i + 1] * (-2 * h * h_eta_factor).expm1().neg().sqrt() * s_noise
 
 
-def _rows_dpmpp_2m_sde(x, sigmas, *, eta, s_noise, noise_sampler, solver_type) -> _Rows:
+def _rows_dpmpp_2m_sde(x, sigmas, conv, *, eta, s_noise, noise_sampler, solver_type) -> _Rows:
     rows = _Rows(sigmas)
     h_last = None
     for i in range(len(sigmas) - 1):
@@ -333,13 +387,13 @@ def _rows_dpmpp_2m_sde(x, sigmas, *, eta, s_noise, noise_sampler, solver_type) -
             r = h_last / h
             corr = 0.5 * b0 / r if solver_type == "midpoint" else (b0 / (-h - eta_h) + 1) / r
             b = [b0 + corr, -corr]
-        noise = _sde_noise(noise_sampler, sigmas, i, eta, s_noise) if eta else None
+        noise = _sde_noise(noise_sampler, sigmas, i, eta, s_noise) if _sde_draws(conv, eta, s_noise) else None
         rows.step(sigmas[i], s1 / s * math.exp(-eta_h), b, s1, noise=noise)
         h_last = h
     return rows
 
 
-def _rows_dpmpp_3m_sde(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
+def _rows_dpmpp_3m_sde(x, sigmas, conv, *, eta, s_noise, noise_sampler) -> _Rows:
     rows = _Rows(sigmas)
     h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
@@ -362,7 +416,7 @@ def _rows_dpmpp_3m_sde(x, sigmas, *, eta, s_noise, noise_sampler) -> _Rows:
         elif h_1 is not None:
             r = h_1 / h
             b = b + phi_2 * np.array([1 / r, -1 / r, 0.0])
-        noise = _sde_noise(noise_sampler, sigmas, i, eta, s_noise) if eta else None
+        noise = _sde_noise(noise_sampler, sigmas, i, eta, s_noise) if _sde_draws(conv, eta, s_noise) else None
         rows.step(sigmas[i], math.exp(-h_eta), list(b), s1, noise=noise)
         h_1, h_2 = h, h_1
     return rows
@@ -494,7 +548,9 @@ def _solve(
     return (out, dataclasses.replace(sol, trajectory=trajectory)) if return_solution else out
 
 
-def _check_inputs(model: Any, x: Any, sigmas: Any) -> None:
+def _check_inputs(model: Any, x: Any, sigmas: Any, convention: Any) -> None:
+    if not isinstance(convention, LoopConvention):
+        raise TypeError(f"convention must be a LoopConvention (K_DIFFUSION or COMFYUI), got {type(convention).__name__}.")
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, sigma, **extra_args) -> denoised, got {type(model).__name__}.")
     if not isinstance(x, torch.Tensor) or x.ndim < 1 or not x.is_floating_point():
@@ -560,6 +616,10 @@ _SOLVE_DOC = """
     max_rows_per_call : int, optional
         Split each round's rows into model calls of at most this many rows (times the
         batch), bounding the network's memory; ``None``: one call per round.
+    convention : LoopConvention
+        Whose loop to equal: :data:`K_DIFFUSION` (default) or :data:`COMFYUI` (ComfyUI's fork,
+        which draws the churn noise only where it is used and differs at a few edges; see
+        :class:`LoopConvention`).
 
     Returns
     -------
@@ -586,7 +646,7 @@ def _documented(fn):
 @_documented
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Euler steps (Karras et al. 2022, Algorithm 2), as ``k_diffusion.sampling.sample_euler``, in parallel rounds.
 
     ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``: k-diffusion's churn (the noise it adds is
@@ -603,9 +663,9 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     >>> out.shape
     torch.Size([2, 3])
     """
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    rows = _rows_euler(x, sigmas, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    rows = _rows_euler(x, sigmas, convention, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -613,17 +673,17 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 @_documented
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Ancestral sampling with Euler steps, as ``k_diffusion.sampling.sample_euler_ancestral``, in parallel rounds.
 
     ``noise_sampler(sigmas[i], sigmas[i + 1])`` is called once per step with a next sigma > 0,
     in step order, before the solve (``None``: :func:`default_noise_sampler`, the global
     generator, as k-diffusion).
     """
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
-    rows = _rows_euler_ancestral(x, sigmas, eta=eta, s_noise=s_noise, noise_sampler=ns)
+    rows = _rows_euler_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -631,11 +691,11 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 @_documented
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Heun steps (Karras et al. 2022, Algorithm 2), as ``k_diffusion.sampling.sample_heun``: two rows per step (one where the next sigma is 0)."""
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    rows = _rows_two_stage(x, sigmas, "heun", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    rows = _rows_two_stage(x, sigmas, convention, "heun", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -643,11 +703,11 @@ def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, 
 @_documented
 @torch.no_grad()
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """DPM-Solver-2 steps at the log-midpoint, as ``k_diffusion.sampling.sample_dpm_2``: two rows per step."""
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
-    rows = _rows_two_stage(x, sigmas, "dpm_2", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
+    rows = _rows_two_stage(x, sigmas, convention, "dpm_2", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -655,12 +715,12 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
 @_documented
 @torch.no_grad()
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Ancestral DPM-Solver-2 steps, as ``k_diffusion.sampling.sample_dpm_2_ancestral``; noise as :func:`sample_euler_ancestral`."""
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
-    rows = _rows_dpm_2_ancestral(x, sigmas, eta=eta, s_noise=s_noise, noise_sampler=ns)
+    rows = _rows_dpm_2_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -668,16 +728,16 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
 @_documented
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4,
-               *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+               *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Linear multistep of ``order`` on the derivatives, as ``k_diffusion.sampling.sample_lms`` (a band of ``order`` rows).
 
     The coefficients are k-diffusion's, ``scipy.integrate.quad`` over the sigmas in their own
     dtype (scipy is needed for this sampler only).
     """
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     if not _is_int(order, 1):
         raise ValueError(f"order must be an int >= 1, got {order!r}.")
-    rows = _rows_lms(x, sigmas, order=int(order))
+    rows = _rows_lms(x, sigmas, convention, order=int(order))
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -685,10 +745,10 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
 @_documented
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                    *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                    *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """DPM-Solver++(2M), as ``k_diffusion.sampling.sample_dpmpp_2m`` (a band of 2 rows)."""
-    _check_inputs(model, x, sigmas)
-    rows = _rows_dpmpp_2m(x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
+    rows = _rows_dpmpp_2m(x, sigmas, convention)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -696,15 +756,15 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 @_documented
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                              *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                              *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """Ancestral DPM-Solver++(2S), as ``k_diffusion.sampling.sample_dpmpp_2s_ancestral``: two rows per step.
 
     Noise as :func:`sample_euler_ancestral`.
     """
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
-    rows = _rows_dpmpp_2s_ancestral(x, sigmas, eta=eta, s_noise=s_noise, noise_sampler=ns)
+    rows = _rows_dpmpp_2s_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -723,7 +783,8 @@ def _sde_noise_sampler(noise_sampler: Any, eta: Any, name: str) -> Any:
 @_documented
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                        solver_type="midpoint", *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                        solver_type="midpoint", *, options=None, return_solution=False, check_model=True, max_rows_per_call=None,
+                        convention=K_DIFFUSION):  # fmt: skip
     """DPM-Solver++(2M) SDE, as ``k_diffusion.sampling.sample_dpmpp_2m_sde`` with a per-step ``noise_sampler``.
 
     k-diffusion's default (``noise_sampler=None``) is a Brownian tree; here ``None`` with
@@ -731,10 +792,10 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     """
     if solver_type not in {"heun", "midpoint"}:
         raise ValueError("solver_type must be 'heun' or 'midpoint'")
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = _sde_noise_sampler(noise_sampler, eta, "sample_dpmpp_2m_sde")
-    rows = _rows_dpmpp_2m_sde(x, sigmas, eta=eta, s_noise=s_noise, noise_sampler=ns, solver_type=solver_type)
+    rows = _rows_dpmpp_2m_sde(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns, solver_type=solver_type)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
@@ -742,15 +803,15 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 @_documented
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                        *, options=None, return_solution=False, check_model=True, max_rows_per_call=None):  # fmt: skip
+                        *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
     """DPM-Solver++(3M) SDE, as ``k_diffusion.sampling.sample_dpmpp_3m_sde`` with a per-step ``noise_sampler`` (a band of 3 rows).
 
     ``noise_sampler=None`` with ``eta > 0`` raises ``ValueError``, as :func:`sample_dpmpp_2m_sde`.
     """
-    _check_inputs(model, x, sigmas)
+    _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = _sde_noise_sampler(noise_sampler, eta, "sample_dpmpp_3m_sde")
-    rows = _rows_dpmpp_3m_sde(x, sigmas, eta=eta, s_noise=s_noise, noise_sampler=ns)
+    rows = _rows_dpmpp_3m_sde(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
