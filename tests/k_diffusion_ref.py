@@ -33,7 +33,7 @@ def load_sampling() -> types.ModuleType:
         return sys.modules["_k_diffusion_ref.sampling"]
     spec = importlib.util.find_spec("k_diffusion")  # locates the package without running its __init__
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1; it is in the test extra)")
+        pytest.skip("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1; scripts/setup.sh installs it)")
     path = Path(next(iter(spec.submodule_search_locations))) / "sampling.py"
     pkg = types.ModuleType("_k_diffusion_ref")
     pkg.__path__ = []
