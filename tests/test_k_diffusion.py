@@ -280,7 +280,17 @@ def test_failure_keeps_what_was_computed():
     with pytest.raises(td.ParallelSamplingError) as info:
         K.sample_euler(model, torch.randn(SHAPE) * sigmas[0], sigmas, disable=True, options=TIGHT.replace(window_size=2), check_model=False)
     assert isinstance(info.value.__cause__, RuntimeError)
-    assert info.value.solution.num_frozen >= 2
+    partial = info.value.solution
+    assert partial.num_frozen >= 2
+    # the partial trajectory is in x units: resuming from it gives the sample of an uninterrupted solve
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
+    with pytest.raises(td.ParallelSamplingError) as info:
+        calls.clear()
+        K.sample_euler(model, x, sigmas, disable=True, options=TIGHT.replace(window_size=2), check_model=False)
+    partial = info.value.solution
+    torch.testing.assert_close(partial.trajectory[0], x.double())
+    resumed = K.sample_euler(base, x, sigmas, disable=True, options=TIGHT.replace(init=partial.trajectory, num_frozen=partial.num_frozen))
+    torch.testing.assert_close(resumed, K.sample_euler(base, x, sigmas, disable=True, options=TIGHT), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(

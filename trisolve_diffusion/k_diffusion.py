@@ -57,7 +57,7 @@ import torch
 
 import trisolve
 
-from .sampler import SolveOptions, _is_float, _is_int, solve_rows
+from .sampler import ParallelSamplingError, SamplingInterrupted, SolveOptions, _is_float, _is_int, solve_rows
 from .schedulers.base import ve_posterior_std
 
 __all__ = [
@@ -538,7 +538,11 @@ def _solve(
         options = options.replace(init=options.init.to(device=device, dtype=traj) * dev(scale))
     solver, update_map = options.solver_and_map(n)
     y0 = (x.to(traj) * float(scale[0])).contiguous()
-    sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window(), forcing=forcing)
+    try:
+        sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window(), forcing=forcing)
+    except (ParallelSamplingError, SamplingInterrupted) as err:  # what was computed, in x units: resume with init=
+        err.solution = dataclasses.replace(err.solution, trajectory=err.solution.trajectory * dev(1.0 / scale))
+        raise
     trajectory = sol.trajectory * dev(1.0 / scale)  # back to x units, (n + 1, B, *event)
     if callback is not None:  # per loop step, after the solve, with the solution's values
         for i, (j, sigma, sigma_hat) in enumerate(rows.steps):
@@ -604,7 +608,9 @@ _SOLVE_DOC = """
     options : SolveOptions, optional
         Solver, tolerance (default ``atol = rtol = 5e-4`` in the rescaled rows, see the
         module), window (``None``: all rows; ``"auto"`` is not available here), ``max_iter``,
-        ``strict``, per-round callback, ``distributed``.
+        ``strict``, per-round callback, ``distributed``; ``init`` (with ``num_frozen``) is a
+        trajectory in ``x`` units, ``(rows + 1, batch, ...)``, e.g. an earlier solution's or
+        error's ``.solution.trajectory``.
     return_solution : bool
         Also return the :class:`trisolve.Solution` (its ``trajectory`` in ``x`` units, one row
         per model evaluation: ``(rows + 1, batch, ...)``).
@@ -631,8 +637,9 @@ _SOLVE_DOC = """
     Raises
     ------
     trisolve_diffusion.ParallelSamplingError
-        The model raised or returned nan/inf; ``.solution`` keeps what was computed (in the
-        rescaled rows).
+        The model raised or returned nan/inf; ``.solution`` keeps what was computed (its
+        trajectory in ``x`` units; resume with ``options=SolveOptions(init=...,
+        num_frozen=...)``). :class:`~trisolve_diffusion.SamplingInterrupted` on Ctrl-C, likewise.
 """
 
 
