@@ -334,3 +334,13 @@ def test_samplers_registry_names_match_k_diffusion():
     for name, fn in K.SAMPLERS.items():
         assert fn.__name__ == f"sample_{name}" and hasattr(ref, f"sample_{name}")
     assert isinstance(K.sample_euler(gmm_model(), torch.randn(SHAPE), torch.tensor([5.0, 1.0, 0.0]), disable=True), torch.Tensor)
+
+
+def test_unconverged_end_warns_or_raises():
+    sigmas = SCHEDULES["karras+0"]()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * sigmas[0]
+    with pytest.warns(td.UnconvergedSampleWarning, match="MAX_ITER"):
+        K.sample_heun(gmm_model(), x, sigmas, disable=True, options=DEFAULT.replace(max_iter=2))
+    with pytest.raises(td.UnconvergedSampleError) as info:
+        K.sample_heun(gmm_model(), x, sigmas, disable=True, options=DEFAULT.replace(max_iter=2, strict=True))
+    torch.testing.assert_close(info.value.solution.trajectory[0], x)
