@@ -11,6 +11,7 @@ import numpy as np
 from .._validate import check_float
 from ..gradients import Adjoint
 from ..maps import UpdateMap
+from ..result import SolveError, Status
 from ..solvers.base import Solver
 from .methods import SOLVE_IVP_METHODS
 from .steps import Field, ODEInfo, solve_steps, wants_gradients
@@ -139,6 +140,13 @@ def solve_ivp(
     Returns
     -------
     IVPResult
+        ``success=False``, ``status=-1`` when the rounds ran out (``max_iter``).
+
+    Raises
+    ------
+    SolveError
+        When ``fun`` raised during the solve (the cause is chained; ``error.result`` holds the
+        :class:`IVPResult` with the rows made final before it).
 
     Examples
     --------
@@ -218,7 +226,7 @@ def solve_ivp(
     y = traj[rows] if not is_torch_array(traj) else traj[torch.as_tensor(rows, device=traj.device)]
     y = y.T if not is_torch_array(y) else y.transpose(0, 1)
     message = "The solver successfully reached the end of the integration interval." if ok else sol.message
-    return IVPResult(
+    result = IVPResult(
         t=grid[rows].copy(),
         y=y,
         success=ok,
@@ -232,3 +240,8 @@ def solve_ivp(
         nfev=info.nfev,
         njev=info.njev,
     )
+    if sol.status is Status.FAILED:  # fun raised (SciPy lets it through): say so, keep the work on the error
+        err = SolveError(f"trisolve.solve_ivp: fun raised during round {sol.num_rounds + 1}: {sol.message}")
+        err.result = result  # type: ignore[attr-defined]
+        raise err from sol.error
+    return result
