@@ -4,23 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._validate import check_int
 from ..gradients import Adjoint
 from ..maps import UpdateMap
 from ..result import SolveError
 from ..solvers.base import Solver
-from .methods import ODEINT_METHODS
+from .methods import ODEINT_METHODS, AdamsBashforth
 from .steps import Field, solve_steps, wants_gradients
 
 __all__ = ["odeint"]
 
 _ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun", "scipy_solver")
-_NOT_OFFERED = ("explicit_adams", "implicit_adams", "fixed_adams", "heun2", "heun3")
+_NOT_OFFERED = ("implicit_adams", "fixed_adams", "heun2", "heun3")
+_OFFERED = (*ODEINT_METHODS, "explicit_adams")
 
 
-def _check_method(method: Any) -> Any:
+def _check_method(method: Any, options: dict) -> Any:
+    if method == "explicit_adams":
+        max_order = options.pop("max_order", 12)
+        check_int("options max_order", max_order, 2, high=12, hint="(explicit_adams keeps max_order - 1 earlier values of func)")
+        return AdamsBashforth(max_order=int(max_order))
     if method in ODEINT_METHODS:
         return ODEINT_METHODS[method]
-    offered = ", ".join(repr(m) for m in ODEINT_METHODS)
+    offered = ", ".join(repr(m) for m in _OFFERED)
     if method in _ADAPTIVE or method is None:
         raise ValueError(
             f"method={method!r}: adaptive methods choose each step from the error of the last one, one after another; "
@@ -114,13 +120,16 @@ def odeint(
         The state at ``t[0]``, any shape, real floating dtype.
     t : torch.Tensor, shape ``(m,)``
         Output times, strictly increasing or strictly decreasing, ``m >= 2``.
-    method : {"euler", "midpoint", "rk4"}
-        torchdiffeq's fixed-grid steps (its ``rk4`` is Kutta's 3/8 rule). Adaptive methods and
-        ``explicit_adams`` are refused with a ``ValueError``.
+    method : {"euler", "midpoint", "rk4", "explicit_adams"}
+        torchdiffeq's fixed-grid steps (its ``rk4`` is Kutta's 3/8 rule; ``explicit_adams`` is
+        Adams-Bashforth up to order ``max_order - 1``, its first two steps RK4, a band of
+        earlier rows per row: :class:`~trisolve.ode.methods.AdamsBashforth`). Adaptive methods
+        and ``implicit_adams`` are refused with a ``ValueError``.
     options : dict, optional
         torchdiffeq's fixed-grid options: ``step_size`` (steps of that size from ``t[0]``, the
         last one ending at ``t[-1]``; outputs at ``t`` by linear interpolation, as torchdiffeq
         does) or ``grid_constructor``. Without either, one step per interval of ``t``.
+        ``explicit_adams`` also takes ``max_order`` (2 to 12, default 12).
     batched : bool
         ``func`` takes a block of states: ``func(T, Y)`` with ``T`` ``(w,)`` and ``Y``
         ``(w, *y0.shape)``, returning ``(w, *y0.shape)``; then it is called once per block.
@@ -190,7 +199,8 @@ def odeint(
         raise ValueError("gradients with respect to t are not offered by trisolve.odeint; pass t.detach().")
     if t.device != y0.device:
         t = t.to(y0.device)
-    m = _check_method(method)
+    options = dict(options or {})
+    m = _check_method(method, options)
     reverse = bool(t[0] > t[1])
     t_int = -t if reverse else t  # torchdiffeq integrates decreasing times as increasing -t with -func(-t, y)
     if not bool((t_int[1:] > t_int[:-1]).all()):
@@ -204,7 +214,9 @@ def odeint(
         f_int = func
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
-    grid = _grid(t_int, y0, f_int, dict(options or {}))
+    grid = _grid(t_int, y0, f_int, options)
+    if isinstance(m, AdamsBashforth) and not bool((grid[1:] > grid[:-1]).all()):
+        raise ValueError("explicit_adams needs a strictly increasing step grid (a step of length 0 would skip its history); change step_size.")
     field = Field(f_int, "batched" if batched else "vmap", name="func")
     adjoint = wants_gradients(gradients, field, y0, grid[:1].to(y0.dtype)[0])
     traj, info = solve_steps(field, m, grid, y0, solver=solver, update_map=update_map, atol=atol, max_iter=max_iter, window=window, adjoint=adjoint)
