@@ -10,7 +10,8 @@ Problems (float64, CPU, one thread):
   against the NumPy loop of the same steps and against ``scipy.integrate.solve_ivp``
   (DOP853, rtol 1e-10, atol 1e-12, same output times);
 * a neural ODE (MLP 4-32-4, tanh, random weights) with ``trisolve.odeint``, h = 0.05,
-  against ``torchdiffeq.odeint``.
+  against ``torchdiffeq.odeint``; and with ``method="explicit_adams"`` (``max_order`` 4 and
+  torchdiffeq's default 12), h = 0.01.
 
 Each row gives the default method's rounds (machine-independent), rounds / n, evaluations of
 ``f``, and median wall times of the parallel solve and of the reference loop (3 runs after a
@@ -64,11 +65,12 @@ def neural_field(seed: int = 0):
     return lambda t, y: net(y)
 
 
-def odeint_row(problem, func, y0, t, repeats):
-    secs, (ys, info) = median_time(lambda: trisolve.odeint(func, y0, t, return_info=True), repeats)
-    ref_secs, ref = median_time(lambda: torchdiffeq.odeint(func, y0, t, method="rk4"), repeats)
+def odeint_row(problem, func, y0, t, repeats, method="rk4", options=None):
+    secs, (ys, info) = median_time(lambda: trisolve.odeint(func, y0, t, method=method, options=options, return_info=True), repeats)
+    ref_secs, ref = median_time(lambda: torchdiffeq.odeint(func, y0, t, method=method, options=options), repeats)
     n = t.shape[0] - 1
-    return dict(problem=problem, front_door="odeint rk4", n=n, rounds=info.num_rounds, rounds_over_n=info.num_rounds / n, nfev=info.nfev,
+    door = f"odeint {method}" + (f" max_order={options['max_order']}" if options else "")
+    return dict(problem=problem, front_door=door, n=n, rounds=info.num_rounds, rounds_over_n=info.num_rounds / n, nfev=info.nfev,
                 method=f"{info.solver!r} on {info.update_map!r}", status=info.solution.status.name, trisolve_s=secs,
                 reference="torchdiffeq.odeint", reference_s=ref_secs, max_diff=float((ys - ref).abs().max()))  # fmt: skip
 
@@ -107,6 +109,10 @@ def main(argv=None):
     for n in [50] if args.quick else [100, 1000, 4000]:
         t = torch.linspace(0.0, n * 0.05, n + 1, dtype=torch.float64)
         rows.append(odeint_row("neural ODE (MLP 4-32-4), torch", f, y0, t, repeats))
+    for max_order in (4, 12):  # a multistep method: row i reads max_order - 1 earlier rows
+        for n in [50] if args.quick else [100, 1000]:
+            t = torch.linspace(0.0, n * 0.01, n + 1, dtype=torch.float64)
+            rows.append(odeint_row("neural ODE (MLP 4-32-4), torch", f, y0, t, repeats, "explicit_adams", dict(max_order=max_order)))
     md = [
         f"Default method of each front door; wall times are medians of {repeats} run(s) on one CPU thread of a shared machine.",
         "",
