@@ -177,10 +177,12 @@ def odeint(
     >>> t = torch.linspace(0, 1, 11, dtype=torch.float64)
     >>> y = trisolve.odeint(lambda t, y: -y, torch.ones(2, dtype=torch.float64), t)
     >>> y.shape, round(float(y[-1, 0]), 6)
-    (torch.Size([11, 2]), 0.367879)
+    (torch.Size([11, 2]), 0.36788)
     """
     import torch
 
+    if not callable(func):
+        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     if isinstance(y0, tuple):
         raise TypeError("trisolve.odeint takes one tensor y0 (torchdiffeq's tuple states are not offered): concatenate the parts.")
     if not isinstance(y0, torch.Tensor):
@@ -212,8 +214,6 @@ def odeint(
 
     else:
         f_int = func
-    if not callable(func):
-        raise TypeError(f"func must be callable as func(t, y), got {type(func).__name__}.")
     grid = _grid(t_int, y0, f_int, options)
     if isinstance(m, AdamsBashforth) and not bool((grid[1:] > grid[:-1]).all()):
         raise ValueError("explicit_adams needs a strictly increasing step grid (a step of length 0 would skip its history); change step_size.")

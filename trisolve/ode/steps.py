@@ -184,8 +184,11 @@ class Field:
             expect = tuple(Y.shape[1:]) if self.how in ("vmap", "loop") else tuple(Y.shape)
             raise ValueError(f"{self.name}(t, y) must return an array shaped like y, {expect}; got {got}.")
         if out.dtype != Y.dtype:
-            xp = namespace(Y)
-            out = xp.astype(out, Y.dtype)
+            from array_api_compat import is_numpy_array
+
+            if not is_numpy_array(Y):
+                raise TypeError(f"{self.name}(t, y) returned {out.dtype} for a {Y.dtype} state; return the state's dtype.")
+            out = out.astype(Y.dtype)  # NumPy: SciPy converts fun's output to the state's dtype too
         return out
 
 
