@@ -187,8 +187,13 @@ def test_warnings_from_guesses_are_dropped_and_a_final_rows_warning_is_shown_onc
         warnings.simplefilter("always")
         trisolve.odeint(g, y0, t, batched=True)
     assert len([w for w in shown if "late time" in str(w.message)]) == 1
+    with warnings.catch_warnings(record=True) as shown:  # with gradients: the adjoint's evaluation is the final look
+        warnings.simplefilter("always")
+        ys = trisolve.odeint(g, y0.clone().requires_grad_(True), t, batched=True)
+    assert ys.requires_grad and len([w for w in shown if "late time" in str(w.message)]) == 1
 
 
+@pytest.mark.filterwarnings("ignore:max_order is below")  # torchdiffeq's own note for max_order=3
 @pytest.mark.parametrize("max_order, h", [(12, 0.01), (5, 0.1), (4, 0.1), (3, 0.1)])
 def test_explicit_adams_matches_torchdiffeq(max_order, h):
     """A multistep method: row i reads up to max_order - 1 earlier rows (its first two steps are RK4).
