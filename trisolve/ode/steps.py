@@ -276,18 +276,6 @@ def _torch_step_jacobian(step: Any, y: Any, vmappable: bool) -> Any:
     return cols.permute(1, 2, 0)
 
 
-def torch_float64() -> Any:
-    import torch
-
-    return torch.float64
-
-
-def torch_cat(parts: list) -> Any:
-    import torch
-
-    return torch.cat(parts, dim=0)
-
-
 def wants_gradients(gradients: Any, field_: Field, y0: Any, t_first: Any) -> Adjoint | None:
     """``gradients=None`` (automatic): an :class:`Adjoint` on PyTorch when grad mode is on and ``y0`` or ``f(t0, y0)`` requires grad.
 
@@ -342,14 +330,16 @@ def solve_steps(
     log = WarningLog()
     if isinstance(method, AdamsBashforth):  # a multistep method: row i reads a band of rows
         h, times = _step_tables(ODEINT_METHODS["rk4"], grid, y0)  # its first steps are RK4 (3/8)
-        tables = (h, times, grid.to(y0.dtype), method.coefficients((grid[1:] - grid[:-1]).to(torch_float64())).to(y0.dtype))
+        import torch  # odeint's grids and states are torch tensors
+
+        tables = (h, times, grid.to(y0.dtype), method.coefficients((grid[1:] - grid[:-1]).double()).to(y0.dtype))
 
         def rows(x, lo, hi):
             return method.rows(field_, x, lo, hi, tables)
 
         def rows_moved(x, y, lo, hi):  # F of rows [lo, hi) with rows lo-1 .. hi-2 replaced by y
             j0 = max(0, lo - method.band)
-            return method.rows(field_, torch_cat([x[j0 : lo - 1, ...], y]), lo, hi, tables, offset=j0)
+            return method.rows(field_, torch.cat([x[j0 : lo - 1, ...], y], dim=0), lo, hi, tables, offset=j0)
 
     else:
         h, times = _step_tables(method, grid, y0)
