@@ -164,7 +164,7 @@ class AdamsBashforth:
         return C
 
     def rows(self, f: Callable, x: Any, lo: int, hi: int, tables: Any, *, offset: int = 0) -> Any:
-        """``F_i`` for ``i`` in ``[lo, hi)``: ``(hi - lo, *event)``; reads rows ``max(0, lo - p) .. hi - 2``.
+        """``F_i`` for ``i`` in ``[lo, hi)``: ``(hi - lo, *event)``; reads rows ``max(0, lo - p)`` to ``hi - 2``.
 
         ``x[r]`` is row ``r + offset`` of the trajectory (``offset <= max(0, lo - p)``).
         """
