@@ -123,8 +123,10 @@ def odeint(
     method : {"euler", "midpoint", "rk4", "explicit_adams"}
         torchdiffeq's fixed-grid steps (its ``rk4`` is Kutta's 3/8 rule; ``explicit_adams`` is
         Adams-Bashforth up to order ``max_order - 1``, its first two steps RK4, a band of
-        earlier rows per row: :class:`~trisolve.ode.methods.AdamsBashforth`). Adaptive methods
-        and ``implicit_adams`` are refused with a ``ValueError``.
+        earlier rows per row: :class:`~trisolve.ode.methods.AdamsBashforth`; at high orders it is
+        often unstable, and the agreement with torchdiffeq is then that instability's
+        sensitivity, not round-off). Adaptive methods and ``implicit_adams`` are refused with a
+        ``ValueError``.
     options : dict, optional
         torchdiffeq's fixed-grid options: ``step_size`` (steps of that size from ``t[0]``, the
         last one ending at ``t[-1]``; outputs at ``t`` by linear interpolation, as torchdiffeq
