@@ -42,6 +42,7 @@ def _scheduler(config: dict, timesteps_kwargs: dict) -> FlowMatchEulerDiscreteSc
 def reference_loop(config, timesteps_kwargs, x0, seed):
     """``(final latents, timesteps seen by the network)`` from the diffusers loop."""
     sched = _scheduler(config, timesteps_kwargs)
+    torch.manual_seed(seed)  # diffusers 0.35's step draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     x, seen = x0.clone(), []
     for t in sched.timesteps:
@@ -54,7 +55,8 @@ def reference_loop(config, timesteps_kwargs, x0, seed):
 def mapped_solution(config, timesteps_kwargs, x0, seed):
     """Forward substitution of the mapped system: ``(trajectory (n + 1, *shape), mapping)``."""
     mapping = map_scheduler(_scheduler(config, timesteps_kwargs))
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    gen = mapping.step_generator(torch.Generator().manual_seed(seed))  # None where step() ignores it (diffusers 0.35)
     noise = torch.zeros((mapping.n, *x0.shape), dtype=x0.dtype)
     for i in range(mapping.n):  # the loop draws z_{i+1} at step i, in float32
         if mapping.noise_drawn[i]:
