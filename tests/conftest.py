@@ -57,6 +57,7 @@ SLOW_MODULES = {
     "test_diffusion_parity.py",
     "test_distributed.py",
     "test_flow_benchmark_smoke.py",
+    "test_video_benchmark_smoke.py",
     "test_flow_model.py",
     "test_flow_pipelines.py",
     "test_models.py",
@@ -64,7 +65,23 @@ SLOW_MODULES = {
 }
 
 
+#: Parity with the installed diffusers (its schedulers' step loops and its pipelines): marked
+#: ``parity``; CI also runs ``pytest -m parity`` on the oldest supported diffusers
+#: (``scripts/setup_oldest.sh``).
+PARITY_MODULES = {
+    "test_diffusion_parity.py",
+    "test_flow_match_mapping.py",
+    "test_flow_pipelines.py",
+    "test_pipelines.py",
+    "test_sample_latents.py",
+    "test_scheduler_mappings.py",
+    "test_video_pipelines.py",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        if item.path.name in PARITY_MODULES:
+            item.add_marker(pytest.mark.parity)

@@ -22,8 +22,6 @@ from trisolve_diffusion.models.tiny_video import build_tiny_ltx, build_tiny_wan,
 from trisolve_diffusion.pipelines import ltx as ltx_door
 from trisolve_diffusion.pipelines import wan as wan_door
 
-pytestmark = pytest.mark.parity
-
 TIGHT = dict(atol=1e-6, rtol=0.0, progress=False)
 
 
