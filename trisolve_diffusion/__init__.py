@@ -17,9 +17,11 @@ from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import (
     ParallelFluxOutput,
     ParallelImagePipelineOutput,
+    ParallelLTXOutput,
     ParallelStableDiffusion3Output,
     ParallelStableDiffusionOutput,
     ParallelStableDiffusionXLOutput,
+    ParallelWanOutput,
 )
 from .sample import SUPPORTED_PIPELINES, sample
 from .sampler import (
@@ -50,6 +52,8 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",

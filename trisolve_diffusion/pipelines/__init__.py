@@ -3,7 +3,9 @@
 
 from ._common import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
 from .flux import ParallelFluxOutput
+from .ltx import ParallelLTXOutput
 from .sd3 import ParallelStableDiffusion3Output
+from .wan import ParallelWanOutput
 
 __all__ = [
     "ParallelImagePipelineOutput",
@@ -11,4 +13,6 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
 ]
