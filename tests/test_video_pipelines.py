@@ -1,4 +1,4 @@
-"""Front doors for the video pipelines: Wan (2.1, and 2.2's two experts) and LTX-Video.
+"""Front doors for the video pipelines: Wan (2.1, and 2.2's two experts), LTX-Video and CogVideoX.
 
 Each parallel sample is compared with the real sequential ``pipe(...)`` of the installed
 diffusers for the same seed, on tiny random pipelines built offline
@@ -18,7 +18,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 import trisolve_diffusion as td
-from trisolve_diffusion.models.tiny_video import build_tiny_ltx, build_tiny_wan, wan_unipc_scheduler
+from trisolve_diffusion.models.tiny_video import build_tiny_cogvideox, build_tiny_ltx, build_tiny_wan, wan_unipc_scheduler
+from trisolve_diffusion.pipelines import cogvideox as cogvideox_door
 from trisolve_diffusion.pipelines import ltx as ltx_door
 from trisolve_diffusion.pipelines import wan as wan_door
 
@@ -158,6 +159,83 @@ def test_ltx_refusals(ltx):
         td.sample(ltx, "a cat", height=48, width=32, num_frames=5, num_inference_steps=2, max_sequence_length=8, progress=False)
 
 
+# -- CogVideoX ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True),  # CogVideoX-2B
+        dict(prediction_type="epsilon", timestep_spacing="leading", set_alpha_to_one=False, snr_shift_scale=1.0),
+        dict(prediction_type="sample", timestep_spacing="linspace", clip_sample=True),  # its step never clips
+    ],
+    ids=["2b", "epsilon-leading", "sample-linspace"],
+)
+def test_cogvideox_ddim_scheduler_equals_step_loop(config):
+    """The CogVideoXDDIMScheduler mapping against its own ``step`` loop, on a non-linear test model."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    import trisolve
+    from trisolve_diffusion.schedulers import map_scheduler
+
+    def model(x, t):  # any smooth function of (x, t)
+        return torch.tanh(1.3 * x + 0.001 * t.double().view(-1, *([1] * (x.ndim - 1)))) + 0.1 * x
+
+    def make():
+        s = CogVideoXDDIMScheduler(**config)
+        s.set_timesteps(7)
+        s.alphas_cumprod, s.final_alpha_cumprod = s.alphas_cumprod.double(), s.final_alpha_cumprod.double()
+        return s
+
+    x0 = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    sched, ref = make(), x0.clone()
+    for t in sched.timesteps:
+        ref = sched.step(model(ref, t.expand(2)), t, ref, return_dict=False)[0]
+    m = map_scheduler(make())
+    ts = torch.as_tensor(m.timesteps)
+    g = lambda xr, lo, hi: m.g(xr, model(xr.reshape(-1, 3, 4, 4), ts[lo:hi].repeat_interleave(2)).reshape(xr.shape), lo, hi)  # noqa: E731
+    fs = trisolve.forward_substitution(trisolve.SemilinearSystem(m.a, m.B, g, batch_ndim=1), x0)
+    np.testing.assert_allclose(fs[-1].numpy(), ref.numpy(), rtol=0, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def cogvideox():
+    pipe = build_tiny_cogvideox(text_encoder=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["cfg", "dynamic-cfg"])
+def test_cogvideox_equals_pipeline(cogvideox, dynamic):
+    kw = dict(prompt_embeds=_embeds(2, length=16), negative_prompt_embeds=_embeds(2, length=16, seed=2), height=16, width=16,
+              num_frames=9, num_inference_steps=5, guidance_scale=6.0, use_dynamic_cfg=dynamic)  # fmt: skip
+    ref, out = _both(cogvideox, output_type="latent", **kw)
+    assert ref.frames.shape == (2, 3, 4, 2, 2)  # (B, F, C, H, W)
+    _close(out.frames, ref.frames)
+    ref, out = _both(cogvideox, output_type="np", **kw)
+    _close(out.frames, ref.frames, atol=1e-4)
+
+
+def test_cogvideox_refusals(cogvideox):
+    from diffusers import CogVideoXDPMScheduler, CogVideoXImageToVideoPipeline
+
+    from trisolve_diffusion import UnsupportedSchedulerError
+
+    pipe = build_tiny_cogvideox(text_encoder=False, scheduler=CogVideoXDPMScheduler())
+    with pytest.raises(UnsupportedSchedulerError, match="CogVideoXDDIMScheduler"):
+        td.sample(pipe, prompt_embeds=_embeds(1, length=16), num_frames=9, height=16, width=16, num_inference_steps=2, guidance_scale=1.0)
+    from diffusers import CogVideoXDDIMScheduler
+
+    from trisolve_diffusion.schedulers import map_scheduler
+
+    zero_snr = CogVideoXDDIMScheduler(prediction_type="epsilon", timestep_spacing="trailing", rescale_betas_zero_snr=True)
+    zero_snr.set_timesteps(4)
+    with pytest.raises(UnsupportedSchedulerError, match="non-finite.*v_prediction"):
+        map_scheduler(zero_snr)
+    with pytest.raises(TypeError, match="CogVideoXImageToVideoPipeline: image-to-video"):
+        td.sample(object.__new__(CogVideoXImageToVideoPipeline), "a cat")
+
+
 # -- copies of upstream preparation ---------------------------------------------------------------
 
 
@@ -169,7 +247,7 @@ def _source_lines(dotted: str) -> set[str]:
     return {" ".join(line.split()) for line in inspect.getsource(obj).splitlines()}
 
 
-@pytest.mark.parametrize("door", [wan_door, ltx_door], ids=["wan", "ltx"])
+@pytest.mark.parametrize("door", [wan_door, ltx_door, cogvideox_door], ids=["wan", "ltx", "cogvideox"])
 def test_copied_preparation_matches_installed_diffusers(door):
     """Every upstream line a front door mirrors is in the installed pipeline's source: an upstream change fails here."""
     for dotted, lines in door.UPSTREAM_LINES.items():

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from diffusers import (
+    CogVideoXPipeline,
     DDIMPipeline,
     DDPMPipeline,
     FluxPipeline,
@@ -28,6 +29,8 @@ from diffusers import (
 
 from .models.digits_flow import DigitsFlowPipeline
 from .pipelines._common import bind
+from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
+from .pipelines.cogvideox import sample_cogvideox
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
 from .pipelines.img2img import sample_img2img
@@ -57,6 +60,7 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
     (FluxPipeline, sample_flux),
     (WanPipeline, sample_wan),
     (LTXPipeline, sample_ltx),
+    (CogVideoXPipeline, sample_cogvideox),
     (DigitsFlowPipeline, sample_digits_flow),
     (DDPMPipeline, sample_unconditional),
     (DDIMPipeline, sample_unconditional),
@@ -66,7 +70,7 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
 _HONOURED = {door: frozenset({"sigmas"}) for door in (sample_sd3, sample_sd3_img2img, sample_flux, sample_digits_flow)}
 
 #: Pipeline class name -> why ``sample()`` refuses it (variants of a supported family).
-_REFUSED_PIPELINES = {**_WAN_REFUSED, **_LTX_REFUSED}
+_REFUSED_PIPELINES = {**_WAN_REFUSED, **_LTX_REFUSED, **_COGVIDEOX_REFUSED}
 
 #: Pipeline classes ``sample()`` accepts.
 SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
@@ -120,8 +124,8 @@ def sample(
     -------
     result
         Exactly what ``pipe(...)`` returns: with ``return_dict=False`` the pipeline's tuple
-        (``(images, nsfw_content_detected)`` for Stable Diffusion, ``(images,)`` for the
-        others); otherwise the pipeline's output class extended with ``solution``
+        (``(images, nsfw_content_detected)`` for Stable Diffusion, ``(frames,)`` for Wan,
+        LTX-Video and CogVideoX, ``(images,)`` for the others); otherwise the pipeline's output class extended with ``solution``
         (:class:`trisolve.Solution`: trajectory, rounds, evaluations, residuals) and
         ``wall_time`` (seconds in the solve).
     solution : trisolve.Solution

@@ -1,4 +1,4 @@
-"""Tiny offline video pipelines: ``WanPipeline`` (Wan 2.1, and Wan 2.2's two experts) and ``LTXPipeline``, random weights.
+"""Tiny offline video pipelines: ``WanPipeline`` (Wan 2.1, and 2.2's two experts), ``LTXPipeline``, ``CogVideoXPipeline``.
 
 For tests, examples and the rounds benchmark of the video front doors (3-D latents, patchified
 video transformers, Wan's UniPC flow scheduler, LTX's packed latents and dynamic shift, the
@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
+    AutoencoderKLCogVideoX,
     AutoencoderKLLTXVideo,
     AutoencoderKLWan,
+    CogVideoXDDIMScheduler,
+    CogVideoXPipeline,
+    CogVideoXTransformer3DModel,
     FlowMatchEulerDiscreteScheduler,
     LTXPipeline,
     LTXVideoTransformer3DModel,
@@ -24,7 +28,7 @@ from diffusers import (
 
 from .tiny_flow import _t5, _tokenizer
 
-__all__ = ["build_tiny_wan", "build_tiny_ltx", "wan_unipc_scheduler"]
+__all__ = ["build_tiny_wan", "build_tiny_ltx", "build_tiny_cogvideox", "wan_unipc_scheduler"]
 
 
 def wan_unipc_scheduler(flow_shift: float = 3.0) -> UniPCMultistepScheduler:
@@ -131,3 +135,48 @@ def build_tiny_ltx(seed: int = 0, scheduler=None, text_encoder: bool = True, tim
             use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05, base_image_seq_len=1024, max_image_seq_len=4096
         )
     return LTXPipeline(scheduler=scheduler, vae=vae, text_encoder=enc, tokenizer=tok, transformer=transformer)
+
+
+def build_tiny_cogvideox(seed: int = 0, scheduler=None, text_encoder: bool = True) -> CogVideoXPipeline:
+    """A randomly initialised, tiny ``CogVideoXPipeline`` (4 latent channels, VAE 8x spatial, 4x temporal, rotary positions).
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the random weights.
+    scheduler : diffusers scheduler, optional
+        Default ``CogVideoXDDIMScheduler`` with CogVideoX's v prediction, trailing timesteps and
+        zero-terminal-SNR rescaling.
+    text_encoder : bool
+        Build a tiny T5 encoder (prompts as strings, ``max_sequence_length=16``); without it pass
+        ``prompt_embeds (B, 16, 32)`` and, with guidance, ``negative_prompt_embeds``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from trisolve_diffusion.models.tiny_video import build_tiny_cogvideox
+    >>> pipe = build_tiny_cogvideox()
+    >>> pipe.set_progress_bar_config(disable=True)
+    >>> pipe("a cat", height=16, width=16, num_frames=9, num_inference_steps=2, max_sequence_length=16, output_type="np").frames.shape
+    (1, 9, 16, 16, 3)
+    """
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=2, text_embed_dim=32, num_layers=1,
+        sample_width=2, sample_height=2, sample_frames=9, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=16,
+        use_rotary_positional_embeddings=True,
+    ).eval()  # fmt: skip
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4, up_block_types=("CogVideoXUpBlock3D",) * 4,
+        block_out_channels=(8, 8, 8, 8), latent_channels=4, layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4,
+    ).eval()  # fmt: skip
+    tok = enc = None
+    if text_encoder:
+        tok = _tokenizer()
+        enc = _t5(tok, 32)
+    if scheduler is None:
+        scheduler = CogVideoXDDIMScheduler(
+            prediction_type="v_prediction", timestep_spacing="trailing", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+            snr_shift_scale=3.0, beta_schedule="scaled_linear", clip_sample=False,
+        )  # fmt: skip
+    return CogVideoXPipeline(tokenizer=tok, text_encoder=enc, vae=vae, transformer=transformer, scheduler=scheduler)
