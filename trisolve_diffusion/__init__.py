@@ -15,6 +15,7 @@ family), ``sample.py`` (the dispatch).
 from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import (
+    ParallelCogVideoXOutput,
     ParallelFluxOutput,
     ParallelImagePipelineOutput,
     ParallelLTXOutput,
@@ -54,6 +55,7 @@ __all__ = [
     "ParallelFluxOutput",
     "ParallelWanOutput",
     "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",

@@ -2,6 +2,7 @@
 :func:`~trisolve_diffusion.sample_latents`, post-process with the pipeline's methods."""
 
 from ._common import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
+from .cogvideox import ParallelCogVideoXOutput
 from .flux import ParallelFluxOutput
 from .ltx import ParallelLTXOutput
 from .sd3 import ParallelStableDiffusion3Output
@@ -15,4 +16,5 @@ __all__ = [
     "ParallelFluxOutput",
     "ParallelWanOutput",
     "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
 ]
