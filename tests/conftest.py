@@ -91,6 +91,14 @@ PARITY_LEFT_OUT = {
 }
 
 
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m parity`` only the parity modules are imported: the oldest-release environment
+    (``scripts/setup_oldest.sh``) has their dependencies only, not every test dependency."""
+    if config.getoption("markexpr") == "parity" and collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return True if collection_path.name not in PARITY_MODULES else None
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES:
