@@ -16,11 +16,14 @@ names and signatures).
 from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import (
+    ParallelCogVideoXOutput,
     ParallelFluxOutput,
     ParallelImagePipelineOutput,
+    ParallelLTXOutput,
     ParallelStableDiffusion3Output,
     ParallelStableDiffusionOutput,
     ParallelStableDiffusionXLOutput,
+    ParallelWanOutput,
 )
 from .sample import SUPPORTED_PIPELINES, sample
 from .sampler import (
@@ -51,6 +54,9 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",
