@@ -50,7 +50,7 @@ def main(out: Path) -> None:
     if int(os.environ["WORLD_SIZE"]) != 2:
         raise SystemExit("the scenarios are written for two ranks: set WORLD_SIZE=2")
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))  # rank 0 measures the plan while rank 1 waits
 
     def record(name, **data):
         (out / f"{name}_rank{rank}.json").write_text(json.dumps(data))
@@ -78,7 +78,8 @@ def main(out: Path) -> None:
 
     pipe = load_digits_pipeline("ddim")
     pipe.set_progress_bar_config(disable=True)
-    o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True)
+    o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True,
+                  window_size=20)  # the whole window, as the single-process default on a CPU  # fmt: skip
     np.save(out / f"digits_rank{rank}.npy", o.images)
     g = o.solution  # the sharded g is not reachable from the output: count network rows from the solution instead
     record("digits", status=g.status.name, rounds=g.num_rounds, evals=g.num_evals)
@@ -88,6 +89,25 @@ def main(out: Path) -> None:
                   window_size="auto")  # fmt: skip
     np.save(out / f"digits_auto_rank{rank}.npy", o.images)
     record("digits_auto", windows=o.solution.windows, status=o.solution.status.name)
+
+    # 3c. the default plan on two ranks (issue 28): batch 4, rank 0 measures and broadcasts, the network batch is split
+    o = td.sample(pipe, batch_size=4, num_inference_steps=12, generator=torch.manual_seed(1), output_type="np", distributed=True)
+    np.save(out / f"digits_plan_rank{rank}.npy", o.images)
+    plan = td.cost_model.last_choice
+    record("digits_plan", windows=o.solution.windows, status=o.solution.status.name, rounds=o.solution.num_rounds,
+           window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
+           overhead=[plan.model.overhead, plan.model.overhead_per_row], calls=plan.split.calls, collectives=plan.split.collectives,
+           bytes=plan.split.bytes_gathered, inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested)  # fmt: skip
+
+    # 3d. the tiny SD with guidance, window 1: one rank evaluates the unconditional half, the other the conditional one
+    from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
+
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    o = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", distributed=True,
+                  window_size=1)  # fmt: skip
+    np.save(out / f"sd_cfg_rank{rank}.npy", o.images)
+    record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds)
 
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()

@@ -179,3 +179,33 @@ def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkey
         return k
 
     assert cm.measure_overhead(constant, 1) == (pytest.approx(0.001), 0.0)  # one size: a constant
+
+
+def test_split_batch_plan_is_data_parallel_when_a_step_saturates_a_rank():
+    # a rank saturated by one step's batch of 8 samples (time in proportion to the inputs): halving the batch
+    # halves the call, and more rows per round only cost more; window 1 with the batch split is the plan
+    curve = cm.BatchTimeCurve(rows=(0.5, 1, 2, 4, 8), seconds=(0.05, 0.1, 0.2, 0.4, 0.8))
+    split = cm.CostModel(curve, steps=20, devices=2, split_inputs=8)
+    assert split.rows_per_device(1) == 0.5 and split.rows_per_device(0.9) == 0.5  # ceil(0.9 * 8 / 2) = 4 of 8 inputs
+    choice = split.best_window()
+    assert choice.window == 1
+    assert choice.seconds == pytest.approx(20 * 0.05)  # the loop's 20 steps at half a step's time each
+    assert split.sequential_time() / choice.seconds == pytest.approx(2.0)
+    # splitting rows instead cannot use the second rank at window 1: it predicts the loop's time there
+    rows = cm.CostModel(curve, steps=20, devices=2)
+    assert rows.wall_time(1) == pytest.approx(rows.sequential_time())
+    assert rows.best_window().seconds > choice.seconds
+
+
+def test_split_batch_plan_keeps_a_window_when_the_rank_is_not_saturated():
+    # flat up to 8 rows (a GPU far from saturation): the time-parallel window beats splitting the batch
+    curve = cm.BatchTimeCurve(rows=(0.5, 1, 8, 16), seconds=(0.04, 0.04, 0.045, 0.09))
+    choice = cm.CostModel(curve, steps=50, devices=2, split_inputs=2).best_window()
+    assert choice.window > 1 and choice.seconds < 0.5 * cm.CostModel(curve, steps=50).sequential_time()
+
+
+def test_batch_time_curve_takes_a_share_of_a_row():
+    curve = cm.BatchTimeCurve(rows=(0.25, 1, 2), seconds=(0.01, 0.02, 0.04))
+    assert curve(0.25) == 0.01 and curve(0.625) == pytest.approx(0.015) and curve(0.1) == 0.01
+    with pytest.raises(ValueError, match="increasing numbers > 0"):
+        cm.BatchTimeCurve(rows=(0, 1), seconds=(0.1, 0.2))

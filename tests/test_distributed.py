@@ -109,6 +109,50 @@ def test_auto_window_is_the_same_on_every_rank(ranks):
     assert np.array_equal(np.load(out / "digits_auto_rank0.npy"), np.load(out / "digits_auto_rank1.npy"))
 
 
+def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sample(ranks):
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    out, read = ranks
+    p0, p1 = read("digits_plan", 0), read("digits_plan", 1)
+    # rank 0 measured and broadcast: both ranks hold the same curve, overhead and predictions, hence the same window
+    for k in ("window", "table", "curve", "overhead", "windows", "rounds"):
+        assert p0[k] == p1[k], k
+    i0, i1 = np.load(out / "digits_plan_rank0.npy"), np.load(out / "digits_plan_rank1.npy")
+    assert np.array_equal(i0, i1)
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    def kw():
+        return dict(batch_size=4, num_inference_steps=12, generator=torch.manual_seed(1), output_type="np")
+
+    single = td.sample(pipe, window_size=p0["window"], **kw())  # the same window on one process
+    np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
+    assert p0["rounds"] == single.solution.num_rounds
+    np.testing.assert_allclose(i0, pipe(**kw()).images, rtol=0, atol=5e-3)  # and the sequential loop
+    # the network batch of every call is split in two halves; two collectives (header, outputs) per call
+    assert p0["inputs_evaluated"] + p1["inputs_evaluated"] == p0["inputs_requested"]
+    assert abs(p0["inputs_evaluated"] - p1["inputs_evaluated"]) <= p0["calls"]
+    assert p0["collectives"] == 2 * p0["calls"] and p0["calls"] <= p0["rounds"]
+    per_input = int(np.prod(i0.shape[1:])) * 4  # one output of the digits UNet (float32)
+    header = 7 * 8  # int64 [ok, lo, hi, 3 digests, fingerprint]
+    # every call's batch (4 samples x w rows) is even: no padding; each rank receives every output and both headers
+    assert p0["bytes"] == p1["bytes"] == 2 * header * p0["calls"] + p0["inputs_requested"] * per_input
+
+
+def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
+
+    out, read = ranks
+    i0, i1 = np.load(out / "sd_cfg_rank0.npy"), np.load(out / "sd_cfg_rank1.npy")
+    assert np.array_equal(i0, i1)
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    single = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", window_size=1)
+    np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)
+    assert read("sd_cfg", 0)["rounds"] == single.solution.num_rounds
+
+
 def test_mismatched_row_0_raises_on_both_ranks(ranks):
     _, read = ranks
     for r in range(2):

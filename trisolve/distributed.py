@@ -50,7 +50,7 @@ import torch.distributed as dist
 
 from .systems import BlackBoxSystem, SemilinearSystem
 
-__all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "row_chunks", "GroupInfo"]
+__all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
 
 
 class DistributedError(RuntimeError):
@@ -121,6 +121,12 @@ class GroupInfo:
         self._wait(gather(out, t.contiguous(), group=self.group, async_op=True), what)
         return out
 
+    def broadcast(self, t: torch.Tensor, what: str) -> torch.Tensor:
+        """Rank 0's ``t`` on every rank (in place; ``t`` of the same shape and dtype on every rank)."""
+        src = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+        self._wait(dist.broadcast(t, src=src, group=self.group, async_op=True), what)
+        return t
+
     def all_gather_text(self, text: str) -> list[str]:
         """Every rank's ``text`` (a second, rare collective: only on the failure path)."""
         data = torch.tensor(list(text.encode()[:2000]), dtype=torch.uint8, device=self.device)
@@ -162,7 +168,9 @@ class ShardedFunction:
     """``fn(x, lo, hi)`` or ``g(x_rows, lo, hi)`` evaluated chunk by chunk over the ranks of a group.
 
     Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
-    computed), ``rows_requested`` (rows all ranks were asked for), ``calls``.
+    computed), ``rows_requested`` (rows all ranks were asked for), ``calls``, and the traffic:
+    ``collectives`` (two per call: the header and the data) and ``bytes_gathered`` (what the
+    all-gathers returned to this rank, headers included).
 
     Parameters
     ----------
@@ -182,6 +190,8 @@ class ShardedFunction:
     rows_evaluated: int = 0
     rows_requested: int = 0
     calls: int = 0
+    collectives: int = 0
+    bytes_gathered: int = 0
     _event_digest: dict = field(default_factory=dict, repr=False)
 
     def __call__(self, x: Any, lo: int, hi: int) -> Any:
@@ -194,7 +204,7 @@ class ShardedFunction:
         event = tuple(x.shape[1:])
         base = lo if not self.rows_arg else 0  # the first argument's row 0 is row `base` of the trajectory
         a, b = row_chunks(lo, hi, info.world)[info.rank]
-        out, failure = None, ""
+        out, failure, error = None, "", None
         if b > a:
             try:
                 out = self.fn(x[a - base : b - base] if not self.rows_arg else x, a, b)
@@ -207,39 +217,129 @@ class ShardedFunction:
             self._event_digest[key] = _digest(event, str(x.dtype))
         n_d, tables_d, options_d = self.static
         header = torch.tensor([0 if failure else 1, lo, hi, n_d, self._event_digest[key], tables_d, options_d], dtype=torch.int64)
-        headers = info.all_gather(header.to(info.device), f"round rows [{lo}, {hi})").reshape(info.world, -1).cpu().numpy()
-        if not headers[:, 0].all():
-            texts = info.all_gather_text(failure)
-            bad = [r for r in range(info.world) if not headers[r, 0]]
-            lines = "; ".join(f"rank {r} (rows {row_chunks(lo, hi, info.world)[r]}): {texts[r]}" for r in bad)
-            msg = f"evaluation failed on rank(s) {bad} in the round over rows [{lo}, {hi}): {lines}"
-            if failure:
-                raise DistributedError(msg) from error
-            raise DistributedError(msg)
-        if (headers[:, 1:3] != headers[0, 1:3]).any():
-            rows = ", ".join(f"rank {r}: [{headers[r, 1]}, {headers[r, 2]})" for r in range(info.world))
-            raise DistributedError(
-                f"the ranks asked for different rows in the same round ({rows}): their solves diverged; every rank must "
-                "call the solve with the same solver, options, tolerances and callback stopping rule."
-            )
-        diff = [name for j, name in enumerate(_FIELDS, start=3) if (headers[:, j] != headers[0, j]).any()]
-        if diff:
-            raise DistributedError(
-                f"the ranks disagree on {', '.join(diff)}: every rank must call the solve with the same system, row 0, "
-                "options and dtype (same seed, same arguments)."
-            )
-        m = -(-(hi - lo) // info.world)  # rows per padded chunk
-        buf = torch.zeros((m, *event), dtype=_torch_dtype(x), device=info.device)
-        if b > a:
-            buf[: b - a] = (torch.from_numpy(np.ascontiguousarray(out)) if is_numpy else out).to(info.device)
-        allr = info.all_gather(buf, f"the outputs of rows [{lo}, {hi})")  # (world * m, *event)
-        sizes = [e - s for s, e in row_chunks(lo, hi, info.world)]
-        if any(s != m for s in sizes):
-            idx = torch.cat([torch.arange(r * m, r * m + s) for r, s in enumerate(sizes)]).to(info.device)
-            allr = allr.index_select(0, idx)
+        _exchange_header(info, header, failure, error, f"round rows [{lo}, {hi})", row_chunks(lo, hi, info.world))
+        chunk = None if b <= a else (torch.from_numpy(np.ascontiguousarray(out)) if is_numpy else out)
+        allr = _gather_chunks(info, chunk, row_chunks(lo, hi, info.world), event, _torch_dtype(x), f"the outputs of rows [{lo}, {hi})")
+        self.collectives += 2
+        self.bytes_gathered += info.world * (header_bytes(header) + _chunk_bytes(lo, hi, info.world, event, _torch_dtype(x)))
         if is_numpy:
             return allr.cpu().numpy()
         return allr.to(x.device)
+
+
+def header_bytes(header: torch.Tensor) -> int:
+    """Bytes of one rank's header tensor."""
+    return header.numel() * header.element_size()
+
+
+def _chunk_bytes(lo: int, hi: int, world: int, event: tuple, dtype: torch.dtype) -> int:
+    """Bytes of one rank's padded chunk of rows ``[lo, hi)``."""
+    return -(-(hi - lo) // world) * int(np.prod(event, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+
+
+def _exchange_header(info: GroupInfo, header: torch.Tensor, failure: str, error: BaseException | None, what: str, chunks: list) -> None:
+    """All-gather ``header = [ok, lo, hi, digests...]`` and raise on every rank if a rank failed or the ranks disagree."""
+    headers = info.all_gather(header.to(info.device), what).reshape(info.world, -1).cpu().numpy()
+    lo, hi = int(header[1]), int(header[2])
+    if not headers[:, 0].all():
+        texts = info.all_gather_text(failure)
+        bad = [r for r in range(info.world) if not headers[r, 0]]
+        lines = "; ".join(f"rank {r} (rows {chunks[r]}): {texts[r]}" for r in bad)
+        msg = f"evaluation failed on rank(s) {bad} in {what}: {lines}"
+        if failure:
+            raise DistributedError(msg) from error
+        raise DistributedError(msg)
+    if (headers[:, 1:3] != headers[0, 1:3]).any():
+        rows = ", ".join(f"rank {r}: [{headers[r, 1]}, {headers[r, 2]})" for r in range(info.world))
+        raise DistributedError(
+            f"the ranks asked for different rows in the same round ({rows}, this rank [{lo}, {hi})): their solves diverged; every "
+            "rank must call the solve with the same solver, options, tolerances and callback stopping rule."
+        )
+    diff = [name for j, name in enumerate(_FIELDS, start=3) if j < headers.shape[1] and (headers[:, j] != headers[0, j]).any()]
+    if diff:
+        raise DistributedError(
+            f"the ranks disagree on {', '.join(diff)}: every rank must call the solve with the same system, row 0, "
+            "options and dtype (same seed, same arguments)."
+        )
+
+
+def _gather_chunks(info: GroupInfo, chunk: torch.Tensor | None, chunks: list, event: tuple, dtype: torch.dtype, what: str) -> torch.Tensor:
+    """Every rank's ``chunk`` (``chunks[rank]`` rows, ``None`` when empty) concatenated in rank order (one padded all-gather)."""
+    sizes = [e - s for s, e in chunks]
+    m = max(sizes)  # rows per padded chunk
+    buf = torch.zeros((m, *event), dtype=dtype, device=info.device)
+    if chunk is not None:
+        buf[: chunk.shape[0]] = chunk.to(info.device)
+    allr = info.all_gather(buf, what)  # (world * m, *event)
+    if any(s != m for s in sizes):
+        idx = torch.cat([torch.arange(r * m, r * m + s) for r, s in enumerate(sizes)]).to(info.device)
+        allr = allr.index_select(0, idx)
+    return allr
+
+
+@dataclass(eq=False)
+class ShardedBatch:
+    """One network call's batch split over the ranks of a group: rank ``r`` evaluates ``row_chunks(0, N, P)[r]``.
+
+    The other split of a round (data and guidance parallelism): where :class:`ShardedFunction`
+    cuts a round's trajectory rows, this cuts the network batch of ``N`` inputs itself, so a
+    window of one step with a batch of ``B`` samples gives each rank ``B / P`` of them, and with
+    classifier-free guidance (inputs ``[x; x]``, unconditional first) two ranks take the
+    unconditional and the conditional half. One all-gather of the header ``[ok, 0, N, ...,
+    fingerprint]`` and one of the outputs per call, as :class:`ShardedFunction`; every rank
+    returns the same ``(N, ...)`` tensor. Counts: ``calls``, ``inputs_evaluated`` (this rank),
+    ``inputs_requested``, ``collectives``, ``bytes_gathered``.
+
+    Parameters
+    ----------
+    info : GroupInfo
+    fingerprint : int
+        A digest every rank must share (e.g. of the solve's options and row 0).
+
+    Examples
+    --------
+    >>> import torch, torch.distributed as dist
+    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    >>> split = ShardedBatch(GroupInfo.resolve(), 0)
+    >>> split(3, lambda s, e: torch.arange(s, e, dtype=torch.float32)[:, None] * torch.ones(3, 2)[s:e]).tolist()
+    [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+    >>> split.collectives, split.inputs_evaluated
+    (2, 3)
+    >>> dist.destroy_process_group()
+    """
+
+    info: GroupInfo
+    fingerprint: int
+    calls: int = 0
+    inputs_evaluated: int = 0
+    inputs_requested: int = 0
+    collectives: int = 0
+    bytes_gathered: int = 0
+
+    def share(self, n: int) -> tuple[int, int]:
+        """This rank's inputs ``[start, stop)`` of a batch of ``n``."""
+        return row_chunks(0, n, self.info.world)[self.info.rank]
+
+    def __call__(self, n: int, evaluate: Any) -> torch.Tensor:
+        """``evaluate(start, stop) -> (stop - start, ...)`` on this rank's share of ``n`` inputs, gathered: ``(n, ...)``."""
+        info = self.info
+        self.calls += 1
+        self.inputs_requested += n
+        chunks = row_chunks(0, n, info.world)
+        a, b = chunks[info.rank]
+        out, failure, error = None, "", None
+        try:
+            out = evaluate(a, b if b > a else a + 1)[: b - a]  # an empty share still learns the output's shape and dtype
+        except Exception as exc:  # reported to every rank, then raised from here
+            failure, error = f"{type(exc).__name__}: {exc}", exc
+        self.inputs_evaluated += b - a
+        header = torch.tensor([0 if failure else 1, 0, n, 0, 0, 0, self.fingerprint], dtype=torch.int64)
+        _exchange_header(info, header, failure, error, f"a network batch of {n} inputs", chunks)
+        event, dtype = tuple(out.shape[1:]), out.dtype
+        allr = _gather_chunks(info, out if b > a else None, chunks, event, dtype, f"the outputs of a network batch of {n}")
+        self.collectives += 2
+        self.bytes_gathered += info.world * (header_bytes(header) + _chunk_bytes(0, n, info.world, event, dtype))
+        return allr.to(out.device)
 
 
 def _check_chunk(out: Any, a: int, b: int, x: Any) -> None:

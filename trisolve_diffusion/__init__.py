@@ -14,7 +14,7 @@ names and signatures).
 """
 
 from . import _quiet  # noqa: F401  (before diffusers is imported)
-from .network import UNetDenoiser, classifier_free_guidance
+from .network import GuidedDenoiser, UNetDenoiser, classifier_free_guidance
 from .pipelines import (
     ParallelCogVideoXOutput,
     ParallelFluxOutput,
@@ -43,6 +43,7 @@ __all__ = [
     "SolveOptions",
     "classifier_free_guidance",
     "UNetDenoiser",
+    "GuidedDenoiser",
     "default_solver",
     "map_scheduler",
     "SchedulerMapping",

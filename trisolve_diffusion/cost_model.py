@@ -80,8 +80,10 @@ class BatchTimeCurve:
 
     Attributes
     ----------
-    rows : tuple of int, increasing
-        Trajectory rows per call (the network batch is ``rows * samples * guidance``).
+    rows : tuple of float, increasing
+        Trajectory rows per call (the network batch is ``rows * samples * guidance``); a
+        fraction is a share of one row's network batch (what one rank evaluates when the
+        network batch is split over ranks).
     seconds : tuple of float
         Time of one call at each, device-synchronised (median of a few).
 
@@ -90,14 +92,14 @@ class BatchTimeCurve:
     ``t(r) = seconds[-1] * r / rows[-1]``).
     """
 
-    rows: tuple[int, ...]
+    rows: tuple[float, ...]
     seconds: tuple[float, ...]
 
     def __post_init__(self):
         if len(self.rows) != len(self.seconds) or not self.rows:
             raise ValueError(f"rows and seconds must be non-empty and of equal length, got {len(self.rows)} and {len(self.seconds)}.")
-        if any(b <= a for a, b in zip(self.rows, self.rows[1:])) or self.rows[0] < 1:
-            raise ValueError(f"rows must be increasing ints >= 1, got {self.rows}.")
+        if any(b <= a for a, b in zip(self.rows, self.rows[1:])) or not self.rows[0] > 0:
+            raise ValueError(f"rows must be increasing numbers > 0, got {self.rows}.")
         if not all(math.isfinite(s) and s > 0 for s in self.seconds):
             raise ValueError(f"seconds must be finite and > 0, got {self.seconds}.")
 
@@ -115,8 +117,8 @@ class BatchTimeCurve:
     def saturation_rows(self, ratio: float = 1.5) -> int | None:
         """The fewest measured rows whose call costs ``>= ratio`` times one row's; ``None`` if none does."""
         for r, s in zip(self.rows, self.seconds):
-            if s >= ratio * self(1):
-                return r
+            if r >= 1 and s >= ratio * self(1):
+                return int(r)
         return None
 
 
@@ -169,6 +171,9 @@ class WindowChoice:
     rounds: float
     table: tuple[tuple[int, float, float], ...] = field(repr=False)  # (w, predicted rounds, predicted seconds)
     model: Any = field(default=None, repr=False, compare=False)
+    #: The :class:`trisolve.distributed.ShardedBatch` of a solve whose ranks split the network batch (``None`` otherwise):
+    #: its ``collectives`` and ``bytes_gathered`` count the traffic of the solve run with this choice.
+    split: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -195,6 +200,13 @@ class CostModel:
         Seconds per round and per evaluated row outside the network (the solver's work on
         the window's data).
     rounds_model : RoundsModel
+    split_inputs : int
+        ``0``: the devices split a round's trajectory rows (a device evaluates at least one
+        row, so a window of one row runs on one device). ``S G > 0``: they split the network
+        batch itself, ``S G`` inputs per row, so a round of ``r`` rows gives each device
+        ``ceil(r S G / P)`` inputs: window 1 is then pure data parallelism (``S / P`` samples
+        each) and, with guidance, the unconditional and conditional halves go to different
+        devices.
     """
 
     curve: BatchTimeCurve
@@ -206,9 +218,10 @@ class CostModel:
     overhead: float = 0.0
     overhead_per_row: float = 0.0
     rounds_model: RoundsModel = RoundsModel()
+    split_inputs: int = 0
 
     def __post_init__(self):
-        for name, low in (("steps", 1), ("devices", 1)):
+        for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}.")
@@ -219,10 +232,16 @@ class CostModel:
     def round_time(self, w: int) -> float:
         """Mean time of one round: ``fill(w) w`` rows, split over the devices, plus the all-gather."""
         rows = self.rounds_model.fill(w, self.steps) * min(w, self.steps)
-        t = self.curve(max(1.0, rows / self.devices)) + self.overhead + self.overhead_per_row * rows
+        t = self.curve(self.rows_per_device(rows)) + self.overhead + self.overhead_per_row * rows
         if self.devices > 1:
             t += self.link_latency + (self.devices - 1) / self.devices * rows * self.gather_bytes_per_row / self.link_bandwidth
         return t
+
+    def rows_per_device(self, rows: float) -> float:
+        """Rows (fractions: shares of one row's network batch) one device evaluates in a round of ``rows`` rows."""
+        if self.split_inputs:
+            return max(1, math.ceil(rows * self.split_inputs / self.devices - 1e-9)) / self.split_inputs
+        return max(1.0, rows / self.devices)
 
     def wall_time(self, w: int) -> float:
         return self.rounds(w) * self.round_time(w)
@@ -396,6 +415,8 @@ def auto_window(
     group: Any = None,
     run_rounds: Callable[[int, int], int] | None = None,
     method: Any = None,
+    split_inputs: int = 0,
+    evaluate_share: Callable[[int], Any] | None = None,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -412,16 +433,24 @@ def auto_window(
     model, key
         Cache the curve per ``model`` (weakly) and ``key`` (row shape, dtype, device, ...).
     gather_bytes_per_row : float
-        Bytes of one row's output (what a multi-rank round all-gathers).
+        Bytes of one row's outputs (what a multi-rank round all-gathers).
     group : ProcessGroup or True, optional
         A ``torch.distributed`` group (``True``: the default one) when the solve is split over
-        ranks: each rank measures ``t`` on its own device, every rank then uses the slowest
-        rank's curve and a measured all-gather, so every rank chooses the same window.
+        ranks. Rank 0 alone measures ``t`` and ``o`` (on its device, with this process's network)
+        and broadcasts them; every rank times the all-gather together (the slowest rank's time
+        counts), so every rank builds the same :class:`CostModel` and reaches the same plan.
+        Call it on every rank of the group.
     run_rounds : callable, optional
         ``run_rounds(w, k) -> rounds``: the solve with a free stand-in network
-        (:func:`measure_overhead`); ``None``, or a solve split over ranks: no overhead term.
+        (:func:`measure_overhead`); ``None``: no overhead term.
     method : hashable, optional
         What else the overhead depends on (the solver and map): part of its cache key.
+    split_inputs : int
+        ``S G``: the ranks split the network batch itself, ``S G`` inputs per row
+        (:class:`CostModel`); 0: they split trajectory rows.
+    evaluate_share : callable, optional
+        ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
+        (what a rank evaluates at window 1 when the batch is split); with ``split_inputs``.
     """
     import torch
 
@@ -434,35 +463,52 @@ def auto_window(
         info = GroupInfo.resolve(None if group is True else group)
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
-    curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows))
+    curve, overhead = None, (0.0, 0.0)
+    if info is None or info.rank == 0:
+        curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows))
+        share = math.ceil(split_inputs / devices) if split_inputs else 0
+        if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
+            evaluate_share(share)  # warm-up
+            sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
+            curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
+        if run_rounds is not None:
+            overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
     if info is not None and devices > 1:
-        curve, latency, bandwidth = _agree(info, curve, max_rows, gather_bytes_per_row)
-    overhead = per_row = 0.0
-    if run_rounds is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
-        overhead, per_row = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
+        curve, overhead = _from_rank0(info, curve, overhead)
+        latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
     global last_choice
     last_choice = CostModel(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
-        overhead=overhead, overhead_per_row=per_row, rounds_model=RoundsModel(stochastic=stochastic),
+        overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
+        split_inputs=split_inputs if devices > 1 else 0,
     ).best_window()  # fmt: skip
     return last_choice
 
 
-def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float) -> tuple[BatchTimeCurve, float, float]:
-    """Every rank's curve -> the slowest at each size (same on every rank); all-gather latency and bandwidth, measured."""
+def _from_rank0(info: Any, curve: BatchTimeCurve | None, overhead: tuple[float, float]) -> tuple[BatchTimeCurve, tuple[float, float]]:
+    """Rank 0's curve and overhead on every rank: ``[k, rows..., seconds..., overhead, per_row]`` in one broadcast (float64)."""
     import torch
 
-    k = torch.tensor([len(curve.rows)], dtype=torch.int64, device=info.device)
-    ks = info.all_gather(k, "the automatic window's sizes").cpu()
-    if not bool((ks == ks[0]).all()):  # ranks stopped doubling at different sizes: use the common prefix
-        m = int(ks.min())
-        curve = BatchTimeCurve(curve.rows[:m], curve.seconds[:m])
-    secs = torch.tensor(curve.seconds, dtype=torch.float64, device=info.device)
-    allsecs = info.all_gather(secs, "the automatic window's timings").reshape(info.world, -1).max(dim=0).values.cpu()
-    curve = BatchTimeCurve(curve.rows, tuple(float(s) for s in allsecs))
-    # the collective: time an all-gather of 1 row and of max_rows rows (as float32 elements), 3 each
+    size = 2 + 2 * 64  # curves have far fewer than 64 points (doubling from 1 row, plus a share)
+    buf = torch.zeros(size, dtype=torch.float64, device=info.device)
+    if info.rank == 0:
+        k = len(curve.rows)
+        buf[0] = k
+        buf[1 : 1 + k] = torch.tensor(curve.rows, dtype=torch.float64)
+        buf[1 + k : 1 + 2 * k] = torch.tensor(curve.seconds, dtype=torch.float64)
+        buf[1 + 2 * k : 3 + 2 * k] = torch.tensor(overhead, dtype=torch.float64)
+    vals = info.broadcast(buf, "the automatic window's measurements (rank 0 measures)").cpu().tolist()
+    k = int(vals[0])
+    rows = tuple(vals[1 : 1 + k])
+    return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (vals[1 + 2 * k], vals[2 + 2 * k])
+
+
+def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float, float]:
+    """Latency (two collectives per round) and bandwidth of the all-gather, timed on every rank, the slowest counted."""
+    import torch
+
     times = []
-    for r in (1, max_rows):
+    for r in (1, max_rows):  # an all-gather of 1 row and of max_rows rows per rank (as float32 elements), 3 each
         numel = max(1, int(r * bytes_per_row // 4))
         buf = torch.zeros(numel, dtype=torch.float32, device=info.device)
         info.all_gather(buf, "timing the all-gather")
@@ -479,7 +525,7 @@ def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float
     latency = 2 * t1  # two collectives per round: the header and the data
     moved = (info.world - 1) / info.world * (max_rows - 1) * info.world * bytes_per_row
     bandwidth = moved / (tmax - t1) if tmax > t1 and moved > 0 else math.inf
-    return curve, latency, bandwidth
+    return latency, bandwidth
 
 
 def network_of(denoiser: Any, depth: int = 4) -> Any:

@@ -16,6 +16,7 @@ if asked.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["UNetDenoiser", "classifier_free_guidance", "unet_denoiser"]
+__all__ = ["UNetDenoiser", "GuidedDenoiser", "classifier_free_guidance", "unet_denoiser", "can_split", "guidance_copies"]
 
 
 class _CachedDtype:
@@ -82,6 +83,11 @@ class UNetDenoiser(_CachedDtype):
         :func:`classifier_free_guidance` passes), else 1.
     max_batch_size : int, optional
         Largest network batch per call; ``None`` evaluates everything at once.
+    split : trisolve.ShardedBatch, optional
+        Split every call's network batch over the ranks of a process group (each rank evaluates
+        its contiguous share, an all-gather returns all outputs): set by
+        :func:`~trisolve_diffusion.sample_latents` through :meth:`with_split` when the plan on
+        several ranks cuts the network batch. ``None``: this process evaluates everything.
     """
 
     unet: Any
@@ -92,6 +98,7 @@ class UNetDenoiser(_CachedDtype):
     cross_attention_kwargs: dict | None = None
     groups: int = 1
     max_batch_size: int | None = None
+    split: Any = None
 
     def __post_init__(self):
         mbs = self.max_batch_size
@@ -112,18 +119,27 @@ class UNetDenoiser(_CachedDtype):
         if self.timestep_cond is not None:
             per_sample["timestep_cond"] = _tile(self.timestep_cond, n, self.groups)
         added = {k: _tile(v, n, self.groups) for k, v in (self.added_cond_kwargs or {}).items()}
-        size = n if self.max_batch_size is None else self.max_batch_size
-        outs = []
-        with torch.no_grad():
-            for s in range(0, n, size):
-                kw = {k: v[s : s + size] for k, v in per_sample.items()}
-                if self.added_cond_kwargs is not None:
-                    kw["added_cond_kwargs"] = {k: v[s : s + size] for k, v in added.items()}
-                if self.cross_attention_kwargs is not None:
-                    kw["cross_attention_kwargs"] = self.cross_attention_kwargs
-                outs.append(self.unet(inp[s : s + size], timesteps[s : s + size], return_dict=False, **kw)[0])
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+        def evaluate(start: int, stop: int) -> torch.Tensor:  # inputs [start, stop) of the tiled batch
+            size = stop - start if self.max_batch_size is None else self.max_batch_size
+            outs = []
+            with torch.no_grad():
+                for s in range(start, stop, size):
+                    e = min(s + size, stop)
+                    kw = {k: v[s:e] for k, v in per_sample.items()}
+                    if self.added_cond_kwargs is not None:
+                        kw["added_cond_kwargs"] = {k: v[s:e] for k, v in added.items()}
+                    if self.cross_attention_kwargs is not None:
+                        kw["cross_attention_kwargs"] = self.cross_attention_kwargs
+                    outs.append(self.unet(inp[s:e], timesteps[s:e], return_dict=False, **kw)[0])
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+
+        out = evaluate(0, n) if self.split is None else self.split(n, evaluate)
         return out.to(model_input.dtype)
+
+    def with_split(self, split: Any) -> UNetDenoiser:
+        """The same denoiser with its network batch evaluated through ``split`` (a :class:`trisolve.distributed.ShardedBatch`, or ``None``)."""
+        return dataclasses.replace(self, split=split)
 
 
 def classifier_free_guidance(
@@ -149,19 +165,38 @@ def classifier_free_guidance(
         raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}.")
     if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
         raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}.")
+    return GuidedDenoiser(model, guidance_scale, guidance_rescale)
 
-    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+
+@dataclass(frozen=True, eq=False)
+class GuidedDenoiser:
+    """What :func:`classifier_free_guidance` returns: ``u + scale (c - u)`` from one call of ``model`` on ``[x; x]``.
+
+    :meth:`with_split` passes a network-batch split to ``model`` (when it has one, as
+    :class:`UNetDenoiser`): on two ranks one evaluates the unconditional half, the other the
+    conditional one, and every rank combines them.
+    """
+
+    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    guidance_scale: float
+    guidance_rescale: float = 0.0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        out = model(torch.cat([x, x]), torch.cat([t, t]))
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]))
         uncond, cond = out[:n], out[n:]
-        guided = uncond + guidance_scale * (cond - uncond)
-        if guidance_rescale > 0.0:
+        guided = uncond + self.guidance_scale * (cond - uncond)
+        if self.guidance_rescale > 0.0:
             from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-            guided = rescale_noise_cfg(guided, cond, guidance_rescale=guidance_rescale)
+            guided = rescale_noise_cfg(guided, cond, guidance_rescale=self.guidance_rescale)
         return guided
 
-    return denoiser
+    def with_split(self, split: Any) -> GuidedDenoiser:
+        """The same guidance around ``model.with_split(split)``."""
+        if not can_split(self.model):
+            raise TypeError(f"the guided model ({type(self.model).__name__}) cannot split its network batch over ranks.")
+        return dataclasses.replace(self, model=self.model.with_split(split))
 
 
 def unet_denoiser(
@@ -184,3 +219,19 @@ def unet_denoiser(
         max_batch_size=max_batch_size,
     )  # fmt: skip
     return classifier_free_guidance(net, guidance_scale, guidance_rescale=guidance_rescale) if guided else net
+
+
+def can_split(denoiser: Any) -> bool:
+    """Whether ``denoiser`` can evaluate a share of its network batch on each rank (``denoiser.with_split`` works).
+
+    True for :class:`UNetDenoiser` and guidance around one (what the pipeline front doors build);
+    other denoisers are split by trajectory rows instead (:func:`trisolve.distribute`).
+    """
+    if isinstance(denoiser, GuidedDenoiser):
+        return can_split(denoiser.model)
+    return isinstance(denoiser, UNetDenoiser)
+
+
+def guidance_copies(denoiser: Any) -> int:
+    """Network inputs per latent: 2 for each :class:`GuidedDenoiser` around the model (``[x; x]``), else 1."""
+    return 2 * guidance_copies(denoiser.model) if isinstance(denoiser, GuidedDenoiser) else 1

@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 import trisolve
 
+from .network import can_split, guidance_copies
 from .schedulers import SchedulerMapping, map_scheduler
 
 __all__ = [
@@ -115,8 +116,10 @@ class SolveOptions:
         latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
-        when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
-        timings are noisy, and the rounds of every run would depend on them).
+        when the latents are on a CUDA device or the solve is ``distributed`` (rank 0's
+        measurement is broadcast, so every rank runs the same plan), the whole window
+        elsewhere (on one CPU process the timings are noisy, and the rounds of every run would
+        depend on them).
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
@@ -156,9 +159,15 @@ class SolveOptions:
     distributed : bool or torch.distributed ProcessGroup
         ``True`` (the default process group) or a group: every rank runs this same call
         (launched by ``torchrun``, same seed and arguments) and evaluates a contiguous share
-        of each round's rows, for all samples and guidance copies of those rows; an all-gather
-        gives every rank every output, so all ranks return the same result
-        (:func:`trisolve.distribute`; the multi-GPU docs page). ``False``: one process.
+        of each round's network batch: with a denoiser the front doors build (a diffusers UNet,
+        guided or not) the batch of ``w`` rows x ``B`` samples x guidance copies itself is cut,
+        so window 1 splits the samples (data parallelism) and, with guidance, the unconditional
+        and conditional halves go to different ranks (:class:`trisolve.distributed.ShardedBatch`); with
+        another denoiser each rank takes a share of the round's rows
+        (:func:`trisolve.distribute`). An all-gather gives every rank every output, so all
+        ranks return the same result (the multi-GPU docs page). The window defaults to
+        ``"auto"``: rank 0 measures and broadcasts, every rank reaches the same plan.
+        ``False``: one process.
 
     Examples
     --------
@@ -461,16 +470,43 @@ def sample_latents(
         return g
 
     g = g_of(denoiser)
-    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
+    split, solve_options = None, options
+    if options.distributed is not False and can_split(denoiser):  # the ranks split each call's network batch
+        from trisolve.distributed import GroupInfo, ShardedBatch, _digest
+
+        info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
+        split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
+        solve_options = options.replace(distributed=False)  # the rows are not split again
+    run_g = g if split is None else g_of(denoiser.with_split(split))
+    system = trisolve.SemilinearSystem(mapping.a, mapping.B, run_g, c=c, sigma=mapping.sigma, batch_ndim=1)
     window = options.window()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+    if options.window_size == "auto" or (options.window_size is None and (device.type == "cuda" or options.distributed is not False)):
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
-    sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c)
+        share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__),
+                              split=split, evaluate_share=share)  # fmt: skip
+    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c)
     return sol.trajectory[-1].to(latents.dtype), sol
+
+
+@dataclasses.dataclass(frozen=True)
+class _FirstInputs:
+    """A measuring split: evaluate only the first ``k`` inputs of a network call (the rest zeros), as one rank's share."""
+
+    k: int
+
+    def __call__(self, n: int, evaluate: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+        out = evaluate(0, min(self.k, n))
+        return torch.cat([out, out.new_zeros((n - out.shape[0], *out.shape[1:]))])
+
+
+def _first_inputs(g_of: Callable, denoiser: Any, x0: torch.Tensor, k: int) -> torch.Tensor:
+    """One round of one row whose network call evaluates only its first ``k`` inputs (the automatic plan's share timing)."""
+    with torch.no_grad():
+        return g_of(denoiser.with_split(_FirstInputs(k)))(x0.unsqueeze(0).clone(), 0, 1)
 
 
 def solve_rows(
@@ -547,9 +583,15 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOpti
 
 
 def _auto_window(
-    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = ()
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
+    *, split: Any = None, evaluate_share: Any = None,
 ) -> trisolve.WindowPolicy:
-    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``).
+
+    With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
+    inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts.
+    """
+    from . import cost_model
     from .cost_model import auto_window, network_of
 
     n = mapping.n
@@ -559,10 +601,13 @@ def _auto_window(
             return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
 
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
+    inputs = 0 if split is None else x0.shape[0] * guidance_copies(denoiser)  # network inputs per trajectory row
     choice = auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key, method=method,
-        gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, run_rounds=run_rounds,
+        gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share,
     )  # fmt: skip
+    cost_model.last_choice = choice = dataclasses.replace(choice, split=split)
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
 
 
