@@ -316,8 +316,10 @@ class SemilinearSystem:
         B.setflags(write=False)
         # g_j is read by row j + 1 + q with coefficient B[j + q, q]; rows that read no g at all
         # (B[i - 1] == 0) are linear: x_i = a_i x_{i-1} + c_i
+        # (columns q >= n reach before row 0 in every row: all zero, checked above, and skipped
+        # here, so a table wider than the schedule -- p > n -- is fine)
         g_used = np.zeros(n, dtype=bool)
-        for q in range(p):
+        for q in range(min(p, n)):
             g_used[: n - q] |= B[q:, q] != 0
         linear = np.concatenate([[False], ~np.any(B != 0, axis=1)])
         g_used.setflags(write=False)
