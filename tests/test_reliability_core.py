@@ -64,3 +64,55 @@ def test_short_schedules_with_a_wide_band_sample_like_the_scheduler_loop(name):
     final, sol = td.sample_latents(den, make(), latents, options=opts)
     assert sol.converged
     torch.testing.assert_close(final, ref, atol=2e-5, rtol=0)
+
+
+# -- gradients of a solve that did not finish -----------------------------------------------
+
+
+def _rnn_system(T=60, H=4, seed=0):
+    from test_gradients import _loop, _rnn
+
+    W, drive, x0, weights = _rnn(T, H, seed)
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] @ W.T + drive[lo:hi]), T)
+    return system, (W, drive, x0), weights, lambda: _loop(W, drive, x0, T)
+
+
+@pytest.mark.parametrize("how", ["max_iter", "nonfinite", "early_stop"])
+def test_gradients_of_an_unfinished_solve_raise_and_keep_the_solution(how):
+    system, (W, drive, x0), _, _ = _rnn_system()
+    kw = dict(max_iter=3) if how == "max_iter" else dict(early_stop=1e3) if how == "early_stop" else {}
+    if how == "nonfinite":
+        f = system.fn
+        system = trisolve.BlackBoxSystem(lambda x, lo, hi: f(x, lo, hi) / (torch.arange(lo, hi)[:, None] != 30), system.n)
+    plain = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, **kw)
+    assert not plain.status.ok
+    with pytest.raises(trisolve.SolveError, match=f"gradients need a converged solve, but it ended with {plain.status.name}") as info:
+        trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, gradients=True, **kw)
+    kept = info.value.solution
+    assert kept is not None and kept.status is plain.status and kept.num_rounds == plain.num_rounds > 0
+    assert kept.num_frozen == plain.num_frozen > 1
+    torch.testing.assert_close(kept.trajectory, plain.trajectory, rtol=0, atol=0)
+    # and it resumes to the answer
+    rest = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, init=kept.trajectory, num_frozen=kept.num_frozen)
+    if how != "nonfinite":
+        assert rest.converged
+    with pytest.raises(trisolve.SolveError) as info:  # raise_for_status keeps it too
+        plain.raise_for_status()
+    assert info.value.solution is plain
+
+
+def test_gradients_after_an_output_aware_finish_are_those_of_the_solution():
+    """final_row_atol stops once row n is within it; the adjoint needs every row, so the solve goes on."""
+    system, params, weights, loop = _rnn_system()
+    from test_gradients import _loss
+
+    ref = torch.autograd.grad(_loss(loop(), weights), params)
+    early = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3)
+    assert early.status is trisolve.Status.FINAL_ROW_CONVERGED  # the finish does fire here without gradients
+    sol = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3, gradients=True)
+    assert sol.status is trisolve.Status.CONVERGED and sol.num_rounds > early.num_rounds
+    got = torch.autograd.grad(_loss(sol.trajectory, weights), params)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ValueError, match="final_row_atol must be"):
+        trisolve.solve(system, trisolve.Jacobi(), params[2], final_row_atol=-1.0, gradients=True)

@@ -147,7 +147,8 @@ def solve(
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
-        ``2 / 255 ~ 7.8e-3``.
+        ``2 / 255 ~ 7.8e-3``. With ``gradients``, ignored after its check: the adjoint needs
+        every row at the solution, so the solve runs until every row is converged.
     callback : callable, optional
         Called as ``callback(info: RoundInfo)`` after each round; a true return stops.
     init : array, shape ``(n + 1, *event)``, optional
@@ -159,8 +160,10 @@ def solve(
     gradients : bool or Adjoint
         PyTorch only: return a trajectory differentiable with respect to ``x0`` and every
         tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
-        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve
-        (else :class:`SolveError`); NumPy and array-api-strict arrays raise ``TypeError``. The
+        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve:
+        any other status raises :class:`SolveError`, whose ``.solution`` keeps the unfinished
+        solve (its trajectory, status and records); NumPy and array-api-strict arrays raise
+        ``TypeError``. The
         rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
         keeps no graph per round.
     record : {"summary", "errors"}
@@ -207,6 +210,11 @@ def solve(
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
     adjoint = _check_gradients(gradients, x0)
+    if adjoint is not None and final_row_atol is not None:
+        # the adjoint needs every row at the solution, not only row n: checked, then the solve
+        # runs to the tolerance (documented under final_row_atol and gradients)
+        check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
+        final_row_atol = None
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,

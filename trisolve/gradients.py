@@ -51,7 +51,7 @@ from typing import Any
 
 from ._backend import namespace
 from .newton import _split_event, jacobian_rows
-from .result import SolveError
+from .result import SolveError, Status
 from .scan import affine_scan, apply_linear
 
 __all__ = ["Adjoint", "differentiable_trajectory"]
@@ -282,10 +282,12 @@ def differentiable_trajectory(system: Any, x0: Any, trajectory: Any, adjoint: Ad
 
 def attach(solution: Any, system: Any, x0: Any, adjoint: Adjoint | None) -> Any:
     """``solution`` with a differentiable trajectory (what ``solve(..., gradients=...)`` returns)."""
-    if not solution.status.ok:
+    if solution.status is not Status.CONVERGED:
         raise SolveError(
-            f"gradients need a converged solve, but it ended with {solution.status.name}: {solution.status.message}. "
-            "The adjoint is only defined at the solution."
-        )
+            f"gradients need a converged solve, but it ended with {solution.status.name}: {solution.message}. "
+            "The adjoint is only defined at the solution; the unfinished solve is kept on this error's .solution "
+            "(resume it with init=err.solution.trajectory, num_frozen=err.solution.num_frozen).",
+            solution=solution,
+        ) from solution.error
     return replace(solution, trajectory=differentiable_trajectory(system, x0, solution.trajectory, adjoint))
 

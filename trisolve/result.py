@@ -54,7 +54,23 @@ class Status(enum.Enum):
 
 
 class SolveError(RuntimeError):
-    """Raised by :meth:`Solution.raise_for_status` when a solve did not converge."""
+    """A solve that did not reach what was asked of it; the work done is kept on ``solution``.
+
+    Raised by :meth:`Solution.raise_for_status`, and by ``solve(..., gradients=...)`` when the
+    solve did not converge (the adjoint exists only at the solution).
+
+    Attributes
+    ----------
+    solution : Solution or None
+        The unfinished solve -- its trajectory (rows before ``num_frozen`` final, every value
+        finite), status and records -- so that nothing computed is lost; resume it with
+        ``solve(..., init=err.solution.trajectory, num_frozen=err.solution.num_frozen)``.
+        ``None`` where no solve stands behind the error (the adjoint's own iteration).
+    """
+
+    def __init__(self, message: str, *, solution: Solution | None = None):
+        super().__init__(message)
+        self.solution = solution
 
 
 @dataclass(frozen=True)
@@ -164,5 +180,5 @@ class Solution:
     def raise_for_status(self) -> Solution:
         """Return ``self`` if ``status.ok``, else raise :class:`SolveError` with the status message."""
         if not self.status.ok:
-            raise SolveError(f"{self.status.name}: {self.message}") from self.error
+            raise SolveError(f"{self.status.name}: {self.message}", solution=self) from self.error
         return self
