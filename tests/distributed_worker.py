@@ -87,7 +87,7 @@ def main(out: Path) -> None:
     o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True,
                   window_size="auto")  # fmt: skip
     np.save(out / f"digits_auto_rank{rank}.npy", o.images)
-    record("digits_auto", windows=o.solution.windows, status=o.solution.status.name)
+    record("digits_auto", windows=o.solution.windows.tolist(), status=o.solution.status.name)
 
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()

@@ -116,3 +116,31 @@ def test_gradients_after_an_output_aware_finish_are_those_of_the_solution():
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
     with pytest.raises(ValueError, match="final_row_atol must be"):
         trisolve.solve(system, trisolve.Jacobi(), params[2], final_row_atol=-1.0, gradients=True)
+
+
+# -- records: tens of bytes a round ---------------------------------------------------------
+
+
+def test_a_long_solve_keeps_a_few_tens_of_bytes_a_round():
+    import tracemalloc
+
+    n, event = 6000, (4,)
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(0.5 * x[lo - 1 : hi - 1]) + 0.1, n)
+    x0 = np.zeros(event)
+    trisolve.solve(system, trisolve.Jacobi(), x0, window=1, max_iter=3)  # one-time allocations (imports, caches)
+    tracemalloc.start()
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, window=1, atol=0.0)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert sol.converged and sol.num_rounds == n  # window 1: one row a round
+    # the records: 24 bytes a round (in buffers of at most twice the rounds)
+    assert sol.windows.nbytes + sol.round_max_errors.nbytes == 24 * sol.num_rounds
+    # everything the solve allocated beyond the trajectory, per round (= per row here), with the
+    # per-row thresholds (16 bytes) and the buffers' growth; lists of tuples held 136 and peaked at 186
+    trajectory = (n + 1) * 4 * 8
+    assert (held - trajectory) / n < 48 and (peak - trajectory) / n < 80, (held - trajectory, peak - trajectory)
+    # the record reads as before
+    assert len(sol.windows) == n and sol.windows[0] == (1, 2) and sol.windows[-1] == (n, n + 1)
+    assert sol.windows == [(i, i + 1) for i in range(1, n + 1)]
+    assert list(sol.windows)[:2] == [(1, 2), (2, 3)] and sol.windows[1:3] == [(2, 3), (3, 4)]
+    assert isinstance(sol.windows[0][0], int) and sol.windows.tolist()[0] == (1, 2)

@@ -28,7 +28,7 @@ from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
 from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
-from .result import RoundInfo, Solution, Status
+from .result import RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
 from .systems import TriangularSystem
 from .tolerance import Tolerance
@@ -315,8 +315,7 @@ class _Run:
         self.max_iter, self.early_stop, self.final_row_atol, self.callback = max_iter, early_stop, final_row_atol, callback
         self.n = system.n
         self.rounds = self.evals = 0
-        self.windows: list[tuple[int, int]] = []  # O(rounds)
-        self.max_errors: list[float] = []  # O(rounds)
+        self.records = _Records()  # O(rounds): 24 bytes a round
         self.row_errors: list[np.ndarray] | None = [] if record == "errors" else None  # O(rounds x window), opt-in
         self.state = solver.init()
         # per-solve tables, on the device, built once
@@ -337,8 +336,8 @@ class _Run:
             num_rounds=self.rounds,
             num_evals=self.evals + getattr(self.tables, "extra_evals", 0),  # + F evaluations of finite-difference Jacobians
             num_frozen=self.lo,
-            windows=self.windows,
-            round_max_errors=np.asarray(self.max_errors, dtype=np.float64),
+            windows=self.records.windows(),
+            round_max_errors=self.records.max_errors(),
             round_errors=self.row_errors,
             error=error,
             num_restarts=int(stats.get("num_restarts", 0)),
@@ -434,8 +433,7 @@ class _Run:
                 if self.prev_last is not None:
                     change = float(host[pos])
                 self.prev_last = xp.asarray(xw[-1:, ...], copy=True)  # xw may be a view of the buffer
-            self.windows.append((lo, hi))
-            self.max_errors.append(float(np.nan if np.isnan(err).any() else err.max()))
+            self.records.append(lo, hi, float(np.nan if np.isnan(err).any() else err.max()))
             if self.row_errors is not None:
                 self.row_errors.append(err)
 
@@ -497,6 +495,34 @@ class _Run:
             if stop:
                 return Status.STOPPED_BY_CALLBACK, None
         return Status.CONVERGED, None
+
+
+class _Records:
+    """The per-round records of a solve in growing NumPy arrays (capacity doubled when full).
+
+    A round costs 24 bytes -- its window ``[lo, hi)`` (two int64) and its largest scaled
+    error (one float64) -- and the buffers hold at most twice the rounds; the
+    :class:`Solution` gets views of them (no copy, so no peak at the end).
+    """
+
+    def __init__(self, capacity: int = 64):
+        self.k = 0
+        self.bounds = np.empty((capacity, 2), dtype=np.int64)  # (capacity, 2): lo, hi
+        self.errors = np.empty(capacity, dtype=np.float64)  # (capacity,)
+
+    def append(self, lo: int, hi: int, max_error: float) -> None:
+        if self.k == self.errors.shape[0]:
+            self.bounds = np.concatenate([self.bounds, np.empty_like(self.bounds)])
+            self.errors = np.concatenate([self.errors, np.empty_like(self.errors)])
+        self.bounds[self.k] = lo, hi
+        self.errors[self.k] = max_error
+        self.k += 1
+
+    def windows(self) -> RoundWindows:
+        return RoundWindows(self.bounds[: self.k])
+
+    def max_errors(self) -> np.ndarray:
+        return self.errors[: self.k]
 
 
 def _row_finite(a: Any, xp: Any) -> Any:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["Status", "Solution", "RoundInfo", "SolveError"]
+__all__ = ["Status", "Solution", "RoundInfo", "SolveError", "RoundWindows"]
 
 
 class Status(enum.Enum):
@@ -103,6 +104,67 @@ class RoundInfo:
         return float(np.nanmax(self.errors)) if self.errors.size else 0.0
 
 
+class RoundWindows(Sequence):
+    """The window ``[lo, hi)`` of each round: a read-only sequence of ``(int, int)`` pairs.
+
+    Stored as one ``(rounds, 2)`` int64 array, 16 bytes a round (a Python list of tuples
+    costs about 150), so the records of a long solve stay small next to the trajectory.
+    Compares equal to any sequence of the same pairs (``sol.windows == [(1, 5), (2, 6)]``).
+
+    Attributes
+    ----------
+    array : ndarray, shape ``(rounds, 2)``
+        Column 0 is ``lo``, column 1 ``hi`` (read-only).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, bounds: Any = ()):
+        a = np.asarray(bounds, dtype=np.int64).reshape(-1, 2)  # a view where it can be
+        a = a.view()
+        a.setflags(write=False)
+        self.array = a
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> RoundWindows: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RoundWindows(self.array[index])
+        lo, hi = self.array[index]
+        return int(lo), int(hi)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RoundWindows):
+            return np.array_equal(self.array, other.array)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self.tolist() == [tuple(w) for w in other]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        return f"RoundWindows({self.tolist()!r})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored bounds (16 a round)."""
+        return self.array.nbytes
+
+    def tolist(self) -> list[tuple[int, int]]:
+        """The windows as a list of ``(lo, hi)`` tuples of Python ints."""
+        return [(int(lo), int(hi)) for lo, hi in self.array.tolist()]
+
+
 @dataclass(frozen=True)
 class Solution:
     """Result of :func:`trisolve.solve`.
@@ -119,8 +181,9 @@ class Solution:
         finite-difference Jacobian (``Newton(derivatives="finite-differences")``) included.
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged).
-    windows : list of (int, int)
-        The window ``[lo, hi)`` of each round.
+    windows : RoundWindows
+        The window ``[lo, hi)`` of each round, a sequence of ``(lo, hi)`` pairs stored in
+        16 bytes a round.
     round_max_errors : ndarray, shape ``(num_rounds,)``
         The largest scaled residual of each round's window (``nan`` if a row was not finite).
     round_errors : list of ndarray or None
@@ -138,7 +201,7 @@ class Solution:
     num_rounds: int
     num_evals: int
     num_frozen: int
-    windows: list[tuple[int, int]]
+    windows: RoundWindows
     round_max_errors: np.ndarray = field(repr=False)
     round_errors: list[np.ndarray] | None = field(default=None, repr=False)
     error: BaseException | None = None
