@@ -144,3 +144,102 @@ def test_a_long_solve_keeps_a_few_tens_of_bytes_a_round():
     assert sol.windows == [(i, i + 1) for i in range(1, n + 1)]
     assert list(sol.windows)[:2] == [(1, 2), (2, 3)] and sol.windows[1:3] == [(2, 3), (3, 4)]
     assert isinstance(sol.windows[0][0], int) and sol.windows.tolist()[0] == (1, 2)
+
+
+# -- every user code the rounds call keeps the work -----------------------------------------
+
+
+class _Bug(Exception):
+    pass
+
+
+class _Counter:
+    def __init__(self, at):
+        self.at, self.calls = at, 0
+
+    def tick(self):
+        self.calls += 1
+        if self.calls == self.at:
+            raise _Bug(f"call {self.calls}")
+
+
+class _RaisingSolver(trisolve.Jacobi):
+    def __init__(self, step=None, stats=None):
+        object.__setattr__(self, "damping", 0.0)
+        object.__setattr__(self, "counters", (step, stats))
+
+    def step(self, ctx, state):
+        if self.counters[0]:
+            self.counters[0].tick()
+        return super().step(ctx, state)
+
+    def stats(self, state):
+        if self.counters[1]:
+            self.counters[1].tick()
+        return super().stats(state)
+
+
+class _RaisingMap(trisolve.OneStep):
+    def __init__(self, counter):
+        object.__setattr__(self, "counter", counter)
+
+    def apply(self, tables, x, f, lo, hi, *, xp):
+        self.counter.tick()
+        return super().apply(tables, x, f, lo, hi, xp=xp)
+
+
+class _RaisingWindow(trisolve.WindowPolicy):
+    def __init__(self, counter, invalid=False):
+        self.counter, self.invalid = counter, invalid
+
+    def end(self, lo, n):
+        if self.invalid and self.counter.calls == self.counter.at - 1:
+            self.counter.calls += 1
+            return n + 7
+        self.counter.tick()
+        return min(lo + 6, n + 1)
+
+
+class _LinearRows(trisolve.SemilinearSystem):
+    """A semilinear system whose linear_step (a protocol method the driver calls) raises at a given call."""
+
+    def linear_step(self, x, i, cache, *, xp):
+        self._counter.tick()
+        return super().linear_step(x, i, cache, xp=xp)
+
+
+@pytest.mark.parametrize("backend", BACKENDS, ids=str)
+@pytest.mark.parametrize("where", ["F", "map", "solver step", "solver stats", "window raises", "window invalid", "callback", "linear_step"])
+def test_an_exception_from_any_code_the_rounds_call_keeps_the_work(backend, where):
+    rng = np.random.default_rng(1)
+    n, at = 30, 3
+    base = semilinear_system(rng, n, 2, (2,), backend, a_range=(0.5, 1.0), linear_fraction=0.3 if where == "linear_step" else 0.0)
+    count = _Counter(at)
+    g = (lambda x, lo, hi: (count.tick(), base.g(x, lo, hi))[1]) if where == "F" else base.g
+    cls = _LinearRows if where == "linear_step" else trisolve.SemilinearSystem
+    system = cls(base.a, base.B, g, c=base.c)
+    object.__setattr__(system, "_counter", count)
+    x0 = backend.asarray(rng.standard_normal(2))
+    ref = backend.to_numpy(trisolve.forward_substitution(base, x0))
+    kw = dict(window=_RaisingWindow(count if where.startswith("window") else _Counter(0), invalid=where == "window invalid"))
+    kw["solver"] = _RaisingSolver(step=count if where == "solver step" else None, stats=count if where == "solver stats" else None)
+    if where == "solver stats":
+        count.at = 1  # stats is called once, at the end
+    if where == "map":
+        kw["update_map"] = _RaisingMap(count)
+    if where == "callback":
+        kw["callback"] = lambda info: count.tick()
+    solver = kw.pop("solver")
+    sol = trisolve.solve(system, solver, x0, atol=1e-12, **kw)
+    assert sol.status is trisolve.Status.FAILED, (sol.status, sol.error)
+    if where == "window invalid":
+        assert isinstance(sol.error, ValueError) and "a window [lo, hi) needs lo < hi <= n + 1" in str(sol.error)
+    else:
+        assert isinstance(sol.error, _Bug) and "call" in sol.message
+    assert sol.num_rounds >= (1 if where == "linear_step" else 2) and sol.num_frozen > 1
+    traj = backend.to_numpy(sol.trajectory)
+    assert np.all(np.isfinite(traj))
+    np.testing.assert_allclose(traj[: sol.num_frozen], ref[: sol.num_frozen], rtol=1e-9, atol=1e-12)
+    rest = trisolve.solve(base, trisolve.Jacobi(), x0, init=sol.trajectory, num_frozen=sol.num_frozen, atol=1e-12)
+    assert rest.converged
+    np.testing.assert_allclose(backend.to_numpy(rest.trajectory), ref, rtol=1e-9, atol=1e-12)

@@ -180,8 +180,12 @@ def solve(
     Notes
     -----
     Interrupts and failures keep the work: a ``KeyboardInterrupt`` anywhere in the round loop
-    returns the :class:`Solution` with status ``INTERRUPTED``; an exception from ``F`` or from
-    the callback returns it with ``FAILED`` and ``solution.error``. In every case rows before
+    returns the :class:`Solution` with status ``INTERRUPTED``; an exception from any code the
+    rounds call -- ``F`` (the system), the update map, the solver's ``step`` and ``stats``, the
+    window policy (also one that returns an invalid window), the callback -- returns it with
+    ``FAILED`` and the exception in ``solution.error``. (Errors before the first round -- bad
+    arguments, a solver's ``init``, a map's ``prepare``, a system's ``new_cache`` -- raise: no
+    work exists yet.) In every case rows before
     ``num_frozen`` are final and the trajectory holds only finite values, so
     ``solve(..., init=sol.trajectory, num_frozen=sol.num_frozen)`` resumes.
 
@@ -294,10 +298,15 @@ def _solve(
         callback=callback,
         record=record,
     )
+    # anywhere in the loop -- the system, the map, the solver's step, the window policy, the
+    # callback, or the driver itself -- the rows before run.lo are final and x is finite (the
+    # invariant of _Run): the work is kept, never lost to an exception
     try:
         status, error = run.loop()
-    except KeyboardInterrupt as exc:  # anywhere in the loop: the rows before run.lo are final
+    except KeyboardInterrupt as exc:
         status, error = Status.INTERRUPTED, exc
+    except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
+        status, error = Status.FAILED, exc
     return run.solution(status, error)
 
 
@@ -329,7 +338,12 @@ class _Run:
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
-        stats = self.solver.stats(self.state)
+        try:
+            stats = self.solver.stats(self.state)
+        except Exception as exc:  # a solver's own stats failed: the trajectory is kept, the failure said
+            stats = {}
+            if error is None:
+                status, error = Status.FAILED, exc
         return Solution(
             trajectory=self.x,
             status=status,
@@ -394,12 +408,9 @@ class _Run:
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
-            try:
-                ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
-                with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
-                    g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
-            except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
-                return Status.FAILED, exc
+            ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
+            with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
+                g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
             self.rounds += 1
             self.evals += ev.num_evals
             last = hi == n + 1
@@ -481,11 +492,8 @@ class _Run:
             self.lo = lo + start  # only after the rows are written
             # the callback sees every round, the last one included
             stop = False
-            if self.callback is not None:
-                try:
-                    stop = bool(self.callback(RoundInfo(self.rounds, lo, hi, self.lo, err, x)))
-                except Exception as exc:  # the work is kept: status FAILED + error
-                    return Status.FAILED, exc
+            if self.callback is not None:  # an exception here is kept like any other (status FAILED, _solve)
+                stop = bool(self.callback(RoundInfo(self.rounds, lo, hi, self.lo, err, x)))
             if self.lo > n:
                 break
             if final_ok:

@@ -32,8 +32,9 @@ class Status(enum.Enum):
         "values: check the system, its inputs and its dtype"
     )
     FAILED = (
-        "evaluating the system or the callback raised an exception (solution.error); rows before "
-        "num_frozen are final and the trajectory holds a finite iterate"
+        "code the solve called (the system, the update map, the solver, the window policy or the callback) raised "
+        "an exception (solution.error); rows before num_frozen are final and the trajectory holds a finite iterate; "
+        "resume with init=solution.trajectory, num_frozen=solution.num_frozen once the cause is fixed"
     )
     INTERRUPTED = (
         "interrupted (KeyboardInterrupt); rows before num_frozen are final and the trajectory holds a "
@@ -190,7 +191,8 @@ class Solution:
         With ``solve(..., record="errors")``: each round's scaled residual per window row,
         ``(hi - lo,)``; ``None`` by default (it costs ``O(rounds x window)``).
     error : BaseException or None
-        The exception that ended the solve (``FAILED``, ``INTERRUPTED``), or a
+        The exception that ended the solve (``FAILED``: raised by the system, the update map,
+        the solver, the window policy or the callback; ``INTERRUPTED``), or a
         ``FloatingPointError`` naming the row for ``NONFINITE``.
     num_restarts, num_rejections, num_fallback_rows : int
         Safeguard activity of accelerated solvers (zero for Jacobi).
