@@ -30,7 +30,7 @@ from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
 from .result import RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
-from .systems import TriangularSystem
+from .systems import TriangularSystem, evaluating_ranks
 from .tolerance import Tolerance
 from .windows import WindowPolicy, as_window
 
@@ -129,6 +129,10 @@ def solve(
     window : WindowPolicy or int, optional
         :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
         ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
+        The window sets the working memory: with the full window a solve peaks at several
+        times the trajectory (measured on 32-byte rows: Jacobi 8x, the default method 18x,
+        ``TriangularAnderson`` 29x with ``history_size=2`` and 46x with 4, at any ``n``); an int
+        window bounds it (about 2x at ``W = 64``). Docs: theory, "Interrupts, failures and memory".
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
         same for the map residual), per sample; see :class:`Tolerance`.
@@ -165,7 +169,8 @@ def solve(
         solve (its trajectory, status and records); NumPy and array-api-strict arrays raise
         ``TypeError``. The
         rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
-        keeps no graph per round.
+        keeps no graph per round. Not with a system several ranks evaluate
+        (:func:`trisolve.distribute`): ``ValueError`` at the call, on every rank.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
@@ -190,8 +195,8 @@ def solve(
     ``solve(..., init=sol.trajectory, num_frozen=sol.num_frozen)`` resumes.
 
     Memory: the trajectory ``(n + 1, *event)``, the system's kept values, ``O(window x event)``
-    working arrays (times the history size for Anderson), and ``O(rounds)`` records unless
-    ``record="errors"``.
+    working arrays (times the history size for Anderson), and 24 bytes of records a round
+    (:attr:`Solution.windows`, :attr:`Solution.round_max_errors`) unless ``record="errors"``.
 
     Host traffic: the per-solve tables (thresholds, the map's coefficients, the system's
     coefficients) move to the device once, before the first round. Each round then reads
@@ -213,7 +218,7 @@ def solve(
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
-    adjoint = _check_gradients(gradients, x0)
+    adjoint = _check_gradients(gradients, x0, system)
     if adjoint is not None and final_row_atol is not None:
         # the adjoint needs every row at the solution, not only row n: checked, then the solve
         # runs to the tolerance (documented under final_row_atol and gradients)
@@ -227,7 +232,7 @@ def solve(
     return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
 
 
-def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
+def _check_gradients(gradients: Any, x0: Any, system: Any) -> Adjoint | None:
     """``gradients=`` as the adjoint settings, or ``None`` when no gradients are asked for."""
     if gradients is False or gradients is None:
         return None
@@ -236,6 +241,13 @@ def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
     if not isinstance(gradients, Adjoint):
         raise TypeError(f"gradients must be True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
     check_gradients_supported(x0)
+    ranks = evaluating_ranks(system)
+    if ranks > 1:  # refused on every rank at the call (each calls the same solve), before any collective
+        raise ValueError(
+            f"gradients= is not with several ranks ({ranks} share this system's evaluations): the adjoint's backward "
+            "evaluations would have to run on every rank in step. Solve without gradients here, and take gradients from a "
+            "single-process trisolve.solve(system, ..., gradients=True) on the undistributed system."
+        )
     return gradients
 
 

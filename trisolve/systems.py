@@ -21,6 +21,7 @@ Two kinds of system:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +37,7 @@ __all__ = [
     "BlackBoxSystem",
     "SemilinearSystem",
     "Evaluation",
+    "evaluating_ranks",
 ]
 
 
@@ -92,6 +94,17 @@ class TriangularSystem(Protocol):
     def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any: ...
 
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
+
+
+def evaluating_ranks(system: Any) -> int:
+    """How many ranks share the evaluations of ``system`` (:func:`trisolve.distribute`); 1 for a plain system.
+
+    Every rank calls the same solve, so a combination that cannot run on several ranks is
+    refused by this test on every rank, before any collective.
+    """
+    distributed = sys.modules.get(__name__.rpartition(".")[0] + ".distributed")
+    # never imported: no system is distributed (and torch stays unimported)
+    return 1 if distributed is None else distributed.world_of(system)
 
 
 def _check_jacobian_callable(jacobian: Any, how: str) -> None:
