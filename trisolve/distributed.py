@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._validate import check_float
 from .systems import BlackBoxSystem, SemilinearSystem
 
 __all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "row_chunks", "GroupInfo"]
@@ -91,9 +92,7 @@ class GroupInfo:
                 "torch.distributed.init_process_group() (backend 'nccl' on GPUs, 'gloo' on CPUs) before solving, or pass group=."
             )
         if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-                raise ValueError(f"timeout must be a number of seconds > 0, a datetime.timedelta or None, got {timeout!r}.")
-            timeout = datetime.timedelta(seconds=float(timeout))
+            timeout = datetime.timedelta(seconds=check_float("timeout", timeout, 0.0, low_open=True, hint="(seconds), a datetime.timedelta or None"))
         backend = str(dist.get_backend(group))
         if "nccl" in backend:  # NCCL moves only CUDA tensors: use this rank's current device
             device = torch.device("cuda", torch.cuda.current_device())
