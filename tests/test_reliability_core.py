@@ -308,3 +308,67 @@ def test_the_validation_helper_is_importable_and_stable():
             check_float("t", bad, 0.0)
     with pytest.raises(ValueError, match=r"t must be a finite number > 0 \(seconds\), got 0.0"):
         check_float("t", 0.0, 0.0, low_open=True, hint="(seconds)")
+
+
+# -- a map that makes no progress says so ---------------------------------------------------
+
+
+def _contractive_rnn(n=200, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((d, d)) * 0.5 / d**0.5
+    b = rng.standard_normal((n + 1, d))
+    return trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] @ W.T + b[lo:hi]), n)
+
+
+def test_picard_on_a_contractive_rnn_warns_that_it_makes_no_progress_and_names_a_map_that_does():
+    import warnings
+
+    system = _contractive_rnn()
+    x0 = np.zeros(8)
+    ref = trisolve.forward_substitution(system, x0)
+    with np.errstate(all="ignore"), pytest.warns(trisolve.NoProgressWarning, match=r"Picard\(order=None\) made no progress for 32 rounds") as rec:
+        sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-10)
+    assert len([w for w in rec if w.category is trisolve.NoProgressWarning]) == 1  # once per solve
+    assert "OneStep()" in str(rec[0].message) and "Newton()" in str(rec[0].message)
+    assert rec[0].filename == __file__  # points at the call of solve
+    assert sol.converged and sol.num_rounds == system.n  # it still ends exact, at the bound
+    np.testing.assert_allclose(sol.trajectory, ref, atol=1e-9)
+    with warnings.catch_warnings():  # the map it names converges in a few rounds, silently
+        warnings.simplefilter("error", trisolve.NoProgressWarning)
+        fast = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.OneStep(), atol=1e-10)
+    assert fast.converged and fast.num_rounds < 40
+
+
+@pytest.mark.parametrize(
+    "solver,update_map,window",
+    [
+        (trisolve.TriangularAnderson(history_size=4), trisolve.Picard(), None),
+        (trisolve.Jacobi(), trisolve.Picard(), None),
+        (trisolve.Jacobi(), trisolve.Unrolled(), None),
+        (trisolve.TriangularAnderson(), trisolve.Picard(), 8),
+        (None, None, None),
+    ],
+    ids=["taa-picard", "picard", "unrolled", "taa-picard-w8", "default"],
+)
+@pytest.mark.parametrize("T", [50, 200])
+def test_no_false_alarm_on_a_ddim_like_system(solver, update_map, window, T):
+    import warnings
+
+    from ddim_toy import ddim_system
+
+    system, x0 = ddim_system(T=T, d=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", trisolve.NoProgressWarning)
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=1e-4, rtol=1e-3)
+    assert sol.converged and sol.num_rounds < T // 2
+
+
+def test_the_one_step_map_on_a_long_ddim_like_system_is_told_about_the_maps_that_unroll():
+    """DESIGN 2.1: the one-step map moves exact information about one row a round on DDIM; that is a true alarm."""
+    from ddim_toy import ddim_system
+
+    system, x0 = ddim_system(T=200, d=8)
+    with pytest.warns(trisolve.NoProgressWarning, match=r"OneStep\(\) made no progress.*Picard\(\) or Unrolled\(\) on an integrator"):
+        slow = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.OneStep(), atol=1e-4, rtol=1e-3)
+    fast = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-4, rtol=1e-3)
+    assert slow.converged and fast.converged and fast.num_rounds < slow.num_rounds // 5

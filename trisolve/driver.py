@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
 from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
-from .result import RoundInfo, RoundWindows, Solution, Status
+from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
 from .systems import TriangularSystem, evaluating_ranks
 from .tolerance import Tolerance
@@ -337,6 +338,7 @@ class _Run:
         self.n = system.n
         self.rounds = self.evals = 0
         self.records = _Records()  # O(rounds): 24 bytes a round
+        self.watch = _ProgressWatch(update_map)
         self.row_errors: list[np.ndarray] | None = [] if record == "errors" else None  # O(rounds x window), opt-in
         self.state = solver.init()
         # per-solve tables, on the device, built once
@@ -502,6 +504,7 @@ class _Run:
                 x[lo + start, ...] = self.system.linear_step(x, lo + start, self.cache, xp=xp)
                 start += 1
             self.lo = lo + start  # only after the rows are written
+            self.watch.round(frozen=self.lo - lo, w=w, max_error=float(self.records.errors[self.records.k - 1]), remaining=n + 1 - self.lo)
             # the callback sees every round, the last one included
             stop = False
             if self.callback is not None:  # an exception here is kept like any other (status FAILED, _solve)
@@ -515,6 +518,48 @@ class _Run:
             if stop:
                 return Status.STOPPED_BY_CALLBACK, None
         return Status.CONVERGED, None
+
+
+NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning
+
+
+class _ProgressWatch:
+    """Warn once (:class:`NoProgressWarning`) when the map advances only the structural one row a round.
+
+    A stretch is a run of consecutive rounds over windows of at least two rows that each froze
+    at most one row; it ends with a round that froze more. The warning fires when a stretch
+    reaches ``NO_PROGRESS_ROUNDS`` rounds with the round's largest scaled error not below the
+    stretch's first (``nan``: not below), and more than that many rows are left.
+    """
+
+    def __init__(self, update_map: UpdateMap):
+        self.update_map = update_map
+        self.length, self.first_error, self.warned = 0, math.nan, False
+
+    def round(self, *, frozen: int, w: int, max_error: float, remaining: int) -> None:
+        if self.warned:
+            return
+        if frozen > 1 or w < 2:
+            self.length = 0
+            return
+        if self.length == 0:
+            self.first_error = max_error
+        self.length += 1
+        shrunk = max_error < self.first_error  # False for nan
+        if shrunk:
+            self.length, self.first_error = 1, max_error  # a new stretch from here
+            return
+        if self.length >= NO_PROGRESS_ROUNDS and remaining > NO_PROGRESS_ROUNDS:
+            self.warned = True
+            warnings.warn(
+                f"{self.update_map!r} made no progress for {self.length} rounds: each froze only the one row the structural "
+                f"bound guarantees while the largest scaled residual did not shrink ({self.first_error:.3g} -> {max_error:.3g}); "
+                f"the solve will still end exact, but after about one round per remaining row ({remaining}). A map that follows "
+                "the system converges in fewer: OneStep() on a contractive recurrence (where Picard's summed increments grow), "
+                "Newton() where Jacobians are available (solver=None picks it), Picard() or Unrolled() on an integrator.",
+                NoProgressWarning,
+                stacklevel=5,  # solve -> _solve -> loop -> round: the caller of solve
+            )
 
 
 class _Records:
