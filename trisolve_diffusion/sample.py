@@ -24,6 +24,8 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
+from trisolve._validate import check_int
+
 from .models.digits_flow import DigitsFlowPipeline
 from .pipelines._common import bind
 from .pipelines.digits_flow import sample_digits_flow
@@ -145,8 +147,8 @@ def sample(
     if options is not None and not isinstance(options, SolveOptions):
         raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}.")
     options = (options or SolveOptions()).replace(**solve_kw)
-    if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1):
-        raise ValueError(f"max_batch_size must be an int >= 1 or None, got {max_batch_size!r}.")
+    if max_batch_size is not None:
+        max_batch_size = check_int("max_batch_size", max_batch_size, 1, hint="or None")
     front = _front_door(pipe)
     params = bind(pipe, args, kwargs, allow=_HONOURED.get(front, frozenset()))
     with torch.no_grad():  # as the pipelines' own __call__

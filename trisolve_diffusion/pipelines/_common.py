@@ -13,6 +13,7 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 
 import trisolve
+from trisolve._validate import check_int
 
 from ..sampler import SolveOptions, sample_latents
 
@@ -21,6 +22,7 @@ __all__ = [
     "ParallelStableDiffusionOutput",
     "ParallelStableDiffusionXLOutput",
     "bind",
+    "check_batch",
     "check_steps",
     "solve",
 ]
@@ -89,9 +91,16 @@ def bind(pipe: Any, args: tuple, kwargs: dict, allow: frozenset[str] = frozenset
 
 
 def check_steps(num_inference_steps: Any) -> int:
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}.")
-    return num_inference_steps
+    """``num_inference_steps`` as a Python int >= 1 (NumPy integers accepted)."""
+    return check_int("num_inference_steps", num_inference_steps, 1)
+
+
+def check_batch(batch_size: Any, generator: Any) -> int:
+    """``batch_size`` as a Python int >= 1 (NumPy integers accepted), with one generator per image if a list."""
+    batch_size = check_int("batch_size", batch_size, 1)
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"You passed {len(generator)} generators for batch_size={batch_size}; pass one per image.")
+    return batch_size
 
 
 def solve(
