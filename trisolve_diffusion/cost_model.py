@@ -294,9 +294,9 @@ def measure_round_time(
     Each size gets one warm-up call and ``repeats`` timed calls (median), each bracketed by
     ``sync()`` (e.g. ``torch.cuda.synchronize``). Doubling stops at ``max_rows`` or once the
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
-    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (weakly referenced) and
-    ``key`` (e.g. ``(row shape, dtype, device, guidance)``) the curve is cached and measured
-    once.
+    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
+    referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
+    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it.
 
     Examples
     --------

@@ -121,7 +121,10 @@ def sample(
         An unsupported pipeline (the message points to :func:`sample_latents`), an argument
         without meaning in a parallel solve (per-step callbacks), an unknown argument.
     UnsupportedSchedulerError
-        A scheduler or scheduler option without an exact parallel form; says what to swap to.
+        A scheduler or scheduler option without an exact parallel form, or one that the
+        pipeline's own loop cannot run (``DDIMPipeline`` runs only DDIM; ``DDPMPipeline`` not
+        UniPC, PNDM, DEIS, LMS, Heun, KDPM2 or Euler): ``sample()`` returns only what ``pipe(...)``
+        computes. The message says what to swap to.
     ParallelSamplingError
         The network raised or returned nan/inf; ``.solution`` keeps the partial work (resume
         with ``init=err.solution.trajectory, num_frozen=err.solution.num_frozen``).

@@ -89,6 +89,9 @@ PIXEL_FINAL_ATOL = 8e-3
 class SolveOptions:
     """How the parallel solve runs: one place for every default.
 
+    Numbers may be Python or NumPy scalars (``np.int64(8)``, ``np.float32(1e-4)``); they are
+    stored as Python ``int`` / ``float``. ``bool`` is refused where a number is meant.
+
     Attributes
     ----------
     solver : trisolve.Solver, optional
@@ -104,9 +107,10 @@ class SolveOptions:
         that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
-        the solver's time per round with a free stand-in for the network, once per network,
-        latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
-        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        the solver's time per round with a free stand-in for the network, once per network
+        (the denoiser itself, by identity, when it calls no ``torch.nn.Module``), latent
+        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the
+        window the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
         when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
         timings are noisy, and the rounds of every run would depend on them).
@@ -351,7 +355,9 @@ def sample_latents(
         ``denoiser(model_input, timesteps) -> model_output``: ``model_input (w * B, C, H, W)``
         already multiplied by the scheduler's input scale (what a pipeline's UNet receives),
         in the latents' dtype (the model's working dtype, as in the loop); ``timesteps (w * B,)`` on the latents' device, in the
-        scheduler's timestep dtype; ``model_output`` of the input's shape, any float dtype.
+        scheduler's timestep dtype; ``model_output`` a torch tensor of the input's shape, any
+        floating-point dtype (anything else, an integer tensor included, stops the solve with a
+        :class:`ParallelSamplingError` saying what was returned).
         Classifier-free guidance goes inside (see :func:`classifier_free_guidance`). Called
         once per round, without autograd.
     scheduler : diffusers scheduler
@@ -387,8 +393,12 @@ def sample_latents(
     Raises
     ------
     ParallelSamplingError
-        The denoiser raised (``.__cause__``) or returned nan/inf; ``.solution`` keeps the
-        rows computed so far.
+        The denoiser raised, returned nan/inf, or returned something other than a floating-point
+        tensor of its input's shape; the message names the cause (also ``.__cause__``) and
+        ``.solution`` keeps the rows computed so far.
+    ValueError, TypeError
+        Bad arguments, before any work: e.g. a tensor on the ``meta`` device (named), a
+        scheduler whose ``set_timesteps`` has not run. Numbers may be Python or NumPy scalars.
     SamplingInterrupted
         Ctrl-C (a :class:`KeyboardInterrupt`) with the partial ``.solution``.
     UnconvergedSampleError
