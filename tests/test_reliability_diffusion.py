@@ -257,6 +257,7 @@ def test_sample_latents_takes_numpy_scalars_with_the_same_result():
     a, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=opts, eta=np.float32(0.5), begin_index=np.int64(0))
     b, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=TIGHT.replace(max_iter=50, window_size=3, order=2), eta=0.5)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
+    np.testing.assert_array_equal(td.map_scheduler(sched, eta=np.float32(0.5)).noise_scale, td.map_scheduler(sched, eta=0.5).noise_scale)
     with pytest.raises(TypeError, match="eta must be a real number"):
         td.sample_latents(toy, sched, latents, options=TIGHT, eta="0.5")
     with pytest.raises(ValueError, match="eta must be a finite number >= 0"):

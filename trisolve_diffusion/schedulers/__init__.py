@@ -12,7 +12,9 @@ from typing import Any
 
 import diffusers
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, require_set_timesteps
+from trisolve._validate import check_float
+
+from .base import SchedulerMapping, UnsupportedSchedulerError, require_timesteps
 from .ddim import map_ddim
 from .ddpm import map_ddpm
 from .deis import map_deis
@@ -101,7 +103,8 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     name = type(scheduler).__name__
     mapper = _MAPPERS.get(name)
     if mapper is not None and type(scheduler) is getattr(diffusers, name):
-        require_set_timesteps(scheduler)
+        require_timesteps(scheduler)
+        eta = check_float("eta", eta, 0.0)  # NumPy scalars too (one validation helper)
         return mapper(scheduler, eta, use_clipped_model_output, start)
     if name in REFUSED_SCHEDULERS:
         raise UnsupportedSchedulerError(f"{name} is not supported by trisolve_diffusion: {REFUSED_SCHEDULERS[name]}.")

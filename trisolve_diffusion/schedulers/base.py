@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std", "require_set_timesteps"]
+__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std", "require_timesteps"]
 
 
 class UnsupportedSchedulerError(ValueError):
@@ -223,7 +223,7 @@ def ve_posterior_std(sigmas: np.ndarray) -> np.ndarray:
     return posterior_std(ab[:-1], ab[1:]) * np.sqrt(1.0 + sigmas[1:] ** 2)
 
 
-def require_set_timesteps(scheduler: Any) -> None:
+def require_timesteps(scheduler: Any) -> None:
     """Refuse a scheduler whose ``set_timesteps`` has not run (the one such test; :func:`map_scheduler` calls it).
 
     Every form of ``set_timesteps`` in diffusers 0.42 (a step count, custom ``timesteps=``, custom

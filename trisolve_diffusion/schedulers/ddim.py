@@ -18,8 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trisolve._validate import check_float
-
 from .base import SchedulerMapping, check_common, linear_part, posterior_std, predictions, start_index
 
 __all__ = ["DDIMMapping", "map_ddim"]
@@ -46,7 +44,8 @@ class DDIMMapping(SchedulerMapping):
 
 def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> DDIMMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
-    eta = check_float("eta", eta, 0.0)
+    if not (isinstance(eta, (int, float)) and np.isfinite(eta) and eta >= 0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
     cfg = scheduler.config
     ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
     n = ts.shape[0]
