@@ -341,7 +341,7 @@ def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
     assert len(cost_model._CACHE) == entries - 1  # the entry goes with its denoiser
 
 
-# -- 7. what DDPMPipeline / DDIMPipeline can run --------------------------------------------------------
+# -- 7. what the pipelines whose loop neither scales nor passes step arguments by signature can run -------
 def _scheduler(cls):
     kw = {} if cls is FlowMatchEulerDiscreteScheduler else {"num_train_timesteps": 100}
     if cls is PNDMScheduler:
@@ -349,29 +349,61 @@ def _scheduler(cls):
     return cls(**kw)
 
 
+@pytest.fixture(scope="module")
+def pipelines(unet):
+    """Tiny pipelines whose own loop calls ``scheduler.step`` with fixed keywords and never scales: (pipe, call kwargs)."""
+    from trisolve_diffusion.models.digits_flow import DigitsFlowPipeline, build_unet
+    from trisolve_diffusion.models.tiny_flow import build_tiny_flux, build_tiny_sd3
+
+    torch.manual_seed(0)
+    return {
+        "DDPMPipeline": (DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=100)), {}),
+        "DDIMPipeline": (DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100)), {}),
+        "DigitsFlowPipeline": (DigitsFlowPipeline(unet=build_unet().eval(), scheduler=FlowMatchEulerDiscreteScheduler()), {}),
+        "StableDiffusion3Pipeline": (build_tiny_sd3(text_encoders=False), {"prompt_embeds": None}),
+        "FluxPipeline": (build_tiny_flux(), {"prompt": "a cat"}),
+    }
+
+
+def _call_kwargs(pipe, extra):
+    if "prompt_embeds" in extra:  # SD3 without text encoders: embeddings given
+        g = torch.Generator().manual_seed(5)
+        d = pipe.transformer.config
+        return dict(prompt_embeds=torch.randn(1, 4, d.joint_attention_dim, generator=g),
+                    pooled_prompt_embeds=torch.randn(1, d.pooled_projection_dim, generator=g), guidance_scale=1.0)  # fmt: skip
+    return extra
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.parametrize("pipe_cls", [DDPMPipeline, DDIMPipeline], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("pipe_name", ["DDPMPipeline", "DDIMPipeline", "DigitsFlowPipeline", "StableDiffusion3Pipeline", "FluxPipeline"])
 @pytest.mark.parametrize("sched_cls", td.SUPPORTED_SCHEDULERS, ids=lambda c: c.__name__)
-def test_sample_returns_an_image_only_where_the_pipelines_own_loop_runs(unet, pipe_cls, sched_cls):
-    pipe = pipe_cls(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=100))
+def test_sample_returns_an_image_only_where_the_pipelines_own_loop_runs(pipelines, pipe_name, sched_cls):
+    pipe, extra = pipelines[pipe_name]
+    own = pipe.scheduler
     pipe.scheduler = _scheduler(sched_cls)
     pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=3, output_type="np", **_call_kwargs(pipe, extra))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ref = pipe(num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
-    except TypeError as exc:  # the loop's step() keywords
-        assert "unexpected keyword argument" in str(exc)
-        with pytest.raises(UnsupportedSchedulerError, match=rf"{pipe_cls.__name__}'s own loop calls scheduler.step.*{sched_cls.__name__}"):
-            td.sample(pipe, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np", progress=False)
-        return
-    if float(getattr(pipe.scheduler, "init_noise_sigma", 1.0)) != 1.0:  # runs, but mis-scaled: no model of it to match
-        with pytest.raises(UnsupportedSchedulerError, match="mis-scaled"):
-            td.sample(pipe, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np", progress=False)
-        return
-    out = td.sample(pipe, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np", atol=1e-7, rtol=0.0,
-                    trajectory_dtype=torch.float64, progress=False)  # fmt: skip
-    np.testing.assert_allclose(out.images, ref, atol=2e-5, rtol=0)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = pipe(generator=torch.manual_seed(0), **kw).images
+        except (TypeError, ValueError) as exc:  # pipe(...) cannot run it: neither may sample()
+            if ".step() got an unexpected keyword argument" in str(exc):  # the loop's step() keywords: refused up front
+                expected, match = UnsupportedSchedulerError, rf"{pipe_name}'s own loop calls scheduler.step.*{sched_cls.__name__}"
+            else:  # e.g. set_timesteps(sigmas=, mu=) in Flux's preparation, which the front door shares
+                expected, match = type(exc), None
+            with pytest.raises(expected, match=match):
+                td.sample(pipe, generator=torch.manual_seed(0), progress=False, **kw)
+            return
+        if float(getattr(pipe.scheduler, "init_noise_sigma", 1.0)) != 1.0:  # runs, but mis-scaled: no model of it to match
+            with pytest.raises(UnsupportedSchedulerError, match="mis-scaled"):
+                td.sample(pipe, generator=torch.manual_seed(0), progress=False, **kw)
+            return
+        out = td.sample(pipe, generator=torch.manual_seed(0), atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, **kw)
+        np.testing.assert_allclose(out.images, ref, atol=2e-5, rtol=0)
+    finally:
+        pipe.scheduler = own
 
 
 def test_the_refusal_suggests_schedulers_that_the_loop_runs():

@@ -122,9 +122,10 @@ def sample(
         without meaning in a parallel solve (per-step callbacks), an unknown argument.
     UnsupportedSchedulerError
         A scheduler or scheduler option without an exact parallel form, or one that the
-        pipeline's own loop cannot run (``DDIMPipeline`` runs only DDIM; ``DDPMPipeline`` not
-        UniPC, PNDM, DEIS, LMS, Heun, KDPM2 or Euler): ``sample()`` returns only what ``pipe(...)``
-        computes. The message says what to swap to.
+        pipeline's own loop cannot run or runs mis-scaled (``DDIMPipeline`` runs only DDIM;
+        ``DDPMPipeline`` and the flow-matching pipelines never scale their noise or input, so
+        not Euler, LMS, Heun or KDPM2, and ``DDPMPipeline`` not UniPC, PNDM or DEIS either):
+        ``sample()`` returns only what ``pipe(...)`` computes. The message says what to swap to.
     ParallelSamplingError
         The network raised or returned nan/inf; ``.solution`` keeps the partial work (resume
         with ``init=err.solution.trajectory, num_frozen=err.solution.num_frozen``).

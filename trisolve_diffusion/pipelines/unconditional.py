@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from diffusers import DDIMPipeline
@@ -12,8 +11,7 @@ from trisolve._validate import check_float
 
 from ..network import unet_denoiser
 from ..sampler import SolveOptions
-from ..schedulers import UnsupportedSchedulerError
-from ._common import ParallelImagePipelineOutput, check_batch, check_steps, solve
+from ._common import ParallelImagePipelineOutput, check_batch, check_loop_runs, check_steps, solve
 
 __all__ = ["sample_unconditional"]
 
@@ -23,42 +21,11 @@ _DDPM_LOOP = (("generator",), "DDPMScheduler, DDIMScheduler, DPMSolverMultistepS
 _DDIM_LOOP = (("eta", "use_clipped_model_output", "generator"), "DDIMScheduler (DDIMPipeline converts any scheduler to it when built)")
 
 
-def check_loop_runs(pipe: Any, scheduler: Any) -> None:
-    """Refuse a scheduler that the pipeline's own ``__call__`` cannot run: there is no sequential result to match.
-
-    ``DDPMPipeline`` calls ``scheduler.step(..., generator=)`` and ``DDIMPipeline``
-    ``scheduler.step(..., eta=, use_clipped_model_output=, generator=)``: a ``step`` without one
-    of these keywords (UniPC, PNDM, DEIS, LMS, Heun, KDPM2 in both; every scheduler but DDIM in
-    ``DDIMPipeline``) makes ``pipe(...)`` raise a ``TypeError``. Neither pipeline scales its
-    noise or its model input, so a scheduler with ``init_noise_sigma != 1`` (Euler, Euler
-    ancestral, KDPM2 ancestral) runs ``pipe(...)`` mis-scaled. Called after ``set_timesteps``.
-    """
-    name, sched = type(pipe).__name__, type(scheduler).__name__
-    step_kwargs, use = _DDIM_LOOP if isinstance(pipe, DDIMPipeline) else _DDPM_LOOP
-    params = inspect.signature(scheduler.step).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    missing = [k for k in step_kwargs if k not in params and not takes_any]
-    if missing:
-        raise UnsupportedSchedulerError(
-            f"{name}'s own loop calls scheduler.step(..., {'=, '.join(step_kwargs)}=), and {sched}.step takes no "
-            f"{' / '.join(missing)}: pipe(...) itself raises a TypeError there, so sample() has no sequential result to match. "
-            f"With {name} use {use}; to sample with {sched}, call trisolve_diffusion.sample_latents("
-            "trisolve_diffusion.unet_denoiser(pipe.unet), scheduler, latents) with latents scaled by scheduler.init_noise_sigma."
-        )
-    sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))  # flow matching has none: its noise is unscaled
-    if sigma != 1.0:
-        raise UnsupportedSchedulerError(
-            f"{name} neither scales its initial noise by init_noise_sigma nor calls scale_model_input, so pipe(...) with "
-            f"{sched} (init_noise_sigma={sigma:.4g}) samples with mis-scaled latents and there is no sequential result to "
-            f"match; with {name} use {use}, or call trisolve_diffusion.sample_latents with your own latents."
-        )
-
-
 def sample_unconditional(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_size: int | None):
     """Prepare as ``DDPMPipeline.__call__`` / ``DDIMPipeline.__call__`` do, solve, post-process.
 
     Returns ``(output, solution)``; ``output`` is what ``pipe(**p)`` returns. Schedulers the
-    pipeline's own loop cannot run are refused (:func:`check_loop_runs`).
+    pipeline's own loop cannot run are refused (:func:`._common.check_loop_runs`).
     """
     unet, scheduler = pipe.unet, pipe.scheduler
     steps = check_steps(p["num_inference_steps"])
@@ -69,8 +36,8 @@ def sample_unconditional(pipe: Any, p: dict[str, Any], options: SolveOptions, ma
     device = pipe._execution_device  # read only: where the pipeline runs its networks
     latents = randn_tensor(shape, generator=generator, device=device, dtype=unet.dtype)  # as both pipelines draw them
     scheduler.set_timesteps(steps)
-    check_loop_runs(pipe, scheduler)
     ddim = isinstance(pipe, DDIMPipeline)
+    check_loop_runs(pipe, scheduler, *(_DDIM_LOOP if ddim else _DDPM_LOOP))
     eta = p["eta"] if ddim else 0.0
     if ddim:
         eta = check_float("eta", eta, 0.0, high=1.0, hint="(as DDIMPipeline requires)")
