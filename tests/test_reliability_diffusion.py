@@ -86,6 +86,8 @@ CUSTOM = [
     ("heun-timesteps", lambda: HeunDiscreteScheduler(num_train_timesteps=T), dict(timesteps=[900, 500, 250, 100])),
     ("flow-sigmas", lambda: FlowMatchEulerDiscreteScheduler(), dict(sigmas=[1.0, 0.7, 0.4, 0.15])),
     ("flow-timesteps", lambda: FlowMatchEulerDiscreteScheduler(), dict(timesteps=[1000.0, 750.0, 400.0, 100.0])),
+    ("unipc-flow-sigmas", lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"),
+     dict(sigmas=np.array([1.0, 0.6, 0.3, 0.1]))),  # fmt: skip
 ]
 
 
@@ -103,20 +105,13 @@ def _set(make, set_kw):
 
 def test_every_custom_schedule_form_of_the_supported_schedulers_is_covered():
     """The audit as a test: a scheduler that gains timesteps=/sigmas= in diffusers gets a CUSTOM case or a refusal case."""
-    covered = {type(make()).__name__ for _, make, _ in CUSTOM} | {"UniPCMultistepScheduler"}  # UniPC: see the refusal below
+    covered = {type(make()).__name__ for _, make, _ in CUSTOM}
     takes_custom = {
         cls.__name__
         for cls in td.SUPPORTED_SCHEDULERS
         if {"timesteps", "sigmas"} & set(inspect.signature(cls.set_timesteps).parameters)
     }
     assert takes_custom <= covered, takes_custom - covered
-
-
-def test_custom_sigmas_on_unipc_are_refused_for_their_flow_sigmas_not_for_set_timesteps():
-    s = UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction")
-    s.set_timesteps(sigmas=np.array([1.0, 0.6, 0.3, 0.1]))
-    with pytest.raises(UnsupportedSchedulerError, match="use_flow_sigmas"):
-        td.map_scheduler(s)
 
 
 #: schedulers whose __init__ does not run set_timesteps itself (LMS, Heun and KDPM2 do, for the training length)
