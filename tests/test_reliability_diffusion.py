@@ -349,6 +349,7 @@ def pipelines(unet):
     """Tiny pipelines whose own loop calls ``scheduler.step`` with fixed keywords and never scales: (pipe, call kwargs)."""
     from trisolve_diffusion.models.digits_flow import DigitsFlowPipeline, build_unet
     from trisolve_diffusion.models.tiny_flow import build_tiny_flux, build_tiny_sd3
+    from trisolve_diffusion.models.tiny_video import build_tiny_ltx, build_tiny_wan
 
     torch.manual_seed(0)
     return {
@@ -357,7 +358,12 @@ def pipelines(unet):
         "DigitsFlowPipeline": (DigitsFlowPipeline(unet=build_unet().eval(), scheduler=FlowMatchEulerDiscreteScheduler()), {}),
         "StableDiffusion3Pipeline": (build_tiny_sd3(text_encoders=False), {"prompt_embeds": None}),
         "FluxPipeline": (build_tiny_flux(), {"prompt": "a cat"}),
+        "WanPipeline": (build_tiny_wan(), VIDEO),
+        "LTXPipeline": (build_tiny_ltx(), dict(VIDEO, height=32, width=32)),
     }
+
+
+VIDEO = dict(prompt="a cat", height=16, width=16, num_frames=5, max_sequence_length=8, guidance_scale=1.0, output_type="latent")
 
 
 def _call_kwargs(pipe, extra):
@@ -370,20 +376,23 @@ def _call_kwargs(pipe, extra):
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-@pytest.mark.parametrize("pipe_name", ["DDPMPipeline", "DDIMPipeline", "DigitsFlowPipeline", "StableDiffusion3Pipeline", "FluxPipeline"])
+@pytest.mark.parametrize(
+    "pipe_name", ["DDPMPipeline", "DDIMPipeline", "DigitsFlowPipeline", "StableDiffusion3Pipeline", "FluxPipeline", "WanPipeline", "LTXPipeline"]
+)
 @pytest.mark.parametrize("sched_cls", td.SUPPORTED_SCHEDULERS, ids=lambda c: c.__name__)
 def test_sample_returns_an_image_only_where_the_pipelines_own_loop_runs(pipelines, pipe_name, sched_cls):
     pipe, extra = pipelines[pipe_name]
     own = pipe.scheduler
     pipe.scheduler = _scheduler(sched_cls)
     pipe.set_progress_bar_config(disable=True)
-    kw = dict(num_inference_steps=3, output_type="np", **_call_kwargs(pipe, extra))
+    kw = dict({"num_inference_steps": 3, "output_type": "np"}, **_call_kwargs(pipe, extra))
+    result = (lambda out: out.frames) if "num_frames" in kw else (lambda out: out.images)  # noqa: E731
     try:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ref = pipe(generator=torch.manual_seed(0), **kw).images
-        except (TypeError, ValueError) as exc:  # pipe(...) cannot run it: neither may sample()
+                ref = result(pipe(generator=torch.manual_seed(0), **kw))
+        except (TypeError, ValueError, AttributeError) as exc:  # pipe(...) cannot run it: neither may sample()
             if ".step() got an unexpected keyword argument" in str(exc):  # the loop's step() keywords: refused up front
                 expected, match = UnsupportedSchedulerError, rf"{pipe_name}'s own loop calls scheduler.step.*{sched_cls.__name__}"
             else:  # e.g. set_timesteps(sigmas=, mu=) in Flux's preparation, which the front door shares
@@ -396,7 +405,7 @@ def test_sample_returns_an_image_only_where_the_pipelines_own_loop_runs(pipeline
                 td.sample(pipe, generator=torch.manual_seed(0), progress=False, **kw)
             return
         out = td.sample(pipe, generator=torch.manual_seed(0), atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, **kw)
-        np.testing.assert_allclose(out.images, ref, atol=2e-5, rtol=0)
+        np.testing.assert_allclose(result(out), ref, atol=2e-5, rtol=0)
     finally:
         pipe.scheduler = own
 
