@@ -107,3 +107,18 @@ def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     rows = {r["setting"]: r for r in json.loads((tmp_path / "memory_quick.json").read_text())["rows"]}
     assert all(r["status"] == "CONVERGED" and r["record_bytes_per_round"] == 24 for r in rows.values())
     assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]
+
+
+def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, monkeypatch):
+    """``ranks.py --quick``: torchrun with 1 and 2 gloo ranks beside the loop; the samples match the loop, the ranks agree."""
+    _run("ranks", ["--quick"], tmp_path, monkeypatch)
+    payload = json.loads((tmp_path / "ranks_quick.json").read_text())
+    assert payload["machine"]["cpus"] >= 1
+    one, two = (payload["runs"][k]["rows"] for k in ("1", "2"))
+    assert [(r["model"], r["batch"]) for r in one] == [(r["model"], r["batch"]) for r in two] == [("digits", 1), ("tiny_sd", 1)]
+    assert all(len(payload["runs"][k]["loadavg_before"]) == 3 for k in ("1", "2"))
+    for r in one:
+        assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["max_abs_diff_to_loop"] < 5e-3 and r["loop_seconds"] > 0
+    for r in two:  # two collectives (header, outputs) per network call on two ranks
+        assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["collectives"] % 2 == 0 and r["collectives"] >= 2
+    assert (tmp_path / "ranks_quick.md").read_text().count("|") > 10

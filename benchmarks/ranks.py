@@ -1,0 +1,172 @@
+"""The same sample on 1 and 2 ranks and the sequential loop, side by side (issue 28).
+
+    python benchmarks/ranks.py            # results/ranks.{json,md}: batch 1, 4, 8; medians of 4
+    python benchmarks/ranks.py --quick    # smoke size (the test suite runs this): batch 1, few steps, 1 run
+
+For each rank count ``P`` in (1, 2) the script starts ``torchrun --standalone --nproc-per-node P``
+on itself (gloo, one thread per rank, ``OMP_NUM_THREADS=1``); every rank times, for each model and
+batch, the default ``trisolve_diffusion.sample(pipe, ..., distributed=True)`` (the plan on ``P``
+ranks: the automatic window, the network batch split over the ranks) and, in the 1-rank run,
+the pipeline's own loop ``pipe(...)`` with one thread. Rank 0 writes its medians; the parent
+puts the runs side by side with the machine and its load (``os.getloadavg`` before and after
+each run: on a machine shared with other work the times say little; rounds, windows and the
+image difference do not depend on it).
+
+Models: the bundled digits DDPM with DDIM-50 (pixel space), and the tiny SD pipeline with
+guidance 7.5, DDIM-50. Each timed run draws the same seed; the first call (measuring the plan,
+cached per network) is a warm-up and is not timed.
+
+Targets of issue 28 (for a run on a quiet machine): ``P = 2`` at least 1.3x the loop at batch 1
+and 1.6x at batch 8 on the digits model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODELS = ("digits", "tiny_sd")
+
+
+def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
+    """One rank: time every (model, batch) case; rank 0 writes ``out``."""
+    import numpy as np
+    import torch
+    import torch.distributed as dist
+
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+    from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    pipes = {"digits": load_digits_pipeline("ddim"), "tiny_sd": build_tiny_stable_diffusion()}
+    rows = []
+    for name in MODELS:
+        pipe = pipes[name]
+        pipe.set_progress_bar_config(disable=True)
+        for batch in batches:
+
+            def args():
+                if name == "digits":
+                    return dict(batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="np")
+                return dict(prompt=["a cat"] * batch, num_inference_steps=steps, guidance_scale=7.5, generator=torch.manual_seed(0),
+                            output_type="np")  # fmt: skip
+
+            def parallel():
+                return td.sample(pipe, **args(), distributed=True)
+
+            parallel()  # warm-up: the plan's measurement (cached per network) and the allocator
+            times = []
+            for _ in range(repeats):
+                dist.barrier()
+                start = time.perf_counter()
+                o = parallel()
+                times.append(time.perf_counter() - start)
+            times = [max(v) for v in _gather_floats(times)]  # the slowest rank is the sample's time
+            choice = td.cost_model.last_choice
+            row = dict(model=name, batch=batch, ranks=world, seconds=statistics.median(times), runs=times, rounds=o.solution.num_rounds,
+                       window=choice.window, predicted_seconds=choice.seconds, predicted_loop_seconds=choice.model.sequential_time(),
+                       status=o.solution.status.name, collectives=choice.split.collectives if choice.split is not None else None,
+                       bytes_gathered=choice.split.bytes_gathered if choice.split is not None else None)  # fmt: skip
+            if world == 1:  # the loop on one thread, and the image difference
+                pipe(**args())  # warm-up
+                loop_times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    seq = pipe(**args())
+                    loop_times.append(time.perf_counter() - start)
+                row.update(loop_seconds=statistics.median(loop_times), loop_runs=loop_times,
+                           max_abs_diff_to_loop=float(np.abs(np.asarray(o.images) - np.asarray(seq.images)).max()))  # fmt: skip
+            rows.append(row)
+    if rank == 0:
+        out.write_text(json.dumps(rows))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _gather_floats(values: list[float]) -> list[list[float]]:
+    """``[[rank 0's v_i, rank 1's v_i, ...] for each i]``."""
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64)
+    out = [torch.zeros_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return [[float(o[i]) for o in out] for i in range(len(values))]
+
+
+def _launch(ranks: int, batches: list[int], steps: int, repeats: int, timeout: float) -> tuple[list[dict], tuple, tuple]:
+    """Run the worker on ``ranks`` gloo processes; its rows and the load average before and after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                   PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))  # fmt: skip
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={ranks}", str(Path(__file__).resolve()),
+               "--worker", str(out), "--batches", ",".join(map(str, batches)), "--steps", str(steps), "--repeats", str(repeats)]  # fmt: skip
+        load_before = os.getloadavg()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        load_after = os.getloadavg()
+        if proc.returncode != 0:
+            raise RuntimeError(f"torchrun with {ranks} rank(s) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return json.loads(out.read_text()), load_before, load_after
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke size: batch 1, 6 steps, 1 run")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--batches", default="1,4,8")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batches.split(",")]
+    if args.worker is not None:
+        _worker(args.worker, batches, args.steps, args.repeats)
+        return
+    if args.quick:
+        batches, args.steps, args.repeats = [1], 6, 1
+    from common import write
+
+    runs = {}
+    for ranks in (1, 2):
+        rows, before, after = _launch(ranks, batches, args.steps, args.repeats, timeout=600 if args.quick else 7200)
+        runs[ranks] = dict(rows=rows, loadavg_before=before, loadavg_after=after)
+    one = {(r["model"], r["batch"]): r for r in runs[1]["rows"]}
+    two = {(r["model"], r["batch"]): r for r in runs[2]["rows"]}
+    lines = [
+        f"# One and two ranks against the loop (DDIM-{args.steps}, gloo, 1 thread per process, medians of {args.repeats})",
+        "",
+        f"Load average (1, 5, 15 min) before/after: 1 rank {_load(runs[1])}; 2 ranks {_load(runs[2])}. "
+        "Times on a loaded machine say little; rounds and windows do not depend on the load.",
+        "",
+        "| model | batch | loop `pipe(...)` s | 1 rank s (window, rounds) | 2 ranks s (window, rounds) | loop / 2 ranks "
+        "| 2 ranks predicted s | max abs diff 1 rank vs loop |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in one:
+        a, b = one[key], two[key]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {a['loop_seconds']:.3f} | {a['seconds']:.3f} ({a['window']}, {a['rounds']}) "
+            f"| {b['seconds']:.3f} ({b['window']}, {b['rounds']}) | {a['loop_seconds'] / b['seconds']:.2f}x "
+            f"| {b['predicted_seconds']:.3f} | {a['max_abs_diff_to_loop']:.1e} |"
+        )
+    name = "ranks_quick" if args.quick else "ranks"
+    write(name, {"steps": args.steps, "repeats": args.repeats, "runs": {str(k): v for k, v in runs.items()}}, "\n".join(lines) + "\n")
+
+
+def _load(run: dict) -> str:
+    return f"{'/'.join(f'{v:.1f}' for v in run['loadavg_before'])} -> {'/'.join(f'{v:.1f}' for v in run['loadavg_after'])}"
+
+
+if __name__ == "__main__":
+    main()
