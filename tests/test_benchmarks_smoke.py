@@ -39,7 +39,9 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches", "k_samplers"]
+    "name",
+    ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches", "k_samplers",
+     "multi_gpu_model"],  # fmt: skip
 )
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
@@ -122,3 +124,14 @@ def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, mon
     for r in two:  # two collectives (header, outputs) per network call on two ranks
         assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["collectives"] % 2 == 0 and r["collectives"] >= 2
     assert (tmp_path / "ranks_quick.md").read_text().count("|") > 10
+
+
+def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_path, monkeypatch):
+    """``multi_gpu_model.py``: the Flux-sized batch of 8 splits its samples (window 1) and scales with the GPUs; digits does not."""
+    _run("multi_gpu_model", ["--quick"], tmp_path, monkeypatch)
+    rows = json.loads((tmp_path / "multi_gpu_model_quick.json").read_text())["rows"]
+    flux8 = {r["devices"]: r for r in rows if r["model"].startswith("Flux") and r["batch"] == 8 and r["link"] in ("-", "NVLink 4")}
+    assert all(r["window"] == 1 for r in flux8.values())
+    assert flux8[8]["speedup"] > 3 * flux8[2]["speedup"] / 2 > 1.5
+    digits = [r["speedup"] for r in rows if r["model"].startswith("digits") and r["batch"] == 1 and r["link"] in ("-", "NVLink 4")]
+    assert max(digits) < 1.1 * min(digits)  # a network that does not fill one GPU gains nothing from more
