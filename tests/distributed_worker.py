@@ -89,7 +89,8 @@ def main(out: Path) -> None:
                          update_map=trisolve.Picard(), window=trisolve.SlidingWindow(16), atol=1e-12)  # fmt: skip
     np.save(out / f"semilinear_rank{rank}.npy", sol.trajectory.numpy())
     record("semilinear", status=sol.status.name, rounds=sol.num_rounds, evals=sol.num_evals,
-           rows_evaluated=sharded.g.rows_evaluated, rows_requested=sharded.g.rows_requested)  # fmt: skip
+           rows_evaluated=sharded.g.rows_evaluated, rows_requested=sharded.g.rows_requested, calls=sharded.g.calls,
+           collectives=sharded.g.collectives, bytes=sharded.g.bytes_gathered)  # fmt: skip
 
     # 3. the bundled digits model through sample(pipe, ..., distributed=True)
     import trisolve_diffusion as td

@@ -82,6 +82,10 @@ def test_semilinear_taa_matches_single_process_and_splits_g_rows(ranks):
     assert r0["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"]
     assert r0["rows_evaluated"] + r1["rows_evaluated"] == r0["rows_requested"] == r0["evals"]
     assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= r0["rounds"]
+    # traffic: two collectives per call (header, rows); each rank receives both headers and every row, padded to equal chunks
+    assert r0["collectives"] == 2 * r0["calls"] and r0["calls"] <= r0["rounds"]
+    assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8
+    assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8
 
 
 def test_digits_sample_matches_single_process(ranks):
