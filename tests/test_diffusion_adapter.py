@@ -107,7 +107,7 @@ def test_progress_bar_follows_set_progress_bar_config(capsys):
     pipe.set_progress_bar_config(disable=False, desc="parallel", ncols=120)
     td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
     err = capsys.readouterr().err
-    assert "parallel" in err and "round=" in err and "frozen=" in err and "max_res=" in err
+    assert "parallel" in err and "20/20" in err and "round=" in err and "status=CONVERGED" in err  # the bar's end
     pipe.set_progress_bar_config(disable=True)
     td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
     assert capsys.readouterr().err == ""
@@ -247,3 +247,73 @@ def test_ddim_identity_step_is_written_exactly(config, identity):
         x, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
         prev = sched.step(out, sched.timesteps[-1], x, eta=0.0).prev_sample
         torch.testing.assert_close(prev, x, rtol=0, atol=1e-5)
+
+
+class _RecordingBar:
+    """A tqdm-like bar that records its position and postfixes."""
+
+    def __init__(self, total):
+        self.total, self.n, self.postfixes, self.closed = total, 0, [], False
+
+    def update(self, k):
+        assert k > 0
+        self.n += k
+
+    def set_postfix(self, refresh=True, **kw):
+        self.postfixes.append(kw)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "options, status",
+    [
+        (dict(), trisolve.Status.CONVERGED),
+        (dict(final_atol=0.5), trisolve.Status.FINAL_ROW_CONVERGED),
+        (dict(max_iter=3), trisolve.Status.MAX_ITER),
+    ],
+)
+def test_progress_bar_ends_at_100_percent_on_a_solution_and_shows_pending_residuals(options, status):
+    """A finished solve ends its bar at n/n; max_res is the largest scaled residual of the steps still pending."""
+    pipe = gmm_pipe()
+    pipe.scheduler.set_timesteps(30)
+    latents = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    bars, infos = [], []
+
+    def progress(total):
+        bars.append(_RecordingBar(total))
+        return bars[-1]
+
+    opts = td.SolveOptions(progress=progress, callback=infos.append, **options)
+    with pytest.warns(td.UnconvergedSampleWarning) if status is trisolve.Status.MAX_ITER else _no_warning():
+        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, options=opts)
+    assert sol.status is status
+    (bar,) = bars
+    assert bar.total == 30 and bar.closed
+    assert bar.n == (30 if status.ok else sol.num_frozen - 1)
+    if status is not trisolve.Status.CONVERGED:
+        assert sol.num_frozen - 1 < 30  # steps were still pending: a FINAL_ROW_CONVERGED bar completes anyway
+    per_round, end = bar.postfixes[:-1], bar.postfixes[-1]
+    assert end == {"round": sol.num_rounds, "status": status.name}
+    assert len(per_round) == sol.num_rounds == len(infos)
+    for shown, info in zip(per_round, infos):
+        pending = info.errors[info.num_frozen - info.lo :]
+        assert shown["frozen"] == info.num_frozen - 1
+        if pending.size:
+            assert float(shown["max_res"]) == pytest.approx(float(pending.max()), rel=1e-2)
+        else:
+            assert "max_res" not in shown and info.num_frozen == 31
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def cm():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", td.UnconvergedSampleWarning)
+            yield
+
+    return cm()
