@@ -49,7 +49,7 @@ if sol.status is trisolve.Status.CONVERGED:
 else:  # FINAL_ROW_CONVERGED: the output-aware finish of pixel-space pipelines (final_atol="auto")
     pending = f"step {sol.n} was" if sol.num_frozen == sol.n else f"steps {sol.num_frozen}..{sol.n} were"
     print(
-        f"{pending} not yet within the tolerance when the final image's pending correction fell below one 8-bit grey "
+        f"{pending} not yet final (not all within the tolerance) when the final image's pending correction fell below one 8-bit grey "
         "level (final_atol): the solve stopped there, so the sample is close to, not equal to, the sequential one"
     )
 
