@@ -58,8 +58,8 @@ def test_refuses_unsupported_pipelines_and_schedulers():
 def test_refuses_arguments_without_meaning_in_a_parallel_solve():
     sd = build_tiny_stable_diffusion()
     sd.set_progress_bar_config(disable=True)
-    with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback cannot run inside a parallel solve"):
-        td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})
+    with pytest.raises(TypeError, match="callback_steps: diffusers' deprecated per-step callback cannot run inside a parallel solve"):
+        td.sample(sd, "a cat", callback_steps=1)
     with pytest.raises(TypeError, match="unexpected arguments \\['not_an_argument'\\]"):
         td.sample(sd, "a cat", not_an_argument=1)
     with pytest.raises(TypeError, match="DDIMPipeline: got an unexpected keyword argument 'prompt'"):
@@ -317,3 +317,39 @@ def _no_warning():
             yield
 
     return cm()
+
+
+def test_callback_on_step_end_gets_the_calls_pipe_makes():
+    """diffusers' per-step callback, passed as to pipe(...): same step indices, timesteps and latents, once per step."""
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+
+    def recorder(store):
+        def callback(pipe, i, t, callback_kwargs):
+            assert pipe is sd
+            store.append((i, int(t), callback_kwargs["latents"].clone()))
+            return callback_kwargs
+
+        return callback
+
+    ref, got = [], []
+    kw = dict(prompt="a cat", num_inference_steps=6, output_type="latent")
+    sd(**kw, generator=torch.manual_seed(0), callback_on_step_end=recorder(ref))
+    td.sample(sd, **kw, generator=torch.manual_seed(0), callback_on_step_end=recorder(got),
+              atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)  # fmt: skip
+    assert len(ref) == 6
+    assert [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in ref]
+    for (_, _, a), (_, _, b) in zip(got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # float32 round-off of the two loops
+
+    def changes(pipe, i, t, callback_kwargs):
+        return {"latents": callback_kwargs["latents"] * 0}
+
+    with pytest.raises(ValueError, match="returned changed latents at step 0.*cannot change the latents"):
+        td.sample(sd, **kw, generator=torch.manual_seed(0), callback_on_step_end=changes, progress=False)
+    with pytest.raises(ValueError, match="has to be in"):
+        td.sample(sd, **kw, callback_on_step_end=recorder([]), callback_on_step_end_tensor_inputs=["not_a_tensor"])
+    with pytest.raises(TypeError, match="DDIMPipeline.*takes no callback_on_step_end"):
+        td.sample(gmm_pipe(), callback_on_step_end=recorder([]))

@@ -143,7 +143,9 @@ class SolveOptions:
     trajectory_dtype : torch.dtype
         dtype of the trajectory and residuals (float32 or float64); the network keeps its own.
     callback : callable, optional
-        ``callback(info: trisolve.RoundInfo)`` after every round; a true return stops.
+        ``callback(info: trisolve.RoundInfo)`` after every parallel *round* (not per step); a
+        true return stops. diffusers' per-step ``callback_on_step_end`` is a :func:`sample`
+        argument, called once per step after the solve.
     progress : bool or callable
         ``True``: a tqdm bar over the steps (``round``, ``frozen`` steps and ``max_res`` in its
         postfix: the largest scaled residual, converged iff ``<= 1``, of the steps not yet final
