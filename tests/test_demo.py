@@ -50,3 +50,23 @@ def test_machine_description_names_cores_threads_and_torch():
 
     text = machine_description("cpu")
     assert f"{os.cpu_count()} cores" in text and torch.__version__ in text and f"{torch.get_num_threads()} threads" in text
+
+
+def test_verdict_of_a_timing_and_the_window_description():
+    import numpy as np
+
+    import trisolve
+    from trisolve_diffusion.demo import verdict_of, window_description
+
+    timing = {"times": {"sequential": [1.0, 1.1, 1.2], "parallel": [3.0, 3.1, 3.3]}, "median": {"sequential": 1.1, "parallel": 3.1},
+              "load_before": 1.0, "load_after": 2.5}  # fmt: skip
+    text = verdict_of(timing, evals_ratio=4.0)
+    assert text.startswith(f"parallel was {1.1 / 3.1:.2f}x (slower) here") and "load average 2.5" in text
+    timing["times"]["parallel"] = [1.05, 1.3, 1.4]
+    timing["median"]["parallel"] = 1.3
+    assert verdict_of(timing).startswith("no clear winner")  # the ranges overlap
+    rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]), n=20)
+    full = trisolve.solve(rnn, trisolve.Jacobi(), np.ones(2), atol=1e-9)
+    sliding = trisolve.solve(rnn, trisolve.Jacobi(), np.ones(2), atol=1e-9, window=trisolve.SlidingWindow(5))
+    assert window_description(full) == "all 20 steps (full window, the default)"
+    assert window_description(sliding, "--window") == "sliding, 5 steps (--window)"

@@ -33,7 +33,7 @@ import trisolve
 from .models.digits import load_digits_pipeline
 from .sample import sample
 
-__all__ = ["main", "psnr", "run_demo", "time_interleaved", "machine_description", "timing_verdict"]
+__all__ = ["main", "psnr", "run_demo", "time_interleaved", "machine_description", "timing_verdict", "verdict_of", "window_description"]
 
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
 SOLVERS = ("taa", "anderson", "jacobi")
@@ -134,6 +134,27 @@ def timing_verdict(
     )
 
 
+def verdict_of(timing: dict, *, evals_ratio: float | None = None) -> str:
+    """:func:`timing_verdict` of a :func:`time_interleaved` result with ``"sequential"`` and ``"parallel"`` runs.
+
+    The medians, whether the two ranges of run times overlap (then there is no clear winner),
+    the larger of the load averages before and after, and this machine's core count.
+    """
+    ts, tp = timing["times"]["sequential"], timing["times"]["parallel"]
+    overlap = len(ts) > 1 and len(tp) > 1 and max(min(ts), min(tp)) <= min(max(ts), max(tp))
+    load = max(timing["load_before"], timing["load_after"])
+    t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
+    return timing_verdict(t_seq, t_par, evals_ratio=evals_ratio, cores=os.cpu_count(), load=load, spread=overlap)
+
+
+def window_description(sol: trisolve.Solution, chosen: str = "the default") -> str:
+    """The window a solve used, from its rounds: ``"all n steps (full window, <chosen>)"`` or ``"sliding, w steps (<chosen>)"``."""
+    n = sol.n
+    if not sol.windows or sol.windows[0] == (1, n + 1):
+        return f"all {n} steps (full window, {chosen})"
+    return f"sliding, {max(hi - lo for lo, hi in sol.windows)} steps ({chosen})"
+
+
 def _solver(name: str, history: int) -> trisolve.Solver:
     if name == "taa":
         return trisolve.TriangularAnderson(history_size=history)
@@ -195,15 +216,9 @@ def run_demo(
     t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
     sol = par.solution
     n = sol.n
-    lo, hi = sol.windows[0]
-    widest = max(h - lo_ for lo_, h in sol.windows)
-    chosen = "the default" if window is None else "--window"
-    window_text = f"all {n} steps (full window, {chosen})" if (lo, hi) == (1, n + 1) else f"sliding, {widest} steps ({chosen})"
+    window_text = window_description(sol, "the default" if window is None else "--window")
     ts, tp = timing["times"]["sequential"], timing["times"]["parallel"]
-    overlap = max(min(ts), min(tp)) <= min(max(ts), max(tp)) and repeats > 1
-    cores = os.cpu_count()
-    load = max(timing["load_before"], timing["load_after"])
-    verdict = timing_verdict(t_seq, t_par, evals_ratio=sol.num_evals / n, cores=cores, load=load, spread=overlap)
+    verdict = verdict_of(timing, evals_ratio=sol.num_evals / n)
     machine = machine_description(pipe.device)
     result = {
         "steps": n,
