@@ -48,7 +48,7 @@ timing = time_interleaved(
 )
 t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
 print(f"machine: {machine_description(pipe.device)}; load average {timing['load_before']:.1f} before, {timing['load_after']:.1f} after")
-print(f"median wall time of 3: sequential {t_seq:.2f} s, parallel {t_par:.2f} s (window: {window_description(out.solution)})")
+print(f"median wall time of 3: sequential {t_seq:.2f} s, parallel {t_par:.2f} s; window: {window_description(out.solution)}")
 print(verdict_of(timing, evals_ratio=out.solution.num_evals / out.solution.n))
 
 
