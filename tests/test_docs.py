@@ -18,6 +18,7 @@ PUBLIC_MODULES = (
     "trisolve_diffusion",
     "trisolve_diffusion.schedulers",
     "trisolve_diffusion.cost_model",
+    "trisolve_diffusion.demo",
     "trisolve_diffusion.models",
     "trisolve_diffusion.models.closed_form",
     "trisolve_diffusion.models.digits",

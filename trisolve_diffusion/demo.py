@@ -316,6 +316,7 @@ def _figure(seq: np.ndarray, par: np.ndarray, sol: trisolve.Solution, path: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m trisolve_diffusion [options]``: parse the command line and :func:`run_demo` (``--help`` lists the options)."""
     ap = argparse.ArgumentParser(prog="python -m trisolve_diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
