@@ -10,6 +10,15 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
+def _models_modules() -> tuple[str, ...]:
+    """Every module of ``trisolve_diffusion.models`` (a new bundled model or tiny builder is found without a list)."""
+    import pkgutil
+
+    import trisolve_diffusion.models as models
+
+    return tuple(f"trisolve_diffusion.models.{m.name}" for m in pkgutil.iter_modules(models.__path__) if not m.name.startswith("_"))
+
+
 #: modules whose ``__all__`` is public API: both packages, the bundled models and the submodules
 #: the API page documents by their dotted path
 PUBLIC_MODULES = (
@@ -20,11 +29,7 @@ PUBLIC_MODULES = (
     "trisolve_diffusion.cost_model",
     "trisolve_diffusion.demo",
     "trisolve_diffusion.models",
-    "trisolve_diffusion.models.closed_form",
-    "trisolve_diffusion.models.digits",
-    "trisolve_diffusion.models.digits_flow",
-    "trisolve_diffusion.models.tiny_sd",
-    "trisolve_diffusion.models.tiny_flow",
+    *_models_modules(),
 )
 
 
