@@ -140,9 +140,14 @@ class SolveOptions:
     trajectory_dtype : torch.dtype
         dtype of the trajectory and residuals (float32 or float64); the network keeps its own.
     callback : callable, optional
-        ``callback(info: trisolve.RoundInfo)`` after every round; a true return stops.
+        ``callback(info: trisolve.RoundInfo)`` after every parallel *round* (not per step); a
+        true return stops. diffusers' per-step ``callback_on_step_end`` is a :func:`sample`
+        argument, called once per step after the solve.
     progress : bool or callable
-        ``True``: a tqdm bar over the rows (``round``, ``frozen``, ``max_res`` in its postfix);
+        ``True``: a tqdm bar over the steps (``round``, ``frozen`` steps and ``max_res`` in its
+        postfix: the largest scaled residual, converged iff ``<= 1``, of the steps not yet final
+        after the round, at the iterate the round evaluated); a solve that returns a solution
+        (status ``CONVERGED`` or ``FINAL_ROW_CONVERGED``) ends the bar at 100 % with its status;
         ``False``: none; a callable ``progress(total=n)`` returning a tqdm-like bar (the
         pipeline front doors pass ``pipe.progress_bar``, so ``pipe.set_progress_bar_config``
         applies).
@@ -295,7 +300,15 @@ def draw_noise(
 
 
 class _Progress:
-    """Rows frozen so far on a tqdm-like bar, with the round's numbers in its postfix."""
+    """Steps final so far on a tqdm-like bar, with the round's numbers in its postfix.
+
+    After each round: ``round``, ``frozen`` (steps final) and ``max_res``, the largest scaled
+    residual (converged iff ``<= 1``, docs/glossary) among the steps still iterated after the
+    round, measured at the iterate that round evaluated; the rows that froze in the round
+    (the first failing one included, which one plain step made exact) are not in it. At the
+    end (:meth:`finish`) a solve that returned a solution (``status.ok``) completes the bar
+    to ``n`` and shows its status; any other end leaves the bar at the steps that are final.
+    """
 
     def __init__(self, progress: bool | Callable[..., Any], n: int):
         self.n, self.done = n, 0
@@ -310,8 +323,17 @@ class _Progress:
 
     def round(self, info: trisolve.RoundInfo) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(round=info.round, frozen=min(info.num_frozen - 1, self.n), max_res=f"{info.max_error:.3g}", refresh=False)
+            pending = info.errors[info.num_frozen - info.lo :]  # window rows not final after the round
+            shown = {"max_res": f"{float(np.max(pending)):.3g}"} if pending.size else {}
+            self.bar.set_postfix(round=info.round, frozen=min(info.num_frozen - 1, self.n), **shown, refresh=False)
             self.advance(info.num_frozen)
+
+    def finish(self, sol: trisolve.Solution) -> None:
+        """The solve's end: ``n`` of ``n`` with the status when it returned a solution, else the final steps."""
+        if self.bar is None:
+            return
+        self.advance(self.n + 1 if sol.status.ok else sol.num_frozen)
+        self.bar.set_postfix(round=sol.num_rounds, status=sol.status.name, refresh=True)
 
     def advance(self, num_frozen: int) -> None:
         frozen = min(num_frozen - 1, self.n)
@@ -526,7 +548,7 @@ def solve_rows(
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
                 final_row_atol=None if options.final_atol == "auto" else options.final_atol,
             )  # fmt: skip
-        bar.advance(sol.num_frozen)
+        bar.finish(sol)
     finally:
         bar.close()
     _raise_for_status(sol, options.strict)

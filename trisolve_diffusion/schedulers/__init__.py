@@ -50,6 +50,7 @@ _MAPPERS = {
     "CogVideoXDDIMScheduler": lambda s, eta, clipped, start: map_cogvideox_ddim(s, start),
 }
 
+#: The diffusers scheduler classes :func:`map_scheduler` maps (and ``sample()`` / ``sample_latents`` accept).
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
 
 _SWAP = "pipe.scheduler = {to}.from_config(pipe.scheduler.config)"
