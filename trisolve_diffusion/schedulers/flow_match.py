@@ -47,18 +47,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, start_index, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, start_index, timesteps_of
+from .parametrisation import Parametrisation
 
-__all__ = ["FlowMatchMapping", "map_flow_match", "flow_posterior_std"]
-
-
-def flow_posterior_std(s: np.ndarray) -> np.ndarray:
-    """Tolerance scale of each step for flow sigmas ``s`` ``(n + 1,)``, shape ``(n,)`` (see module docstring)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        norm2 = (1.0 - s) ** 2 + s**2
-        ab = (1.0 - s) ** 2 / norm2
-    hi, lo = np.minimum(ab[:-1], ab[1:]), np.maximum(ab[:-1], ab[1:])  # noisier level first
-    return posterior_std(hi, lo) * np.sqrt(norm2[1:])
+__all__ = ["FlowMatchMapping", "map_flow_match"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,22 +58,21 @@ class FlowMatchMapping(SchedulerMapping):
     """``g_j = v_j``: the network's velocity, unchanged (guidance is applied in the denoiser).
 
     ``default_history_size = 1``: the default ``TriangularAnderson`` keeps one difference pair
-    for flow-matching loops (see the module docstring).
+    for flow-matching loops (see the module docstring). The rows' levels are
+    ``alpha = 1 - sigma_j``, ``sigma = sigma_j`` (``flow_sigmas``).
     """
 
     default_history_size: ClassVar[int] = 1
 
-    flow_sigmas: np.ndarray = None  # sigma_j of rows 0..n    (n + 1,)
-
-    def g(self, x, model_output, lo, hi):
-        return model_output
+    @property
+    def flow_sigmas(self) -> np.ndarray:
+        """``sigma_j`` of rows ``0..n``, ``(n + 1,)`` (of the rescaled rows after :meth:`scaled`, times ``row_scale``)."""
+        return self.rows.sigma
 
 
 def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping:
     """The semilinear form of a ``FlowMatchEulerDiscreteScheduler`` loop (after ``set_timesteps``), from step ``start``."""
     name = type(scheduler).__name__
-    if getattr(scheduler, "num_inference_steps", None) is None:
-        raise ValueError(f"{name}.set_timesteps has not been called; call it (as the pipeline does) before mapping the scheduler.")
     start = start_index(scheduler, start)
     ts_all = timesteps_of(scheduler)  # as the pipeline passes them, (n,)
     sig = scheduler.sigmas.detach().double().cpu().numpy()[start:]  # (n + 1,)
@@ -98,21 +89,14 @@ def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping
             "Pass distinct sigmas/timesteps to set_timesteps."
         )
     s, s_next = sig[:-1], sig[1:]
-    if scheduler.config.stochastic_sampling:
-        a, B, noise_scale = 1.0 - s_next, -(1.0 - s_next) * s, s_next
-        noise_drawn = np.ones(n, dtype=bool)
-    else:
-        a, B, noise_scale = np.ones(n), s_next - s, np.zeros(n)
-        noise_drawn = np.zeros(n, dtype=bool)
+    stochastic = bool(scheduler.config.stochastic_sampling)
     return FlowMatchMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
-        a=a,
-        B=B[:, None],
-        noise_scale=noise_scale,
-        noise_drawn=noise_drawn,
+        a=1.0 - s_next if stochastic else np.ones(n),
+        B=(-(1.0 - s_next) * s if stochastic else s_next - s)[:, None],
+        rows=Parametrisation.of("flow_prediction", 1.0 - sig, sig, output=1.0),
+        noise_scale=s_next if stochastic else np.zeros(n),
+        noise_drawn=np.full(n, stochastic),
         noise_in_float32=True,
-        sigma=flow_posterior_std(sig),
-        flow_sigmas=sig,
     )

@@ -31,14 +31,23 @@ with ``s = alpha_j`` (``predict_x0``) or ``sigma_j``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
+from .base import (
+    SchedulerMapping,
+    UnsupportedSchedulerError,
+    alpha_sigma_levels,
+    check_common,
+    refuse_stepped,
+    solver_order,
+    start_index,
+    timesteps_of,
+)
+from .parametrisation import Parametrisation, x0_processing
 
-__all__ = ["UniPCMapping", "map_unipc"]
+__all__ = ["map_unipc"]
 
 
 def _update(lam, alpha, sig, j, order, predict_x0, solver_type, corrector):
@@ -82,23 +91,7 @@ def _update(lam, alpha, sig, j, order, predict_x0, solver_type, corrector):
     return L, c
 
 
-@dataclass(frozen=True, eq=False)
-class UniPCMapping(SchedulerMapping):
-    predict_x0: bool = True
-    prediction_type: str = "epsilon"
-    alpha: np.ndarray = None  # alpha_j of row j   (n,)
-    sig: np.ndarray = None  # sigma_j of row j
-
-    def g(self, x, model_output, lo, hi):
-        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
-        m, pred = model_output, self.prediction_type
-        if self.predict_x0:
-            x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
-            return self.process_x0(x0)
-        return {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
-
-
-def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
+def map_unipc(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     cfg = scheduler.config
     name = "UniPCMultistepScheduler"
     if scheduler.solver_p is not None:
@@ -114,20 +107,14 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     if cfg.solver_type not in ("bh1", "bh2"):
         raise UnsupportedSchedulerError(f"{name} with solver_type={cfg.solver_type!r} is not supported; use 'bh1' or 'bh2'.")
-    order_cfg = cfg.solver_order
-    if order_cfg not in (1, 2, 3):
-        raise UnsupportedSchedulerError(f"{name} with solver_order={order_cfg} is not mapped; use 1, 2 or 3.")
-    if scheduler.lower_order_nums != 0 or scheduler.last_sample is not None:
-        raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
+    order_cfg = solver_order(scheduler)
+    refuse_stepped(scheduler, scheduler.lower_order_nums != 0 or scheduler.last_sample is not None)
     start = start_index(scheduler, start)
     ts_all = timesteps_of(scheduler)
     N = ts_all.shape[0]
     ts = ts_all[start:]
     n = ts.shape[0]
-    sig_table = scheduler.sigmas.detach().double().cpu()[start:]
-    alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(sig_table))  # (n + 1,)
-    with np.errstate(divide="ignore"):
-        lam = np.log(alpha_t) - np.log(sigma_t)
+    alpha_t, sigma_t, lam = alpha_sigma_levels(scheduler, start)  # (n + 1,)
     disabled = set(cfg.disable_corrector)
     a, B = np.zeros(n), np.zeros((n, order_cfg + 1))
     prev_order = None
@@ -145,26 +132,19 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
                 B[j, 0] += L * C[-1]
                 B[j, 1 : prev_order + 1] += L * (C[:-1] - Pc)
             prev_order = this_order
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(
-            f"{name}(predict_x0={cfg.predict_x0}, solver_order={order_cfg}, lower_order_final={cfg.lower_order_final}, "
-            f"final_sigmas_type={cfg.final_sigmas_type!r}) has non-finite step coefficients for this schedule (diffusers' "
-            "own step returns nan or inf here); use predict_x0=True, solver_type='bh2' and lower_order_final=True, or "
-            "final_sigmas_type='sigma_min'."
-        )
-    ab = alpha_t**2
-    return UniPCMapping(
+    if cfg.predict_x0:  # g: the data prediction, thresholded where configured
+        rows = Parametrisation.of(cfg.prediction_type, alpha_t, sigma_t, x0=1.0, process=x0_processing(scheduler))
+    else:  # the noise prediction (diffusers does not threshold it)
+        rows = Parametrisation.of(cfg.prediction_type, alpha_t, sigma_t, eps=1.0)
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=posterior_std(ab[:-1], ab[1:]),
-        predict_x0=bool(cfg.predict_x0),
-        prediction_type=cfg.prediction_type,
-        alpha=alpha_t[:-1].copy(),
-        sig=sigma_t[:-1].copy(),
+        rows=rows,
+        if_not_finite=(
+            f"predict_x0={cfg.predict_x0}, solver_order={order_cfg}, lower_order_final={cfg.lower_order_final}, "
+            f"final_sigmas_type={cfg.final_sigmas_type!r}: use predict_x0=True, solver_type='bh2' and lower_order_final=True, "
+            "or final_sigmas_type='sigma_min'"
+        ),
     )
