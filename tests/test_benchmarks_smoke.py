@@ -95,3 +95,28 @@ def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
     assert {r["window"] for r in payload["measured"]} == {"4", "auto", "full"}
     assert all(r["rounds"] <= r["steps"] for r in payload["measured"])
     assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10
+
+
+# -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
+def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
+    _run("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "diffusion_quick.json").read_text())["records"]
+    assert {r["method"] for r in recs} == {"TAA m=4, Picard (default)", "TAA m=4, Picard, VP rows (mapping.scaled())"}
+    assert all(r["setting"] == "Euler-4" and r["rounds"] <= 4 and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_flow_sweep_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``flow.py --sweep --quick``: the sweep's loop on its first two variants."""
+    _run("flow", ["--quick", "--sweep"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "flow_sweep_quick.json").read_text())["records"]
+    assert len({r["method"] for r in recs}) == 2 and all(r["rounds"] <= r["steps"] and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_run_all_imports_every_benchmark(monkeypatch):
+    """``run.py`` (every CPU benchmark in turn) imports: its modules and their imports exist."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "run", "autowindow", "diffusion", "finish", "launches", "overhead", "recurrences"):
+        sys.modules.pop(mod, None)
+    run = importlib.import_module("run")
+    assert all(callable(m.main) for m in (run.autowindow, run.diffusion, run.finish, run.launches, run.overhead, run.recurrences))
