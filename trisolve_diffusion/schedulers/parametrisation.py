@@ -223,20 +223,27 @@ class Parametrisation:
         output: Any = 0.0,
         process: Callable | None = None,
         eps_from_x0: bool = True,
-        at: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> Parametrisation:
         """``g_j = x0[j] P(x0_hat_j) + eps[j] eps_j + x[j] x_j + output[j] m_j`` (weights: scalars or ``(n,)``).
 
         ``alpha, sigma`` are the levels of rows ``0..n``; the predictions of row ``j < n`` use
-        ``alpha_j, sigma_j``, or ``at = (alpha, sigma)`` of shape ``(n,)`` where the network is
-        evaluated at another level. ``eps_j`` is the network's noise prediction ``eps_hat``, or,
-        with ``eps_from_x0`` and a ``process``, the one implied by the processed clean image,
-        ``(x - alpha P(x0_hat)) / sigma`` (what DPM-Solver, DEIS and DDIM's
-        ``use_clipped_model_output`` use).
+        ``alpha_j, sigma_j`` (the network is evaluated at the row's own level). ``eps_j`` is the
+        network's noise prediction ``eps_hat``, or, with ``eps_from_x0`` and a ``process``, the one
+        implied by the processed clean image, ``(x - alpha P(x0_hat)) / sigma`` (what DPM-Solver,
+        DEIS and DDIM's ``use_clipped_model_output`` use).
+
+        Examples
+        --------
+        k-diffusion rows (``alpha = 1``) of an epsilon network, with ``g`` the denoised ``D``:
+
+        >>> import numpy as np
+        >>> p = Parametrisation.of("epsilon", np.ones(3), np.array([10.0, 1.0, 0.0]), x0=1.0)
+        >>> p.k_x.tolist(), p.k_m.tolist()    # D = x - sigma eps
+        ([1.0, 1.0], [-10.0, -1.0])
         """
         alpha, sigma = np.asarray(alpha, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
         n = alpha.shape[0] - 1
-        a_row, s_row = (alpha[:-1], sigma[:-1]) if at is None else (np.asarray(at[0], np.float64), np.asarray(at[1], np.float64))
+        a_row, s_row = alpha[:-1], sigma[:-1]
         x0_x, x0_m, eps_x, eps_m = prediction_coefficients(prediction_type, a_row, s_row)
         w_x0, w_eps, w_x = (np.broadcast_to(np.asarray(w, dtype=np.float64), (n,)) for w in (x0, eps, x))
         if process is not None and eps_from_x0:  # eps = (x - alpha P(x0_hat)) / sigma
