@@ -114,6 +114,32 @@ def test_scaled_rows_are_derived_generically(name):
     torch.testing.assert_close(s.g(y[1:], out[1:], 1, m.n), m.g(x[1:], out[1:], 1, m.n), rtol=1e-12, atol=1e-12)
 
 
+def test_any_row_scale_gives_the_same_loop():
+    """``scaled(c)`` for an arbitrary positive ``c``: forward substitution from ``c_0 x_0`` is ``c_j x_j`` of the original rows."""
+    import trisolve
+
+    sched = DDIMScheduler(num_train_timesteps=100, clip_sample=True, clip_sample_range=0.7)  # the clipping hook too
+    sched.set_timesteps(8)
+    m = map_scheduler(sched, eta=0.5)
+    c = RNG.uniform(0.2, 5.0, m.n + 1)
+    s = m.scaled(c)
+    noise = torch.randn(m.n, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x0 = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def system(mp, noise_scale):
+        def g(x_rows, lo, hi):  # a non-linear network of the scaled input
+            return mp.g(x_rows, torch.tanh(x_rows * mp.table("input_scale", x_rows)[lo:hi]), lo, hi)
+
+        c_rows = noise * torch.as_tensor(noise_scale).reshape(-1, 1, 1)
+        return trisolve.SemilinearSystem(mp.a, mp.B, g, c=c_rows, sigma=mp.sigma, batch_ndim=1)
+
+    x = trisolve.forward_substitution(system(m, m.noise_scale), x0)
+    y = trisolve.forward_substitution(system(s, s.noise_scale), x0 * c[0])
+    torch.testing.assert_close(y, x * torch.as_tensor(c).reshape(-1, 1, 1), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="row_scale must be"):
+        m.scaled(c[:-1])
+
+
 def test_constructor_checks_shapes_and_finiteness():
     sched = EulerDiscreteScheduler()
     sched.set_timesteps(4)

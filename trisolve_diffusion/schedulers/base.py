@@ -161,8 +161,11 @@ class SchedulerMapping:
             self._device_tables[cache_key] = t
         return t
 
-    def scaled(self) -> SchedulerMapping:
+    def scaled(self, row_scale: np.ndarray | None = None) -> SchedulerMapping:
         """The same loop in the rescaled rows ``y_j = c_j x_j``, ``c = row_scale`` of shape ``(n + 1,)``.
+
+        ``row_scale``: any finite positive ``(n + 1,)`` table; by default :attr:`row_scale`
+        (the variance-preserving rows).
 
         ::
 
@@ -175,11 +178,13 @@ class SchedulerMapping:
         rows is :meth:`Parametrisation.scaled <.parametrisation.Parametrisation.scaled>`: the
         same formula with the ``x`` coefficients divided by ``c``; its levels are variance
         preserving, so ``scaled().scaled()`` is ``scaled()``. The mapping itself when
-        ``row_scale`` is ``None``.
+        ``row_scale`` is ``None`` (and none is given).
         """
-        c = self.row_scale
+        c = self.row_scale if row_scale is None else np.asarray(row_scale, dtype=np.float64)
         if c is None:
             return self
+        if c.shape != (self.n + 1,) or not np.all(np.isfinite(c)) or np.any(c <= 0):
+            raise ValueError(f"row_scale must be a finite positive array of shape (n + 1,) = ({self.n + 1},), got {row_scale!r}.")
         return dataclasses.replace(
             self,
             a=self.a * c[1:] / c[:-1],
