@@ -75,14 +75,14 @@ def prediction_coefficients(prediction_type: str, alpha: np.ndarray, sigma: np.n
     For latents ``x = alpha x0 + sigma eps`` (host float64 tables of any shape) and a network output
     ``m`` of ``prediction_type``:
 
-    ================== ================================ =====================================
-    prediction type    ``x0_hat``                        ``eps_hat``
-    ================== ================================ =====================================
-    ``epsilon``        ``(x - sigma m) / alpha``         ``m``
-    ``sample``         ``m``                             ``(x - alpha m) / sigma``
-    ``v_prediction``   ``alpha x / r^2 - sigma m / r``   ``sigma x / r^2 + alpha m / r``
+    =================== =================================== ===================================
+    prediction type     ``x0_hat``                          ``eps_hat``
+    =================== =================================== ===================================
+    ``epsilon``         ``(x - sigma m) / alpha``           ``m``
+    ``sample``          ``m``                               ``(x - alpha m) / sigma``
+    ``v_prediction``    ``alpha x / r^2 - sigma m / r``     ``sigma x / r^2 + alpha m / r``
     ``flow_prediction`` ``(x - sigma m) / (alpha + sigma)`` ``(x + alpha m) / (alpha + sigma)``
-    ================== ================================ =====================================
+    =================== =================================== ===================================
 
     with ``r^2 = alpha^2 + sigma^2``: ``v`` is defined on the variance-preserving latents
     ``x / r`` (``r = 1`` for DDPM-type schedules; the k-diffusion schedulers' ``v`` with
