@@ -195,6 +195,15 @@ class SchedulerMapping:
             noise_scale=self.noise_scale * c[1:],
         )
 
+    def step_generator(self, generator: Any) -> Any:
+        """The generator the scheduler's ``step`` draws its noise from when the pipeline passes ``generator``.
+
+        The generator itself for every mapped scheduler, except where the installed ``step``
+        ignores it (:class:`~.flow_match.FlowMatchMapping` on diffusers 0.35, which draws from
+        torch's global generator): then ``None``.
+        """
+        return generator
+
 
 def check_common(scheduler: Any, *, allowed_prediction: tuple[str, ...]) -> None:
     cfg = scheduler.config

@@ -19,7 +19,23 @@ import numpy as np
 from .base import SchedulerMapping, check_common, posterior_std, start_index
 from .parametrisation import Parametrisation, prediction_coefficients, x0_processing
 
-__all__ = ["map_ddim"]
+__all__ = ["map_ddim", "ddim_levels"]
+
+
+def ddim_levels(scheduler, start: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(timesteps, ab_t, ab_prev, alpha, sigma)`` of a DDIM-type loop from step ``start`` (DDIM, CogVideoX DDIM).
+
+    ``ab_t``, ``ab_prev`` ``(n,)``: ``alphas_cumprod`` at each timestep and at ``t - T // N``
+    (``final_alpha_cumprod`` below 0); ``alpha, sigma`` ``(n + 1,)``: the rows' levels
+    ``sqrt(ab)``, ``sqrt(1 - ab)``, the last one after the final step.
+    """
+    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
+    abar = scheduler.alphas_cumprod.double().cpu().numpy()
+    prev = ts - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    ab_t = abar[ts]
+    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], float(scheduler.final_alpha_cumprod))
+    alpha, sigma = np.sqrt(np.append(ab_t, ab_prev[-1])), np.sqrt(1 - np.append(ab_t, ab_prev[-1]))
+    return ts, ab_t, ab_prev, alpha, sigma
 
 
 def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> SchedulerMapping:
@@ -27,16 +43,11 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
     if not (isinstance(eta, (int, float)) and np.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
     cfg = scheduler.config
-    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
+    ts, ab_t, ab_prev, alpha, sigma = ddim_levels(scheduler, start)
     n = ts.shape[0]
-    abar = scheduler.alphas_cumprod.double().cpu().numpy()
-    final = float(scheduler.final_alpha_cumprod)
-    prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps
-    ab_t = abar[ts]
-    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], final)
     var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
     std = eta * np.sqrt(var)
-    sab, s1ab = np.sqrt(ab_t), np.sqrt(1 - ab_t)
+    sab, s1ab = alpha[:-1], sigma[:-1]
     c_x0 = np.sqrt(ab_prev)
     with np.errstate(invalid="ignore"):
         c_eps = np.sqrt(1 - ab_prev - std**2)
@@ -50,7 +61,6 @@ def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = Fa
     # no g term), the solver resolves it without a network call or a round of its own.
     identity = (ab_prev == ab_t) & (process is None)
     a[identity], B[identity] = 1.0, 0.0
-    alpha, sigma = np.append(sab, np.sqrt(ab_prev[-1])), np.append(s1ab, np.sqrt(1 - ab_prev[-1]))  # levels of rows 0..n
     return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,

@@ -27,6 +27,14 @@ own output. ``P_k, C_k`` follow ``multistep_uni_p_bh_update`` / ``multistep_uni_
     x = L x_{j-1} - s (e^hh - 1) m_{j-1} - s B(h) sum_k rho_k (m_{j-1-k} - m_{j-1}) / r_k  [- s B(h) rho_c[-1] (m_j - m_{j-1})]
 
 with ``s = alpha_j`` (``predict_x0``) or ``sigma_j``.
+
+Flow sigmas (Wan's ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True``,
+``flow_shift``, optionally ``use_dynamic_shifting`` with ``mu``): the same updates with
+``alpha_j = 1 - sigma_j``, ``sigma_j`` the flow sigma, and the data prediction
+``m_j = x_j - sigma_j v_j`` (``predict_x0`` only, as diffusers requires); shift and dynamic
+shifting only change the sigma table, read after ``set_timesteps``. The tolerance scale is
+the posterior standard deviation between the flow levels
+(:func:`~trisolve_diffusion.schedulers.parametrisation.level_posterior_std`, the default).
 """
 
 from __future__ import annotations
@@ -99,12 +107,13 @@ def map_unipc(scheduler: Any, start: int | None = None) -> SchedulerMapping:
             f"{name} with solver_p={type(scheduler.solver_p).__name__} (another scheduler's step as the predictor) is not "
             "mapped; leave solver_p unset (UniP as the predictor)."
         )
-    if cfg.use_flow_sigmas or getattr(cfg, "use_dynamic_shifting", False):
+    flow = bool(cfg.use_flow_sigmas)
+    if flow and not cfg.predict_x0:
         raise UnsupportedSchedulerError(
-            f"{name} with use_flow_sigmas / use_dynamic_shifting is not mapped; use the default sigmas, or "
-            "FlowMatchEulerDiscreteScheduler for a flow-matching model."
+            f"{name} with use_flow_sigmas=True and predict_x0=False is not mapped (diffusers' own step refuses "
+            "flow_prediction without predict_x0); use predict_x0=True."
         )
-    check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
+    check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction", "flow_prediction"))
     if cfg.solver_type not in ("bh1", "bh2"):
         raise UnsupportedSchedulerError(f"{name} with solver_type={cfg.solver_type!r} is not supported; use 'bh1' or 'bh2'.")
     order_cfg = solver_order(scheduler)
