@@ -238,6 +238,13 @@ def require_timesteps(scheduler: Any) -> None:
         raise ValueError(f"{type(scheduler).__name__}.set_timesteps has not been called; call it (as the pipeline does) before mapping it.")
 
 
+def loop_timesteps(scheduler: Any, start: int | None) -> tuple[int, np.ndarray, int]:
+    """``(start, timesteps (n,), N)``: the first step (:func:`start_index`), the timesteps from it and the loop's length."""
+    start = start_index(scheduler, start)
+    ts_all = timesteps_of(scheduler)
+    return start, ts_all[start:], int(ts_all.shape[0])
+
+
 def alpha_sigma_levels(scheduler: Any, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(alpha, sigma, lambda)`` of rows ``start..`` from the scheduler's ``sigmas`` (``_sigma_to_alpha_sigma_t``), float64.
 

@@ -25,10 +25,9 @@ from .base import (
     UnsupportedSchedulerError,
     alpha_sigma_levels,
     check_common,
+    loop_timesteps,
     refuse_stepped,
     solver_order,
-    start_index,
-    timesteps_of,
 )
 from .dpmsolver import dpm_rows
 
@@ -58,10 +57,7 @@ def map_deis(scheduler: Any, start: int | None = None) -> SchedulerMapping:
         raise UnsupportedSchedulerError(f"{name} supports algorithm_type='deis', solver_type='logrho' only (as diffusers).")
     order_cfg = solver_order(scheduler)
     refuse_stepped(scheduler, scheduler.lower_order_nums != 0)
-    start = start_index(scheduler, start)
-    ts_all = timesteps_of(scheduler)
-    N = ts_all.shape[0]
-    ts = ts_all[start:]
+    start, ts, N = loop_timesteps(scheduler, start)
     n = ts.shape[0]
     al, sg, lam = alpha_sigma_levels(scheduler, start)  # (n + 1,)
     rho = sg / al

@@ -48,10 +48,9 @@ from .base import (
     UnsupportedSchedulerError,
     alpha_sigma_levels,
     check_common,
+    loop_timesteps,
     refuse_stepped,
     solver_order,
-    start_index,
-    timesteps_of,
 )
 from .parametrisation import Parametrisation, x0_processing
 
@@ -118,10 +117,7 @@ def map_unipc(scheduler: Any, start: int | None = None) -> SchedulerMapping:
         raise UnsupportedSchedulerError(f"{name} with solver_type={cfg.solver_type!r} is not supported; use 'bh1' or 'bh2'.")
     order_cfg = solver_order(scheduler)
     refuse_stepped(scheduler, scheduler.lower_order_nums != 0 or scheduler.last_sample is not None)
-    start = start_index(scheduler, start)
-    ts_all = timesteps_of(scheduler)
-    N = ts_all.shape[0]
-    ts = ts_all[start:]
+    start, ts, N = loop_timesteps(scheduler, start)
     n = ts.shape[0]
     alpha_t, sigma_t, lam = alpha_sigma_levels(scheduler, start)  # (n + 1,)
     disabled = set(cfg.disable_corrector)
