@@ -12,6 +12,8 @@ from typing import Any
 
 import diffusers
 
+from trisolve._validate import check_float
+
 from .base import SchedulerMapping, UnsupportedSchedulerError, require_timesteps
 from .cogvideox import map_cogvideox_ddim
 from .ddim import map_ddim
@@ -80,7 +82,8 @@ REFUSED_SCHEDULERS = {
 
 
 def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> SchedulerMapping:
-    """The semilinear form of ``scheduler``'s sampling loop (``set_timesteps`` must have run).
+    """The semilinear form of ``scheduler``'s sampling loop (``set_timesteps`` must have run: with a
+    step count, or with custom ``timesteps=`` / ``sigmas=`` where the scheduler takes them).
 
     ``eta`` and ``use_clipped_model_output`` are the step arguments the pipeline passes; they
     apply to :class:`~diffusers.DDIMScheduler` only (other schedulers ignore them, as in the
@@ -110,6 +113,7 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     mapper = _MAPPERS.get(name)
     if mapper is not None and type(scheduler) is getattr(diffusers, name):
         require_timesteps(scheduler)
+        eta = check_float("eta", eta, 0.0)  # NumPy scalars too (one validation helper)
         if mapper is map_ddim:
             return map_ddim(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=start)
         return mapper(scheduler, start)

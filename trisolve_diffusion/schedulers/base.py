@@ -32,7 +32,7 @@ import torch
 
 from .parametrisation import Parametrisation, level_posterior_std, posterior_std
 
-__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std"]
+__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std", "require_timesteps"]
 
 
 class UnsupportedSchedulerError(ValueError):
@@ -232,12 +232,6 @@ def refuse_stepped(scheduler: Any, stepped: bool) -> None:
         raise UnsupportedSchedulerError(f"{type(scheduler).__name__} has already been stepped; call set_timesteps again before mapping it.")
 
 
-def require_timesteps(scheduler: Any) -> None:
-    """The one "was ``set_timesteps`` called" check, before any table is read."""
-    if getattr(scheduler, "num_inference_steps", None) is None:
-        raise ValueError(f"{type(scheduler).__name__}.set_timesteps has not been called; call it (as the pipeline does) before mapping it.")
-
-
 def loop_timesteps(scheduler: Any, start: int | None) -> tuple[int, np.ndarray, int]:
     """``(start, timesteps (n,), N)``: the first step (:func:`start_index`), the timesteps from it and the loop's length."""
     start = start_index(scheduler, start)
@@ -255,6 +249,24 @@ def alpha_sigma_levels(scheduler: Any, start: int) -> tuple[np.ndarray, np.ndarr
     with np.errstate(divide="ignore"):
         lam = np.log(alpha) - np.log(sigma)
     return alpha, sigma, lam
+
+
+def require_timesteps(scheduler: Any) -> None:
+    """Refuse a scheduler whose ``set_timesteps`` has not run (the one such test; :func:`map_scheduler` calls it).
+
+    Every form of ``set_timesteps`` in diffusers 0.42 (a step count, custom ``timesteps=``, custom
+    ``sigmas=``) leaves a non-empty 1-D ``scheduler.timesteps``, and either ``num_inference_steps``
+    or, for ``DDPMScheduler``'s custom timesteps (which leave ``num_inference_steps`` unset),
+    ``custom_timesteps``. A fresh scheduler has neither of the two (``__init__`` of most schedulers
+    already sets a training-length ``timesteps``, so its presence alone proves nothing).
+    """
+    ts = getattr(scheduler, "timesteps", None)
+    steps_set = getattr(scheduler, "num_inference_steps", None) is not None or bool(getattr(scheduler, "custom_timesteps", False))
+    if not (isinstance(ts, torch.Tensor) and ts.ndim == 1 and ts.numel() > 0 and steps_set):
+        raise ValueError(
+            f"{type(scheduler).__name__}: call scheduler.set_timesteps(...) (a step count, or custom timesteps/sigmas where the "
+            "scheduler takes them) before mapping it, as the pipeline does."
+        )
 
 
 def timesteps_of(scheduler: Any) -> np.ndarray:
