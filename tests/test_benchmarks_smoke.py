@@ -101,6 +101,14 @@ def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
     assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10
 
 
+def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``memory.py``: every setting converges; records stay 24 bytes a round; a window of 64 bounds the peak."""
+    _run("memory", ["--quick"], tmp_path, monkeypatch)
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "memory_quick.json").read_text())["rows"]}
+    assert all(r["status"] == "CONVERGED" and r["record_bytes_per_round"] == 24 for r in rows.values())
+    assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]
+
+
 # -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
 def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
     """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
