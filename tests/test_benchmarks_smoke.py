@@ -133,3 +133,30 @@ def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     rows = {r["setting"]: r for r in json.loads((tmp_path / "memory_quick.json").read_text())["rows"]}
     assert all(r["status"] == "CONVERGED" and r["record_bytes_per_round"] == 24 for r in rows.values())
     assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]
+
+
+# -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
+def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
+    _run("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "diffusion_quick.json").read_text())["records"]
+    assert {r["method"] for r in recs} == {"TAA m=4, Picard (default)", "TAA m=4, Picard, VP rows (mapping.scaled())"}
+    assert all(r["setting"] == "Euler-4" and r["rounds"] <= 4 and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_flow_sweep_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``flow.py --sweep --quick``: the sweep's loop on its first two variants."""
+    _run("flow", ["--quick", "--sweep"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "flow_sweep_quick.json").read_text())["records"]
+    assert len({r["method"] for r in recs}) == 2 and all(r["rounds"] <= r["steps"] and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_run_all_imports_every_benchmark(monkeypatch):
+    """``run.py`` (every CPU benchmark in turn) imports: its modules and their imports exist."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    scripts = sorted(p.stem for p in BENCH.glob("*.py"))
+    for mod in scripts:
+        sys.modules.pop(mod, None)
+    run = importlib.import_module("run")
+    benchmarks = [m for m in vars(run).values() if getattr(m, "__name__", None) in scripts]
+    assert len(benchmarks) >= 6 and all(callable(m.main) for m in benchmarks)

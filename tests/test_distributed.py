@@ -105,7 +105,8 @@ def test_digits_sample_matches_single_process(ranks):
 def test_auto_window_is_the_same_on_every_rank(ranks):
     out, read = ranks
     a0, a1 = read("digits_auto", 0), read("digits_auto", 1)
-    assert a0["status"] == "CONVERGED" and a0["windows"] == a1["windows"]
+    # status.ok: with the full window (what "auto" picks when the machine is busy) the output-aware finish ends it
+    assert a0["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and a0["windows"] == a1["windows"]
     assert np.array_equal(np.load(out / "digits_auto_rank0.npy"), np.load(out / "digits_auto_rank1.npy"))
 
 

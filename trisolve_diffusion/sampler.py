@@ -506,7 +506,8 @@ def sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
+        method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method)
     sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c)
     return sol.trajectory[-1].to(latents.dtype), sol
 
