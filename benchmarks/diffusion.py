@@ -2,6 +2,7 @@
 
     python benchmarks/diffusion.py            # full suite (tens of minutes on 2 CPU cores)
     python benchmarks/diffusion.py --quick    # smoke size
+    python benchmarks/diffusion.py --settings Euler-25 PNDM-50   # rerun these, keep the other records
 
 Model: the bundled digits DDPM (``trisolve_diffusion.models``). For every setting, seed and
 batch size, every method solves the same sampler as the real sequential diffusers loop
@@ -98,8 +99,7 @@ def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool 
     """
     from diffusers.utils.torch_utils import randn_tensor
 
-    from trisolve_diffusion.network import BatchedDenoiser
-    from trisolve_diffusion.sample import _draw_noise, default_solver
+    from trisolve_diffusion.sampler import draw_noise
 
     gen = torch.Generator().manual_seed(seed)
     shape = (batch, 1, 16, 16)
@@ -108,14 +108,17 @@ def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool 
     if scaled:
         x0 = x0 * float(mapping.row_scale[0])
         mapping = mapping.scaled()
-    noise = _draw_noise(mapping, shape, gen, x0.device, unet.dtype, torch.float32)
-    denoiser = BatchedDenoiser(unet, mapping.timesteps)
+    noise = draw_noise(mapping, shape, gen, x0.device, unet.dtype, torch.float32)
+    denoiser = td.UNetDenoiser(unet)
+    ts = torch.as_tensor(mapping.timesteps).to(sched.timesteps.dtype)  # (n,) as sample_latents passes them
 
-    def g(x_rows, lo, hi):
-        return mapping.g(x_rows, denoiser(x_rows * mapping.table("input_scale", x_rows)[lo:hi], lo, hi), lo, hi)
+    def g(x_rows, lo, hi):  # (w, batch, 1, 16, 16): the network on input_scale * x, as sample_latents does
+        model_input = (x_rows * mapping.table("input_scale", x_rows)[lo:hi]).reshape(-1, *shape[1:])
+        out = denoiser(model_input, ts[lo:hi].repeat_interleave(batch)).reshape(x_rows.shape)
+        return mapping.g(x_rows, out, lo, hi)
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
-    solver, update_map = default_solver()
+    solver, update_map = td.default_solver()
     with torch.no_grad():
         return trisolve.solve(system, solver, x0, update_map=update_map, atol=5e-4, rtol=5e-4, callback=callback)
 
@@ -222,7 +225,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     all_settings = ["DDIM-25", "DDIM-50", "DDIM-100", "DDPM-100", "DPM++2M-20", "DPM++2M-50"]
     all_settings += ["Euler-25", "Euler-50", "EulerA-25", "EulerA-50", "UniPC-20", "UniPC-50", "PNDM-25", "PNDM-50"]
-    settings = ["DDIM-25"] if args.quick else (args.settings or all_settings)
+    settings = args.settings or (["DDIM-25"] if args.quick else all_settings)
     seeds = [0] if args.quick else [0, 1, 2, 3, 4]
     batches = [1] if args.quick else [1, 4]
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -237,8 +240,7 @@ def main(argv=None):
     for setting in settings:
         if setting.rsplit("-", 1)[0] in SCHEDULER_SETTINGS:
             run_scheduler_setting(setting, seeds if args.quick else list(range(10)), records)
-            order = {name: i for i, name in enumerate(all_settings)}
-            records.sort(key=lambda r: (order[r["setting"]], r["batch"], r["seed"]))
+            records.sort(key=lambda r: (_setting_order(r["setting"], all_settings), r["batch"], r["seed"]))
             write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
             continue
         pipe, steps = pipeline(setting)
@@ -266,9 +268,13 @@ def main(argv=None):
                         flush=True,
                     )
         # after every setting, so that a long run keeps what it measured
-        order = {name: i for i, name in enumerate(all_settings)}
-        records.sort(key=lambda r: (order[r["setting"]], r["batch"], r["seed"]))
+        records.sort(key=lambda r: (_setting_order(r["setting"], all_settings), r["batch"], r["seed"]))
         write("diffusion" + ("_quick" if args.quick else ""), {"records": records}, table(records))
+
+
+def _setting_order(setting: str, all_settings: list[str]) -> int:
+    """Sort key: the suite's order, settings outside it (``--settings Euler-6``) after it."""
+    return all_settings.index(setting) if setting in all_settings else len(all_settings)
 
 
 def table(records) -> str:

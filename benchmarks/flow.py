@@ -3,6 +3,7 @@
     python benchmarks/flow.py            # full suite (about an hour on a shared 2-core CPU)
     python benchmarks/flow.py --quick    # smoke size
     python benchmarks/flow.py --sweep    # 28 steps: solver and tolerance variants (results/flow_sweep.*)
+    python benchmarks/flow.py --sweep --quick    # its smoke size: 20 steps, the first two variants
 
 Model: the bundled digits rectified-flow model (``load_digits_flow_pipeline``) with
 ``FlowMatchEulerDiscreteScheduler`` (shift 1) at 20, 28 and 50 steps, seeds 0-9, batch 1 and 4.
@@ -127,7 +128,7 @@ def main(argv=None):
         for batch in batches:
             for seed in seeds:
                 ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
-                for name, opts in sweep_methods() if args.sweep else methods(args.quick):
+                for name, opts in (sweep_methods()[:2] if args.quick else sweep_methods()) if args.sweep else methods(args.quick):
                     out, finals, wall = run_one(pipe, steps, seed, batch, opts)
                     sol = out.solution
                     curve = [worst_psnr(to_images(f), ref) for f in finals]
@@ -146,7 +147,7 @@ def main(argv=None):
                         flush=True,
                     )
             # after every (steps, batch), so that a long run keeps what it measured
-            name = "flow" + ("_quick" if args.quick else "_sweep" if args.sweep else "")
+            name = "flow" + ("_sweep" if args.sweep else "") + ("_quick" if args.quick else "")
             write(name, {"device": args.device, "records": records}, table(records))
 
 

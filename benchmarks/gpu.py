@@ -26,7 +26,8 @@
    assumed link speed, ``--link-gbps``), and on this device the prediction next to measured
    ``sample()`` runs with windows 8/16/32, ``window_size="auto"`` and the full window.
 
-Times are medians of 3 runs after a warm-up, with the device synchronised around each.
+Times are medians of 3 runs after a warm-up, with the device synchronised around each
+(``--quick``: one run, no warm-up; its times mean nothing).
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def _sync(dev: torch.device):
     return (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else None
 
 
-def timed(fn, dev: torch.device, repeats: int) -> tuple[float, object, float]:
-    """Median wall time of ``fn()`` (after a warm-up), its last result, and the peak device memory
-    (GiB) any of the runs allocated (nan off CUDA): every run does the same work."""
+def timed(fn, dev: torch.device, repeats: int, warmup: bool = True) -> tuple[float, object, float]:
+    """Median wall time of ``fn()`` (after a warm-up unless ``warmup=False``: ``--quick``, whose times mean nothing),
+    its last result, and the peak device memory (GiB) any of the runs allocated (nan off CUDA): every run does the same work."""
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-    sec, result = median_time(fn, repeats, sync=_sync(dev))
+    sec, result = median_time(fn, repeats, sync=_sync(dev), warmup=warmup)
     peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
     return sec, result, peak
 
@@ -95,7 +96,7 @@ def dpm_scheduler(pipe):
     return DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2)
 
 
-def network_rows(model: str, unet, batches: list[int], cond: torch.Tensor | None, dev: torch.device, repeats: int) -> list[dict]:
+def network_rows(model: str, unet, batches: list[int], cond: torch.Tensor | None, dev: torch.device, repeats: int, warmup: bool = True) -> list[dict]:
     """Wall time of one network call at each batch size: what a round costs against a step."""
     cfg = unet.config
     rows = []
@@ -104,7 +105,7 @@ def network_rows(model: str, unet, batches: list[int], cond: torch.Tensor | None
         t = torch.full((b,), 500, device=dev)
         kw = {} if cond is None else {"encoder_hidden_states": cond.expand(b, *cond.shape[1:])}
         with torch.no_grad():
-            sec, _, _ = timed(lambda: unet(x, t, **kw), dev, repeats)
+            sec, _, _ = timed(lambda: unet(x, t, **kw), dev, repeats, warmup)
         rows.append(dict(model=model, batch=b, call_ms=1e3 * sec, per_sample_ms=1e3 * sec / b))
         print(rows[-1], flush=True)
     return rows
@@ -118,8 +119,8 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
     def run(model, label, pipe, steps, kw, peak_value, images, **options):
         seq = lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw)  # noqa: E731
         par = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw, **options)  # noqa: E731
-        t_seq, ref, seq_peak = timed(seq, dev, repeats)
-        t_par, out, par_peak = timed(par, dev, repeats)
+        t_seq, ref, seq_peak = timed(seq, dev, repeats, not quick)
+        t_par, out, par_peak = timed(par, dev, repeats, not quick)
         max_diff, psnr = compare(images(out), images(ref), peak_value)
         sol = out.solution
         rows.append(
@@ -136,7 +137,7 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
             pipes[kind] = load_digits_pipeline(kind).to(dev, dtype)
             pipes[kind].set_progress_bar_config(disable=True)
         run("digits DDPM 1x16x16", label, pipes[kind], steps, dict(output_type="pt"), 1.0, lambda o: o.images)
-    net += network_rows("digits DDPM 1x16x16", pipes["ddim"].unet, [1, 8] if quick else [1, 25, 50, 100, 200], None, dev, repeats)
+    net += network_rows("digits DDPM 1x16x16", pipes["ddim"].unet, [1, 8] if quick else [1, 25, 50, 100, 200], None, dev, repeats, not quick)
 
     sd = sd_sized_pipeline(dev, dtype, quick)
     cross = sd.unet.config.cross_attention_dim
@@ -153,7 +154,7 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
     sd.scheduler = dpm_scheduler(sd)
     run(model, "DPM++(2M)", sd, 10 if quick else 20, kw, 8.0, latents)
     sd.scheduler = ddim
-    net += network_rows(model, sd.unet, [2, 8] if quick else [2, 8, 16, 32, 50, 100], emb, dev, repeats)
+    net += network_rows(model, sd.unet, [2, 8] if quick else [2, 8, 16, 32, 50, 100], emb, dev, repeats, not quick)
     return rows, net
 
 
@@ -216,12 +217,12 @@ def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats:
         # one device: measured sample() runs; the prediction of the model "auto" chose with (its own curve through
         # the sample's g, and its measured per-round overhead), and of the UNet's curve without the overhead
         bare = CostModel(curve, steps)
-        t_seq, _, _ = timed(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw), dev, repeats)
+        t_seq, _, _ = timed(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps, **kw), dev, repeats, not quick)
         runs = []
         for window in [4, "auto", None] if quick else [8, 16, 32, "auto", None]:
             run = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps,  # noqa: E731
                                     window_size=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
-            sec, out, _ = timed(run, dev, repeats)
+            sec, out, _ = timed(run, dev, repeats, not quick)
             runs.append((window, sec, out, max(hi - lo for lo, hi in out.solution.windows)))
         one = cost_model.last_choice.model
         for window, sec, out, w in runs:
@@ -288,17 +289,17 @@ def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
     for hidden in [16] if quick else [16, 64]:
         for T in [1000] if quick else [1000, 10_000, 100_000]:
             W, drive = rnn_problem(T, hidden=hidden)
-            t_np, ref, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats)
+            t_np, ref, _ = timed(lambda: rnn_loop_numpy(W, drive, T), torch.device("cpu"), repeats, not quick)
             Wd, dd = torch.from_numpy(W).to(dev), torch.from_numpy(drive).to(dev)
             loop_reps = 1 if T >= 100_000 else repeats
-            t_loop, _, _ = timed(lambda: rnn_loop_torch(Wd, dd, T), dev, loop_reps)
+            t_loop, _, _ = timed(lambda: rnn_loop_torch(Wd, dd, T), dev, loop_reps, not quick)
             wts = torch.randn(T + 1, hidden, dtype=torch.float64, device=dev)
             Wg, dg = Wd.clone().requires_grad_(True), dd.clone().requires_grad_(True)
 
             def loop_fb():
                 (rnn_loop_torch(Wg, dg, T) * wts).sum().backward()
 
-            t_loop_fb, _, _ = timed(loop_fb, dev, loop_reps)
+            t_loop_fb, _, _ = timed(loop_fb, dev, loop_reps, not quick)
 
             def newton_fb():
                 sol = rnn_parallel(Wg, dg, T, gradients=True, **RNN_METHODS["Newton dense"])
@@ -307,10 +308,10 @@ def rnn_rows(dev: torch.device, quick: bool, repeats: int) -> list[dict]:
 
             for name in ("Jacobi", "Newton dense", "Newton diagonal", "Newton dense, forward + backward"):
                 if name.endswith("backward"):
-                    t_par, sol, peak = timed(newton_fb, dev, repeats)
+                    t_par, sol, peak = timed(newton_fb, dev, repeats, not quick)
                     t_ref = t_loop_fb
                 else:
-                    t_par, sol, peak = timed(lambda name=name: rnn_parallel(Wd, dd, T, **RNN_METHODS[name]), dev, repeats)
+                    t_par, sol, peak = timed(lambda name=name: rnn_parallel(Wd, dd, T, **RNN_METHODS[name]), dev, repeats, not quick)
                     t_ref = t_loop
                 rows.append(
                     dict(hidden=hidden, T=T, method=name, rounds=sol.num_rounds, parallel_s=t_par, python_loop_s=t_np, device_loop_s=t_ref,

@@ -17,7 +17,7 @@ A compact companion of ``gpu.py`` that measures the current code's per-round ove
 3. The tanh RNN of ``recurrences.py`` (hidden 64, T = 1e5, float64): the NumPy Python loop
    on the host against the parallel solve on the device with Jacobi and dense Newton.
 
-Times are medians of 3 runs after a warm-up (1 with ``--quick``), device synchronised around
+Times are medians of 3 runs after a warm-up (``--quick``: 1 run, no warm-up), device synchronised around
 each run.
 """
 
@@ -76,12 +76,13 @@ class NetworkClock:
         self.module.forward = self.orig
 
 
-def split_run(pipe, net, dev, repeats, **kw) -> dict:
-    """Median solve wall time and its network / outside split over ``repeats`` runs of ``td.sample`` (seed 0 each)."""
+def split_run(pipe, net, dev, repeats, warmup: bool = True, **kw) -> dict:
+    """Median solve wall time and its network / outside split over ``repeats`` runs of ``td.sample`` (seed 0 each), after a warm-up run."""
     clock = NetworkClock(net, dev)
     gen = lambda: torch.Generator(dev).manual_seed(0)  # noqa: E731  (a fresh generator per run: the same noise)
     try:
-        td.sample(pipe, generator=gen(), **kw)  # warm-up (and the cost model's batch curve, cached)
+        if warmup:
+            td.sample(pipe, generator=gen(), **kw)  # warm-up (and the cost model's batch curve, cached)
         walls, nets, out = [], [], None
         for _ in range(repeats):
             if dev.type == "cuda":
@@ -107,8 +108,8 @@ def diffusion_rows(dev, quick, repeats) -> list[dict]:
     pipe = load_digits_pipeline("ddim").to(dev, dtype)
     pipe.set_progress_bar_config(disable=True)
     kw = dict(batch_size=1, num_inference_steps=steps, output_type="pt")
-    t_seq, ref = median_time(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), **kw).images, repeats, _sync(dev))
-    r = split_run(pipe, pipe.unet, dev, repeats, **kw)
+    t_seq, ref = median_time(lambda: pipe(generator=torch.Generator(dev).manual_seed(0), **kw).images, repeats, _sync(dev), warmup=not quick)
+    r = split_run(pipe, pipe.unet, dev, repeats, not quick, **kw)
     diff, psnr = compare(r.pop("out").images.float(), ref.float(), 1.0)
     rows.append(dict(model="digits DDPM 1x16x16", sampler=f"DDIM-{steps}", sequential_s=t_seq, **r, speedup=t_seq / r["wall_s"], max_diff=diff, psnr_db=psnr))
 
@@ -116,8 +117,8 @@ def diffusion_rows(dev, quick, repeats) -> list[dict]:
     emb = torch.zeros(1, 77, sd.unet.config.cross_attention_dim, device=dev, dtype=dtype)
     size = sd.unet.config.sample_size * sd.vae_scale_factor  # pixels that give the UNet's latent size
     kw = dict(prompt_embeds=emb, negative_prompt_embeds=emb, guidance_scale=7.5, num_inference_steps=steps, output_type="latent", height=size, width=size)
-    t_seq, ref = median_time(lambda: sd(generator=torch.Generator(dev).manual_seed(0), **kw).images, repeats, _sync(dev))
-    r = split_run(sd, sd.unet, dev, repeats, **kw)
+    t_seq, ref = median_time(lambda: sd(generator=torch.Generator(dev).manual_seed(0), **kw).images, repeats, _sync(dev), warmup=not quick)
+    r = split_run(sd, sd.unet, dev, repeats, not quick, **kw)
     diff, psnr = compare(r.pop("out").images.float(), ref.float(), 8.0)  # latents: peak-to-peak ~8
     rows.append(dict(model="tiny SD UNet (quick)" if quick else "SD-1.5-sized UNet (random weights), CFG 7.5", sampler=f"DDIM-{steps}", sequential_s=t_seq, **r, speedup=t_seq / r["wall_s"], max_diff=diff, psnr_db=psnr))
     return rows
@@ -130,7 +131,7 @@ def rnn_rows(dev, quick, repeats) -> list[dict]:
     Wt, dt = torch.from_numpy(W).to(dev), torch.from_numpy(drive).to(dev)
     rows = []
     for name, kw in (("Jacobi", dict(solver=trisolve.Jacobi())), ("Newton dense", dict(solver=trisolve.Jacobi(), update_map=trisolve.Newton()))):
-        t, sol = median_time(lambda kw=kw: rnn_parallel(Wt, dt, T, **kw), repeats, _sync(dev))
+        t, sol = median_time(lambda kw=kw: rnn_parallel(Wt, dt, T, **kw), repeats, _sync(dev), warmup=not quick)
         err = float(np.abs(sol.trajectory.cpu().numpy() - ref).max())
         rows.append(dict(T=T, hidden=hidden, method=name, numpy_loop_s=t_np, parallel_s=t, speedup=t_np / t, rounds=sol.num_rounds, max_error=err))
     return rows

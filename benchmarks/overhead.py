@@ -48,7 +48,7 @@ def per_round_overhead(rows: int, event: tuple, solver, rounds: int = 12, repeat
     return statistics.median(samples)
 
 
-def network_time(rows: int) -> float:
+def network_time(rows: int, repeats: int = 5) -> float:
     from trisolve_diffusion.models import load_digits_unet
 
     unet = load_digits_unet()
@@ -57,7 +57,7 @@ def network_time(rows: int) -> float:
     with torch.no_grad():
         unet(x, t)
         times = []
-        for _ in range(5):
+        for _ in range(repeats):
             start = time.perf_counter()
             unet(x, t)
             times.append(time.perf_counter() - start)
@@ -76,17 +76,18 @@ def main(argv=None):
     }
     events = {"4x64x64": (4, 64, 64), "1x16x16": (1, 16, 16)}
     histories = [2] if args.quick else [1, 2, 4, 8]
-    row_counts = [100] if args.quick else [25, 50, 100, 200]
+    row_counts = [25] if args.quick else [25, 50, 100, 200]  # --quick: small, its times mean nothing
+    one_size = row_counts[-1] if args.quick else 100
     rounds = 4 if args.quick else 12
     records = []
     for ev_name, event in events.items():
         for name, make in solvers.items():
             for m in histories if name != "Jacobi" else [0]:
-                for rows in row_counts if (ev_name == "4x64x64" and m in (0, 2)) else [100]:
+                for rows in row_counts if (ev_name == "4x64x64" and m in (0, 2)) else [one_size]:
                     t = per_round_overhead(rows, event, make(m), rounds=rounds, repeats=1 if args.quick else 3)
                     records.append(dict(event=ev_name, solver=name, history=m, rows=rows, overhead_ms=t * 1e3))
                     print(records[-1], flush=True)
-    net = network_time(100)
+    net = network_time(100, repeats=1 if args.quick else 5)
     md = [
         f"One batched evaluation of the bundled digits UNet over 100 rows (1x16x16): **{net * 1e3:.1f} ms**.",
         "",

@@ -107,12 +107,13 @@ RNN_METHODS = {
 }
 
 
-def rnn_rows(sizes, hiddens, repeats):
+def rnn_rows(sizes, hiddens, repeats, *, warmup: bool = True):
+    """``warmup=False`` (``--quick``, whose times mean nothing): no warm-up run at any size."""
     rows = []
     for hidden in hiddens:
         for T in sizes:
             big = T >= 100_000
-            rep, warm = (1, False) if big else ((1, True) if T >= 10_000 else (repeats, True))
+            rep, warm = (1, False) if big else ((1, warmup) if T >= 10_000 else (repeats, warmup))
             W, drive = rnn_problem(T, hidden=hidden)
             t_np, ref = median_time(lambda: rnn_loop_numpy(W, drive, T), rep, warmup=warm)
             Wt, dt = torch.from_numpy(W), torch.from_numpy(drive)
@@ -198,11 +199,11 @@ def ode_rows(quick, repeats):
     runs = [(c, n) for c in cases for n in c[4] if n <= 1000] + [(c, n) for c in cases for n in c[4] if n > 1000]  # big ones last
     for (problem, f, h, x0, _), n in runs:
         system = rk4_system(f, h, n)
-        t_loop, ref = median_time(lambda: trisolve.forward_substitution(system, x0), repeats)
+        t_loop, ref = median_time(lambda: trisolve.forward_substitution(system, x0), repeats, warmup=not quick)
         if f is pendulum:  # the same system in NumPy: no autodiff, so the default differentiates by finite differences
             sys_np, x0_np = rk4_system(pendulum_numpy, h, n), x0.numpy()
-            t_loop_np, ref_np = median_time(lambda: trisolve.forward_substitution(sys_np, x0_np), repeats)
-            t, sol = median_time(lambda: trisolve.solve(sys_np, None, x0_np, atol=ATOL), repeats)
+            t_loop_np, ref_np = median_time(lambda: trisolve.forward_substitution(sys_np, x0_np), repeats, warmup=not quick)
+            t, sol = median_time(lambda: trisolve.solve(sys_np, None, x0_np, atol=ATOL), repeats, warmup=not quick)
             rows.append(
                 dict(problem=problem + " (NumPy)", T=n, method="default (solver=None): finite differences", rounds=sol.num_rounds,
                      rounds_over_n=sol.num_rounds / n, status=sol.status.name, parallel_s=t, loop_s=t_loop_np,
@@ -214,7 +215,8 @@ def ode_rows(quick, repeats):
                 continue  # about n / 8 rounds of n rows (the one-step map: n)
             if "ELK" in name and f is not pendulum:
                 continue
-            t, sol = median_time(lambda kw=kw: trisolve.solve(system, kw["solver"], x0, update_map=kw.get("update_map"), atol=ATOL), repeats)
+            t, sol = median_time(lambda kw=kw: trisolve.solve(system, kw["solver"], x0, update_map=kw.get("update_map"), atol=ATOL), repeats,
+                                 warmup=not quick)  # fmt: skip
             rows.append(
                 dict(problem=problem, T=n, method=name, rounds=sol.num_rounds, rounds_over_n=sol.num_rounds / n, status=sol.status.name,
                      parallel_s=t, loop_s=t_loop, max_error=float((sol.trajectory - ref).abs().max()))
@@ -373,7 +375,7 @@ def main(argv=None):
     rnn = []
     for hidden in [4] if args.quick else [16, 4, 64]:
         for T in [100] if args.quick else [1000, 10_000, 100_000]:
-            rnn += rnn_rows([T], [hidden], repeats)
+            rnn += rnn_rows([T], [hidden], repeats, warmup=not args.quick)
             # written after every size: the dense scan is O(T d^3) per round, and hidden 64 at T = 1e5 takes minutes
             write_tables(rnn, ode, quick=args.quick, repeats=repeats)
 

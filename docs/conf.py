@@ -52,6 +52,7 @@ sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),
     "gallery_dirs": "auto_examples",
     "filename_pattern": r"/plot_",
+    "ignore_pattern": r"__init__\.py|sample_multi\.py",  # a torchrun script, shown on the "Several GPUs" page
     "download_all_examples": False,
     "remove_config_comments": True,
     "matplotlib_animations": False,

@@ -1,4 +1,9 @@
-"""Each benchmark runs at a tiny size and writes its JSON and Markdown (no timing is asserted)."""
+"""Each benchmark runs at a tiny size and writes its JSON and Markdown (no timing is asserted).
+
+``--quick`` is each benchmark's smoke size: one small setting, one seed, no warm-up runs (its
+times mean nothing). ``gpu.py`` runs once for the module; its ``--cost-model-only`` path is
+checked on the rows that run measured.
+"""
 
 from __future__ import annotations
 
@@ -38,9 +43,33 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
     assert rows[0]["auto_final"] == "dense" and rows[0]["auto_switched_at"] is None
 
 
+@pytest.fixture(scope="module")
+def gpu_quick(tmp_path_factory):
+    """``gpu.py --quick --device cpu``, run once: its results folder, payload and module."""
+    out = tmp_path_factory.mktemp("gpu")
+    with pytest.MonkeyPatch.context() as mp:
+        _run("gpu", ["--quick", "--device", "cpu"], out, mp)
+        module = sys.modules["gpu"]
+    return out, json.loads((out / "gpu_quick.json").read_text()), module
+
+
+def test_gpu_benchmark_runs_at_smoke_size(gpu_quick):
+    """The CPU smoke run of the CUDA script: the parallel answers match the loops."""
+    out, payload, _ = gpu_quick
+    assert payload["machine"]["cpus"] >= 1 and (out / "gpu_quick.md").read_text().count("|") > 10
+    ok = ("CONVERGED", "FINAL_ROW_CONVERGED")  # pixel-space digits: the output-aware finish is the default
+    assert all(r["status"] in ok and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
+    assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
+    cm = payload["cost_model"]
+    assert {r["devices"] for r in cm["predicted"]} == {1, 2, 4, 8}
+    assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in cm["predicted"])
+    assert {r["window"] for r in cm["measured"]} == {"4", "auto", "full"}
+    assert all(r["rounds"] <= r["steps"] for r in cm["measured"])
+
+
 @pytest.mark.parametrize(
     "name",
-    ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches", "k_samplers",
+    ["recurrences", "overhead", "diffusion", "autowindow", "finish", "gpu_round", "flow_weights", "launches", "k_samplers",
      "multi_gpu_model"],  # fmt: skip
 )
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
@@ -63,14 +92,6 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         for r in payload["solves"]:
             assert r["reads_per_round_max"] == 1 and r["outside_kernels_median"] > 0 and r["network_kernels_per_round_median"] > 0
         assert payload["sd15_unet_kernels"] > 1000
-    if name == "gpu":  # the CPU smoke run of the CUDA script: the parallel answers match the loops
-        ok = ("CONVERGED", "FINAL_ROW_CONVERGED")  # pixel-space digits: the output-aware finish is the default
-        assert all(r["status"] in ok and r["rounds"] <= r["steps"] and r["psnr_db"] >= 40 for r in payload["diffusion"])
-        assert all(r["max_error"] < 1e-6 for r in payload["rnn"])
-        cm = payload["cost_model"]
-        assert {r["devices"] for r in cm["predicted"]} == {1, 2, 4, 8}
-        assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in cm["predicted"])
-        assert {r["window"] for r in cm["measured"]} >= {"auto", "full"}
     if name == "finish":  # the default finish and the full solve side by side, both close to the loop
         methods = {r["method"] for r in payload["records"]}
         assert len(methods) == 2 and all(r["psnr_db"] >= 40 and r["rounds"] <= 25 for r in payload["records"])
@@ -88,19 +109,24 @@ def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
         assert all(r["predicted"] > 0 for r in payload["rounds"])
 
 
-def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
-    """``gpu.py --cost-model-only --quick --device cpu``: predictions for 1-8 devices and the measured windows beside them."""
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "gpu"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("gpu").main(["--quick", "--device", "cpu", "--cost-model-only"])
-    payload = json.loads((tmp_path / "gpu_cost_model_quick.json").read_text())
+def test_gpu_cost_model_section_at_smoke_size(gpu_quick, monkeypatch):
+    """``gpu.py --cost-model-only --quick --device cpu`` writes the cost-model section alone (on the rows the full run measured)."""
+    out, full, gpu = gpu_quick
+    calls = []
+
+    def rows(dev, dtype, quick, repeats, link_gbps, latency_us):
+        calls.append((dev.type, quick, repeats))
+        return full["cost_model"]["predicted"], full["cost_model"]["measured"]
+
+    monkeypatch.setattr(gpu, "cost_model_rows", rows)
+    gpu.main(["--quick", "--device", "cpu", "--cost-model-only"])
+    assert calls == [("cpu", True, 1)]
+    payload = json.loads((out / "gpu_cost_model_quick.json").read_text())
     assert {r["devices"] for r in payload["predicted"]} == {1, 2, 4, 8}
     assert all(1 <= r["best_window"] <= r["steps"] and r["predicted_s"] > 0 for r in payload["predicted"])
     assert {r["window"] for r in payload["measured"]} == {"4", "auto", "full"}
     assert all(r["rounds"] <= r["steps"] for r in payload["measured"])
-    assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10
+    assert (out / "gpu_cost_model_quick.md").read_text().count("|") > 10
 
 
 def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
@@ -135,3 +161,30 @@ def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_pa
     assert flux8[8]["speedup"] > 3 * flux8[2]["speedup"] / 2 > 1.5
     digits = [r["speedup"] for r in rows if r["model"].startswith("digits") and r["batch"] == 1 and r["link"] in ("-", "NVLink 4")]
     assert max(digits) < 1.1 * min(digits)  # a network that does not fill one GPU gains nothing from more
+
+
+# -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
+def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
+    _run("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "diffusion_quick.json").read_text())["records"]
+    assert {r["method"] for r in recs} == {"TAA m=4, Picard (default)", "TAA m=4, Picard, VP rows (mapping.scaled())"}
+    assert all(r["setting"] == "Euler-4" and r["rounds"] <= 4 and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_flow_sweep_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``flow.py --sweep --quick``: the sweep's loop on its first two variants."""
+    _run("flow", ["--quick", "--sweep"], tmp_path, monkeypatch)
+    recs = json.loads((tmp_path / "flow_sweep_quick.json").read_text())["records"]
+    assert len({r["method"] for r in recs}) == 2 and all(r["rounds"] <= r["steps"] and r["final_psnr"] >= 40 for r in recs)
+
+
+def test_run_all_imports_every_benchmark(monkeypatch):
+    """``run.py`` (every CPU benchmark in turn) imports: its modules and their imports exist."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    scripts = sorted(p.stem for p in BENCH.glob("*.py"))
+    for mod in scripts:
+        sys.modules.pop(mod, None)
+    run = importlib.import_module("run")
+    benchmarks = [m for m in vars(run).values() if getattr(m, "__name__", None) in scripts]
+    assert len(benchmarks) >= 6 and all(callable(m.main) for m in benchmarks)

@@ -654,3 +654,14 @@ def test_final_row_atol_reads_the_map_residual_of_an_unrolled_map():
     sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-12, final_row_atol=1e-6)
     assert sol.num_rounds > 1 and sol.status.ok
     assert np.abs(sol.trajectory[-1] - ref[-1]).max() < 1e-5
+
+
+def test_solution_repr_is_one_short_line():
+    """``print(solution)`` says status, rounds, evaluations and shape, not the whole trajectory."""
+    rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(0.5 * x[lo - 1 : hi - 1] + 1.0), n=2000)
+    sol = trisolve.solve(rnn, trisolve.Jacobi(), np.zeros(3), atol=1e-9)
+    text = repr(sol)
+    assert text == str(sol)
+    assert "\n" not in text and len(text) < 200
+    assert f"status={sol.status.name}" in text and f"num_rounds={sol.num_rounds}" in text
+    assert f"num_evals={sol.num_evals}" in text and "(2001, 3)" in text

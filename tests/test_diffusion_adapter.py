@@ -58,8 +58,8 @@ def test_refuses_unsupported_pipelines_and_schedulers():
 def test_refuses_arguments_without_meaning_in_a_parallel_solve():
     sd = build_tiny_stable_diffusion()
     sd.set_progress_bar_config(disable=True)
-    with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback cannot run inside a parallel solve"):
-        td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})
+    with pytest.raises(TypeError, match="callback_steps: diffusers' deprecated per-step callback cannot run inside a parallel solve"):
+        td.sample(sd, "a cat", callback_steps=1)
     with pytest.raises(TypeError, match="unexpected arguments \\['not_an_argument'\\]"):
         td.sample(sd, "a cat", not_an_argument=1)
     with pytest.raises(TypeError, match="DDIMPipeline: got an unexpected keyword argument 'prompt'"):
@@ -107,7 +107,7 @@ def test_progress_bar_follows_set_progress_bar_config(capsys):
     pipe.set_progress_bar_config(disable=False, desc="parallel", ncols=120)
     td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
     err = capsys.readouterr().err
-    assert "parallel" in err and "round=" in err and "frozen=" in err and "max_res=" in err
+    assert "parallel" in err and "20/20" in err and "round=" in err and "status=CONVERGED" in err  # the bar's end
     pipe.set_progress_bar_config(disable=True)
     td.sample(pipe, num_inference_steps=20, generator=torch.manual_seed(0))
     assert capsys.readouterr().err == ""
@@ -247,3 +247,109 @@ def test_ddim_identity_step_is_written_exactly(config, identity):
         x, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
         prev = sched.step(out, sched.timesteps[-1], x, eta=0.0).prev_sample
         torch.testing.assert_close(prev, x, rtol=0, atol=1e-5)
+
+
+class _RecordingBar:
+    """A tqdm-like bar that records its position and postfixes."""
+
+    def __init__(self, total):
+        self.total, self.n, self.postfixes, self.closed = total, 0, [], False
+
+    def update(self, k):
+        assert k > 0
+        self.n += k
+
+    def set_postfix(self, refresh=True, **kw):
+        self.postfixes.append(kw)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "options, status",
+    [
+        (dict(), trisolve.Status.CONVERGED),
+        (dict(final_atol=0.5), trisolve.Status.FINAL_ROW_CONVERGED),
+        (dict(max_iter=3), trisolve.Status.MAX_ITER),
+    ],
+)
+def test_progress_bar_ends_at_100_percent_on_a_solution_and_shows_pending_residuals(options, status):
+    """A finished solve ends its bar at n/n; max_res is the largest scaled residual of the steps still pending."""
+    pipe = gmm_pipe()
+    pipe.scheduler.set_timesteps(30)
+    latents = torch.randn(2, 1, 4, 4, generator=torch.manual_seed(0))
+    bars, infos = [], []
+
+    def progress(total):
+        bars.append(_RecordingBar(total))
+        return bars[-1]
+
+    opts = td.SolveOptions(progress=progress, callback=infos.append, **options)
+    with pytest.warns(td.UnconvergedSampleWarning) if status is trisolve.Status.MAX_ITER else _no_warning():
+        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, options=opts)
+    assert sol.status is status
+    (bar,) = bars
+    assert bar.total == 30 and bar.closed
+    assert bar.n == (30 if status.ok else sol.num_frozen - 1)
+    if status is not trisolve.Status.CONVERGED:
+        assert sol.num_frozen - 1 < 30  # steps were still pending: a FINAL_ROW_CONVERGED bar completes anyway
+    per_round, end = bar.postfixes[:-1], bar.postfixes[-1]
+    assert end == {"round": sol.num_rounds, "status": status.name}
+    assert len(per_round) == sol.num_rounds == len(infos)
+    for shown, info in zip(per_round, infos):
+        pending = info.errors[info.num_frozen - info.lo :]
+        assert shown["frozen"] == info.num_frozen - 1
+        if pending.size:
+            assert float(shown["max_res"]) == pytest.approx(float(pending.max()), rel=1e-2)
+        else:
+            assert "max_res" not in shown and info.num_frozen == 31
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def cm():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", td.UnconvergedSampleWarning)
+            yield
+
+    return cm()
+
+
+def test_callback_on_step_end_gets_the_calls_pipe_makes():
+    """diffusers' per-step callback, passed as to pipe(...): same step indices, timesteps and latents, once per step."""
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+
+    def recorder(store):
+        def callback(pipe, i, t, callback_kwargs):
+            assert pipe is sd
+            store.append((i, int(t), callback_kwargs["latents"].clone()))
+            return callback_kwargs
+
+        return callback
+
+    ref, got = [], []
+    kw = dict(prompt="a cat", num_inference_steps=6, output_type="latent")
+    sd(**kw, generator=torch.manual_seed(0), callback_on_step_end=recorder(ref))
+    td.sample(sd, **kw, generator=torch.manual_seed(0), callback_on_step_end=recorder(got),
+              atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)  # fmt: skip
+    assert len(ref) == 6
+    assert [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in ref]
+    for (_, _, a), (_, _, b) in zip(got, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)  # float32 round-off of the two loops
+
+    def changes(pipe, i, t, callback_kwargs):
+        return {"latents": callback_kwargs["latents"] * 0}
+
+    with pytest.raises(ValueError, match="returned changed latents at step 0.*cannot change the latents"):
+        td.sample(sd, **kw, generator=torch.manual_seed(0), callback_on_step_end=changes, progress=False)
+    with pytest.raises(ValueError, match="has to be in"):
+        td.sample(sd, **kw, callback_on_step_end=recorder([]), callback_on_step_end_tensor_inputs=["not_a_tensor"])
+    with pytest.raises(TypeError, match="DDIMPipeline.*takes no callback_on_step_end"):
+        td.sample(gmm_pipe(), callback_on_step_end=recorder([]))

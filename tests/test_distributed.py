@@ -109,7 +109,8 @@ def test_digits_sample_matches_single_process(ranks):
 def test_auto_window_is_the_same_on_every_rank(ranks):
     out, read = ranks
     a0, a1 = read("digits_auto", 0), read("digits_auto", 1)
-    assert a0["status"] == "CONVERGED" and a0["windows"] == a1["windows"]
+    # status.ok: with the full window (what "auto" picks when the machine is busy) the output-aware finish ends it
+    assert a0["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and a0["windows"] == a1["windows"]
     assert np.array_equal(np.load(out / "digits_auto_rank0.npy"), np.load(out / "digits_auto_rank1.npy"))
 
 
@@ -199,6 +200,27 @@ def test_row_chunks_cover_rows_in_order():
         assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
         sizes = [b - a for a, b in chunks]
         assert max(sizes) - min(sizes) <= 1
+
+
+def test_multi_gpu_example_runs_with_torchrun_on_cpu(tmp_path):
+    """examples/sample_multi.py (the docs page "Several GPUs") runs as written under torchrun on a CPU build (gloo)."""
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    out = tmp_path / "images.npy"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(ROOT / "examples" / "sample_multi.py"), "--steps", "10", "--batch", "2", "--out", str(out)]  # fmt: skip
+    run = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "2 ranks (gloo, cpu)" in run.stdout
+    images = np.load(out)
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    single = td.sample(pipe, batch_size=2, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
+    seq = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(images, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
+    np.testing.assert_allclose(images, seq, rtol=0, atol=5e-3)
 
 
 def test_what_several_ranks_cannot_run_is_refused_at_the_call_on_every_rank(ranks):

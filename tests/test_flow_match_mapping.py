@@ -52,9 +52,15 @@ def reference_loop(config, timesteps_kwargs, x0, seed):
     return x, np.asarray(seen)
 
 
-def mapped_solution(config, timesteps_kwargs, x0, seed):
-    """Forward substitution of the mapped system: ``(trajectory (n + 1, *shape), mapping)``."""
+def mapped_solution(config, timesteps_kwargs, x0, seed, scaled=False):
+    """Forward substitution of the mapped system: ``(trajectory (n + 1, *shape), mapping)``.
+
+    ``scaled``: of ``mapping.scaled()`` (rows ``y_j = row_scale[j] x_j``), from ``row_scale[0] * x0``.
+    """
     mapping = map_scheduler(_scheduler(config, timesteps_kwargs))
+    if scaled:
+        x0 = x0 * float(mapping.row_scale[0])
+        mapping = mapping.scaled()
     torch.manual_seed(seed)
     gen = mapping.step_generator(torch.Generator().manual_seed(seed))  # None where step() ignores it (diffusers 0.35)
     noise = torch.zeros((mapping.n, *x0.shape), dtype=x0.dtype)
@@ -104,6 +110,20 @@ def test_forward_substitution_equals_step_loop(name):
     torch.testing.assert_close(traj[-1], ref, rtol=1e-5, atol=1e-5)
     assert np.all(np.isfinite(mapping.sigma)) and np.all(mapping.sigma >= 0)
     assert np.any(mapping.sigma > 0)
+
+
+@pytest.mark.parametrize("name", ["default", "invert_sigmas", "stochastic_karras_shift"])
+def test_variance_preserving_rows_equal_step_loop(name):
+    """``scaled()``: rows ``y_j = x_j / sqrt((1 - s_j)^2 + s_j^2)``, the network fed ``x_j``; ``y_n / row_scale[n]`` is the loop's sample."""
+    config, ts_kwargs = CONFIGS[name]
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    ref, _ = reference_loop(config, ts_kwargs, x0, seed=7)
+    traj, scaled = mapped_solution(config, ts_kwargs, x0, seed=7, scaled=True)
+    c = map_scheduler(_scheduler(config, ts_kwargs)).row_scale
+    s = scaled.flow_sigmas / c  # the flow sigmas, from the rescaled levels
+    np.testing.assert_allclose(c, 1 / np.sqrt((1 - s) ** 2 + s**2))
+    assert np.all(c >= 1) and np.any(c > 1.3) and scaled.row_scale is None  # flow latents are at scale <= 1
+    torch.testing.assert_close(traj[-1] / float(c[-1]), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_stochastic_noise_matters():

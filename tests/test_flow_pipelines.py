@@ -123,8 +123,8 @@ def test_sd3_refusals(sd3):
     kw = dict(**_sd3_embeds(1), height=16, width=16, guidance_scale=3.0, skip_guidance_layers=[0], skip_layer_guidance_start=0.0)
     with pytest.raises(ValueError, match="skip-layer guidance needs the timesteps"):  # rows 1, 2 get it; row 3 repeats row 1's
         td.sample(sd3, sigmas=[1.0, 0.5, 0.2, 0.5], skip_layer_guidance_stop=0.6, **kw, progress=False)
-    with pytest.raises(TypeError, match="callback"):
-        td.sample(sd3, callback_on_step_end=lambda *a: {}, **kw)
+    with pytest.raises(TypeError, match="only 'latents'"):
+        td.sample(sd3, callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"], **kw)
 
 
 def test_sd3_img2img_equals_pipeline(sd3):

@@ -125,12 +125,27 @@ def test_tiny_stable_diffusion_builds_offline():
 
 
 def test_demo_runs_end_to_end_and_writes_its_figure(tmp_path, capsys):
+    import re
+
     from trisolve_diffusion.demo import main
 
     out = tmp_path / "demo.png"
-    assert main(["--steps", "10", "--batch", "2", "--out", str(out), "--no-progress"]) == 0
+    assert main(["--steps", "10", "--batch", "2", "--out", str(out), "--no-progress", "--repeats", "2"]) == 0
     text = capsys.readouterr().out
     assert "parallel" in text and "PSNR" in text and "network evaluations" in text
+    # the words under the table agree with the medians printed in it
+    t_seq, t_par = map(float, re.search(r"median of 2 +([0-9.]+) +([0-9.]+)", text).groups())
+    ranges = re.search(r"runs: min - max \[s\] +([0-9.]+) - ([0-9.]+) +([0-9.]+) - ([0-9.]+)", text).groups()
+    s_lo, s_hi, p_lo, p_hi = map(float, ranges)
+    verdict = next(line.strip() for line in text.splitlines() if re.match(r" +(parallel was|no clear winner)", line))
+    ratio = float(re.search(r"([0-9.]+)x", verdict).group(1))
+    # the table rounds to 0.01 s and the sentence to 0.01x
+    assert (t_seq - 0.005) / (t_par + 0.005) - 0.005 <= ratio <= (t_seq + 0.005) / max(t_par - 0.005, 1e-9) + 0.005
+    if max(s_lo, p_lo) <= min(s_hi, p_hi):
+        assert verdict.startswith("no clear winner")
+    else:
+        assert ("faster here" in verdict) == (ratio >= 1.0) and ("(slower) here" in verdict) == (ratio < 1.0)
+    assert "window: all 10 steps (full window, the default)" in text and "machine:" in text and "load average" in text
     assert out.exists() and out.stat().st_size > 10_000
     import matplotlib.image
 

@@ -183,8 +183,10 @@ def test_refusals_come_before_any_work(sd):
             td.sample(sd, "a cat", ip_adapter_image=IMAGE[:1])
         with pytest.raises(TypeError, match="sigmas: custom sigmas are supported for the flow-matching pipelines only"):
             td.sample(sd, "a cat", sigmas=[1.0, 0.5])
-        with pytest.raises(TypeError, match="callback_on_step_end: a per-step callback"):
-            td.sample(sd, "a cat", callback_on_step_end=lambda *a: {})
+        with pytest.raises(TypeError, match="callback_steps: diffusers' deprecated per-step callback"):
+            td.sample(sd, "a cat", callback_steps=1)
+        with pytest.raises(TypeError, match="only 'latents'"):
+            td.sample(sd, "a cat", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"])
         with pytest.raises(TypeError, match="options must be a trisolve_diffusion.SolveOptions"):
             td.sample(sd, "a cat", options={"atol": 1e-3})
         with pytest.raises(ValueError, match="either order= or update_map="):

@@ -107,8 +107,9 @@ def test_wan_expand_timesteps_equals_pipeline(wan):
 def test_wan_refusals(wan):
     with pytest.raises(ValueError, match="divisible by 16"):  # the pipeline's own check_inputs
         td.sample(wan, prompt_embeds=_embeds(1), height=16, width=24, num_frames=5, num_inference_steps=2, guidance_scale=1.0, progress=False)
-    with pytest.raises(TypeError, match="callback_on_step_end"):
-        td.sample(wan, prompt_embeds=_embeds(1), num_inference_steps=2, callback_on_step_end=lambda *a: {})
+    with pytest.raises(TypeError, match="only 'latents'"):  # a per-step callback cannot change the conditioning mid-solve
+        td.sample(wan, prompt_embeds=_embeds(1), num_inference_steps=2, callback_on_step_end=lambda *a: {},
+                  callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"])  # fmt: skip
     from diffusers import WanImageToVideoPipeline
 
     with pytest.raises(TypeError, match="WanImageToVideoPipeline: image-to-video"):
@@ -234,6 +235,33 @@ def test_cogvideox_refusals(cogvideox):
         map_scheduler(zero_snr)
     with pytest.raises(TypeError, match="CogVideoXImageToVideoPipeline: image-to-video"):
         td.sample(object.__new__(CogVideoXImageToVideoPipeline), "a cat")
+
+
+@pytest.mark.parametrize("name", ["wan", "ltx", "cogvideox"])
+def test_callback_on_step_end_gets_the_calls_pipe_makes(name, request):
+    """diffusers' per-step callback on the video pipelines: the same step indices, timesteps and latents as pipe(...)."""
+    pipe = request.getfixturevalue(name)
+    kw = {
+        "wan": dict(prompt_embeds=_embeds(1), negative_prompt_embeds=_embeds(1, seed=2), height=16, width=16, num_frames=5,
+                    num_inference_steps=3, guidance_scale=3.0),
+        "ltx": dict(prompt="a cat", height=32, width=32, num_frames=5, num_inference_steps=3, guidance_scale=2.0, max_sequence_length=8),
+        "cogvideox": dict(prompt_embeds=_embeds(1, length=16), negative_prompt_embeds=_embeds(1, length=16, seed=2), height=16,
+                          width=16, num_frames=9, num_inference_steps=4, guidance_scale=6.0),
+    }[name]  # fmt: skip
+
+    def recorder(store):
+        def callback(p, i, t, callback_kwargs):
+            store.append((i, float(t), callback_kwargs["latents"].clone()))
+            return callback_kwargs
+
+        return callback
+
+    ref, got = [], []
+    pipe(generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=recorder(ref), **kw)
+    td.sample(pipe, generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=recorder(got), **kw, **TIGHT)
+    assert len(ref) == kw["num_inference_steps"] and [(i, t) for i, t, _ in got] == [(i, t) for i, t, _ in ref]
+    for (_, _, a), (_, _, b) in zip(got, ref):
+        _close(a, b)
 
 
 # -- copies of upstream preparation ---------------------------------------------------------------

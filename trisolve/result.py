@@ -225,6 +225,12 @@ class Solution:
     num_rejections: int = 0
     num_fallback_rows: int = 0
 
+    def __repr__(self) -> str:
+        """Short: status, rounds, evaluations and the trajectory's shape (``print(solution)`` stays one line)."""
+        shape = tuple(int(s) for s in self.trajectory.shape)
+        counts = f"num_rounds={self.num_rounds}, num_evals={self.num_evals}, num_frozen={self.num_frozen}"
+        return f"Solution(status={self.status.name}, {counts}, trajectory shape={shape})"
+
     @property
     def converged(self) -> bool:
         return self.status is Status.CONVERGED

@@ -6,13 +6,23 @@
 Prints a table (steps, parallel rounds, network evaluations, wall time, max difference and
 PSNR against the sequential sample) and writes a figure: both sample grids side by side and
 the scaled residual of every step (row) in every round.
+
+Wall time depends on the machine and on its load, so the demo times both samplers after a
+warm-up, ``--repeats`` times each, interleaved (sequential, parallel, sequential, ...), and
+reports the medians with the machine (CPU or GPU, cores, torch threads, torch version) and
+the load average before and after; the sentence under the table is computed from those
+medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
+import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +33,7 @@ import trisolve
 from .models.digits import load_digits_pipeline
 from .sample import sample
 
-__all__ = ["main", "psnr", "run_demo"]
+__all__ = ["main", "psnr", "run_demo", "time_interleaved", "machine_description", "timing_verdict", "verdict_of", "window_description"]
 
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
 SOLVERS = ("taa", "anderson", "jacobi")
@@ -34,6 +44,115 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """PSNR in dB of images in ``[0, 1]`` (``inf`` when identical)."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
     return float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+
+
+def time_interleaved(runs: dict[str, Callable[[], object]], repeats: int, *, warmup: dict[str, Callable[[], object]] | None = None) -> dict:
+    """Wall times of several callables, interleaved, after a warm-up.
+
+    Calls every ``warmup`` callable once (untimed; default: ``runs``), then ``repeats`` rounds
+    of every ``runs`` callable in turn, so that a change of the machine's load hits each alike.
+
+    Returns
+    -------
+    dict
+        ``times`` (name -> list of seconds), ``median`` (name -> seconds), ``load_before`` and
+        ``load_after`` (1-minute load average, ``nan`` where the OS has none), ``last``
+        (name -> the last call's return value).
+    """
+    if not (isinstance(repeats, int) and repeats >= 1):
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}.")
+    for fn in (runs if warmup is None else warmup).values():
+        fn()
+    load_before = _load()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    last: dict[str, object] = {}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            last[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(t) for name, t in times.items()}
+    return {"times": times, "median": median, "load_before": load_before, "load_after": _load(), "last": last}
+
+
+def _load() -> float:
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # no load average on this OS
+        return float("nan")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """One line: the device (CPU model or GPU name), cores, torch threads and torch version."""
+    device = torch.device(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model()
+    return f"{where}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads"
+
+
+def timing_verdict(
+    t_seq: float, t_par: float, *, evals_ratio: float | None = None, cores: int | None = None, load: float = float("nan"), spread: bool = False
+) -> str:
+    """A sentence that says which sampler was faster *in this run*, computed from its medians.
+
+    ``evals_ratio``: the parallel solve's network evaluations over the loop's. ``spread``: the
+    sequential and parallel runs' ranges overlapped (the difference is within the run-to-run
+    noise). ``cores`` and ``load`` (the 1-minute load average) describe the machine.
+    """
+    if not (t_seq > 0 and t_par > 0):
+        raise ValueError(f"times must be > 0, got sequential {t_seq!r} and parallel {t_par!r}.")
+    ratio = t_seq / t_par
+    extra = "the extra network evaluations" if evals_ratio is None else f"{evals_ratio:.1f}x the network evaluations"
+    where = ""
+    if cores and load == load:  # a load average is known (nan is not equal to itself)
+        where = f" Measured at load average {load:.1f} on {cores} cores ({'a busy' if load >= 0.75 * cores else 'a quiet'} machine)."
+    if spread:
+        return (
+            f"no clear winner here: parallel ran at {ratio:.2f}x the sequential speed, within the spread of the runs. "
+            f"Wall time on a CPU follows its load; the rounds and evaluations above do not.{where}"
+        )
+    if ratio >= 1.0:
+        return (
+            f"parallel was {ratio:.2f}x faster here: fewer dependent steps (rounds) paid for {extra} on this machine "
+            "at this load. On a quiet CPU the extra evaluations can make it slower; a GPU, where a batch costs about "
+            f"as much as one step, is where it pays reliably.{where}"
+        )
+    return (
+        f"parallel was {ratio:.2f}x (slower) here: on a CPU a round costs about as much as the steps it evaluates, so "
+        f"{extra} were not repaid. Parallel sampling pays where a batch of steps costs little more than one step "
+        f"(a GPU: see the README's GPU table), not on a CPU.{where}"
+    )
+
+
+def verdict_of(timing: dict, *, evals_ratio: float | None = None) -> str:
+    """:func:`timing_verdict` of a :func:`time_interleaved` result with ``"sequential"`` and ``"parallel"`` runs.
+
+    The medians, whether the two ranges of run times overlap (then there is no clear winner),
+    the larger of the load averages before and after, and this machine's core count.
+    """
+    ts, tp = timing["times"]["sequential"], timing["times"]["parallel"]
+    overlap = len(ts) > 1 and len(tp) > 1 and max(min(ts), min(tp)) <= min(max(ts), max(tp))
+    load = max(timing["load_before"], timing["load_after"])
+    t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
+    return timing_verdict(t_seq, t_par, evals_ratio=evals_ratio, cores=os.cpu_count(), load=load, spread=overlap)
+
+
+def window_description(sol: trisolve.Solution, chosen: str = "the default") -> str:
+    """The window a solve used, from its rounds: ``"all n steps (full window, <chosen>)"`` or ``"sliding, w steps (<chosen>)"``."""
+    n = sol.n
+    if not sol.windows or sol.windows[0] == (1, n + 1):
+        return f"all {n} steps (full window, {chosen})"
+    return f"sliding, {max(hi - lo for lo, hi in sol.windows)} steps ({chosen})"
 
 
 def _solver(name: str, history: int) -> trisolve.Solver:
@@ -65,30 +184,42 @@ def run_demo(
     batch: int = 8,
     out: Path | None = Path("trisolve_demo.png"),
     progress: bool = True,
+    repeats: int = 3,
 ) -> dict:
-    """Run the demo and return its measurements (also printed)."""
+    """Run the demo and return its measurements (also printed).
+
+    Wall times are medians of ``repeats`` interleaved runs of each sampler after a short
+    warm-up (:func:`time_interleaved`); the result also holds every run's time, the load
+    average before and after, the machine and the sentence printed under the table
+    (:func:`timing_verdict`).
+    """
     torch.manual_seed(seed)
     pipe = load_digits_pipeline(scheduler)
-    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sequential")
-    start = time.perf_counter()
-    seq = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
-    t_seq = time.perf_counter() - start
-    pipe.set_progress_bar_config(disable=not progress, leave=False, desc="parallel (steps final)")
     order = None if order is None else min(order, steps)
-    start = time.perf_counter()
-    par = sample(
-        pipe,
-        batch_size=batch,
-        num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-        solver=_solver(solver, history),
-        update_map=_map(update_map, order),
-        window_size=window,
-    )
-    t_par = time.perf_counter() - start
+    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window_size=window)
+
+    def run_sequential(num_steps: int = steps):
+        pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sequential")
+        return pipe(batch_size=batch, num_inference_steps=num_steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
+
+    def run_parallel(num_steps: int = steps):
+        pipe.set_progress_bar_config(disable=not progress, leave=False, desc="parallel (steps final)")
+        return sample(pipe, batch_size=batch, num_inference_steps=num_steps, generator=torch.Generator().manual_seed(seed),
+                      output_type="np", **parallel_kw)  # fmt: skip
+
+    print(f"trisolve demo: bundled digits DDPM, {scheduler}-{steps}, batch {batch}, solver {solver} on the {update_map} map")
+    print(f"  timing: a warm-up, then {repeats} runs of each sampler, interleaved ...", flush=True)
+    warm = min(steps, 4)
+    timing = time_interleaved({"sequential": run_sequential, "parallel": run_parallel}, repeats,
+                              warmup={"sequential": lambda: run_sequential(warm), "parallel": lambda: run_parallel(warm)})  # fmt: skip
+    seq, par = timing["last"]["sequential"], timing["last"]["parallel"]
+    t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
     sol = par.solution
     n = sol.n
+    window_text = window_description(sol, "the default" if window is None else "--window")
+    ts, tp = timing["times"]["sequential"], timing["times"]["parallel"]
+    verdict = verdict_of(timing, evals_ratio=sol.num_evals / n)
+    machine = machine_description(pipe.device)
     result = {
         "steps": n,
         "rounds": sol.num_rounds,
@@ -96,6 +227,13 @@ def run_demo(
         "evals_parallel": sol.num_evals * batch,
         "time_sequential_s": t_seq,
         "time_parallel_s": t_par,
+        "times_sequential_s": ts,
+        "times_parallel_s": tp,
+        "load_before": timing["load_before"],
+        "load_after": timing["load_after"],
+        "machine": machine,
+        "window": window_text,
+        "verdict": verdict,
         "max_abs_diff": float(np.abs(par.images - seq).max()),
         "psnr_db": psnr(par.images, seq),
         "status": sol.status.name,
@@ -104,15 +242,19 @@ def run_demo(
         ("", "sequential", "parallel"),
         ("steps / rounds", f"{n}", f"{sol.num_rounds}"),
         ("network evaluations (images)", f"{n * batch}", f"{sol.num_evals * batch}"),
-        ("wall time [s]", f"{t_seq:.2f}", f"{t_par:.2f}"),
+        (f"wall time [s], median of {repeats}", f"{t_seq:.2f}", f"{t_par:.2f}"),
+        ("  runs: min - max [s]", f"{min(ts):.2f} - {max(ts):.2f}", f"{min(tp):.2f} - {max(tp):.2f}"),
         ("max |difference| (pixels in [0,1])", "", f"{result['max_abs_diff']:.2e}"),
         ("PSNR vs sequential [dB]", "", f"{result['psnr_db']:.1f}"),
     ]
     width = max(len(r[0]) for r in rows)
-    print(f"trisolve demo: bundled digits DDPM, {scheduler}-{steps}, batch {batch}, solver {solver} on the {update_map} map")
     for r in rows:
         print(f"  {r[0]:<{width}}  {r[1]:>12}  {r[2]:>12}")
     print(f"  status: {sol.status.name} ({sol.status.message})")
+    print(f"  window: {window_text}")
+    lb, la = timing["load_before"], timing["load_after"]
+    print(f"  machine: {machine}; load average {lb:.1f} before, {la:.1f} after")
+    print(f"  {verdict}")
     if out is not None:
         _figure(seq, par.images, sol, Path(out), title=f"{scheduler}-{steps}: {sol.num_rounds} parallel rounds")
         print(f"  figure written to {Path(out).resolve()}")
@@ -174,6 +316,7 @@ def _figure(seq: np.ndarray, par: np.ndarray, sol: trisolve.Solution, path: Path
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m trisolve_diffusion [options]``: parse the command line and :func:`run_demo` (``--help`` lists the options)."""
     ap = argparse.ArgumentParser(prog="python -m trisolve_diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
@@ -184,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--history", type=int, default=4, help="Anderson history size (difference pairs)")
     ap.add_argument("--batch", type=int, default=8, help="images per run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each sampler, interleaved, after a warm-up (default 3)")
     ap.add_argument("--out", type=Path, default=Path("trisolve_demo.png"), help="figure path (PNG)")
     ap.add_argument("--no-progress", action="store_true", help="hide progress bars")
     args = ap.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        ap.error("--steps and --batch must be >= 1")
+    if args.steps < 1 or args.batch < 1 or args.repeats < 1:
+        ap.error("--steps, --batch and --repeats must be >= 1")
     run_demo(
         steps=args.steps,
         scheduler=args.scheduler,
@@ -201,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         out=args.out,
         progress=not args.no_progress,
+        repeats=args.repeats,
     )
     return 0
 

@@ -59,7 +59,7 @@ import trisolve
 from trisolve._validate import check_float, check_int
 
 from .sampler import ParallelSamplingError, SamplingInterrupted, SolveOptions, solve_rows
-from .schedulers.base import ve_posterior_std
+from .schedulers.parametrisation import level_posterior_std
 
 __all__ = [
     "sample_euler",
@@ -532,7 +532,7 @@ def _solve(
         with torch.no_grad():
             _check_per_row_sigma(model, x, sig, extra_args)
     system = trisolve.SemilinearSystem(a * scale[1:] / scale[:-1], B * scale[1:, None], g, c=forcing,
-                                       sigma=ve_posterior_std(lvl) * scale[1:], batch_ndim=1)  # fmt: skip
+                                       sigma=level_posterior_std(np.ones_like(lvl), lvl) * scale[1:], batch_ndim=1)  # fmt: skip
     if options.init is not None:
         if tuple(options.init.shape) != (n + 1, *x.shape):
             raise ValueError(f"init must be a tensor of shape (rows + 1, *x.shape) = {(n + 1, *x.shape)}, got {tuple(options.init.shape)}.")

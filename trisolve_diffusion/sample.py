@@ -30,7 +30,7 @@ from diffusers import (
 from trisolve._validate import check_int
 
 from .models.digits_flow import DigitsFlowPipeline
-from .pipelines._common import bind
+from .pipelines._common import bind, step_callbacks
 from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
 from .pipelines.cogvideox import sample_cogvideox
 from .pipelines.digits_flow import sample_digits_flow
@@ -117,6 +117,18 @@ def sample(
         :class:`SolveOptions` field may also be given as a keyword (``atol=1e-6``), which
         overrides ``options``. The progress bar is the pipeline's own
         (``pipe.set_progress_bar_config`` applies) unless ``progress=False``.
+        ``callback=`` is *per round*: ``callback(info: trisolve.RoundInfo)`` after each
+        parallel round (every step's current iterate, the frozen rows); a true return stops
+        the solve.
+    callback_on_step_end, callback_on_step_end_tensor_inputs
+        diffusers' *per-step* callback, taken as ``pipe(...)`` takes it (a function or a
+        ``PipelineCallback``): called once per step, ``callback(pipe, i, t, {"latents": ...})``
+        with the same step indices, timesteps and (to the solve's tolerance) latents after
+        each step as in ``pipe(...)``, but *after* the solve, in step order. It observes; it
+        cannot steer: returning changed latents raises ``ValueError``, and tensor inputs
+        other than ``"latents"`` (e.g. ``prompt_embeds`` for a guidance cut-off) raise
+        ``TypeError``. Pipeline state that ``pipe(...)`` sets while it runs
+        (``pipe.num_timesteps``, ``pipe.interrupt``) is not set.
     max_batch_size : int, optional
         Largest network batch per call (rows x samples x guidance copies); bounds memory.
     return_solution : bool
@@ -137,7 +149,8 @@ def sample(
     ------
     TypeError
         An unsupported pipeline (the message points to :func:`sample_latents`), an argument
-        without meaning in a parallel solve (per-step callbacks), an unknown argument.
+        without meaning in a parallel solve (``callback_steps``, a ``callback_on_step_end``
+        reading other tensors than the latents), an unknown argument.
     UnsupportedSchedulerError
         A scheduler or scheduler option without an exact parallel form, or one that the
         pipeline's own loop cannot run or runs mis-scaled (``DDIMPipeline`` runs only DDIM;
@@ -172,7 +185,10 @@ def sample(
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, 1, hint="or None")
     front = _front_door(pipe)
+    replay = step_callbacks(pipe, kwargs)
     params = bind(pipe, args, kwargs, allow=_HONOURED.get(front, frozenset()))
     with torch.no_grad():  # as the pipelines' own __call__
         result, solution = front(pipe, params, options, max_batch_size)
+        if replay is not None:
+            replay(solution)
     return (result, solution) if return_solution else result

@@ -143,9 +143,14 @@ class SolveOptions:
     trajectory_dtype : torch.dtype
         dtype of the trajectory and residuals (float32 or float64); the network keeps its own.
     callback : callable, optional
-        ``callback(info: trisolve.RoundInfo)`` after every round; a true return stops.
+        ``callback(info: trisolve.RoundInfo)`` after every parallel *round* (not per step); a
+        true return stops. diffusers' per-step ``callback_on_step_end`` is a :func:`sample`
+        argument, called once per step after the solve.
     progress : bool or callable
-        ``True``: a tqdm bar over the rows (``round``, ``frozen``, ``max_res`` in its postfix);
+        ``True``: a tqdm bar over the steps (``round``, ``frozen`` steps and ``max_res`` in its
+        postfix: the largest scaled residual, converged iff ``<= 1``, of the steps not yet final
+        after the round, at the iterate the round evaluated); a solve that returns a solution
+        (status ``CONVERGED`` or ``FINAL_ROW_CONVERGED``) ends the bar at 100 % with its status;
         ``False``: none; a callable ``progress(total=n)`` returning a tqdm-like bar (the
         pipeline front doors pass ``pipe.progress_bar``, so ``pipe.set_progress_bar_config``
         applies).
@@ -304,7 +309,15 @@ def draw_noise(
 
 
 class _Progress:
-    """Rows frozen so far on a tqdm-like bar, with the round's numbers in its postfix."""
+    """Steps final so far on a tqdm-like bar, with the round's numbers in its postfix.
+
+    After each round: ``round``, ``frozen`` (steps final) and ``max_res``, the largest scaled
+    residual (converged iff ``<= 1``, docs/glossary) among the steps still iterated after the
+    round, measured at the iterate that round evaluated; the rows that froze in the round
+    (the first failing one included, which one plain step made exact) are not in it. At the
+    end (:meth:`finish`) a solve that returned a solution (``status.ok``) completes the bar
+    to ``n`` and shows its status; any other end leaves the bar at the steps that are final.
+    """
 
     def __init__(self, progress: bool | Callable[..., Any], n: int):
         self.n, self.done = n, 0
@@ -319,8 +332,17 @@ class _Progress:
 
     def round(self, info: trisolve.RoundInfo) -> None:
         if self.bar is not None:
-            self.bar.set_postfix(round=info.round, frozen=min(info.num_frozen - 1, self.n), max_res=f"{info.max_error:.3g}", refresh=False)
+            pending = info.errors[info.num_frozen - info.lo :]  # window rows not final after the round
+            shown = {"max_res": f"{float(np.max(pending)):.3g}"} if pending.size else {}
+            self.bar.set_postfix(round=info.round, frozen=min(info.num_frozen - 1, self.n), **shown, refresh=False)
             self.advance(info.num_frozen)
+
+    def finish(self, sol: trisolve.Solution) -> None:
+        """The solve's end: ``n`` of ``n`` with the status when it returned a solution, else the final steps."""
+        if self.bar is None:
+            return
+        self.advance(self.n + 1 if sol.status.ok else sol.num_frozen)
+        self.bar.set_postfix(round=sol.num_rounds, status=sol.status.name, refresh=True)
 
     def advance(self, num_frozen: int) -> None:
         frozen = min(num_frozen - 1, self.n)
@@ -501,9 +523,9 @@ def sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
+        method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__),
-                              split=split, evaluate_share=share)  # fmt: skip
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, split=split, evaluate_share=share)
     sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c)
     return sol.trajectory[-1].to(latents.dtype), sol
 
@@ -562,7 +584,7 @@ def solve_rows(
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
                 final_row_atol=None if options.final_atol == "auto" else options.final_atol,
             )  # fmt: skip
-        bar.advance(sol.num_frozen)
+        bar.finish(sol)
     finally:
         bar.close()
     _raise_for_status(sol, options.strict)

@@ -25,6 +25,7 @@ from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, 
 
 __all__ = ["WEIGHTS_DIR", "digits_dataset", "build_unet", "load_digits_unet", "load_digits_pipeline", "train"]
 
+#: Folder of the bundled digits DDPM's weights (``diffusion_pytorch_model.safetensors``, ``config.json``).
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "digits"
 
 UNET_CONFIG = dict(

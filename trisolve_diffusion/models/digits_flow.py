@@ -48,10 +48,12 @@ from .digits import UNET_CONFIG, digits_dataset, optimisation_step
 
 __all__ = ["WEIGHTS_DIR", "SCHEDULER_CONFIG", "DigitsFlowPipeline", "build_unet", "load_digits_flow_unet", "load_digits_flow_pipeline", "train"]
 
+#: Folder of the bundled digits flow model's weights.
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "digits_flow"
 
 # shift 1: sigmas evenly spaced in [1, 1/n]; `shift`, dynamic shifting and the other sigma options
 # of the scheduler can be switched on with load_digits_flow_pipeline(**overrides)
+#: ``FlowMatchEulerDiscreteScheduler`` config of the bundled flow model.
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "check_no_cache",
     "check_steps",
     "solve",
+    "step_callbacks",
 ]
 
 #: What to suggest to a flow-matching pipeline's front door (:func:`check_loop_runs`).
@@ -35,11 +36,10 @@ FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler (the pipeline's own)"
 
 #: Pipeline arguments that have no meaning when all steps are solved at once.
 REFUSED = {
-    "callback_on_step_end": (
-        "a per-step callback cannot run inside a parallel solve; pass callback= (called once per round with a trisolve.RoundInfo) instead"
+    "callback_steps": (
+        "diffusers' deprecated per-step callback cannot run inside a parallel solve; pass callback_on_step_end= "
+        "(called once per step after the solve) or callback= (once per round, with a trisolve.RoundInfo)"
     ),
-    "callback_on_step_end_tensor_inputs": "per-step callbacks are not supported in a parallel solve",
-    "callback_steps": "per-step callbacks are not supported in a parallel solve",
     "ip_adapter_image": "IP-Adapter inputs are not supported by trisolve_diffusion",
     "ip_adapter_image_embeds": "IP-Adapter inputs are not supported by trisolve_diffusion",
     "sigmas": "custom sigmas are supported for the flow-matching pipelines only; use num_inference_steps or timesteps",
@@ -163,3 +163,56 @@ def solve(
     start = time.perf_counter()
     final, sol = sample_latents(denoiser, pipe.scheduler, latents, options=options, **kwargs)
     return final, sol, time.perf_counter() - start
+
+
+def step_callbacks(pipe: Any, kwargs: dict) -> Any:
+    """Take diffusers' ``callback_on_step_end`` (and its ``_tensor_inputs``) out of ``kwargs``, checked before the solve.
+
+    Returns ``replay(solution)`` (``None`` when no callback was given): it calls the callback
+    once per step, as ``pipe(...)`` does, ``callback(pipe, i, t, {"latents": latents_after_step_i})``
+    with the loop's step index ``i`` and timestep ``t``, after the solve (every step is computed
+    by then, so a callback cannot change a latent: returning different latents raises).
+    """
+    callback = kwargs.pop("callback_on_step_end", None)
+    inputs = kwargs.pop("callback_on_step_end_tensor_inputs", None)
+    if callback is None and inputs is None:
+        return None
+    name = type(pipe).__name__
+    if "callback_on_step_end" not in inspect.signature(type(pipe).__call__).parameters:
+        raise TypeError(f"{name}(...) takes no callback_on_step_end; pass callback= (called once per round with a trisolve.RoundInfo).")
+    if callback is None:
+        return None  # tensor inputs without a callback: pipe(...) ignores them too
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+        inputs = callback.tensor_inputs
+    elif not callable(callback):
+        raise TypeError(f"callback_on_step_end must be callable as callback(pipe, step, timestep, callback_kwargs), got {type(callback).__name__}.")
+    inputs = ["latents"] if inputs is None else list(inputs)
+    allowed = getattr(pipe, "_callback_tensor_inputs", ["latents"])
+    if any(k not in allowed for k in inputs):
+        raise ValueError(f"callback_on_step_end_tensor_inputs has to be in {allowed}, but found {[k for k in inputs if k not in allowed]}.")
+    if any(k != "latents" for k in inputs):
+        raise TypeError(
+            f"callback_on_step_end_tensor_inputs={inputs}: after a parallel solve only 'latents' (each step's) can be given to the "
+            "callback; a callback that changes the conditioning mid-loop (e.g. prompt_embeds) needs the sequential pipe(...)."
+        )
+
+    def replay(solution: trisolve.Solution) -> None:
+        traj, n = solution.trajectory, solution.n
+        timesteps = pipe.scheduler.timesteps[len(pipe.scheduler.timesteps) - n :]  # the loop's steps (it runs to the end)
+        for i in range(n):
+            latents = traj[i + 1].to(pipe.dtype)
+            out = callback(pipe, i, timesteps[i], {"latents": latents} if inputs else {})
+            if out is None:
+                continue
+            if not isinstance(out, dict):
+                raise TypeError(f"callback_on_step_end returned {type(out).__name__} at step {i}; return the callback_kwargs dict (or None).")
+            new = out.get("latents", latents)
+            if new is not latents and not (isinstance(new, torch.Tensor) and new.shape == latents.shape and torch.equal(new, latents)):
+                raise ValueError(
+                    f"callback_on_step_end returned changed latents at step {i}: in a parallel solve every step is computed before "
+                    "the callbacks run, so they cannot change the latents; use the sequential pipe(...) for that."
+                )
+
+    return replay

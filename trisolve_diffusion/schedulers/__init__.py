@@ -26,30 +26,34 @@ from .euler_ancestral import map_euler_ancestral
 from .flow_match import map_flow_match
 from .heun import map_heun, map_kdpm2, map_kdpm2_ancestral
 from .lms import map_lms
+from .parametrisation import Parametrisation
 from .pndm import map_pndm
 from .unipc import map_unipc
 
-__all__ = ["map_scheduler", "SchedulerMapping", "UnsupportedSchedulerError", "SUPPORTED_SCHEDULERS", "REFUSED_SCHEDULERS"]
+__all__ = ["map_scheduler", "SchedulerMapping", "Parametrisation", "UnsupportedSchedulerError", "SUPPORTED_SCHEDULERS", "REFUSED_SCHEDULERS"]
 
-#: diffusers scheduler class name -> mapping function ``f(scheduler, eta, use_clipped_model_output, start)``.
+#: diffusers scheduler class name -> mapping function ``f(scheduler, start)``. A new scheduler is one
+#: file with its ``map_<name>`` and one line here. (DDIM also takes the pipeline's step arguments:
+#: :func:`map_scheduler` passes them.)
 _MAPPERS = {
-    "DDIMScheduler": lambda s, eta, clipped, start: map_ddim(s, eta=eta, use_clipped_model_output=clipped, start=start),
-    "DDPMScheduler": lambda s, eta, clipped, start: map_ddpm(s, start),
-    "DPMSolverMultistepScheduler": lambda s, eta, clipped, start: map_dpmsolver(s, start),
-    "DPMSolverSinglestepScheduler": lambda s, eta, clipped, start: map_dpmsolver_singlestep(s, start),
-    "EulerDiscreteScheduler": lambda s, eta, clipped, start: map_euler(s, start),
-    "EulerAncestralDiscreteScheduler": lambda s, eta, clipped, start: map_euler_ancestral(s, start),
-    "UniPCMultistepScheduler": lambda s, eta, clipped, start: map_unipc(s, start),
-    "PNDMScheduler": lambda s, eta, clipped, start: map_pndm(s, start),
-    "LMSDiscreteScheduler": lambda s, eta, clipped, start: map_lms(s, start),
-    "DEISMultistepScheduler": lambda s, eta, clipped, start: map_deis(s, start),
-    "HeunDiscreteScheduler": lambda s, eta, clipped, start: map_heun(s, start),
-    "KDPM2DiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2(s, start),
-    "KDPM2AncestralDiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2_ancestral(s, start),
-    "FlowMatchEulerDiscreteScheduler": lambda s, eta, clipped, start: map_flow_match(s, start),
-    "CogVideoXDDIMScheduler": lambda s, eta, clipped, start: map_cogvideox_ddim(s, start),
+    "DDIMScheduler": map_ddim,
+    "DDPMScheduler": map_ddpm,
+    "DPMSolverMultistepScheduler": map_dpmsolver,
+    "DPMSolverSinglestepScheduler": map_dpmsolver_singlestep,
+    "EulerDiscreteScheduler": map_euler,
+    "EulerAncestralDiscreteScheduler": map_euler_ancestral,
+    "UniPCMultistepScheduler": map_unipc,
+    "PNDMScheduler": map_pndm,
+    "LMSDiscreteScheduler": map_lms,
+    "DEISMultistepScheduler": map_deis,
+    "HeunDiscreteScheduler": map_heun,
+    "KDPM2DiscreteScheduler": map_kdpm2,
+    "KDPM2AncestralDiscreteScheduler": map_kdpm2_ancestral,
+    "FlowMatchEulerDiscreteScheduler": map_flow_match,
+    "CogVideoXDDIMScheduler": map_cogvideox_ddim,
 }
 
+#: The diffusers scheduler classes :func:`map_scheduler` maps (and ``sample()`` / ``sample_latents`` accept).
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
 
 _SWAP = "pipe.scheduler = {to}.from_config(pipe.scheduler.config)"
@@ -111,7 +115,9 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     if mapper is not None and type(scheduler) is getattr(diffusers, name):
         require_timesteps(scheduler)
         eta = check_float("eta", eta, 0.0)  # NumPy scalars too (one validation helper)
-        return mapper(scheduler, eta, use_clipped_model_output, start)
+        if mapper is map_ddim:
+            return map_ddim(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=start)
+        return mapper(scheduler, start)
     if name in REFUSED_SCHEDULERS:
         raise UnsupportedSchedulerError(f"{name} is not supported by trisolve_diffusion: {REFUSED_SCHEDULERS[name]}.")
     raise UnsupportedSchedulerError(

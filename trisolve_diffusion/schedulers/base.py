@@ -6,36 +6,37 @@ A sampler with ``n`` steps is the lower-triangular system (DESIGN 5)::
 
 Row ``0`` is the initial noise, row ``n`` the sample. ``g_j`` is the *processed prediction*
 of row ``j``: a function of ``x_j`` alone (the network's output at ``timesteps[j]``, made into
-a clean-image or noise prediction, clipped or thresholded where the scheduler does so).
+a clean-image or noise prediction, clipped or thresholded where the scheduler does so), given by
+the one :class:`~.parametrisation.Parametrisation` of the rows (their levels
+``x_j = alpha_j x0 + sigma_j eps``, the prediction type and one formula for ``g``).
 For one-step schedulers (DDIM, DDPM) ``g_j`` is the whole non-linear part of the step,
 ``step_{j+1}(x_j) - a_{j+1} x_j``; ``a`` is the step's derivative with the network output held
 fixed. ``z_i`` is the noise the sequential loop draws at step ``i`` (pre-drawn in the same
 order, so a seed gives the same image).
 
 Every table is read from the scheduler after ``set_timesteps`` and built in float64 on the
-host; ``scheduler.step`` is never called.
+host; ``scheduler.step`` is never called. A scheduler mapping is one function
+``map_<name>(scheduler, start) -> SchedulerMapping`` in its own file, registered in
+``schedulers/__init__.py``; it computes ``a``, ``B``, the noise and the weights of ``g`` and
+hands them to this one constructor, which checks them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import InitVar, dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+
+from .parametrisation import Parametrisation, level_posterior_std, posterior_std
 
 __all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std", "require_timesteps"]
 
 
 class UnsupportedSchedulerError(ValueError):
     """A scheduler, or one of its config options, that has no exact parallel mapping here."""
-
-
-def posterior_std(ab_t: np.ndarray, ab_prev: np.ndarray) -> np.ndarray:
-    """DDPM posterior standard deviation of each step: the tolerance scale ``sigma_i``."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
-    return np.sqrt(np.clip(np.nan_to_num(var, nan=0.0), 0.0, None))
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,32 +48,35 @@ class SchedulerMapping:
     scheduler : diffusers scheduler (after ``set_timesteps``)
     timesteps : ndarray, shape ``(n,)``
         Timestep passed to the network for row ``j`` (``j = 0..n-1``), as the pipeline passes it.
-    input_scale : ndarray, shape ``(n,)``
-        Factor ``scheduler.scale_model_input`` applies to row ``j`` before the network
-        (``1 / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers, 1.0 where there is none).
-        The network sees ``input_scale[j] * x_j``; ``g`` takes the unscaled ``x_j``.
     a : ndarray, shape ``(n,)``
         ``a[i - 1]`` multiplies ``x_{i-1}`` in row ``i``.
     B : ndarray, shape ``(n, p)``
         ``B[i - 1, q]`` multiplies ``g_{i-1-q}`` in row ``i``.
+    rows : Parametrisation
+        The levels ``x_j = alpha_j x0 + sigma_j eps`` of rows ``0..n`` and ``g`` (one formula for
+        every scheduler, :class:`~.parametrisation.Parametrisation`).
+    sigma : ndarray, shape ``(n,)``
+        Tolerance scale of each row (posterior standard deviation of the step). Default: the
+        posterior standard deviation between consecutive levels of ``rows``
+        (:func:`~.parametrisation.level_posterior_std`).
+    input_scale : ndarray, shape ``(n,)``
+        Factor ``scheduler.scale_model_input`` applies to row ``j`` before the network
+        (``1 / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers); default 1.
+        The network sees ``input_scale[j] * x_j``; ``g`` takes the unscaled ``x_j``.
     noise_scale : ndarray, shape ``(n,)``
-        Coefficient of the noise drawn at step ``i``.
+        Coefficient of the noise drawn at step ``i``; default 0.
     noise_drawn : ndarray of bool, shape ``(n,)``
         Whether the sequential loop draws a noise tensor at step ``i`` (it consumes the generator
-        even where the coefficient is zero).
+        even where the coefficient is zero); default ``False``.
     noise_in_float32 : bool
-        Noise drawn in float32 (DPM-Solver SDE) rather than in the network's dtype.
-    sigma : ndarray, shape ``(n,)``
-        Tolerance scale of each row (posterior standard deviation of the step).
-    row_scale : ndarray, shape ``(n + 1,)``, optional
-        A better-conditioned variable for the solve, ``y_j = row_scale[j] x_j``: the
-        variance-preserving latents ``x_j / sqrt(sigma_j^2 + 1)`` for the k-diffusion schedulers
-        (whose rows range over ``sigma`` up to ~100), ``None`` (all ones) otherwise. See
-        :meth:`scaled`.
+        Noise drawn in float32 (DPM-Solver SDE, flow matching) rather than in the network's dtype.
     default_history_size : int (class attribute)
         Difference pairs of the default solver (``TriangularAnderson``) for this loop, used when
         ``SolveOptions.solver`` is ``None``: 4, chosen on the bundled digits DDPM (DDIM-25/50/100,
         DDPM-100); flow-matching loops override it (:class:`~.flow_match.FlowMatchMapping`).
+
+    The constructor checks the shapes and refuses non-finite coefficients with an
+    :class:`UnsupportedSchedulerError` that ends with ``if_not_finite`` (what to change).
     """
 
     #: difference pairs of the default ``TriangularAnderson`` (``SolveOptions(solver=None)``)
@@ -80,20 +84,57 @@ class SchedulerMapping:
 
     scheduler: Any
     timesteps: np.ndarray
-    input_scale: np.ndarray
     a: np.ndarray
     B: np.ndarray
-    noise_scale: np.ndarray
-    noise_drawn: np.ndarray
-    noise_in_float32: bool
-    sigma: np.ndarray
-    row_scale: np.ndarray | None = None
+    rows: Parametrisation
+    sigma: np.ndarray | None = None
+    input_scale: np.ndarray | None = None
+    noise_scale: np.ndarray | None = None
+    noise_drawn: np.ndarray | None = None
+    noise_in_float32: bool = False
+    if_not_finite: InitVar[str] = "use the scheduler's default options"
 
     _device_tables: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self, if_not_finite: str) -> None:
+        n = int(np.shape(self.a)[0])
+        defaults = {
+            "sigma": lambda: level_posterior_std(self.rows.alpha, self.rows.sigma),
+            "input_scale": lambda: np.ones(n),
+            "noise_scale": lambda: np.zeros(n),
+            "noise_drawn": lambda: np.zeros(n, dtype=bool),
+        }
+        for name, make in defaults.items():
+            object.__setattr__(self, name, make() if getattr(self, name) is None else getattr(self, name))
+        name = type(self.scheduler).__name__
+        shapes = {"timesteps": (n,), "B": (n, self.B.shape[-1]), "sigma": (n,), "input_scale": (n,), "noise_scale": (n,), "noise_drawn": (n,)}
+        for table, shape in shapes.items():
+            if np.shape(getattr(self, table)) != shape:
+                raise ValueError(f"{name} mapping: {table} has shape {np.shape(getattr(self, table))}, expected {shape} (n = {n} rows).")
+        if self.rows.n != n or self.rows.alpha.shape != (n + 1,):
+            raise ValueError(f"{name} mapping: the parametrisation has {self.rows.n} rows, {self.rows.alpha.shape[0]} levels; expected {n}, {n + 1}.")
+        checked = {"a": self.a, "B": self.B, "noise_scale": self.noise_scale, "input_scale": self.input_scale}
+        checked |= {f"g's {k}": v for k, v in self.rows.tables().items() if k in ("k_x", "k_m", "k_0") or self.rows.process is not None}
+        bad = [k for k, v in checked.items() if not np.all(np.isfinite(v))]
+        if bad:
+            raise UnsupportedSchedulerError(
+                f"{name} gives non-finite step coefficients ({', '.join(bad)}) for this schedule (diffusers' own step "
+                f"returns nan or inf here); {if_not_finite}."
+            )
 
     @property
     def n(self) -> int:
         return int(self.a.shape[0])
+
+    @property
+    def row_scale(self) -> np.ndarray | None:
+        """``c_j = 1 / sqrt(alpha_j^2 + sigma_j^2)`` of rows ``0..n`` (``(n + 1,)``): the variance-preserving rows.
+
+        ``None`` where every row is already variance preserving (DDIM, DDPM, PNDM, the DPM-Solver
+        family): then :meth:`scaled` is the mapping itself. For the k-diffusion schedulers it is
+        ``1 / sqrt(sigma_j^2 + 1)`` (rows range over ``sigma`` up to ~100).
+        """
+        return self.rows.row_scale
 
     def g(self, x: torch.Tensor, model_output: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
         """Processed prediction ``g_j`` of rows ``lo <= j < hi``, shape ``(hi - lo, *event)``.
@@ -101,52 +142,57 @@ class SchedulerMapping:
         ``x`` are those rows' latents ``(hi - lo, *event)`` (unscaled: before ``input_scale``) and
         ``model_output`` the network's output for them, same shape.
         """
-        raise NotImplementedError
+        return self.rows.g(x, model_output, lambda name, values: self._column("rows." + name, values, x), lo, hi)
 
-    # -- helpers for subclasses -------------------------------------------------------------
     def table(self, name: str, like: torch.Tensor) -> torch.Tensor:
-        """Host table ``self.<name>`` of shape ``(n,)`` as a cached device column (trailing axes of size 1), in ``like``'s dtype.
+        """Host table ``self.<name>`` of shape ``(n,)`` as a cached device column (trailing axes of size 1), in ``like``'s dtype."""
+        return self._column(name, getattr(self, name), like)
 
-        Built once per (name, device, dtype, ndim) and cached on the mapping; ``g`` slices
-        ``[lo:hi]`` so no host data is copied per round.
+    def _column(self, key: str, values: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        """``values`` ``(n,)`` as a device column in ``like``'s dtype, built once per (key, device, dtype, ndim).
+
+        Cached on the mapping; ``g`` slices ``[lo:hi]`` so no host data is copied per round.
         """
-        key = (name, like.device, like.dtype, like.ndim)
-        t = self._device_tables.get(key)
+        cache_key = (key, like.device, like.dtype, like.ndim)
+        t = self._device_tables.get(cache_key)
         if t is None:
-            values = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
+            values = np.ascontiguousarray(values, dtype=np.float64)
             t = torch.as_tensor(values, device=like.device).to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
-            self._device_tables[key] = t
+            self._device_tables[cache_key] = t
         return t
 
-    def scaled(self) -> SchedulerMapping:
+    def scaled(self, row_scale: np.ndarray | None = None) -> SchedulerMapping:
         """The same loop in the rescaled rows ``y_j = c_j x_j``, ``c = row_scale`` of shape ``(n + 1,)``.
+
+        ``row_scale``: any finite positive ``(n + 1,)`` table; by default :attr:`row_scale`
+        (the variance-preserving rows).
 
         ::
 
             y_i = (a_i c_i / c_{i-1}) y_{i-1} + sum_q c_i B[i-1, q] g_{i-1-q}(y / c) + c_i noise_scale[i-1] z_i
 
-        Solve from ``y_0 = c_0 x_0`` and read the final latents as ``y_n / c_n``. For the
-        k-diffusion schedulers ``c = input_scale`` (with ``c_n`` for the final level), so the
-        network sees ``y_j`` itself (``input_scale`` of the scaled mapping is 1) and every row
-        has unit scale; on the digits model this took Euler-25 from 11 to 8 rounds. The
-        mapping itself when ``row_scale`` is ``None``.
+        Solve from ``y_0 = c_0 x_0`` and read the final latents as ``y_n / c_n``. The network sees
+        ``input_scale_j / c_j * y_j`` (for the k-diffusion schedulers ``c = input_scale`` with
+        ``c_n`` for the final level, so the network sees ``y_j`` itself) and every row has unit
+        scale; on the digits model this took Euler-25 from 11 to 8 rounds. ``g`` of the rescaled
+        rows is :meth:`Parametrisation.scaled <.parametrisation.Parametrisation.scaled>`: the
+        same formula with the ``x`` coefficients divided by ``c``; its levels are variance
+        preserving, so ``scaled().scaled()`` is ``scaled()``. The mapping itself when
+        ``row_scale`` is ``None`` (and none is given).
         """
-        if self.row_scale is None:
+        c = self.row_scale if row_scale is None else np.asarray(row_scale, dtype=np.float64)
+        if c is None:
             return self
-        c = np.asarray(self.row_scale, dtype=np.float64)
-        return ScaledMapping(
-            scheduler=self.scheduler,
-            timesteps=self.timesteps,
-            input_scale=self.input_scale / c[:-1],
+        if c.shape != (self.n + 1,) or not np.all(np.isfinite(c)) or np.any(c <= 0):
+            raise ValueError(f"row_scale must be a finite positive array of shape (n + 1,) = ({self.n + 1},), got {row_scale!r}.")
+        return dataclasses.replace(
+            self,
             a=self.a * c[1:] / c[:-1],
             B=self.B * c[1:, None],
-            noise_scale=self.noise_scale * c[1:],
-            noise_drawn=self.noise_drawn,
-            noise_in_float32=self.noise_in_float32,
+            rows=self.rows.scaled(c),
             sigma=self.sigma * c[1:],
-            row_scale=None,
-            base=self,
-            inv_scale=1.0 / c[:-1],
+            input_scale=self.input_scale / c[:-1],
+            noise_scale=self.noise_scale * c[1:],
         )
 
     def step_generator(self, generator: Any) -> Any:
@@ -157,33 +203,6 @@ class SchedulerMapping:
         torch's global generator): then ``None``.
         """
         return generator
-
-    def process_x0(self, x0: torch.Tensor) -> torch.Tensor:
-        """The scheduler's clean-image post-processing: dynamic thresholding or clipping."""
-        cfg = self.scheduler.config
-        if getattr(cfg, "thresholding", False):
-            shape = x0.shape
-            flat = x0.reshape(-1, *shape[2:])  # (w * batch, C, H, W): per-sample quantiles
-            return self.scheduler._threshold_sample(flat).reshape(shape)
-        if getattr(cfg, "clip_sample", False):
-            r = cfg.clip_sample_range
-            return x0.clamp(-r, r)
-        return x0
-
-
-@dataclass(frozen=True, eq=False)
-class ScaledMapping(SchedulerMapping):
-    """:meth:`SchedulerMapping.scaled`: rows ``y_j = row_scale[j] x_j`` of another mapping."""
-
-    base: SchedulerMapping | None = None
-    inv_scale: np.ndarray | None = None  # 1 / row_scale[j] of rows 0 .. n - 1   (n,)
-
-    @property
-    def default_history_size(self) -> int:  # the loop's, not the rescaling's
-        return self.base.default_history_size
-
-    def g(self, x, model_output, lo, hi):
-        return self.base.g(x * self.table("inv_scale", x)[lo:hi], model_output, lo, hi)
 
 
 def check_common(scheduler: Any, *, allowed_prediction: tuple[str, ...]) -> None:
@@ -199,37 +218,37 @@ def check_common(scheduler: Any, *, allowed_prediction: tuple[str, ...]) -> None
         )
 
 
-def predictions(pred_type: str, x: torch.Tensor, m: torch.Tensor, sab: torch.Tensor, s1ab: torch.Tensor):
-    """``(x0_hat, eps_hat, dx0/dx, deps/dx)`` for epsilon, sample and v prediction.
+def solver_order(scheduler: Any) -> int:
+    """A multistep scheduler's ``solver_order``, refused unless it is 1, 2 or 3 (what the mappings write out)."""
+    order = scheduler.config.solver_order
+    if order not in (1, 2, 3):
+        raise UnsupportedSchedulerError(f"{type(scheduler).__name__} with solver_order={order} is not mapped; use 1, 2 or 3.")
+    return int(order)
 
-    The derivatives are taken with the network output ``m`` held fixed; ``sab = sqrt(abar_t)``,
-    ``s1ab = sqrt(1 - abar_t)``.
+
+def refuse_stepped(scheduler: Any, stepped: bool) -> None:
+    """Refuse a scheduler whose loop state says it has been stepped since ``set_timesteps``."""
+    if stepped:
+        raise UnsupportedSchedulerError(f"{type(scheduler).__name__} has already been stepped; call set_timesteps again before mapping it.")
+
+
+def loop_timesteps(scheduler: Any, start: int | None) -> tuple[int, np.ndarray, int]:
+    """``(start, timesteps (n,), N)``: the first step (:func:`start_index`), the timesteps from it and the loop's length."""
+    start = start_index(scheduler, start)
+    ts_all = timesteps_of(scheduler)
+    return start, ts_all[start:], int(ts_all.shape[0])
+
+
+def alpha_sigma_levels(scheduler: Any, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(alpha, sigma, lambda)`` of rows ``start..`` from the scheduler's ``sigmas`` (``_sigma_to_alpha_sigma_t``), float64.
+
+    For the DPM-Solver family (DPM-Solver, DEIS, UniPC): ``(n + 1,)`` each, ``lambda = log alpha - log sigma``.
     """
-    if pred_type == "epsilon":
-        return (x - s1ab * m) / sab, m
-    if pred_type == "sample":
-        return m, (x - sab * m) / s1ab
-    # v_prediction
-    return sab * x - s1ab * m, sab * m + s1ab * x
-
-
-def linear_part(pred_type: str, sab: np.ndarray, s1ab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(dx0/dx, deps/dx)`` of :func:`predictions` (host float64)."""
-    if pred_type == "epsilon":
-        return 1.0 / sab, np.zeros_like(sab)
-    if pred_type == "sample":
-        return np.zeros_like(sab), 1.0 / s1ab
-    return sab, s1ab
-
-
-def ve_posterior_std(sigmas: np.ndarray) -> np.ndarray:
-    """Tolerance scale of each step for k-diffusion sigmas ``(n + 1,)`` (latents ``x = x0 + sigma eps``).
-
-    The DDPM posterior std between the levels ``abar = 1 / (1 + sigma^2)`` of consecutive rows,
-    times the latent scale ``sqrt(1 + sigma_{i}^2)`` of the row it lands on; shape ``(n,)``.
-    """
-    ab = 1.0 / (1.0 + sigmas**2)
-    return posterior_std(ab[:-1], ab[1:]) * np.sqrt(1.0 + sigmas[1:] ** 2)
+    table = scheduler.sigmas.detach().double().cpu()[start:]
+    alpha, sigma = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(table))
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma)
+    return alpha, sigma, lam
 
 
 def require_timesteps(scheduler: Any) -> None:

@@ -13,54 +13,34 @@ with no clipping or thresholding (its config's ``clip_sample`` is unused) and no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, start_index
+from .base import SchedulerMapping, check_common, posterior_std
+from .ddim import ddim_levels
+from .parametrisation import Parametrisation, prediction_coefficients
 
-__all__ = ["CogVideoXDDIMMapping", "map_cogvideox_ddim"]
-
-
-@dataclass(frozen=True, eq=False)
-class CogVideoXDDIMMapping(SchedulerMapping):
-    """``g_j = m_j``: the network's output, unchanged (guidance is applied in the denoiser)."""
-
-    def g(self, x, model_output, lo, hi):
-        return model_output
+__all__ = ["map_cogvideox_ddim"]
 
 
-def map_cogvideox_ddim(scheduler: Any, start: int | None = None) -> CogVideoXDDIMMapping:
+def map_cogvideox_ddim(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     """The semilinear form of a ``CogVideoXDDIMScheduler`` loop (after ``set_timesteps``), from step ``start``."""
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     cfg = scheduler.config
-    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]
-    n = ts.shape[0]
-    abar = scheduler.alphas_cumprod.double().cpu().numpy()
-    prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps
-    ab_t = abar[ts]
-    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], float(scheduler.final_alpha_cumprod))
-    sab, s1ab = np.sqrt(ab_t), np.sqrt(1 - ab_t)
+    ts, ab_t, ab_prev, alpha, sigma = ddim_levels(scheduler, start)
+    sab, s1ab = alpha[:-1], sigma[:-1]
     a_t = np.sqrt((1 - ab_prev) / (1 - ab_t))
     b_t = np.sqrt(ab_prev) - sab * a_t
-    with np.errstate(divide="ignore", invalid="ignore"):  # epsilon at a zero-SNR step: as diffusers' own step
-        d, _ = linear_part(cfg.prediction_type, sab, s1ab)  # x0_hat = d x + k m
-        k = {"epsilon": lambda: -s1ab / sab, "sample": lambda: np.ones(n), "v_prediction": lambda: -s1ab}[cfg.prediction_type]()
-    a, B = a_t + b_t * d, (b_t * k)[:, None]
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(
-            f"CogVideoXDDIMScheduler(prediction_type={cfg.prediction_type!r}) has non-finite step coefficients for this schedule "
-            "(a zero-SNR step with epsilon prediction; diffusers' own step returns nan or inf here); use prediction_type='v_prediction'."
-        )
-    return CogVideoXDDIMMapping(
+    d, k, _, _ = prediction_coefficients(cfg.prediction_type, sab, s1ab)  # x0_hat = d x + k m (inf at a zero-SNR epsilon step)
+    with np.errstate(invalid="ignore"):
+        a, B = a_t + b_t * d, (b_t * k)[:, None]
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
+        rows=Parametrisation.of(cfg.prediction_type, alpha, sigma, output=1.0),  # g: the raw output
         sigma=posterior_std(ab_t, ab_prev),
+        if_not_finite=f"a zero-SNR step with prediction_type={cfg.prediction_type!r}: use prediction_type='v_prediction'",
     )

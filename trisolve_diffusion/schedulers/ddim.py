@@ -14,77 +14,63 @@ The previous timestep is ``t - num_train_timesteps // num_inference_steps`` as i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .base import SchedulerMapping, check_common, linear_part, posterior_std, predictions, start_index
+from .base import SchedulerMapping, check_common, posterior_std, start_index
+from .parametrisation import Parametrisation, prediction_coefficients, x0_processing
 
-__all__ = ["DDIMMapping", "map_ddim"]
-
-
-@dataclass(frozen=True, eq=False)
-class DDIMMapping(SchedulerMapping):
-    sab: np.ndarray = None  # sqrt(ab_t) per row j          (n,)
-    s1ab: np.ndarray = None
-    c_x0: np.ndarray = None  # sqrt(ab_prev) per step       (n,)
-    c_eps: np.ndarray = None  # sqrt(1 - ab_prev - s_t^2)
-    use_clipped_model_output: bool = False
-
-    def g(self, x, model_output, lo, hi):
-        cfg = self.scheduler.config
-        sab, s1ab = self.table("sab", x)[lo:hi], self.table("s1ab", x)[lo:hi]
-        x0, eps = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
-        x0 = self.process_x0(x0)
-        if self.use_clipped_model_output:
-            eps = (x - sab * x0) / s1ab
-        step = self.table("c_x0", x)[lo:hi] * x0 + self.table("c_eps", x)[lo:hi] * eps
-        return step - self.table("a", x)[lo:hi] * x
+__all__ = ["map_ddim", "ddim_levels"]
 
 
-def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> DDIMMapping:
+def ddim_levels(scheduler, start: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(timesteps, ab_t, ab_prev, alpha, sigma)`` of a DDIM-type loop from step ``start`` (DDIM, CogVideoX DDIM).
+
+    ``ab_t``, ``ab_prev`` ``(n,)``: ``alphas_cumprod`` at each timestep and at ``t - T // N``
+    (``final_alpha_cumprod`` below 0); ``alpha, sigma`` ``(n + 1,)``: the rows' levels
+    ``sqrt(ab)``, ``sqrt(1 - ab)``, the last one after the final step.
+    """
+    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
+    abar = scheduler.alphas_cumprod.double().cpu().numpy()
+    prev = ts - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    ab_t = abar[ts]
+    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], float(scheduler.final_alpha_cumprod))
+    alpha, sigma = np.sqrt(np.append(ab_t, ab_prev[-1])), np.sqrt(1 - np.append(ab_t, ab_prev[-1]))
+    return ts, ab_t, ab_prev, alpha, sigma
+
+
+def map_ddim(scheduler, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> SchedulerMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     if not (isinstance(eta, (int, float)) and np.isfinite(eta) and eta >= 0):
         raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
     cfg = scheduler.config
-    ts = scheduler.timesteps.cpu().numpy().astype(np.int64)[start_index(scheduler, start) :]  # one-step: rows from start
+    ts, ab_t, ab_prev, alpha, sigma = ddim_levels(scheduler, start)
     n = ts.shape[0]
-    abar = scheduler.alphas_cumprod.double().cpu().numpy()
-    final = float(scheduler.final_alpha_cumprod)
-    prev = ts - cfg.num_train_timesteps // scheduler.num_inference_steps
-    ab_t = abar[ts]
-    ab_prev = np.where(prev >= 0, abar[np.clip(prev, 0, None)], final)
     var = (1 - ab_prev) / (1 - ab_t) * (1 - ab_t / ab_prev)
     std = eta * np.sqrt(var)
-    sab, s1ab = np.sqrt(ab_t), np.sqrt(1 - ab_t)
+    sab, s1ab = alpha[:-1], sigma[:-1]
     c_x0 = np.sqrt(ab_prev)
-    c_eps = np.sqrt(1 - ab_prev - std**2)
-    dx0, deps = linear_part(cfg.prediction_type, sab, s1ab)
+    with np.errstate(invalid="ignore"):
+        c_eps = np.sqrt(1 - ab_prev - std**2)
+    dx0, _, deps, _ = prediction_coefficients(cfg.prediction_type, sab, s1ab)
     a = c_x0 * dx0 + c_eps * deps
     B = np.ones((n, 1))
+    process = x0_processing(scheduler)
     # a step with abar_prev == abar_t (the last one with leading spacing, final timestep 0 and
     # set_alpha_to_one=False) is the identity when x0_hat is not clipped or thresholded:
     # x_prev = sqrt(ab) x0_hat + sqrt(1 - ab) eps = x_t, and s_t = 0. Written exactly (a = 1,
     # no g term), the solver resolves it without a network call or a round of its own.
-    identity = (ab_prev == ab_t) & (not cfg.clip_sample) & (not cfg.thresholding)
+    identity = (ab_prev == ab_t) & (process is None)
     a[identity], B[identity] = 1.0, 0.0
-    if not np.all(np.isfinite(np.concatenate([a, c_eps, std]))):
-        raise ValueError(
-            f"DDIMScheduler with eta={eta} gives non-finite step coefficients for these timesteps (1 - abar_prev - s_t^2 < 0); use a smaller eta."
-        )
-    return DDIMMapping(
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
+        rows=Parametrisation.of(
+            cfg.prediction_type, alpha, sigma, x0=c_x0, eps=c_eps, x=-a, process=process, eps_from_x0=bool(use_clipped_model_output)
+        ),
+        sigma=posterior_std(ab_t, ab_prev),
         noise_scale=std,
         noise_drawn=np.full(n, eta > 0),
-        noise_in_float32=False,
-        sigma=posterior_std(ab_t, ab_prev),
-        sab=sab,
-        s1ab=s1ab,
-        c_x0=c_x0,
-        c_eps=c_eps,
-        use_clipped_model_output=bool(use_clipped_model_output),
+        if_not_finite=f"1 - abar_prev - s_t^2 < 0 with eta={eta}: use a smaller eta",
     )

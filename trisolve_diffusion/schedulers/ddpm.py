@@ -8,37 +8,21 @@ step of ``DDPMScheduler.step``::
     x_prev = sqrt(ab_prev) beta_t / (1 - ab_t) * x0_hat + sqrt(alpha_t) (1 - ab_prev) / (1 - ab_t) * x_t + s_t z
 
 with ``s_t = sqrt(max(var_t, 1e-20))`` (``fixed_small``, ``fixed_small_log``) or ``sqrt(beta_t)``
-(``fixed_large``), and no noise drawn at ``t = 0``.
+(``fixed_large``), and no noise drawn at ``t = 0``. So ``a = c_x0 dx0/dx + c_x`` and
+``g = c_x0 x0_hat + (c_x - a) x_t``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, linear_part, posterior_std, predictions, start_index
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index
+from .parametrisation import Parametrisation, prediction_coefficients, x0_processing
 
-__all__ = ["DDPMMapping", "map_ddpm"]
-
-
-@dataclass(frozen=True, eq=False)
-class DDPMMapping(SchedulerMapping):
-    sab: np.ndarray = None
-    s1ab: np.ndarray = None
-    c_x0: np.ndarray = None
-    c_x: np.ndarray = None
-
-    def g(self, x, model_output, lo, hi):
-        cfg = self.scheduler.config
-        sab, s1ab = self.table("sab", x)[lo:hi], self.table("s1ab", x)[lo:hi]
-        x0, _ = predictions(cfg.prediction_type, x, model_output, sab, s1ab)
-        x0 = self.process_x0(x0)
-        step = self.table("c_x0", x)[lo:hi] * x0 + self.table("c_x", x)[lo:hi] * x
-        return step - self.table("a", x)[lo:hi] * x
+__all__ = ["map_ddpm"]
 
 
-def map_ddpm(scheduler, start: int | None = None) -> DDPMMapping:
+def map_ddpm(scheduler, start: int | None = None) -> SchedulerMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     vt = scheduler.config.variance_type
     if vt not in ("fixed_small", "fixed_small_log", "fixed_large"):
@@ -62,19 +46,16 @@ def map_ddpm(scheduler, start: int | None = None) -> DDPMMapping:
     sab, s1ab = np.sqrt(ab_t), np.sqrt(1 - ab_t)
     c_x0 = np.sqrt(ab_prev) * beta_t / (1 - ab_t)
     c_x = np.sqrt(alpha_t) * (1 - ab_prev) / (1 - ab_t)
-    dx0, _ = linear_part(scheduler.config.prediction_type, sab, s1ab)
-    return DDPMMapping(
+    dx0, _, _, _ = prediction_coefficients(scheduler.config.prediction_type, sab, s1ab)
+    a = c_x0 * dx0 + c_x
+    alpha, sigma = np.append(sab, np.sqrt(ab_prev[-1])), np.append(s1ab, np.sqrt(1 - ab_prev[-1]))  # levels of rows 0..n
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
-        a=c_x0 * dx0 + c_x,
+        a=a,
         B=np.ones((n, 1)),
+        rows=Parametrisation.of(scheduler.config.prediction_type, alpha, sigma, x0=c_x0, x=c_x - a, process=x0_processing(scheduler)),
+        sigma=posterior_std(ab_t, ab_prev),
         noise_scale=np.where(drawn, std, 0.0),
         noise_drawn=drawn,
-        noise_in_float32=False,
-        sigma=posterior_std(ab_t, ab_prev),
-        sab=sab,
-        s1ab=s1ab,
-        c_x0=c_x0,
-        c_x=c_x,
     )

@@ -16,14 +16,22 @@ reproduced below); the order follows ``step`` (warm-up, ``lower_order_final`` be
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
+from .base import (
+    SchedulerMapping,
+    UnsupportedSchedulerError,
+    alpha_sigma_levels,
+    check_common,
+    loop_timesteps,
+    refuse_stepped,
+    solver_order,
+)
+from .dpmsolver import dpm_rows
 
-__all__ = ["DEISMapping", "map_deis"]
+__all__ = ["map_deis"]
 
 
 def _ind2(t, b, c):
@@ -36,21 +44,7 @@ def _ind3(t, b, c, d):
     return numerator / ((np.log(b) - lc) * (np.log(b) - ld))
 
 
-@dataclass(frozen=True, eq=False)
-class DEISMapping(SchedulerMapping):
-    prediction_type: str = "epsilon"
-    alpha: np.ndarray = None  # alpha_j of row j   (n,)
-    sig: np.ndarray = None  # sigma_j of row j
-
-    def g(self, x, model_output, lo, hi):
-        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
-        m, pred = model_output, self.prediction_type
-        x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
-        x0 = self.process_x0(x0)
-        return (x - alpha * x0) / sig
-
-
-def map_deis(scheduler: Any, start: int | None = None) -> DEISMapping:
+def map_deis(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     cfg = scheduler.config
     name = "DEISMultistepScheduler"
     if cfg.use_flow_sigmas or getattr(cfg, "use_dynamic_shifting", False):
@@ -61,20 +55,12 @@ def map_deis(scheduler: Any, start: int | None = None) -> DEISMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     if cfg.algorithm_type != "deis" or cfg.solver_type != "logrho":
         raise UnsupportedSchedulerError(f"{name} supports algorithm_type='deis', solver_type='logrho' only (as diffusers).")
-    order_cfg = cfg.solver_order
-    if order_cfg not in (1, 2, 3):
-        raise UnsupportedSchedulerError(f"{name} with solver_order={order_cfg} is not mapped; use 1, 2 or 3.")
-    if scheduler.lower_order_nums != 0:
-        raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
-    start = start_index(scheduler, start)
-    ts_all = timesteps_of(scheduler)
-    N = ts_all.shape[0]
-    ts = ts_all[start:]
+    order_cfg = solver_order(scheduler)
+    refuse_stepped(scheduler, scheduler.lower_order_nums != 0)
+    start, ts, N = loop_timesteps(scheduler, start)
     n = ts.shape[0]
-    sig_table = scheduler.sigmas.detach().double().cpu()[start:]
-    al, sg = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(sig_table))  # (n + 1,)
+    al, sg, lam = alpha_sigma_levels(scheduler, start)  # (n + 1,)
     rho = sg / al
-    lam = np.log(al) - np.log(sg)
     a, B = np.zeros(n), np.zeros((n, order_cfg))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for j in range(n):  # step s = start + j, mirrors the order choice in step()
@@ -96,23 +82,11 @@ def map_deis(scheduler: Any, start: int | None = None) -> DEISMapping:
                 B[j, 0] = al[j + 1] * (_ind3(rt, r0, r1, r2) - _ind3(r0, r0, r1, r2))
                 B[j, 1] = al[j + 1] * (_ind3(rt, r1, r2, r0) - _ind3(r0, r1, r2, r0))
                 B[j, 2] = al[j + 1] * (_ind3(rt, r2, r0, r1) - _ind3(r0, r2, r0, r1))
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(
-            f"{name} gives non-finite step coefficients for this schedule (repeated sigmas with a multistep update; "
-            "diffusers' own step returns nan here); use lower_order_final=True or the default sigmas."
-        )
-    ab = al**2
-    return DEISMapping(
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=posterior_std(ab[:-1], ab[1:]),
-        prediction_type=cfg.prediction_type,
-        alpha=al[:-1].copy(),
-        sig=sg[:-1].copy(),
+        rows=dpm_rows(scheduler, al, sg, data_prediction=False),
+        if_not_finite="repeated sigmas with a multistep update; use lower_order_final=True or the default sigmas",
     )

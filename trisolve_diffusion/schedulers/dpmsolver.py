@@ -20,13 +20,12 @@ steps, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index
+from .base import SchedulerMapping, UnsupportedSchedulerError, alpha_sigma_levels, check_common, solver_order, start_index
+from .parametrisation import Parametrisation, x0_processing
 
-__all__ = ["DPMSolverMapping", "map_dpmsolver"]
+__all__ = ["map_dpmsolver", "dpm_rows"]
 
 
 def _coefficients(algo: str, solver_type: str, order: int, alpha_t, sigma_t, alpha_s, sigma_s, h):
@@ -59,35 +58,20 @@ def _coefficients(algo: str, solver_type: str, order: int, alpha_t, sigma_t, alp
     return a, c0, c1, c2, noise
 
 
-@dataclass(frozen=True, eq=False)
-class DPMSolverMapping(SchedulerMapping):
-    alpha: np.ndarray = None  # alpha_j of row j   (n,)
-    sig: np.ndarray = None  # sigma_j of row j
-
-    def g(self, x, model_output, lo, hi):
-        cfg = self.scheduler.config
-        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
-        pred, m = cfg.prediction_type, model_output
-        if cfg.algorithm_type in ("dpmsolver++", "sde-dpmsolver++"):
-            x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
-            return self.process_x0(x0) if cfg.thresholding else x0
-        eps = {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
-        if cfg.thresholding:
-            x0 = self.process_x0((x - sig * eps) / alpha)
-            eps = (x - alpha * x0) / sig
-        return eps
+def dpm_rows(scheduler, alpha: np.ndarray, sigma: np.ndarray, *, data_prediction: bool) -> Parametrisation:
+    """``g``: the data prediction (``dpmsolver++``), else the noise prediction, through the thresholded data prediction where configured."""
+    w = 1.0 if data_prediction else 0.0
+    return Parametrisation.of(scheduler.config.prediction_type, alpha, sigma, x0=w, eps=1.0 - w, process=x0_processing(scheduler))
 
 
-def map_dpmsolver(scheduler, start: int | None = None) -> DPMSolverMapping:
+def map_dpmsolver(scheduler, start: int | None = None) -> SchedulerMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
     cfg = scheduler.config
     if cfg.use_flow_sigmas:
         raise UnsupportedSchedulerError("DPMSolverMultistepScheduler with use_flow_sigmas=True is not supported; use the default sigmas.")
-    algo, order_cfg = cfg.algorithm_type, cfg.solver_order
+    algo, order_cfg = cfg.algorithm_type, solver_order(scheduler)
     if algo not in ("dpmsolver++", "dpmsolver", "sde-dpmsolver++", "sde-dpmsolver"):
         raise UnsupportedSchedulerError(f"DPMSolverMultistepScheduler with algorithm_type={algo!r} is not supported.")
-    if order_cfg not in (1, 2, 3):
-        raise UnsupportedSchedulerError(f"solver_order={order_cfg} is not supported; use 1, 2 or 3.")
     if algo == "sde-dpmsolver" and order_cfg == 3:
         raise UnsupportedSchedulerError("sde-dpmsolver has no third-order update in diffusers; use solver_order <= 2.")
     first = start_index(scheduler, start)  # img2img: the warm-up restarts there, lower_order_final counts from the end
@@ -95,10 +79,7 @@ def map_dpmsolver(scheduler, start: int | None = None) -> DPMSolverMapping:
     N = ts_all.shape[0]
     ts = ts_all[first:]
     n = ts.shape[0]
-    sig_table = scheduler.sigmas.double().cpu()[first:]
-    alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(sig_table))  # (n + 1,)
-    with np.errstate(divide="ignore"):
-        lam = np.log(alpha_t) - np.log(sigma_t)
+    alpha_t, sigma_t, lam = alpha_sigma_levels(scheduler, first)  # (n + 1,)
     a = np.zeros(n)
     B = np.zeros((n, order_cfg))
     noise = np.zeros(n)
@@ -126,23 +107,14 @@ def map_dpmsolver(scheduler, start: int | None = None) -> DPMSolverMapping:
             u, v = r0 / (r0 + r1), 1.0 / (r0 + r1)
             P, Q = c1 * (1 + u) + c2 * v, c1 * u + c2 * v
             B[j, 0], B[j, 1], B[j, 2] = c0 + P / r0, -P / r0 - Q / r1, Q / r1
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B)) and np.all(np.isfinite(noise))):
-        raise UnsupportedSchedulerError(
-            f"DPMSolverMultistepScheduler(algorithm_type={algo!r}, final_sigmas_type={cfg.final_sigmas_type!r}) has "
-            "non-finite step coefficients for this schedule (diffusers' own step returns nan here); use "
-            "final_sigmas_type='sigma_min' or algorithm_type='dpmsolver++'."
-        )
-    ab = alpha_t**2
-    return DPMSolverMapping(
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
+        rows=dpm_rows(scheduler, alpha_t, sigma_t, data_prediction=algo in ("dpmsolver++", "sde-dpmsolver++")),
         noise_scale=noise,
         noise_drawn=np.full(n, algo.startswith("sde")),
         noise_in_float32=True,
-        sigma=posterior_std(ab[:-1], ab[1:]),
-        alpha=alpha_t[:-1].copy(),
-        sig=sigma_t[:-1].copy(),
+        if_not_finite=f"algorithm_type={algo!r}, final_sigmas_type={cfg.final_sigmas_type!r}: use final_sigmas_type='sigma_min' or 'dpmsolver++'",
     )

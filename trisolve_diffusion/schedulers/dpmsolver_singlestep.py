@@ -22,15 +22,23 @@ put two noise draws in one row: refused.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, posterior_std, refuse_partial, timesteps_of
-from .dpmsolver import DPMSolverMapping
+from .base import (
+    SchedulerMapping,
+    UnsupportedSchedulerError,
+    alpha_sigma_levels,
+    check_common,
+    refuse_partial,
+    refuse_stepped,
+    solver_order,
+    timesteps_of,
+)
+from .dpmsolver import dpm_rows
 
-__all__ = ["DPMSolverSinglestepMapping", "map_dpmsolver_singlestep"]
+__all__ = ["map_dpmsolver_singlestep"]
 
 
 def _update(algo: str, solver_type: str, order: int, lam, alpha, sig, s: int) -> tuple[float, np.ndarray]:
@@ -63,12 +71,7 @@ def _update(algo: str, solver_type: str, order: int, lam, alpha, sig, s: int) ->
     return L, k0 * D0 + k1 * D1 + k2 * D2
 
 
-@dataclass(frozen=True, eq=False)
-class DPMSolverSinglestepMapping(DPMSolverMapping):
-    pass
-
-
-def map_dpmsolver_singlestep(scheduler: Any, start: int | None = None) -> DPMSolverSinglestepMapping:
+def map_dpmsolver_singlestep(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     cfg = scheduler.config
     name = "DPMSolverSinglestepScheduler"
     algo = cfg.algorithm_type
@@ -88,17 +91,12 @@ def map_dpmsolver_singlestep(scheduler: Any, start: int | None = None) -> DPMSol
             f"{name} with algorithm_type='dpmsolver' and thresholding=True (diffusers reads alpha_t by timestep there) is not "
             "mapped; use algorithm_type='dpmsolver++'."
         )
-    if cfg.solver_order not in (1, 2, 3):
-        raise UnsupportedSchedulerError(f"{name} with solver_order={cfg.solver_order} is not mapped; use 1, 2 or 3.")
-    if scheduler.sample is not None or any(m is not None for m in scheduler.model_outputs):
-        raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
+    p = solver_order(scheduler)
+    refuse_stepped(scheduler, scheduler.sample is not None or any(m is not None for m in scheduler.model_outputs))
     refuse_partial(scheduler, start)
     ts = timesteps_of(scheduler)
     n = ts.shape[0]
-    alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(scheduler.sigmas.detach().double().cpu()))
-    with np.errstate(divide="ignore"):
-        lam = np.log(alpha_t) - np.log(sigma_t)
-    p = cfg.solver_order
+    alpha_t, sigma_t, lam = alpha_sigma_levels(scheduler, 0)  # (n + 1,)
     a, B = np.zeros(n), np.zeros((n, p))
     prev = None  # (L, C, b) of the previous step of the current group
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -113,22 +111,11 @@ def map_dpmsolver_singlestep(scheduler: Any, start: int | None = None) -> DPMSol
                 a[s] = L / L_prev
                 B[s, 1 : 1 + C_prev.shape[0]] -= (L / L_prev) * C_prev
             prev = (L, C)
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(
-            f"{name} gives non-finite step coefficients for this schedule (diffusers' own step returns nan here); "
-            "use lower_order_final=True or final_sigmas_type='sigma_min'."
-        )
-    ab = alpha_t**2
-    return DPMSolverSinglestepMapping(
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=posterior_std(ab[:-1], ab[1:]),
-        alpha=alpha_t[:-1].copy(),
-        sig=sigma_t[:-1].copy(),
+        rows=dpm_rows(scheduler, alpha_t, sigma_t, data_prediction=algo == "dpmsolver++"),
+        if_not_finite="use lower_order_final=True or final_sigmas_type='sigma_min'",
     )

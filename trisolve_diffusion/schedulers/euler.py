@@ -9,12 +9,16 @@ the default ``s_churn = 0`` (what every pipeline passes)::
     d_j     = (x_j - D_j) / sigma_j                                  (the derivative: g_j)
     x_{j+1} = x_j + (sigma_{j+1} - sigma_j) d_j
 
-so ``a = 1``, ``B = sigma_{j+1} - sigma_j`` and ``g_j = d_j``, which is, with ``m`` the network
-output,
+so ``a = 1``, ``B = sigma_{j+1} - sigma_j`` and ``g_j = d_j``: on the levels ``alpha = 1``,
+``sigma_j`` the derivative is the noise prediction ``eps_hat`` of the one parametrisation
+(:func:`~.parametrisation.prediction_coefficients`), which is, with ``m`` the network output,
 
     epsilon:       d = m
     v_prediction:  d = sigma / (sigma^2 + 1) x + m / sqrt(sigma^2 + 1)
     sample:        d = (x - m) / sigma
+
+:func:`k_diffusion_mapping` builds these rows for every k-diffusion scheduler (Euler, Euler
+ancestral, LMS, Heun, KDPM2).
 
 The sigma schedule (default interpolation, ``log_linear``, Karras, exponential, beta),
 ``timestep_spacing``, ``timestep_type`` and ``final_sigmas_type`` only change the tables,
@@ -24,14 +28,14 @@ updates them; the mapping computes in the trajectory's dtype.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, start_index, timesteps_of
+from .parametrisation import Parametrisation, x0_processing
 
-__all__ = ["EulerMapping", "map_euler", "k_sigmas", "KDerivativeMapping"]
+__all__ = ["map_euler", "k_sigmas", "k_diffusion_mapping"]
 
 
 def k_sigmas(scheduler: Any, start: int) -> np.ndarray:
@@ -49,54 +53,21 @@ def k_sigmas(scheduler: Any, start: int) -> np.ndarray:
     return sig
 
 
-@dataclass(frozen=True, eq=False)
-class KDerivativeMapping(SchedulerMapping):
-    """Base of the k-diffusion mappings whose ``g_j`` is the derivative ``d_j = (x_j - D_j) / sigma_j``."""
+def k_diffusion_mapping(scheduler: Any, levels: np.ndarray, B: np.ndarray, *, timesteps: np.ndarray, **fields: Any) -> SchedulerMapping:
+    """A loop on k-diffusion rows ``x_j = x0 + sigma_j eps`` (``levels``: ``sigma_j`` of rows ``0..n``) with ``a = 1``.
 
-    prediction_type: str = "epsilon"
-    c_x: np.ndarray = None  # coefficient of x_j in d_j    (n,)
-    c_m: np.ndarray = None  # coefficient of m_j in d_j    (n,)
-
-    def g(self, x, model_output, lo, hi):
-        if self.prediction_type == "epsilon":
-            return model_output
-        return self.table("c_x", x)[lo:hi] * x + self.table("c_m", x)[lo:hi] * model_output
-
-
-def derivative_tables(prediction_type: str, sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(c_x, c_m)`` with ``d = c_x x + c_m m`` for each row's ``sigma`` ``(n,)``."""
-    if prediction_type == "epsilon":
-        return np.zeros_like(sigma), np.ones_like(sigma)
-    if prediction_type == "v_prediction":
-        return sigma / (sigma**2 + 1.0), 1.0 / np.sqrt(sigma**2 + 1.0)
-    return 1.0 / sigma, -1.0 / sigma  # sample / original_sample
+    ``g_j`` is the derivative ``d_j = (x_j - P(D_j)) / sigma_j`` (the noise prediction), the network
+    sees ``x_j / sqrt(sigma_j^2 + 1)``; ``fields`` are the other :class:`SchedulerMapping` fields.
+    """
+    ones = np.ones_like(levels)
+    rows = Parametrisation.of(scheduler.config.prediction_type, ones, levels, eps=1.0, process=x0_processing(scheduler))
+    return SchedulerMapping(
+        scheduler=scheduler, timesteps=timesteps, a=ones[1:], B=B, rows=rows, input_scale=1.0 / np.sqrt(levels[:-1] ** 2 + 1.0), **fields
+    )
 
 
-@dataclass(frozen=True, eq=False)
-class EulerMapping(KDerivativeMapping):
-    pass
-
-
-def map_euler(scheduler: Any, start: int | None = None) -> EulerMapping:
-    cfg = scheduler.config
+def map_euler(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction", "sample", "original_sample"))
     start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
-    n = sig.shape[0] - 1
-    ts = timesteps_of(scheduler)[start:]
-    c_x, c_m = derivative_tables(cfg.prediction_type, sig[:-1])
-    return EulerMapping(
-        scheduler=scheduler,
-        timesteps=ts,
-        input_scale=1.0 / np.sqrt(sig[:-1] ** 2 + 1.0),
-        a=np.ones(n),
-        B=(sig[1:] - sig[:-1])[:, None],
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=ve_posterior_std(sig),
-        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
-        prediction_type=cfg.prediction_type,
-        c_x=c_x,
-        c_m=c_m,
-    )
+    return k_diffusion_mapping(scheduler, sig, (sig[1:] - sig[:-1])[:, None], timesteps=timesteps_of(scheduler)[start:])

@@ -50,18 +50,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, posterior_std, start_index, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, start_index, timesteps_of
+from .parametrisation import Parametrisation
 
-__all__ = ["FlowMatchMapping", "map_flow_match", "flow_posterior_std"]
-
-
-def flow_posterior_std(s: np.ndarray) -> np.ndarray:
-    """Tolerance scale of each step for flow sigmas ``s`` ``(n + 1,)``, shape ``(n,)`` (see module docstring)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        norm2 = (1.0 - s) ** 2 + s**2
-        ab = (1.0 - s) ** 2 / norm2
-    hi, lo = np.minimum(ab[:-1], ab[1:]), np.maximum(ab[:-1], ab[1:])  # noisier level first
-    return posterior_std(hi, lo) * np.sqrt(norm2[1:])
+__all__ = ["FlowMatchMapping", "map_flow_match"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,16 +61,18 @@ class FlowMatchMapping(SchedulerMapping):
     """``g_j = v_j``: the network's velocity, unchanged (guidance is applied in the denoiser).
 
     ``default_history_size = 1``: the default ``TriangularAnderson`` keeps one difference pair
-    for flow-matching loops (see the module docstring).
+    for flow-matching loops (see the module docstring). The rows' levels are
+    ``alpha = 1 - sigma_j``, ``sigma = sigma_j`` (``flow_sigmas``).
     """
 
     default_history_size: ClassVar[int] = 1
 
-    flow_sigmas: np.ndarray = None  # sigma_j of rows 0..n    (n + 1,)
     global_noise: bool = False  # step() ignores its generator (diffusers 0.35: torch.randn_like)
 
-    def g(self, x, model_output, lo, hi):
-        return model_output
+    @property
+    def flow_sigmas(self) -> np.ndarray:
+        """``sigma_j`` of rows ``0..n``, ``(n + 1,)`` (of the rescaled rows after :meth:`scaled`, times ``row_scale``)."""
+        return self.rows.sigma
 
     def step_generator(self, generator):
         return None if self.global_noise else generator
@@ -113,22 +107,15 @@ def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping
             "Pass distinct sigmas/timesteps to set_timesteps."
         )
     s, s_next = sig[:-1], sig[1:]
-    if scheduler.config.stochastic_sampling:
-        a, B, noise_scale = 1.0 - s_next, -(1.0 - s_next) * s, s_next
-        noise_drawn = np.ones(n, dtype=bool)
-    else:
-        a, B, noise_scale = np.ones(n), s_next - s, np.zeros(n)
-        noise_drawn = np.zeros(n, dtype=bool)
+    stochastic = bool(scheduler.config.stochastic_sampling)
     return FlowMatchMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
-        a=a,
-        B=B[:, None],
-        noise_scale=noise_scale,
-        noise_drawn=noise_drawn,
+        a=1.0 - s_next if stochastic else np.ones(n),
+        B=(-(1.0 - s_next) * s if stochastic else s_next - s)[:, None],
+        rows=Parametrisation.of("flow_prediction", 1.0 - sig, sig, output=1.0),
+        noise_scale=s_next if stochastic else np.zeros(n),
+        noise_drawn=np.full(n, stochastic),
         noise_in_float32=True,
-        sigma=flow_posterior_std(sig),
-        flow_sigmas=sig,
-        global_noise=bool(scheduler.config.stochastic_sampling) and _step_ignores_generator(scheduler),
+        global_noise=stochastic and _step_ignores_generator(scheduler),
     )

@@ -1,8 +1,9 @@
 """Two network evaluations per step (``HeunDiscreteScheduler``, ``KDPM2DiscreteScheduler``,
 ``KDPM2AncestralDiscreteScheduler``) as a semilinear system with one row per evaluation.
 
-Notation as in :mod:`.euler`: ``d_r = (x_r - D_r) / sigma^d_r`` is the derivative at row ``r``
-(``g_r``), ``sigma^d_r`` the level the scheduler divides by at that evaluation. The pipeline
+Notation as in :mod:`.euler`: ``d_r = (x_r - D_r) / sigma_r`` is the derivative at row ``r``
+(``g_r``), ``sigma_r`` the level the network sees at that evaluation (and the one the step
+divides by). The pipeline
 loop runs over ``len(scheduler.timesteps)`` evaluations, alternating a first stage (the
 scheduler keeps ``x_r``) and a second stage (it restarts from the kept ``x_{r-1}``)::
 
@@ -21,29 +22,15 @@ from the scheduler's interleaved tables (``sigmas``, ``sigmas_interpol``, ``time
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, refuse_partial, timesteps_of, ve_posterior_std
-from .euler import KDerivativeMapping, derivative_tables
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, refuse_partial, refuse_stepped, timesteps_of
+from .euler import k_diffusion_mapping
+from .parametrisation import level_posterior_std
 
-__all__ = ["TwoStageMapping", "map_heun", "map_kdpm2", "map_kdpm2_ancestral"]
-
-
-@dataclass(frozen=True, eq=False)
-class TwoStageMapping(KDerivativeMapping):
-    clip_range: float | None = None  # Heun's clip_sample: D is clamped before the derivative
-    sig_d: np.ndarray = None  # sigma^d_r of each row  (n,)
-
-    def g(self, x, model_output, lo, hi):
-        d = super().g(x, model_output, lo, hi)
-        if self.clip_range is None:
-            return d
-        s = self.table("sig_d", x)[lo:hi]
-        D = (x - s * d).clamp(-self.clip_range, self.clip_range)
-        return (x - D) / s
+__all__ = ["map_heun", "map_kdpm2", "map_kdpm2_ancestral"]
 
 
 def _tables(scheduler: Any) -> dict[str, np.ndarray]:
@@ -55,7 +42,7 @@ def _tables(scheduler: Any) -> dict[str, np.ndarray]:
     return out
 
 
-def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapping:
+def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> SchedulerMapping:
     cfg = scheduler.config
     name = type(scheduler).__name__
     if kind == "heun":
@@ -67,14 +54,13 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
             )
         check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
     refuse_partial(scheduler, start)
-    if not scheduler.state_in_first_order:  # set_timesteps resets it (Heun keeps a stale `sample`, harmlessly)
-        raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
+    refuse_stepped(scheduler, not scheduler.state_in_first_order)  # set_timesteps resets it (Heun keeps a stale `sample`, harmlessly)
     tab = _tables(scheduler)
     sig = tab["sigmas"]
     ts = timesteps_of(scheduler)
     n = ts.shape[0]
-    a, B = np.ones(n), np.zeros((n, 2))
-    sig_in, sig_d = np.zeros(n), np.zeros(n)
+    B = np.zeros((n, 2))
+    sig_in = np.zeros(n)  # the level the network sees at row r, and the one the step divides by
     noise, drawn = np.zeros(n), np.zeros(n, dtype=bool)
     lvl = np.zeros(n + 1)  # noise level of each row's latents (tolerance scale)
     lvl[0] = sig[0]
@@ -84,7 +70,6 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
         if kind == "heun":
             s, s_next = (sig[r], sig[r + 1]) if first else (sig[r - 1], sig[r])
             sig_in[r] = sig[r]
-            sig_d[r] = s if first else s_next
             h1 = s_next - s
             h2 = w = h1 / 2
             lvl[r + 1] = s_next
@@ -92,14 +77,12 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
             si = tab["sigmas_interpol"]
             s, s_i, s_next = (sig[r], si[r + 1], sig[r + 1]) if first else (sig[r - 1], si[r], sig[r])
             sig_in[r] = sig[r] if first else si[r]
-            sig_d[r] = s if first else s_i
             h1, h2, w = s_i - s, s_next - s, 0.0
             lvl[r + 1] = s_i if first else s_next
         else:  # kdpm2 ancestral
             si, su, sd = tab["sigmas_interpol"], tab["sigmas_up"], tab["sigmas_down"]
             s, s_i, s_up, s_down = (sig[r], si[r], su[r], sd[r - 1]) if first else (sig[r - 1], si[r - 1], su[r - 1], sd[r - 1])
             sig_in[r] = sig[r] if first else si[r - 1]
-            sig_d[r] = s if first else s_i
             h1, h2, w = s_i - s, s_down - s, 0.0
             lvl[r + 1] = s_i if first else s_down
             if not first:
@@ -109,39 +92,30 @@ def _map_two_stage(scheduler: Any, kind: str, start: int | None) -> TwoStageMapp
             h1_prev = h1
         else:
             B[r, 0], B[r, 1] = h2, w - h1_prev
-    if not (np.all(np.isfinite(B)) and np.all(sig_d > 0)):
+    if not np.all(sig_in > 0):
         raise UnsupportedSchedulerError(
             f"{name} has a sigma table this mapping cannot use (a zero level at an evaluated row, where diffusers' own step "
             "divides by zero); use the scheduler's own sigma schedules, or EulerDiscreteScheduler."
         )
-    c_x, c_m = derivative_tables(cfg.prediction_type, sig_d)
-    clip = cfg.clip_sample_range if getattr(cfg, "clip_sample", False) else None
-    return TwoStageMapping(
-        scheduler=scheduler,
+    return k_diffusion_mapping(
+        scheduler,
+        np.append(sig_in, lvl[-1]),  # the level of each row
+        B,
         timesteps=ts,
-        input_scale=1.0 / np.sqrt(sig_in**2 + 1.0),
-        a=a,
-        B=B,
+        sigma=level_posterior_std(np.ones(n + 1), np.abs(lvl)),
         noise_scale=noise,
         noise_drawn=drawn,
-        noise_in_float32=False,
-        sigma=ve_posterior_std(np.abs(lvl)),
-        row_scale=1.0 / np.sqrt(np.append(sig_in, lvl[-1]) ** 2 + 1.0),
-        prediction_type=cfg.prediction_type,
-        c_x=c_x,
-        c_m=c_m,
-        clip_range=None if clip is None else float(clip),
-        sig_d=sig_d,
+        if_not_finite="use the scheduler's own sigma schedules, or EulerDiscreteScheduler",
     )
 
 
-def map_heun(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+def map_heun(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     return _map_two_stage(scheduler, "heun", start)
 
 
-def map_kdpm2(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+def map_kdpm2(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     return _map_two_stage(scheduler, "kdpm2", start)
 
 
-def map_kdpm2_ancestral(scheduler: Any, start: int | None = None) -> TwoStageMapping:
+def map_kdpm2_ancestral(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     return _map_two_stage(scheduler, "kdpm2_ancestral", start)

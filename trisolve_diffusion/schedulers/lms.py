@@ -14,34 +14,25 @@ over its float32 sigma table), a pure function of the table.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import UnsupportedSchedulerError, check_common, start_index, timesteps_of, ve_posterior_std
-from .euler import KDerivativeMapping, derivative_tables, k_sigmas
+from .base import SchedulerMapping, check_common, refuse_stepped, start_index, timesteps_of
+from .euler import k_diffusion_mapping, k_sigmas
 
-__all__ = ["LMSMapping", "map_lms", "LMS_ORDER"]
+__all__ = ["map_lms", "LMS_ORDER"]
 
 #: The ``order`` argument of ``LMSDiscreteScheduler.step`` that every pipeline leaves at its default.
 LMS_ORDER = 4
 
 
-@dataclass(frozen=True, eq=False)
-class LMSMapping(KDerivativeMapping):
-    pass
-
-
-def map_lms(scheduler: Any, start: int | None = None) -> LMSMapping:
-    cfg = scheduler.config
+def map_lms(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction", "sample"))
-    if len(scheduler.derivatives) != 0:
-        raise UnsupportedSchedulerError("LMSDiscreteScheduler has already been stepped; call set_timesteps again before mapping it.")
+    refuse_stepped(scheduler, len(scheduler.derivatives) != 0)
     start = start_index(scheduler, start)
     sig = k_sigmas(scheduler, start)  # (n + 1,)
     n = sig.shape[0] - 1
-    ts = timesteps_of(scheduler)[start:]
     B = np.zeros((n, LMS_ORDER))
     for j in range(n):
         s = start + j  # the scheduler's step_index
@@ -49,19 +40,4 @@ def map_lms(scheduler: Any, start: int | None = None) -> LMSMapping:
         used = min(order, j + 1)  # derivatives held (zip in step() stops at the shorter list)
         for k in range(used):
             B[j, k] = float(scheduler.get_lms_coefficient(order, s, k))
-    c_x, c_m = derivative_tables(cfg.prediction_type, sig[:-1])
-    return LMSMapping(
-        scheduler=scheduler,
-        timesteps=ts,
-        input_scale=1.0 / np.sqrt(sig[:-1] ** 2 + 1.0),
-        a=np.ones(n),
-        B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=ve_posterior_std(sig),
-        row_scale=1.0 / np.sqrt(sig**2 + 1.0),
-        prediction_type=cfg.prediction_type,
-        c_x=c_x,
-        c_m=c_m,
-    )
+    return k_diffusion_mapping(scheduler, sig, B, timesteps=timesteps_of(scheduler)[start:])

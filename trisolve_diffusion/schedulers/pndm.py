@@ -25,25 +25,19 @@ row 1, step 4 reaches back to row 0: the band is ``p = 5`` wide.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, refuse_stepped, start_index, timesteps_of
+from .parametrisation import Parametrisation
 
-__all__ = ["PNDMMapping", "map_pndm"]
+__all__ = ["map_pndm"]
 
 _ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
 
 
-@dataclass(frozen=True, eq=False)
-class PNDMMapping(SchedulerMapping):
-    def g(self, x, model_output, lo, hi):
-        return model_output  # the raw network output: the step is linear in it for epsilon and v prediction
-
-
-def map_pndm(scheduler: Any, start: int | None = None) -> PNDMMapping:
+def map_pndm(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     cfg = scheduler.config
     if not cfg.skip_prk_steps:
         raise UnsupportedSchedulerError(
@@ -52,8 +46,7 @@ def map_pndm(scheduler: Any, start: int | None = None) -> PNDMMapping:
             "Stable Diffusion's default): pipe.scheduler = PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)."
         )
     check_common(scheduler, allowed_prediction=("epsilon", "v_prediction"))
-    if scheduler.counter != 0 or len(scheduler.ets) != 0:
-        raise UnsupportedSchedulerError("PNDMScheduler has already been stepped; call set_timesteps again before mapping it.")
+    refuse_stepped(scheduler, scheduler.counter != 0 or len(scheduler.ets) != 0)
     ts = timesteps_of(scheduler).astype(np.int64)[start_index(scheduler, start) :]  # img2img: the counter starts at 0 there
     n = ts.shape[0]
     abar = scheduler.alphas_cumprod.detach().double().cpu().numpy()
@@ -87,16 +80,13 @@ def map_pndm(scheduler: Any, start: int | None = None) -> PNDMMapping:
                 B[c, c - row] += K * coef
         if c == 0:
             A_prev, K_prev = A, K
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(f"PNDMScheduler gives non-finite step coefficients for the timesteps {ts.tolist()}.")
-    return PNDMMapping(
+    ab_rows = np.append(abar[ts], ab_to[-1])  # level of rows 0..n (row 1 sits at the repeated timestep)
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
+        rows=Parametrisation.of(cfg.prediction_type, np.sqrt(ab_rows), np.sqrt(1 - ab_rows), output=1.0),  # g: the raw output
         sigma=posterior_std(ab_from, ab_to),
+        if_not_finite=f"the timesteps {ts.tolist()} give no finite PLMS step; use the scheduler's own spacing",
     )

@@ -33,20 +33,28 @@ Flow sigmas (Wan's ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True
 ``alpha_j = 1 - sigma_j``, ``sigma_j`` the flow sigma, and the data prediction
 ``m_j = x_j - sigma_j v_j`` (``predict_x0`` only, as diffusers requires); shift and dynamic
 shifting only change the sigma table, read after ``set_timesteps``. The tolerance scale is
-:func:`~trisolve_diffusion.schedulers.flow_match.flow_posterior_std`.
+the posterior standard deviation between the flow levels
+(:func:`~trisolve_diffusion.schedulers.parametrisation.level_posterior_std`, the default).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
-from .flow_match import flow_posterior_std
+from .base import (
+    SchedulerMapping,
+    UnsupportedSchedulerError,
+    alpha_sigma_levels,
+    check_common,
+    loop_timesteps,
+    refuse_stepped,
+    solver_order,
+)
+from .parametrisation import Parametrisation, x0_processing
 
-__all__ = ["UniPCMapping", "map_unipc"]
+__all__ = ["map_unipc"]
 
 
 def _update(lam, alpha, sig, j, order, predict_x0, solver_type, corrector):
@@ -90,28 +98,7 @@ def _update(lam, alpha, sig, j, order, predict_x0, solver_type, corrector):
     return L, c
 
 
-@dataclass(frozen=True, eq=False)
-class UniPCMapping(SchedulerMapping):
-    predict_x0: bool = True
-    prediction_type: str = "epsilon"
-    alpha: np.ndarray = None  # alpha_j of row j   (n,)
-    sig: np.ndarray = None  # sigma_j of row j
-
-    def g(self, x, model_output, lo, hi):
-        alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
-        m, pred = model_output, self.prediction_type
-        if self.predict_x0:
-            x0 = {
-                "epsilon": lambda: (x - sig * m) / alpha,
-                "sample": lambda: m,
-                "v_prediction": lambda: alpha * x - sig * m,
-                "flow_prediction": lambda: x - sig * m,  # sig is the flow sigma (use_flow_sigmas)
-            }[pred]()
-            return self.process_x0(x0)
-        return {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
-
-
-def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
+def map_unipc(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     cfg = scheduler.config
     name = "UniPCMultistepScheduler"
     if scheduler.solver_p is not None:
@@ -128,20 +115,11 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
     check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction", "flow_prediction"))
     if cfg.solver_type not in ("bh1", "bh2"):
         raise UnsupportedSchedulerError(f"{name} with solver_type={cfg.solver_type!r} is not supported; use 'bh1' or 'bh2'.")
-    order_cfg = cfg.solver_order
-    if order_cfg not in (1, 2, 3):
-        raise UnsupportedSchedulerError(f"{name} with solver_order={order_cfg} is not mapped; use 1, 2 or 3.")
-    if scheduler.lower_order_nums != 0 or scheduler.last_sample is not None:
-        raise UnsupportedSchedulerError(f"{name} has already been stepped; call set_timesteps again before mapping it.")
-    start = start_index(scheduler, start)
-    ts_all = timesteps_of(scheduler)
-    N = ts_all.shape[0]
-    ts = ts_all[start:]
+    order_cfg = solver_order(scheduler)
+    refuse_stepped(scheduler, scheduler.lower_order_nums != 0 or scheduler.last_sample is not None)
+    start, ts, N = loop_timesteps(scheduler, start)
     n = ts.shape[0]
-    sig_table = scheduler.sigmas.detach().double().cpu()[start:]
-    alpha_t, sigma_t = (v.numpy() for v in scheduler._sigma_to_alpha_sigma_t(sig_table))  # (n + 1,)
-    with np.errstate(divide="ignore"):
-        lam = np.log(alpha_t) - np.log(sigma_t)
+    alpha_t, sigma_t, lam = alpha_sigma_levels(scheduler, start)  # (n + 1,)
     disabled = set(cfg.disable_corrector)
     a, B = np.zeros(n), np.zeros((n, order_cfg + 1))
     prev_order = None
@@ -159,30 +137,19 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
                 B[j, 0] += L * C[-1]
                 B[j, 1 : prev_order + 1] += L * (C[:-1] - Pc)
             prev_order = this_order
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(B))):
-        raise UnsupportedSchedulerError(
-            f"{name}(predict_x0={cfg.predict_x0}, solver_order={order_cfg}, lower_order_final={cfg.lower_order_final}, "
-            f"final_sigmas_type={cfg.final_sigmas_type!r}) has non-finite step coefficients for this schedule (diffusers' "
-            "own step returns nan or inf here); use predict_x0=True, solver_type='bh2' and lower_order_final=True, or "
-            "final_sigmas_type='sigma_min'."
-        )
-    if flow:  # Wan: alpha = 1 - sigma, sigma_t = sigma; the tolerance scale in flow units
-        tol_scale = flow_posterior_std(sig_table.numpy())
-    else:
-        ab = alpha_t**2
-        tol_scale = posterior_std(ab[:-1], ab[1:])
-    return UniPCMapping(
+    if cfg.predict_x0:  # g: the data prediction, thresholded where configured
+        rows = Parametrisation.of(cfg.prediction_type, alpha_t, sigma_t, x0=1.0, process=x0_processing(scheduler))
+    else:  # the noise prediction (diffusers does not threshold it)
+        rows = Parametrisation.of(cfg.prediction_type, alpha_t, sigma_t, eps=1.0)
+    return SchedulerMapping(
         scheduler=scheduler,
         timesteps=ts,
-        input_scale=np.ones(n),
         a=a,
         B=B,
-        noise_scale=np.zeros(n),
-        noise_drawn=np.zeros(n, dtype=bool),
-        noise_in_float32=False,
-        sigma=tol_scale,
-        predict_x0=bool(cfg.predict_x0),
-        prediction_type=cfg.prediction_type,
-        alpha=alpha_t[:-1].copy(),
-        sig=sigma_t[:-1].copy(),
+        rows=rows,
+        if_not_finite=(
+            f"predict_x0={cfg.predict_x0}, solver_order={order_cfg}, lower_order_final={cfg.lower_order_final}, "
+            f"final_sigmas_type={cfg.final_sigmas_type!r}: use predict_x0=True, solver_type='bh2' and lower_order_final=True, "
+            "or final_sigmas_type='sigma_min'"
+        ),
     )
