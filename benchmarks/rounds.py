@@ -14,7 +14,9 @@ Reference: the sequential loop a Stable Diffusion pipeline runs on the same netw
 times ``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); for the flow
 model ``pipe(...)`` itself. Parallel: :func:`trisolve_diffusion.sample_latents` with the options
 ``sample(pipe, ...)`` uses on a pixel-space pipeline (default ``SolveOptions``, ``final_atol``
-resolved for pixel space), and ``sample(pipe, ...)`` for the flow model. Per run: rounds, network
+resolved for pixel space), and ``sample(pipe, ...)`` for the flow model; the window is the full
+one (``trisolve.FullWindow()``) rather than the timed automatic choice, so that the rounds do not
+depend on the machine's load. Per run: rounds, network
 evaluations per step, status and the worst PSNR of the batch from the sequential images (pixels
 in [0, 1]). Rounds, evaluations and PSNR do not depend on the machine.
 """
@@ -33,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
 from trisolve_diffusion.network import unet_denoiser  # noqa: E402
@@ -164,7 +167,7 @@ def main(argv=None):
     torch.set_num_threads(1)
     seeds = [0] if args.quick else parse_seeds(args.seeds)
     settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
-    records = run(settings, seeds, td.SolveOptions(progress=False))
+    records = run(settings, seeds, td.SolveOptions(progress=False, window_size=trisolve.FullWindow()))
     name = "rounds_quick" if args.quick else "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)

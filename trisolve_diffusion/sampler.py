@@ -114,9 +114,15 @@ class SolveOptions:
         the solver's time per round with a free stand-in for the network, once per network,
         latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
-        whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
-        when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
-        timings are noisy, and the rounds of every run would depend on them).
+        whole window unless another is predicted > 5 % faster, and forward substitution
+        (a window of 1 row: the loop, row by row) unless the window is predicted at least
+        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. ``None`` (default): ``"auto"`` on
+        every device, except with a warm start (``init``), which takes the whole window (its
+        rows start near their values: few rounds). The measurement is paid once per network and shape in a process (on this
+        2-core CPU about half a 50-step loop at batch 1, see docs/window); the window, and so
+        the rounds, may differ between machines and loads, the sample does not (every window
+        solves to the same tolerance). Pass an int or ``trisolve.FullWindow()`` for rounds that
+        do not depend on timings.
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
@@ -251,7 +257,7 @@ class SolveOptions:
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
     def window(self) -> trisolve.WindowPolicy | None:
-        """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
+        """The window policy; ``"auto"`` (and ``None``, the default) is resolved in :func:`sample_latents`."""
         return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
 
 
@@ -470,11 +476,14 @@ def sample_latents(
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=rows.sigma, batch_ndim=1)
     window = options.window()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+    if options.window_size == "auto" or (options.window_size is None and options.init is None):
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
+        try:
+            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
+        except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
+            _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, c))  # fmt: skip
@@ -582,7 +591,10 @@ def _auto_window(
 
     def rows(r: int) -> torch.Tensor:  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
         with torch.no_grad():
-            return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            try:
+                return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            except Exception as exc:  # the user's network: reported like a failed round (sample_latents)
+                raise _NetworkFault(exc) from exc
 
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
     choice = auto_window(
@@ -615,6 +627,31 @@ def _blend(a_rows, c, x0, mask, known, traj, to_rows):
     forcing = keep * (q - a * q_prev)
     c = forcing if c is None else m * c + forcing
     return c, m
+
+
+class _NetworkFault(Exception):
+    """The denoiser raised while the automatic window timed it (``.fault``: what it raised)."""
+
+    def __init__(self, fault: Exception):
+        super().__init__(repr(fault))
+        self.fault = fault
+
+
+def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
+    """Raise what a failed round raises for a failure before the first one (the automatic window's timing calls).
+
+    The solution holds nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``.
+    """
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED
+    sol = trisolve.Solution(
+        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
+        windows=[], round_max_errors=np.zeros(0), error=exc,
+    )  # fmt: skip
+    where = "while window_size='auto' timed the network, before the first round (pass an int window_size to skip the timing)"
+    if interrupted:
+        raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
+    raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
 
 
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
