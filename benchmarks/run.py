@@ -19,8 +19,9 @@ import finish  # noqa: E402
 import launches  # noqa: E402
 import overhead  # noqa: E402
 import recurrences  # noqa: E402
+import video  # noqa: E402
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    for module in (recurrences, overhead, launches, diffusion, finish, autowindow):
+    for module in (recurrences, overhead, launches, diffusion, finish, autowindow, video):
         module.main(args)

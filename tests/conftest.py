@@ -57,6 +57,7 @@ SLOW_MODULES = {
     "test_diffusion_parity.py",
     "test_distributed.py",
     "test_flow_benchmark_smoke.py",
+    "test_video_benchmark_smoke.py",
     "test_flow_model.py",
     "test_flow_pipelines.py",
     "test_models.py",
@@ -64,7 +65,44 @@ SLOW_MODULES = {
 }
 
 
+#: Parity with the installed diffusers (its schedulers' step loops and its pipelines): marked
+#: ``parity``; CI also runs ``pytest -m parity`` on the oldest supported diffusers
+#: (``scripts/setup_oldest.sh``).
+PARITY_MODULES = {
+    "test_diffusion_parity.py",
+    "test_flow_match_mapping.py",
+    "test_flow_pipelines.py",
+    "test_pipelines.py",
+    "test_sample_latents.py",
+    "test_scheduler_mappings.py",
+    "test_video_pipelines.py",
+}
+
+
+#: The heaviest tests of those modules, left out of ``-m parity`` so that the run on the oldest
+#: diffusers fits CI's time (their code paths are covered by the lighter parity tests; the
+#: newest diffusers runs them with the whole suite).
+PARITY_LEFT_OUT = {
+    "test_stable_diffusion_parity_with_guidance",
+    "test_digits_flow_default_keeps_one_difference_pair",
+    "test_inpaint_parity[dpm++2m-True-4]",  # [ddpm-False-4] and [dpm++2m-True-9] stay: both UNet layouts
+    "test_inpaint_parity[ddpm-False-9]",
+    "test_img2img_parity[dpm++2m-True]",
+}
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m parity`` only the parity modules are imported: the oldest-release environment
+    (``scripts/setup_oldest.sh``) has their dependencies only, not every test dependency."""
+    if config.getoption("markexpr") == "parity" and collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return True if collection_path.name not in PARITY_MODULES else None
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+        left_out = getattr(item, "originalname", item.name) in PARITY_LEFT_OUT or item.name in PARITY_LEFT_OUT
+        if item.path.name in PARITY_MODULES and not left_out:
+            item.add_marker(pytest.mark.parity)

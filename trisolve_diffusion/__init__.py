@@ -15,11 +15,14 @@ family), ``sample.py`` (the dispatch).
 from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import (
+    ParallelCogVideoXOutput,
     ParallelFluxOutput,
     ParallelImagePipelineOutput,
+    ParallelLTXOutput,
     ParallelStableDiffusion3Output,
     ParallelStableDiffusionOutput,
     ParallelStableDiffusionXLOutput,
+    ParallelWanOutput,
 )
 from .sample import SUPPORTED_PIPELINES, sample
 from .sampler import (
@@ -50,6 +53,9 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",

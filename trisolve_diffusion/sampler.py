@@ -294,6 +294,7 @@ def draw_noise(
     if drawn.size == 0:
         return None
     c = torch.zeros((mapping.n, *shape), dtype=traj_dtype, device=device)
+    generator = mapping.step_generator(generator)
     z_dtype = torch.float32 if mapping.noise_in_float32 else dtype
     for i in drawn:
         z = randn_tensor(shape, generator=generator, device=device, dtype=z_dtype)
