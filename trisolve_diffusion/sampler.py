@@ -138,8 +138,9 @@ class SolveOptions:
         Stop when the final latent's change between rounds, in tolerance units, is below this.
     final_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's pending correction (the RMS of its residual, per sample) is ``<= final_atol``,
-        and every unfinished step's is too,
+        latent's pending error -- the RMS of its residual over ``1 - rate``, the contraction
+        observed between two rounds, per sample -- is ``<= final_atol``, and every unfinished
+        step's correction is too,
         status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
