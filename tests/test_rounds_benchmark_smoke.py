@@ -33,3 +33,18 @@ def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monke
     assert row["window"] is not None and 1 <= row["window"] <= row["steps"] and row["sequential_s"] > 0 and row["default_s"] > 0
     assert len(payload["load_average"]) == 2 and payload["machine"]["cpus"] >= 1
     assert "speed-up" in table
+
+
+def test_rounds_benchmark_compares_initialisations_with_their_sequential_cost(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "rounds"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("rounds").main(["--init", "--quick"])
+    recs = json.loads((tmp_path / "rounds_init_quick.json").read_text())["records"]
+    assert {(r["setting"], r["method"]) for r in recs} == {
+        (s, m) for s in ("DDIM-50", "FlowEuler-28") for m in ("cold", "coarse 5 steps", "neighbouring seed's trajectory")
+    }
+    for r in recs:  # every start reaches the same sample; the coarse steps are counted as dependent steps
+        assert r["psnr_db"] >= 40 and r["dependent_steps"] == r["rounds"] + r["sequential_steps"]
+        assert r["sequential_steps"] == (5 if r["method"].startswith("coarse") else 0)
