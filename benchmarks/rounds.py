@@ -257,7 +257,7 @@ def table(records: list[dict], seeds: list[int]) -> str:
             f"{statistics.median(r['evals_per_step'] for r in rs):.2f} | {min(r['psnr_db'] for r in rs):.1f} dB | "
             f"{sum(r['psnr_db'] >= 45 for r in rs)}/{len(rs)} |"
         )
-    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, default options; batch 1 unless the setting says 4 (PSNR: the worst image of the "
+    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, default options with the full window; batch 1 unless the setting says 4 (PSNR: the worst image of the "
               "batch, from the sequential loop's, pixels in [0, 1]). evals / step: network evaluations per image over the steps "
               "(sequential: 1; PNDM's doubled first step and Heun's 2T - 1 rows make theirs larger)."]  # fmt: skip
     return "\n".join(lines) + "\n"
