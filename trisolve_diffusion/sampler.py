@@ -486,10 +486,39 @@ def sample_latents(
             window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+    sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
+    return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def solve_rows(
+    system: trisolve.SemilinearSystem,
+    x0: torch.Tensor,
+    options: SolveOptions,
+    *,
+    solver: trisolve.Solver,
+    update_map: trisolve.UpdateMap,
+    window: trisolve.WindowPolicy | None,
+    forcing: torch.Tensor | None = None,
+    rows: _UnitRows | None = None,
+) -> trisolve.Solution:
+    """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
+
+    Splits the rows over the ranks (``options.distributed``; ``forcing``, the system's ``c``,
+    joins the fingerprint every rank must share), shows the progress bar, runs
+    :func:`trisolve.solve` without autograd with ``options``' tolerances, warm start and
+    callback, and raises or warns on the status (:class:`ParallelSamplingError`,
+    :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
+    :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
+    tolerances, warm start and callback are translated, and the solution returned in latent units;
+    ``None``: the system's rows are the latents.
+    """
+    n = system.n
+    rows = _UnitRows(None, options) if rows is None else rows
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
-                                     fingerprint=_fingerprint(options, x0, c))  # fmt: skip
-    init = None if options.init is None else rows.to_rows(options.init.to(device=device, dtype=traj), 0)
+                                     fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
+    init = None if options.init is None else rows.to_rows(options.init.to(device=x0.device, dtype=x0.dtype), 0)
     bar = _Progress(options.progress, n)
 
     def on_round(info: trisolve.RoundInfo):
@@ -512,7 +541,7 @@ def sample_latents(
         bar.close()
     rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
     _raise_for_status(sol, options.strict)
-    return sol.trajectory[-1].to(latents.dtype), sol
+    return sol
 
 
 class _UnitRows:
@@ -527,11 +556,11 @@ class _UnitRows:
     Without a ``row_scale`` everything is the mapping's own.
     """
 
-    def __init__(self, mapping: SchedulerMapping, options: SolveOptions):
+    def __init__(self, mapping: SchedulerMapping | None, options: SolveOptions):
         fa = None if options.final_atol == "auto" else options.final_atol
-        self.scale = None if mapping.row_scale is None else np.asarray(mapping.row_scale, dtype=np.float64)  # (n + 1,)
-        if self.scale is None:
-            self.mapping, self.sigma = mapping, mapping.sigma
+        self.scale = None if mapping is None or mapping.row_scale is None else np.asarray(mapping.row_scale, dtype=np.float64)  # (n + 1,)
+        if self.scale is None:  # the rows are the latents (mapping None: a system prepared elsewhere, its own sigma)
+            self.mapping, self.sigma = mapping, None if mapping is None else mapping.sigma
             self.tolerance, self.final_row_atol = dict(atol=options.atol, rtol=options.rtol), fa
             return
         c = self.scale
@@ -669,4 +698,4 @@ def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
         )
         if strict:
             raise UnconvergedSampleError(msg, sol)
-        warnings.warn(msg, UnconvergedSampleWarning, stacklevel=3)
+        warnings.warn(msg, UnconvergedSampleWarning, stacklevel=4)  # the caller of a front door (via solve_rows)
