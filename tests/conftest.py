@@ -1,12 +1,24 @@
-"""Shared fixtures: the array namespaces the core is tested on."""
+"""Shared fixtures: the array namespaces the core is tested on; thread counts of the test processes."""
 
 from __future__ import annotations
 
-import array_api_strict
-import numpy as np
-import pytest
-import torch
-from hypothesis import settings
+import os
+
+# One thread per test process unless the caller sets OMP_NUM_THREADS: torch (and the BLAS behind
+# NumPy) otherwise start as many threads as cores in every process, and parallel jobs on a shared
+# machine oversubscribe it (the suite took 16 minutes under load against 3 quiet). Set before
+# torch is imported (it reads OMP_NUM_THREADS then); child processes (the two-rank tests) inherit it.
+THREADS = os.environ.setdefault("OMP_NUM_THREADS", "1")
+for _var in ("MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ.setdefault(_var, THREADS)
+
+import array_api_strict  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+torch.set_num_threads(int(THREADS))  # also when torch was imported before this file (by a plugin)
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
 settings.load_profile("ci")

@@ -15,7 +15,7 @@ from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
 from .newton import Newton
 from .ode import IVPResult, ODEInfo, odeint, solve_ivp
-from .result import RoundInfo, Solution, SolveError, Status
+from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, SolveError, Status
 from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
@@ -74,6 +74,8 @@ __all__ = [
     "Status",
     "RoundInfo",
     "SolveError",
+    "RoundWindows",
+    "NoProgressWarning",
     "distribute",
     "DistributedError",
 ]

@@ -20,7 +20,9 @@ pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
   contractive RNN).
 
 A :class:`~trisolve.SemilinearSystem` with a band ``p > 1`` (not Markov, so not a Newton
-system) always gets the secant map.
+system) always gets the secant map. A system whose evaluations several ranks share
+(:func:`trisolve.distribute`) has no ``torch.func`` Jacobians (they cannot see through the
+collectives): PyTorch tensors then take the NumPy rules (a callable, finite differences, secant).
 
 When rounds are cheap and evaluations are not (a NumPy RNN on a CPU, a contractive system
 where ``Jacobi()`` already needs few rounds), pass ``trisolve.Jacobi()``: the defaults
@@ -35,7 +37,7 @@ from typing import Any
 from .newton import Newton
 from .solvers.base import Solver
 from .solvers.jacobi import Jacobi
-from .systems import SemilinearSystem
+from .systems import SemilinearSystem, evaluating_ranks
 
 __all__ = ["default_method", "NEWTON_MAX_D", "NEWTON_FD_MAX_D"]
 
@@ -51,7 +53,8 @@ def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
     if isinstance(system, SemilinearSystem) and system.p > 1:
         return Jacobi(), Newton(jacobian="secant")
     has_callable = getattr(system, "jacobian", None) is not None
-    if has_callable or (is_torch_array(x0) and d <= NEWTON_MAX_D):
+    autodiff = is_torch_array(x0) and evaluating_ranks(system) == 1  # torch.func cannot see through the ranks' collectives
+    if has_callable or (autodiff and d <= NEWTON_MAX_D):
         return Jacobi(), Newton(jacobian="dense")
     if d <= NEWTON_FD_MAX_D:
         return Jacobi(), Newton(jacobian="dense", derivatives="finite-differences")

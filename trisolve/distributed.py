@@ -48,6 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ._validate import check_float
 from .systems import BlackBoxSystem, SemilinearSystem
 
 __all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "row_chunks", "GroupInfo"]
@@ -91,9 +92,7 @@ class GroupInfo:
                 "torch.distributed.init_process_group() (backend 'nccl' on GPUs, 'gloo' on CPUs) before solving, or pass group=."
             )
         if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-                raise ValueError(f"timeout must be a number of seconds > 0, a datetime.timedelta or None, got {timeout!r}.")
-            timeout = datetime.timedelta(seconds=float(timeout))
+            timeout = datetime.timedelta(seconds=check_float("timeout", timeout, 0.0, low_open=True, hint="(seconds), a datetime.timedelta or None"))
         backend = str(dist.get_backend(group))
         if "nccl" in backend:  # NCCL moves only CUDA tensors: use this rank's current device
             device = torch.device("cuda", torch.cuda.current_device())
@@ -264,7 +263,15 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
     :class:`ShardedFunction`: on a call over rows ``[lo, hi)`` rank ``r`` evaluates
     ``row_chunks(lo, hi, P)[r]`` and an all-gather returns all ``hi - lo`` rows to every rank.
     Every rank must then run the same solve (same options, same row 0): see :func:`solve`,
-    which also checks the options.
+    which also checks the options. A ``jacobian=`` callable is kept (each rank evaluates it on
+    every row it is asked for; it is not split).
+
+    Not with several ranks, refused on every rank when the solve is called: :class:`~trisolve.Newton`
+    with automatic differentiation (``torch.func`` cannot differentiate through the
+    collectives; give the system a ``jacobian=`` callable, or use
+    ``derivatives="finite-differences"`` or ``Newton("secant")``; the default method picks one
+    of those), and ``gradients=`` (the adjoint's backward evaluations would have to run on every
+    rank in step; take gradients from a single-process solve of the undistributed system).
 
     Parameters
     ----------
@@ -300,16 +307,22 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
         fn = system.fn.fn if isinstance(system.fn, ShardedFunction) else system.fn
         static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, "blackbox"), options)
         sharded = ShardedFunction(fn, True, info, static, system.n)
-        return BlackBoxSystem(sharded, system.n, sigma=system.sigma, batch_ndim=system.batch_ndim)
+        return BlackBoxSystem(sharded, system.n, sigma=system.sigma, batch_ndim=system.batch_ndim, jacobian=system.jacobian)
     if isinstance(system, SemilinearSystem):
         g = system.g.fn if isinstance(system.g, ShardedFunction) else system.g
         static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, system.a, system.B, system.c, "semilinear"), options)
         sharded = ShardedFunction(g, False, info, static, system.n)
-        return SemilinearSystem(system.a, system.B, sharded, c=system.c, sigma=system.sigma, batch_ndim=system.batch_ndim)
+        return SemilinearSystem(system.a, system.B, sharded, c=system.c, sigma=system.sigma, batch_ndim=system.batch_ndim, jacobian=system.jacobian)
     raise TypeError(
         f"distribute() takes a trisolve.BlackBoxSystem or SemilinearSystem, got {type(system).__name__}; "
         "wrap your batched function in a BlackBoxSystem."
     )
+
+
+def world_of(system: Any) -> int:
+    """The number of ranks that evaluate ``system`` (a :func:`distribute`-d one), else 1."""
+    fn = system.fn if isinstance(system, BlackBoxSystem) else system.g if isinstance(system, SemilinearSystem) else None
+    return fn.info.world if isinstance(fn, ShardedFunction) else 1
 
 
 def _options_fingerprint(solver: Any, x0: Any, kwargs: dict) -> tuple:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -28,9 +29,9 @@ from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
 from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
-from .result import RoundInfo, Solution, Status
+from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
-from .systems import TriangularSystem
+from .systems import TriangularSystem, evaluating_ranks
 from .tolerance import Tolerance
 from .windows import WindowPolicy, as_window
 
@@ -129,6 +130,10 @@ def solve(
     window : WindowPolicy or int, optional
         :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
         ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
+        The window sets the working memory: with the full window a solve peaks at several
+        times the trajectory (measured on 32-byte rows: Jacobi 8x, the default method 18x,
+        ``TriangularAnderson`` 29x with ``history_size=2`` and 46x with 4, at any ``n``); an int
+        window bounds it (about 2x at ``W = 64``). Docs: theory, "Interrupts, failures and memory".
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
         same for the map residual), per sample; see :class:`Tolerance`.
@@ -150,7 +155,8 @@ def solve(
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
-        ``2 / 255 ~ 7.8e-3``.
+        ``2 / 255 ~ 7.8e-3``. With ``gradients``, ignored after its check: the adjoint needs
+        every row at the solution, so the solve runs until every row is converged.
     callback : callable, optional
         Called as ``callback(info: RoundInfo)`` after each round; a true return stops.
     init : array, shape ``(n + 1, *event)``, optional
@@ -162,10 +168,13 @@ def solve(
     gradients : bool or Adjoint
         PyTorch only: return a trajectory differentiable with respect to ``x0`` and every
         tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
-        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve
-        (else :class:`SolveError`); NumPy and array-api-strict arrays raise ``TypeError``. The
+        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve:
+        any other status raises :class:`SolveError`, whose ``.solution`` keeps the unfinished
+        solve (its trajectory, status and records); NumPy and array-api-strict arrays raise
+        ``TypeError``. The
         rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
-        keeps no graph per round.
+        keeps no graph per round. Not with a system several ranks evaluate
+        (:func:`trisolve.distribute`): ``ValueError`` at the call, on every rank.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
@@ -180,14 +189,18 @@ def solve(
     Notes
     -----
     Interrupts and failures keep the work: a ``KeyboardInterrupt`` anywhere in the round loop
-    returns the :class:`Solution` with status ``INTERRUPTED``; an exception from ``F`` or from
-    the callback returns it with ``FAILED`` and ``solution.error``. In every case rows before
+    returns the :class:`Solution` with status ``INTERRUPTED``; an exception from any code the
+    rounds call -- ``F`` (the system), the update map, the solver's ``step`` and ``stats``, the
+    window policy (also one that returns an invalid window), the callback -- returns it with
+    ``FAILED`` and the exception in ``solution.error``. (Errors before the first round -- bad
+    arguments, a solver's ``init``, a map's ``prepare``, a system's ``new_cache`` -- raise: no
+    work exists yet.) In every case rows before
     ``num_frozen`` are final and the trajectory holds only finite values, so
     ``solve(..., init=sol.trajectory, num_frozen=sol.num_frozen)`` resumes.
 
     Memory: the trajectory ``(n + 1, *event)``, the system's kept values, ``O(window x event)``
-    working arrays (times the history size for Anderson), and ``O(rounds)`` records unless
-    ``record="errors"``.
+    working arrays (times the history size for Anderson), and 24 bytes of records a round
+    (:attr:`Solution.windows`, :attr:`Solution.round_max_errors`) unless ``record="errors"``.
 
     Host traffic: the per-solve tables (thresholds, the map's coefficients, the system's
     coefficients) move to the device once, before the first round. Each round then reads
@@ -209,7 +222,12 @@ def solve(
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
-    adjoint = _check_gradients(gradients, x0)
+    adjoint = _check_gradients(gradients, x0, system)
+    if adjoint is not None and final_row_atol is not None:
+        # the adjoint needs every row at the solution, not only row n: checked, then the solve
+        # runs to the tolerance (documented under final_row_atol and gradients)
+        check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
+        final_row_atol = None
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
@@ -218,7 +236,7 @@ def solve(
     return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
 
 
-def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
+def _check_gradients(gradients: Any, x0: Any, system: Any) -> Adjoint | None:
     """``gradients=`` as the adjoint settings, or ``None`` when no gradients are asked for."""
     if gradients is False or gradients is None:
         return None
@@ -227,6 +245,13 @@ def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
     if not isinstance(gradients, Adjoint):
         raise TypeError(f"gradients must be True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
     check_gradients_supported(x0)
+    ranks = evaluating_ranks(system)
+    if ranks > 1:  # refused on every rank at the call (each calls the same solve), before any collective
+        raise ValueError(
+            f"gradients= is not with several ranks ({ranks} share this system's evaluations): the adjoint's backward "
+            "evaluations would have to run on every rank in step. Solve without gradients here, and take gradients from a "
+            "single-process trisolve.solve(system, ..., gradients=True) on the undistributed system."
+        )
     return gradients
 
 
@@ -289,10 +314,15 @@ def _solve(
         callback=callback,
         record=record,
     )
+    # anywhere in the loop -- the system, the map, the solver's step, the window policy, the
+    # callback, or the driver itself -- the rows before run.lo are final and x is finite (the
+    # invariant of _Run): the work is kept, never lost to an exception
     try:
         status, error = run.loop()
-    except KeyboardInterrupt as exc:  # anywhere in the loop: the rows before run.lo are final
+    except KeyboardInterrupt as exc:
         status, error = Status.INTERRUPTED, exc
+    except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
+        status, error = Status.FAILED, exc
     return run.solution(status, error)
 
 
@@ -310,8 +340,8 @@ class _Run:
         self.max_iter, self.early_stop, self.final_row_atol, self.callback = max_iter, early_stop, final_row_atol, callback
         self.n = system.n
         self.rounds = self.evals = 0
-        self.windows: list[tuple[int, int]] = []  # O(rounds)
-        self.max_errors: list[float] = []  # O(rounds)
+        self.records = _Records()  # O(rounds): 24 bytes a round
+        self.watch = _ProgressWatch(update_map)
         self.row_errors: list[np.ndarray] | None = [] if record == "errors" else None  # O(rounds x window), opt-in
         self.state = solver.init()
         # per-solve tables, on the device, built once
@@ -327,15 +357,20 @@ class _Run:
         self.samples = math.prod(x.shape[1 : 1 + system.batch_ndim]) if system.batch_ndim else 1
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
-        stats = self.solver.stats(self.state)
+        try:
+            stats = self.solver.stats(self.state)
+        except Exception as exc:  # a solver's own stats failed: the trajectory is kept, the failure said
+            stats = {}
+            if error is None:
+                status, error = Status.FAILED, exc
         return Solution(
             trajectory=self.x,
             status=status,
             num_rounds=self.rounds,
             num_evals=self.evals + getattr(self.tables, "extra_evals", 0),  # + F evaluations of finite-difference Jacobians
             num_frozen=self.lo,
-            windows=self.windows,
-            round_max_errors=np.asarray(self.max_errors, dtype=np.float64),
+            windows=self.records.windows(),
+            round_max_errors=self.records.max_errors(),
             round_errors=self.row_errors,
             error=error,
             num_restarts=int(stats.get("num_restarts", 0)),
@@ -392,12 +427,9 @@ class _Run:
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
-            try:
-                ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
-                with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
-                    g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
-            except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
-                return Status.FAILED, exc
+            ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
+            with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
+                g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
             self.rounds += 1
             self.evals += ev.num_evals
             last = hi == n + 1
@@ -433,8 +465,7 @@ class _Run:
                 if self.prev_last is not None:
                     change = float(host[pos])
                 self.prev_last = xp.asarray(xw[-1:, ...], copy=True)  # xw may be a view of the buffer
-            self.windows.append((lo, hi))
-            self.max_errors.append(float(np.nan if np.isnan(err).any() else err.max()))
+            self.records.append(lo, hi, float(np.nan if np.isnan(err).any() else err.max()))
             if self.row_errors is not None:
                 self.row_errors.append(err)
 
@@ -480,13 +511,11 @@ class _Run:
                 x[lo + start, ...] = self.system.linear_step(x, lo + start, self.cache, xp=xp)
                 start += 1
             self.lo = lo + start  # only after the rows are written
+            self.watch.round(frozen=self.lo - lo, w=w, max_error=float(self.records.errors[self.records.k - 1]), remaining=n + 1 - self.lo)
             # the callback sees every round, the last one included
             stop = False
-            if self.callback is not None:
-                try:
-                    stop = bool(self.callback(RoundInfo(self.rounds, lo, hi, self.lo, err, x)))
-                except Exception as exc:  # the work is kept: status FAILED + error
-                    return Status.FAILED, exc
+            if self.callback is not None:  # an exception here is kept like any other (status FAILED, _solve)
+                stop = bool(self.callback(RoundInfo(self.rounds, lo, hi, self.lo, err, x)))
             if self.lo > n:
                 break
             if final_ok:
@@ -511,6 +540,76 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None) -> np.nd
         rate = correction / previous
         est = np.where(rate < 1.0, correction / (1.0 - rate), np.inf)
     return np.where(correction == 0.0, 0.0, est)
+
+
+NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning
+
+
+class _ProgressWatch:
+    """Warn once (:class:`NoProgressWarning`) when the map advances only the structural one row a round.
+
+    A stretch is a run of consecutive rounds over windows of at least two rows that each froze
+    at most one row; it ends with a round that froze more. The warning fires when a stretch
+    reaches ``NO_PROGRESS_ROUNDS`` rounds with the round's largest scaled error not below the
+    stretch's first (``nan``: not below), and more than that many rows are left.
+    """
+
+    def __init__(self, update_map: UpdateMap):
+        self.update_map = update_map
+        self.length, self.first_error, self.warned = 0, math.nan, False
+
+    def round(self, *, frozen: int, w: int, max_error: float, remaining: int) -> None:
+        if self.warned:
+            return
+        if frozen > 1 or w < 2:
+            self.length = 0
+            return
+        if self.length == 0:
+            self.first_error = max_error
+        self.length += 1
+        shrunk = max_error < self.first_error  # False for nan
+        if shrunk:
+            self.length, self.first_error = 1, max_error  # a new stretch from here
+            return
+        if self.length >= NO_PROGRESS_ROUNDS and remaining > NO_PROGRESS_ROUNDS:
+            self.warned = True
+            warnings.warn(
+                f"{self.update_map!r} made no progress for {self.length} rounds: each froze only the one row the structural "
+                f"bound guarantees while the largest scaled residual did not shrink ({self.first_error:.3g} -> {max_error:.3g}); "
+                f"the solve will still end exact, but after about one round per remaining row ({remaining}). A map that follows "
+                "the system converges in fewer: OneStep() on a contractive recurrence (where Picard's summed increments grow), "
+                "Newton() where Jacobians are available (solver=None picks it), Picard() or Unrolled() on an integrator.",
+                NoProgressWarning,
+                stacklevel=5,  # solve -> _solve -> loop -> round: the caller of solve
+            )
+
+
+class _Records:
+    """The per-round records of a solve in growing NumPy arrays (capacity doubled when full).
+
+    A round costs 24 bytes -- its window ``[lo, hi)`` (two int64) and its largest scaled
+    error (one float64) -- and the buffers hold at most twice the rounds; the
+    :class:`Solution` gets views of them (no copy, so no peak at the end).
+    """
+
+    def __init__(self, capacity: int = 64):
+        self.k = 0
+        self.bounds = np.empty((capacity, 2), dtype=np.int64)  # (capacity, 2): lo, hi
+        self.errors = np.empty(capacity, dtype=np.float64)  # (capacity,)
+
+    def append(self, lo: int, hi: int, max_error: float) -> None:
+        if self.k == self.errors.shape[0]:
+            self.bounds = np.concatenate([self.bounds, np.empty_like(self.bounds)])
+            self.errors = np.concatenate([self.errors, np.empty_like(self.errors)])
+        self.bounds[self.k] = lo, hi
+        self.errors[self.k] = max_error
+        self.k += 1
+
+    def windows(self) -> RoundWindows:
+        return RoundWindows(self.bounds[: self.k])
+
+    def max_errors(self) -> np.ndarray:
+        return self.errors[: self.k]
 
 
 def _row_finite(a: Any, xp: Any) -> Any:

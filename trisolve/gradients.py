@@ -50,8 +50,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._backend import namespace
+from ._validate import check_float, check_int
 from .newton import _split_event, jacobian_rows
-from .result import SolveError
+from .result import SolveError, Status
 from .scan import affine_scan, apply_linear
 
 __all__ = ["Adjoint", "differentiable_trajectory"]
@@ -90,10 +91,11 @@ class Adjoint:
     def __post_init__(self) -> None:
         if self.jacobian not in ("auto", "dense", "diagonal", "none"):
             raise ValueError(f'jacobian must be "auto", "dense", "diagonal" or "none", got {self.jacobian!r}.')
-        if self.rtol is not None and (isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not (0 < self.rtol < 1)):
-            raise ValueError(f"rtol must be a number in (0, 1) or None, got {self.rtol!r}.")
-        if self.max_iter is not None and (isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1):
-            raise ValueError(f"max_iter must be an int >= 1 or None, got {self.max_iter!r}.")
+        if self.rtol is not None:
+            rtol = check_float("Adjoint rtol", self.rtol, 0.0, low_open=True, high=1.0, high_open=True, hint="or None (100 eps)")
+            object.__setattr__(self, "rtol", rtol)
+        if self.max_iter is not None:
+            object.__setattr__(self, "max_iter", check_int("Adjoint max_iter", self.max_iter, 1, hint="or None (n)"))
 
 
 def check_gradients_supported(x0: Any) -> None:
@@ -282,10 +284,12 @@ def differentiable_trajectory(system: Any, x0: Any, trajectory: Any, adjoint: Ad
 
 def attach(solution: Any, system: Any, x0: Any, adjoint: Adjoint | None) -> Any:
     """``solution`` with a differentiable trajectory (what ``solve(..., gradients=...)`` returns)."""
-    if not solution.status.ok:
+    if solution.status is not Status.CONVERGED:
         raise SolveError(
-            f"gradients need a converged solve, but it ended with {solution.status.name}: {solution.status.message}. "
-            "The adjoint is only defined at the solution."
-        )
+            f"gradients need a converged solve, but it ended with {solution.status.name}: {solution.message}. "
+            "The adjoint is only defined at the solution; the unfinished solve is kept on this error's .solution "
+            "(resume it with init=err.solution.trajectory, num_frozen=err.solution.num_frozen).",
+            solution=solution,
+        ) from solution.error
     return replace(solution, trajectory=differentiable_trajectory(system, x0, solution.trajectory, adjoint))
 

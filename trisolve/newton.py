@@ -48,7 +48,7 @@ from ._validate import check_float, check_int
 from .elk import damped_scan
 from .maps import UpdateMap
 from .scan import affine_scan, apply_linear
-from .systems import SemilinearSystem
+from .systems import SemilinearSystem, evaluating_ranks
 
 __all__ = ["Newton", "jacobian_rows"]
 
@@ -468,6 +468,13 @@ class Newton(UpdateMap):
                 "callable (NumPy and array-api-strict arrays have no automatic differentiation), use PyTorch tensors, "
                 "pass derivatives='finite-differences' (d more evaluations of F per row and round), "
                 "or use Newton('secant'), which estimates them from the iterates."
+            )
+        if self.jacobian != "secant" and self.derivatives == "auto" and _user_jacobian(system) is None and evaluating_ranks(system) > 1:
+            raise ValueError(
+                f"Newton(jacobian={self.jacobian!r}) differentiates F with torch.func, which is not with several ranks "
+                f"({evaluating_ranks(system)} share this system's evaluations; torch.func cannot differentiate through the "
+                "collectives). Give the system a jacobian= callable, pass derivatives='finite-differences', use "
+                "Newton('secant'), or pass solver=None for a default that runs on several ranks."
             )
         return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["Status", "Solution", "RoundInfo", "SolveError"]
+__all__ = ["Status", "Solution", "RoundInfo", "SolveError", "RoundWindows", "NoProgressWarning"]
 
 
 class Status(enum.Enum):
@@ -31,8 +32,9 @@ class Status(enum.Enum):
         "values: check the system, its inputs and its dtype"
     )
     FAILED = (
-        "evaluating the system or the callback raised an exception (solution.error); rows before "
-        "num_frozen are final and the trajectory holds a finite iterate"
+        "code the solve called (the system, the update map, the solver, the window policy or the callback) raised "
+        "an exception (solution.error); rows before num_frozen are final and the trajectory holds a finite iterate; "
+        "resume with init=solution.trajectory, num_frozen=solution.num_frozen once the cause is fixed"
     )
     INTERRUPTED = (
         "interrupted (KeyboardInterrupt); rows before num_frozen are final and the trajectory holds a "
@@ -54,7 +56,37 @@ class Status(enum.Enum):
 
 
 class SolveError(RuntimeError):
-    """Raised by :meth:`Solution.raise_for_status` when a solve did not converge."""
+    """A solve that did not reach what was asked of it; the work done is kept on ``solution``.
+
+    Raised by :meth:`Solution.raise_for_status`, and by ``solve(..., gradients=...)`` when the
+    solve did not converge (the adjoint exists only at the solution).
+
+    Attributes
+    ----------
+    solution : Solution or None
+        The unfinished solve -- its trajectory (rows before ``num_frozen`` final, every value
+        finite), status and records -- so that nothing computed is lost; resume it with
+        ``solve(..., init=err.solution.trajectory, num_frozen=err.solution.num_frozen)``.
+        ``None`` where no solve stands behind the error (the adjoint's own iteration).
+    """
+
+    def __init__(self, message: str, *, solution: Solution | None = None):
+        super().__init__(message)
+        self.solution = solution
+
+
+class NoProgressWarning(UserWarning):
+    """The update map makes no progress on this system beyond the structural bound.
+
+    Issued once by :func:`trisolve.solve` when, for ``NO_PROGRESS_ROUNDS`` consecutive rounds
+    over windows of at least two rows, each round froze at most the one row the structural
+    safeguard guarantees and the window's largest scaled residual did not shrink (it is at
+    least what it was when the stretch began; ``nan`` counts as not shrinking). The solve goes
+    on -- it still ends exact within ``n`` rounds -- but about one round per remaining row; the
+    message names a map that follows the system (the Picard map on a contractive recurrence,
+    where its unrolled increments grow without bound, is the typical case: ``OneStep()`` or
+    ``Newton()`` converge there in a few tens of rounds).
+    """
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,67 @@ class RoundInfo:
         return float(np.nanmax(self.errors)) if self.errors.size else 0.0
 
 
+class RoundWindows(Sequence):
+    """The window ``[lo, hi)`` of each round: a read-only sequence of ``(int, int)`` pairs.
+
+    Stored as one ``(rounds, 2)`` int64 array, 16 bytes a round (a Python list of tuples
+    costs about 150), so the records of a long solve stay small next to the trajectory.
+    Compares equal to any sequence of the same pairs (``sol.windows == [(1, 5), (2, 6)]``).
+
+    Attributes
+    ----------
+    array : ndarray, shape ``(rounds, 2)``
+        Column 0 is ``lo``, column 1 ``hi`` (read-only).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, bounds: Any = ()):
+        a = np.asarray(bounds, dtype=np.int64).reshape(-1, 2)  # a view where it can be
+        a = a.view()
+        a.setflags(write=False)
+        self.array = a
+
+    def __len__(self) -> int:
+        return self.array.shape[0]
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> RoundWindows: ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return RoundWindows(self.array[index])
+        lo, hi = self.array[index]
+        return int(lo), int(hi)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.tolist())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, RoundWindows):
+            return np.array_equal(self.array, other.array)
+        if isinstance(other, Sequence) and not isinstance(other, str):
+            return self.tolist() == [tuple(w) for w in other]
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which are unhashable
+
+    def __repr__(self) -> str:
+        return f"RoundWindows({self.tolist()!r})"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored bounds (16 a round)."""
+        return self.array.nbytes
+
+    def tolist(self) -> list[tuple[int, int]]:
+        """The windows as a list of ``(lo, hi)`` tuples of Python ints."""
+        return [(int(lo), int(hi)) for lo, hi in self.array.tolist()]
+
+
 @dataclass(frozen=True)
 class Solution:
     """Result of :func:`trisolve.solve`.
@@ -103,15 +196,17 @@ class Solution:
         finite-difference Jacobian (``Newton(derivatives="finite-differences")``) included.
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged).
-    windows : list of (int, int)
-        The window ``[lo, hi)`` of each round.
+    windows : RoundWindows
+        The window ``[lo, hi)`` of each round, a sequence of ``(lo, hi)`` pairs stored in
+        16 bytes a round.
     round_max_errors : ndarray, shape ``(num_rounds,)``
         The largest scaled residual of each round's window (``nan`` if a row was not finite).
     round_errors : list of ndarray or None
         With ``solve(..., record="errors")``: each round's scaled residual per window row,
         ``(hi - lo,)``; ``None`` by default (it costs ``O(rounds x window)``).
     error : BaseException or None
-        The exception that ended the solve (``FAILED``, ``INTERRUPTED``), or a
+        The exception that ended the solve (``FAILED``: raised by the system, the update map,
+        the solver, the window policy or the callback; ``INTERRUPTED``), or a
         ``FloatingPointError`` naming the row for ``NONFINITE``.
     num_restarts, num_rejections, num_fallback_rows : int
         Safeguard activity of accelerated solvers (zero for Jacobi).
@@ -122,7 +217,7 @@ class Solution:
     num_rounds: int
     num_evals: int
     num_frozen: int
-    windows: list[tuple[int, int]]
+    windows: RoundWindows
     round_max_errors: np.ndarray = field(repr=False)
     round_errors: list[np.ndarray] | None = field(default=None, repr=False)
     error: BaseException | None = None
@@ -164,5 +259,5 @@ class Solution:
     def raise_for_status(self) -> Solution:
         """Return ``self`` if ``status.ok``, else raise :class:`SolveError` with the status message."""
         if not self.status.ok:
-            raise SolveError(f"{self.status.name}: {self.message}") from self.error
+            raise SolveError(f"{self.status.name}: {self.message}", solution=self) from self.error
         return self

@@ -21,6 +21,7 @@ Two kinds of system:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -36,6 +37,7 @@ __all__ = [
     "BlackBoxSystem",
     "SemilinearSystem",
     "Evaluation",
+    "evaluating_ranks",
 ]
 
 
@@ -92,6 +94,17 @@ class TriangularSystem(Protocol):
     def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any: ...
 
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
+
+
+def evaluating_ranks(system: Any) -> int:
+    """How many ranks share the evaluations of ``system`` (:func:`trisolve.distribute`); 1 for a plain system.
+
+    Every rank calls the same solve, so a combination that cannot run on several ranks is
+    refused by this test on every rank, before any collective.
+    """
+    distributed = sys.modules.get(__name__.rpartition(".")[0] + ".distributed")
+    # never imported: no system is distributed (and torch stays unimported)
+    return 1 if distributed is None else distributed.world_of(system)
 
 
 def _check_jacobian_callable(jacobian: Any, how: str) -> None:
@@ -316,8 +329,10 @@ class SemilinearSystem:
         B.setflags(write=False)
         # g_j is read by row j + 1 + q with coefficient B[j + q, q]; rows that read no g at all
         # (B[i - 1] == 0) are linear: x_i = a_i x_{i-1} + c_i
+        # (columns q >= n reach before row 0 in every row: all zero, checked above, and skipped
+        # here, so a table wider than the schedule -- p > n -- is fine)
         g_used = np.zeros(n, dtype=bool)
-        for q in range(p):
+        for q in range(min(p, n)):
             g_used[: n - q] |= B[q:, q] != 0
         linear = np.concatenate([[False], ~np.any(B != 0, axis=1)])
         g_used.setflags(write=False)

@@ -271,7 +271,7 @@ class CostModel:
 #: its ``model`` holds the measured curve and overhead, ``table`` every candidate's prediction.
 last_choice: WindowChoice | None = None
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(shape, dtype, device, extra): curve}
+_CACHE: dict[int, tuple[weakref.ref, dict]] = {}  # id(model) -> (weak ref to it, {(shape, dtype, device, extra): curve})
 _CACHE_NO_MODEL: dict = {}
 
 
@@ -279,6 +279,28 @@ def clear_cache() -> None:
     """Forget every measured curve (the next ``"auto"`` window measures again)."""
     _CACHE.clear()
     _CACHE_NO_MODEL.clear()
+
+
+def _store(model: Any, key: Any) -> dict | None:
+    """The cache of ``model``'s curves, keyed by its identity (never by name or ``==``); ``None``: not cached.
+
+    An entry lives as long as its model (a weak reference and a finalizer). Without ``key``, or a
+    model that cannot be referenced weakly, nothing is cached; without ``model``, ``key`` alone names it.
+    """
+    if key is None:
+        return None
+    if model is None:
+        return _CACHE_NO_MODEL
+    try:
+        ref = weakref.ref(model)
+    except TypeError:
+        return None
+    entry = _CACHE.get(id(model))
+    if entry is None or entry[0]() is not model:
+        entry = (ref, {})
+        _CACHE[id(model)] = entry
+        weakref.finalize(model, _CACHE.pop, id(model), None)
+    return entry[1]
 
 
 def measure_round_time(
@@ -295,9 +317,9 @@ def measure_round_time(
     Each size gets one warm-up call and ``repeats`` timed calls (median), each bracketed by
     ``sync()`` (e.g. ``torch.cuda.synchronize``). Doubling stops at ``max_rows`` or once the
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
-    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (weakly referenced) and
-    ``key`` (e.g. ``(row shape, dtype, device, guidance)``) the curve is cached and measured
-    once.
+    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
+    referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
+    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it.
 
     Examples
     --------
@@ -308,11 +330,9 @@ def measure_round_time(
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
-    store = None
-    if key is not None:
-        store = _CACHE.setdefault(model, {}) if model is not None else _CACHE_NO_MODEL
-        if key in store and store[key].rows[-1] >= max_rows or key in store and _saturated(store[key]):
-            return store[key]
+    store = _store(model, key)
+    if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
+        return store[key]
     sync = sync or (lambda: None)
     rows, secs = [], []
     r, steep = 1, 0
@@ -375,11 +395,9 @@ def measure_overhead(
     >>> 0.0015 < a < 0.005, 0.0 <= b < 0.0002
     (True, True)
     """
-    store = None
-    if key is not None:
-        store = _CACHE.setdefault(model, {}) if model is not None else _CACHE_NO_MODEL
-        if ("overhead", key, max_rows) in store:
-            return store["overhead", key, max_rows]
+    store = _store(model, key)
+    if store is not None and ("overhead", key, max_rows) in store:
+        return store["overhead", key, max_rows]
     sync = sync or (lambda: None)
     sizes = sorted({min(8, max_rows), max_rows})
     per_round = []

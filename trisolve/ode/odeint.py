@@ -225,7 +225,8 @@ def odeint(
     sol = info.solution
     if not sol.status.ok:
         err = SolveError(
-            f"trisolve.odeint: the parallel solve of {sol.n} steps ended {sol.status.name} after {sol.num_rounds} rounds: {sol.message}"
+            f"trisolve.odeint: the parallel solve of {sol.n} steps ended {sol.status.name} after {sol.num_rounds} rounds: {sol.message}",
+            solution=sol,
         )
         err.info = info  # type: ignore[attr-defined]
         raise err from sol.error

@@ -241,7 +241,7 @@ def solve_ivp(
         njev=info.njev,
     )
     if sol.status is Status.FAILED:  # fun raised (SciPy lets it through): say so, keep the work on the error
-        err = SolveError(f"trisolve.solve_ivp: fun raised during round {sol.num_rounds + 1}: {sol.message}")
+        err = SolveError(f"trisolve.solve_ivp: fun raised during round {sol.num_rounds + 1}: {sol.message}", solution=sol)
         err.result = result  # type: ignore[attr-defined]
         raise err from sol.error
     return result
