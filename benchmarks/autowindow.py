@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion import cost_model  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
@@ -47,7 +48,7 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
         gen = torch.manual_seed(0)
         if w == "sequential":
             return pipe(generator=gen, **kw)
-        return td.sample(pipe, generator=gen, window_size=None if w == "full" else w, **kw)  # None: the full window on a CPU
+        return td.sample(pipe, generator=gen, window_size=trisolve.FullWindow() if w == "full" else w, **kw)
 
     # the curve "auto" uses (measured once here, then cached for every "auto" run)
     unet = pipe.unet

@@ -307,7 +307,7 @@ def main(argv=None):
     for r in solves:
         pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
         w = r["run"].rsplit("window ", 1)[1]
-        r["host_ms_per_round"] = host_ms_per_round(pipe, pipe.unet, repeats, window_size=None if w == "full" else int(w), **kwr)
+        r["host_ms_per_round"] = host_ms_per_round(pipe, pipe.unet, repeats, window_size=trisolve.FullWindow() if w == "full" else int(w), **kwr)
     for r in seqs:
         pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
         r["host_ms_per_step"] = host_ms_per_step(pipe, pipe.unet, repeats, **kwr)

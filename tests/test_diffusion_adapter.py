@@ -189,8 +189,8 @@ def test_network_failure_raises_with_the_partial_solution():
 
     pipe.unet.forward = flaky
     try:
-        with pytest.raises(td.ParallelSamplingError, match="FAILED") as info:
-            td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(0), atol=1e-6, rtol=0)
+        with pytest.raises(td.ParallelSamplingError, match="FAILED") as info:  # the full window: no timing calls before round 1
+            td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(0), atol=1e-6, rtol=0, window_size=trisolve.FullWindow())
     finally:
         pipe.unet.forward = real
     sol = info.value.solution

@@ -39,7 +39,7 @@ from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
 from trisolve_diffusion.schedulers import UnsupportedSchedulerError
 
 T = 1000
-TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, window_size=trisolve.FullWindow())  # no timing
 SHAPE = (2, 2, 4, 4)
 
 

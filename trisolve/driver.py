@@ -145,10 +145,13 @@ def solve(
     final_row_atol : float, optional
         Output-aware finish: stop once row ``n`` is in the window and its pending correction
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
-        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from is
-        ``<= final_row_atol`` for every sample (absolute, in the trajectory's units, not
-        scaled by ``sigma``), and so is every window row's (a row still far from its value
-        would move the final row in the next rounds); that round's update is still applied. Status
+        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from,
+        divided by ``1 - rate`` (the error still pending when the iteration contracts at that
+        rate: ``rate`` is this round's correction over the previous round's, per sample, and
+        a rate ``>= 1`` or no previous round means "not yet"), is ``<= final_row_atol`` for every
+        sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
+        row's correction is too (a row still far from its value would move the final row in
+        the next rounds); that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
@@ -350,6 +353,8 @@ class _Run:
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
+        self.prev_correction = None  # the final row's pending correction per sample at the previous round (final_row_atol)
+        self.samples = math.prod(x.shape[1 : 1 + system.batch_ndim]) if system.batch_ndim else 1
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
         try:
@@ -402,7 +407,7 @@ class _Run:
             # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
             # that is nearly the identity has a small one-step residual at any input)
             rms = rms_d[-1:, ...] if one_step else xp.maximum(rms_d[-1:, ...], rms_r[-1:, ...])
-            parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
+            parts.append(xp.reshape(rms, (-1,)))  # per sample (S,): each contracts at its own rate
         if last and self.early_stop is not None and self.prev_last is not None:
             parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp, careful=careful))
         return xp.concat(parts, axis=0)
@@ -452,8 +457,10 @@ class _Run:
                 # and no earlier step still has a larger pending correction (unscaled: err x thr): the
                 # next round would carry it into the final row (a stalled row stays stalled downstream)
                 rows_ok = bool(np.all(err * self.thr_host[lo - 1 : hi - 1] <= self.final_row_atol))
-                final_ok = bool(host[pos] <= self.final_row_atol) and rows_ok
-                pos += 1
+                correction = np.array(host[pos : pos + self.samples])
+                final_ok = bool(np.all(_pending_error(correction, self.prev_correction) <= self.final_row_atol)) and rows_ok
+                self.prev_correction = correction
+                pos += self.samples
             if last and self.early_stop is not None:
                 if self.prev_last is not None:
                     change = float(host[pos])
@@ -518,6 +525,21 @@ class _Run:
             if stop:
                 return Status.STOPPED_BY_CALLBACK, None
         return Status.CONVERGED, None
+
+
+def _pending_error(correction: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """The final row's error still pending, per sample: ``correction / (1 - rate)``, ``rate = correction / previous``.
+
+    An iteration that contracts at ``rate`` still moves the row by about ``correction (1 + rate +
+    rate^2 + ...)``; ``inf`` where it does not contract (``rate >= 1``), where a value is not
+    finite, or when there is no previous round to measure the rate on. A zero correction is 0.
+    """
+    if previous is None:
+        return np.where(correction == 0.0, 0.0, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = correction / previous
+        est = np.where(rate < 1.0, correction / (1.0 - rate), np.inf)
+    return np.where(correction == 0.0, 0.0, est)
 
 
 NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning

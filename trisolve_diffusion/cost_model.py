@@ -35,7 +35,19 @@ the batch the device is saturated and ``t`` is extended linearly. ``o(r)`` is me
 (:func:`measure_overhead`) by running the solver itself for a few rounds with the network
 replaced by a free stand-in, at two window sizes, and cached the same way. The automatic window
 (:func:`choose_window`) is the ``w`` with the least predicted ``wall(w)``; the full window
-is kept when it is within 5 % of that (fewer rounds, less exposed to the rounds model).
+is kept when it is within 5 % of that (fewer rounds, less exposed to the rounds model), and
+forward substitution (``w = 1``) unless the chosen window is predicted at least
+:data:`MIN_SPEEDUP` (1.25) times faster than it: a parallel window is taken only where it
+clearly pays, so the default never falls far below the loop (a network already saturated
+at one row, a large batch on a CPU).
+
+First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows,
+stopping at the whole window or once the time has doubled with the rows twice (a CPU at batch
+1 is saturated from the start: 12 timed calls on 1, 2 and 4 rows, about ``28 t(1)``, half a
+50-step loop); the overhead takes 32 stand-in rounds without the network. Both are cached per
+network, latent shape, dtype and device (the overhead also per solver, map and scheduler), so
+later calls only evaluate the model (``benchmarks/default_speed.py`` records the first call's
+extra time).
 
 Examples
 --------
@@ -68,6 +80,7 @@ __all__ = [
     "measure_round_time",
     "measure_overhead",
     "choose_window",
+    "MIN_SPEEDUP",
     "auto_window",
     "network_of",
     "clear_cache",
@@ -231,14 +244,24 @@ class CostModel:
         """The sequential loop on one device: ``T`` calls of one row."""
         return self.steps * (self.curve(1))
 
-    def best_window(self, candidates: Sequence[int] | None = None, *, keep_full_within: float = 0.05) -> WindowChoice:
-        """The window with the least predicted wall time (the full window if within ``keep_full_within`` of it)."""
-        cands = sorted({min(int(w), self.steps) for w in (candidates or range(1, self.steps + 1))})
+    def best_window(
+        self, candidates: Sequence[int] | None = None, *, keep_full_within: float = 0.05, min_speedup: float = 1.0
+    ) -> WindowChoice:
+        """The window with the least predicted wall time (the full window if within ``keep_full_within`` of it).
+
+        ``min_speedup``: a parallel window (``w > 1``) is taken only when it is predicted at least
+        this many times faster than forward substitution (``w = 1``: ``T`` rounds of one row);
+        otherwise the choice is ``w = 1``. A margin for the model's errors: where parallel rounds
+        would win little, running the loop row by row cannot lose much.
+        """
+        cands = sorted({min(int(w), self.steps) for w in (candidates or range(1, self.steps + 1))} | {1})
         table = tuple((w, self.rounds(w), self.wall_time(w)) for w in cands)
         best = min(table, key=lambda row: (row[2], -row[0]))
         full = table[-1]
         if full[0] == self.steps and full[2] <= (1 + keep_full_within) * best[2]:
             best = full
+        if best[0] > 1 and table[0][2] < min_speedup * best[2]:  # table[0] is w = 1
+            best = table[0]
         return WindowChoice(best[0], best[2], best[1], table, model=self)
 
 
@@ -397,9 +420,16 @@ def measure_overhead(
     return result
 
 
-def choose_window(curve: BatchTimeCurve, steps: int, **model: Any) -> WindowChoice:
-    """``CostModel(curve, steps, **model).best_window()``: the automatic window."""
-    return CostModel(curve, steps, **model).best_window()
+#: The automatic window leaves forward substitution only for a window predicted at least this many
+#: times faster (:meth:`CostModel.best_window`'s ``min_speedup``): the model's rounds are a prior
+#: (median rounds; single runs take up to twice as many) and its times are measured on a busy
+#: machine, so a predicted gain below this is not worth the risk of losing to the loop.
+MIN_SPEEDUP = 1.25
+
+
+def choose_window(curve: BatchTimeCurve, steps: int, *, min_speedup: float = MIN_SPEEDUP, **model: Any) -> WindowChoice:
+    """``CostModel(curve, steps, **model).best_window(min_speedup=min_speedup)``: the automatic window."""
+    return CostModel(curve, steps, **model).best_window(min_speedup=min_speedup)
 
 
 def auto_window(
@@ -459,10 +489,10 @@ def auto_window(
     if run_rounds is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
         overhead, per_row = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
     global last_choice
-    last_choice = CostModel(
+    last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead, overhead_per_row=per_row, rounds_model=RoundsModel(stochastic=stochastic),
-    ).best_window()  # fmt: skip
+    )  # fmt: skip
     return last_choice
 
 

@@ -109,24 +109,35 @@ class SolveOptions:
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network
         (the denoiser itself, by identity, when it calls no ``torch.nn.Module``), latent
-        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the
-        window the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
-        whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
-        when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
-        timings are noisy, and the rounds of every run would depend on them).
+        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
+        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        whole window unless another is predicted > 5 % faster, and forward substitution
+        (a window of 1 row: the loop, row by row) unless the window is predicted at least
+        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. ``None`` (default): ``"auto"`` on
+        every device, except with a warm start (``init``), which takes the whole window (its
+        rows start near their values: few rounds). The measurement is paid once per network and shape in a process (on this
+        2-core CPU about half a 50-step loop at batch 1, see docs/window); the window, and so
+        the rounds, may differ between machines and loads, the sample does not (every window
+        solves to the same tolerance). Pass an int or ``trisolve.FullWindow()`` for rounds that
+        do not depend on timings.
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
         std). The default 5e-4 ended every benchmark run >= 40 dB from the sequential sample;
-        1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB.
+        1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB. Where the scheduler's
+        latents are far from unit scale (the k-diffusion schedulers: Euler, Euler ancestral,
+        Heun, LMS, whose latents range over ``sigma`` up to ~15-100), the solve runs on the rows
+        ``row_scale[j] x_j`` of unit scale (:meth:`SchedulerMapping.scaled`), which converge in
+        fewer rounds; the test is still this one, in latent units (benchmarks/rounds.py).
     max_iter : int, optional
         Most rounds (``None``: the number of rows, which always suffices).
     early_stop : float, optional
         Stop when the final latent's change between rounds, in tolerance units, is below this.
     final_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's pending correction (the RMS of its residual, per sample) is ``<= final_atol``,
-        and every unfinished step's is too,
+        latent's pending error -- the RMS of its residual over ``1 - rate``, the contraction
+        observed between two rounds, per sample -- is ``<= final_atol``, and every unfinished
+        step's correction is too,
         status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
@@ -254,7 +265,7 @@ class SolveOptions:
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
     def window(self) -> trisolve.WindowPolicy | None:
-        """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
+        """The window policy; ``"auto"`` (and ``None``, the default) is resolved in :func:`sample_latents`."""
         return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
 
 
@@ -469,8 +480,11 @@ def sample_latents(
         raise ValueError("pass mask= and known_latents= together (the inpainting blend needs both).")
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"You passed {len(generator)} generators for a batch of {batch} latents; pass one per sample or one for all.")
+    # the solve runs on rows of unit scale (mapping.scaled(): y_j = row_scale[j] x_j), its tolerance in data units
+    rows = _UnitRows(mapping, options)
+    mapping = rows.mapping
     c = draw_noise(mapping, shape, generator, device, latents.dtype, traj)
-    x0 = latents.to(traj)
+    x0 = rows.to_rows(latents.to(traj)[None], 0)[0]
 
     # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
     t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
@@ -482,7 +496,7 @@ def sample_latents(
 
     m = None
     if mask is not None:
-        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
+        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj, rows.to_rows)
 
     def g_of(den: Any) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
         def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
@@ -499,16 +513,19 @@ def sample_latents(
 
     g = g_of(denoiser)
     band = _band(mapping)
-    system = trisolve.SemilinearSystem(mapping.a, band, g, c=c, sigma=mapping.sigma, batch_ndim=1)
+    system = trisolve.SemilinearSystem(mapping.a, band, g, c=c, sigma=rows.sigma, batch_ndim=1)
     window = options.window()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+    if options.window_size == "auto" or (options.window_size is None and options.init is None):
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
-        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
-        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
+        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
+        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method)
-    sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c)
+        try:
+            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method)
+        except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
+            _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+    sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
     return sol.trajectory[-1].to(latents.dtype), sol
 
 
@@ -521,6 +538,7 @@ def solve_rows(
     update_map: trisolve.UpdateMap,
     window: trisolve.WindowPolicy | None,
     forcing: torch.Tensor | None = None,
+    rows: _UnitRows | None = None,
 ) -> trisolve.Solution:
     """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
 
@@ -530,30 +548,78 @@ def solve_rows(
     callback, and raises or warns on the status (:class:`ParallelSamplingError`,
     :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
     :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
+    tolerances, warm start and callback are translated, and the solution returned in latent units;
+    ``None``: the system's rows are the latents.
     """
     n = system.n
+    rows = _UnitRows(None, options) if rows is None else rows
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
-    init = None if options.init is None else options.init.to(device=x0.device, dtype=x0.dtype)
+    init = None if options.init is None else rows.to_rows(options.init.to(device=x0.device, dtype=x0.dtype), 0)
     bar = _Progress(options.progress, n)
 
     def on_round(info: trisolve.RoundInfo):
         bar.round(info)
-        return bool(options.callback(info)) if options.callback is not None else False
+        if options.callback is None:
+            return False
+        if rows.scale is not None:  # the callback sees the latents, not the solve's rows
+            info = dataclasses.replace(info, trajectory=rows.from_rows(info.trajectory.clone()))
+        return bool(options.callback(info))
 
     try:
         with torch.no_grad():
             sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
+                system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
-                final_row_atol=None if options.final_atol == "auto" else options.final_atol,
+                final_row_atol=rows.final_row_atol,
             )  # fmt: skip
         bar.finish(sol)
     finally:
         bar.close()
+    rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
     _raise_for_status(sol, options.strict)
     return sol
+
+
+class _UnitRows:
+    """The rows the solve runs on, and the tolerance in data units (the latents' own).
+
+    Where the mapping has a ``row_scale`` ``c`` (the k-diffusion schedulers, whose latents range
+    over ``sigma`` up to ~100), the solve runs on ``y_j = c_j x_j`` (:meth:`SchedulerMapping.scaled`):
+    rows of unit scale, so every scheduler's fixed-point problem is about equally well conditioned.
+    The convergence test stays the one stated in latent units, ``RMS(x residual) <= atol + rtol
+    sigma_i``: in ``y`` units it is ``<= c_i (atol + rtol sigma_i)``, passed to :func:`trisolve.solve`
+    as per-row scales with ``atol = 0, rtol = 1``; the final-row tolerance likewise ``c_n final_atol``.
+    Without a ``row_scale`` everything is the mapping's own.
+    """
+
+    def __init__(self, mapping: SchedulerMapping | None, options: SolveOptions):
+        fa = None if options.final_atol == "auto" else options.final_atol
+        self.scale = None if mapping is None or mapping.row_scale is None else np.asarray(mapping.row_scale, dtype=np.float64)  # (n + 1,)
+        if self.scale is None:  # the rows are the latents (mapping None: a system prepared elsewhere, its own sigma)
+            self.mapping, self.sigma = mapping, None if mapping is None else mapping.sigma
+            self.tolerance, self.final_row_atol = dict(atol=options.atol, rtol=options.rtol), fa
+            return
+        c = self.scale
+        self.mapping = mapping.scaled()
+        self.sigma = c[1:] * (options.atol + options.rtol * np.asarray(mapping.sigma, dtype=np.float64))  # (n,) thresholds, y units
+        self.tolerance = dict(atol=0.0, rtol=1.0)
+        self.final_row_atol = None if fa is None else float(c[-1]) * fa
+
+    def to_rows(self, x: torch.Tensor, first: int) -> torch.Tensor:
+        """Latents of rows ``first, first + 1, ..`` stacked ``(k, B, *event)`` as solve rows (``x`` itself when unscaled)."""
+        if self.scale is None:
+            return x
+        c = torch.as_tensor(self.scale[first : first + x.shape[0]], device=x.device).to(x.dtype)
+        return x * c.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    def from_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """A whole trajectory ``(n + 1, B, *event)`` of solve rows back to latents, in place; returns it."""
+        if self.scale is not None:
+            y.mul_(torch.as_tensor(1.0 / self.scale, device=y.device).to(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1)))
+        return y
 
 
 def _checked_output(out: Any, model_input: torch.Tensor) -> torch.Tensor:
@@ -595,11 +661,11 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     return begin_index
 
 
-def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> int:
+def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w: int, k: int) -> int:
     """Run at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows; the rounds run (0 if it failed)."""
     window = None if w >= system.n else trisolve.SlidingWindow(w)
     with torch.no_grad():
-        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, max_iter=k)
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, **tolerance, max_iter=k)
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
             f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
@@ -621,7 +687,10 @@ def _auto_window(
 
     def rows(r: int) -> torch.Tensor:  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
         with torch.no_grad():
-            return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            try:
+                return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            except Exception as exc:  # the user's network: reported like a failed round (sample_latents)
+                raise _NetworkFault(exc) from exc
 
     # cached per network (a guidance closure rebuilt per call reuses it), else per denoiser: by identity, never by name;
     # the denoiser's code (or class) tells a guided closure from the bare network
@@ -645,20 +714,45 @@ def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None
     return described, _digest(x0), _digest(c), _digest(options.init)
 
 
-def _blend(a_rows, c, x0, mask, known, traj):
-    """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes)."""
+def _blend(a_rows, c, x0, mask, known, traj, to_rows):
+    """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes), in the solve's rows (``to_rows``)."""
     n = len(a_rows)
     if not isinstance(known, torch.Tensor) or tuple(known.shape) != (n, *x0.shape):
         got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
         raise ValueError(f"known_latents must have shape (n, *latents.shape) = {(n, *x0.shape)}, got {got}.")
     m = mask.to(device=x0.device, dtype=traj)
-    q = known.to(device=x0.device, dtype=traj)  # (n, B, *event): row i = 1..n
+    q = to_rows(known.to(device=x0.device, dtype=traj), 1)  # (n, B, *event): row i = 1..n
     keep = 1 - m
     q_prev = torch.cat([(keep * x0)[None], q[:-1]])  # known_{i-1}, known_0 = (1 - m) x_0
     a = torch.as_tensor(np.asarray(a_rows, dtype=np.float64), device=x0.device).to(traj).reshape((-1,) + (1,) * x0.ndim)
     forcing = keep * (q - a * q_prev)
     c = forcing if c is None else m * c + forcing
     return c, m
+
+
+class _NetworkFault(Exception):
+    """The denoiser raised while the automatic window timed it (``.fault``: what it raised)."""
+
+    def __init__(self, fault: Exception):
+        super().__init__(repr(fault))
+        self.fault = fault
+
+
+def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
+    """Raise what a failed round raises for a failure before the first one (the automatic window's timing calls).
+
+    The solution holds nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``.
+    """
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED
+    sol = trisolve.Solution(
+        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
+        windows=[], round_max_errors=np.zeros(0), error=exc,
+    )  # fmt: skip
+    where = "while window_size='auto' timed the network, before the first round (pass an int window_size to skip the timing)"
+    if interrupted:
+        raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
+    raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
 
 
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
