@@ -338,25 +338,24 @@ class _Run:
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
-        try:
-            stats = self.solver.stats(self.state)
-        except Exception as exc:  # a solver's own stats failed: the trajectory is kept, the failure said
-            stats = {}
+        try:  # the solver's and the map's counters, read once at the end
+            stats = {**self.solver.stats(self.state), **self.update_map.stats(self.tables)}
+            evals = self.evals + self.update_map.num_evals(self.tables)  # + F evaluations of finite-difference Jacobians
+        except Exception as exc:  # a solver's or map's own stats failed: the trajectory is kept, the failure said
+            stats, evals = {}, self.evals
             if error is None:
                 status, error = Status.FAILED, exc
         return Solution(
             trajectory=self.x,
             status=status,
             num_rounds=self.rounds,
-            num_evals=self.evals + getattr(self.tables, "extra_evals", 0),  # + F evaluations of finite-difference Jacobians
+            num_evals=evals,
             num_frozen=self.lo,
             windows=self.records.windows(),
             round_max_errors=self.records.max_errors(),
             round_errors=self.row_errors,
             error=error,
-            num_restarts=int(stats.get("num_restarts", 0)),
-            num_rejections=int(stats.get("num_rejections", 0)),
-            num_fallback_rows=int(stats.get("num_fallback_rows", 0)),
+            stats=stats,
         )
 
     def _window(self) -> int:

@@ -471,6 +471,14 @@ class Newton(UpdateMap):
             )
         return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
 
+    def num_evals(self, tables: NewtonTables) -> int:
+        """Evaluations of ``F`` (or ``g``) spent on finite-difference Jacobians."""
+        return tables.extra_evals
+
+    def stats(self, tables: NewtonTables) -> dict[str, int]:
+        """``num_jacobian_evals``: the evaluations of :meth:`num_evals`, on their own."""
+        return {"num_jacobian_evals": tables.extra_evals}
+
     def rows_per_chunk(self, S: int, d: int) -> int:
         """Rows whose Jacobians are computed and scanned at once."""
         if self.chunk_rows is not None:
