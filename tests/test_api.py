@@ -61,3 +61,132 @@ def test_repr_is_short():
     sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-10)
     text = repr(sol)
     assert text == f"Solution(status=CONVERGED, num_rounds={sol.num_rounds}, num_evals={sol.num_evals}, shape=(501, 3))"
+
+
+# ----------------------------------------------------------------------------- the system protocol
+
+
+class _ProtocolRNN(trisolve.TriangularSystem):
+    """Exactly the documented minimum: ``n`` and ``evaluate`` (a tanh RNN ``x_i = tanh(W x_{i-1} + u_i)``)."""
+
+    def __init__(self, W, u):
+        self.W, self.u, self.n = W, u, u.shape[0] - 1
+
+    def evaluate(self, x, lo, hi, cache, *, xp):
+        return trisolve.Evaluation(f=xp.tanh(x[lo - 1 : hi - 1] @ self.W.T + self.u[lo:hi]), num_evals=hi - lo)
+
+
+def _torch_rnn(n=30, d=3, seed=1, requires_grad=False):
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(seed)
+    W = (0.7 * torch.randn(d, d, generator=g, dtype=torch.float64)).requires_grad_(requires_grad)
+    u = torch.randn(n + 1, d, generator=g, dtype=torch.float64)
+    return W, u, torch.randn(d, generator=g, dtype=torch.float64)
+
+
+def _loop(W, u, x0):
+    import torch
+
+    rows = [x0]
+    for i in range(1, u.shape[0]):
+        rows.append(torch.tanh(rows[-1] @ W.T + u[i]))
+    return torch.stack(rows)
+
+
+def test_protocol_only_system_solves_with_the_default_method_and_newton():
+    W, u, x0 = _torch_rnn()
+    system = _ProtocolRNN(W, u)
+    ref = _loop(W, u, x0)
+    default = trisolve.solve(system, None, x0, atol=1e-12)
+    newton = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-12)
+    for sol in (default, newton):
+        assert sol.status is trisolve.Status.CONVERGED, sol.message
+        assert float((sol.trajectory - ref).abs().max()) < 1e-10
+    assert default.num_rounds <= 8  # Newton's rounds, not Jacobi's ~n
+    # NumPy: the default is finite-difference Newton, through the same protocol
+    Wn, un, x0n = W.detach().numpy(), u.numpy(), x0.numpy()
+    sol = trisolve.solve(_ProtocolRNN(Wn, un), None, x0n, atol=1e-12)
+    assert sol.status.ok and np.abs(sol.trajectory - ref.numpy()).max() < 1e-10
+    assert sol.stats["num_jacobian_evals"] > 0
+
+
+def test_protocol_only_system_gradients_match_autograd_through_the_loop():
+    import torch
+
+    W, u, x0 = _torch_rnn(requires_grad=True)
+    x0 = x0.clone().requires_grad_(True)
+    sol = trisolve.solve(_ProtocolRNN(W, u), None, x0, atol=1e-13, gradients=True)
+    loss = (sol.trajectory**2).sum() + sol.trajectory[-1].sum()
+    gW, gx = torch.autograd.grad(loss, (W, x0))
+    ref = _loop(W, u, x0)
+    rW, rx = torch.autograd.grad((ref**2).sum() + ref[-1].sum(), (W, x0))
+    assert float((gW - rW).abs().max()) < 1e-8 and float((gx - rx).abs().max()) < 1e-8
+
+
+def test_protocol_only_system_through_distribute():
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    W, u, x0 = _torch_rnn()
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        system = trisolve.distribute(_ProtocolRNN(W, u))
+        sol = trisolve.solve(system, None, x0, atol=1e-12)
+        assert sol.status is trisolve.Status.CONVERGED
+        assert float((sol.trajectory - _loop(W, u, x0)).abs().max()) < 1e-10
+        assert system.fn.rows_evaluated == sum(hi - lo for lo, hi in sol.windows)  # every round went through the split
+    finally:
+        dist.destroy_process_group()
+    assert torch.is_tensor(sol.trajectory)
+
+
+def test_distribute_keeps_the_jacobian():
+    torch = pytest.importorskip("torch")
+    import torch.distributed as dist
+
+    rng = np.random.default_rng(0)
+    W, u = 0.5 * rng.standard_normal((3, 3)), rng.standard_normal((41, 3))
+
+    def F(x, lo, hi):
+        return np.tanh(x[lo - 1 : hi - 1] @ W.T + u[lo:hi])
+
+    calls = []
+
+    def J(x, lo, hi):
+        calls.append((lo, hi))
+        return (1 - F(x, lo, hi) ** 2)[:, :, None] * W
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        system = trisolve.distribute(trisolve.BlackBoxSystem(F, 40, jacobian=J))
+        assert system.has_jacobian
+        sol = trisolve.solve(system, None, np.zeros(3), atol=1e-12)
+    finally:
+        dist.destroy_process_group()
+    assert sol.status.ok and calls and sol.stats["num_jacobian_evals"] == 0  # the user's Jacobian, not finite differences
+    assert torch is not None
+
+
+def test_band_refuses_newton_and_picks_the_secant_default():
+    class Banded(_ProtocolRNN):
+        band = 2
+
+    W, u, x0 = _torch_rnn()
+    with pytest.raises(ValueError, match="band p = 2"):
+        trisolve.solve(Banded(W, u), trisolve.Jacobi(), x0, update_map=trisolve.Newton())
+    sol = trisolve.solve(Banded(W, u), None, x0, atol=1e-12)
+    assert sol.status.ok
+
+
+def test_a_class_outside_the_protocol_is_refused_clearly():
+    class NotASystem:
+        n = 3
+
+    with pytest.raises(TypeError, match="TriangularSystem"):
+        trisolve.solve(NotASystem(), trisolve.Jacobi(), np.zeros(2))
+
+    class Incomplete(trisolve.TriangularSystem):  # forgets evaluate: fails at construction, not in round 1
+        n = 3
+
+    with pytest.raises(TypeError, match="evaluate"):
+        Incomplete()

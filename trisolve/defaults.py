@@ -19,8 +19,11 @@ pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
   (the one-step map needs ``n`` rounds on an integrator, the Picard map about ``n`` on a
   contractive RNN).
 
-A :class:`~trisolve.SemilinearSystem` with a band ``p > 1`` (not Markov, so not a Newton
-system) always gets the secant map.
+A system that declares a band ``p > 1`` (:attr:`TriangularSystem.band
+<trisolve.TriangularSystem.band>`; a :class:`~trisolve.SemilinearSystem` with ``p > 1``: not
+Markov, so not a Newton system) always gets the secant map. Everything read here is part of
+the system protocol (:class:`~trisolve.TriangularSystem`: ``band``, ``has_jacobian``,
+``batch_ndim``).
 
 When rounds are cheap and evaluations are not (a NumPy RNN on a CPU, a contractive system
 where ``Jacobi()`` already needs few rounds), pass ``trisolve.Jacobi()``: the defaults
@@ -35,7 +38,6 @@ from typing import Any
 from .newton import Newton
 from .solvers.base import Solver
 from .solvers.jacobi import Jacobi
-from .systems import SemilinearSystem
 
 __all__ = ["default_method", "NEWTON_MAX_D", "NEWTON_FD_MAX_D"]
 
@@ -48,10 +50,10 @@ def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
     from array_api_compat import is_torch_array
 
     d = math.prod(tuple(x0.shape)[system.batch_ndim :])
-    if isinstance(system, SemilinearSystem) and system.p > 1:
+    band = system.band
+    if band is not None and band > 1:  # not Markov: no Newton system
         return Jacobi(), Newton(jacobian="secant")
-    has_callable = getattr(system, "jacobian", None) is not None
-    if has_callable or (is_torch_array(x0) and d <= NEWTON_MAX_D):
+    if system.has_jacobian or (is_torch_array(x0) and d <= NEWTON_MAX_D):
         return Jacobi(), Newton(jacobian="dense")
     if d <= NEWTON_FD_MAX_D:
         return Jacobi(), Newton(jacobian="dense", derivatives="finite-differences")

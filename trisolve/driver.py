@@ -208,7 +208,9 @@ def solve(
     (True, True)
     """
     if not isinstance(system, TriangularSystem):
-        raise TypeError(f"system must be a BlackBoxSystem or SemilinearSystem, got {type(system).__name__}.")
+        raise TypeError(
+            f"system must be a trisolve.TriangularSystem (BlackBoxSystem, SemilinearSystem or your subclass), got {type(system).__name__}."
+        )
     # solver=None: the default method (trisolve.defaults); a given map keeps its plain Jacobi solver
     if solver is None:
         solver, default_map = default_method(system, x0)
@@ -260,7 +262,9 @@ def _solve(
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a trisolve solver (Jacobi(), TriangularAnderson(), ...), got {type(solver).__name__}.")
     if not isinstance(system, TriangularSystem):
-        raise TypeError(f"system must be a BlackBoxSystem or SemilinearSystem, got {type(system).__name__}.")
+        raise TypeError(
+            f"system must be a trisolve.TriangularSystem (BlackBoxSystem, SemilinearSystem or your subclass), got {type(system).__name__}."
+        )
     update_map = OneStep() if update_map is None else update_map
     if not isinstance(update_map, UpdateMap):
         raise TypeError(f"update_map must be OneStep(), Unrolled(order) or Picard(order), got {type(update_map).__name__}.")
