@@ -190,3 +190,82 @@ def test_a_class_outside_the_protocol_is_refused_clearly():
 
     with pytest.raises(TypeError, match="evaluate"):
         Incomplete()
+
+
+# ----------------------------------------------------------------------------- gradients by default
+
+
+def _regularised_loss(traj, W):
+    return (traj[1:] ** 2).sum() + 0.5 * traj[-1].sum() + 0.1 * (W**2).sum()  # a second path to W: the regulariser
+
+
+@pytest.mark.parametrize("kind", ["blackbox", "semilinear"])
+def test_gradients_flow_by_default_and_match_autograd_through_the_loop(kind):
+    import torch
+
+    W, u, x0 = _torch_rnn(n=25, requires_grad=True)
+    if kind == "blackbox":
+        system = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] @ W.T + u[lo:hi]), 25)
+        ref = _loop(W, u, x0)
+    else:  # explicit Euler of y' = tanh(W y) - y: a = 1 - h, B = h, g = tanh(W y)
+        h = 0.3
+        system = trisolve.SemilinearSystem(np.full(25, 1 - h), np.full(25, h), lambda y, lo, hi: torch.tanh(y @ W.T))
+        rows = [x0]
+        for _ in range(25):
+            rows.append((1 - h) * rows[-1] + h * torch.tanh(rows[-1] @ W.T))
+        ref = torch.stack(rows)
+    (r,) = torch.autograd.grad(_regularised_loss(ref, W), W)
+    for solver in (None, trisolve.Jacobi()):
+        sol = trisolve.solve(system, solver, x0, atol=1e-13)  # no gradients= flag
+        assert sol.status is trisolve.Status.CONVERGED and sol.trajectory.requires_grad
+        (g,) = torch.autograd.grad(_regularised_loss(sol.trajectory, W), W)
+        assert float((g - r).abs().max()) < 1e-8
+        assert float((g - 0.2 * W.detach()).abs().max()) > 1e-3  # the solve's part is there, not only the regulariser's
+
+
+def test_gradients_false_and_no_grad_give_a_plain_trajectory():
+    import torch
+
+    W, u, x0 = _torch_rnn(requires_grad=True)
+    system = _ProtocolRNN(W, u)
+    off = trisolve.solve(system, None, x0, atol=1e-12, gradients=False)
+    assert off.status.ok and not off.trajectory.requires_grad
+    with torch.no_grad():
+        quiet = trisolve.solve(system, None, x0, atol=1e-12)
+    assert quiet.status.ok and not quiet.trajectory.requires_grad and quiet.trajectory.grad_fn is None
+    assert torch.equal(off.trajectory, quiet.trajectory)
+
+
+def test_x0_requiring_grad_alone_turns_gradients_on():
+    import torch
+
+    W, u, x0 = _torch_rnn()  # W does not require grad
+    x0 = x0.clone().requires_grad_(True)
+    sol = trisolve.solve(_ProtocolRNN(W, u), trisolve.Jacobi(), x0, atol=1e-13)
+    (g,) = torch.autograd.grad(sol.trajectory[-1].sum(), x0)
+    (r,) = torch.autograd.grad(_loop(W, u, x0)[-1].sum(), x0)
+    assert float((g - r).abs().max()) < 1e-8
+
+
+def test_automatic_gradients_need_the_whole_solve():
+    """With F requiring grad, final_row_atol does not end the solve early; an unfinished solve warns, gradients=True raises."""
+    W, u, x0 = _torch_rnn(n=60, requires_grad=True)
+    system = _ProtocolRNN(W, u)
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, final_row_atol=1e-2)
+    assert sol.status is trisolve.Status.CONVERGED and sol.trajectory.requires_grad
+    with pytest.warns(UserWarning, match="not differentiable.*MAX_ITER"):
+        short = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, max_iter=2)
+    assert short.status is trisolve.Status.MAX_ITER and not short.trajectory.requires_grad
+    with pytest.raises(trisolve.SolveError) as err:
+        trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, max_iter=2, gradients=True)
+    assert err.value.solution.status is trisolve.Status.MAX_ITER
+
+
+def test_numpy_has_no_gradients_and_says_so_only_when_asked():
+    system, x0 = _rnn()
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-10)  # the default: no error, no warning
+    assert sol.status.ok
+    with pytest.raises(TypeError, match="gradients need PyTorch"):
+        trisolve.solve(system, trisolve.Jacobi(), x0, gradients=True)
+    with pytest.raises(TypeError, match="gradients must be None"):
+        trisolve.solve(system, trisolve.Jacobi(), x0, gradients="yes")

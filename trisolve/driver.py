@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from ._backend import device, finite, is_floating, namespace, no_grad, to_host
+from ._backend import device, finite, grad_probe, is_floating, namespace, no_grad, to_host
 from ._validate import check_float, check_int
 from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
@@ -30,7 +31,7 @@ from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
 from .result import RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
-from .systems import TriangularSystem
+from .systems import Evaluation, TriangularSystem
 from .tolerance import Tolerance
 from .windows import WindowPolicy, as_window
 
@@ -104,7 +105,7 @@ def solve(
     callback: Callable[[RoundInfo], bool | None] | None = None,
     init: Any = None,
     num_frozen: int = 1,
-    gradients: bool | Adjoint = False,
+    gradients: bool | Adjoint | None = None,
     record: str = "summary",
 ) -> Solution:
     """Solve the lower-triangular system ``x_i = F_i(x_0, ..., x_{i-1})`` in parallel rounds.
@@ -148,7 +149,8 @@ def solve(
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
         ``2 / 255 ~ 7.8e-3``. With ``gradients``, ignored after its check: the adjoint needs
-        every row at the solution, so the solve runs until every row is converged.
+        every row at the solution, so the solve runs until every row is converged (also when the
+        automatic ``gradients=None`` finds that they are needed).
     callback : callable, optional
         Called as ``callback(info: RoundInfo)`` after each round; a true return stops.
     init : array, shape ``(n + 1, *event)``, optional
@@ -157,15 +159,20 @@ def solve(
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` of ``init`` are taken as final and kept (partial reuse;
         resume with ``num_frozen=solution.num_frozen``).
-    gradients : bool or Adjoint
-        PyTorch only: return a trajectory differentiable with respect to ``x0`` and every
-        tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
-        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve:
-        any other status raises :class:`SolveError`, whose ``.solution`` keeps the unfinished
-        solve (its trajectory, status and records); NumPy and array-api-strict arrays raise
-        ``TypeError``. The
-        rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
-        keeps no graph per round.
+    gradients : None, bool or Adjoint
+        Whether the trajectory is differentiable with respect to ``x0`` and every tensor ``F``
+        captures, by the adjoint method (:class:`Adjoint`; ``True`` is ``Adjoint()``), never
+        by back-propagating through the rounds. ``None`` (default, automatic): on PyTorch,
+        when grad mode is on (not under ``torch.no_grad()``) and ``x0`` requires grad or the
+        first evaluation of the first round -- computed anyway, with autograd recording -- does
+        (a captured weight, an ``nn.Module``'s parameters); never on NumPy, CuPy or
+        array-api-strict. ``False``: never. ``True`` or ``Adjoint(...)``: always (PyTorch
+        only: other arrays raise ``TypeError``). The adjoint needs a converged solve: any other
+        status raises :class:`SolveError` when gradients were asked for, whose ``.solution``
+        keeps the unfinished solve (its trajectory, status and records); in the automatic
+        mode the Solution is returned without gradients and a ``UserWarning`` says so. The
+        rounds themselves always run without autograd recording (the first evaluation's
+        graph is dropped at once), so an ``nn.Module`` in ``F`` keeps no graph per round.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
@@ -215,30 +222,48 @@ def solve(
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
-    adjoint = _check_gradients(gradients, x0)
-    if adjoint is not None and final_row_atol is not None:
-        # the adjoint needs every row at the solution, not only row n: checked, then the solve
-        # runs to the tolerance (documented under final_row_atol and gradients)
-        check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
-        final_row_atol = None
+    adjoint, auto = _check_gradients(gradients, x0)
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
-        solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
-                          early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init, num_frozen=num_frozen,
-                          record=record)  # fmt: skip
-    return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
+        solution, needs_grad = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
+                                      early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init,
+                                      num_frozen=num_frozen, record=record, gradients=adjoint is not None and not auto,
+                                      probe=adjoint is not None and auto)  # fmt: skip
+    if not needs_grad:
+        return solution
+    if auto and solution.status is not Status.CONVERGED:
+        warnings.warn(
+            f"the trajectory is not differentiable: F's values require grad (gradients=None found them), but the solve ended "
+            f"with {solution.status.name} and the adjoint exists only at the solution. Raise max_iter or pass gradients=False.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return solution
+    return attach_gradients(solution, system, x0, adjoint)
 
 
-def _check_gradients(gradients: Any, x0: Any) -> Adjoint | None:
-    """``gradients=`` as the adjoint settings, or ``None`` when no gradients are asked for."""
-    if gradients is False or gradients is None:
-        return None
+def _check_gradients(gradients: Any, x0: Any) -> tuple[Adjoint | None, bool]:
+    """``gradients=`` as ``(adjoint settings or None, automatic)``: the settings when gradients may be needed.
+
+    Automatic (``None``): settings only on PyTorch with grad mode on; whether they are needed is
+    decided by ``x0.requires_grad`` and the first evaluation (:class:`_Run`).
+    """
+    if gradients is False:
+        return None, False
+    if gradients is None:
+        from array_api_compat import is_torch_array
+
+        if not is_torch_array(x0):
+            return None, False
+        import torch
+
+        return (Adjoint(), True) if torch.is_grad_enabled() else (None, False)
     if gradients is True:
         gradients = Adjoint()
     if not isinstance(gradients, Adjoint):
-        raise TypeError(f"gradients must be True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
+        raise TypeError(f"gradients must be None (automatic), True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
     check_gradients_supported(x0)
-    return gradients
+    return gradients, False
 
 
 def _solve(
@@ -257,8 +282,14 @@ def _solve(
     init: Any = None,
     num_frozen: int = 1,
     record: str = "summary",
-) -> Solution:
-    """The rounds of :func:`solve` (its arguments, already defaulted)."""
+    gradients: bool = False,
+    probe: bool = False,
+) -> tuple[Solution, bool]:
+    """The rounds of :func:`solve` (its arguments, already defaulted), and whether the result needs the adjoint.
+
+    ``gradients``: the adjoint was asked for. ``probe``: decide it from ``x0.requires_grad`` and
+    whether the first evaluation's values require grad (PyTorch, grad mode on at the call).
+    """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a trisolve solver (Jacobi(), TriangularAnderson(), ...), got {type(solver).__name__}.")
     if not isinstance(system, TriangularSystem):
@@ -286,6 +317,9 @@ def _solve(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
+    gradients = gradients or (probe and bool(x0.requires_grad))
+    if gradients:  # the adjoint needs every row at the solution: no output-aware finish (checked above)
+        final_row_atol = None
     run = _Run(
         system=system,
         solver=solver,
@@ -301,6 +335,7 @@ def _solve(
         final_row_atol=final_row_atol,
         callback=callback,
         record=record,
+        probe=probe and not gradients,
     )
     # anywhere in the loop -- the system, the map, the solver's step, the window policy, the
     # callback, or the driver itself -- the rows before run.lo are final and x is finite (the
@@ -311,7 +346,7 @@ def _solve(
         status, error = Status.INTERRUPTED, exc
     except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
         status, error = Status.FAILED, exc
-    return run.solution(status, error)
+    return run.solution(status, error), gradients or run.grad_seen
 
 
 class _Run:
@@ -322,7 +357,8 @@ class _Run:
     after, so an interrupt between the two only leaves ``lo`` conservative.
     """
 
-    def __init__(self, *, system, solver, update_map, window, tol, xp, x, filled, lo, max_iter, early_stop, final_row_atol, callback, record):
+    def __init__(self, *, system, solver, update_map, window, tol, xp, x, filled, lo, max_iter, early_stop, final_row_atol, callback, record,
+                 probe=False):  # fmt: skip
         self.system, self.solver, self.update_map, self.window, self.tol = system, solver, update_map, window, tol
         self.xp, self.x, self.filled, self.lo = xp, x, filled, lo
         self.max_iter, self.early_stop, self.final_row_atol, self.callback = max_iter, early_stop, final_row_atol, callback
@@ -340,6 +376,25 @@ class _Run:
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
+        self.probe = probe  # gradients=None: check whether the first evaluation's values require grad
+        self.grad_seen = False  # ... and they did: the solve runs to the tolerance and gets the adjoint
+
+    def _evaluate(self, lo: int, hi: int) -> Any:
+        """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
+
+        Under ``gradients=None`` the first evaluation runs with autograd recording (one cheap
+        check on a value computed anyway); its values are detached at once, so no round keeps
+        a graph. When they require grad the solve needs the adjoint: no output-aware finish.
+        """
+        if not self.probe:
+            return self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+        self.probe = False
+        with grad_probe(self.xp):
+            ev = self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+        if ev.f.requires_grad:
+            self.grad_seen, self.final_row_atol = True, None
+            ev = Evaluation(f=ev.f.detach(), num_evals=ev.num_evals)
+        return ev
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
         try:  # the solver's and the map's counters, read once at the end
@@ -411,7 +466,7 @@ class _Run:
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
-            ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
+            ev = self._evaluate(lo, hi)
             with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
                 g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
             self.rounds += 1
