@@ -63,6 +63,25 @@ def main(out: Path) -> None:
     record("rnn", status=sol.status.name, rounds=sol.num_rounds, evals=sol.num_evals,
            rows_evaluated=sharded.fn.rows_evaluated, rows_requested=sharded.fn.rows_requested)  # fmt: skip
 
+    # 1b. what several ranks cannot run is refused at the call on every rank (no collective, no timeout);
+    # the default method and a jacobian= callable run
+    tsys = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] * 0.8) + 0.1, n=30)
+    x0t = torch.zeros(3, dtype=torch.float64)
+    refused = {}
+    for name, kw in [("newton", dict(update_map=trisolve.Newton())), ("gradients", dict(gradients=True))]:
+        start = time.perf_counter()
+        try:
+            trisolve.distributed.solve(tsys, trisolve.Jacobi(), x0t, atol=1e-12, timeout=10, **kw)
+            refused[name] = (None, time.perf_counter() - start)
+        except ValueError as exc:
+            refused[name] = (str(exc), time.perf_counter() - start)
+    default = trisolve.distributed.solve(tsys, None, x0t, atol=1e-12, timeout=10)
+    jac = lambda x, lo, hi: np.diag(np.ones(3))[None] * (0.8 * (1 - np.tanh(0.8 * x[lo - 1 : hi - 1]) ** 2))[:, None, :]  # noqa: E731
+    nsys = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] * 0.8) + 0.1, n=30, jacobian=jac)
+    with_jac = trisolve.distributed.solve(nsys, trisolve.Jacobi(), np.zeros(3), update_map=trisolve.Newton(), atol=1e-12, timeout=10)
+    record("refused", refused=refused, default=[default.status.name, default.trajectory.tolist()],
+           with_jacobian=[with_jac.status.name, with_jac.num_rounds, with_jac.trajectory.tolist()])  # fmt: skip
+
     # 2. a semilinear system (PyTorch), TAA + Picard, sliding window: the g rows
     system = semilinear_system()
     sharded = trisolve.distribute(system)

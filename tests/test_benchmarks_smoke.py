@@ -95,3 +95,11 @@ def test_gpu_cost_model_section_at_smoke_size(tmp_path, monkeypatch):
     assert {r["window"] for r in payload["measured"]} == {"4", "auto", "full"}
     assert all(r["rounds"] <= r["steps"] for r in payload["measured"])
     assert (tmp_path / "gpu_cost_model_quick.md").read_text().count("|") > 10
+
+
+def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
+    """``memory.py``: every setting converges; records stay 24 bytes a round; a window of 64 bounds the peak."""
+    _run("memory", ["--quick"], tmp_path, monkeypatch)
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "memory_quick.json").read_text())["rows"]}
+    assert all(r["status"] == "CONVERGED" and r["record_bytes_per_round"] == 24 for r in rows.values())
+    assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]

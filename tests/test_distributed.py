@@ -151,3 +151,22 @@ def test_row_chunks_cover_rows_in_order():
         assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))
         sizes = [b - a for a, b in chunks]
         assert max(sizes) - min(sizes) <= 1
+
+
+def test_what_several_ranks_cannot_run_is_refused_at_the_call_on_every_rank(ranks):
+    _, read = ranks
+    tsys = trisolve.BlackBoxSystem(lambda x, lo, hi: torch.tanh(x[lo - 1 : hi - 1] * 0.8) + 0.1, n=30)
+    ref = trisolve.forward_substitution(tsys, torch.zeros(3, dtype=torch.float64)).numpy()
+    for r in range(2):
+        rec = read("refused", r)
+        for name, (message, seconds) in rec["refused"].items():
+            assert message is not None and "not with several ranks" in message, (name, message)
+            assert seconds < 5  # at the call, not after a collective's timeout
+        assert "derivatives='finite-differences'" in rec["refused"]["newton"][0]
+        assert "single-process" in rec["refused"]["gradients"][0]
+        status, traj = rec["default"]  # the default method picks derivatives that run on several ranks
+        assert status == "CONVERGED"
+        np.testing.assert_allclose(np.array(traj), ref, atol=1e-10)
+        status, rounds, traj = rec["with_jacobian"]  # distribute() keeps a jacobian= callable: Newton runs
+        assert status == "CONVERGED" and rounds <= 10
+        np.testing.assert_allclose(np.array(traj), ref, atol=1e-10)

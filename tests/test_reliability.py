@@ -397,6 +397,7 @@ def _tanh_recurrence(backend, n, dtype, seed):
     return trisolve.BlackBoxSystem(lambda x, lo, hi: xp.tanh(0.9 * x[lo - 1 : hi - 1, ...] + u[lo:hi, ...]), n)
 
 
+@pytest.mark.filterwarnings("ignore::trisolve.NoProgressWarning")  # the slow case on purpose (test_reliability_core tests the warning)
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @hsettings(max_examples=4)
 @given(
@@ -419,6 +420,7 @@ def test_picard_on_a_contractive_recurrence_blows_up_yet_ends_exact_within_n_rou
     _close(backend, sol, ref, 1e-4 if dtype == "float32" else 1e-9)
 
 
+@pytest.mark.filterwarnings("ignore::trisolve.NoProgressWarning")  # the slow case on purpose (test_reliability_core tests the warning)
 @pytest.mark.slow
 def test_the_issue_examples_end_at_forward_substitution_within_n_rounds():
     """Picard on the tanh recurrence (n = 800), TAA on the logistic map, a stiff oscillating Euler system under Picard."""
@@ -648,6 +650,7 @@ def _full_window_working_memory(n: int, record: str) -> int:
     return peak - (n + 1) * 2 * 8
 
 
+@pytest.mark.filterwarnings("ignore::trisolve.NoProgressWarning")  # the slow case on purpose (test_reliability_core tests the warning)
 def test_records_are_o_rounds_by_default_and_per_row_only_on_request():
     small, large = _full_window_working_memory(200, "summary"), _full_window_working_memory(400, "summary")
     assert large < 2.6 * small, (small, large)  # linear in n (window temporaries), not quadratic

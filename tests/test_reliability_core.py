@@ -245,3 +245,132 @@ def test_an_exception_from_any_code_the_rounds_call_keeps_the_work(backend, wher
     rest = trisolve.solve(base, trisolve.Jacobi(), x0, init=sol.trajectory, num_frozen=sol.num_frozen, atol=1e-12)
     assert rest.converged
     np.testing.assert_allclose(backend.to_numpy(rest.trajectory), ref, rtol=1e-9, atol=1e-12)
+
+
+# -- one validation helper: NumPy scalars in, bools and nan out -----------------------------
+
+
+@pytest.mark.parametrize("fkind", [np.float32, np.float64, float])
+@pytest.mark.parametrize("ikind", [np.int32, np.int64, np.uint8, int])
+def test_numpy_scalars_are_accepted_by_the_adjoint_the_scan_and_the_damped_scan(fkind, ikind):
+    import array_api_compat.torch as tx
+
+    adj = trisolve.Adjoint(rtol=fkind(1e-10), max_iter=ikind(50))
+    assert type(adj.rtol) is float and type(adj.max_iter) is int and adj.max_iter == 50
+    system, params, weights, loop = _rnn_system(T=20)
+    sol = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, gradients=adj)
+    from test_gradients import _loss
+
+    got = torch.autograd.grad(_loss(sol.trajectory, weights), params)
+    ref = torch.autograd.grad(_loss(loop(), weights), params)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)
+    r = torch.randn(6, 3, dtype=torch.float64)
+    for J in (fkind(0.5), fkind(0.0), fkind(1.0)):
+        for order in (None, ikind(2)):
+            expected = trisolve.affine_scan(float(J), r, order=None if order is None else int(order), xp=tx)
+            out = trisolve.affine_scan(J, r, order=order, xp=tx)
+            assert isinstance(out, torch.Tensor)
+            torch.testing.assert_close(out, expected)
+    Jd = torch.full((6, 3), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(trisolve.elk.damped_scan(Jd, r, lam=fkind(0.25), kind="diagonal", xp=tx),
+                               trisolve.elk.damped_scan(Jd, r, lam=0.25, kind="diagonal", xp=tx))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "make,exc,match",
+    [
+        (lambda: trisolve.Adjoint(rtol=True), TypeError, "Adjoint rtol must be a real number"),
+        (lambda: trisolve.Adjoint(rtol=np.float64("nan")), ValueError, r"Adjoint rtol must be a finite number > 0 and < 1"),
+        (lambda: trisolve.Adjoint(rtol=0.0), ValueError, r"Adjoint rtol must be a finite number > 0 and < 1"),
+        (lambda: trisolve.Adjoint(rtol=np.float32(1.5)), ValueError, r"> 0 and < 1 or None"),
+        (lambda: trisolve.Adjoint(max_iter=np.int64(0)), ValueError, "Adjoint max_iter must be >= 1"),
+        (lambda: trisolve.Adjoint(max_iter=2.5), TypeError, "Adjoint max_iter must be an int"),
+        (lambda: trisolve.Adjoint(max_iter=np.bool_(True)), TypeError, "Adjoint max_iter must be an int"),
+        (lambda: trisolve.affine_scan(0.5, np.zeros((3, 2)), order=-1, xp=np), ValueError, "order must be >= 0"),
+        (lambda: trisolve.affine_scan(0.5, np.zeros((3, 2)), order=1.5, xp=np), TypeError, "order must be an int"),
+    ],
+)
+def test_bad_numbers_are_refused_with_the_argument_named(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_the_validation_helper_is_importable_and_stable():
+    """trisolve_diffusion validates with the same two functions: their names and signatures are an interface."""
+    import inspect
+
+    from trisolve._validate import check_float, check_int
+
+    assert str(inspect.signature(check_int)) == "(name: 'str', value: 'Any', low: 'int', *, high: 'int | None' = None, hint: 'str' = '') -> 'int'"
+    assert list(inspect.signature(check_float).parameters) == ["name", "value", "low", "low_open", "high", "high_open", "finite", "hint"]
+    assert check_int("k", np.uint16(3), 1) == 3 and check_float("t", np.float32(0.25), 0.0) == 0.25
+    for bad in (np.float64("nan"), np.float32("inf"), np.bool_(False), True):
+        with pytest.raises((TypeError, ValueError), match="^t must be"):
+            check_float("t", bad, 0.0)
+    with pytest.raises(ValueError, match=r"t must be a finite number > 0 \(seconds\), got 0.0"):
+        check_float("t", 0.0, 0.0, low_open=True, hint="(seconds)")
+
+
+# -- a map that makes no progress says so ---------------------------------------------------
+
+
+def _contractive_rnn(n=200, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((d, d)) * 0.5 / d**0.5
+    b = rng.standard_normal((n + 1, d))
+    return trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] @ W.T + b[lo:hi]), n)
+
+
+def test_picard_on_a_contractive_rnn_warns_that_it_makes_no_progress_and_names_a_map_that_does():
+    import warnings
+
+    system = _contractive_rnn()
+    x0 = np.zeros(8)
+    ref = trisolve.forward_substitution(system, x0)
+    with np.errstate(all="ignore"), pytest.warns(trisolve.NoProgressWarning, match=r"Picard\(order=None\) made no progress for 32 rounds") as rec:
+        sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-10)
+    assert len([w for w in rec if w.category is trisolve.NoProgressWarning]) == 1  # once per solve
+    assert "OneStep()" in str(rec[0].message) and "Newton()" in str(rec[0].message)
+    assert rec[0].filename == __file__  # points at the call of solve
+    assert sol.converged and sol.num_rounds == system.n  # it still ends exact, at the bound
+    np.testing.assert_allclose(sol.trajectory, ref, atol=1e-9)
+    with warnings.catch_warnings():  # the map it names converges in a few rounds, silently
+        warnings.simplefilter("error", trisolve.NoProgressWarning)
+        fast = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.OneStep(), atol=1e-10)
+    assert fast.converged and fast.num_rounds < 40
+
+
+@pytest.mark.parametrize(
+    "solver,update_map,window",
+    [
+        (trisolve.TriangularAnderson(history_size=4), trisolve.Picard(), None),
+        (trisolve.Jacobi(), trisolve.Picard(), None),
+        (trisolve.Jacobi(), trisolve.Unrolled(), None),
+        (trisolve.TriangularAnderson(), trisolve.Picard(), 8),
+        (None, None, None),
+    ],
+    ids=["taa-picard", "picard", "unrolled", "taa-picard-w8", "default"],
+)
+@pytest.mark.parametrize("T", [50, 200])
+def test_no_false_alarm_on_a_ddim_like_system(solver, update_map, window, T):
+    import warnings
+
+    from ddim_toy import ddim_system
+
+    system, x0 = ddim_system(T=T, d=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", trisolve.NoProgressWarning)
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=1e-4, rtol=1e-3)
+    assert sol.converged and sol.num_rounds < T // 2
+
+
+def test_the_one_step_map_on_a_long_ddim_like_system_is_told_about_the_maps_that_unroll():
+    """DESIGN 2.1: the one-step map moves exact information about one row a round on DDIM; that is a true alarm."""
+    from ddim_toy import ddim_system
+
+    system, x0 = ddim_system(T=200, d=8)
+    with pytest.warns(trisolve.NoProgressWarning, match=r"OneStep\(\) made no progress.*Picard\(\) or Unrolled\(\) on an integrator"):
+        slow = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.OneStep(), atol=1e-4, rtol=1e-3)
+    fast = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-4, rtol=1e-3)
+    assert slow.converged and fast.converged and fast.num_rounds < slow.num_rounds // 5

@@ -14,7 +14,7 @@ from .driver import solve
 from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
 from .newton import Newton
-from .result import RoundInfo, RoundWindows, Solution, SolveError, Status
+from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, SolveError, Status
 from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
@@ -71,6 +71,7 @@ __all__ = [
     "RoundInfo",
     "SolveError",
     "RoundWindows",
+    "NoProgressWarning",
     "distribute",
     "DistributedError",
 ]

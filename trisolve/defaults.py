@@ -21,9 +21,11 @@ pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
 
 A system that declares a band ``p > 1`` (:attr:`TriangularSystem.band
 <trisolve.TriangularSystem.band>`; a :class:`~trisolve.SemilinearSystem` with ``p > 1``: not
-Markov, so not a Newton system) always gets the secant map. Everything read here is part of
-the system protocol (:class:`~trisolve.TriangularSystem`: ``band``, ``has_jacobian``,
-``batch_ndim``).
+Markov, so not a Newton system) always gets the secant map. A system whose evaluations several
+ranks share (``num_ranks > 1``, :func:`trisolve.distribute`) has no ``torch.func`` Jacobians (they
+cannot see through the collectives): PyTorch tensors then take the NumPy rules (a callable,
+finite differences, secant). Everything read here is part of the system protocol
+(:class:`~trisolve.TriangularSystem`: ``band``, ``has_jacobian``, ``num_ranks``, ``batch_ndim``).
 
 When rounds are cheap and evaluations are not (a NumPy RNN on a CPU, a contractive system
 where ``Jacobi()`` already needs few rounds), pass ``trisolve.Jacobi()``: the defaults
@@ -53,7 +55,8 @@ def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
     band = system.band
     if band is not None and band > 1:  # not Markov: no Newton system
         return Jacobi(), Newton(jacobian="secant")
-    if system.has_jacobian or (is_torch_array(x0) and d <= NEWTON_MAX_D):
+    autodiff = is_torch_array(x0) and system.num_ranks == 1  # torch.func cannot see through the ranks' collectives
+    if system.has_jacobian or (autodiff and d <= NEWTON_MAX_D):
         return Jacobi(), Newton(jacobian="dense")
     if d <= NEWTON_FD_MAX_D:
         return Jacobi(), Newton(jacobian="dense", derivatives="finite-differences")

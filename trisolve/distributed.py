@@ -48,7 +48,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .systems import TriangularSystem
+from ._validate import check_float
+from .systems import SplitFunction, TriangularSystem
 
 __all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "row_chunks", "GroupInfo"]
 
@@ -91,9 +92,7 @@ class GroupInfo:
                 "torch.distributed.init_process_group() (backend 'nccl' on GPUs, 'gloo' on CPUs) before solving, or pass group=."
             )
         if timeout is not None and not isinstance(timeout, datetime.timedelta):
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-                raise ValueError(f"timeout must be a number of seconds > 0, a datetime.timedelta or None, got {timeout!r}.")
-            timeout = datetime.timedelta(seconds=float(timeout))
+            timeout = datetime.timedelta(seconds=check_float("timeout", timeout, 0.0, low_open=True, hint="(seconds), a datetime.timedelta or None"))
         backend = str(dist.get_backend(group))
         if "nccl" in backend:  # NCCL moves only CUDA tensors: use this rank's current device
             device = torch.device("cuda", torch.cuda.current_device())
@@ -158,7 +157,7 @@ _FIELDS = ("rows n", "event shape and dtype", "system tables (sigma; a, B, c of 
 
 
 @dataclass(eq=False)
-class ShardedFunction:
+class ShardedFunction(SplitFunction):
     """``fn(x, lo, hi)`` or ``g(x_rows, lo, hi)`` evaluated chunk by chunk over the ranks of a group.
 
     Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
@@ -183,6 +182,11 @@ class ShardedFunction:
     rows_requested: int = 0
     calls: int = 0
     _event_digest: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_ranks(self) -> int:
+        """The ranks of the group: each evaluates its chunk of every call."""
+        return self.info.world
 
     def __call__(self, x: Any, lo: int, hi: int) -> Any:
         info = self.info
@@ -266,7 +270,15 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
     :class:`ShardedFunction`: on a call over rows ``[lo, hi)`` rank ``r`` evaluates
     ``row_chunks(lo, hi, P)[r]`` and an all-gather returns all ``hi - lo`` rows to every rank.
     Every rank must then run the same solve (same options, same row 0): see :func:`solve`,
-    which also checks the options.
+    which also checks the options. A ``jacobian=`` callable is kept (each rank evaluates it on
+    every row it is asked for; it is not split).
+
+    Not with several ranks, refused on every rank when the solve is called: :class:`~trisolve.Newton`
+    with automatic differentiation (``torch.func`` cannot differentiate through the
+    collectives; give the system a ``jacobian=`` callable, or use
+    ``derivatives="finite-differences"`` or ``Newton("secant")``; the default method picks one
+    of those), and ``gradients=`` (the adjoint's backward evaluations would have to run on every
+    rank in step; take gradients from a single-process solve of the undistributed system).
 
     Parameters
     ----------

@@ -29,7 +29,7 @@ from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
 from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
-from .result import RoundInfo, RoundWindows, Solution, Status
+from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
 from .systems import Evaluation, TriangularSystem
 from .tolerance import Tolerance
@@ -130,6 +130,10 @@ def solve(
     window : WindowPolicy or int, optional
         :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
         ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
+        The window sets the working memory: with the full window a solve peaks at several
+        times the trajectory (measured on 32-byte rows: Jacobi 8x, the default method 18x,
+        ``TriangularAnderson`` 29x with ``history_size=2`` and 46x with 4, at any ``n``); an int
+        window bounds it (about 2x at ``W = 64``). Docs: theory, "Interrupts, failures and memory".
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
         same for the map residual), per sample; see :class:`Tolerance`.
@@ -172,7 +176,9 @@ def solve(
         keeps the unfinished solve (its trajectory, status and records); in the automatic
         mode the Solution is returned without gradients and a ``UserWarning`` says so. The
         rounds themselves always run without autograd recording (the first evaluation's
-        graph is dropped at once), so an ``nn.Module`` in ``F`` keeps no graph per round.
+        graph is dropped at once), so an ``nn.Module`` in ``F`` keeps no graph per round. Not with a
+        system several ranks evaluate (:func:`trisolve.distribute`): ``True`` raises ``ValueError``
+        at the call, on every rank; the automatic mode gives none there.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
@@ -197,8 +203,8 @@ def solve(
     ``solve(..., init=sol.trajectory, num_frozen=sol.num_frozen)`` resumes.
 
     Memory: the trajectory ``(n + 1, *event)``, the system's kept values, ``O(window x event)``
-    working arrays (times the history size for Anderson), and ``O(rounds)`` records unless
-    ``record="errors"``.
+    working arrays (times the history size for Anderson), and 24 bytes of records a round
+    (:attr:`Solution.windows`, :attr:`Solution.round_max_errors`) unless ``record="errors"``.
 
     Host traffic: the per-solve tables (thresholds, the map's coefficients, the system's
     coefficients) move to the device once, before the first round. Each round then reads
@@ -222,7 +228,7 @@ def solve(
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
-    adjoint, auto = _check_gradients(gradients, x0)
+    adjoint, auto = _check_gradients(gradients, x0, system)
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution, needs_grad = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
@@ -242,7 +248,7 @@ def solve(
     return attach_gradients(solution, system, x0, adjoint)
 
 
-def _check_gradients(gradients: Any, x0: Any) -> tuple[Adjoint | None, bool]:
+def _check_gradients(gradients: Any, x0: Any, system: TriangularSystem) -> tuple[Adjoint | None, bool]:
     """``gradients=`` as ``(adjoint settings or None, automatic)``: the settings when gradients may be needed.
 
     Automatic (``None``): settings only on PyTorch with grad mode on; whether they are needed is
@@ -257,12 +263,20 @@ def _check_gradients(gradients: Any, x0: Any) -> tuple[Adjoint | None, bool]:
             return None, False
         import torch
 
-        return (Adjoint(), True) if torch.is_grad_enabled() else (None, False)
+        # several ranks: the collectives carry no graph, and the adjoint cannot run on every rank in step
+        return (Adjoint(), True) if torch.is_grad_enabled() and system.num_ranks == 1 else (None, False)
     if gradients is True:
         gradients = Adjoint()
     if not isinstance(gradients, Adjoint):
         raise TypeError(f"gradients must be None (automatic), True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
     check_gradients_supported(x0)
+    ranks = system.num_ranks
+    if ranks > 1:  # refused on every rank at the call (each calls the same solve), before any collective
+        raise ValueError(
+            f"gradients= is not with several ranks ({ranks} share this system's evaluations): the adjoint's backward "
+            "evaluations would have to run on every rank in step. Solve without gradients here, and take gradients from a "
+            "single-process trisolve.solve(system, ..., gradients=True) on the undistributed system."
+        )
     return gradients, False
 
 
@@ -365,6 +379,7 @@ class _Run:
         self.n = system.n
         self.rounds = self.evals = 0
         self.records = _Records()  # O(rounds): 24 bytes a round
+        self.watch = _ProgressWatch(update_map)
         self.row_errors: list[np.ndarray] | None = [] if record == "errors" else None  # O(rounds x window), opt-in
         self.state = solver.init()
         # per-solve tables, on the device, built once
@@ -548,6 +563,7 @@ class _Run:
                 x[lo + start, ...] = self.system.linear_step(x, lo + start, self.cache, xp=xp)
                 start += 1
             self.lo = lo + start  # only after the rows are written
+            self.watch.round(frozen=self.lo - lo, w=w, max_error=float(self.records.errors[self.records.k - 1]), remaining=n + 1 - self.lo)
             # the callback sees every round, the last one included
             stop = False
             if self.callback is not None:  # an exception here is kept like any other (status FAILED, _solve)
@@ -561,6 +577,48 @@ class _Run:
             if stop:
                 return Status.STOPPED_BY_CALLBACK, None
         return Status.CONVERGED, None
+
+
+NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning
+
+
+class _ProgressWatch:
+    """Warn once (:class:`NoProgressWarning`) when the map advances only the structural one row a round.
+
+    A stretch is a run of consecutive rounds over windows of at least two rows that each froze
+    at most one row; it ends with a round that froze more. The warning fires when a stretch
+    reaches ``NO_PROGRESS_ROUNDS`` rounds with the round's largest scaled error not below the
+    stretch's first (``nan``: not below), and more than that many rows are left.
+    """
+
+    def __init__(self, update_map: UpdateMap):
+        self.update_map = update_map
+        self.length, self.first_error, self.warned = 0, math.nan, False
+
+    def round(self, *, frozen: int, w: int, max_error: float, remaining: int) -> None:
+        if self.warned:
+            return
+        if frozen > 1 or w < 2:
+            self.length = 0
+            return
+        if self.length == 0:
+            self.first_error = max_error
+        self.length += 1
+        shrunk = max_error < self.first_error  # False for nan
+        if shrunk:
+            self.length, self.first_error = 1, max_error  # a new stretch from here
+            return
+        if self.length >= NO_PROGRESS_ROUNDS and remaining > NO_PROGRESS_ROUNDS:
+            self.warned = True
+            warnings.warn(
+                f"{self.update_map!r} made no progress for {self.length} rounds: each froze only the one row the structural "
+                f"bound guarantees while the largest scaled residual did not shrink ({self.first_error:.3g} -> {max_error:.3g}); "
+                f"the solve will still end exact, but after about one round per remaining row ({remaining}). A map that follows "
+                "the system converges in fewer: OneStep() on a contractive recurrence (where Picard's summed increments grow), "
+                "Newton() where Jacobians are available (solver=None picks it), Picard() or Unrolled() on an integrator.",
+                NoProgressWarning,
+                stacklevel=5,  # solve -> _solve -> loop -> round: the caller of solve
+            )
 
 
 class _Records:

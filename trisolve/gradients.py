@@ -50,6 +50,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ._backend import namespace
+from ._validate import check_float, check_int
 from .newton import _split_event, jacobian_rows
 from .result import SolveError, Status
 from .scan import affine_scan, apply_linear
@@ -90,10 +91,11 @@ class Adjoint:
     def __post_init__(self) -> None:
         if self.jacobian not in ("auto", "dense", "diagonal", "none"):
             raise ValueError(f'jacobian must be "auto", "dense", "diagonal" or "none", got {self.jacobian!r}.')
-        if self.rtol is not None and (isinstance(self.rtol, bool) or not isinstance(self.rtol, (int, float)) or not (0 < self.rtol < 1)):
-            raise ValueError(f"rtol must be a number in (0, 1) or None, got {self.rtol!r}.")
-        if self.max_iter is not None and (isinstance(self.max_iter, bool) or not isinstance(self.max_iter, int) or self.max_iter < 1):
-            raise ValueError(f"max_iter must be an int >= 1 or None, got {self.max_iter!r}.")
+        if self.rtol is not None:
+            rtol = check_float("Adjoint rtol", self.rtol, 0.0, low_open=True, high=1.0, high_open=True, hint="or None (100 eps)")
+            object.__setattr__(self, "rtol", rtol)
+        if self.max_iter is not None:
+            object.__setattr__(self, "max_iter", check_int("Adjoint max_iter", self.max_iter, 1, hint="or None (n)"))
 
 
 def check_gradients_supported(x0: Any) -> None:

@@ -147,7 +147,11 @@ class Picard(UpdateMap):
     """ParaDiGMS's map: ``G_i = x_s + sum_{l=s+1}^{i} (F_l(x) - x_{l-1})``, ``s = max(i - k, lo - 1)``.
 
     The residual scan with ``J = 1``: its map residual is the running sum of the ``k``
-    newest one-step residuals, ``R_i = sum_{l=s+1}^{i} (F_l(x) - x_l)``. Works for any system.
+    newest one-step residuals, ``R_i = sum_{l=s+1}^{i} (F_l(x) - x_l)``. Works for any system;
+    fast where a step is close to the identity (integrators, DDIM), slow on a contractive
+    recurrence, where the summed increments grow: there it advances one row a round and
+    :func:`~trisolve.solve` issues a :class:`~trisolve.NoProgressWarning` (use
+    :class:`OneStep` or :class:`~trisolve.Newton`).
 
     Parameters
     ----------

@@ -435,6 +435,13 @@ class Newton(UpdateMap):
                 "pass derivatives='finite-differences' (d more evaluations of F per row and round), "
                 "or use Newton('secant'), which estimates them from the iterates."
             )
+        if self.jacobian != "secant" and self.derivatives == "auto" and not system.has_jacobian and system.num_ranks > 1:
+            raise ValueError(
+                f"Newton(jacobian={self.jacobian!r}) differentiates F with torch.func, which is not with several ranks "
+                f"({system.num_ranks} share this system's evaluations; torch.func cannot differentiate through the "
+                "collectives). Give the system a jacobian= callable, pass derivatives='finite-differences', use "
+                "Newton('secant'), or pass solver=None for a default that runs on several ranks."
+            )
         return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
 
     def num_evals(self, tables: NewtonTables) -> int:

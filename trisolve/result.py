@@ -11,7 +11,7 @@ from typing import Any, overload
 
 import numpy as np
 
-__all__ = ["Status", "Solution", "RoundInfo", "SolveError", "RoundWindows"]
+__all__ = ["Status", "Solution", "RoundInfo", "SolveError", "RoundWindows", "NoProgressWarning"]
 
 
 class Status(enum.Enum):
@@ -75,6 +75,20 @@ class SolveError(RuntimeError):
     def __init__(self, message: str, *, solution: Solution | None = None):
         super().__init__(message)
         self.solution = solution
+
+
+class NoProgressWarning(UserWarning):
+    """The update map makes no progress on this system beyond the structural bound.
+
+    Issued once by :func:`trisolve.solve` when, for ``NO_PROGRESS_ROUNDS`` consecutive rounds
+    over windows of at least two rows, each round froze at most the one row the structural
+    safeguard guarantees and the window's largest scaled residual did not shrink (it is at
+    least what it was when the stretch began; ``nan`` counts as not shrinking). The solve goes
+    on -- it still ends exact within ``n`` rounds -- but about one round per remaining row; the
+    message names a map that follows the system (the Picard map on a contractive recurrence,
+    where its unrolled increments grow without bound, is the typical case: ``OneStep()`` or
+    ``Newton()`` converge there in a few tens of rounds).
+    """
 
 
 @dataclass(frozen=True)

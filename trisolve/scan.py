@@ -51,7 +51,10 @@ Examples
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
+
+from ._validate import check_int
 
 __all__ = ["affine_scan", "apply_linear", "linear_kind", "shift_rows"]
 
@@ -65,7 +68,7 @@ def linear_kind(J: Any, r: Any) -> str:
     """
     if J is None:
         return "zero"
-    if isinstance(J, (int, float)) and not isinstance(J, bool):
+    if isinstance(J, numbers.Real) and not isinstance(J, bool):  # Python and NumPy scalars alike
         return "zero" if J == 0 else "one" if J == 1 else "constant"
     shape, rshape = tuple(J.shape), tuple(r.shape)
     if shape == rshape:
@@ -91,7 +94,7 @@ def apply_linear(J: Any, v: Any, *, kind: str, xp: Any) -> Any:
     if kind == "one":
         return v
     if kind == "constant":
-        return J * v
+        return float(J) * v  # a Python float: a NumPy scalar times a tensor would not stay a tensor
     if kind == "scalar":
         return xp.reshape(xp.astype(J, v.dtype), _bshape(J, v)) * v
     if kind == "diagonal":
@@ -170,7 +173,8 @@ def affine_scan(J: Any, r: Any, *, order: int | None = None, xp: Any) -> Any:
     """
     kind = linear_kind(J, r)
     w = r.shape[0]
-    k = None if order is None or order >= w else int(order)
+    order = None if order is None else check_int("order", order, 0, hint="or None (the full scan)")
+    k = None if order is None or order >= w else order
     if k == 0:
         return xp.zeros_like(r)
     if kind == "zero" or k == 1 or w == 0:

@@ -110,6 +110,8 @@ class TriangularSystem(abc.ABC):
       when not declared (default; Newton then treats ``F_i`` as a function of ``x_{i-1}``
       with the earlier rows held, as for a black box);
     * ``has_jacobian``: whether :meth:`row_function` comes with a user Jacobian (``False``);
+    * ``num_ranks``: how many ranks share the evaluations (1; more after
+      :func:`trisolve.distribute`, whose copy says so);
     * ``chain_coefficients``: host float64 ``(a, b)``, each ``(n,)``, when the Jacobian is
       ``J_i = a_i I + b_i d(func)_i`` of :meth:`row_function` (``None``);
     * ``row_function(x, lo, hi, *, xp)``: the :class:`RowFunction` that Newton, the default
@@ -163,6 +165,11 @@ class TriangularSystem(abc.ABC):
     def has_jacobian(self) -> bool:
         """Whether :meth:`row_function` carries a user Jacobian."""
         return False
+
+    @property
+    def num_ranks(self) -> int:
+        """How many ranks share the evaluations (:func:`trisolve.distribute`): 1."""
+        return 1
 
     @property
     def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -228,6 +235,7 @@ class _Rebatched(TriangularSystem):
     linear_rows = property(lambda self: self.base.linear_rows)
     band = property(lambda self: self.base.band)
     has_jacobian = property(lambda self: self.base.has_jacobian)
+    num_ranks = property(lambda self: _ranks_of(self.fn))
     chain_coefficients = property(lambda self: self.base.chain_coefficients)
 
     def new_cache(self, x: Any, *, xp: Any) -> Any:
@@ -249,6 +257,19 @@ class _Rebatched(TriangularSystem):
 
     def describe(self) -> tuple:
         return self.base.describe()
+
+
+class SplitFunction:
+    """Base of a batched function whose rows several ranks evaluate (:class:`trisolve.distributed.ShardedFunction`)."""
+
+    @property
+    def num_ranks(self) -> int:
+        return 1
+
+
+def _ranks_of(fn: Any) -> int:
+    """Ranks that share the calls of a system's batched function ``fn`` (1 unless it is split)."""
+    return fn.num_ranks if isinstance(fn, SplitFunction) else 1
 
 
 def _check_jacobian_callable(jacobian: Any, how: str) -> None:
@@ -378,6 +399,10 @@ class BlackBoxSystem(TriangularSystem):
     @property
     def has_jacobian(self) -> bool:
         return self.jacobian is not None
+
+    @property
+    def num_ranks(self) -> int:
+        return _ranks_of(self.fn)
 
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
         """``fn(x, lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]`` (rows ``0 .. hi - 2``: all it may read)."""
@@ -528,6 +553,10 @@ class SemilinearSystem(TriangularSystem):
     @property
     def has_jacobian(self) -> bool:
         return self.jacobian is not None
+
+    @property
+    def num_ranks(self) -> int:
+        return _ranks_of(self.g)
 
     @property
     def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
