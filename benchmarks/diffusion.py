@@ -167,7 +167,7 @@ def methods(T: int, quick: bool, batch: int = 1):
         ("ParaDiGMS tol 0.01, W=all", dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), atol=0.0, rtol=0.01)),
         (
             "ParaDiGMS tol 0.1, W=8",
-            dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), window_size=8, atol=0.0, rtol=0.1),
+            dict(solver=trisolve.Jacobi(), update_map=trisolve.Picard(), window=8, atol=0.0, rtol=0.1),
         ),
         (
             "ParaTAA defaults",

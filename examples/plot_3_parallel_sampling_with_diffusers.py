@@ -105,7 +105,7 @@ for a in ax:
 # -------
 # Everything the pipeline takes is passed through (``generator``, ``eta``, ``output_type``,
 # prompts for Stable Diffusion, ...). The solve is configured with ``solver``, ``update_map``
-# (or ``order``), ``window_size``, ``atol``/``rtol``, ``max_iter``, ``early_stop``, ``init``,
+# (or ``order``), ``window``, ``atol``/``rtol``, ``max_iter``, ``early_stop``, ``init``,
 # ``num_frozen`` and ``max_batch_size``; ``out.solution`` is the full :class:`trisolve.Solution`.
-jac = td.sample(pipe, generator=torch.manual_seed(0), solver=trisolve.Jacobi(), update_map=trisolve.Unrolled(), window_size=16, **kw)
+jac = td.sample(pipe, generator=torch.manual_seed(0), solver=trisolve.Jacobi(), update_map=trisolve.Unrolled(), window=16, **kw)
 print(f"Jacobi on the unrolled map, window 16: {jac.solution.num_rounds} rounds, PSNR {psnr(jac.images, seq):.1f} dB")

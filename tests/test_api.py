@@ -269,3 +269,23 @@ def test_numpy_has_no_gradients_and_says_so_only_when_asked():
         trisolve.solve(system, trisolve.Jacobi(), x0, gradients=True)
     with pytest.raises(TypeError, match="gradients must be None"):
         trisolve.solve(system, trisolve.Jacobi(), x0, gradients="yes")
+
+
+# ----------------------------------------------------------------------------- one spelling per option
+
+
+def test_solve_options_old_spellings_warn_and_mean_the_new_ones():
+    td = pytest.importorskip("trisolve_diffusion")
+    with pytest.warns(DeprecationWarning, match=r"window_size=\.\.\.\) is deprecated; pass window="):
+        opts = td.SolveOptions(window_size=8)
+    assert opts.window == 8 and opts.window_policy() == trisolve.SlidingWindow(8)
+    with pytest.warns(DeprecationWarning, match=r"final_atol=\.\.\.\) is deprecated; pass final_row_atol="):
+        opts = td.SolveOptions(final_atol=1e-2)
+    assert opts.final_row_atol == 1e-2
+    with pytest.warns(DeprecationWarning, match="update_map=trisolve.Picard"):
+        opts = td.SolveOptions(order=3)
+    assert opts.solver_and_map(10)[1] == trisolve.Picard(order=3)
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="either window= or"):
+        td.SolveOptions(window=4, window_size=8)
+    assert td.SolveOptions(window="auto").replace(atol=1e-3).window == "auto"  # replace keeps the new fields
+    assert {"window_size", "final_atol"} <= td.sampler.OPTION_NAMES  # sample(pipe, window_size=...) still routes (and warns)

@@ -1,4 +1,4 @@
-"""The cost model and ``window_size="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
+"""The cost model and ``window="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     monkeypatch.setattr(cm, "measure_overhead", fake_overhead)
     pipe = _digits()
     kw = dict(batch_size=2, num_inference_steps=20, generator=None, output_type="np")
-    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size="auto")
+    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window="auto")
     full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)})
     assert seen["max_rows"] == 20 and seen["out"].shape == (2, 2, 1, 16, 16)
     # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
@@ -123,9 +123,9 @@ def test_auto_is_refused_where_a_window_policy_is_expected():
 
 
 def test_solve_options_accept_auto_and_a_distributed_flag_only():
-    assert td.SolveOptions(window_size="auto").window() is None  # resolved in sample_latents
+    assert td.SolveOptions(window="auto").window_policy() is None  # resolved in sample_latents
     with pytest.raises(ValueError, match="auto"):
-        td.SolveOptions(window_size="fastest")
+        td.SolveOptions(window="fastest")
     with pytest.raises(TypeError, match="distributed"):
         td.SolveOptions(distributed="yes")
 
@@ -152,7 +152,7 @@ def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
     assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
 
 
-def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkeypatch):
+def test_measure_overhead_fits_a_line_through_two_windows_and_caches(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
     calls, syncs = [], []

@@ -157,7 +157,7 @@ def test_sliding_window_and_other_solvers_agree():
     pipe = gmm_pipe(k=10, size=5)
     ref = pipe(num_inference_steps=25, generator=torch.manual_seed(5), output_type="np").images
     for kw in (
-        dict(window_size=6),
+        dict(window=6),
         dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep()),
         dict(solver=trisolve.Anderson(), update_map=trisolve.Unrolled(order=5)),
         dict(order=4),

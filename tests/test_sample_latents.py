@@ -117,13 +117,13 @@ def test_options_are_validated_at_construction():
         td.SolveOptions(num_frozen=3)
     with pytest.raises(TypeError, match="solver must be a trisolve solver"):
         td.SolveOptions(solver="taa")
-    with pytest.raises(ValueError, match="window_size"):
-        td.SolveOptions(window_size=0)
+    with pytest.raises(ValueError, match="window"):
+        td.SolveOptions(window=0)
     with pytest.raises(TypeError, match="progress"):
         td.SolveOptions(progress="yes")
     import numpy as np
 
-    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window_size=np.int64(4)).max_iter == 3
+    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window=np.int64(4)).max_iter == 3
     sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 4)
     with pytest.raises(ValueError, match=r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"):
         td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options=td.SolveOptions(init=torch.zeros(4, 1, 1, 2, 2)))

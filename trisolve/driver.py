@@ -129,7 +129,7 @@ def solve(
         :class:`Newton`.
     window : WindowPolicy or int, optional
         :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
-        ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
+        ``SlidingWindow(W)`` (the same rule as ``window`` in ``trisolve_diffusion.SolveOptions``).
         The window sets the working memory: with the full window a solve peaks at several
         times the trajectory (measured on 32-byte rows: Jacobi 8x, the default method 18x,
         ``TriangularAnderson`` 29x with ``history_size=2`` and 46x with 4, at any ``n``); an int

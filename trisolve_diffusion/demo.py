@@ -84,7 +84,7 @@ def run_demo(
         output_type="np",
         solver=_solver(solver, history),
         update_map=_map(update_map, order),
-        window_size=window,
+        window=window,
     )
     t_par = time.perf_counter() - start
     sol = par.solution

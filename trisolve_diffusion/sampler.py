@@ -32,6 +32,8 @@ import trisolve
 
 from .schedulers import SchedulerMapping, map_scheduler
 
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()  # a deprecated keyword not given
+
 __all__ = [
     "SolveOptions",
     "sample_latents",
@@ -86,7 +88,7 @@ def _is_float(v: Any, low: float = 0.0) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) and v >= low
 
 
-#: ``final_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
+#: ``final_row_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
 #: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
 #: from the sequential sample (``benchmarks/diffusion.py``, docs/benchmarks).
 PIXEL_FINAL_ATOL = 8e-3
@@ -105,10 +107,10 @@ class SolveOptions:
     update_map : trisolve.UpdateMap, optional
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
-        Order ``k`` of the default Picard map; pass either ``order`` or ``update_map``.
-    window_size : int, "auto" or trisolve.WindowPolicy, optional
-        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
-        that already fills the device at a small batch, a window whose round batch
+        Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
+    window : int, "auto" or trisolve.WindowPolicy, optional
+        Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
+        bounds memory. Fewest rounds with the whole window; with a network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network,
@@ -126,11 +128,12 @@ class SolveOptions:
         Most rounds (``None``: the number of rows, which always suffices).
     early_stop : float, optional
         Stop when the final latent's change between rounds, in tolerance units, is below this.
-    final_atol : float, "auto" or None
+    final_row_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's pending correction (the RMS of its residual, per sample) is ``<= final_atol``,
+        latent's pending correction (the RMS of its residual, per sample) is ``<= final_row_atol``,
         and every unfinished step's is too,
-        status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
+        status ``FINAL_ROW_CONVERGED`` (the deprecated spelling ``final_atol=`` warns and means
+        the same). ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
         level; off when ``atol`` or ``rtol`` differs from its default (a tolerance asked for is met by every
@@ -164,19 +167,19 @@ class SolveOptions:
     --------
     >>> import trisolve, trisolve_diffusion as td
     >>> opts = td.SolveOptions(solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0, progress=False)
-    >>> opts.window_size is None
+    >>> opts.window is None
     True
     """
 
     solver: trisolve.Solver | None = None
     update_map: trisolve.UpdateMap | None = None
     order: int | None = None
-    window_size: int | str | trisolve.WindowPolicy | None = None
+    window: int | str | trisolve.WindowPolicy | None = None
     atol: float = 5e-4
     rtol: float = 5e-4
     max_iter: int | None = None
     early_stop: float | None = None
-    final_atol: float | str | None = "auto"
+    final_row_atol: float | str | None = "auto"
     init: torch.Tensor | None = None
     num_frozen: int = 1
     trajectory_dtype: torch.dtype = torch.float32
@@ -184,8 +187,23 @@ class SolveOptions:
     progress: bool | Callable[..., Any] = True
     strict: bool = False
     distributed: Any = False
+    window_size: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of window
+    final_atol: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of final_row_atol
 
-    def __post_init__(self):
+    def __post_init__(self, window_size: Any = _UNSET, final_atol: Any = _UNSET):
+        for old, new, value in (("window_size", "window", window_size), ("final_atol", "final_row_atol", final_atol)):
+            if value is _UNSET:
+                continue
+            warnings.warn(f"SolveOptions({old}=...) is deprecated; pass {new}=... (the core's name).", DeprecationWarning, stacklevel=3)
+            if getattr(self, new) != _FIELD_DEFAULTS[new]:
+                raise ValueError(f"pass either {new}= or its deprecated spelling {old}=, not both.")
+            object.__setattr__(self, new, value)
+        if self.order is not None:
+            warnings.warn(
+                "SolveOptions(order=k) is deprecated; pass update_map=trisolve.Picard(order=k) (one way to choose the map).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         if self.trajectory_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {self.trajectory_dtype}.")
         if self.order is not None and not _is_int(self.order, 1):
@@ -205,9 +223,9 @@ class SolveOptions:
             raise ValueError(f"max_iter must be an int >= 1 or None, got {self.max_iter!r}.")
         if self.early_stop is not None and not (_is_float(self.early_stop) and self.early_stop > 0):
             raise ValueError(f"early_stop must be a finite number > 0 or None, got {self.early_stop!r}.")
-        fa = self.final_atol
+        fa = self.final_row_atol
         if fa is not None and fa != "auto" and not (_is_float(fa) and fa > 0):
-            raise ValueError(f'final_atol must be a finite number > 0, "auto" or None, got {fa!r}.')
+            raise ValueError(f'final_row_atol must be a finite number > 0, "auto" or None, got {fa!r}.')
         if not _is_int(self.num_frozen, 1):
             raise ValueError(f"num_frozen must be an int >= 1, got {self.num_frozen!r}.")
         if self.num_frozen > 1 and self.init is None:
@@ -218,18 +236,18 @@ class SolveOptions:
             raise TypeError(f"callback must be callable or None, got {type(self.callback).__name__}.")
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
-        ws = self.window_size
+        ws = self.window
         if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy) and not _is_int(ws, 1):
-            raise ValueError(f'window_size must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
+            raise ValueError(f'window must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
-    def resolve_final_atol(self, *, pixel_space: bool) -> SolveOptions:
-        """A copy with ``final_atol="auto"`` resolved (see the attribute): the front doors call this."""
-        if self.final_atol != "auto":
+    def resolve_final_row_atol(self, *, pixel_space: bool) -> SolveOptions:
+        """A copy with ``final_row_atol="auto"`` resolved (see the attribute): the front doors call this."""
+        if self.final_row_atol != "auto":
             return self
         default_tol = (self.atol, self.rtol) == (_FIELD_DEFAULTS["atol"], _FIELD_DEFAULTS["rtol"])
-        return self.replace(final_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
+        return self.replace(final_row_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
 
     def replace(self, **changes: Any) -> SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
@@ -246,9 +264,9 @@ class SolveOptions:
             return solver, self.update_map
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
-    def window(self) -> trisolve.WindowPolicy | None:
+    def window_policy(self) -> trisolve.WindowPolicy | None:
         """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
-        return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
+        return None if self.window == "auto" else trisolve.as_window(self.window)
 
 
 def _is_process_group(v: Any) -> bool:
@@ -257,8 +275,8 @@ def _is_process_group(v: Any) -> bool:
     return dist.is_available() and isinstance(v, dist.ProcessGroup)
 
 
-#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword).
-OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions))
+#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword), and the deprecated spellings.
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions)) | {"window_size", "final_atol"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
 
 
@@ -461,9 +479,9 @@ def sample_latents(
 
     g = g_of(denoiser)
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
-    window = options.window()
+    window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and device.type == "cuda"):
+    if options.window == "auto" or (options.window is None and device.type == "cuda"):
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
@@ -483,7 +501,7 @@ def sample_latents(
             sol = trisolve.solve(
                 system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
-                final_row_atol=None if options.final_atol == "auto" else options.final_atol,
+                final_row_atol=None if options.final_row_atol == "auto" else options.final_row_atol,
             )  # fmt: skip
         bar.advance(sol.num_frozen)
     finally:
@@ -512,7 +530,7 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOpti
         sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, max_iter=k)
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
-            f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
+            f"window='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
             "it chooses the window without the per-round overhead term.",
             RuntimeWarning,
             stacklevel=2,
@@ -524,7 +542,7 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOpti
 def _auto_window(
     g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = ()
 ) -> trisolve.WindowPolicy:
-    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    """``window="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
     from .cost_model import auto_window, network_of
 
     n = mapping.n
@@ -572,7 +590,7 @@ def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
         raise SamplingInterrupted(f"parallel sampling interrupted: {status.message}", sol) from sol.error
     if status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):
         raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {status.message}", sol) from sol.error
-    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_atol the caller chose
+    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_row_atol the caller chose
         msg = (
             f"parallel sampling ended {status.name} after {sol.num_rounds} rounds with rows {sol.num_frozen}.. not within "
             f"tolerance: the sample may differ from the sequential loop's ({status.message})."
