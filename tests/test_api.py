@@ -289,3 +289,20 @@ def test_solve_options_old_spellings_warn_and_mean_the_new_ones():
         td.SolveOptions(window=4, window_size=8)
     assert td.SolveOptions(window="auto").replace(atol=1e-3).window == "auto"  # replace keeps the new fields
     assert {"window_size", "final_atol"} <= td.sampler.OPTION_NAMES  # sample(pipe, window_size=...) still routes (and warns)
+
+
+def test_importing_the_adapter_loads_no_training_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, trisolve_diffusion\n"
+        "loaded = [m for m in ('trisolve_diffusion.models.digits', 'trisolve_diffusion.models.digits_flow', "
+        "'trisolve_diffusion.models.tiny_sd', 'trisolve_diffusion.models.closed_form', 'trisolve_diffusion.demo') if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+        "from trisolve_diffusion.models.digits_flow import DigitsFlowPipeline\n"
+        "from trisolve_diffusion.models.flow_pipeline import DigitsFlowPipeline as P\n"
+        "assert P is DigitsFlowPipeline\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr

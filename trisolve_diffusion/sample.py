@@ -24,7 +24,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from .models.digits_flow import DigitsFlowPipeline
+from .models.flow_pipeline import DigitsFlowPipeline
 from .pipelines._common import bind
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
