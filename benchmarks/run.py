@@ -16,11 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import autowindow  # noqa: E402
 import diffusion  # noqa: E402
 import finish  # noqa: E402
+import k_samplers  # noqa: E402
 import launches  # noqa: E402
 import overhead  # noqa: E402
 import recurrences  # noqa: E402
+import video  # noqa: E402
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    for module in (recurrences, overhead, launches, diffusion, finish, autowindow):
+    for module in (recurrences, overhead, launches, diffusion, finish, autowindow, video, k_samplers):
         module.main(args)

@@ -7,6 +7,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the gallery examples run in this process: one thread unless the caller says otherwise (torch starts as
+# many as cores, which oversubscribes a machine shared with other jobs; read when torch is imported)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 project = "trisolve"
 author = "the trisolve developers"

@@ -38,13 +38,17 @@ def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
     assert rows[0]["auto_final"] == "dense" and rows[0]["auto_switched_at"] is None
 
 
-@pytest.mark.parametrize("name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches"])
+@pytest.mark.parametrize(
+    "name", ["recurrences", "overhead", "diffusion", "gpu", "autowindow", "finish", "gpu_round", "flow_weights", "launches", "k_samplers"]
+)
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
     _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert payload["machine"]["cpus"] >= 1
     table = (tmp_path / f"{name}_quick.md").read_text()
     assert table.count("|") > 10
+    if name == "k_samplers":
+        assert all(r["status"] == "CONVERGED" and r["psnr_db"] >= 45 and r["rounds"] < r["rows"] for r in payload["records"])
     if name == "diffusion":
         recs = payload["records"]
         assert {r["method"] for r in recs} >= {"TAA m=4, Picard (default)"}

@@ -42,6 +42,7 @@ def _scheduler(config: dict, timesteps_kwargs: dict) -> FlowMatchEulerDiscreteSc
 def reference_loop(config, timesteps_kwargs, x0, seed):
     """``(final latents, timesteps seen by the network)`` from the diffusers loop."""
     sched = _scheduler(config, timesteps_kwargs)
+    torch.manual_seed(seed)  # diffusers 0.35's step draws from the global generator
     gen = torch.Generator().manual_seed(seed)
     x, seen = x0.clone(), []
     for t in sched.timesteps:
@@ -54,7 +55,8 @@ def reference_loop(config, timesteps_kwargs, x0, seed):
 def mapped_solution(config, timesteps_kwargs, x0, seed):
     """Forward substitution of the mapped system: ``(trajectory (n + 1, *shape), mapping)``."""
     mapping = map_scheduler(_scheduler(config, timesteps_kwargs))
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    gen = mapping.step_generator(torch.Generator().manual_seed(seed))  # None where step() ignores it (diffusers 0.35)
     noise = torch.zeros((mapping.n, *x0.shape), dtype=x0.dtype)
     for i in range(mapping.n):  # the loop draws z_{i+1} at step i, in float32
         if mapping.noise_drawn[i]:
@@ -141,4 +143,74 @@ def test_refusals():
     sched = FlowMatchEulerDiscreteScheduler()
     sched.set_timesteps(sigmas=[1.0, 1.0, 0.5])
     with pytest.raises(UnsupportedSchedulerError, match="repeated"):
+        map_scheduler(sched)
+
+
+# -- UniPC with flow sigmas (Wan's default scheduler) -------------------------------------------------
+UNIPC_FLOW = {
+    "wan": ({"flow_shift": 3.0}, {"num_inference_steps": 10}),
+    "order3-shift5": ({"flow_shift": 5.0, "solver_order": 3}, {"num_inference_steps": 9}),
+    "bh1-sigma-min": ({"flow_shift": 3.0, "solver_type": "bh1", "final_sigmas_type": "sigma_min"}, {"num_inference_steps": 7}),
+    "no-lower-order-final-sigma-min": ({"lower_order_final": False, "final_sigmas_type": "sigma_min"}, {"num_inference_steps": 8}),
+    "corrector-off-at-2": ({"flow_shift": 2.0, "disable_corrector": [2]}, {"num_inference_steps": 8}),
+}
+
+
+def _unipc_flow(config, timesteps_kwargs):
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, **config)
+    sched.set_timesteps(**timesteps_kwargs)
+    sched.sigmas = sched.sigmas.double()  # the loop and the mapping read the same float64 numbers
+    return sched
+
+
+@pytest.mark.parametrize("name", list(UNIPC_FLOW))
+def test_unipc_flow_prediction_equals_step_loop(name):
+    """UniPC with ``flow_prediction`` and ``use_flow_sigmas`` (as Wan ships it) against its own ``step`` loop."""
+    config, kw = UNIPC_FLOW[name]
+    x0 = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    sched = _unipc_flow(config, kw)
+    ref, traj = x0.clone(), [x0]
+    for t in sched.timesteps:
+        ref = sched.step(velocity(ref, t.expand(SHAPE[0]).double()), t, ref, return_dict=False)[0]
+        traj.append(ref)
+    mapping = map_scheduler(_unipc_flow(config, kw))
+    ts = torch.as_tensor(mapping.timesteps).double()
+
+    def g(x_rows, lo, hi):
+        b = x_rows.shape[1]
+        v = velocity(x_rows.reshape(-1, *x_rows.shape[2:]), ts[lo:hi].repeat_interleave(b)).reshape(x_rows.shape)
+        return mapping.g(x_rows, v, lo, hi)
+
+    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, sigma=mapping.sigma, batch_ndim=1)
+    fs = trisolve.forward_substitution(system, x0)
+    np.testing.assert_allclose(fs.numpy(), torch.stack(traj).numpy(), rtol=0, atol=1e-10)
+    assert np.all(np.isfinite(mapping.sigma)) and np.all(mapping.sigma >= 0)
+    sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, rtol=0.0, atol=1e-12, max_iter=mapping.n)
+    np.testing.assert_allclose(sol.trajectory[-1].numpy(), ref.numpy(), rtol=0, atol=1e-9)
+
+
+def test_unipc_flow_dynamic_shifting_equals_step_loop():
+    """``use_dynamic_shifting`` with ``mu`` only changes the sigma table."""
+    config, kw = {"use_dynamic_shifting": True}, {"num_inference_steps": 8, "mu": 1.1}
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sched, mapping = _unipc_flow(config, kw), map_scheduler(_unipc_flow(config, kw))
+    ref = x.clone()
+    for t in sched.timesteps:
+        ref = sched.step(velocity(ref, t.expand(SHAPE[0]).double()), t, ref, return_dict=False)[0]
+    ts = torch.as_tensor(mapping.timesteps).double()
+    g = lambda x_rows, lo, hi: mapping.g(  # noqa: E731
+        x_rows, velocity(x_rows.reshape(-1, *SHAPE[1:]), ts[lo:hi].repeat_interleave(SHAPE[0])).reshape(x_rows.shape), lo, hi
+    )
+    fs = trisolve.forward_substitution(trisolve.SemilinearSystem(mapping.a, mapping.B, g, batch_ndim=1), x)
+    np.testing.assert_allclose(fs[-1].numpy(), ref.numpy(), rtol=0, atol=1e-10)
+
+
+def test_unipc_flow_without_predict_x0_is_refused():
+    from diffusers import UniPCMultistepScheduler
+
+    sched = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, predict_x0=False)
+    sched.set_timesteps(6)
+    with pytest.raises(UnsupportedSchedulerError, match="predict_x0=True"):
         map_scheduler(sched)

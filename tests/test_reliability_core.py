@@ -374,3 +374,10 @@ def test_the_one_step_map_on_a_long_ddim_like_system_is_told_about_the_maps_that
         slow = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.OneStep(), atol=1e-4, rtol=1e-3)
     fast = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-4, rtol=1e-3)
     assert slow.converged and fast.converged and fast.num_rounds < slow.num_rounds // 5
+
+
+def test_the_test_processes_run_the_threads_the_configuration_sets():
+    """tests/conftest.py: one torch thread per test process unless OMP_NUM_THREADS says otherwise."""
+    import os
+
+    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"])

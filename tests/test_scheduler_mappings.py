@@ -477,7 +477,7 @@ def test_device_tables_are_built_once_per_dtype():
         (lambda: TCDScheduler(), "few-step.*DPMSolverMultistepScheduler"),
         (lambda: PNDMScheduler(skip_prk_steps=False), "skip_prk_steps=True"),
         (lambda: UniPCMultistepScheduler(solver_p=DPMSolverMultistepScheduler()), "solver_p"),
-        (lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "use_flow_sigmas"),
+        (lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", predict_x0=False), "predict_x0=True"),
         (lambda: DEISMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "use_flow_sigmas"),
         (lambda: EulerAncestralDiscreteScheduler(prediction_type="sample"), "'epsilon' or 'v_prediction'"),
         (lambda: UniPCMultistepScheduler(predict_x0=False), "non-finite.*predict_x0=True"),

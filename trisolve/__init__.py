@@ -14,6 +14,7 @@ from .driver import solve
 from .gradients import Adjoint
 from .maps import OneStep, Picard, Unrolled, UpdateMap
 from .newton import Newton
+from .ode import IVPResult, ODEInfo, odeint, solve_ivp
 from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, SolveError, Status
 from .scan import affine_scan
 from .sequential import forward_substitution
@@ -43,6 +44,10 @@ def __getattr__(name: str):
 __all__ = [
     "solve",
     "forward_substitution",
+    "odeint",
+    "solve_ivp",
+    "IVPResult",
+    "ODEInfo",
     "BlackBoxSystem",
     "SemilinearSystem",
     "TriangularSystem",

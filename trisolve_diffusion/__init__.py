@@ -9,17 +9,21 @@ Below any pipeline, ``sample_latents(denoiser, scheduler, latents)`` runs a sche
 loop in parallel rounds for any denoiser. Layout: ``sampler.py`` (``sample_latents``,
 ``SolveOptions``), ``network.py`` (UNet denoiser, classifier-free guidance),
 ``schedulers/`` (one file per scheduler), ``pipelines/`` (one front door per pipeline
-family), ``sample.py`` (the dispatch).
+family), ``sample.py`` (the dispatch), ``k_diffusion.py`` (k-diffusion's samplers, with its
+names and signatures).
 """
 
 from . import _quiet  # noqa: F401  (before diffusers is imported)
 from .network import UNetDenoiser, classifier_free_guidance
 from .pipelines import (
+    ParallelCogVideoXOutput,
     ParallelFluxOutput,
     ParallelImagePipelineOutput,
+    ParallelLTXOutput,
     ParallelStableDiffusion3Output,
     ParallelStableDiffusionOutput,
     ParallelStableDiffusionXLOutput,
+    ParallelWanOutput,
 )
 from .sample import SUPPORTED_PIPELINES, sample
 from .sampler import (
@@ -50,6 +54,9 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
     "ParallelSamplingError",
     "SamplingInterrupted",
     "UnconvergedSampleError",

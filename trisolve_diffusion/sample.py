@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from diffusers import (
+    CogVideoXPipeline,
     DDIMPipeline,
     DDPMPipeline,
     FluxPipeline,
+    LTXPipeline,
     StableDiffusion3Img2ImgPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionImg2ImgPipeline,
@@ -22,19 +24,26 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
+    WanPipeline,
 )
 
 from .models.flow_pipeline import DigitsFlowPipeline
 from .pipelines._common import bind
+from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
+from .pipelines.cogvideox import sample_cogvideox
 from .pipelines.digits_flow import sample_digits_flow
 from .pipelines.flux import sample_flux
 from .pipelines.img2img import sample_img2img
 from .pipelines.inpaint import sample_inpaint
+from .pipelines.ltx import REFUSED_VARIANTS as _LTX_REFUSED
+from .pipelines.ltx import sample_ltx
 from .pipelines.sd3 import sample_sd3, sample_sd3_img2img
 from .pipelines.sdxl import sample_sdxl
 from .pipelines.sdxl_img2img import sample_sdxl_img2img
 from .pipelines.stable_diffusion import sample_stable_diffusion
 from .pipelines.unconditional import sample_unconditional
+from .pipelines.wan import REFUSED_VARIANTS as _WAN_REFUSED
+from .pipelines.wan import sample_wan
 from .sampler import OPTION_NAMES, SolveOptions
 
 __all__ = ["sample", "SUPPORTED_PIPELINES"]
@@ -49,6 +58,9 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
     (StableDiffusion3Pipeline, sample_sd3),
     (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img),
     (FluxPipeline, sample_flux),
+    (WanPipeline, sample_wan),
+    (LTXPipeline, sample_ltx),
+    (CogVideoXPipeline, sample_cogvideox),
     (DigitsFlowPipeline, sample_digits_flow),
     (DDPMPipeline, sample_unconditional),
     (DDIMPipeline, sample_unconditional),
@@ -56,6 +68,9 @@ _FRONT_DOORS: list[tuple[type, Any]] = [
 
 #: Arguments of ``_common.REFUSED`` that a front door honours.
 _HONOURED = {door: frozenset({"sigmas"}) for door in (sample_sd3, sample_sd3_img2img, sample_flux, sample_digits_flow)}
+
+#: Pipeline class name -> why ``sample()`` refuses it (variants of a supported family).
+_REFUSED_PIPELINES = {**_WAN_REFUSED, **_LTX_REFUSED, **_COGVIDEOX_REFUSED}
 
 #: Pipeline classes ``sample()`` accepts.
 SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
@@ -65,6 +80,9 @@ def _front_door(pipe: Any):
     for cls, front in _FRONT_DOORS:
         if isinstance(pipe, cls):
             return front
+    why = _REFUSED_PIPELINES.get(type(pipe).__name__)
+    if why is not None:
+        raise TypeError(f"sample() does not support {type(pipe).__name__}: {why}.")
     raise TypeError(
         f"sample() supports {', '.join(c.__name__ for c in SUPPORTED_PIPELINES)}; got {type(pipe).__name__}. "
         "For any other model, prepare the latents yourself and call trisolve_diffusion.sample_latents(denoiser, scheduler, latents) "
@@ -106,8 +124,8 @@ def sample(
     -------
     result
         Exactly what ``pipe(...)`` returns: with ``return_dict=False`` the pipeline's tuple
-        (``(images, nsfw_content_detected)`` for Stable Diffusion, ``(images,)`` for the
-        others); otherwise the pipeline's output class extended with ``solution``
+        (``(images, nsfw_content_detected)`` for Stable Diffusion, ``(frames,)`` for Wan,
+        LTX-Video and CogVideoX, ``(images,)`` for the others); otherwise the pipeline's output class extended with ``solution``
         (:class:`trisolve.Solution`: trajectory, rounds, evaluations, residuals) and
         ``wall_time`` (seconds in the solve).
     solution : trisolve.Solution

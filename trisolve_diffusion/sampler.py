@@ -302,6 +302,7 @@ def draw_noise(
     if drawn.size == 0:
         return None
     c = torch.zeros((mapping.n, *shape), dtype=traj_dtype, device=device)
+    generator = mapping.step_generator(generator)
     z_dtype = torch.float32 if mapping.noise_in_float32 else dtype
     for i in drawn:
         z = randn_tensor(shape, generator=generator, device=device, dtype=z_dtype)
@@ -486,10 +487,34 @@ def sample_latents(
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
         window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
+    sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c)
+    return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def solve_rows(
+    system: trisolve.SemilinearSystem,
+    x0: torch.Tensor,
+    options: SolveOptions,
+    *,
+    solver: trisolve.Solver,
+    update_map: trisolve.UpdateMap,
+    window: trisolve.WindowPolicy | None,
+    forcing: torch.Tensor | None = None,
+) -> trisolve.Solution:
+    """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
+
+    Splits the rows over the ranks (``options.distributed``; ``forcing``, the system's ``c``,
+    joins the fingerprint every rank must share), shows the progress bar, runs
+    :func:`trisolve.solve` without autograd with ``options``' tolerances, warm start and
+    callback, and raises or warns on the status (:class:`ParallelSamplingError`,
+    :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
+    :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    """
+    n = system.n
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
-                                     fingerprint=_fingerprint(options, x0, c))  # fmt: skip
-    init = None if options.init is None else options.init.to(device=device, dtype=traj)
+                                     fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
+    init = None if options.init is None else options.init.to(device=x0.device, dtype=x0.dtype)
     bar = _Progress(options.progress, n)
 
     def on_round(info: trisolve.RoundInfo):
@@ -507,7 +532,7 @@ def sample_latents(
     finally:
         bar.close()
     _raise_for_status(sol, options.strict)
-    return sol.trajectory[-1].to(latents.dtype), sol
+    return sol
 
 
 def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
@@ -597,4 +622,4 @@ def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
         )
         if strict:
             raise UnconvergedSampleError(msg, sol)
-        warnings.warn(msg, UnconvergedSampleWarning, stacklevel=3)
+        warnings.warn(msg, UnconvergedSampleWarning, stacklevel=4)  # the caller of a front door (via solve_rows)

@@ -2,8 +2,11 @@
 :func:`~trisolve_diffusion.sample_latents`, post-process with the pipeline's methods."""
 
 from ._common import ParallelImagePipelineOutput, ParallelStableDiffusionOutput, ParallelStableDiffusionXLOutput
+from .cogvideox import ParallelCogVideoXOutput
 from .flux import ParallelFluxOutput
+from .ltx import ParallelLTXOutput
 from .sd3 import ParallelStableDiffusion3Output
+from .wan import ParallelWanOutput
 
 __all__ = [
     "ParallelImagePipelineOutput",
@@ -11,4 +14,7 @@ __all__ = [
     "ParallelStableDiffusionXLOutput",
     "ParallelStableDiffusion3Output",
     "ParallelFluxOutput",
+    "ParallelWanOutput",
+    "ParallelLTXOutput",
+    "ParallelCogVideoXOutput",
 ]

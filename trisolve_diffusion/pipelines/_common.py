@@ -21,6 +21,7 @@ __all__ = [
     "ParallelStableDiffusionOutput",
     "ParallelStableDiffusionXLOutput",
     "bind",
+    "check_no_cache",
     "check_steps",
     "solve",
 ]
@@ -86,6 +87,16 @@ def bind(pipe: Any, args: tuple, kwargs: dict, allow: frozenset[str] = frozenset
     if extra:
         raise TypeError(f"{type(pipe).__name__}.__call__ got unexpected arguments {sorted(extra)}.")
     return params
+
+
+def check_no_cache(*models: Any) -> None:
+    """Refuse a model with a step cache enabled (FirstBlockCache, FasterCache): it reuses activations between sequential steps."""
+    for m in models:
+        if m is not None and getattr(m, "is_cache_enabled", False):
+            raise ValueError(
+                f"the {type(m).__name__} has a cache enabled (e.g. FirstBlockCache/FasterCache), which reuses activations between "
+                "sequential steps and has no meaning in a parallel solve; call .disable_cache() on it first."
+            )
 
 
 def check_steps(num_inference_steps: Any) -> int:

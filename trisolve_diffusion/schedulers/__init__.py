@@ -13,6 +13,7 @@ from typing import Any
 import diffusers
 
 from .base import SchedulerMapping, UnsupportedSchedulerError
+from .cogvideox import map_cogvideox_ddim
 from .ddim import map_ddim
 from .ddpm import map_ddpm
 from .deis import map_deis
@@ -44,6 +45,7 @@ _MAPPERS = {
     "KDPM2DiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2(s, start),
     "KDPM2AncestralDiscreteScheduler": lambda s, eta, clipped, start: map_kdpm2_ancestral(s, start),
     "FlowMatchEulerDiscreteScheduler": lambda s, eta, clipped, start: map_flow_match(s, start),
+    "CogVideoXDDIMScheduler": lambda s, eta, clipped, start: map_cogvideox_ddim(s, start),
 }
 
 SUPPORTED_SCHEDULERS = tuple(getattr(diffusers, name) for name in _MAPPERS)
@@ -66,6 +68,10 @@ REFUSED_SCHEDULERS = {
     "DPMSolverSDEScheduler": (
         "its noise comes from a Brownian tree queried at the model's own intermediate sigmas, which cannot be pre-drawn "
         "in the sequential loop's order. Use " + _SWAP.format(to="DPMSolverMultistepScheduler") + " with algorithm_type='sde-dpmsolver++'"
+    ),
+    "CogVideoXDPMScheduler": (
+        "its step takes the previous step's prediction and timestep from the pipeline's loop and draws fresh noise at "
+        "every step; it has no mapping yet. Use " + _SWAP.format(to="CogVideoXDDIMScheduler")
     ),
 }
 

@@ -149,6 +149,15 @@ class SchedulerMapping:
             inv_scale=1.0 / c[:-1],
         )
 
+    def step_generator(self, generator: Any) -> Any:
+        """The generator the scheduler's ``step`` draws its noise from when the pipeline passes ``generator``.
+
+        The generator itself for every mapped scheduler, except where the installed ``step``
+        ignores it (:class:`~.flow_match.FlowMatchMapping` on diffusers 0.35, which draws from
+        torch's global generator): then ``None``.
+        """
+        return generator
+
     def process_x0(self, x0: torch.Tensor) -> torch.Tensor:
         """The scheduler's clean-image post-processing: dynamic thresholding or clipping."""
         cfg = self.scheduler.config

@@ -18,7 +18,9 @@ timesteps)::
 tables, which are read after ``set_timesteps``. The network sees ``x_j`` unscaled
 (``input_scale = 1``) at ``timesteps[j]`` (``1000 sigma_j`` unless custom timesteps were set).
 ``step`` computes in float32 and draws the stochastic noise in float32
-(``noise_in_float32``). A loop that starts part-way (``begin_index``, as SD3 img2img sets it)
+(``noise_in_float32``), from the generator the pipeline passes, except on diffusers 0.35,
+whose ``step`` ignores it and draws with ``torch.randn_like`` from torch's global generator
+(``global_noise``, found in the installed ``step``'s source). A loop that starts part-way (``begin_index``, as SD3 img2img sets it)
 maps the rows from ``begin_index`` on.
 
 Tolerance scale ``sigma`` (DESIGN 4.1): the DDPM posterior standard deviation between the two
@@ -42,6 +44,7 @@ the first three rounds recovered most of the gain. One pair costs rounds on the 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -72,9 +75,23 @@ class FlowMatchMapping(SchedulerMapping):
     default_history_size: ClassVar[int] = 1
 
     flow_sigmas: np.ndarray = None  # sigma_j of rows 0..n    (n + 1,)
+    global_noise: bool = False  # step() ignores its generator (diffusers 0.35: torch.randn_like)
 
     def g(self, x, model_output, lo, hi):
         return model_output
+
+    def step_generator(self, generator):
+        return None if self.global_noise else generator
+
+
+def _step_ignores_generator(scheduler: Any) -> bool:
+    """Whether the installed ``step`` draws its stochastic-sampling noise with ``torch.randn_like`` (diffusers 0.35),
+    ignoring the generator it is passed, rather than with ``randn_tensor(generator=...)`` (later releases)."""
+    try:
+        source = inspect.getsource(type(scheduler).step)
+    except (OSError, TypeError):  # no source: assume the current behaviour
+        return False
+    return "torch.randn_like(sample)" in source
 
 
 def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping:
@@ -115,4 +132,5 @@ def map_flow_match(scheduler: Any, start: int | None = None) -> FlowMatchMapping
         noise_in_float32=True,
         sigma=flow_posterior_std(sig),
         flow_sigmas=sig,
+        global_noise=bool(scheduler.config.stochastic_sampling) and _step_ignores_generator(scheduler),
     )

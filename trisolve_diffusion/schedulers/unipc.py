@@ -27,6 +27,13 @@ own output. ``P_k, C_k`` follow ``multistep_uni_p_bh_update`` / ``multistep_uni_
     x = L x_{j-1} - s (e^hh - 1) m_{j-1} - s B(h) sum_k rho_k (m_{j-1-k} - m_{j-1}) / r_k  [- s B(h) rho_c[-1] (m_j - m_{j-1})]
 
 with ``s = alpha_j`` (``predict_x0``) or ``sigma_j``.
+
+Flow sigmas (Wan's ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True``,
+``flow_shift``, optionally ``use_dynamic_shifting`` with ``mu``): the same updates with
+``alpha_j = 1 - sigma_j``, ``sigma_j`` the flow sigma, and the data prediction
+``m_j = x_j - sigma_j v_j`` (``predict_x0`` only, as diffusers requires); shift and dynamic
+shifting only change the sigma table, read after ``set_timesteps``. The tolerance scale is
+:func:`~trisolve_diffusion.schedulers.flow_match.flow_posterior_std`.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, start_index, timesteps_of
+from .flow_match import flow_posterior_std
 
 __all__ = ["UniPCMapping", "map_unipc"]
 
@@ -93,7 +101,12 @@ class UniPCMapping(SchedulerMapping):
         alpha, sig = self.table("alpha", x)[lo:hi], self.table("sig", x)[lo:hi]
         m, pred = model_output, self.prediction_type
         if self.predict_x0:
-            x0 = {"epsilon": lambda: (x - sig * m) / alpha, "sample": lambda: m, "v_prediction": lambda: alpha * x - sig * m}[pred]()
+            x0 = {
+                "epsilon": lambda: (x - sig * m) / alpha,
+                "sample": lambda: m,
+                "v_prediction": lambda: alpha * x - sig * m,
+                "flow_prediction": lambda: x - sig * m,  # sig is the flow sigma (use_flow_sigmas)
+            }[pred]()
             return self.process_x0(x0)
         return {"epsilon": lambda: m, "sample": lambda: (x - alpha * m) / sig, "v_prediction": lambda: alpha * m + sig * x}[pred]()
 
@@ -106,12 +119,13 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
             f"{name} with solver_p={type(scheduler.solver_p).__name__} (another scheduler's step as the predictor) is not "
             "mapped; leave solver_p unset (UniP as the predictor)."
         )
-    if cfg.use_flow_sigmas or getattr(cfg, "use_dynamic_shifting", False):
+    flow = bool(cfg.use_flow_sigmas)
+    if flow and not cfg.predict_x0:
         raise UnsupportedSchedulerError(
-            f"{name} with use_flow_sigmas / use_dynamic_shifting is not mapped; use the default sigmas, or "
-            "FlowMatchEulerDiscreteScheduler for a flow-matching model."
+            f"{name} with use_flow_sigmas=True and predict_x0=False is not mapped (diffusers' own step refuses "
+            "flow_prediction without predict_x0); use predict_x0=True."
         )
-    check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction"))
+    check_common(scheduler, allowed_prediction=("epsilon", "sample", "v_prediction", "flow_prediction"))
     if cfg.solver_type not in ("bh1", "bh2"):
         raise UnsupportedSchedulerError(f"{name} with solver_type={cfg.solver_type!r} is not supported; use 'bh1' or 'bh2'.")
     order_cfg = cfg.solver_order
@@ -152,7 +166,11 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
             "own step returns nan or inf here); use predict_x0=True, solver_type='bh2' and lower_order_final=True, or "
             "final_sigmas_type='sigma_min'."
         )
-    ab = alpha_t**2
+    if flow:  # Wan: alpha = 1 - sigma, sigma_t = sigma; the tolerance scale in flow units
+        tol_scale = flow_posterior_std(sig_table.numpy())
+    else:
+        ab = alpha_t**2
+        tol_scale = posterior_std(ab[:-1], ab[1:])
     return UniPCMapping(
         scheduler=scheduler,
         timesteps=ts,
@@ -162,7 +180,7 @@ def map_unipc(scheduler: Any, start: int | None = None) -> UniPCMapping:
         noise_scale=np.zeros(n),
         noise_drawn=np.zeros(n, dtype=bool),
         noise_in_float32=False,
-        sigma=posterior_std(ab[:-1], ab[1:]),
+        sigma=tol_scale,
         predict_x0=bool(cfg.predict_x0),
         prediction_type=cfg.prediction_type,
         alpha=alpha_t[:-1].copy(),
