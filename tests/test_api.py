@@ -306,3 +306,38 @@ def test_importing_the_adapter_loads_no_training_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
+
+
+def test_auto_window_is_a_policy_object_with_its_own_cache_and_choice():
+    """Two solves with one AutoWindow measure once (its cache), keep their choice on the object, and leave 'auto' alone."""
+    torch = pytest.importorskip("torch")
+    td = pytest.importorskip("trisolve_diffusion")
+    from diffusers import DDIMScheduler
+
+    from trisolve_diffusion import cost_model
+
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    calls = []
+
+    def denoiser(x, t):
+        calls.append(x.shape[0])
+        return net(x)
+
+    sched = DDIMScheduler(num_train_timesteps=100)
+    sched.set_timesteps(6)
+    policy = td.AutoWindow(net)
+    default_before = cost_model.default_auto_window().last_choice
+    opts = td.SolveOptions(window=policy, progress=False, trajectory_dtype=torch.float64)
+    latents = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        first, sol = td.sample_latents(denoiser, sched, latents, options=opts)
+    assert policy.last_choice is not None and policy.cache and sol.status.ok
+    assert max(hi - lo for lo, hi in sol.windows) == min(policy.last_choice.window, 6)
+    measured = len(calls)
+    with torch.no_grad():
+        again, _ = td.sample_latents(denoiser, sched, latents, options=opts)
+    assert len(calls) - measured <= sol.num_rounds + 6  # the second solve runs its rounds, measures nothing again
+    assert torch.equal(first, again)
+    assert cost_model.default_auto_window().last_choice is default_before  # "auto"'s policy is another object
+    with pytest.raises(TypeError, match="network must be a torch.nn.Module"):
+        td.AutoWindow(lambda x: x)

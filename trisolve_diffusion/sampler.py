@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 import trisolve
 
+from .cost_model import AutoWindow
 from .schedulers import SchedulerMapping, map_scheduler
 
 _UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()  # a deprecated keyword not given
@@ -108,9 +109,12 @@ class SolveOptions:
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
         Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
-    window : int, "auto" or trisolve.WindowPolicy, optional
+    window : int, "auto", AutoWindow or trisolve.WindowPolicy, optional
         Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
-        bounds memory. Fewest rounds with the whole window; with a network that already fills the device at a small batch, a window whose round batch
+        bounds memory. An :class:`~trisolve_diffusion.AutoWindow` chooses it per solve, with
+        its own cache and last choice (``"auto"``: the process-wide default one, which
+        searches the denoiser for its network). Fewest rounds with the whole window; with a
+        network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network,
@@ -237,8 +241,8 @@ class SolveOptions:
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
         ws = self.window
-        if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy) and not _is_int(ws, 1):
-            raise ValueError(f'window must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
+        if ws is not None and ws != "auto" and not isinstance(ws, (trisolve.WindowPolicy, AutoWindow)) and not _is_int(ws, 1):
+            raise ValueError(f'window must be an int >= 1, "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None, got {ws!r}.')
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
@@ -266,7 +270,7 @@ class SolveOptions:
 
     def window_policy(self) -> trisolve.WindowPolicy | None:
         """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
-        return None if self.window == "auto" else trisolve.as_window(self.window)
+        return None if self.window == "auto" or isinstance(self.window, AutoWindow) else trisolve.as_window(self.window)
 
 
 def _is_process_group(v: Any) -> bool:
@@ -482,11 +486,17 @@ def sample_latents(
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
     window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window == "auto" or (options.window is None and device.type == "cuda"):
+    auto = options.window if isinstance(options.window, AutoWindow) else None
+    if auto is None and (options.window == "auto" or (options.window is None and device.type == "cuda")):
+        from .cost_model import default_auto_window
+
+        auto = default_auto_window()
+    if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__))
+        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__),
+                              policy=auto)  # fmt: skip
     sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c)
     return sol.trajectory[-1].to(latents.dtype), sol
 
@@ -565,9 +575,13 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOpti
 
 
 def _auto_window(
-    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = ()
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
+    policy: AutoWindow | None = None,
 ) -> trisolve.WindowPolicy:
-    """``window="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
+
+    The network is the policy's own when it names one; otherwise the denoiser is searched for it.
+    """
     from .cost_model import auto_window, network_of
 
     n = mapping.n
@@ -578,7 +592,8 @@ def _auto_window(
 
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
     choice = auto_window(
-        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=network_of(denoiser), key=key, method=method,
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
+        model=network_of(denoiser) if policy is None or policy.network is None else policy.network,
         gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, run_rounds=run_rounds,
     )  # fmt: skip
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
