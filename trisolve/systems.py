@@ -405,7 +405,10 @@ class BlackBoxSystem(TriangularSystem):
         return _ranks_of(self.fn)
 
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
-        """``fn(x, lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]`` (rows ``0 .. hi - 2``: all it may read)."""
+        """``fn(x, lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]``, with the rows before them held.
+
+        ``fn`` is handed rows ``0`` to ``hi - 2``: all that ``F_lo`` to ``F_(hi-1)`` may read.
+        """
         head, fn, jac = x[: lo - 1, ...], self.fn, self.jacobian
 
         def func(rows: Any) -> Any:
