@@ -68,7 +68,7 @@ def test_refuses_arguments_without_meaning_in_a_parallel_solve():
         td.sample(sd, "a cat", latents=torch.zeros(1, 4, 8, 8), num_inference_steps=2)
     with pytest.raises(ValueError, match="negative_prompt has 1 entries for 2 prompts"):
         td.sample(sd, ["a", "b"], negative_prompt=["c"], num_inference_steps=2)
-    with pytest.raises(ValueError, match="num_inference_steps must be an int >= 1"):
+    with pytest.raises(ValueError, match="num_inference_steps must be >= 1"):
         td.sample(gmm_pipe(), num_inference_steps=0)
     with pytest.raises(ValueError, match="You passed 1 generators for batch_size=2"):
         td.sample(gmm_pipe(), batch_size=2, generator=[torch.manual_seed(0)])

@@ -250,15 +250,23 @@ class CostModel:
 #: its ``model`` holds the measured curve and overhead, ``table`` every candidate's prediction.
 last_choice: WindowChoice | None = None
 
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(shape, dtype, device, extra): curve}
+_CACHE: dict[int, tuple[weakref.ref, dict]] = {}  # id(model) -> (weak ref to it, {(shape, dtype, device, extra): curve})
 _CACHE_NO_MODEL: dict = {}
 
 
-def _store(model: Any, cache: dict | None) -> dict:
-    """Where curves for ``model`` are cached: ``cache`` (keyed by the model's id), else the module's weak cache."""
-    if cache is not None:
-        return cache.setdefault(None if model is None else id(model), {})
-    return _CACHE.setdefault(model, {}) if model is not None else _CACHE_NO_MODEL
+def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
+    """Where curves for ``model`` are cached: ``cache`` (a policy's, by the model's identity) when given, else :func:`_store`."""
+    if cache is None or key is None:
+        return _store(model, key)
+    if model is None:
+        return cache.setdefault(None, {})
+    entry = cache.get(id(model))
+    if entry is None or entry[0]() is not model:  # a new model, or another one at a dead model's address
+        try:
+            entry = cache[id(model)] = (weakref.ref(model), {})
+        except TypeError:  # cannot be referenced weakly: not cached
+            return None
+    return entry[1]
 
 
 def clear_cache() -> None:
@@ -267,6 +275,28 @@ def clear_cache() -> None:
     _CACHE_NO_MODEL.clear()
     if _DEFAULT_AUTO:
         _DEFAULT_AUTO[0].cache.clear()
+
+
+def _store(model: Any, key: Any) -> dict | None:
+    """The cache of ``model``'s curves, keyed by its identity (never by name or ``==``); ``None``: not cached.
+
+    An entry lives as long as its model (a weak reference and a finalizer). Without ``key``, or a
+    model that cannot be referenced weakly, nothing is cached; without ``model``, ``key`` alone names it.
+    """
+    if key is None:
+        return None
+    if model is None:
+        return _CACHE_NO_MODEL
+    try:
+        ref = weakref.ref(model)
+    except TypeError:
+        return None
+    entry = _CACHE.get(id(model))
+    if entry is None or entry[0]() is not model:
+        entry = (ref, {})
+        _CACHE[id(model)] = entry
+        weakref.finalize(model, _CACHE.pop, id(model), None)
+    return entry[1]
 
 
 def measure_round_time(
@@ -284,10 +314,10 @@ def measure_round_time(
     Each size gets one warm-up call and ``repeats`` timed calls (median), each bracketed by
     ``sync()`` (e.g. ``torch.cuda.synchronize``). Doubling stops at ``max_rows`` or once the
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
-    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (weakly referenced) and
-    ``key`` (e.g. ``(row shape, dtype, device, guidance)``) the curve is cached and measured
-    once: in ``cache`` (a dict, e.g. an :class:`AutoWindow`'s) when given, else in this
-    module's cache (:func:`clear_cache`).
+    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
+    referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
+    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it. In ``cache`` (a dict, e.g. an
+    :class:`AutoWindow`'s) instead when given.
 
     Examples
     --------
@@ -298,11 +328,9 @@ def measure_round_time(
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
-    store = None
-    if key is not None:
-        store = _store(model, cache)
-        if key in store and store[key].rows[-1] >= max_rows or key in store and _saturated(store[key]):
-            return store[key]
+    store = _store_in(model, key, cache)
+    if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
+        return store[key]
     sync = sync or (lambda: None)
     rows, secs = [], []
     r, steep = 1, 0
@@ -366,11 +394,9 @@ def measure_overhead(
     >>> 0.0015 < a < 0.005, 0.0 <= b < 0.0002
     (True, True)
     """
-    store = None
-    if key is not None:
-        store = _store(model, cache)
-        if ("overhead", key, max_rows) in store:
-            return store["overhead", key, max_rows]
+    store = _store_in(model, key, cache)
+    if store is not None and ("overhead", key, max_rows) in store:
+        return store["overhead", key, max_rows]
     sync = sync or (lambda: None)
     sizes = sorted({min(8, max_rows), max_rows})
     per_round = []

@@ -56,8 +56,9 @@ import numpy as np
 import torch
 
 import trisolve
+from trisolve._validate import check_float, check_int
 
-from .sampler import ParallelSamplingError, SamplingInterrupted, SolveOptions, _is_float, _is_int, solve_rows
+from .sampler import ParallelSamplingError, SamplingInterrupted, SolveOptions, solve_rows
 from .schedulers.base import ve_posterior_std
 
 __all__ = [
@@ -474,8 +475,8 @@ def _solve(
         options = options.replace(progress=False)
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable as callback(dict) or None, got {type(callback).__name__}.")
-    if max_rows_per_call is not None and not _is_int(max_rows_per_call, 1):
-        raise ValueError(f"max_rows_per_call must be an int >= 1 or None, got {max_rows_per_call!r}.")
+    if max_rows_per_call is not None:
+        max_rows_per_call = check_int("max_rows_per_call", max_rows_per_call, 1, hint="or None")
     extra_args = {} if extra_args is None else extra_args
     n, batch, traj, device = rows.n, x.shape[0], options.trajectory_dtype, x.device
     a, B = rows.tables()
@@ -567,20 +568,16 @@ def _check_inputs(model: Any, x: Any, sigmas: Any, convention: Any) -> None:
 
 
 def _check_noise(eta: Any, s_noise: Any, noise_sampler: Any) -> None:
-    if not _is_float(eta):
-        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}.")
-    if not _is_float(s_noise, -math.inf):
-        raise ValueError(f"s_noise must be a finite number, got {s_noise!r}.")
+    check_float("eta", eta, 0.0)
+    check_float("s_noise", s_noise)
     if noise_sampler is not None and not callable(noise_sampler):
         raise TypeError(f"noise_sampler must be callable as noise_sampler(sigma, sigma_next) -> noise, or None; got {type(noise_sampler).__name__}.")
 
 
 def _check_churn(s_churn: Any, s_tmin: Any, s_tmax: Any, s_noise: Any) -> None:
-    if not _is_float(s_churn):
-        raise ValueError(f"s_churn must be a finite number >= 0, got {s_churn!r}.")
+    check_float("s_churn", s_churn, 0.0)
     for name, v in (("s_tmin", s_tmin), ("s_tmax", s_tmax)):
-        if not isinstance(v, (int, float, np.integer, np.floating)) or isinstance(v, bool) or math.isnan(v):
-            raise ValueError(f"{name} must be a number (inf allowed), got {v!r}.")
+        check_float(name, v, finite=False)
     _check_noise(0.0, s_noise, None)
 
 
@@ -742,8 +739,7 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     dtype (scipy is needed for this sampler only).
     """
     _check_inputs(model, x, sigmas, convention)
-    if not _is_int(order, 1):
-        raise ValueError(f"order must be an int >= 1, got {order!r}.")
+    order = check_int("order", order, 1)
     rows = _rows_lms(x, sigmas, convention, order=int(order))
     return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from trisolve._validate import check_float, check_int
+
 __all__ = ["UNetDenoiser", "classifier_free_guidance", "unet_denoiser"]
 
 
@@ -94,9 +96,8 @@ class UNetDenoiser(_CachedDtype):
     max_batch_size: int | None = None
 
     def __post_init__(self):
-        mbs = self.max_batch_size
-        if mbs is not None and (isinstance(mbs, bool) or not isinstance(mbs, int) or mbs < 1):
-            raise ValueError(f"max_batch_size must be an int >= 1 or None, got {self.max_batch_size!r}.")
+        if self.max_batch_size is not None:
+            object.__setattr__(self, "max_batch_size", check_int("max_batch_size", self.max_batch_size, 1, hint="or None"))
         if self.groups not in (1, 2):
             raise ValueError(f"groups must be 1 or 2, got {self.groups!r}.")
 
@@ -145,10 +146,8 @@ def classifier_free_guidance(
     >>> den(torch.ones(2, 1, 2, 2), torch.zeros(2)).flatten()[:2]
     tensor([3., 3.])
     """
-    if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool):
-        raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}.")
-    if not isinstance(guidance_rescale, (int, float)) or not 0.0 <= guidance_rescale <= 1.0:
-        raise ValueError(f"guidance_rescale must be a number in [0, 1], got {guidance_rescale!r}.")
+    guidance_scale = check_float("guidance_scale", guidance_scale)
+    guidance_rescale = check_float("guidance_rescale", guidance_rescale, 0.0, high=1.0)
 
     def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]

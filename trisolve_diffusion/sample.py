@@ -27,6 +27,8 @@ from diffusers import (
     WanPipeline,
 )
 
+from trisolve._validate import check_int
+
 from .models.flow_pipeline import DigitsFlowPipeline
 from .pipelines._common import bind
 from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
@@ -137,7 +139,11 @@ def sample(
         An unsupported pipeline (the message points to :func:`sample_latents`), an argument
         without meaning in a parallel solve (per-step callbacks), an unknown argument.
     UnsupportedSchedulerError
-        A scheduler or scheduler option without an exact parallel form; says what to swap to.
+        A scheduler or scheduler option without an exact parallel form, or one that the
+        pipeline's own loop cannot run or runs mis-scaled (``DDIMPipeline`` runs only DDIM;
+        ``DDPMPipeline`` and the flow-matching pipelines never scale their noise or input, so
+        not Euler, LMS, Heun or KDPM2, and ``DDPMPipeline`` not UniPC, PNDM or DEIS either):
+        ``sample()`` returns only what ``pipe(...)`` computes. The message says what to swap to.
     ParallelSamplingError
         The network raised or returned nan/inf; ``.solution`` keeps the partial work (resume
         with ``init=err.solution.trajectory, num_frozen=err.solution.num_frozen``).
@@ -163,8 +169,8 @@ def sample(
     if options is not None and not isinstance(options, SolveOptions):
         raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}.")
     options = (options or SolveOptions()).replace(**solve_kw)
-    if max_batch_size is not None and (isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1):
-        raise ValueError(f"max_batch_size must be an int >= 1 or None, got {max_batch_size!r}.")
+    if max_batch_size is not None:
+        max_batch_size = check_int("max_batch_size", max_batch_size, 1, hint="or None")
     front = _front_door(pipe)
     params = bind(pipe, args, kwargs, allow=_HONOURED.get(front, frozenset()))
     with torch.no_grad():  # as the pipelines' own __call__

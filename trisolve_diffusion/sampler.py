@@ -29,6 +29,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 import trisolve
+from trisolve._validate import check_float, check_int
 
 from .cost_model import AutoWindow
 from .schedulers import SchedulerMapping, map_scheduler
@@ -81,14 +82,6 @@ class UnconvergedSampleWarning(UserWarning):
     raises :class:`UnconvergedSampleError` instead."""
 
 
-def _is_int(v: Any, low: int) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and int(v) >= low
-
-
-def _is_float(v: Any, low: float = 0.0) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)) and np.isfinite(v) and v >= low
-
-
 #: ``final_row_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
 #: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
 #: from the sequential sample (``benchmarks/diffusion.py``, docs/benchmarks).
@@ -98,6 +91,9 @@ PIXEL_FINAL_ATOL = 8e-3
 @dataclass(frozen=True, kw_only=True)
 class SolveOptions:
     """How the parallel solve runs: one place for every default.
+
+    Numbers may be Python or NumPy scalars (``np.int64(8)``, ``np.float32(1e-4)``); they are
+    stored as Python ``int`` / ``float``. ``bool`` is refused where a number is meant.
 
     Attributes
     ----------
@@ -117,9 +113,10 @@ class SolveOptions:
         network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
-        the solver's time per round with a free stand-in for the network, once per network,
-        latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
-        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        the solver's time per round with a free stand-in for the network, once per network
+        (the denoiser itself, by identity, when it calls no ``torch.nn.Module``), latent
+        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the
+        window the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
         when the latents are on a CUDA device, the whole window elsewhere (on a CPU the
         timings are noisy, and the rounds of every run would depend on them).
@@ -210,28 +207,36 @@ class SolveOptions:
             )
         if self.trajectory_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {self.trajectory_dtype}.")
-        if self.order is not None and not _is_int(self.order, 1):
-            raise ValueError(f"order must be an int >= 1 or None, got {self.order!r}.")
+        # numbers: Python and NumPy scalars alike (trisolve._validate), stored as Python int / float
+        numbers = {
+            "order": None if self.order is None else check_int("order", self.order, 1, hint="or None"),
+            "atol": check_float("atol", self.atol, 0.0),
+            "rtol": check_float("rtol", self.rtol, 0.0),
+            "max_iter": None if self.max_iter is None else check_int("max_iter", self.max_iter, 1, hint="or None"),
+            "early_stop": None if self.early_stop is None else check_float("early_stop", self.early_stop, 0.0, hint="or None"),
+            "num_frozen": check_int("num_frozen", self.num_frozen, 1),
+        }
+        if self.final_row_atol is not None and self.final_row_atol != "auto":
+            numbers["final_row_atol"] = check_float("final_row_atol", self.final_row_atol, 0.0, hint='or "auto" or None')
+        ws = self.window
+        if isinstance(ws, str) and ws != "auto":
+            raise ValueError(f'window must be an int >= 1, "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None, got {ws!r}.')
+        if ws is not None and ws != "auto" and not isinstance(ws, (trisolve.WindowPolicy, AutoWindow)):
+            numbers["window"] = check_int("window", ws, 1, hint='(or "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None)')
+        for name, value in numbers.items():
+            object.__setattr__(self, name, value)
+        if self.early_stop == 0:
+            raise ValueError("early_stop must be a finite number > 0 or None, got 0.")
+        if self.final_row_atol == 0:
+            raise ValueError('final_row_atol must be a finite number > 0, "auto" or None, got 0.')
         if self.update_map is not None and self.order is not None:
             raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
         if self.solver is not None and not isinstance(self.solver, trisolve.Solver):
             raise TypeError(f"solver must be a trisolve solver (e.g. trisolve.TriangularAnderson()), got {type(self.solver).__name__}.")
         if self.update_map is not None and not isinstance(self.update_map, trisolve.UpdateMap):
             raise TypeError(f"update_map must be a trisolve update map (e.g. trisolve.Picard()), got {type(self.update_map).__name__}.")
-        for name in ("atol", "rtol"):
-            if not _is_float(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}.")
         if self.atol == 0 and self.rtol == 0:
             raise ValueError("atol and rtol are both 0: no step could ever be accepted; give a positive tolerance.")
-        if self.max_iter is not None and not _is_int(self.max_iter, 1):
-            raise ValueError(f"max_iter must be an int >= 1 or None, got {self.max_iter!r}.")
-        if self.early_stop is not None and not (_is_float(self.early_stop) and self.early_stop > 0):
-            raise ValueError(f"early_stop must be a finite number > 0 or None, got {self.early_stop!r}.")
-        fa = self.final_row_atol
-        if fa is not None and fa != "auto" and not (_is_float(fa) and fa > 0):
-            raise ValueError(f'final_row_atol must be a finite number > 0, "auto" or None, got {fa!r}.')
-        if not _is_int(self.num_frozen, 1):
-            raise ValueError(f"num_frozen must be an int >= 1, got {self.num_frozen!r}.")
         if self.num_frozen > 1 and self.init is None:
             raise ValueError("num_frozen > 1 keeps rows of init; pass init= (e.g. an earlier solution.trajectory) too.")
         if self.init is not None and not isinstance(self.init, torch.Tensor):
@@ -240,9 +245,6 @@ class SolveOptions:
             raise TypeError(f"callback must be callable or None, got {type(self.callback).__name__}.")
         if not (isinstance(self.progress, bool) or callable(self.progress)):
             raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
-        ws = self.window
-        if ws is not None and ws != "auto" and not isinstance(ws, (trisolve.WindowPolicy, AutoWindow)) and not _is_int(ws, 1):
-            raise ValueError(f'window must be an int >= 1, "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None, got {ws!r}.')
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
@@ -376,7 +378,9 @@ def sample_latents(
         ``denoiser(model_input, timesteps) -> model_output``: ``model_input (w * B, C, H, W)``
         already multiplied by the scheduler's input scale (what a pipeline's UNet receives),
         in the latents' dtype (the model's working dtype, as in the loop); ``timesteps (w * B,)`` on the latents' device, in the
-        scheduler's timestep dtype; ``model_output`` of the input's shape, any float dtype.
+        scheduler's timestep dtype; ``model_output`` a torch tensor of the input's shape, any
+        floating-point dtype (anything else, an integer tensor included, stops the solve with a
+        :class:`ParallelSamplingError` saying what was returned).
         Classifier-free guidance goes inside (see :func:`classifier_free_guidance`). Called
         once per round, without autograd.
     scheduler : diffusers scheduler
@@ -412,8 +416,12 @@ def sample_latents(
     Raises
     ------
     ParallelSamplingError
-        The denoiser raised (``.__cause__``) or returned nan/inf; ``.solution`` keeps the
-        rows computed so far.
+        The denoiser raised, returned nan/inf, or returned something other than a floating-point
+        tensor of its input's shape; the message names the cause (also ``.__cause__``) and
+        ``.solution`` keeps the rows computed so far.
+    ValueError, TypeError
+        Bad arguments, before any work: e.g. a tensor on the ``meta`` device (named), a
+        scheduler whose ``set_timesteps`` has not run. Numbers may be Python or NumPy scalars.
     SamplingInterrupted
         Ctrl-C (a :class:`KeyboardInterrupt`) with the partial ``.solution``.
     UnconvergedSampleError
@@ -445,6 +453,12 @@ def sample_latents(
         raise TypeError(f"denoiser must be callable as denoiser(model_input, timesteps), got {type(denoiser).__name__}.")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
         raise TypeError("latents must be a floating-point torch tensor of shape (batch, C, H, W).")
+    eta = check_float("eta", eta, 0.0)
+    for name, value in (("latents", latents), ("init", options.init), ("mask", mask), ("known_latents", known_latents)):
+        if isinstance(value, torch.Tensor) and value.device.type == "meta":
+            raise ValueError(f"{name} is on the meta device, which holds no values: create it on a real device (cpu, cuda, ...).")
+    if mask is not None and not isinstance(mask, torch.Tensor):
+        raise TypeError(f"mask must be a torch tensor broadcastable to latents.shape, got {type(mask).__name__}.")
     begin = _begin_index(scheduler, begin_index, len(scheduler.timesteps))
     mapping = map_scheduler(scheduler, eta=eta, use_clipped_model_output=use_clipped_model_output, start=begin)  # rows of steps begin..
     shape, device, traj = tuple(latents.shape), latents.device, options.trajectory_dtype
@@ -475,7 +489,8 @@ def sample_latents(
             w = hi - lo
             model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
             t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
-            out = den(model_input.reshape(w * batch, *shape[1:]).to(latents.dtype), t)
+            inp = model_input.reshape(w * batch, *shape[1:]).to(latents.dtype)
+            out = _checked_output(den(inp, t), inp)
             out = out.reshape(w, batch, *out.shape[1:]).to(traj)
             out = mapping.g(x_rows, out, lo, hi)
             return out if m is None else m * out
@@ -483,7 +498,8 @@ def sample_latents(
         return g
 
     g = g_of(denoiser)
-    system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=c, sigma=mapping.sigma, batch_ndim=1)
+    band = _band(mapping)
+    system = trisolve.SemilinearSystem(mapping.a, band, g, c=c, sigma=mapping.sigma, batch_ndim=1)
     window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
     auto = options.window if isinstance(options.window, AutoWindow) else None
@@ -493,7 +509,7 @@ def sample_latents(
         auto = default_auto_window()
     if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
-        stand_in = trisolve.SemilinearSystem(mapping.a, mapping.B, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
+        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
         window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, (repr(solver), repr(update_map), type(mapping).__name__),
                               policy=auto)  # fmt: skip
@@ -518,7 +534,7 @@ def solve_rows(
     :func:`trisolve.solve` without autograd with ``options``' tolerances, warm start and
     callback, and raises or warns on the status (:class:`ParallelSamplingError`,
     :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
-    :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    :class:`UnconvergedSampleWarning`); ``final_row_atol="auto"`` unresolved counts as ``None``.
     """
     n = system.n
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
@@ -545,17 +561,43 @@ def solve_rows(
     return sol
 
 
+def _checked_output(out: Any, model_input: torch.Tensor) -> torch.Tensor:
+    """The denoiser's output, refused unless it is a floating-point tensor of the input's shape."""
+    expected = f"a floating-point torch tensor of the input's shape {tuple(model_input.shape)} (one output per input row)"
+    if not isinstance(out, torch.Tensor):
+        what = "None" if out is None else f"a {type(out).__module__}.{type(out).__qualname__}"
+        if isinstance(out, (tuple, list)) or hasattr(out, "sample"):
+            what += " (a diffusers model's output: return its .sample, or [0] of return_dict=False)"
+        raise TypeError(f"the denoiser returned {what}; it must return {expected}.")
+    if tuple(out.shape) != tuple(model_input.shape):
+        raise ValueError(f"the denoiser returned shape {tuple(out.shape)}; it must return {expected}.")
+    if not out.is_floating_point():
+        raise TypeError(f"the denoiser returned dtype {out.dtype}, which would be cast and sampled as a prediction; it must return {expected}.")
+    return out
+
+
+def _band(mapping: SchedulerMapping) -> np.ndarray:
+    """``mapping.B`` without the columns no row reads: row ``i`` reads ``g_{i-1-q}`` for ``q < i <= n``.
+
+    A multistep mapping whose order exceeds its steps (LMS, UniPC ``solver_order=3`` at 2 steps)
+    builds ``p > n`` columns; those past ``n`` hold only zeros.
+    """
+    n = mapping.n
+    if np.any(mapping.B[:, n:] != 0):
+        raise RuntimeError(f"{type(mapping).__name__}: coefficients of g_j for j < 0 in columns >= n = {n} (a mapping bug; please report it).")
+    return mapping.B[:, :n]
+
+
 def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     own = getattr(scheduler, "begin_index", None)  # schedulers without set_begin_index have none
     if begin_index is None:
         begin_index = 0 if own is None else int(own)
-    elif not _is_int(begin_index, 0):
-        raise ValueError(f"begin_index must be an int >= 0 or None, got {begin_index!r}.")
-    elif own is not None and int(own) != int(begin_index):
+    begin_index = check_int("begin_index", begin_index, 0, hint="or None")
+    if own is not None and int(own) != begin_index:
         raise ValueError(f"begin_index={begin_index} but the scheduler's begin_index is {own}; pass the same or leave begin_index=None.")
     if not begin_index < n:
         raise ValueError(f"begin_index={begin_index} leaves no step of the scheduler's {n}; use begin_index < {n} (a higher strength).")
-    return int(begin_index)
+    return begin_index
 
 
 def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> int:
@@ -590,10 +632,14 @@ def _auto_window(
         with torch.no_grad():
             return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
 
-    key = (tuple(x0.shape), str(x0.dtype), str(x0.device), getattr(denoiser, "__qualname__", type(denoiser).__qualname__))
+    # cached per network (a guidance closure rebuilt per call reuses it), else per denoiser: by identity, never by name;
+    # the denoiser's code (or class) tells a guided closure from the bare network
+    kind = getattr(denoiser, "__code__", None) or type(denoiser)
+    key = (tuple(x0.shape), str(x0.dtype), str(x0.device), kind)
+    network = None if policy is not None and policy.network is not None else network_of(denoiser)  # given, or searched for
     choice = auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
-        model=network_of(denoiser) if policy is None or policy.network is None else policy.network,
+        model=policy.network if policy is not None and policy.network is not None else denoiser if network is None else network,
         gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, run_rounds=run_rounds,
     )  # fmt: skip
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
@@ -627,9 +673,9 @@ def _blend(a_rows, c, x0, mask, known, traj):
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
     status = sol.status
     if status is trisolve.Status.INTERRUPTED:
-        raise SamplingInterrupted(f"parallel sampling interrupted: {status.message}", sol) from sol.error
+        raise SamplingInterrupted(f"parallel sampling interrupted: {sol.message}", sol) from sol.error
     if status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):
-        raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {status.message}", sol) from sol.error
+        raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {sol.message}", sol) from sol.error
     if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_row_atol the caller chose
         msg = (
             f"parallel sampling ended {status.name} after {sol.num_rounds} rounds with rows {sol.num_frozen}.. not within "

@@ -13,18 +13,25 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 
 import trisolve
+from trisolve._validate import check_int
 
 from ..sampler import SolveOptions, sample_latents
+from ..schedulers import UnsupportedSchedulerError
 
 __all__ = [
     "ParallelImagePipelineOutput",
     "ParallelStableDiffusionOutput",
     "ParallelStableDiffusionXLOutput",
     "bind",
+    "check_batch",
+    "check_loop_runs",
     "check_no_cache",
     "check_steps",
     "solve",
 ]
+
+#: What to suggest to a flow-matching pipeline's front door (:func:`check_loop_runs`).
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler (the pipeline's own)"
 
 #: Pipeline arguments that have no meaning when all steps are solved at once.
 REFUSED = {
@@ -100,9 +107,47 @@ def check_no_cache(*models: Any) -> None:
 
 
 def check_steps(num_inference_steps: Any) -> int:
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be an int >= 1, got {num_inference_steps!r}.")
-    return num_inference_steps
+    """``num_inference_steps`` as a Python int >= 1 (NumPy integers accepted)."""
+    return check_int("num_inference_steps", num_inference_steps, 1)
+
+
+def check_batch(batch_size: Any, generator: Any) -> int:
+    """``batch_size`` as a Python int >= 1 (NumPy integers accepted), with one generator per image if a list."""
+    batch_size = check_int("batch_size", batch_size, 1)
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"You passed {len(generator)} generators for batch_size={batch_size}; pass one per image.")
+    return batch_size
+
+
+def check_loop_runs(pipe: Any, scheduler: Any, step_kwargs: tuple[str, ...], use: str) -> None:
+    """Refuse a scheduler that the pipeline's own loop cannot run, or runs mis-scaled: ``sample()`` would have no sequential result to match.
+
+    For the pipelines whose ``__call__`` passes fixed keywords ``step_kwargs`` to
+    ``scheduler.step`` and never calls ``scale_model_input`` nor scales the initial noise by
+    ``init_noise_sigma`` (``DDPMPipeline``, ``DDIMPipeline``, the flow-matching pipelines): a
+    ``step`` without one of the keywords makes ``pipe(...)`` raise a ``TypeError``, and a
+    scheduler with ``init_noise_sigma != 1`` (the k-diffusion schedulers: Euler, Heun, LMS,
+    KDPM2) runs there on latents and inputs its maths does not expect. ``use``: what to
+    suggest instead. Called after ``set_timesteps``.
+    """
+    name, sched = type(pipe).__name__, type(scheduler).__name__
+    params = inspect.signature(scheduler.step).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    missing = [k for k in step_kwargs if k not in params and not takes_any]
+    if missing:
+        raise UnsupportedSchedulerError(
+            f"{name}'s own loop calls scheduler.step(..., {'=, '.join(step_kwargs)}=), and {sched}.step takes no "
+            f"{' / '.join(missing)}: pipe(...) itself raises a TypeError there, so sample() has no sequential result to match. "
+            f"With {name} use {use}; to sample with {sched}, call trisolve_diffusion.sample_latents(denoiser, scheduler, latents) "
+            "with latents scaled by scheduler.init_noise_sigma."
+        )
+    sigma = float(getattr(scheduler, "init_noise_sigma", 1.0))  # flow matching has none: its noise is unscaled
+    if sigma != 1.0:
+        raise UnsupportedSchedulerError(
+            f"{name} neither scales its initial noise by init_noise_sigma nor calls scale_model_input, so pipe(...) with "
+            f"{sched} (init_noise_sigma={sigma:.4g}) samples with mis-scaled latents and there is no sequential result to "
+            f"match; with {name} use {use}, or call trisolve_diffusion.sample_latents with your own latents."
+        )
 
 
 def solve(

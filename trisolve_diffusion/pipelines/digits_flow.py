@@ -6,7 +6,7 @@ from typing import Any
 
 from ..network import unet_denoiser
 from ..sampler import SolveOptions
-from ._common import ParallelImagePipelineOutput, check_steps, solve
+from ._common import FLOW_SCHEDULER, ParallelImagePipelineOutput, check_batch, check_loop_runs, check_steps, solve
 
 __all__ = ["sample_digits_flow"]
 
@@ -16,14 +16,12 @@ def sample_digits_flow(pipe: Any, p: dict[str, Any], options: SolveOptions, max_
 
     Returns ``(output, solution)``; ``output`` is what ``pipe(**p)`` returns.
     """
-    batch_size, generator = p["batch_size"], p["generator"]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}.")
-    if isinstance(generator, list) and len(generator) != batch_size:
-        raise ValueError(f"You passed {len(generator)} generators for batch_size={batch_size}; pass one per image.")
+    generator = p["generator"]
+    batch_size = check_batch(p["batch_size"], generator)
     steps = check_steps(p["num_inference_steps"]) if p["sigmas"] is None else p["num_inference_steps"]
     latents = pipe.prepare_latents(batch_size, generator, p["latents"])  # (B, C, H, W)
     pipe.set_timesteps(steps, latents, sigmas=p["sigmas"], mu=p["mu"])
+    check_loop_runs(pipe, pipe.scheduler, ("generator",), FLOW_SCHEDULER)
     denoiser = unet_denoiser(pipe.unet, max_batch_size=max_batch_size)
     final, sol, elapsed = solve(pipe, denoiser, latents, options, pixel_space=True, generator=generator)
     image = pipe.postprocess(final, p["output_type"])

@@ -27,7 +27,7 @@ import trisolve
 
 from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
-from ._common import check_steps, solve
+from ._common import FLOW_SCHEDULER, check_loop_runs, check_steps, solve
 
 __all__ = ["sample_flux", "FluxDenoiser", "ParallelFluxOutput"]
 
@@ -167,6 +167,7 @@ def sample_flux(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_s
     )
     retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
     pipe.scheduler.set_begin_index(0)  # as the pipeline does before its loop
+    check_loop_runs(pipe, pipe.scheduler, (), FLOW_SCHEDULER)
     guidance = None
     if pipe.transformer.config.guidance_embeds:
         guidance = torch.full([1], p["guidance_scale"], device=device, dtype=torch.float32).expand(latents.shape[0])

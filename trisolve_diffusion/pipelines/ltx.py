@@ -33,7 +33,7 @@ import trisolve
 
 from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
-from ._common import check_no_cache, check_steps, solve
+from ._common import FLOW_SCHEDULER, check_loop_runs, check_no_cache, check_steps, solve
 
 __all__ = ["sample_ltx", "LTXDenoiser", "ParallelLTXOutput", "UPSTREAM_LINES", "REFUSED_VARIANTS"]
 
@@ -194,6 +194,7 @@ def sample_ltx(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_si
         c.get("base_shift", 0.5), c.get("max_shift", 1.15),
     )  # fmt: skip
     retrieve_timesteps(pipe.scheduler, steps, device, p["timesteps"], sigmas=sigmas, mu=mu)
+    check_loop_runs(pipe, pipe.scheduler, (), FLOW_SCHEDULER)
     rope = (pipe.vae_temporal_compression_ratio / p["frame_rate"], pipe.vae_spatial_compression_ratio, pipe.vae_spatial_compression_ratio)
     denoiser = LTXDenoiser(
         pipe.transformer, prompt_embeds, mask, (latent_frames, latent_height, latent_width), rope,

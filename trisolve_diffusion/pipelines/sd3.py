@@ -29,7 +29,7 @@ import trisolve
 
 from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
-from ._common import check_steps, solve
+from ._common import FLOW_SCHEDULER, check_loop_runs, check_steps, solve
 
 __all__ = ["sample_sd3", "sample_sd3_img2img", "SD3Denoiser", "ParallelStableDiffusion3Output"]
 
@@ -193,6 +193,7 @@ def sample_sd3(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_si
     sigmas = p["sigmas"]
     steps = check_steps(p["num_inference_steps"]) if sigmas is None else p["num_inference_steps"]
     timesteps, n = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu}))
+    check_loop_runs(pipe, pipe.scheduler, (), FLOW_SCHEDULER)
     skip_ts = None
     if skip_layers is not None and do_cfg:
         rows = _skip_layer_rows(n, p["skip_layer_guidance_start"], p["skip_layer_guidance_stop"])
@@ -239,6 +240,7 @@ def sample_sd3_img2img(pipe: Any, p: dict[str, Any], options: SolveOptions, max_
     sigmas = p["sigmas"]
     steps = check_steps(p["num_inference_steps"]) if sigmas is None else p["num_inference_steps"]
     _, steps = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, **({} if mu is None else {"mu": mu}))
+    check_loop_runs(pipe, pipe.scheduler, (), FLOW_SCHEDULER)
     timesteps, n = pipe.get_timesteps(steps, p["strength"], device)  # sets the scheduler's begin_index
     if n < 1:
         raise ValueError(f"strength={p['strength']} with {steps} steps leaves no denoising step; raise strength or num_inference_steps.")

@@ -36,7 +36,7 @@ import trisolve
 
 from ..network import _CachedDtype, _tile
 from ..sampler import SolveOptions
-from ._common import check_no_cache, check_steps, solve
+from ._common import check_loop_runs, check_no_cache, check_steps, solve
 
 __all__ = ["sample_wan", "WanDenoiser", "ParallelWanOutput", "UPSTREAM_LINES", "REFUSED_VARIANTS"]
 
@@ -200,6 +200,7 @@ def sample_wan(pipe: Any, p: dict[str, Any], options: SolveOptions, max_batch_si
     if negative_embeds is not None:
         negative_embeds = negative_embeds.to(transformer_dtype)
     pipe.scheduler.set_timesteps(steps, device=device)
+    check_loop_runs(pipe, pipe.scheduler, (), "UniPCMultistepScheduler with use_flow_sigmas, or FlowMatchEulerDiscreteScheduler")
     latents = pipe.prepare_latents(
         batch_size * num, pipe.transformer.config.in_channels, height, width, num_frames, torch.float32, device, p["generator"], p["latents"]
     )

@@ -12,7 +12,9 @@ from typing import Any
 
 import diffusers
 
-from .base import SchedulerMapping, UnsupportedSchedulerError
+from trisolve._validate import check_float
+
+from .base import SchedulerMapping, UnsupportedSchedulerError, require_timesteps
 from .cogvideox import map_cogvideox_ddim
 from .ddim import map_ddim
 from .ddpm import map_ddpm
@@ -77,7 +79,8 @@ REFUSED_SCHEDULERS = {
 
 
 def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output: bool = False, start: int | None = None) -> SchedulerMapping:
-    """The semilinear form of ``scheduler``'s sampling loop (``set_timesteps`` must have run).
+    """The semilinear form of ``scheduler``'s sampling loop (``set_timesteps`` must have run: with a
+    step count, or with custom ``timesteps=`` / ``sigmas=`` where the scheduler takes them).
 
     ``eta`` and ``use_clipped_model_output`` are the step arguments the pipeline passes; they
     apply to :class:`~diffusers.DDIMScheduler` only (other schedulers ignore them, as in the
@@ -106,8 +109,8 @@ def map_scheduler(scheduler: Any, *, eta: float = 0.0, use_clipped_model_output:
     name = type(scheduler).__name__
     mapper = _MAPPERS.get(name)
     if mapper is not None and type(scheduler) is getattr(diffusers, name):
-        if getattr(scheduler, "num_inference_steps", None) is None:
-            raise ValueError(f"{name}: call scheduler.set_timesteps(...) before mapping it.")
+        require_timesteps(scheduler)
+        eta = check_float("eta", eta, 0.0)  # NumPy scalars too (one validation helper)
         return mapper(scheduler, eta, use_clipped_model_output, start)
     if name in REFUSED_SCHEDULERS:
         raise UnsupportedSchedulerError(f"{name} is not supported by trisolve_diffusion: {REFUSED_SCHEDULERS[name]}.")

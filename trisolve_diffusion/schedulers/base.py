@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std"]
+__all__ = ["SchedulerMapping", "UnsupportedSchedulerError", "posterior_std", "require_timesteps"]
 
 
 class UnsupportedSchedulerError(ValueError):
@@ -230,6 +230,24 @@ def ve_posterior_std(sigmas: np.ndarray) -> np.ndarray:
     """
     ab = 1.0 / (1.0 + sigmas**2)
     return posterior_std(ab[:-1], ab[1:]) * np.sqrt(1.0 + sigmas[1:] ** 2)
+
+
+def require_timesteps(scheduler: Any) -> None:
+    """Refuse a scheduler whose ``set_timesteps`` has not run (the one such test; :func:`map_scheduler` calls it).
+
+    Every form of ``set_timesteps`` in diffusers 0.42 (a step count, custom ``timesteps=``, custom
+    ``sigmas=``) leaves a non-empty 1-D ``scheduler.timesteps``, and either ``num_inference_steps``
+    or, for ``DDPMScheduler``'s custom timesteps (which leave ``num_inference_steps`` unset),
+    ``custom_timesteps``. A fresh scheduler has neither of the two (``__init__`` of most schedulers
+    already sets a training-length ``timesteps``, so its presence alone proves nothing).
+    """
+    ts = getattr(scheduler, "timesteps", None)
+    steps_set = getattr(scheduler, "num_inference_steps", None) is not None or bool(getattr(scheduler, "custom_timesteps", False))
+    if not (isinstance(ts, torch.Tensor) and ts.ndim == 1 and ts.numel() > 0 and steps_set):
+        raise ValueError(
+            f"{type(scheduler).__name__}: call scheduler.set_timesteps(...) (a step count, or custom timesteps/sigmas where the "
+            "scheduler takes them) before mapping it, as the pipeline does."
+        )
 
 
 def timesteps_of(scheduler: Any) -> np.ndarray:
