@@ -270,11 +270,9 @@ def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
 
 
 def clear_cache() -> None:
-    """Forget every measured curve of this module and of ``window="auto"``'s policy (the next ``"auto"`` window measures again)."""
+    """Forget every measured curve of this module, which ``window="auto"`` uses (the next ``"auto"`` window measures again)."""
     _CACHE.clear()
     _CACHE_NO_MODEL.clear()
-    if _DEFAULT_AUTO:
-        _DEFAULT_AUTO[0].cache.clear()
 
 
 def _store(model: Any, key: Any) -> dict | None:
@@ -478,7 +476,7 @@ def auto_window(
         info = GroupInfo.resolve(None if group is True else group)
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
-    cache = None if policy is None else policy.cache
+    cache = None if policy is None or policy is _default_policy() else policy.cache  # "auto": this module's cache
     curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
     if info is not None and devices > 1:
         curve, latency, bandwidth = _agree(info, curve, max_rows, gather_bytes_per_row)
@@ -501,7 +499,8 @@ class AutoWindow:
     Each solve measures the network's time against its batch and the solver's time per round
     (:func:`auto_window`), caches both on this object (:attr:`cache`) and keeps the latest
     choice (:attr:`last_choice`); the window is the one the cost model predicts fastest.
-    ``window="auto"`` means the process-wide :func:`default_auto_window` instance.
+    ``window="auto"`` means the process-wide :func:`default_auto_window` instance, whose
+    curves are this module's cache (:func:`clear_cache`; its ``cache`` stays empty).
 
     Parameters
     ----------
@@ -542,8 +541,12 @@ class AutoWindow:
 _DEFAULT_AUTO: list[AutoWindow] = []
 
 
+def _default_policy() -> AutoWindow | None:
+    return _DEFAULT_AUTO[0] if _DEFAULT_AUTO else None
+
+
 def default_auto_window() -> AutoWindow:
-    """The :class:`AutoWindow` that ``window="auto"`` uses (one per process, made on first use)."""
+    """The :class:`AutoWindow` that ``window="auto"`` uses (one per process, made on first use; curves in this module's cache)."""
     if not _DEFAULT_AUTO:
         _DEFAULT_AUTO.append(AutoWindow())
     return _DEFAULT_AUTO[0]
