@@ -85,7 +85,7 @@ def sampler(pipe, steps_list, seeds, batches) -> list[dict]:
             for seed in seeds:
                 ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(seed), output_type="np").images
                 out = td.sample(pipe, batch_size=batch, num_inference_steps=steps, generator=torch.manual_seed(seed), output_type="np", progress=False,
-                                window_size=trisolve.FullWindow())  # the full window: rounds independent of timings  # fmt: skip
+                                window=trisolve.FullWindow())  # the full window: rounds independent of timings  # fmt: skip
                 rounds.append(out.solution.num_rounds)
                 worst.append(min(psnr(out.images[i], ref[i]) for i in range(batch)))
             rows.append(dict(steps=steps, batch=batch, rounds=rounds, worst_psnr=min(worst), median_rounds=statistics.median(rounds)))

@@ -14,7 +14,7 @@ from the digits scheduler config with Stable Diffusion's spacing (``timestep_spa
 Reference: the sequential loop a Stable Diffusion pipeline runs on the same network (initial noise
 times ``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); for the flow
 model ``pipe(...)`` itself. Parallel: :func:`trisolve_diffusion.sample_latents` with the options
-``sample(pipe, ...)`` uses on a pixel-space pipeline (default ``SolveOptions``, ``final_atol``
+``sample(pipe, ...)`` uses on a pixel-space pipeline (default ``SolveOptions``, ``final_row_atol``
 resolved for pixel space), and ``sample(pipe, ...)`` for the flow model; the window is the full
 one (``trisolve.FullWindow()``) rather than the timed automatic choice, so that the rounds do not
 depend on the machine's load. Per run: rounds, network
@@ -167,7 +167,7 @@ def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
 
     unet, flow = load_digits_unet(), load_digits_flow_pipeline()
     flow.set_progress_bar_config(disable=True)
-    opts = td.SolveOptions(progress=False, window_size=trisolve.FullWindow()).resolve_final_atol(pixel_space=True)
+    opts = td.SolveOptions(progress=False, window=trisolve.FullWindow()).resolve_final_atol(pixel_space=True)
     records = []
     for setting, (kind, steps) in INIT_SETTINGS.items():
         if kind == "flow":
@@ -283,7 +283,7 @@ def main(argv=None):
         return 0
     seeds = [0] if args.quick else parse_seeds(args.seeds)
     settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
-    records = run(settings, seeds, td.SolveOptions(progress=False, window_size=trisolve.FullWindow()))
+    records = run(settings, seeds, td.SolveOptions(progress=False, window=trisolve.FullWindow()))
     name = "rounds_quick" if args.quick else "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)

@@ -26,10 +26,10 @@ pipe.set_progress_bar_config(disable=True)
 # Same arguments, same generator: the parallel solve reproduces the sequential sample. At the
 # default tolerance the difference is far below what the eye can see; with a tight
 # tolerance it is float32 round-off. The window is the whole trajectory here, to show the rounds
-# of the parallel solve; the default (``window_size=None``) is chosen from measured times, and
+# of the parallel solve; the default (``window=None``) is chosen from measured times, and
 # on a small CPU at batch 8 it is the loop itself (see "Choosing the window").
 kw = dict(batch_size=8, num_inference_steps=50, output_type="np")
-par = dict(kw, window_size=trisolve.FullWindow())  # sample()'s arguments
+par = dict(kw, window=trisolve.FullWindow())  # sample()'s arguments
 seq = pipe(generator=torch.manual_seed(0), **kw).images
 out = td.sample(pipe, generator=torch.manual_seed(0), **par)
 tight = td.sample(pipe, generator=torch.manual_seed(0), atol=1e-6, rtol=0.0, **par)
@@ -122,7 +122,7 @@ for a in ax:
 # -------
 # Everything the pipeline takes is passed through (``generator``, ``eta``, ``output_type``,
 # prompts for Stable Diffusion, ...). The solve is configured with ``solver``, ``update_map``
-# (or ``order``), ``window_size``, ``atol``/``rtol``, ``max_iter``, ``early_stop``, ``init``,
+# (or ``order``), ``window``, ``atol``/``rtol``, ``max_iter``, ``early_stop``, ``init``,
 # ``num_frozen`` and ``max_batch_size``; ``out.solution`` is the full :class:`trisolve.Solution`.
-jac = td.sample(pipe, generator=torch.manual_seed(0), solver=trisolve.Jacobi(), update_map=trisolve.Unrolled(), window_size=16, **kw)
+jac = td.sample(pipe, generator=torch.manual_seed(0), solver=trisolve.Jacobi(), update_map=trisolve.Unrolled(), window=16, **kw)
 print(f"Jacobi on the unrolled map, window 16: {jac.solution.num_rounds} rounds, PSNR {psnr(jac.images, seq):.1f} dB")

@@ -1,4 +1,4 @@
-"""The cost model and ``window_size="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
+"""The cost model and ``window="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     monkeypatch.setattr(cm, "measure_overhead", fake_overhead)
     pipe = _digits()
     kw = dict(batch_size=2, num_inference_steps=20, generator=None, output_type="np")
-    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size="auto")
-    full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size=trisolve.FullWindow())
+    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window="auto")
+    full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window=trisolve.FullWindow())
     assert seen["max_rows"] == 20 and seen["out"].shape == (2, 2, 1, 16, 16)
     # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
     (t3, r3), (t1, r1) = seen["stand_in"]
@@ -140,7 +140,7 @@ def test_forward_substitution_unless_a_window_is_clearly_faster():
 
 @pytest.mark.parametrize("curve, expect", [(FLAT, "full"), (LINEAR, "forward substitution")])
 def test_the_default_window_is_automatic_on_a_cpu_too(monkeypatch, curve, expect):
-    """No ``window_size``: the injected curve decides, on a CPU as on a GPU; a saturated one gives forward substitution."""
+    """No ``window``: the injected curve decides, on a CPU as on a GPU; a saturated one gives forward substitution."""
     monkeypatch.setattr(cm, "measure_round_time", lambda call, max_rows, **kw: curve)
     monkeypatch.setattr(cm, "measure_overhead", lambda run_rounds, max_rows, **kw: (0.0, 0.0))
     pipe = _digits()
@@ -161,9 +161,9 @@ def test_auto_is_refused_where_a_window_policy_is_expected():
 
 
 def test_solve_options_accept_auto_and_a_distributed_flag_only():
-    assert td.SolveOptions(window_size="auto").window() is None  # resolved in sample_latents
+    assert td.SolveOptions(window="auto").window_policy() is None  # resolved in sample_latents
     with pytest.raises(ValueError, match="auto"):
-        td.SolveOptions(window_size="fastest")
+        td.SolveOptions(window="fastest")
     with pytest.raises(TypeError, match="distributed"):
         td.SolveOptions(distributed="yes")
 
@@ -190,7 +190,7 @@ def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
     assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
 
 
-def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkeypatch):
+def test_measure_overhead_fits_a_line_through_two_windows_and_caches(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
     calls, syncs = [], []
@@ -234,7 +234,7 @@ def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_
 
     latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     expected = td.SamplingInterrupted if isinstance(fault, KeyboardInterrupt) else td.ParallelSamplingError
-    with pytest.raises(expected, match="window_size='auto' timed the network") as info:
+    with pytest.raises(expected, match="the automatic window timed the network") as info:
         td.sample_latents(den, scheduler, latents, options=td.SolveOptions(progress=False))
     sol = info.value.solution
     assert info.value.__cause__ is fault and sol.error is fault and sol.num_rounds == 0 and sol.num_frozen == 1

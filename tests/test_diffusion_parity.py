@@ -175,7 +175,7 @@ def test_max_batch_size_chunks_give_the_same_result(unet):
             num_inference_steps=10,
             output_type="pt",
             trajectory_dtype=torch.float64,
-            window_size=trisolve.FullWindow(),  # no timing calls: the hook counts the solve's calls only
+            window=trisolve.FullWindow(),  # no timing calls: the hook counts the solve's calls only
         )
         n_whole = len(calls)
         calls.clear()
@@ -187,7 +187,7 @@ def test_max_batch_size_chunks_give_the_same_result(unet):
             output_type="pt",
             max_batch_size=4,
             trajectory_dtype=torch.float64,
-            window_size=trisolve.FullWindow(),
+            window=trisolve.FullWindow(),
         )
     finally:
         hook.remove()

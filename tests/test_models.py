@@ -161,7 +161,7 @@ def test_default_solve_on_the_bundled_model_is_fast_and_visually_identical():
     for seed in (0, 1):
         kw = dict(batch_size=2, num_inference_steps=50, output_type="np")
         ref = pipe(generator=torch.manual_seed(seed), **kw).images
-        out = td.sample(pipe, generator=torch.manual_seed(seed), window_size=trisolve.FullWindow(), **kw)  # rounds independent of timings
+        out = td.sample(pipe, generator=torch.manual_seed(seed), window=trisolve.FullWindow(), **kw)  # rounds independent of timings
         assert out.solution.status.ok  # CONVERGED or, at the defaults of a pixel-space pipeline, FINAL_ROW_CONVERGED
         assert out.solution.num_rounds <= 15
         assert psnr(out.images, ref) >= 40.0

@@ -125,13 +125,13 @@ def test_options_are_validated_at_construction():
         td.SolveOptions(num_frozen=3)
     with pytest.raises(TypeError, match="solver must be a trisolve solver"):
         td.SolveOptions(solver="taa")
-    with pytest.raises(ValueError, match="window_size"):
-        td.SolveOptions(window_size=0)
+    with pytest.raises(ValueError, match="window"):
+        td.SolveOptions(window=0)
     with pytest.raises(TypeError, match="progress"):
         td.SolveOptions(progress="yes")
     import numpy as np
 
-    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window_size=np.int64(4)).max_iter == 3
+    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window=np.int64(4)).max_iter == 3
     sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 4)
     with pytest.raises(ValueError, match=r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"):
         td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options=td.SolveOptions(init=torch.zeros(4, 1, 1, 2, 2)))
@@ -176,7 +176,7 @@ def test_ctrl_c_stays_a_keyboard_interrupt_with_the_partial_solution():
         return inner(x, t)
 
     with pytest.raises(KeyboardInterrupt) as info:
-        opts = td.SolveOptions(atol=1e-7, rtol=0.0, progress=False, window_size=trisolve.FullWindow())  # no timing calls first
+        opts = td.SolveOptions(atol=1e-7, rtol=0.0, progress=False, window=trisolve.FullWindow())  # no timing calls first
         td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), options=opts)
     assert isinstance(info.value, td.SamplingInterrupted) and not isinstance(info.value, Exception)
     assert info.value.solution.num_rounds == 2 and info.value.solution.status is trisolve.Status.INTERRUPTED
@@ -283,7 +283,7 @@ def test_tolerance_on_scaled_rows_is_stated_in_latent_units():
     make = lambda: EulerDiscreteScheduler()  # noqa: E731
     sched = make_set(make, 20)
     mapping = td.map_scheduler(sched)
-    opts = td.SolveOptions(atol=2e-3, rtol=1e-3, final_atol=None, progress=False)
+    opts = td.SolveOptions(atol=2e-3, rtol=1e-3, final_row_atol=None, progress=False)
     rows = _UnitRows(mapping, opts)  # the per-row thresholds handed to trisolve.solve, in the solve's units
     c = mapping.row_scale
     np.testing.assert_allclose(rows.sigma, c[1:] * (2e-3 + 1e-3 * mapping.sigma), rtol=1e-12)

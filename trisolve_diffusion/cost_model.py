@@ -84,6 +84,8 @@ __all__ = [
     "auto_window",
     "network_of",
     "clear_cache",
+    "AutoWindow",
+    "default_auto_window",
 ]
 
 
@@ -275,8 +277,23 @@ _CACHE: dict[int, tuple[weakref.ref, dict]] = {}  # id(model) -> (weak ref to it
 _CACHE_NO_MODEL: dict = {}
 
 
+def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
+    """Where curves for ``model`` are cached: ``cache`` (a policy's, by the model's identity) when given, else :func:`_store`."""
+    if cache is None or key is None:
+        return _store(model, key)
+    if model is None:
+        return cache.setdefault(None, {})
+    entry = cache.get(id(model))
+    if entry is None or entry[0]() is not model:  # a new model, or another one at a dead model's address
+        try:
+            entry = cache[id(model)] = (weakref.ref(model), {})
+        except TypeError:  # cannot be referenced weakly: not cached
+            return None
+    return entry[1]
+
+
 def clear_cache() -> None:
-    """Forget every measured curve (the next ``"auto"`` window measures again)."""
+    """Forget every measured curve of this module, which ``window="auto"`` uses (the next ``"auto"`` window measures again)."""
     _CACHE.clear()
     _CACHE_NO_MODEL.clear()
 
@@ -311,6 +328,7 @@ def measure_round_time(
     repeats: int = 3,
     key: Any = None,
     model: Any = None,
+    cache: dict | None = None,
 ) -> BatchTimeCurve:
     """Measure ``t(r)``: the time of ``call(r)`` (one network call on ``r`` rows) for ``r = 1, 2, 4, ...``.
 
@@ -319,7 +337,8 @@ def measure_round_time(
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
     then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
-    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it.
+    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it. In ``cache`` (a dict, e.g. an
+    :class:`AutoWindow`'s) instead when given.
 
     Examples
     --------
@@ -330,7 +349,7 @@ def measure_round_time(
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
-    store = _store(model, key)
+    store = _store_in(model, key, cache)
     if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
@@ -375,6 +394,7 @@ def measure_overhead(
     sync: Callable[[], None] | None = None,
     key: Any = None,
     model: Any = None,
+    cache: dict | None = None,
 ) -> tuple[float, float]:
     """Measure ``o(r) = overhead + overhead_per_row * r``: a round's time outside the network.
 
@@ -395,7 +415,7 @@ def measure_overhead(
     >>> 0.0015 < a < 0.005, 0.0 <= b < 0.0002
     (True, True)
     """
-    store = _store(model, key)
+    store = _store_in(model, key, cache)
     if store is not None and ("overhead", key, max_rows) in store:
         return store["overhead", key, max_rows]
     sync = sync or (lambda: None)
@@ -444,6 +464,7 @@ def auto_window(
     group: Any = None,
     run_rounds: Callable[[int, int], int] | None = None,
     method: Any = None,
+    policy: AutoWindow | None = None,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -470,6 +491,9 @@ def auto_window(
         (:func:`measure_overhead`); ``None``, or a solve split over ranks: no overhead term.
     method : hashable, optional
         What else the overhead depends on (the solver and map): part of its cache key.
+    policy : AutoWindow, optional
+        Whose cache the measurements go to and whose ``last_choice`` the result becomes
+        (also this module's :data:`last_choice`); ``None``: the module's cache.
     """
     import torch
 
@@ -482,18 +506,80 @@ def auto_window(
         info = GroupInfo.resolve(None if group is True else group)
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
-    curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows))
+    cache = None if policy is None or policy is _default_policy() else policy.cache  # "auto": this module's cache
+    curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
     if info is not None and devices > 1:
         curve, latency, bandwidth = _agree(info, curve, max_rows, gather_bytes_per_row)
     overhead = per_row = 0.0
     if run_rounds is not None and devices == 1:  # on several ranks every rank would have to agree on it: left out
-        overhead, per_row = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
+        overhead, per_row = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
     global last_choice
     last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead, overhead_per_row=per_row, rounds_model=RoundsModel(stochastic=stochastic),
     )  # fmt: skip
+    if policy is not None:
+        policy.last_choice = last_choice
     return last_choice
+
+
+class AutoWindow:
+    """The automatic window as a policy object: pass it as ``SolveOptions(window=AutoWindow(network))``.
+
+    Each solve measures the network's time against its batch and the solver's time per round
+    (:func:`auto_window`), caches both on this object (:attr:`cache`) and keeps the latest
+    choice (:attr:`last_choice`); the window is the one the cost model predicts fastest.
+    ``window="auto"`` means the process-wide :func:`default_auto_window` instance, whose
+    curves are this module's cache (:func:`clear_cache`; its ``cache`` stays empty).
+
+    Parameters
+    ----------
+    network : torch.nn.Module, optional
+        The network whose time is measured: the cache key, given rather than searched for.
+        ``None``: the sampler's denoiser is searched for a module (:func:`network_of`), as
+        ``"auto"`` does.
+
+    Attributes
+    ----------
+    cache : dict
+        Measured curves and overheads of this policy.
+    last_choice : WindowChoice or None
+        The latest choice: its ``window``, the predicted times, the ``model`` with the curve.
+
+    Examples
+    --------
+    >>> import torch, trisolve_diffusion as td
+    >>> policy = td.AutoWindow(torch.nn.Identity())
+    >>> policy.last_choice is None and policy.cache == {}
+    True
+    """
+
+    def __init__(self, network: Any = None):
+        import torch
+
+        if network is not None and not isinstance(network, torch.nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module (the one whose time is measured) or None, got {type(network).__name__}.")
+        self.network = network
+        self.cache: dict = {}
+        self.last_choice: WindowChoice | None = None
+
+    def __repr__(self) -> str:
+        net = None if self.network is None else type(self.network).__name__
+        return f"AutoWindow(network={net}, last_window={None if self.last_choice is None else self.last_choice.window})"
+
+
+_DEFAULT_AUTO: list[AutoWindow] = []
+
+
+def _default_policy() -> AutoWindow | None:
+    return _DEFAULT_AUTO[0] if _DEFAULT_AUTO else None
+
+
+def default_auto_window() -> AutoWindow:
+    """The :class:`AutoWindow` that ``window="auto"`` uses (one per process, made on first use; curves in this module's cache)."""
+    if not _DEFAULT_AUTO:
+        _DEFAULT_AUTO.append(AutoWindow())
+    return _DEFAULT_AUTO[0]
 
 
 def _agree(info: Any, curve: BatchTimeCurve, max_rows: int, bytes_per_row: float) -> tuple[BatchTimeCurve, float, float]:

@@ -196,7 +196,7 @@ def run_demo(
     torch.manual_seed(seed)
     pipe = load_digits_pipeline(scheduler)
     order = None if order is None else min(order, steps)
-    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window_size=window)
+    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window=window)
 
     def run_sequential(num_steps: int = steps):
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sequential")

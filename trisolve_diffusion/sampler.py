@@ -31,7 +31,10 @@ from diffusers.utils.torch_utils import randn_tensor
 import trisolve
 from trisolve._validate import check_float, check_int
 
+from .cost_model import AutoWindow
 from .schedulers import SchedulerMapping, map_scheduler
+
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()  # a deprecated keyword not given
 
 __all__ = [
     "SolveOptions",
@@ -79,7 +82,7 @@ class UnconvergedSampleWarning(UserWarning):
     raises :class:`UnconvergedSampleError` instead."""
 
 
-#: ``final_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
+#: ``final_row_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
 #: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
 #: from the sequential sample (``benchmarks/diffusion.py``, docs/benchmarks).
 PIXEL_FINAL_ATOL = 8e-3
@@ -101,10 +104,13 @@ class SolveOptions:
     update_map : trisolve.UpdateMap, optional
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
-        Order ``k`` of the default Picard map; pass either ``order`` or ``update_map``.
-    window_size : int, "auto" or trisolve.WindowPolicy, optional
-        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
-        that already fills the device at a small batch, a window whose round batch
+        Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
+    window : int, "auto", AutoWindow or trisolve.WindowPolicy, optional
+        Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
+        bounds memory. An :class:`~trisolve_diffusion.AutoWindow` chooses it per solve, with
+        its own cache and last choice (``"auto"``: the process-wide default one, which
+        searches the denoiser for its network). Fewest rounds with the whole window; with a
+        network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network
@@ -133,12 +139,13 @@ class SolveOptions:
         Most rounds (``None``: the number of rows, which always suffices).
     early_stop : float, optional
         Stop when the final latent's change between rounds, in tolerance units, is below this.
-    final_atol : float, "auto" or None
+    final_row_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
         latent's pending error -- the RMS of its residual over ``1 - rate``, the contraction
-        observed between two rounds, per sample -- is ``<= final_atol``, and every unfinished
+        observed between two rounds, per sample -- is ``<= final_row_atol``, and every unfinished
         step's correction is too,
-        status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
+        status ``FINAL_ROW_CONVERGED`` (the deprecated spelling ``final_atol=`` warns and means
+        the same). ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
         level; off when ``atol`` or ``rtol`` differs from its default (a tolerance asked for is met by every
@@ -177,19 +184,19 @@ class SolveOptions:
     --------
     >>> import trisolve, trisolve_diffusion as td
     >>> opts = td.SolveOptions(solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0, progress=False)
-    >>> opts.window_size is None
+    >>> opts.window is None
     True
     """
 
     solver: trisolve.Solver | None = None
     update_map: trisolve.UpdateMap | None = None
     order: int | None = None
-    window_size: int | str | trisolve.WindowPolicy | None = None
+    window: int | str | trisolve.WindowPolicy | None = None
     atol: float = 5e-4
     rtol: float = 5e-4
     max_iter: int | None = None
     early_stop: float | None = None
-    final_atol: float | str | None = "auto"
+    final_row_atol: float | str | None = "auto"
     init: torch.Tensor | None = None
     num_frozen: int = 1
     trajectory_dtype: torch.dtype = torch.float32
@@ -197,8 +204,23 @@ class SolveOptions:
     progress: bool | Callable[..., Any] = True
     strict: bool = False
     distributed: Any = False
+    window_size: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of window
+    final_atol: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of final_row_atol
 
-    def __post_init__(self):
+    def __post_init__(self, window_size: Any = _UNSET, final_atol: Any = _UNSET):
+        for old, new, value in (("window_size", "window", window_size), ("final_atol", "final_row_atol", final_atol)):
+            if value is _UNSET:
+                continue
+            warnings.warn(f"SolveOptions({old}=...) is deprecated; pass {new}=... (the core's name).", DeprecationWarning, stacklevel=3)
+            if getattr(self, new) != _FIELD_DEFAULTS[new]:
+                raise ValueError(f"pass either {new}= or its deprecated spelling {old}=, not both.")
+            object.__setattr__(self, new, value)
+        if self.order is not None:
+            warnings.warn(
+                "SolveOptions(order=k) is deprecated; pass update_map=trisolve.Picard(order=k) (one way to choose the map).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         if self.trajectory_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {self.trajectory_dtype}.")
         # numbers: Python and NumPy scalars alike (trisolve._validate), stored as Python int / float
@@ -210,19 +232,19 @@ class SolveOptions:
             "early_stop": None if self.early_stop is None else check_float("early_stop", self.early_stop, 0.0, hint="or None"),
             "num_frozen": check_int("num_frozen", self.num_frozen, 1),
         }
-        if self.final_atol is not None and self.final_atol != "auto":
-            numbers["final_atol"] = check_float("final_atol", self.final_atol, 0.0, hint='or "auto" or None')
-        ws = self.window_size
+        if self.final_row_atol is not None and self.final_row_atol != "auto":
+            numbers["final_row_atol"] = check_float("final_row_atol", self.final_row_atol, 0.0, hint='or "auto" or None')
+        ws = self.window
         if isinstance(ws, str) and ws != "auto":
-            raise ValueError(f'window_size must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
-        if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy):
-            numbers["window_size"] = check_int("window_size", ws, 1, hint='(or "auto", a trisolve.WindowPolicy or None)')
+            raise ValueError(f'window must be an int >= 1, "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None, got {ws!r}.')
+        if ws is not None and ws != "auto" and not isinstance(ws, (trisolve.WindowPolicy, AutoWindow)):
+            numbers["window"] = check_int("window", ws, 1, hint='(or "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None)')
         for name, value in numbers.items():
             object.__setattr__(self, name, value)
         if self.early_stop == 0:
             raise ValueError("early_stop must be a finite number > 0 or None, got 0.")
-        if self.final_atol == 0:
-            raise ValueError('final_atol must be a finite number > 0, "auto" or None, got 0.')
+        if self.final_row_atol == 0:
+            raise ValueError('final_row_atol must be a finite number > 0, "auto" or None, got 0.')
         if self.update_map is not None and self.order is not None:
             raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
         if self.solver is not None and not isinstance(self.solver, trisolve.Solver):
@@ -242,12 +264,12 @@ class SolveOptions:
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
-    def resolve_final_atol(self, *, pixel_space: bool) -> SolveOptions:
-        """A copy with ``final_atol="auto"`` resolved (see the attribute): the front doors call this."""
-        if self.final_atol != "auto":
+    def resolve_final_row_atol(self, *, pixel_space: bool) -> SolveOptions:
+        """A copy with ``final_row_atol="auto"`` resolved (see the attribute): the front doors call this."""
+        if self.final_row_atol != "auto":
             return self
         default_tol = (self.atol, self.rtol) == (_FIELD_DEFAULTS["atol"], _FIELD_DEFAULTS["rtol"])
-        return self.replace(final_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
+        return self.replace(final_row_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
 
     def replace(self, **changes: Any) -> SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
@@ -264,9 +286,9 @@ class SolveOptions:
             return solver, self.update_map
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
-    def window(self) -> trisolve.WindowPolicy | None:
+    def window_policy(self) -> trisolve.WindowPolicy | None:
         """The window policy; ``"auto"`` (and ``None``, the default) is resolved in :func:`sample_latents`."""
-        return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
+        return None if self.window == "auto" or isinstance(self.window, AutoWindow) else trisolve.as_window(self.window)
 
 
 def _is_process_group(v: Any) -> bool:
@@ -275,8 +297,8 @@ def _is_process_group(v: Any) -> bool:
     return dist.is_available() and isinstance(v, dist.ProcessGroup)
 
 
-#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword).
-OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions))
+#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword), and the deprecated spellings.
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions)) | {"window_size", "final_atol"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
 
 
@@ -514,15 +536,20 @@ def sample_latents(
     g = g_of(denoiser)
     band = _band(mapping)
     system = trisolve.SemilinearSystem(mapping.a, band, g, c=c, sigma=rows.sigma, batch_ndim=1)
-    window = options.window()
+    window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and options.init is None):
+    auto = options.window if isinstance(options.window, AutoWindow) else None
+    if auto is None and (options.window == "auto" or (options.window is None and options.init is None)):
+        from .cost_model import default_auto_window
+
+        auto = default_auto_window()
+    if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         try:
-            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method)
+            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto)
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
     sol = solve_rows(system, x0, options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
@@ -547,7 +574,7 @@ def solve_rows(
     :func:`trisolve.solve` without autograd with ``options``' tolerances, warm start and
     callback, and raises or warns on the status (:class:`ParallelSamplingError`,
     :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
-    :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    :class:`UnconvergedSampleWarning`); ``final_row_atol="auto"`` unresolved counts as ``None``.
     ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
     tolerances, warm start and callback are translated, and the solution returned in latent units;
     ``None``: the system's rows are the latents.
@@ -591,12 +618,12 @@ class _UnitRows:
     rows of unit scale, so every scheduler's fixed-point problem is about equally well conditioned.
     The convergence test stays the one stated in latent units, ``RMS(x residual) <= atol + rtol
     sigma_i``: in ``y`` units it is ``<= c_i (atol + rtol sigma_i)``, passed to :func:`trisolve.solve`
-    as per-row scales with ``atol = 0, rtol = 1``; the final-row tolerance likewise ``c_n final_atol``.
+    as per-row scales with ``atol = 0, rtol = 1``; the final-row tolerance likewise ``c_n final_row_atol``.
     Without a ``row_scale`` everything is the mapping's own.
     """
 
     def __init__(self, mapping: SchedulerMapping | None, options: SolveOptions):
-        fa = None if options.final_atol == "auto" else options.final_atol
+        fa = None if options.final_row_atol == "auto" else options.final_row_atol
         self.scale = None if mapping is None or mapping.row_scale is None else np.asarray(mapping.row_scale, dtype=np.float64)  # (n + 1,)
         if self.scale is None:  # the rows are the latents (mapping None: a system prepared elsewhere, its own sigma)
             self.mapping, self.sigma = mapping, None if mapping is None else mapping.sigma
@@ -668,7 +695,7 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w
         sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, **tolerance, max_iter=k)
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
-            f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
+            f"window='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
             "it chooses the window without the per-round overhead term.",
             RuntimeWarning,
             stacklevel=2,
@@ -678,9 +705,13 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w
 
 
 def _auto_window(
-    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = ()
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
+    policy: AutoWindow | None = None,
 ) -> trisolve.WindowPolicy:
-    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``)."""
+    """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
+
+    The network is the policy's own when it names one; otherwise the denoiser is searched for it.
+    """
     from .cost_model import auto_window, network_of
 
     n = mapping.n
@@ -696,10 +727,10 @@ def _auto_window(
     # the denoiser's code (or class) tells a guided closure from the bare network
     kind = getattr(denoiser, "__code__", None) or type(denoiser)
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), kind)
-    network = network_of(denoiser)
+    network = None if policy is not None and policy.network is not None else network_of(denoiser)  # given, or searched for
     choice = auto_window(
-        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=denoiser if network is None else network, key=key,
-        method=method,
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
+        model=policy.network if policy is not None and policy.network is not None else denoiser if network is None else network,
         gather_bytes_per_row=x0.numel() * x0.element_size(), group=None if distributed is False else distributed, run_rounds=run_rounds,
     )  # fmt: skip
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
@@ -749,7 +780,7 @@ def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
         trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
         windows=[], round_max_errors=np.zeros(0), error=exc,
     )  # fmt: skip
-    where = "while window_size='auto' timed the network, before the first round (pass an int window_size to skip the timing)"
+    where = "while the automatic window timed the network, before the first round (pass an int window= to skip the timing)"
     if interrupted:
         raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
     raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
@@ -761,7 +792,7 @@ def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
         raise SamplingInterrupted(f"parallel sampling interrupted: {sol.message}", sol) from sol.error
     if status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):
         raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {sol.message}", sol) from sol.error
-    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_atol the caller chose
+    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_row_atol the caller chose
         msg = (
             f"parallel sampling ended {status.name} after {sol.num_rounds} rounds with rows {sol.num_frozen}.. not within "
             f"tolerance: the sample may differ from the sequential loop's ({status.message})."
