@@ -109,7 +109,7 @@ def parallel(unet, sched, seed: int, batch: int, options: td.SolveOptions):
 
     gen = torch.Generator().manual_seed(seed)
     x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
-    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, options=options.resolve_final_atol(pixel_space=True))
+    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, options=options.resolve_final_row_atol(pixel_space=True))
 
 
 def run(settings: dict, seeds: list[int], options: td.SolveOptions) -> list[dict]:
@@ -167,7 +167,7 @@ def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
 
     unet, flow = load_digits_unet(), load_digits_flow_pipeline()
     flow.set_progress_bar_config(disable=True)
-    opts = td.SolveOptions(progress=False, window=trisolve.FullWindow()).resolve_final_atol(pixel_space=True)
+    opts = td.SolveOptions(progress=False, window=trisolve.FullWindow()).resolve_final_row_atol(pixel_space=True)
     records = []
     for setting, (kind, steps) in INIT_SETTINGS.items():
         if kind == "flow":
