@@ -1,4 +1,4 @@
-"""The automatic window against fixed windows, side by side in one run (``window_size="auto"``).
+"""The automatic window against fixed windows, side by side in one run (``window="auto"``).
 
     python benchmarks/autowindow.py            # bundled digits model on this machine's CPU
     python benchmarks/autowindow.py --quick    # smoke size
@@ -7,7 +7,7 @@ Model: the bundled digits DDPM (``trisolve_diffusion.models``), DDIM, seed 0, de
 (TAA m=4 + Picard), float32, ``torch.set_num_threads(1)``. For each setting (steps T,
 batch size S): the network's own time curve ``t(r)`` (``cost_model.measure_round_time`` on the
 UNet, recorded in the JSON), the wall time of ``sample()`` with windows 4, 8, 16, 32 and the
-full window and with ``window_size="auto"`` (medians of ``repeats`` runs, after one warm-up,
+full window and with ``window="auto"`` (medians of ``repeats`` runs, after one warm-up,
 interleaved), the rounds each took, and the cost model's predicted rounds and wall time for
 each window: the model ``"auto"`` chose with (``cost_model.last_choice``: its curve and its
 measured per-round overhead), and the same model without the overhead term. The sequential
@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion import cost_model  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
@@ -47,7 +48,7 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
         gen = torch.manual_seed(0)
         if w == "sequential":
             return pipe(generator=gen, **kw)
-        return td.sample(pipe, generator=gen, window_size=None if w == "full" else w, **kw)  # None: the full window on a CPU
+        return td.sample(pipe, generator=gen, window=trisolve.FullWindow() if w == "full" else w, **kw)
 
     # the curve "auto" uses (measured once here, then cached for every "auto" run)
     unet = pipe.unet
@@ -110,7 +111,7 @@ def rounds_rows(quick: bool) -> list[dict]:
         model = cost_model.RoundsModel(stochastic=kind == "ddpm")
         for w in [w for w in (4, 8, 16, 32) if w < T] + [T]:
             rounds = [
-                td.sample(pipe, num_inference_steps=T, generator=torch.manual_seed(s), output_type="np", window_size=w).solution.num_rounds
+                td.sample(pipe, num_inference_steps=T, generator=torch.manual_seed(s), output_type="np", window=w).solution.num_rounds
                 for s in seeds
             ]
             out.append(dict(sampler=f"{kind.upper()}-{T}", window=w, rounds=statistics.median(rounds), rounds_min=min(rounds),
@@ -134,7 +135,7 @@ def main(argv=None):
     rounds = rounds_rows(args.quick)
     md = [
         f"Bundled digits DDPM, DDIM, seed 0, default solver, float32, 1 CPU thread; medians of {repeats} interleaved runs. "
-        "Predicted: the `cost_model.CostModel` that `window_size=\"auto\"` chose with in the same run (its measured curve and "
+        "Predicted: the `cost_model.CostModel` that `window=\"auto\"` chose with in the same run (its measured curve and "
         "per-round overhead, `cost_model.last_choice`), and the same without the overhead term.",
         "",
         "| T | batch | window | rounds | predicted rounds | time [s] | predicted [s] | predicted without overhead [s] |",

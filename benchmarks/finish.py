@@ -4,9 +4,9 @@
     python benchmarks/finish.py --quick    # one seed of DDIM-25 (the test suite runs this)
 
 On the bundled digits DDPM (DDIM-25/50/100, DDPM-100) and the bundled digits flow model
-(flow-matching Euler, 28 steps), ``sample(pipe, ...)`` at its defaults (``final_atol="auto"``: a pixel-space pipeline stops once
+(flow-matching Euler, 28 steps), ``sample(pipe, ...)`` at its defaults (``final_row_atol="auto"``: a pixel-space pipeline stops once
 the final image's pending correction is below one 8-bit grey level, ``PIXEL_FINAL_ATOL``)
-against the same solve run until every step meets the tolerance (``final_atol=None``), and
+against the same solve run until every step meets the tolerance (``final_row_atol=None``), and
 both against the pipeline's sequential loop for the same seed: rounds, network evaluations
 per step, worst PSNR and largest pixel difference (images in [0, 1]). Rounds and fidelity do
 not depend on the machine.
@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
 from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_pipeline  # noqa: E402
@@ -38,7 +39,7 @@ SETTINGS = {
     "DDIM-50, batch 4": ("ddim", 50, 4),
     "FlowEuler-28, batch 4": ("flow", 28, 4),
 }
-METHODS = {"default (final_atol auto)": {}, "every step converged (final_atol=None)": {"final_atol": None}}
+METHODS = {"default (final_row_atol auto)": {}, "every step converged (final_row_atol=None)": {"final_row_atol": None}}
 
 
 def run(settings, seeds) -> list[dict]:
@@ -53,7 +54,8 @@ def run(settings, seeds) -> list[dict]:
         for seed in seeds:
             ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
             for method, kw in METHODS.items():
-                out = td.sample(pipe, batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np", progress=False, **kw)
+                out = td.sample(pipe, batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np",
+                                progress=False, window=trisolve.FullWindow(), **kw)  # the full window: rounds independent of timings
                 sol = out.solution
                 records.append(
                     dict(setting=setting, seed=seed, method=method, rounds=sol.num_rounds, status=sol.status.name, evals_per_step=sol.num_evals / steps,

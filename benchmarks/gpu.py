@@ -24,7 +24,7 @@
 3. The cost model (``trisolve_diffusion.cost_model``): the measured round-time curve of each
    model, the predicted wall time and best window on 1, 2, 4 and 8 devices (all-gather at an
    assumed link speed, ``--link-gbps``), and on this device the prediction next to measured
-   ``sample()`` runs with windows 8/16/32, ``window_size="auto"`` and the full window.
+   ``sample()`` runs with windows 8/16/32, ``window="auto"`` and the full window.
 
 Times are medians of 3 runs after a warm-up, with the device synchronised around each
 (``--quick``: one run, no warm-up; its times mean nothing).
@@ -150,7 +150,7 @@ def diffusion_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: 
     for steps in [10] if quick else [25, 50]:
         run(model, "DDIM", sd, steps, kw, 8.0, latents)
     for window in [4] if quick else [8, 16, 32]:  # a window bounds the batch (2 x window with guidance)
-        run(model, f"DDIM, window {window}", sd, 10 if quick else 50, kw, 8.0, latents, window_size=window)
+        run(model, f"DDIM, window {window}", sd, 10 if quick else 50, kw, 8.0, latents, window=window)
     sd.scheduler = dpm_scheduler(sd)
     run(model, "DPM++(2M)", sd, 10 if quick else 20, kw, 8.0, latents)
     sd.scheduler = ddim
@@ -190,7 +190,7 @@ def _unet_curve(unet, batch: int, guidance: int, cond: torch.Tensor | None, step
 
 def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats: int, link_gbps: float, latency_us: float):
     """Predicted wall time and best window on 1, 2, 4, 8 devices (digits; SD-sized UNet with guidance), and on one
-    device the prediction next to measured ``sample()`` runs with fixed windows and ``window_size="auto"``."""
+    device the prediction next to measured ``sample()`` runs with fixed windows and ``window="auto"``."""
     import dataclasses
 
     from trisolve_diffusion import cost_model
@@ -221,7 +221,7 @@ def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats:
         runs = []
         for window in [4, "auto", None] if quick else [8, 16, 32, "auto", None]:
             run = lambda: td.sample(pipe, generator=torch.Generator(dev).manual_seed(0), num_inference_steps=steps,  # noqa: E731
-                                    window_size=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
+                                    window=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
             sec, out, _ = timed(run, dev, repeats, not quick)
             runs.append((window, sec, out, max(hi - lo for lo, hi in out.solution.windows)))
         one = cost_model.last_choice.model
@@ -248,7 +248,7 @@ def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: 
     md = [
         "",
         "Cost model (`trisolve_diffusion.cost_model`; t(r) and the per-round overhead measured on this device by "
-        '`window_size="auto"`, rounds(w) the fitted prior). '
+        '`window="auto"`, rounds(w) the fitted prior). '
         f"Predicted on P devices (all-gather at an assumed {link_gbps:g} GB/s, {latency_us:g} us per collective):",
         "",
         "| model | steps | devices | best window | predicted rounds | predicted [s] | predicted sequential [s] | predicted speed-up | full window [s] |",
@@ -261,7 +261,7 @@ def cost_model_markdown(predicted: list[dict], measured: list[dict], link_gbps: 
     ]
     md += [
         "",
-        'One device, prediction next to measurement (`sample()` with fixed windows, `window_size="auto"` and the full window; '
+        'One device, prediction next to measurement (`sample()` with fixed windows, `window="auto"` and the full window; '
         'predicted: the model `"auto"` chose with, and the UNet\'s own curve without the per-round overhead term):',
         "",
         "| model | steps | window | used | rounds | predicted rounds | measured [s] | predicted [s] | without overhead [s] | sequential [s] | speed-up | overhead per round |",

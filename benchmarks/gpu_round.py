@@ -12,7 +12,7 @@ A compact companion of ``gpu.py`` that measures the current code's per-round ove
    synchronisation inside the round), so ``outside = solve time - network time`` is the part
    of each round spent in the solver, the tolerance test, the host read and kernel launches.
 2. A random-weight SD-1.5-sized ``UNet2DConditionModel`` with classifier-free guidance,
-   DDIM-50, default options (``window_size`` chosen by the cost model on a GPU) against the
+   DDIM-50, default options (``window`` chosen by the cost model on a GPU) against the
    sequential pipeline loop; the same network-time split.
 3. The tanh RNN of ``recurrences.py`` (hidden 64, T = 1e5, float64): the NumPy Python loop
    on the host against the parallel solve on the device with Jacobi and dense Newton.

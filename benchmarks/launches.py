@@ -290,14 +290,14 @@ def main(argv=None):
     kw = dict(batch_size=1, num_inference_steps=steps, output_type="np")
     seqs.append(count_sequential(digits, digits.unet, f"digits DDIM-{steps}", **kw))
     for w in (None, 8):
-        solves.append(count_solve(digits, digits.unet, f"digits DDIM-{steps}, window {w or 'full'}", window_size=w, **kw))
+        solves.append(count_solve(digits, digits.unet, f"digits DDIM-{steps}, window {w or 'full'}", window=w, **kw))
 
     sd = build_tiny_stable_diffusion()
     sd.set_progress_bar_config(disable=True)
     kw = dict(prompt="a digit", guidance_scale=7.5, num_inference_steps=steps, output_type="latent")
     seqs.append(count_sequential(sd, sd.unet, f"tiny SD, CFG 7.5, DDIM-{steps}", **kw))
     for w in (8, None):
-        solves.append(count_solve(sd, sd.unet, f"tiny SD, CFG 7.5, DDIM-{steps}, window {w or 'full'}", window_size=w, **kw))
+        solves.append(count_solve(sd, sd.unet, f"tiny SD, CFG 7.5, DDIM-{steps}, window {w or 'full'}", window=w, **kw))
     sd15 = sd15_unet_kernels()
     dtype_ms = {"digits UNet": dtype_read_ms(digits.unet), "SD-1.5-sized UNet": dtype_read_ms(sd15_unet())}
     # host time on this CPU, without the counting mode (one thread; medians over rounds of `repeats` solves)
@@ -307,7 +307,7 @@ def main(argv=None):
     for r in solves:
         pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
         w = r["run"].rsplit("window ", 1)[1]
-        r["host_ms_per_round"] = host_ms_per_round(pipe, pipe.unet, repeats, window_size=None if w == "full" else int(w), **kwr)
+        r["host_ms_per_round"] = host_ms_per_round(pipe, pipe.unet, repeats, window=trisolve.FullWindow() if w == "full" else int(w), **kwr)
     for r in seqs:
         pipe, kwr = pipes["digits" if r["run"].startswith("digits") else "tiny SD"]
         r["host_ms_per_step"] = host_ms_per_step(pipe, pipe.unet, repeats, **kwr)

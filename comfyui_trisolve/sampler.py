@@ -161,7 +161,7 @@ def parallel_sample(model, x, sigmas, extra_args=None, callback=None, disable=No
         return getattr(comfy_sampling, f"sample_{kd_name}")(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
     n_rows = 2 * (len(sigmas) - 1)  # at most two rows per step
     rows = max_rows_per_call if max_rows_per_call > 0 else rows_per_call(model, x, n_rows)
-    options = SolveOptions(atol=tolerance, rtol=tolerance, window_size=window or None, max_iter=max_iter or None)
+    options = SolveOptions(atol=tolerance, rtol=tolerance, window=window or None, max_iter=max_iter or None)
     fn = K.SAMPLERS[kd_name]
     try:
         return fn(_RowsModel(model, x.shape[0]), x, sigmas, extra_args=extra_args, callback=callback, disable=disable, options=options,

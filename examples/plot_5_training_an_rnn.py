@@ -6,7 +6,7 @@ A recurrent network ``h_t = tanh(W h_{t-1} + U u_t + b)`` is a lower-triangular 
 ``t`` reads row ``t - 1``. Here its hidden states are computed by a parallel solve with the
 Newton map (DEER: a few rounds, each one batched evaluation of every step plus a parallel
 scan of the Jacobians), and the network is trained by gradient descent *through* that solve:
-``trisolve.solve(..., gradients=True)`` returns a trajectory whose gradients come from the
+``trisolve.solve`` returns (by default, since the weights require grad) a trajectory whose gradients come from the
 adjoint system, solved by the same scan run backwards -- not by back-propagating through the
 rounds. We check that gradient against autograd through the plain sequential loop, then train.
 """
@@ -46,7 +46,7 @@ def step_jacobian(x, lo, hi):
 def hidden_states(x0):
     """The RNN as a triangular system, solved with Newton's method."""
     system = trisolve.BlackBoxSystem(step, T, jacobian=step_jacobian)
-    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-10, gradients=True)
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Newton(), atol=1e-10)
     return sol.trajectory, sol.num_rounds  # (T + 1, H)
 
 

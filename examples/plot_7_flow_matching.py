@@ -46,11 +46,11 @@ print(f"{sol.status.name}: {sol.num_rounds} rounds for 28 steps, {sol.num_evals 
 print(f"PSNR from the sequential samples: {psnr(out.images, seq):.1f} dB, max |diff| {np.abs(out.images - seq).max():.1e}")
 if sol.status is trisolve.Status.CONVERGED:
     print("every step's residual is within the tolerance (atol = rtol = 5e-4, scaled by the step's posterior std)")
-else:  # FINAL_ROW_CONVERGED: the output-aware finish of pixel-space pipelines (final_atol="auto")
+else:  # FINAL_ROW_CONVERGED: the output-aware finish of pixel-space pipelines (final_row_atol="auto")
     pending = f"step {sol.n} was" if sol.num_frozen == sol.n else f"steps {sol.num_frozen}..{sol.n} were"
     print(
         f"{pending} not yet final (not all within the tolerance) when the final image's pending correction fell below one 8-bit grey "
-        "level (final_atol): the solve stopped there, so the sample is close to, not equal to, the sequential one"
+        "level (final_row_atol): the solve stopped there, so the sample is close to, not equal to, the sequential one"
     )
 
 
@@ -79,7 +79,7 @@ fig.tight_layout()
 # (what the bundled pixel-space models usually end with at the default options): the
 # output-aware finish stopped once the final image's pending correction, and every unfinished
 # step's, fell below one 8-bit grey level, before the last steps met the tolerance; the
-# printed max difference is what that saved round costs. ``final_atol=None`` converges
+# printed max difference is what that saved round costs. ``final_row_atol=None`` converges
 # every step.
 #
 # Rounds and residuals

@@ -99,14 +99,14 @@ def main(out: Path) -> None:
     pipe = load_digits_pipeline("ddim")
     pipe.set_progress_bar_config(disable=True)
     o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True,
-                  window_size=20)  # the whole window, as the single-process default on a CPU  # fmt: skip
+                  window=trisolve.FullWindow())  # the same window as the single process's below (the default is timed)  # fmt: skip
     np.save(out / f"digits_rank{rank}.npy", o.images)
     g = o.solution  # the sharded g is not reachable from the output: count network rows from the solution instead
     record("digits", status=g.status.name, rounds=g.num_rounds, evals=g.num_evals)
 
-    # 3b. window_size="auto" on two ranks: each measures, both choose the same window
+    # 3b. window="auto" on two ranks: each measures, both choose the same window
     o = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np", distributed=True,
-                  window_size="auto")  # fmt: skip
+                  window="auto")  # fmt: skip
     np.save(out / f"digits_auto_rank{rank}.npy", o.images)
     record("digits_auto", windows=o.solution.windows.tolist(), status=o.solution.status.name)
 
@@ -125,7 +125,7 @@ def main(out: Path) -> None:
     sd = build_tiny_stable_diffusion()
     sd.set_progress_bar_config(disable=True)
     o = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", distributed=True,
-                  window_size=1)  # fmt: skip
+                  window=1)  # fmt: skip
     np.save(out / f"sd_cfg_rank{rank}.npy", o.images)
     record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds)
 

@@ -236,7 +236,7 @@ def test_safeguard_rejections_do_not_break_the_bound_on_adversarial_systems():
         sol = trisolve.solve(system, trisolve.Anderson(safeguard=trisolve.Safeguard(reject_growth=2.0)), x0, atol=1e-10)
         assert sol.converged and sol.num_rounds <= 30
         np.testing.assert_allclose(sol.trajectory / np.abs(ref).max(), ref / np.abs(ref).max(), atol=1e-9)
-        rejections += sol.num_rejections
+        rejections += sol.stats["num_rejections"]
     assert rejections > 0
 
 

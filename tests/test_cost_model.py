@@ -1,4 +1,4 @@
-"""The cost model and ``window_size="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
+"""The cost model and ``window="auto"`` (``trisolve_diffusion.cost_model``): properties, no timings."""
 
 from __future__ import annotations
 
@@ -100,15 +100,15 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     monkeypatch.setattr(cm, "measure_overhead", fake_overhead)
     pipe = _digits()
     kw = dict(batch_size=2, num_inference_steps=20, generator=None, output_type="np")
-    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window_size="auto")
-    full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)})
+    out = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window="auto")
+    full = td.sample(pipe, **{**kw, "generator": torch.manual_seed(0)}, window=trisolve.FullWindow())
     assert seen["max_rows"] == 20 and seen["out"].shape == (2, 2, 1, 16, 16)
     # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
     (t3, r3), (t1, r1) = seen["stand_in"]
     assert t3 > 0 and 1 <= r3 <= 3 and t1 > 0 and r1 == 1
     assert cm.last_choice.window == max({hi - lo for lo, hi in out.solution.windows}) and cm.last_choice.model.curve is curve
     widths = {hi - lo for lo, hi in out.solution.windows}
-    expected = cm.CostModel(curve, 20).best_window().window
+    expected = cm.choose_window(curve, 20).window
     if expect_full:
         assert expected == 20 and out.solution.windows == full.solution.windows
     else:
@@ -117,15 +117,53 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     np.testing.assert_allclose(out.images, full.images, atol=5e-3)  # both within tolerance of the sequential loop
 
 
+def test_forward_substitution_unless_a_window_is_clearly_faster():
+    """``min_speedup``: a parallel window only where it is predicted that many times faster than ``w = 1``."""
+    half = cm.BatchTimeCurve(rows=(1, 2, 4, 8, 16), seconds=(0.01, 0.013, 0.02, 0.035, 0.07))  # nearly saturated: a modest gain (1.07x)
+    model = cm.CostModel(half, 50)
+    free = model.best_window()  # min_speedup 1: the least predicted time
+    gain = model.wall_time(1) / free.seconds
+    assert free.window > 1 and 1.0 < gain
+    assert model.best_window(min_speedup=gain * 0.99).window == free.window
+    assert model.best_window(min_speedup=gain * 1.01).window == 1
+    assert cm.choose_window(FLAT, 50).window == 50  # a flat device: the full window wins by far (50 rounds -> 8)
+    assert cm.choose_window(LINEAR, 50).window == 1  # saturated from one row: the loop, row by row
+    # whatever the curve and overhead, the automatic choice is never predicted slower than forward substitution
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        secs = np.cumsum(rng.uniform(0.001, 0.02, 6))
+        curve = cm.BatchTimeCurve(rows=(1, 2, 4, 8, 16, 32), seconds=tuple(float(v) for v in secs))
+        m = cm.CostModel(curve, 50, overhead=float(rng.uniform(0, 0.01)), overhead_per_row=float(rng.uniform(0, 1e-3)))
+        c = m.best_window(min_speedup=cm.MIN_SPEEDUP)
+        assert c.window == 1 or m.wall_time(1) >= cm.MIN_SPEEDUP * c.seconds
+
+
+@pytest.mark.parametrize("curve, expect", [(FLAT, "full"), (LINEAR, "forward substitution")])
+def test_the_default_window_is_automatic_on_a_cpu_too(monkeypatch, curve, expect):
+    """No ``window``: the injected curve decides, on a CPU as on a GPU; a saturated one gives forward substitution."""
+    monkeypatch.setattr(cm, "measure_round_time", lambda call, max_rows, **kw: curve)
+    monkeypatch.setattr(cm, "measure_overhead", lambda run_rounds, max_rows, **kw: (0.0, 0.0))
+    pipe = _digits()
+    out = td.sample(pipe, batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np")
+    widths = {hi - lo for lo, hi in out.solution.windows}
+    assert cm.last_choice.model.curve is curve
+    if expect == "full":
+        assert cm.last_choice.window == 12 and max(widths) == 12 and out.solution.num_rounds < 12
+    else:
+        assert cm.last_choice.window == 1 and widths == {1} and out.solution.num_rounds == 12 and out.solution.converged
+    ref = pipe(batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(out.images, ref, atol=5e-3)
+
+
 def test_auto_is_refused_where_a_window_policy_is_expected():
     with pytest.raises(TypeError):
         trisolve.SlidingWindow("auto")
 
 
 def test_solve_options_accept_auto_and_a_distributed_flag_only():
-    assert td.SolveOptions(window_size="auto").window() is None  # resolved in sample_latents
+    assert td.SolveOptions(window="auto").window_policy() is None  # resolved in sample_latents
     with pytest.raises(ValueError, match="auto"):
-        td.SolveOptions(window_size="fastest")
+        td.SolveOptions(window="fastest")
     with pytest.raises(TypeError, match="distributed"):
         td.SolveOptions(distributed="yes")
 
@@ -152,7 +190,7 @@ def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
     assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
 
 
-def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkeypatch):
+def test_measure_overhead_fits_a_line_through_two_windows_and_caches(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
     calls, syncs = [], []
@@ -179,6 +217,29 @@ def test_measure_overhead_fits_a_line_through_two_window_sizes_and_caches(monkey
         return k
 
     assert cm.measure_overhead(constant, 1) == (pytest.approx(0.001), 0.0)  # one size: a constant
+
+
+@pytest.mark.parametrize("fault", [RuntimeError("CUDA out of memory (simulated)"), KeyboardInterrupt()], ids=["error", "ctrl-c"])
+def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_round(fault):
+    """The default window's timing calls the network before round 1: a fault there is a ParallelSamplingError
+    (or SamplingInterrupted) with an unstarted solution, as in a round, never a bare exception."""
+    from diffusers import DDIMScheduler
+
+    cm.clear_cache()
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(10)
+
+    def den(x, t):
+        raise fault
+
+    latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    expected = td.SamplingInterrupted if isinstance(fault, KeyboardInterrupt) else td.ParallelSamplingError
+    with pytest.raises(expected, match="the automatic window timed the network") as info:
+        td.sample_latents(den, scheduler, latents, options=td.SolveOptions(progress=False))
+    sol = info.value.solution
+    assert info.value.__cause__ is fault and sol.error is fault and sol.num_rounds == 0 and sol.num_frozen == 1
+    assert sol.status is (trisolve.Status.INTERRUPTED if isinstance(fault, KeyboardInterrupt) else trisolve.Status.FAILED)
+    assert tuple(sol.trajectory.shape) == (11, 2, 1, 4, 4) and torch.equal(sol.trajectory[0], latents)
 
 
 def test_split_batch_plan_is_data_parallel_when_a_step_saturates_a_rank():

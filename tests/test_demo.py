@@ -70,3 +70,5 @@ def test_verdict_of_a_timing_and_the_window_description():
     sliding = trisolve.solve(rnn, trisolve.Jacobi(), np.ones(2), atol=1e-9, window=trisolve.SlidingWindow(5))
     assert window_description(full) == "all 20 steps (full window, the default)"
     assert window_description(sliding, "--window") == "sliding, 5 steps (--window)"
+    loop = trisolve.solve(rnn, trisolve.Jacobi(), np.ones(2), atol=1e-9, window=trisolve.SlidingWindow(1))
+    assert window_description(loop) == "one step per round (forward substitution, the default)"

@@ -157,7 +157,7 @@ def test_sliding_window_and_other_solvers_agree():
     pipe = gmm_pipe(k=10, size=5)
     ref = pipe(num_inference_steps=25, generator=torch.manual_seed(5), output_type="np").images
     for kw in (
-        dict(window_size=6),
+        dict(window=6),
         dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep()),
         dict(solver=trisolve.Anderson(), update_map=trisolve.Unrolled(order=5)),
         dict(order=4),
@@ -189,8 +189,8 @@ def test_network_failure_raises_with_the_partial_solution():
 
     pipe.unet.forward = flaky
     try:
-        with pytest.raises(td.ParallelSamplingError, match="FAILED") as info:
-            td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(0), atol=1e-6, rtol=0)
+        with pytest.raises(td.ParallelSamplingError, match="FAILED") as info:  # the full window: no timing calls before round 1
+            td.sample(pipe, num_inference_steps=30, generator=torch.manual_seed(0), atol=1e-6, rtol=0, window=trisolve.FullWindow())
     finally:
         pipe.unet.forward = real
     sol = info.value.solution
@@ -270,7 +270,7 @@ class _RecordingBar:
     "options, status",
     [
         (dict(), trisolve.Status.CONVERGED),
-        (dict(final_atol=0.5), trisolve.Status.FINAL_ROW_CONVERGED),
+        (dict(final_row_atol=0.5), trisolve.Status.FINAL_ROW_CONVERGED),
         (dict(max_iter=3), trisolve.Status.MAX_ITER),
     ],
 )

@@ -95,7 +95,8 @@ def test_digits_sample_matches_single_process(ranks):
     out, read = ranks
     pipe = load_digits_pipeline("ddim")
     pipe.set_progress_bar_config(disable=True)
-    single = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np")
+    single = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np",
+                       window=trisolve.FullWindow())  # as the ranks' (the default window is timed)  # fmt: skip
     seq = pipe(batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np").images
     i0, i1 = np.load(out / "digits_rank0.npy"), np.load(out / "digits_rank1.npy")
     assert np.array_equal(i0, i1)
@@ -130,7 +131,7 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     def kw():
         return dict(batch_size=4, num_inference_steps=12, generator=torch.manual_seed(1), output_type="np")
 
-    single = td.sample(pipe, window_size=p0["window"], **kw())  # the same window on one process
+    single = td.sample(pipe, window=p0["window"], **kw())  # the same window on one process
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
     assert p0["rounds"] == single.solution.num_rounds
     np.testing.assert_allclose(i0, pipe(**kw()).images, rtol=0, atol=5e-3)  # and the sequential loop
@@ -153,7 +154,7 @@ def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     assert np.array_equal(i0, i1)
     sd = build_tiny_stable_diffusion()
     sd.set_progress_bar_config(disable=True)
-    single = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", window_size=1)
+    single = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", window=1)
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)
     assert read("sd_cfg", 0)["rounds"] == single.solution.num_rounds
 

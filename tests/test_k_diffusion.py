@@ -278,7 +278,7 @@ def test_failure_keeps_what_was_computed():
 
     sigmas = SCHEDULES["karras+0"]()
     with pytest.raises(td.ParallelSamplingError) as info:
-        K.sample_euler(model, torch.randn(SHAPE) * sigmas[0], sigmas, disable=True, options=TIGHT.replace(window_size=2), check_model=False)
+        K.sample_euler(model, torch.randn(SHAPE) * sigmas[0], sigmas, disable=True, options=TIGHT.replace(window=2), check_model=False)
     assert isinstance(info.value.__cause__, RuntimeError)
     partial = info.value.solution
     assert partial.num_frozen >= 2
@@ -286,7 +286,7 @@ def test_failure_keeps_what_was_computed():
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
     with pytest.raises(td.ParallelSamplingError) as info:
         calls.clear()
-        K.sample_euler(model, x, sigmas, disable=True, options=TIGHT.replace(window_size=2), check_model=False)
+        K.sample_euler(model, x, sigmas, disable=True, options=TIGHT.replace(window=2), check_model=False)
     partial = info.value.solution
     torch.testing.assert_close(partial.trajectory[0], x.double())
     resumed = K.sample_euler(base, x, sigmas, disable=True, options=TIGHT.replace(init=partial.trajectory, num_frozen=partial.num_frozen))
@@ -303,7 +303,7 @@ def test_failure_keeps_what_was_computed():
         (dict(x=np.zeros(SHAPE)), TypeError, "torch tensor"),
         (dict(model=3), TypeError, "model must be callable"),
         (dict(s_churn=-1.0), ValueError, "s_churn"),
-        (dict(options=td.SolveOptions(window_size="auto")), ValueError, "auto"),
+        (dict(options=td.SolveOptions(window="auto")), ValueError, "auto"),
         (dict(max_rows_per_call=0), ValueError, "max_rows_per_call"),
         (dict(callback=3), TypeError, "callback"),
     ],

@@ -667,11 +667,11 @@ def test_an_nn_module_F_keeps_no_autograd_graph():
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Tanh())
     system = trisolve.SemilinearSystem(np.full(20, 0.5), np.full(20, 0.5), lambda x, lo, hi: net(x))
     x0 = torch.randn(4)
-    sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, update_map=trisolve.Picard(), atol=1e-6)
+    sol = trisolve.solve(system, trisolve.TriangularAnderson(), x0, update_map=trisolve.Picard(), atol=1e-6, gradients=False)
     assert sol.converged and not sol.trajectory.requires_grad and sol.trajectory.grad_fn is None
     assert torch.is_grad_enabled()  # the caller's autograd mode is restored
-    # gradients, when asked for, come from the adjoint (trisolve.gradients), not from the rounds
-    with_grad = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-12, gradients=True)
+    # gradients (by default: the parameters require grad) come from the adjoint (trisolve.gradients), not from the rounds
+    with_grad = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-12)
     assert with_grad.converged and with_grad.trajectory.requires_grad
 
 

@@ -84,7 +84,7 @@ def test_gradients_of_an_unfinished_solve_raise_and_keep_the_solution(how):
     if how == "nonfinite":
         f = system.fn
         system = trisolve.BlackBoxSystem(lambda x, lo, hi: f(x, lo, hi) / (torch.arange(lo, hi)[:, None] != 30), system.n)
-    plain = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, **kw)
+    plain = trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, gradients=False, **kw)
     assert not plain.status.ok
     with pytest.raises(trisolve.SolveError, match=f"gradients need a converged solve, but it ended with {plain.status.name}") as info:
         trisolve.solve(system, trisolve.Jacobi(), x0, atol=1e-12, gradients=True, **kw)
@@ -107,8 +107,10 @@ def test_gradients_after_an_output_aware_finish_are_those_of_the_solution():
     from test_gradients import _loss
 
     ref = torch.autograd.grad(_loss(loop(), weights), params)
-    early = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3)
+    early = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3, gradients=False)
     assert early.status is trisolve.Status.FINAL_ROW_CONVERGED  # the finish does fire here without gradients
+    auto = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3)  # gradients=None finds them needed
+    assert auto.status is trisolve.Status.CONVERGED and auto.trajectory.requires_grad
     sol = trisolve.solve(system, trisolve.Jacobi(), params[2], atol=1e-13, final_row_atol=1e-3, gradients=True)
     assert sol.status is trisolve.Status.CONVERGED and sol.num_rounds > early.num_rounds
     got = torch.autograd.grad(_loss(sol.trajectory, weights), params)

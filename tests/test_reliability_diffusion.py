@@ -39,7 +39,7 @@ from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
 from trisolve_diffusion.schedulers import UnsupportedSchedulerError
 
 T = 1000
-TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, window=trisolve.FullWindow())  # no timing
 SHAPE = (2, 2, 4, 4)
 
 
@@ -230,7 +230,7 @@ def test_a_mask_that_is_not_a_tensor_is_named():
 
 
 # -- 5. NumPy scalars for every numeric option ---------------------------------------------------------
-OPTION_VALUES = dict(order=2, window_size=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_atol=1e-9, num_frozen=1)
+OPTION_VALUES = dict(order=2, window=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_row_atol=1e-9, num_frozen=1)
 
 
 @pytest.mark.parametrize("name", sorted(OPTION_VALUES))
@@ -248,9 +248,9 @@ def test_solve_options_take_numpy_scalars_and_store_python_numbers(name):
 def test_sample_latents_takes_numpy_scalars_with_the_same_result():
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=5))
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    opts = TIGHT.replace(max_iter=np.int64(50), window_size=np.int64(3), order=np.int64(2))
+    opts = TIGHT.replace(max_iter=np.int64(50), window=np.int64(3), order=np.int64(2))
     a, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=opts, eta=np.float32(0.5), begin_index=np.int64(0))
-    b, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=TIGHT.replace(max_iter=50, window_size=3, order=2), eta=0.5)
+    b, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=TIGHT.replace(max_iter=50, window=3, order=2), eta=0.5)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     np.testing.assert_array_equal(td.map_scheduler(sched, eta=np.float32(0.5)).noise_scale, td.map_scheduler(sched, eta=0.5).noise_scale)
     with pytest.raises(TypeError, match="eta must be a real number"):
@@ -315,7 +315,7 @@ def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
 
     cheap, costly = counting("cheap", 1), counting("costly", 200)
     assert cheap.__qualname__ == costly.__qualname__  # the name the cache used to key on
-    opts = td.SolveOptions(window_size="auto", progress=False, solver=trisolve.Jacobi())
+    opts = td.SolveOptions(window="auto", progress=False, solver=trisolve.Jacobi())
 
     def rounds_and_calls(den, name):
         calls[name] = 0

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+)
 
 import trisolve
 import trisolve_diffusion as td
@@ -117,13 +125,13 @@ def test_options_are_validated_at_construction():
         td.SolveOptions(num_frozen=3)
     with pytest.raises(TypeError, match="solver must be a trisolve solver"):
         td.SolveOptions(solver="taa")
-    with pytest.raises(ValueError, match="window_size"):
-        td.SolveOptions(window_size=0)
+    with pytest.raises(ValueError, match="window"):
+        td.SolveOptions(window=0)
     with pytest.raises(TypeError, match="progress"):
         td.SolveOptions(progress="yes")
     import numpy as np
 
-    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window_size=np.int64(4)).max_iter == 3
+    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window=np.int64(4)).max_iter == 3
     sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 4)
     with pytest.raises(ValueError, match=r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"):
         td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options=td.SolveOptions(init=torch.zeros(4, 1, 1, 2, 2)))
@@ -168,22 +176,28 @@ def test_ctrl_c_stays_a_keyboard_interrupt_with_the_partial_solution():
         return inner(x, t)
 
     with pytest.raises(KeyboardInterrupt) as info:
-        td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), options=td.SolveOptions(atol=1e-7, rtol=0.0, progress=False))
+        opts = td.SolveOptions(atol=1e-7, rtol=0.0, progress=False, window=trisolve.FullWindow())  # no timing calls first
+        td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), options=opts)
     assert isinstance(info.value, td.SamplingInterrupted) and not isinstance(info.value, Exception)
     assert info.value.solution.num_rounds == 2 and info.value.solution.status is trisolve.Status.INTERRUPTED
 
 
 def test_inpainting_blend_equals_the_blended_loop():
     """x_i <- m * step(x_{i-1}) + (1 - m) * q_i, as diffusers' 4-channel inpainting loop."""
-    for make in (lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), lambda: DPMSolverMultistepScheduler(num_train_timesteps=T)):
+    makers = (
+        lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False),
+        lambda: DPMSolverMultistepScheduler(num_train_timesteps=T),
+        lambda: EulerDiscreteScheduler(),  # solved on unit-scale rows: the known latents are rescaled too
+    )
+    for make in makers:
         sched = make_set(make, 12)
         den = gmm(sched)
-        latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(4))
+        latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(4)) * sched.init_noise_sigma
         mask = (torch.rand(2, 1, 6, 6, generator=torch.Generator().manual_seed(5)) > 0.5).float()
         known = torch.randn(12, 2, 2, 6, 6, generator=torch.Generator().manual_seed(6))
         ref_sched, x = make_set(make, 12), latents.clone()
         for i, t in enumerate(ref_sched.timesteps):
-            x = ref_sched.step(den(x, t.reshape(1).expand(2)), t, x).prev_sample
+            x = ref_sched.step(den(ref_sched.scale_model_input(x, t), t.reshape(1).expand(2)), t, x).prev_sample
             x = mask * x + (1 - mask) * known[i]
         opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
         final, sol = td.sample_latents(den, sched, latents, options=opts, mask=mask, known_latents=known)
@@ -224,3 +238,62 @@ def test_the_denoiser_reads_the_models_dtype_once_per_solve(monkeypatch):
     out = td.sample(pipe, num_inference_steps=10, generator=torch.manual_seed(0), output_type="np")
     assert out.solution.num_rounds >= 3
     assert len(reads) <= 3, reads  # the pipeline's setup and the denoiser's one read, whatever the rounds
+
+
+K_DIFFUSION = [
+    ("euler", lambda: EulerDiscreteScheduler()),  # 1000 training steps: sigma up to ~14.6
+    ("euler-ancestral", lambda: EulerAncestralDiscreteScheduler()),
+    ("lms", lambda: LMSDiscreteScheduler()),
+]
+
+
+@pytest.mark.parametrize("name,make", K_DIFFUSION, ids=[s[0] for s in K_DIFFUSION])
+def test_k_diffusion_loops_solve_unit_scale_rows_and_return_latents(name, make):
+    """The solve runs on ``row_scale * x`` (``mapping.scaled()``); trajectory, warm start, callback and blend stay in latent units."""
+    sched = make_set(make, 10)
+    den = gmm(sched)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * sched.init_noise_sigma
+    mapping = td.map_scheduler(sched)
+    assert mapping.row_scale is not None and mapping.row_scale[0] < 0.1  # the noisy end is far from unit scale
+    # the loop's own trajectory, row by row (the reference for every row, not only the last)
+    ref_sched, x, ref = make_set(make, 10), latents.clone(), [latents.clone()]
+    kw = {"generator": torch.Generator().manual_seed(7)} if name == "euler-ancestral" else {}
+    for t in ref_sched.timesteps:
+        x = ref_sched.step(den(ref_sched.scale_model_input(x, t), t.reshape(1).expand(2)), t, x, **kw).prev_sample
+        ref.append(x)
+    ref = torch.stack(ref)  # (n + 1, B, *event)
+    seen = []
+    opts = td.SolveOptions(atol=1e-6, rtol=0.0, progress=False, callback=lambda info: seen.append(info.trajectory[0].clone()))
+    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), options=opts)
+    assert sol.converged
+    torch.testing.assert_close(sol.trajectory, ref, atol=5e-4 * float(sched.init_noise_sigma), rtol=1e-4)
+    torch.testing.assert_close(final, ref[-1], atol=5e-5, rtol=0)
+    torch.testing.assert_close(seen[0], latents)  # the callback reads latents, not the solve's rows
+    # a warm start from that trajectory (latent units) with rows 0..5 kept: the same sample
+    again, sol2 = td.sample_latents(den, make_set(make, 10), latents, generator=torch.Generator().manual_seed(7),
+                                    options=opts.replace(init=sol.trajectory.clone(), num_frozen=6, callback=None))  # fmt: skip
+    torch.testing.assert_close(again, final, atol=5e-5, rtol=0)
+    torch.testing.assert_close(sol2.trajectory[:6], sol.trajectory[:6])
+
+
+def test_tolerance_on_scaled_rows_is_stated_in_latent_units():
+    """Every returned row meets ``RMS(step(x_{i-1}) - x_i) <= atol + rtol * sigma_i`` in latent units, ``step`` the real scheduler's."""
+    from trisolve_diffusion.sampler import _UnitRows
+
+    make = lambda: EulerDiscreteScheduler()  # noqa: E731
+    sched = make_set(make, 20)
+    mapping = td.map_scheduler(sched)
+    opts = td.SolveOptions(atol=2e-3, rtol=1e-3, final_row_atol=None, progress=False)
+    rows = _UnitRows(mapping, opts)  # the per-row thresholds handed to trisolve.solve, in the solve's units
+    c = mapping.row_scale
+    np.testing.assert_allclose(rows.sigma, c[1:] * (2e-3 + 1e-3 * mapping.sigma), rtol=1e-12)
+    assert rows.tolerance == {"atol": 0.0, "rtol": 1.0}
+    den = gmm(sched, seed=2)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(3)) * sched.init_noise_sigma
+    _, sol = td.sample_latents(den, sched, latents, options=opts)
+    assert sol.status is trisolve.Status.CONVERGED
+    check, X = make_set(make, 20), sol.trajectory
+    for i, t in enumerate(check.timesteps, start=1):
+        step = check.step(den(check.scale_model_input(X[i - 1], t), t.reshape(1).expand(2)), t, X[i - 1]).prev_sample
+        rms = (step - X[i]).pow(2).flatten(1).mean(1).sqrt()  # per sample
+        assert float(rms.max()) <= 2e-3 + 1e-3 * mapping.sigma[i - 1] + 1e-6, (i, rms, mapping.sigma[i - 1])

@@ -22,7 +22,7 @@ from .solvers.anderson import Anderson, TriangularAnderson
 from .solvers.base import Solver, StepContext
 from .solvers.jacobi import Jacobi
 from .solvers.safeguard import Safeguard
-from .systems import BlackBoxSystem, Evaluation, SemilinearSystem, TriangularSystem
+from .systems import BlackBoxSystem, Evaluation, RowFunction, SemilinearSystem, TriangularSystem
 from .tolerance import Tolerance
 from .windows import FullWindow, SlidingWindow, WindowPolicy, as_window
 
@@ -52,6 +52,7 @@ __all__ = [
     "SemilinearSystem",
     "TriangularSystem",
     "Evaluation",
+    "RowFunction",
     "Jacobi",
     "Anderson",
     "TriangularAnderson",

@@ -114,3 +114,12 @@ def no_grad(xp: Any) -> Any:
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def grad_probe(xp: Any) -> Any:
+    """A context that records autograd for PyTorch (the first evaluation's requires-grad check), a no-op elsewhere."""
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.enable_grad()
+    return contextlib.nullcontext()

@@ -19,10 +19,13 @@ pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
   (the one-step map needs ``n`` rounds on an integrator, the Picard map about ``n`` on a
   contractive RNN).
 
-A :class:`~trisolve.SemilinearSystem` with a band ``p > 1`` (not Markov, so not a Newton
-system) always gets the secant map. A system whose evaluations several ranks share
-(:func:`trisolve.distribute`) has no ``torch.func`` Jacobians (they cannot see through the
-collectives): PyTorch tensors then take the NumPy rules (a callable, finite differences, secant).
+A system that declares a band ``p > 1`` (:attr:`TriangularSystem.band
+<trisolve.TriangularSystem.band>`; a :class:`~trisolve.SemilinearSystem` with ``p > 1``: not
+Markov, so not a Newton system) always gets the secant map. A system whose evaluations several
+ranks share (``num_ranks > 1``, :func:`trisolve.distribute`) has no ``torch.func`` Jacobians (they
+cannot see through the collectives): PyTorch tensors then take the NumPy rules (a callable,
+finite differences, secant). Everything read here is part of the system protocol
+(:class:`~trisolve.TriangularSystem`: ``band``, ``has_jacobian``, ``num_ranks``, ``batch_ndim``).
 
 When rounds are cheap and evaluations are not (a NumPy RNN on a CPU, a contractive system
 where ``Jacobi()`` already needs few rounds), pass ``trisolve.Jacobi()``: the defaults
@@ -37,7 +40,6 @@ from typing import Any
 from .newton import Newton
 from .solvers.base import Solver
 from .solvers.jacobi import Jacobi
-from .systems import SemilinearSystem, evaluating_ranks
 
 __all__ = ["default_method", "NEWTON_MAX_D", "NEWTON_FD_MAX_D"]
 
@@ -50,11 +52,11 @@ def default_method(system: Any, x0: Any) -> tuple[Solver, Newton]:
     from array_api_compat import is_torch_array
 
     d = math.prod(tuple(x0.shape)[system.batch_ndim :])
-    if isinstance(system, SemilinearSystem) and system.p > 1:
+    band = system.band
+    if band is not None and band > 1:  # not Markov: no Newton system
         return Jacobi(), Newton(jacobian="secant")
-    has_callable = getattr(system, "jacobian", None) is not None
-    autodiff = is_torch_array(x0) and evaluating_ranks(system) == 1  # torch.func cannot see through the ranks' collectives
-    if has_callable or (autodiff and d <= NEWTON_MAX_D):
+    autodiff = is_torch_array(x0) and system.num_ranks == 1  # torch.func cannot see through the ranks' collectives
+    if system.has_jacobian or (autodiff and d <= NEWTON_MAX_D):
         return Jacobi(), Newton(jacobian="dense")
     if d <= NEWTON_FD_MAX_D:
         return Jacobi(), Newton(jacobian="dense", derivatives="finite-differences")

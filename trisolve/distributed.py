@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 
 from ._validate import check_float
-from .systems import BlackBoxSystem, SemilinearSystem
+from .systems import SplitFunction, TriangularSystem
 
 __all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
 
@@ -163,7 +163,7 @@ _FIELDS = ("rows n", "event shape and dtype", "system tables (sigma; a, B, c of 
 
 
 @dataclass(eq=False)
-class ShardedFunction:
+class ShardedFunction(SplitFunction):
     """``fn(x, lo, hi)`` or ``g(x_rows, lo, hi)`` evaluated chunk by chunk over the ranks of a group.
 
     Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
@@ -192,6 +192,11 @@ class ShardedFunction:
     collectives: int = 0
     bytes_gathered: int = 0
     _event_digest: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_ranks(self) -> int:
+        """The ranks of the group: each evaluates its chunk of every call."""
+        return self.info.world
 
     def __call__(self, x: Any, lo: int, hi: int) -> Any:
         info = self.info
@@ -358,8 +363,10 @@ def _torch_dtype(x: Any) -> torch.dtype:
 def distribute(system: Any, *, group: Any = None, timeout: float | datetime.timedelta | None = None, fingerprint: Any = None) -> Any:
     """The same system with its expensive evaluation split over the ranks of a process group.
 
-    Returns a system of the same type and tables whose batched function (``fn`` of a
-    :class:`~trisolve.BlackBoxSystem`, ``g`` of a :class:`~trisolve.SemilinearSystem`) is a
+    Returns the system's :meth:`~trisolve.TriangularSystem.with_batched_function` copy (same
+    type, tables and ``jacobian=``) whose batched function (``fn`` of a
+    :class:`~trisolve.BlackBoxSystem`, ``g`` of a :class:`~trisolve.SemilinearSystem`, the
+    whole ``evaluate`` of a protocol class that keeps the default) is a
     :class:`ShardedFunction`: on a call over rows ``[lo, hi)`` rank ``r`` evaluates
     ``row_chunks(lo, hi, P)[r]`` and an all-gather returns all ``hi - lo`` rows to every rank.
     Every rank must then run the same solve (same options, same row 0): see :func:`solve`,
@@ -375,7 +382,7 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
 
     Parameters
     ----------
-    system : BlackBoxSystem or SemilinearSystem
+    system : TriangularSystem
     group : ProcessGroup, optional
         Default: the default group of ``torch.distributed.init_process_group``.
     timeout : float (seconds) or timedelta, optional
@@ -385,7 +392,7 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
 
     Returns
     -------
-    BlackBoxSystem or SemilinearSystem
+    TriangularSystem
         Its ``fn``/``g`` is a :class:`ShardedFunction` with this rank's counts.
 
     Examples
@@ -403,26 +410,18 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
     """
     info = GroupInfo.resolve(group, timeout)
     options = _digest(fingerprint)
-    if isinstance(system, BlackBoxSystem):
-        fn = system.fn.fn if isinstance(system.fn, ShardedFunction) else system.fn
-        static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, "blackbox"), options)
-        sharded = ShardedFunction(fn, True, info, static, system.n)
-        return BlackBoxSystem(sharded, system.n, sigma=system.sigma, batch_ndim=system.batch_ndim, jacobian=system.jacobian)
-    if isinstance(system, SemilinearSystem):
-        g = system.g.fn if isinstance(system.g, ShardedFunction) else system.g
-        static = (_digest(system.n), _digest(system.sigma, system.batch_ndim, system.a, system.B, system.c, "semilinear"), options)
-        sharded = ShardedFunction(g, False, info, static, system.n)
-        return SemilinearSystem(system.a, system.B, sharded, c=system.c, sigma=system.sigma, batch_ndim=system.batch_ndim, jacobian=system.jacobian)
-    raise TypeError(
-        f"distribute() takes a trisolve.BlackBoxSystem or SemilinearSystem, got {type(system).__name__}; "
-        "wrap your batched function in a BlackBoxSystem."
-    )
+    if not isinstance(system, TriangularSystem):
+        raise TypeError(
+            f"distribute() takes a trisolve system (a subclass of trisolve.TriangularSystem), got {type(system).__name__}; "
+            "wrap your batched function in a BlackBoxSystem."
+        )
+    static = (_digest(system.n), _digest(*system.describe()), options)
 
+    def shard(fn: Any, whole: bool) -> ShardedFunction:
+        fn = fn.fn if isinstance(fn, ShardedFunction) else fn  # distributing again replaces the split
+        return ShardedFunction(fn, whole, info, static, system.n)
 
-def world_of(system: Any) -> int:
-    """The number of ranks that evaluate ``system`` (a :func:`distribute`-d one), else 1."""
-    fn = system.fn if isinstance(system, BlackBoxSystem) else system.g if isinstance(system, SemilinearSystem) else None
-    return fn.info.world if isinstance(fn, ShardedFunction) else 1
+    return system.with_batched_function(shard)
 
 
 def _options_fingerprint(solver: Any, x0: Any, kwargs: dict) -> tuple:

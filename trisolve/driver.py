@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import device, finite, is_floating, namespace, no_grad, to_host
+from ._backend import device, finite, grad_probe, is_floating, namespace, no_grad, to_host
 from ._validate import check_float, check_int
 from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
@@ -31,7 +31,7 @@ from .gradients import attach as attach_gradients
 from .maps import OneStep, UpdateMap
 from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, Status
 from .solvers.base import Solver, StepContext
-from .systems import TriangularSystem, evaluating_ranks
+from .systems import Evaluation, TriangularSystem
 from .tolerance import Tolerance
 from .windows import WindowPolicy, as_window
 
@@ -97,15 +97,15 @@ def solve(
     *,
     update_map: UpdateMap | None = None,
     window: WindowPolicy | int | None = None,
-    atol: float = 1e-6,
-    rtol: float = 0.0,
+    atol: float = Tolerance.atol,  # the defaults' one site: Tolerance
+    rtol: float = Tolerance.rtol,
     max_iter: int | None = None,
     early_stop: float | None = None,
     final_row_atol: float | None = None,
     callback: Callable[[RoundInfo], bool | None] | None = None,
     init: Any = None,
     num_frozen: int = 1,
-    gradients: bool | Adjoint = False,
+    gradients: bool | Adjoint | None = None,
     record: str = "summary",
 ) -> Solution:
     """Solve the lower-triangular system ``x_i = F_i(x_0, ..., x_{i-1})`` in parallel rounds.
@@ -129,7 +129,7 @@ def solve(
         :class:`Newton`.
     window : WindowPolicy or int, optional
         :class:`FullWindow` (default, also ``None``) or :class:`SlidingWindow`; an int ``W`` means
-        ``SlidingWindow(W)`` (the same rule as ``window_size`` in ``trisolve_diffusion``).
+        ``SlidingWindow(W)`` (the same rule as ``window`` in ``trisolve_diffusion.SolveOptions``).
         The window sets the working memory: with the full window a solve peaks at several
         times the trajectory (measured on 32-byte rows: Jacobi 8x, the default method 18x,
         ``TriangularAnderson`` 29x with ``history_size=2`` and 46x with 4, at any ``n``); an int
@@ -145,15 +145,19 @@ def solve(
     final_row_atol : float, optional
         Output-aware finish: stop once row ``n`` is in the window and its pending correction
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
-        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from is
-        ``<= final_row_atol`` for every sample (absolute, in the trajectory's units, not
-        scaled by ``sigma``), and so is every window row's (a row still far from its value
-        would move the final row in the next rounds); that round's update is still applied. Status
+        order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from,
+        divided by ``1 - rate`` (the error still pending when the iteration contracts at that
+        rate: ``rate`` is this round's correction over the previous round's, per sample, and
+        a rate ``>= 1`` or no previous round means "not yet"), is ``<= final_row_atol`` for every
+        sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
+        row's correction is too (a row still far from its value would move the final row in
+        the next rounds); that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
         until every row is converged. For images in ``[-1, 1]``, one 8-bit grey level is
         ``2 / 255 ~ 7.8e-3``. With ``gradients``, ignored after its check: the adjoint needs
-        every row at the solution, so the solve runs until every row is converged.
+        every row at the solution, so the solve runs until every row is converged (also when the
+        automatic ``gradients=None`` finds that they are needed).
     callback : callable, optional
         Called as ``callback(info: RoundInfo)`` after each round; a true return stops.
     init : array, shape ``(n + 1, *event)``, optional
@@ -162,16 +166,22 @@ def solve(
     num_frozen : int
         Rows ``0 .. num_frozen - 1`` of ``init`` are taken as final and kept (partial reuse;
         resume with ``num_frozen=solution.num_frozen``).
-    gradients : bool or Adjoint
-        PyTorch only: return a trajectory differentiable with respect to ``x0`` and every
-        tensor ``F`` captures, by the adjoint method (:class:`Adjoint`; ``True`` is
-        ``Adjoint()``), never by back-propagating through the rounds. Needs a converged solve:
-        any other status raises :class:`SolveError`, whose ``.solution`` keeps the unfinished
-        solve (its trajectory, status and records); NumPy and array-api-strict arrays raise
-        ``TypeError``. The
-        rounds themselves always run without autograd recording, so an ``nn.Module`` in ``F``
-        keeps no graph per round. Not with a system several ranks evaluate
-        (:func:`trisolve.distribute`): ``ValueError`` at the call, on every rank.
+    gradients : None, bool or Adjoint
+        Whether the trajectory is differentiable with respect to ``x0`` and every tensor ``F``
+        captures, by the adjoint method (:class:`Adjoint`; ``True`` is ``Adjoint()``), never
+        by back-propagating through the rounds. ``None`` (default, automatic): on PyTorch,
+        when grad mode is on (not under ``torch.no_grad()``) and ``x0`` requires grad or the
+        first evaluation of the first round -- computed anyway, with autograd recording -- does
+        (a captured weight, an ``nn.Module``'s parameters); never on NumPy, CuPy or
+        array-api-strict. ``False``: never. ``True`` or ``Adjoint(...)``: always (PyTorch
+        only: other arrays raise ``TypeError``). The adjoint needs a converged solve: any other
+        status raises :class:`SolveError` when gradients were asked for, whose ``.solution``
+        keeps the unfinished solve (its trajectory, status and records); in the automatic
+        mode the Solution is returned without gradients and a ``UserWarning`` says so. The
+        rounds themselves always run without autograd recording (the first evaluation's
+        graph is dropped at once), so an ``nn.Module`` in ``F`` keeps no graph per round. Not with a
+        system several ranks evaluate (:func:`trisolve.distribute`): ``True`` raises ``ValueError``
+        at the call, on every rank; the automatic mode gives none there.
     record : {"summary", "errors"}
         What the solve keeps per round. ``"summary"`` (default): the window and the largest
         scaled error, ``O(rounds)`` memory. ``"errors"``: also every window row's scaled
@@ -214,42 +224,63 @@ def solve(
     (True, True)
     """
     if not isinstance(system, TriangularSystem):
-        raise TypeError(f"system must be a BlackBoxSystem or SemilinearSystem, got {type(system).__name__}.")
+        raise TypeError(
+            f"system must be a trisolve.TriangularSystem (BlackBoxSystem, SemilinearSystem or your subclass), got {type(system).__name__}."
+        )
     # solver=None: the default method (trisolve.defaults); a given map keeps its plain Jacobi solver
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
-    adjoint = _check_gradients(gradients, x0, system)
-    if adjoint is not None and final_row_atol is not None:
-        # the adjoint needs every row at the solution, not only row n: checked, then the solve
-        # runs to the tolerance (documented under final_row_atol and gradients)
-        check_float("final_row_atol", final_row_atol, 0.0, hint="or None")
-        final_row_atol = None
+    adjoint, auto = _check_gradients(gradients, x0, system)
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
-        solution = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
-                          early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init, num_frozen=num_frozen,
-                          record=record)  # fmt: skip
-    return solution if adjoint is None else attach_gradients(solution, system, x0, adjoint)
+        solution, needs_grad = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
+                                      early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init,
+                                      num_frozen=num_frozen, record=record, gradients=adjoint is not None and not auto,
+                                      probe=adjoint is not None and auto)  # fmt: skip
+    if not needs_grad:
+        return solution
+    if auto and solution.status is not Status.CONVERGED:
+        warnings.warn(
+            f"the trajectory is not differentiable: F's values require grad (gradients=None found them), but the solve ended "
+            f"with {solution.status.name} and the adjoint exists only at the solution. Raise max_iter or pass gradients=False.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return solution
+    return attach_gradients(solution, system, x0, adjoint)
 
 
-def _check_gradients(gradients: Any, x0: Any, system: Any) -> Adjoint | None:
-    """``gradients=`` as the adjoint settings, or ``None`` when no gradients are asked for."""
-    if gradients is False or gradients is None:
-        return None
+def _check_gradients(gradients: Any, x0: Any, system: TriangularSystem) -> tuple[Adjoint | None, bool]:
+    """``gradients=`` as ``(adjoint settings or None, automatic)``: the settings when gradients may be needed.
+
+    Automatic (``None``): settings only on PyTorch with grad mode on; whether they are needed is
+    decided by ``x0.requires_grad`` and the first evaluation (:class:`_Run`).
+    """
+    if gradients is False:
+        return None, False
+    if gradients is None:
+        from array_api_compat import is_torch_array
+
+        if not is_torch_array(x0):
+            return None, False
+        import torch
+
+        # several ranks: the collectives carry no graph, and the adjoint cannot run on every rank in step
+        return (Adjoint(), True) if torch.is_grad_enabled() and system.num_ranks == 1 else (None, False)
     if gradients is True:
         gradients = Adjoint()
     if not isinstance(gradients, Adjoint):
-        raise TypeError(f"gradients must be True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
+        raise TypeError(f"gradients must be None (automatic), True, False or trisolve.Adjoint(...), got {type(gradients).__name__}.")
     check_gradients_supported(x0)
-    ranks = evaluating_ranks(system)
+    ranks = system.num_ranks
     if ranks > 1:  # refused on every rank at the call (each calls the same solve), before any collective
         raise ValueError(
             f"gradients= is not with several ranks ({ranks} share this system's evaluations): the adjoint's backward "
             "evaluations would have to run on every rank in step. Solve without gradients here, and take gradients from a "
             "single-process trisolve.solve(system, ..., gradients=True) on the undistributed system."
         )
-    return gradients
+    return gradients, False
 
 
 def _solve(
@@ -259,8 +290,8 @@ def _solve(
     *,
     update_map: UpdateMap | None = None,
     window: WindowPolicy | int | None = None,
-    atol: float = 1e-6,
-    rtol: float = 0.0,
+    atol: float,
+    rtol: float,
     max_iter: int | None = None,
     early_stop: float | None = None,
     final_row_atol: float | None = None,
@@ -268,12 +299,20 @@ def _solve(
     init: Any = None,
     num_frozen: int = 1,
     record: str = "summary",
-) -> Solution:
-    """The rounds of :func:`solve` (its arguments, already defaulted)."""
+    gradients: bool = False,
+    probe: bool = False,
+) -> tuple[Solution, bool]:
+    """The rounds of :func:`solve` (its arguments, already defaulted), and whether the result needs the adjoint.
+
+    ``gradients``: the adjoint was asked for. ``probe``: decide it from ``x0.requires_grad`` and
+    whether the first evaluation's values require grad (PyTorch, grad mode on at the call).
+    """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a trisolve solver (Jacobi(), TriangularAnderson(), ...), got {type(solver).__name__}.")
     if not isinstance(system, TriangularSystem):
-        raise TypeError(f"system must be a BlackBoxSystem or SemilinearSystem, got {type(system).__name__}.")
+        raise TypeError(
+            f"system must be a trisolve.TriangularSystem (BlackBoxSystem, SemilinearSystem or your subclass), got {type(system).__name__}."
+        )
     update_map = OneStep() if update_map is None else update_map
     if not isinstance(update_map, UpdateMap):
         raise TypeError(f"update_map must be OneStep(), Unrolled(order) or Picard(order), got {type(update_map).__name__}.")
@@ -295,6 +334,9 @@ def _solve(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
+    gradients = gradients or (probe and bool(x0.requires_grad))
+    if gradients:  # the adjoint needs every row at the solution: no output-aware finish (checked above)
+        final_row_atol = None
     run = _Run(
         system=system,
         solver=solver,
@@ -310,6 +352,7 @@ def _solve(
         final_row_atol=final_row_atol,
         callback=callback,
         record=record,
+        probe=probe and not gradients,
     )
     # anywhere in the loop -- the system, the map, the solver's step, the window policy, the
     # callback, or the driver itself -- the rows before run.lo are final and x is finite (the
@@ -320,7 +363,7 @@ def _solve(
         status, error = Status.INTERRUPTED, exc
     except Exception as exc:  # kept on the Solution, never swallowed: status FAILED + error
         status, error = Status.FAILED, exc
-    return run.solution(status, error)
+    return run.solution(status, error), gradients or run.grad_seen
 
 
 class _Run:
@@ -331,7 +374,8 @@ class _Run:
     after, so an interrupt between the two only leaves ``lo`` conservative.
     """
 
-    def __init__(self, *, system, solver, update_map, window, tol, xp, x, filled, lo, max_iter, early_stop, final_row_atol, callback, record):
+    def __init__(self, *, system, solver, update_map, window, tol, xp, x, filled, lo, max_iter, early_stop, final_row_atol, callback, record,
+                 probe=False):  # fmt: skip
         self.system, self.solver, self.update_map, self.window, self.tol = system, solver, update_map, window, tol
         self.xp, self.x, self.filled, self.lo = xp, x, filled, lo
         self.max_iter, self.early_stop, self.final_row_atol, self.callback = max_iter, early_stop, final_row_atol, callback
@@ -350,27 +394,47 @@ class _Run:
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
+        self.prev_correction = None  # the final row's pending correction per sample at the previous round (final_row_atol)
+        self.samples = math.prod(x.shape[1 : 1 + system.batch_ndim]) if system.batch_ndim else 1
+        self.probe = probe  # gradients=None: check whether the first evaluation's values require grad
+        self.grad_seen = False  # ... and they did: the solve runs to the tolerance and gets the adjoint
+
+    def _evaluate(self, lo: int, hi: int) -> Any:
+        """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
+
+        Under ``gradients=None`` the first evaluation runs with autograd recording (one cheap
+        check on a value computed anyway); its values are detached at once, so no round keeps
+        a graph. When they require grad the solve needs the adjoint: no output-aware finish.
+        """
+        if not self.probe:
+            return self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+        self.probe = False
+        with grad_probe(self.xp):
+            ev = self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+        if ev.f.requires_grad:
+            self.grad_seen, self.final_row_atol = True, None
+            ev = Evaluation(f=ev.f.detach(), num_evals=ev.num_evals)
+        return ev
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
-        try:
-            stats = self.solver.stats(self.state)
-        except Exception as exc:  # a solver's own stats failed: the trajectory is kept, the failure said
-            stats = {}
+        try:  # the solver's and the map's counters, read once at the end
+            stats = {**self.solver.stats(self.state), **self.update_map.stats(self.tables)}
+            evals = self.evals + self.update_map.num_evals(self.tables)  # + F evaluations of finite-difference Jacobians
+        except Exception as exc:  # a solver's or map's own stats failed: the trajectory is kept, the failure said
+            stats, evals = {}, self.evals
             if error is None:
                 status, error = Status.FAILED, exc
         return Solution(
             trajectory=self.x,
             status=status,
             num_rounds=self.rounds,
-            num_evals=self.evals + getattr(self.tables, "extra_evals", 0),  # + F evaluations of finite-difference Jacobians
+            num_evals=evals,
             num_frozen=self.lo,
             windows=self.records.windows(),
             round_max_errors=self.records.max_errors(),
             round_errors=self.row_errors,
             error=error,
-            num_restarts=int(stats.get("num_restarts", 0)),
-            num_rejections=int(stats.get("num_rejections", 0)),
-            num_fallback_rows=int(stats.get("num_fallback_rows", 0)),
+            stats=stats,
         )
 
     def _window(self) -> int:
@@ -402,7 +466,7 @@ class _Run:
             # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
             # that is nearly the identity has a small one-step residual at any input)
             rms = rms_d[-1:, ...] if one_step else xp.maximum(rms_d[-1:, ...], rms_r[-1:, ...])
-            parts.append(xp.reshape(xp.max(rms, axis=1) if batch_ndim else rms, (1,)))
+            parts.append(xp.reshape(rms, (-1,)))  # per sample (S,): each contracts at its own rate
         if last and self.early_stop is not None and self.prev_last is not None:
             parts.append(tol.row_errors(xw[-1:, ...] - self.prev_last, self.thr[-1:], batch_ndim=batch_ndim, xp=xp, careful=careful))
         return xp.concat(parts, axis=0)
@@ -422,7 +486,7 @@ class _Run:
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
-            ev = self.system.evaluate(x, lo, hi, self.cache, xp=xp)
+            ev = self._evaluate(lo, hi)
             with np.errstate(all="ignore"):  # non-finite residuals are detected below, not warned about
                 g, r = self.update_map.apply(self.tables, x, ev.f, lo, hi, xp=xp)  # G(x) rows, R = G - x  (w, *event)
             self.rounds += 1
@@ -452,8 +516,10 @@ class _Run:
                 # and no earlier step still has a larger pending correction (unscaled: err x thr): the
                 # next round would carry it into the final row (a stalled row stays stalled downstream)
                 rows_ok = bool(np.all(err * self.thr_host[lo - 1 : hi - 1] <= self.final_row_atol))
-                final_ok = bool(host[pos] <= self.final_row_atol) and rows_ok
-                pos += 1
+                correction = np.array(host[pos : pos + self.samples])
+                final_ok = bool(np.all(_pending_error(correction, self.prev_correction) <= self.final_row_atol)) and rows_ok
+                self.prev_correction = correction
+                pos += self.samples
             if last and self.early_stop is not None:
                 if self.prev_last is not None:
                     change = float(host[pos])
@@ -518,6 +584,21 @@ class _Run:
             if stop:
                 return Status.STOPPED_BY_CALLBACK, None
         return Status.CONVERGED, None
+
+
+def _pending_error(correction: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+    """The final row's error still pending, per sample: ``correction / (1 - rate)``, ``rate = correction / previous``.
+
+    An iteration that contracts at ``rate`` still moves the row by about ``correction (1 + rate +
+    rate^2 + ...)``; ``inf`` where it does not contract (``rate >= 1``), where a value is not
+    finite, or when there is no previous round to measure the rate on. A zero correction is 0.
+    """
+    if previous is None:
+        return np.where(correction == 0.0, 0.0, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = correction / previous
+        est = np.where(rate < 1.0, correction / (1.0 - rate), np.inf)
+    return np.where(correction == 0.0, 0.0, est)
 
 
 NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning

@@ -30,7 +30,10 @@ The map protocol (what :func:`trisolve.solve` calls):
   ``(w, *event, d)`` acting on the last event axis (see :mod:`trisolve.scan`);
 * ``apply(tables, x, f, lo, hi, *, xp)`` -- returns ``(G, R)``, both ``(w, *event)``, the
   map's values and its residual ``R = G - x``. The default runs the scan on ``J``; a map
-  only overrides ``linear_part`` (a Newton map returns ``J_i = dF_i/dx_{i-1}``).
+  only overrides ``linear_part`` (a Newton map returns ``J_i = dF_i/dx_{i-1}``);
+* ``num_evals(tables)`` -- evaluations of ``F`` the map spent itself (finite differences),
+  added to ``Solution.num_evals``; 0 by default;
+* ``stats(tables)`` -- the map's counters, merged into ``Solution.stats``; ``{}`` by default.
 
 A map never reads device values on the host and builds no tensor from host data after
 ``prepare``.
@@ -86,6 +89,14 @@ class UpdateMap:
     def prepare(self, system: Any, x: Any, *, xp: Any) -> Any:
         """Per-solve tables on ``x``'s device (built once, before the first round)."""
         return None
+
+    def num_evals(self, tables: Any) -> int:
+        """Evaluations of ``F`` the map made itself (read once, at the end; added to ``Solution.num_evals``)."""
+        return 0
+
+    def stats(self, tables: Any) -> dict[str, int]:
+        """The map's counters of a finished solve (read once, at the end; entries of ``Solution.stats``)."""
+        return {}
 
     def linear_part(self, tables: Any, x: Any, f: Any, lo: int, hi: int, *, xp: Any) -> Any:
         """``J`` for rows ``[lo, hi)``: ``None`` (zero), a number, ``(w,)``, ``(w, *event)`` or dense."""

@@ -48,7 +48,6 @@ from ._validate import check_float, check_int
 from .elk import damped_scan
 from .maps import UpdateMap
 from .scan import affine_scan, apply_linear
-from .systems import SemilinearSystem, evaluating_ranks
 
 __all__ = ["Newton", "jacobian_rows"]
 
@@ -70,11 +69,6 @@ def _take_diagonal(J: Any, xp: Any) -> Any:
     flat = xp.reshape(J, (*J.shape[:-2], d * d))
     idx = xp.asarray(np.arange(0, d * d, d + 1), device=device(J))
     return xp.take(flat, idx, axis=-1)
-
-
-def _user_jacobian(system: Any) -> Any:
-    """The system's ``jacobian=`` callable, or ``None`` (systems outside trisolve may lack the attribute)."""
-    return getattr(system, "jacobian", None)
 
 
 def _check_jacobian(name: str, out: Any, w: int, event: tuple[int, ...], batch_ndim: int, x: Any) -> bool:
@@ -160,24 +154,26 @@ def jacobian_rows(
 ) -> tuple[Any, bool]:
     """``J_i = dF_i / dx_{i-1}`` at the iterate ``x`` for the rows ``i`` in ``[lo, hi)``.
 
-    From the system's ``jacobian`` callable when it has one (see :class:`BlackBoxSystem`,
-    :class:`SemilinearSystem`), else, for PyTorch arrays, by forward-mode automatic
-    differentiation (``torch.func.jvp`` under ``vmap``): ``d`` Jacobian-vector products, each
-    with a basis vector in every row at once. A black box is handed the trajectory's rows
-    ``0 .. hi - 2`` (all that ``F_lo .. F_{hi-1}`` may read), and ``vmap`` materialises that
-    prefix once per batched column, so its columns are batched in groups that keep
-    ``columns x (hi - 1) x S x d <= 2^22``; a ``jacobian=`` callable avoids that cost. For a black box this differentiates
-    ``fn(x, lo, hi)`` with respect to the rows ``x[lo-1 : hi-1]`` moved together, which is
-    ``dF_i/dx_{i-1}`` when ``F_i`` reads no row before ``i - 1`` (a Markov system; see
-    :class:`Newton` for banded ones).
+    Everything comes from the system protocol (:class:`~trisolve.TriangularSystem`): the
+    function it differentiates is ``system.row_function(x, lo, hi)`` (a
+    :class:`~trisolve.RowFunction` of the rows ``x[lo-1 : hi-1]``), and ``J_i = a_i I + b_i
+    d(func)_i`` with ``system.chain_coefficients`` (``J_i = d(func)_i`` when ``None``). The
+    derivative of ``func`` is the user's Jacobian when ``system.has_jacobian``, else, for
+    PyTorch arrays, forward-mode automatic differentiation (``torch.func.jvp`` under ``vmap``):
+    ``d`` Jacobian-vector products, each with a basis vector in every row at once; ``vmap``
+    materialises the ``reads`` rows ``func`` reads once per batched column, so its columns are
+    batched in groups that keep ``columns x reads x S x d <= 2^22``. For a black box this
+    differentiates ``fn(x, lo, hi)`` with respect to the rows ``x[lo-1 : hi-1]`` moved
+    together, which is ``dF_i/dx_{i-1}`` when ``F_i`` reads no row before ``i - 1`` (a Markov
+    system; see :class:`Newton` for banded ones).
 
-    ``tables`` (from :meth:`Newton.prepare`) holds the device copies of a semilinear system's
-    ``a`` and ``B``; without it they are moved from the host here.
+    ``tables`` (from :meth:`Newton.prepare`) holds the device copies of the chain
+    coefficients; without it they are moved from the host here.
 
-    ``derivatives="finite-differences"`` takes forward differences of ``F`` instead, on any
-    namespace (:func:`_fd_columns`): ``d`` evaluations of ``F`` for the rows (plus one of ``g``
-    for a semilinear system), counted in ``tables.extra_evals``. ``f0``: ``F`` of the rows at
-    ``x`` when the caller has it (a black box; otherwise it is evaluated).
+    ``derivatives="finite-differences"`` takes forward differences of ``func`` instead, on any
+    namespace (:func:`_fd_columns`): ``d`` evaluations for the rows (plus one at ``x`` when
+    ``func`` is not ``F``), counted in ``tables.extra_evals``. ``f0``: ``F`` of the rows at
+    ``x`` when the caller has it (used when ``func`` is ``F``).
 
     Returns
     -------
@@ -191,41 +187,22 @@ def jacobian_rows(
     event = tuple(x.shape[1:])
     batch_ndim = system.batch_ndim
     S, d = _split_event(event, batch_ndim)
-    user = _user_jacobian(system)
-    semilinear = isinstance(system, SemilinearSystem)
+    chain = system.chain_coefficients  # None: func is F itself
     dev = device(x)
     if derivatives == "finite-differences":
-        rows = x[lo - 1 : hi - 1, ...]
-        if semilinear:
-            g = system.g
-
-            def func(r):
-                return g(r, lo - 1, hi - 1)
-
-            f0 = func(rows)
+        rf = system.row_function(x, lo, hi, xp=xp)
+        if chain is not None or f0 is None:
+            f0 = rf.func(rf.rows)
             extra = w * (d + 1)
         else:
-            fn = system.fn
-            buf = xp.asarray(x[: hi - 1, ...], copy=True)  # rows 0 .. hi-2: all that F_lo .. F_(hi-1) may read
-
-            def func(r):
-                buf[lo - 1 : hi - 1, ...] = r
-                return fn(buf, lo, hi)
-
-            if f0 is None:
-                f0 = func(rows)
-                extra = w * (d + 1)
-            else:
-                extra = w * d
-        J = _fd_columns(func, rows, f0, dense, d, S, xp)
+            extra = w * d
+        J = _fd_columns(rf.func, rf.rows, f0, dense, d, S, xp)
         got_dense = dense
         if tables is not None:
             tables.extra_evals += extra
-    elif user is not None:
-        if semilinear:
-            out = user(x[lo - 1 : hi - 1, ...], lo - 1, hi - 1)  # dg_j/dx_j, j = i - 1
-        else:
-            out = user(x, lo, hi)
+    elif system.has_jacobian:
+        rf = system.row_function(x, lo, hi, xp=xp)
+        out = rf.jacobian()
         got_dense = _check_jacobian("jacobian", out, w, event, batch_ndim, x)
         J = xp.reshape(out, (w, S, d, d) if got_dense else (w, S, d))
         if got_dense and not dense:
@@ -240,32 +217,19 @@ def jacobian_rows(
             )
         import torch
 
-        xd = x.detach()
-        # vmap materialises one trajectory per batched column: bound columns x rows read x S x d
-        rows_read = w if semilinear else hi - 1
-        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, rows_read * S * d)))
-        if semilinear:
-            g = system.g
-
-            def func(rows):
-                return g(rows, lo - 1, hi - 1)
-        else:
-            fn = system.fn
-
-            def func(rows):  # F_i for i in [lo, hi) as a function of rows lo-1 .. hi-2 moved together
-                # rows 0 .. hi-2 are all that F_lo .. F_(hi-1) may read
-                return fn(torch.cat([xd[: lo - 1], rows], dim=0), lo, hi)
-
+        rf = system.row_function(x.detach(), lo, hi, xp=xp)
+        # vmap materialises the rows func reads once per batched column: bound columns x rows read x S x d
+        chunk = max(1, min(d, _CHUNK_ENTRIES // max(1, rf.reads * S * d)))
         try:
             with torch.enable_grad():
-                J = _torch_jvp_columns(func, xd[lo - 1 : hi - 1], dense, d, S, chunk)
+                J = _torch_jvp_columns(rf.func, rf.rows, dense, d, S, chunk)
         except Exception as exc:  # torch.func cannot trace every function: say what to do instead
             raise TypeError(
                 "Newton could not differentiate the system with torch.func (it needs F written in torch operations, "
                 f"without in-place writes to its inputs or host round trips); give the system a jacobian= callable. Cause: {exc!r}"
             ) from exc
         got_dense = dense
-    if semilinear:  # J_i = a_i I + B_i dg_{i-1}
+    if chain is not None:  # J_i = a_i I + b_i d(func)_i
         if tables is None:
             tables = NewtonTables.build(system, x, xp=xp)
         a, b = tables.a[lo - 1 : hi - 1], tables.b[lo - 1 : hi - 1]
@@ -335,9 +299,10 @@ class NewtonTables:
     @classmethod
     def build(cls, system: Any, x: Any, *, xp: Any, secant: bool = False) -> NewtonTables:
         a = b = None
-        if isinstance(system, SemilinearSystem):
-            a = from_host(system.a, xp, dtype=x.dtype, device=device(x))
-            b = from_host(system.B[:, 0], xp, dtype=x.dtype, device=device(x))
+        chain = system.chain_coefficients
+        if chain is not None:
+            a = from_host(chain[0], xp, dtype=x.dtype, device=device(x))
+            b = from_host(chain[1], xp, dtype=x.dtype, device=device(x))
         return cls(system, a, b, SecantState() if secant else None)
 
 
@@ -452,9 +417,10 @@ class Newton(UpdateMap):
         return self.damping > 0
 
     def check(self, system: Any) -> None:
-        if self.jacobian != "secant" and isinstance(system, SemilinearSystem) and system.p > 1:
+        band = system.band
+        if self.jacobian != "secant" and band is not None and band > 1:
             raise ValueError(
-                f"Newton needs a Markov system (F_i reads x_(i-1) only); this SemilinearSystem has a band p = {system.p}. "
+                f"Newton needs a Markov system (F_i reads x_(i-1) only); this {type(system).__name__} has a band p = {band}. "
                 "Rewrite it on the augmented state (x_i, ..., x_(i-p+1)), or use Newton('secant'), Unrolled() or Picard()."
             )
 
@@ -462,21 +428,29 @@ class Newton(UpdateMap):
         """Device tables; raises ``TypeError`` here (before any round) when no Jacobian can be had."""
         from array_api_compat import is_torch_namespace
 
-        if self.jacobian != "secant" and self.derivatives == "auto" and _user_jacobian(system) is None and not is_torch_namespace(xp):
+        if self.jacobian != "secant" and self.derivatives == "auto" and not system.has_jacobian and not is_torch_namespace(xp):
             raise TypeError(
                 f"Newton(jacobian={self.jacobian!r}) needs the Jacobians dF_i/dx_(i-1): give the {type(system).__name__} a jacobian= "
                 "callable (NumPy and array-api-strict arrays have no automatic differentiation), use PyTorch tensors, "
                 "pass derivatives='finite-differences' (d more evaluations of F per row and round), "
                 "or use Newton('secant'), which estimates them from the iterates."
             )
-        if self.jacobian != "secant" and self.derivatives == "auto" and _user_jacobian(system) is None and evaluating_ranks(system) > 1:
+        if self.jacobian != "secant" and self.derivatives == "auto" and not system.has_jacobian and system.num_ranks > 1:
             raise ValueError(
                 f"Newton(jacobian={self.jacobian!r}) differentiates F with torch.func, which is not with several ranks "
-                f"({evaluating_ranks(system)} share this system's evaluations; torch.func cannot differentiate through the "
+                f"({system.num_ranks} share this system's evaluations; torch.func cannot differentiate through the "
                 "collectives). Give the system a jacobian= callable, pass derivatives='finite-differences', use "
                 "Newton('secant'), or pass solver=None for a default that runs on several ranks."
             )
         return NewtonTables.build(system, x, xp=xp, secant=self.jacobian == "secant")
+
+    def num_evals(self, tables: NewtonTables) -> int:
+        """Evaluations of ``F`` (or ``g``) spent on finite-difference Jacobians."""
+        return tables.extra_evals
+
+    def stats(self, tables: NewtonTables) -> dict[str, int]:
+        """``num_jacobian_evals``: the evaluations of :meth:`num_evals`, on their own."""
+        return {"num_jacobian_evals": tables.extra_evals}
 
     def rows_per_chunk(self, S: int, d: int) -> int:
         """Rows whose Jacobians are computed and scanned at once."""

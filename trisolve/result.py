@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+import types
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
@@ -208,8 +210,16 @@ class Solution:
         The exception that ended the solve (``FAILED``: raised by the system, the update map,
         the solver, the window policy or the callback; ``INTERRUPTED``), or a
         ``FloatingPointError`` naming the row for ``NONFINITE``.
-    num_restarts, num_rejections, num_fallback_rows : int
-        Safeguard activity of accelerated solvers (zero for Jacobi).
+    stats : Mapping[str, int]
+        Counters of the solve, read-only (optimistix's ``Solution.stats``): ``num_rounds`` and
+        ``num_evals`` (as above), then every counter the solver reports (:meth:`Solver.stats
+        <trisolve.Solver.stats>`: ``num_restarts``, ``num_rejections``, ``num_fallback_rows``
+        for Anderson and TriangularAnderson) and every counter the update map reports
+        (:meth:`UpdateMap.stats <trisolve.UpdateMap.stats>`: ``num_jacobian_evals`` for a
+        finite-difference :class:`~trisolve.Newton`).
+
+    ``num_restarts``, ``num_rejections`` and ``num_fallback_rows`` are deprecated attributes
+    (read ``solution.stats[...]``); they warn and return the entry, or 0.
     """
 
     trajectory: Any
@@ -221,9 +231,30 @@ class Solution:
     round_max_errors: np.ndarray = field(repr=False)
     round_errors: list[np.ndarray] | None = field(default=None, repr=False)
     error: BaseException | None = None
-    num_restarts: int = 0
-    num_rejections: int = 0
-    num_fallback_rows: int = 0
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        counters = {**self.stats, "num_rounds": self.num_rounds, "num_evals": self.num_evals}
+        object.__setattr__(self, "stats", types.MappingProxyType(counters))
+
+    def _deprecated_counter(self, name: str) -> int:
+        warnings.warn(f"Solution.{name} is deprecated; read solution.stats.get({name!r}, 0).", DeprecationWarning, stacklevel=3)
+        return int(self.stats.get(name, 0))
+
+    @property
+    def num_restarts(self) -> int:
+        """Deprecated: ``stats.get("num_restarts", 0)``."""
+        return self._deprecated_counter("num_restarts")
+
+    @property
+    def num_rejections(self) -> int:
+        """Deprecated: ``stats.get("num_rejections", 0)``."""
+        return self._deprecated_counter("num_rejections")
+
+    @property
+    def num_fallback_rows(self) -> int:
+        """Deprecated: ``stats.get("num_fallback_rows", 0)``."""
+        return self._deprecated_counter("num_fallback_rows")
 
     def __repr__(self) -> str:
         """Short: status, rounds, evaluations and the trajectory's shape (``print(solution)`` stays one line)."""
@@ -233,7 +264,8 @@ class Solution:
 
     @property
     def converged(self) -> bool:
-        return self.status is Status.CONVERGED
+        """``status.ok``: whether the requested output is final to its tolerance."""
+        return self.status.ok
 
     @property
     def n(self) -> int:

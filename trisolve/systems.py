@@ -21,10 +21,10 @@ Two kinds of system:
 
 from __future__ import annotations
 
-import sys
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +37,7 @@ __all__ = [
     "BlackBoxSystem",
     "SemilinearSystem",
     "Evaluation",
-    "evaluating_ranks",
+    "RowFunction",
 ]
 
 
@@ -57,54 +57,219 @@ class Evaluation:
     num_evals: int
 
 
-@runtime_checkable
-class TriangularSystem(Protocol):
-    """What :func:`trisolve.solve` needs from a system.
+@dataclass(frozen=True)
+class RowFunction:
+    """What a Newton map, the default method and the adjoint differentiate for the rows ``[lo, hi)``.
 
-    * ``n`` rows to solve; ``batch_ndim`` leading event axes that index independent samples;
-    * ``sigma``: per-row scales of the tolerance, host float64 ``(n,)``;
+    ``J_i = dF_i/dx_{i-1} = a_i I + b_i d(func)_i/d(rows)_i`` with ``(a, b)`` the system's
+    :attr:`TriangularSystem.chain_coefficients`, or ``J_i = d(func)_i/d(rows)_i`` when those
+    are ``None`` (then ``func(rows)`` is ``F_i`` itself).
+
+    Attributes
+    ----------
+    func : callable ``func(rows) -> array (hi - lo, *event)``
+        Row-wise: output row ``t`` depends on input row ``t`` only (the other rows of the
+        trajectory held at the iterate); written in the trajectory's array operations, so
+        ``torch.func`` can differentiate it for PyTorch tensors.
+    rows : array, shape ``(hi - lo, *event)``
+        Where to differentiate: the rows ``x[lo - 1 : hi - 1]``.
+    jacobian : callable ``jacobian() -> array`` or None
+        The Jacobian of ``func`` at ``rows`` from the user, dense ``(hi - lo, *batch, d, d)`` or
+        diagonal ``(hi - lo, *event)``; ``None``: none given (automatic or finite differences).
+    reads : int
+        Rows of the trajectory one call of ``func`` materialises (bounds the batched columns
+        of the automatic Jacobian).
+    """
+
+    func: Callable[[Any], Any]
+    rows: Any
+    jacobian: Callable[[], Any] | None = None
+    reads: int = 0
+
+
+class TriangularSystem(abc.ABC):
+    """What :func:`trisolve.solve` and everything it calls need from a system: subclass it.
+
+    The minimum a subclass provides is ``n`` (rows to solve, an attribute or property) and
+    :meth:`evaluate`; every other member has a default that describes a black box (no linear
+    part, no band declared, no user Jacobian, ones for ``sigma``). :class:`BlackBoxSystem`
+    and :class:`SemilinearSystem` are subclasses that override the defaults they know better.
+
+    * ``n`` rows; ``batch_ndim`` leading event axes that index independent samples (0);
+    * ``sigma``: per-row scales of the tolerance, host float64 ``(n,)`` (ones);
     * ``linear_coefficients``: host float64 ``(n,)`` with ``a_i``, the part of ``F_i`` that is
-      ``a_i x_{i-1}`` (what :class:`~trisolve.Unrolled` unrolls), or ``None`` when the system
-      exposes no linear part (black boxes);
+      ``a_i x_{i-1}`` (what :class:`~trisolve.Unrolled` unrolls), or ``None`` (default);
     * ``linear_rows``: host bool ``(n + 1,)``, rows that read no expensive term, so
-      ``linear_step`` gives them exactly once the row before is final;
+      ``linear_step`` gives them exactly once the row before is final (none);
     * ``new_cache(x, *, xp)``: the per-solve value ``evaluate`` and ``linear_step`` use (device
-      tables built once, kept ``g`` values); it also checks the system against the trajectory
-      buffer ``x`` ``(n + 1, *event)`` and raises ``ValueError`` on a mismatch;
-    * ``evaluate(x, lo, hi, cache, *, xp)``: one batched evaluation of rows ``[lo, hi)``.
+      tables built once, kept values); it also checks the system against the trajectory
+      buffer ``x`` ``(n + 1, *event)`` and raises ``ValueError`` on a mismatch (``None``);
+    * ``evaluate(x, lo, hi, cache, *, xp)``: one batched evaluation of rows ``[lo, hi)``
+      (abstract);
+    * ``band``: how many earlier rows ``F_i`` reads, ``1`` for a Markov system, or ``None``
+      when not declared (default; Newton then treats ``F_i`` as a function of ``x_{i-1}``
+      with the earlier rows held, as for a black box);
+    * ``has_jacobian``: whether :meth:`row_function` comes with a user Jacobian (``False``);
+    * ``num_ranks``: how many ranks share the evaluations (1; more after
+      :func:`trisolve.distribute`, whose copy says so);
+    * ``chain_coefficients``: host float64 ``(a, b)``, each ``(n,)``, when the Jacobian is
+      ``J_i = a_i I + b_i d(func)_i`` of :meth:`row_function` (``None``);
+    * ``row_function(x, lo, hi, *, xp)``: the :class:`RowFunction` that Newton, the default
+      method and the adjoint differentiate (default: :meth:`evaluate` with the rows
+      ``x[lo - 1 : hi - 1]`` moved together);
+    * ``with_batched_function(wrap)``: the same system with its expensive batched function
+      ``f`` replaced by ``wrap(f, whole)`` (what :func:`trisolve.distribute` needs);
+    * ``describe()``: host values that define the system besides its functions (ranks of a
+      distributed solve check that theirs are equal).
 
     Neither ``evaluate`` nor ``linear_step`` reads device values on the host or builds device
     arrays from host data (that happens once, in ``new_cache``).
+
+    Examples
+    --------
+    A protocol class with the minimum, ``x_i = 0.5 x_{i-1} + 1``:
+
+    >>> import numpy as np, trisolve
+    >>> class Halving(trisolve.TriangularSystem):
+    ...     n = 4
+    ...     def evaluate(self, x, lo, hi, cache, *, xp):
+    ...         return trisolve.Evaluation(f=0.5 * x[lo - 1 : hi - 1] + 1.0, num_evals=hi - lo)
+    >>> trisolve.solve(Halving(), None, np.zeros(())).trajectory.tolist()
+    [0.0, 1.0, 1.5, 1.75, 1.875]
     """
 
     n: int
-    batch_ndim: int
+    batch_ndim: int = 0
 
     @property
-    def sigma(self) -> np.ndarray: ...
+    def sigma(self) -> np.ndarray:
+        """Per-row tolerance scales ``(n,)``: ones."""
+        return np.ones(self.n)
 
     @property
-    def linear_coefficients(self) -> np.ndarray | None: ...
+    def linear_coefficients(self) -> np.ndarray | None:
+        """``a`` ``(n,)`` of the linear part ``a_i x_{i-1}``; ``None``: none exposed."""
+        return None
 
     @property
-    def linear_rows(self) -> np.ndarray: ...
+    def linear_rows(self) -> np.ndarray:
+        """``(n + 1,)`` bool: rows computable from the previous row alone (none)."""
+        return np.zeros(self.n + 1, dtype=bool)
 
-    def new_cache(self, x: Any, *, xp: Any) -> Any: ...
+    @property
+    def band(self) -> int | None:
+        """Earlier rows ``F_i`` reads (1: Markov); ``None``: not declared."""
+        return None
 
-    def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any: ...
+    @property
+    def has_jacobian(self) -> bool:
+        """Whether :meth:`row_function` carries a user Jacobian."""
+        return False
 
-    def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation: ...
+    @property
+    def num_ranks(self) -> int:
+        """How many ranks share the evaluations (:func:`trisolve.distribute`): 1."""
+        return 1
+
+    @property
+    def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(a, b)`` host ``(n,)`` each when ``J_i = a_i I + b_i d(func)_i``; ``None``: ``J_i = d(func)_i``."""
+        return None
+
+    def new_cache(self, x: Any, *, xp: Any) -> Any:
+        """The per-solve value :meth:`evaluate` receives: ``None``."""
+        return None
+
+    def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any:
+        """Row ``i`` from row ``i - 1`` alone, for a row of :attr:`linear_rows` (none by default)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no linear rows")
+
+    @abc.abstractmethod
+    def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
+        """One batched evaluation of ``F_i(x)`` for the rows ``[lo, hi)`` (rows ``< lo`` are final)."""
+
+    def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
+        """``F_i`` for ``i`` in ``[lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]`` moved together.
+
+        The default evaluates the whole trajectory with those rows replaced (a fresh
+        :meth:`new_cache` per call); subclasses that know a cheaper function override it.
+        """
+        head, tail = x[: lo - 1, ...], x[hi - 1 :, ...]
+
+        def func(rows: Any) -> Any:
+            buf = xp.concat([head, rows, tail], axis=0)
+            return self.evaluate(buf, lo, hi, self.new_cache(buf, xp=xp), xp=xp).f
+
+        return RowFunction(func, x[lo - 1 : hi - 1, ...], reads=self.n + 1)
+
+    def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> TriangularSystem:
+        """The same system with its expensive batched function ``f`` replaced by ``wrap(f, whole)``.
+
+        ``whole`` is ``True`` when ``f(x, lo, hi)`` receives the whole trajectory and returns
+        ``F`` for rows ``[lo, hi)``, ``False`` when ``f(x_rows, lo, hi)`` receives only those
+        rows. The default wraps :meth:`evaluate` as a black box ``(x, lo, hi) -> F`` and keeps
+        every other member of this system.
+        """
+        return _Rebatched(self, wrap(self._evaluate_rows, True))
+
+    def _evaluate_rows(self, x: Any, lo: int, hi: int) -> Any:
+        from ._backend import namespace
+
+        xp = namespace(x)
+        return self.evaluate(x, lo, hi, self.new_cache(x, xp=xp), xp=xp).f
+
+    def describe(self) -> tuple:
+        """Host values that define the system besides its functions: type, ``n``, ``batch_ndim``, ``sigma``, linear part."""
+        return (type(self).__qualname__, self.n, self.batch_ndim, self.sigma, self.linear_coefficients)
 
 
-def evaluating_ranks(system: Any) -> int:
-    """How many ranks share the evaluations of ``system`` (:func:`trisolve.distribute`); 1 for a plain system.
+class _Rebatched(TriangularSystem):
+    """A system whose :meth:`evaluate` is a given batched function; every other member is ``base``'s."""
 
-    Every rank calls the same solve, so a combination that cannot run on several ranks is
-    refused by this test on every rank, before any collective.
-    """
-    distributed = sys.modules.get(__name__.rpartition(".")[0] + ".distributed")
-    # never imported: no system is distributed (and torch stays unimported)
-    return 1 if distributed is None else distributed.world_of(system)
+    def __init__(self, base: TriangularSystem, fn: Callable[..., Any]):
+        self.base, self.fn = base, fn
+        self.n, self.batch_ndim = base.n, base.batch_ndim
+
+    sigma = property(lambda self: self.base.sigma)
+    linear_coefficients = property(lambda self: self.base.linear_coefficients)
+    linear_rows = property(lambda self: self.base.linear_rows)
+    band = property(lambda self: self.base.band)
+    has_jacobian = property(lambda self: self.base.has_jacobian)
+    num_ranks = property(lambda self: _ranks_of(self.fn))
+    chain_coefficients = property(lambda self: self.base.chain_coefficients)
+
+    def new_cache(self, x: Any, *, xp: Any) -> Any:
+        return self.base.new_cache(x, xp=xp)
+
+    def linear_step(self, x: Any, i: int, cache: Any, *, xp: Any) -> Any:
+        return self.base.linear_step(x, i, cache, xp=xp)
+
+    def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
+        f = self.fn(x, lo, hi)
+        _check_rows("the batched function", f, lo, hi, x)
+        return Evaluation(f=f, num_evals=hi - lo)
+
+    def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
+        return self.base.row_function(x, lo, hi, xp=xp)
+
+    def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> TriangularSystem:
+        return self.base.with_batched_function(wrap)
+
+    def describe(self) -> tuple:
+        return self.base.describe()
+
+
+class SplitFunction:
+    """Base of a batched function whose rows several ranks evaluate (:class:`trisolve.distributed.ShardedFunction`)."""
+
+    @property
+    def num_ranks(self) -> int:
+        return 1
+
+
+def _ranks_of(fn: Any) -> int:
+    """Ranks that share the calls of a system's batched function ``fn`` (1 unless it is split)."""
+    return fn.num_ranks if isinstance(fn, SplitFunction) else 1
 
 
 def _check_jacobian_callable(jacobian: Any, how: str) -> None:
@@ -149,7 +314,7 @@ def _check_rows(name: str, out: Any, lo: int, hi: int, x: Any) -> None:
 
 
 @dataclass(frozen=True, eq=False)
-class BlackBoxSystem:
+class BlackBoxSystem(TriangularSystem):
     """A lower-triangular system given by a batched function.
 
     Parameters
@@ -231,6 +396,29 @@ class BlackBoxSystem:
             f = xp.asarray(f, copy=True)
         return Evaluation(f=f, num_evals=hi - lo)
 
+    @property
+    def has_jacobian(self) -> bool:
+        return self.jacobian is not None
+
+    @property
+    def num_ranks(self) -> int:
+        return _ranks_of(self.fn)
+
+    def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
+        """``fn(x, lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]``, with the rows before them held.
+
+        ``fn`` is handed rows ``0`` to ``hi - 2``: all that ``F_lo`` to ``F_(hi-1)`` may read.
+        """
+        head, fn, jac = x[: lo - 1, ...], self.fn, self.jacobian
+
+        def func(rows: Any) -> Any:
+            return fn(xp.concat([head, rows], axis=0), lo, hi)
+
+        return RowFunction(func, x[lo - 1 : hi - 1, ...], None if jac is None else (lambda: jac(x, lo, hi)), reads=hi - 1)
+
+    def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> BlackBoxSystem:
+        return BlackBoxSystem(wrap(self.fn, True), self.n, sigma=self.sigma, batch_ndim=self.batch_ndim, jacobian=self.jacobian)
+
 
 @dataclass
 class _SemilinearCache:
@@ -248,7 +436,7 @@ class _SemilinearCache:
 
 
 @dataclass(frozen=True, eq=False)
-class SemilinearSystem:
+class SemilinearSystem(TriangularSystem):
     """``x_i = a_i x_{i-1} + sum_{q<p} B[i-1, q] g_{i-1-q}(x_{i-1-q}) + c_i``.
 
     Parameters
@@ -359,6 +547,41 @@ class SemilinearSystem:
     @property
     def sigma(self) -> np.ndarray:
         return self.sigma_
+
+    @property
+    def band(self) -> int:  # type: ignore[override]
+        """``p``: a row reads ``g`` of the ``p`` rows before it."""
+        return self.p
+
+    @property
+    def has_jacobian(self) -> bool:
+        return self.jacobian is not None
+
+    @property
+    def num_ranks(self) -> int:
+        return _ranks_of(self.g)
+
+    @property
+    def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, B[:, 0])``: ``J_i = a_i I + B[i - 1, 0] dg_{i-1}/dx_{i-1}`` (a Markov system, ``p = 1``)."""
+        return self.a, self.B[:, 0]
+
+    def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
+        """``g`` of the rows ``x[lo - 1 : hi - 1]`` (:attr:`chain_coefficients` give ``J``)."""
+        g, jac, rows = self.g, self.jacobian, x[lo - 1 : hi - 1, ...]
+
+        def func(r: Any) -> Any:
+            return g(r, lo - 1, hi - 1)
+
+        return RowFunction(func, rows, None if jac is None else (lambda: jac(rows, lo - 1, hi - 1)), reads=hi - lo)
+
+    def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> SemilinearSystem:
+        return SemilinearSystem(
+            self.a, self.B, wrap(self.g, False), c=self.c, sigma=self.sigma, batch_ndim=self.batch_ndim, jacobian=self.jacobian
+        )
+
+    def describe(self) -> tuple:
+        return (*super().describe(), self.B, self.c)
 
     @property
     def linear_coefficients(self) -> np.ndarray:

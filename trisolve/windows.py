@@ -60,7 +60,7 @@ class SlidingWindow(WindowPolicy):
 def as_window(window: Any) -> WindowPolicy:
     """The window policy meant by ``window``: ``None`` -> :class:`FullWindow`, an int ``W`` ->
     ``SlidingWindow(W)``, a :class:`WindowPolicy` as it is. The one rule for ``solve(window=)``
-    and ``trisolve_diffusion``'s ``window_size``.
+    and ``trisolve_diffusion``'s ``window``.
 
     >>> as_window(None), as_window(8)
     (FullWindow(), SlidingWindow(size=8))

@@ -14,6 +14,7 @@ names and signatures).
 """
 
 from . import _quiet  # noqa: F401  (before diffusers is imported)
+from .cost_model import AutoWindow
 from .network import GuidedDenoiser, UNetDenoiser, classifier_free_guidance
 from .pipelines import (
     ParallelCogVideoXOutput,
@@ -41,6 +42,7 @@ __all__ = [
     "sample",
     "sample_latents",
     "SolveOptions",
+    "AutoWindow",
     "classifier_free_guidance",
     "UNetDenoiser",
     "GuidedDenoiser",

@@ -35,7 +35,19 @@ the batch the device is saturated and ``t`` is extended linearly. ``o(r)`` is me
 (:func:`measure_overhead`) by running the solver itself for a few rounds with the network
 replaced by a free stand-in, at two window sizes, and cached the same way. The automatic window
 (:func:`choose_window`) is the ``w`` with the least predicted ``wall(w)``; the full window
-is kept when it is within 5 % of that (fewer rounds, less exposed to the rounds model).
+is kept when it is within 5 % of that (fewer rounds, less exposed to the rounds model), and
+forward substitution (``w = 1``) unless the chosen window is predicted at least
+:data:`MIN_SPEEDUP` (1.25) times faster than it: a parallel window is taken only where it
+clearly pays, so the default never falls far below the loop (a network already saturated
+at one row, a large batch on a CPU).
+
+First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows,
+stopping at the whole window or once the time has doubled with the rows twice (a CPU at batch
+1 is saturated from the start: 12 timed calls on 1, 2 and 4 rows, about ``28 t(1)``, half a
+50-step loop); the overhead takes 32 stand-in rounds without the network. Both are cached per
+network, latent shape, dtype and device (the overhead also per solver, map and scheduler), so
+later calls only evaluate the model (``benchmarks/default_speed.py`` records the first call's
+extra time).
 
 Examples
 --------
@@ -68,9 +80,12 @@ __all__ = [
     "measure_round_time",
     "measure_overhead",
     "choose_window",
+    "MIN_SPEEDUP",
     "auto_window",
     "network_of",
     "clear_cache",
+    "AutoWindow",
+    "default_auto_window",
 ]
 
 
@@ -250,14 +265,24 @@ class CostModel:
         """The sequential loop on one device: ``T`` calls of one row."""
         return self.steps * (self.curve(1))
 
-    def best_window(self, candidates: Sequence[int] | None = None, *, keep_full_within: float = 0.05) -> WindowChoice:
-        """The window with the least predicted wall time (the full window if within ``keep_full_within`` of it)."""
-        cands = sorted({min(int(w), self.steps) for w in (candidates or range(1, self.steps + 1))})
+    def best_window(
+        self, candidates: Sequence[int] | None = None, *, keep_full_within: float = 0.05, min_speedup: float = 1.0
+    ) -> WindowChoice:
+        """The window with the least predicted wall time (the full window if within ``keep_full_within`` of it).
+
+        ``min_speedup``: a parallel window (``w > 1``) is taken only when it is predicted at least
+        this many times faster than forward substitution (``w = 1``: ``T`` rounds of one row);
+        otherwise the choice is ``w = 1``. A margin for the model's errors: where parallel rounds
+        would win little, running the loop row by row cannot lose much.
+        """
+        cands = sorted({min(int(w), self.steps) for w in (candidates or range(1, self.steps + 1))} | {1})
         table = tuple((w, self.rounds(w), self.wall_time(w)) for w in cands)
         best = min(table, key=lambda row: (row[2], -row[0]))
         full = table[-1]
         if full[0] == self.steps and full[2] <= (1 + keep_full_within) * best[2]:
             best = full
+        if best[0] > 1 and table[0][2] < min_speedup * best[2]:  # table[0] is w = 1
+            best = table[0]
         return WindowChoice(best[0], best[2], best[1], table, model=self)
 
 
@@ -271,8 +296,23 @@ _CACHE: dict[int, tuple[weakref.ref, dict]] = {}  # id(model) -> (weak ref to it
 _CACHE_NO_MODEL: dict = {}
 
 
+def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
+    """Where curves for ``model`` are cached: ``cache`` (a policy's, by the model's identity) when given, else :func:`_store`."""
+    if cache is None or key is None:
+        return _store(model, key)
+    if model is None:
+        return cache.setdefault(None, {})
+    entry = cache.get(id(model))
+    if entry is None or entry[0]() is not model:  # a new model, or another one at a dead model's address
+        try:
+            entry = cache[id(model)] = (weakref.ref(model), {})
+        except TypeError:  # cannot be referenced weakly: not cached
+            return None
+    return entry[1]
+
+
 def clear_cache() -> None:
-    """Forget every measured curve (the next ``"auto"`` window measures again)."""
+    """Forget every measured curve of this module, which ``window="auto"`` uses (the next ``"auto"`` window measures again)."""
     _CACHE.clear()
     _CACHE_NO_MODEL.clear()
 
@@ -307,6 +347,7 @@ def measure_round_time(
     repeats: int = 3,
     key: Any = None,
     model: Any = None,
+    cache: dict | None = None,
 ) -> BatchTimeCurve:
     """Measure ``t(r)``: the time of ``call(r)`` (one network call on ``r`` rows) for ``r = 1, 2, 4, ...``.
 
@@ -315,7 +356,8 @@ def measure_round_time(
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
     then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
-    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it.
+    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it. In ``cache`` (a dict, e.g. an
+    :class:`AutoWindow`'s) instead when given.
 
     Examples
     --------
@@ -326,7 +368,7 @@ def measure_round_time(
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
-    store = _store(model, key)
+    store = _store_in(model, key, cache)
     if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
@@ -371,6 +413,7 @@ def measure_overhead(
     sync: Callable[[], None] | None = None,
     key: Any = None,
     model: Any = None,
+    cache: dict | None = None,
 ) -> tuple[float, float]:
     """Measure ``o(r) = overhead + overhead_per_row * r``: a round's time outside the network.
 
@@ -391,7 +434,7 @@ def measure_overhead(
     >>> 0.0015 < a < 0.005, 0.0 <= b < 0.0002
     (True, True)
     """
-    store = _store(model, key)
+    store = _store_in(model, key, cache)
     if store is not None and ("overhead", key, max_rows) in store:
         return store["overhead", key, max_rows]
     sync = sync or (lambda: None)
@@ -416,9 +459,16 @@ def measure_overhead(
     return result
 
 
-def choose_window(curve: BatchTimeCurve, steps: int, **model: Any) -> WindowChoice:
-    """``CostModel(curve, steps, **model).best_window()``: the automatic window."""
-    return CostModel(curve, steps, **model).best_window()
+#: The automatic window leaves forward substitution only for a window predicted at least this many
+#: times faster (:meth:`CostModel.best_window`'s ``min_speedup``): the model's rounds are a prior
+#: (median rounds; single runs take up to twice as many) and its times are measured on a busy
+#: machine, so a predicted gain below this is not worth the risk of losing to the loop.
+MIN_SPEEDUP = 1.25
+
+
+def choose_window(curve: BatchTimeCurve, steps: int, *, min_speedup: float = MIN_SPEEDUP, **model: Any) -> WindowChoice:
+    """``CostModel(curve, steps, **model).best_window(min_speedup=min_speedup)``: the automatic window."""
+    return CostModel(curve, steps, **model).best_window(min_speedup=min_speedup)
 
 
 def auto_window(
@@ -433,6 +483,7 @@ def auto_window(
     group: Any = None,
     run_rounds: Callable[[int, int], int] | None = None,
     method: Any = None,
+    policy: AutoWindow | None = None,
     split_inputs: int = 0,
     evaluate_share: Callable[[int], Any] | None = None,
 ) -> WindowChoice:
@@ -463,6 +514,9 @@ def auto_window(
         (:func:`measure_overhead`); ``None``: no overhead term.
     method : hashable, optional
         What else the overhead depends on (the solver and map): part of its cache key.
+    policy : AutoWindow, optional
+        Whose cache the measurements go to and whose ``last_choice`` the result becomes
+        (also this module's :data:`last_choice`); ``None``: the module's cache.
     split_inputs : int
         ``S G``: the ranks split the network batch itself, ``S G`` inputs per row
         (:class:`CostModel`); 0: they split trajectory rows.
@@ -481,26 +535,88 @@ def auto_window(
         info = GroupInfo.resolve(None if group is True else group)
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
+    cache = None if policy is None or policy is _default_policy() else policy.cache  # "auto": this module's cache
     curve, overhead = None, (0.0, 0.0)
     if info is None or info.rank == 0:
-        curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows))
+        curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
         share = math.ceil(split_inputs / devices) if split_inputs else 0
         if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
             evaluate_share(share)  # warm-up
             sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
             curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
         if run_rounds is not None:
-            overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method))
+            overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
     if info is not None and devices > 1:
         curve, overhead = _from_rank0(info, curve, overhead)
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
     global last_choice
-    last_choice = CostModel(
+    last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
         split_inputs=split_inputs if devices > 1 else 0,
-    ).best_window()  # fmt: skip
+    )  # fmt: skip
+    if policy is not None:
+        policy.last_choice = last_choice
     return last_choice
+
+
+class AutoWindow:
+    """The automatic window as a policy object: pass it as ``SolveOptions(window=AutoWindow(network))``.
+
+    Each solve measures the network's time against its batch and the solver's time per round
+    (:func:`auto_window`), caches both on this object (:attr:`cache`) and keeps the latest
+    choice (:attr:`last_choice`); the window is the one the cost model predicts fastest.
+    ``window="auto"`` means the process-wide :func:`default_auto_window` instance, whose
+    curves are this module's cache (:func:`clear_cache`; its ``cache`` stays empty).
+
+    Parameters
+    ----------
+    network : torch.nn.Module, optional
+        The network whose time is measured: the cache key, given rather than searched for.
+        ``None``: the sampler's denoiser is searched for a module (:func:`network_of`), as
+        ``"auto"`` does.
+
+    Attributes
+    ----------
+    cache : dict
+        Measured curves and overheads of this policy.
+    last_choice : WindowChoice or None
+        The latest choice: its ``window``, the predicted times, the ``model`` with the curve.
+
+    Examples
+    --------
+    >>> import torch, trisolve_diffusion as td
+    >>> policy = td.AutoWindow(torch.nn.Identity())
+    >>> policy.last_choice is None and policy.cache == {}
+    True
+    """
+
+    def __init__(self, network: Any = None):
+        import torch
+
+        if network is not None and not isinstance(network, torch.nn.Module):
+            raise TypeError(f"network must be a torch.nn.Module (the one whose time is measured) or None, got {type(network).__name__}.")
+        self.network = network
+        self.cache: dict = {}
+        self.last_choice: WindowChoice | None = None
+
+    def __repr__(self) -> str:
+        net = None if self.network is None else type(self.network).__name__
+        return f"AutoWindow(network={net}, last_window={None if self.last_choice is None else self.last_choice.window})"
+
+
+_DEFAULT_AUTO: list[AutoWindow] = []
+
+
+def _default_policy() -> AutoWindow | None:
+    return _DEFAULT_AUTO[0] if _DEFAULT_AUTO else None
+
+
+def default_auto_window() -> AutoWindow:
+    """The :class:`AutoWindow` that ``window="auto"`` uses (one per process, made on first use; curves in this module's cache)."""
+    if not _DEFAULT_AUTO:
+        _DEFAULT_AUTO.append(AutoWindow())
+    return _DEFAULT_AUTO[0]
 
 
 def _from_rank0(info: Any, curve: BatchTimeCurve | None, overhead: tuple[float, float]) -> tuple[BatchTimeCurve, tuple[float, float]]:

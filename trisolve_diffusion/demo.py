@@ -148,11 +148,13 @@ def verdict_of(timing: dict, *, evals_ratio: float | None = None) -> str:
 
 
 def window_description(sol: trisolve.Solution, chosen: str = "the default") -> str:
-    """The window a solve used, from its rounds: ``"all n steps (full window, <chosen>)"`` or ``"sliding, w steps (<chosen>)"``."""
+    """The window a solve used, from its rounds: ``"all n steps (full window, <chosen>)"``, ``"sliding, w steps (<chosen>)"``
+    or ``"one step per round (forward substitution, <chosen>)"``."""
     n = sol.n
     if not sol.windows or sol.windows[0] == (1, n + 1):
         return f"all {n} steps (full window, {chosen})"
-    return f"sliding, {max(hi - lo for lo, hi in sol.windows)} steps ({chosen})"
+    w = max(hi - lo for lo, hi in sol.windows)
+    return f"one step per round (forward substitution, {chosen})" if w == 1 else f"sliding, {w} steps ({chosen})"
 
 
 def _solver(name: str, history: int) -> trisolve.Solver:
@@ -196,7 +198,7 @@ def run_demo(
     torch.manual_seed(seed)
     pipe = load_digits_pipeline(scheduler)
     order = None if order is None else min(order, steps)
-    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window_size=window)
+    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window=window)
 
     def run_sequential(num_steps: int = steps):
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sequential")
@@ -216,7 +218,7 @@ def run_demo(
     t_seq, t_par = timing["median"]["sequential"], timing["median"]["parallel"]
     sol = par.solution
     n = sol.n
-    window_text = window_description(sol, "the default" if window is None else "--window")
+    window_text = window_description(sol, "the default, chosen from measured times" if window is None else "--window")
     ts, tp = timing["times"]["sequential"], timing["times"]["parallel"]
     verdict = verdict_of(timing, evals_ratio=sol.num_evals / n)
     machine = machine_description(pipe.device)
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--solver", choices=SOLVERS, default="taa")
     ap.add_argument("--map", dest="update_map", choices=MAPS, default="picard", help="update map (default picard)")
     ap.add_argument("--order", type=int, default=None, help="order k of the map (default: the whole window)")
-    ap.add_argument("--window", type=int, default=None, help="sliding window size (default: all steps)")
+    ap.add_argument("--window", type=int, default=None, help="sliding window size (default: chosen from the measured network and round times)")
     ap.add_argument("--history", type=int, default=4, help="Anderson history size (difference pairs)")
     ap.add_argument("--batch", type=int, default=8, help="images per run")
     ap.add_argument("--seed", type=int, default=0)

@@ -469,8 +469,8 @@ def _solve(
     max_rows_per_call: int | None,
 ) -> Any:
     options = SolveOptions() if options is None else options
-    if options.window_size == "auto":
-        raise ValueError('window_size="auto" is not available for the k-diffusion samplers yet; pass an int (rows per round) or None (all rows).')
+    if options.window == "auto":
+        raise ValueError('window="auto" is not available for the k-diffusion samplers yet; pass an int (rows per round) or None (all rows).')
     if disable is True:
         options = options.replace(progress=False)
     if callback is not None and not callable(callback):
@@ -540,7 +540,7 @@ def _solve(
     solver, update_map = options.solver_and_map(n)
     y0 = (x.to(traj) * float(scale[0])).contiguous()
     try:
-        sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window(), forcing=forcing)
+        sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window_policy(), forcing=forcing)
     except (ParallelSamplingError, SamplingInterrupted) as err:  # what was computed, in x units: resume with init=
         err.solution = dataclasses.replace(err.solution, trajectory=err.solution.trajectory * dev(1.0 / scale))
         raise

@@ -29,7 +29,7 @@ from diffusers import (
 
 from trisolve._validate import check_int
 
-from .models.digits_flow import DigitsFlowPipeline
+from .models.flow_pipeline import DigitsFlowPipeline
 from .pipelines._common import bind, step_callbacks
 from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
 from .pipelines.cogvideox import sample_cogvideox

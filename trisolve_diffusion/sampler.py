@@ -31,8 +31,11 @@ from diffusers.utils.torch_utils import randn_tensor
 import trisolve
 from trisolve._validate import check_float, check_int
 
+from .cost_model import AutoWindow
 from .network import can_split, guidance_copies
 from .schedulers import SchedulerMapping, map_scheduler
+
+_UNSET: Any = type("_Unset", (), {"__repr__": lambda self: "<unset>"})()  # a deprecated keyword not given
 
 __all__ = [
     "SolveOptions",
@@ -80,7 +83,7 @@ class UnconvergedSampleWarning(UserWarning):
     raises :class:`UnconvergedSampleError` instead."""
 
 
-#: ``final_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
+#: ``final_row_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
 #: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
 #: from the sequential sample (``benchmarks/diffusion.py``, docs/benchmarks).
 PIXEL_FINAL_ATOL = 8e-3
@@ -102,35 +105,49 @@ class SolveOptions:
     update_map : trisolve.UpdateMap, optional
         ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
     order : int, optional
-        Order ``k`` of the default Picard map; pass either ``order`` or ``update_map``.
-    window_size : int, "auto" or trisolve.WindowPolicy, optional
-        Rows per round; bounds memory. Fewest rounds with the whole window; with a network
-        that already fills the device at a small batch, a window whose round batch
+        Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
+    window : int, "auto", AutoWindow or trisolve.WindowPolicy, optional
+        Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
+        bounds memory. An :class:`~trisolve_diffusion.AutoWindow` chooses it per solve, with
+        its own cache and last choice (``"auto"``: the process-wide default one, which
+        searches the denoiser for its network). Fewest rounds with the whole window; with a
+        network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
         the solver's time per round with a free stand-in for the network, once per network
         (the denoiser itself, by identity, when it calls no ``torch.nn.Module``), latent
-        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the
-        window the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
-        whole window unless another is predicted > 5 % faster. ``None`` (default): ``"auto"``
-        when the latents are on a CUDA device or the solve is ``distributed`` (rank 0's
-        measurement is broadcast, so every rank runs the same plan), the whole window
-        elsewhere (on one CPU process the timings are noisy, and the rounds of every run would
-        depend on them).
+        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
+        the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
+        whole window unless another is predicted > 5 % faster, and forward substitution
+        (a window of 1 row: the loop, row by row) unless the window is predicted at least
+        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. ``None`` (default): ``"auto"`` on
+        every device (on several ranks rank 0 measures and broadcasts, so every rank runs the
+        same plan), except with a warm start (``init``), which takes the whole window (its
+        rows start near their values: few rounds). The measurement is paid once per network and shape in a process (on this
+        2-core CPU about half a 50-step loop at batch 1, see docs/window); the window, and so
+        the rounds, may differ between machines and loads, the sample does not (every window
+        solves to the same tolerance). Pass an int or ``trisolve.FullWindow()`` for rounds that
+        do not depend on timings.
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
         std). The default 5e-4 ended every benchmark run >= 40 dB from the sequential sample;
-        1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB.
+        1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB. Where the scheduler's
+        latents are far from unit scale (the k-diffusion schedulers: Euler, Euler ancestral,
+        Heun, LMS, whose latents range over ``sigma`` up to ~15-100), the solve runs on the rows
+        ``row_scale[j] x_j`` of unit scale (:meth:`SchedulerMapping.scaled`), which converge in
+        fewer rounds; the test is still this one, in latent units (benchmarks/rounds.py).
     max_iter : int, optional
         Most rounds (``None``: the number of rows, which always suffices).
     early_stop : float, optional
         Stop when the final latent's change between rounds, in tolerance units, is below this.
-    final_atol : float, "auto" or None
+    final_row_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's pending correction (the RMS of its residual, per sample) is ``<= final_atol``,
-        and every unfinished step's is too,
-        status ``FINAL_ROW_CONVERGED``. ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
+        latent's pending error -- the RMS of its residual over ``1 - rate``, the contraction
+        observed between two rounds, per sample -- is ``<= final_row_atol``, and every unfinished
+        step's correction is too,
+        status ``FINAL_ROW_CONVERGED`` (the deprecated spelling ``final_atol=`` warns and means
+        the same). ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
         pipelines that sample in pixel space with values in ``[-1, 1]`` (DDPM/DDIM pipelines,
         the bundled digits models) at the default ``atol``/``rtol``, where it is one 8-bit grey
         level; off when ``atol`` or ``rtol`` differs from its default (a tolerance asked for is met by every
@@ -175,19 +192,19 @@ class SolveOptions:
     --------
     >>> import trisolve, trisolve_diffusion as td
     >>> opts = td.SolveOptions(solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0, progress=False)
-    >>> opts.window_size is None
+    >>> opts.window is None
     True
     """
 
     solver: trisolve.Solver | None = None
     update_map: trisolve.UpdateMap | None = None
     order: int | None = None
-    window_size: int | str | trisolve.WindowPolicy | None = None
+    window: int | str | trisolve.WindowPolicy | None = None
     atol: float = 5e-4
     rtol: float = 5e-4
     max_iter: int | None = None
     early_stop: float | None = None
-    final_atol: float | str | None = "auto"
+    final_row_atol: float | str | None = "auto"
     init: torch.Tensor | None = None
     num_frozen: int = 1
     trajectory_dtype: torch.dtype = torch.float32
@@ -195,8 +212,23 @@ class SolveOptions:
     progress: bool | Callable[..., Any] = True
     strict: bool = False
     distributed: Any = False
+    window_size: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of window
+    final_atol: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of final_row_atol
 
-    def __post_init__(self):
+    def __post_init__(self, window_size: Any = _UNSET, final_atol: Any = _UNSET):
+        for old, new, value in (("window_size", "window", window_size), ("final_atol", "final_row_atol", final_atol)):
+            if value is _UNSET:
+                continue
+            warnings.warn(f"SolveOptions({old}=...) is deprecated; pass {new}=... (the core's name).", DeprecationWarning, stacklevel=3)
+            if getattr(self, new) != _FIELD_DEFAULTS[new]:
+                raise ValueError(f"pass either {new}= or its deprecated spelling {old}=, not both.")
+            object.__setattr__(self, new, value)
+        if self.order is not None:
+            warnings.warn(
+                "SolveOptions(order=k) is deprecated; pass update_map=trisolve.Picard(order=k) (one way to choose the map).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
         if self.trajectory_dtype not in (torch.float32, torch.float64):
             raise TypeError(f"trajectory_dtype must be torch.float32 or torch.float64, got {self.trajectory_dtype}.")
         # numbers: Python and NumPy scalars alike (trisolve._validate), stored as Python int / float
@@ -208,19 +240,19 @@ class SolveOptions:
             "early_stop": None if self.early_stop is None else check_float("early_stop", self.early_stop, 0.0, hint="or None"),
             "num_frozen": check_int("num_frozen", self.num_frozen, 1),
         }
-        if self.final_atol is not None and self.final_atol != "auto":
-            numbers["final_atol"] = check_float("final_atol", self.final_atol, 0.0, hint='or "auto" or None')
-        ws = self.window_size
+        if self.final_row_atol is not None and self.final_row_atol != "auto":
+            numbers["final_row_atol"] = check_float("final_row_atol", self.final_row_atol, 0.0, hint='or "auto" or None')
+        ws = self.window
         if isinstance(ws, str) and ws != "auto":
-            raise ValueError(f'window_size must be an int >= 1, "auto", a trisolve.WindowPolicy or None, got {ws!r}.')
-        if ws is not None and ws != "auto" and not isinstance(ws, trisolve.WindowPolicy):
-            numbers["window_size"] = check_int("window_size", ws, 1, hint='(or "auto", a trisolve.WindowPolicy or None)')
+            raise ValueError(f'window must be an int >= 1, "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None, got {ws!r}.')
+        if ws is not None and ws != "auto" and not isinstance(ws, (trisolve.WindowPolicy, AutoWindow)):
+            numbers["window"] = check_int("window", ws, 1, hint='(or "auto", a trisolve_diffusion.AutoWindow, a trisolve.WindowPolicy or None)')
         for name, value in numbers.items():
             object.__setattr__(self, name, value)
         if self.early_stop == 0:
             raise ValueError("early_stop must be a finite number > 0 or None, got 0.")
-        if self.final_atol == 0:
-            raise ValueError('final_atol must be a finite number > 0, "auto" or None, got 0.')
+        if self.final_row_atol == 0:
+            raise ValueError('final_row_atol must be a finite number > 0, "auto" or None, got 0.')
         if self.update_map is not None and self.order is not None:
             raise ValueError("pass either order= or update_map=, not both (the map carries its own order).")
         if self.solver is not None and not isinstance(self.solver, trisolve.Solver):
@@ -240,12 +272,12 @@ class SolveOptions:
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
-    def resolve_final_atol(self, *, pixel_space: bool) -> SolveOptions:
-        """A copy with ``final_atol="auto"`` resolved (see the attribute): the front doors call this."""
-        if self.final_atol != "auto":
+    def resolve_final_row_atol(self, *, pixel_space: bool) -> SolveOptions:
+        """A copy with ``final_row_atol="auto"`` resolved (see the attribute): the front doors call this."""
+        if self.final_row_atol != "auto":
             return self
         default_tol = (self.atol, self.rtol) == (_FIELD_DEFAULTS["atol"], _FIELD_DEFAULTS["rtol"])
-        return self.replace(final_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
+        return self.replace(final_row_atol=PIXEL_FINAL_ATOL if pixel_space and default_tol else None)
 
     def replace(self, **changes: Any) -> SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
@@ -262,9 +294,9 @@ class SolveOptions:
             return solver, self.update_map
         return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
 
-    def window(self) -> trisolve.WindowPolicy | None:
-        """The window policy; ``"auto"`` (and ``None`` on CUDA) is resolved in :func:`sample_latents`."""
-        return None if self.window_size == "auto" else trisolve.as_window(self.window_size)
+    def window_policy(self) -> trisolve.WindowPolicy | None:
+        """The window policy; ``"auto"`` (and ``None``, the default) is resolved in :func:`sample_latents`."""
+        return None if self.window == "auto" or isinstance(self.window, AutoWindow) else trisolve.as_window(self.window)
 
 
 def _is_process_group(v: Any) -> bool:
@@ -273,8 +305,8 @@ def _is_process_group(v: Any) -> bool:
     return dist.is_available() and isinstance(v, dist.ProcessGroup)
 
 
-#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword).
-OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions))
+#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword), and the deprecated spellings.
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions)) | {"window_size", "final_atol"}
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
 
 
@@ -478,8 +510,11 @@ def sample_latents(
         raise ValueError("pass mask= and known_latents= together (the inpainting blend needs both).")
     if isinstance(generator, list) and len(generator) != batch:
         raise ValueError(f"You passed {len(generator)} generators for a batch of {batch} latents; pass one per sample or one for all.")
+    # the solve runs on rows of unit scale (mapping.scaled(): y_j = row_scale[j] x_j), its tolerance in data units
+    rows = _UnitRows(mapping, options)
+    mapping = rows.mapping
     c = draw_noise(mapping, shape, generator, device, latents.dtype, traj)
-    x0 = latents.to(traj)
+    x0 = rows.to_rows(latents.to(traj)[None], 0)[0]
 
     # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
     t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
@@ -491,7 +526,7 @@ def sample_latents(
 
     m = None
     if mask is not None:
-        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj)
+        c, m = _blend(mapping.a, c, x0, mask, known_latents, traj, rows.to_rows)
 
     def g_of(den: Any) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
         def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
@@ -516,17 +551,26 @@ def sample_latents(
         solve_options = options.replace(distributed=False)  # the rows are not split again
     run_g = g if split is None else g_of(denoiser.with_split(split))
     band = _band(mapping)
-    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=mapping.sigma, batch_ndim=1)
-    window = options.window()
+    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
+    window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
-    if options.window_size == "auto" or (options.window_size is None and (device.type == "cuda" or options.distributed is not False)):
+    auto = options.window if isinstance(options.window, AutoWindow) else None
+    if auto is None and (options.window == "auto" or (options.window is None and options.init is None)):
+        from .cost_model import default_auto_window
+
+        auto = default_auto_window()
+    if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
-        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=mapping.sigma, batch_ndim=1)
-        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, options)
+        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
+        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
-        window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, split=split, evaluate_share=share)
-    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c)
+        try:
+            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto, split=split,
+                                  evaluate_share=share)  # fmt: skip
+        except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
+            _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
     return sol.trajectory[-1].to(latents.dtype), sol
 
 
@@ -556,6 +600,7 @@ def solve_rows(
     update_map: trisolve.UpdateMap,
     window: trisolve.WindowPolicy | None,
     forcing: torch.Tensor | None = None,
+    rows: _UnitRows | None = None,
 ) -> trisolve.Solution:
     """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
 
@@ -564,31 +609,79 @@ def solve_rows(
     :func:`trisolve.solve` without autograd with ``options``' tolerances, warm start and
     callback, and raises or warns on the status (:class:`ParallelSamplingError`,
     :class:`SamplingInterrupted`, :class:`UnconvergedSampleError` /
-    :class:`UnconvergedSampleWarning`); ``final_atol="auto"`` unresolved counts as ``None``.
+    :class:`UnconvergedSampleWarning`); ``final_row_atol="auto"`` unresolved counts as ``None``.
+    ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
+    tolerances, warm start and callback are translated, and the solution returned in latent units;
+    ``None``: the system's rows are the latents.
     """
     n = system.n
+    rows = _UnitRows(None, options) if rows is None else rows
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
-    init = None if options.init is None else options.init.to(device=x0.device, dtype=x0.dtype)
+    init = None if options.init is None else rows.to_rows(options.init.to(device=x0.device, dtype=x0.dtype), 0)
     bar = _Progress(options.progress, n)
 
     def on_round(info: trisolve.RoundInfo):
         bar.round(info)
-        return bool(options.callback(info)) if options.callback is not None else False
+        if options.callback is None:
+            return False
+        if rows.scale is not None:  # the callback sees the latents, not the solve's rows
+            info = dataclasses.replace(info, trajectory=rows.from_rows(info.trajectory.clone()))
+        return bool(options.callback(info))
 
     try:
         with torch.no_grad():
             sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, record="errors",
+                system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
                 max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
-                final_row_atol=None if options.final_atol == "auto" else options.final_atol,
+                final_row_atol=rows.final_row_atol,
             )  # fmt: skip
         bar.finish(sol)
     finally:
         bar.close()
+    rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
     _raise_for_status(sol, options.strict)
     return sol
+
+
+class _UnitRows:
+    """The rows the solve runs on, and the tolerance in data units (the latents' own).
+
+    Where the mapping has a ``row_scale`` ``c`` (the k-diffusion schedulers, whose latents range
+    over ``sigma`` up to ~100), the solve runs on ``y_j = c_j x_j`` (:meth:`SchedulerMapping.scaled`):
+    rows of unit scale, so every scheduler's fixed-point problem is about equally well conditioned.
+    The convergence test stays the one stated in latent units, ``RMS(x residual) <= atol + rtol
+    sigma_i``: in ``y`` units it is ``<= c_i (atol + rtol sigma_i)``, passed to :func:`trisolve.solve`
+    as per-row scales with ``atol = 0, rtol = 1``; the final-row tolerance likewise ``c_n final_row_atol``.
+    Without a ``row_scale`` everything is the mapping's own.
+    """
+
+    def __init__(self, mapping: SchedulerMapping | None, options: SolveOptions):
+        fa = None if options.final_row_atol == "auto" else options.final_row_atol
+        self.scale = None if mapping is None or mapping.row_scale is None else np.asarray(mapping.row_scale, dtype=np.float64)  # (n + 1,)
+        if self.scale is None:  # the rows are the latents (mapping None: a system prepared elsewhere, its own sigma)
+            self.mapping, self.sigma = mapping, None if mapping is None else mapping.sigma
+            self.tolerance, self.final_row_atol = dict(atol=options.atol, rtol=options.rtol), fa
+            return
+        c = self.scale
+        self.mapping = mapping.scaled()
+        self.sigma = c[1:] * (options.atol + options.rtol * np.asarray(mapping.sigma, dtype=np.float64))  # (n,) thresholds, y units
+        self.tolerance = dict(atol=0.0, rtol=1.0)
+        self.final_row_atol = None if fa is None else float(c[-1]) * fa
+
+    def to_rows(self, x: torch.Tensor, first: int) -> torch.Tensor:
+        """Latents of rows ``first, first + 1, ..`` stacked ``(k, B, *event)`` as solve rows (``x`` itself when unscaled)."""
+        if self.scale is None:
+            return x
+        c = torch.as_tensor(self.scale[first : first + x.shape[0]], device=x.device).to(x.dtype)
+        return x * c.reshape((-1,) + (1,) * (x.ndim - 1))
+
+    def from_rows(self, y: torch.Tensor) -> torch.Tensor:
+        """A whole trajectory ``(n + 1, B, *event)`` of solve rows back to latents, in place; returns it."""
+        if self.scale is not None:
+            y.mul_(torch.as_tensor(1.0 / self.scale, device=y.device).to(y.dtype).reshape((-1,) + (1,) * (y.ndim - 1)))
+        return y
 
 
 def _checked_output(out: Any, model_input: torch.Tensor) -> torch.Tensor:
@@ -630,14 +723,14 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     return begin_index
 
 
-def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOptions, w: int, k: int) -> int:
+def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w: int, k: int) -> int:
     """Run at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows; the rounds run (0 if it failed)."""
     window = None if w >= system.n else trisolve.SlidingWindow(w)
     with torch.no_grad():
-        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=options.atol, rtol=options.rtol, max_iter=k)
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, **tolerance, max_iter=k)
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
-            f"window_size='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
+            f"window='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
             "it chooses the window without the per-round overhead term.",
             RuntimeWarning,
             stacklevel=2,
@@ -648,10 +741,14 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, options: SolveOpti
 
 def _auto_window(
     g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
-    *, split: Any = None, evaluate_share: Any = None,
+    policy: AutoWindow | None = None,
+    *,
+    split: Any = None,
+    evaluate_share: Any = None,
 ) -> trisolve.WindowPolicy:
-    """``window_size="auto"``: the window the cost model predicts fastest (``cost_model.py``).
+    """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
 
+    The network is the policy's own when it names one; otherwise the denoiser is searched for it.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
     inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts.
     """
@@ -662,20 +759,26 @@ def _auto_window(
 
     def rows(r: int) -> torch.Tensor:  # one round's network work on r rows (rows 0 .. r - 1 of the schedule)
         with torch.no_grad():
-            return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            try:
+                return g(x0.unsqueeze(0).expand(r, *x0.shape).clone(), 0, r)
+            except Exception as exc:  # the user's network: reported like a failed round (sample_latents)
+                raise _NetworkFault(exc) from exc
 
     # cached per network (a guidance closure rebuilt per call reuses it), else per denoiser: by identity, never by name;
     # the denoiser's code (or class) tells a guided closure from the bare network
     kind = getattr(denoiser, "__code__", None) or type(denoiser)
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), kind)
-    network = network_of(denoiser)
+    network = None if policy is not None and policy.network is not None else network_of(denoiser)  # given, or searched for
     inputs = 0 if split is None else x0.shape[0] * guidance_copies(denoiser)  # network inputs per trajectory row
     choice = auto_window(
-        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), model=denoiser if network is None else network, key=key,
-        method=method, gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]),
-        group=None if distributed is False else distributed, run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share,
+        rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
+        model=policy.network if policy is not None and policy.network is not None else denoiser if network is None else network,
+        gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share,
     )  # fmt: skip
     cost_model.last_choice = choice = dataclasses.replace(choice, split=split)
+    if policy is not None:
+        policy.last_choice = choice
     return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
 
 
@@ -688,14 +791,14 @@ def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None
     return described, _digest(x0), _digest(c), _digest(options.init)
 
 
-def _blend(a_rows, c, x0, mask, known, traj):
-    """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes)."""
+def _blend(a_rows, c, x0, mask, known, traj, to_rows):
+    """Forcing and mask of the inpainting blend (see ``sample_latents`` Notes), in the solve's rows (``to_rows``)."""
     n = len(a_rows)
     if not isinstance(known, torch.Tensor) or tuple(known.shape) != (n, *x0.shape):
         got = tuple(known.shape) if isinstance(known, torch.Tensor) else type(known).__name__
         raise ValueError(f"known_latents must have shape (n, *latents.shape) = {(n, *x0.shape)}, got {got}.")
     m = mask.to(device=x0.device, dtype=traj)
-    q = known.to(device=x0.device, dtype=traj)  # (n, B, *event): row i = 1..n
+    q = to_rows(known.to(device=x0.device, dtype=traj), 1)  # (n, B, *event): row i = 1..n
     keep = 1 - m
     q_prev = torch.cat([(keep * x0)[None], q[:-1]])  # known_{i-1}, known_0 = (1 - m) x_0
     a = torch.as_tensor(np.asarray(a_rows, dtype=np.float64), device=x0.device).to(traj).reshape((-1,) + (1,) * x0.ndim)
@@ -704,13 +807,38 @@ def _blend(a_rows, c, x0, mask, known, traj):
     return c, m
 
 
+class _NetworkFault(Exception):
+    """The denoiser raised while the automatic window timed it (``.fault``: what it raised)."""
+
+    def __init__(self, fault: Exception):
+        super().__init__(repr(fault))
+        self.fault = fault
+
+
+def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
+    """Raise what a failed round raises for a failure before the first one (the automatic window's timing calls).
+
+    The solution holds nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``.
+    """
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    status = trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED
+    sol = trisolve.Solution(
+        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
+        windows=[], round_max_errors=np.zeros(0), error=exc,
+    )  # fmt: skip
+    where = "while the automatic window timed the network, before the first round (pass an int window= to skip the timing)"
+    if interrupted:
+        raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
+    raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
+
+
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
     status = sol.status
     if status is trisolve.Status.INTERRUPTED:
         raise SamplingInterrupted(f"parallel sampling interrupted: {sol.message}", sol) from sol.error
     if status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):
         raise ParallelSamplingError(f"parallel sampling stopped: {status.name}: {sol.message}", sol) from sol.error
-    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_atol the caller chose
+    if not status.ok:  # CONVERGED, or FINAL_ROW_CONVERGED: the output within the final_row_atol the caller chose
         msg = (
             f"parallel sampling ended {status.name} after {sol.num_rounds} rounds with rows {sol.num_frozen}.. not within "
             f"tolerance: the sample may differ from the sequential loop's ({status.message})."

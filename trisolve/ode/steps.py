@@ -382,7 +382,9 @@ def solve_steps(
     atol = default_atol(y0, multistep=isinstance(method, AdamsBashforth)) if atol is None else atol
     log.active = True
     try:
-        sol = solve(system, solver, y0, update_map=update_map, atol=atol, max_iter=max_iter, window=window, callback=log.end_round)
+        # gradients=False: the front door attaches the adjoint itself (below), after the final rows' warnings are settled
+        sol = solve(system, solver, y0, update_map=update_map, atol=atol, max_iter=max_iter, window=window, callback=log.end_round,
+                    gradients=False)  # fmt: skip
         log.pending.clear()
         trajectory = sol.trajectory
         if adjoint is not None and sol.status.ok:

@@ -69,5 +69,5 @@ class Solver:
         raise NotImplementedError
 
     def stats(self, state: Any) -> dict[str, int]:
-        """Counters of a finished solve (``num_restarts``, ...); read once, at the end."""
+        """Counters of a finished solve (``num_restarts``, ...), entries of ``Solution.stats``; read once, at the end."""
         return {}

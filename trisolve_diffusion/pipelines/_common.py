@@ -155,11 +155,11 @@ def solve(
 ) -> tuple[torch.Tensor, trisolve.Solution, float]:
     """``sample_latents`` with the pipeline's scheduler and progress bar; returns ``(latents, solution, seconds)``.
 
-    ``pixel_space``: the latents are the image in ``[-1, 1]`` (:meth:`SolveOptions.resolve_final_atol`).
+    ``pixel_space``: the latents are the image in ``[-1, 1]`` (:meth:`SolveOptions.resolve_final_row_atol`).
     """
     if options.progress is True:
         options = options.replace(progress=pipe.progress_bar)
-    options = options.resolve_final_atol(pixel_space=pixel_space)  # the front door knows its output space
+    options = options.resolve_final_row_atol(pixel_space=pixel_space)  # the front door knows its output space
     start = time.perf_counter()
     final, sol = sample_latents(denoiser, pipe.scheduler, latents, options=options, **kwargs)
     return final, sol, time.perf_counter() - start

@@ -1,0 +1,295 @@
+"""Rounds of the default parallel sampler for every scheduler, against the issue's targets.
+
+    python benchmarks/rounds.py                    # seeds 0-9, every setting; writes results/rounds.{json,md}
+    python benchmarks/rounds.py --seeds 20-39      # other seeds (results/rounds_seeds20-39.*)
+    python benchmarks/rounds.py --quick            # one seed of DDIM-25, Euler-25 and FlowEuler-20 (the test suite runs this)
+    python benchmarks/rounds.py --init             # initialisations: cold, ParaSolver's coarse grid, a neighbouring seed's trajectory
+
+Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
+and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
+DDIM, DDPM and DPM-Solver++(2M) use the digits pipelines' own schedulers; the others are built
+from the digits scheduler config with Stable Diffusion's spacing (``timestep_spacing="leading"``,
+``steps_offset=1``; PNDM with ``skip_prk_steps``), as SD users run them.
+
+Reference: the sequential loop a Stable Diffusion pipeline runs on the same network (initial noise
+times ``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); for the flow
+model ``pipe(...)`` itself. Parallel: :func:`trisolve_diffusion.sample_latents` with the options
+``sample(pipe, ...)`` uses on a pixel-space pipeline (default ``SolveOptions``, ``final_row_atol``
+resolved for pixel space), and ``sample(pipe, ...)`` for the flow model; the window is the full
+one (``trisolve.FullWindow()``) rather than the timed automatic choice, so that the rounds do not
+depend on the machine's load. Per run: rounds, network
+evaluations per step, status and the worst PSNR of the batch from the sequential images (pixels
+in [0, 1]). Rounds, evaluations and PSNR do not depend on the machine.
+
+``--init`` (DDIM-50 and FlowEuler-28, deterministic loops, batch 1, seeds 0-9): the same solve
+started from (a) the copy-forward default, (b) ParaSolver's coarse initialisation -- ``K``
+sequential steps of the same scheduler on a ``K``-step grid from the same noise, interpolated
+linearly in the schedule's time (timestep, or flow sigma) onto the fine rows -- with its ``K``
+sequential network calls counted as ``K`` extra dependent steps and ``K`` evaluations, and (c) a
+warm start from the neighbouring seed's converged trajectory (seed + 1, row 0 replaced by this
+seed's noise: free where that sample was made anyway). Reported: rounds, dependent steps
+(rounds + K), evaluations per step, worst PSNR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_range, write  # noqa: E402
+
+import trisolve  # noqa: E402
+import trisolve_diffusion as td  # noqa: E402
+from trisolve_diffusion.demo import psnr  # noqa: E402
+from trisolve_diffusion.network import unet_denoiser  # noqa: E402
+
+#: setting -> (kind, steps, batch, issue 26's target for the median rounds)
+SETTINGS = {
+    "DDIM-25": ("ddim", 25, 1, 6),
+    "DDIM-50": ("ddim", 50, 1, 6),
+    "DDIM-100": ("ddim", 100, 1, 7),
+    "DDPM-100": ("ddpm", 100, 1, 13),
+    "DPM++2M-20": ("dpm++", 20, 1, 6),
+    "UniPC-20": ("UniPCMultistepScheduler", 20, 1, 6),
+    "PNDM-50": ("PNDMScheduler", 50, 1, 7),
+    "Euler-25": ("EulerDiscreteScheduler", 25, 1, 7),
+    "Euler-50": ("EulerDiscreteScheduler", 50, 1, 8),
+    "EulerA-25": ("EulerAncestralDiscreteScheduler", 25, 1, 10),
+    "LMS-25": ("LMSDiscreteScheduler", 25, 1, 8),
+    "Heun-25": ("HeunDiscreteScheduler", 25, 1, 10),
+    "FlowEuler-28": ("flow", 28, 1, 6),
+    "DDIM-50, batch 4": ("ddim", 50, 4, 8),
+    "FlowEuler-28, batch 4": ("flow", 28, 4, None),
+}
+QUICK = {"DDIM-25": ("ddim", 25, 1, 6), "Euler-25": ("EulerDiscreteScheduler", 25, 1, 7), "FlowEuler-20": ("flow", 20, 1, None)}
+SD_SPACING = {"timestep_spacing": "leading", "steps_offset": 1}
+OVERRIDES = {"PNDMScheduler": {"skip_prk_steps": True}}
+
+
+def make_scheduler(kind: str, steps: int):
+    import diffusers
+
+    from trisolve_diffusion.models import load_digits_pipeline
+    from trisolve_diffusion.models.digits import SCHEDULER_CONFIG
+
+    if kind in ("ddim", "ddpm", "dpm++"):
+        sched = load_digits_pipeline(kind).scheduler
+    else:
+        sched = getattr(diffusers, kind)(**{**SCHEDULER_CONFIG, **SD_SPACING, **OVERRIDES.get(kind, {})})
+    sched.set_timesteps(steps)
+    return sched
+
+
+def images(latents: torch.Tensor) -> np.ndarray:
+    return (latents.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def sequential(unet, sched, seed: int, batch: int) -> torch.Tensor:
+    """The Stable Diffusion pipeline's loop on the unconditional digits network."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    kw = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
+    with torch.no_grad():
+        for t in sched.timesteps:
+            x = sched.step(unet(sched.scale_model_input(x, t), t).sample, t, x, **kw).prev_sample
+    return x
+
+
+def parallel(unet, sched, seed: int, batch: int, options: td.SolveOptions):
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, options=options.resolve_final_row_atol(pixel_space=True))
+
+
+def run(settings: dict, seeds: list[int], options: td.SolveOptions) -> list[dict]:
+    from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_unet
+
+    unet, flow = load_digits_unet(), None
+    records = []
+    for setting, (kind, steps, batch, target) in settings.items():
+        for seed in seeds:
+            if kind == "flow":
+                if flow is None:
+                    flow = load_digits_flow_pipeline()
+                    flow.set_progress_bar_config(disable=True)
+                ref = flow(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
+                out = td.sample(flow, batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                                output_type="np", options=options)  # fmt: skip
+                got, sol = out.images, out.solution
+            else:
+                sched = make_scheduler(kind, steps)
+                ref = images(sequential(unet, sched, seed, batch))
+                sched = make_scheduler(kind, steps)
+                final, sol = parallel(unet, sched, seed, batch, options)
+                got = images(final)
+            records.append(
+                dict(setting=setting, steps=steps, batch=batch, target=target, seed=seed, rounds=sol.num_rounds, status=sol.status.name,
+                     evals_per_step=sol.num_evals / steps, psnr_db=min(psnr(got[i], ref[i]) for i in range(batch)))
+            )  # fmt: skip
+            r = records[-1]
+            print(f"{setting:22s} seed {seed:2d} {r['rounds']:3d} rounds  {r['status']:20s} {r['psnr_db']:6.1f} dB", flush=True)
+    return records
+
+
+INIT_SETTINGS = {"DDIM-50": ("ddim", 50), "FlowEuler-28": ("flow", 28)}
+
+
+def _coarse_init(loop, x0: torch.Tensor, fine_times: np.ndarray, make, k: int) -> torch.Tensor:
+    """ParaSolver's initialisation: ``k`` sequential steps on a ``k``-step grid, interpolated onto the fine rows' times."""
+    coarse_sched = make(k)
+    rows, times = loop(coarse_sched, x0)  # (k + 1, B, *event), (k + 1,) decreasing
+    out = []
+    for t in fine_times:  # linear in the schedule's time between the two coarse rows around t
+        j = int(np.clip(np.searchsorted(-times, -t, side="right") - 1, 0, len(times) - 2))
+        w = 0.0 if times[j] == times[j + 1] else float((times[j] - t) / (times[j] - times[j + 1]))
+        out.append((1 - w) * rows[j] + w * rows[j + 1])
+    init = torch.stack(out)
+    init[0] = x0
+    return init
+
+
+def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
+    """Cold start, coarse initialisation and a neighbouring seed's warm start (``--init``)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_unet
+
+    unet, flow = load_digits_unet(), load_digits_flow_pipeline()
+    flow.set_progress_bar_config(disable=True)
+    opts = td.SolveOptions(progress=False, window=trisolve.FullWindow()).resolve_final_row_atol(pixel_space=True)
+    records = []
+    for setting, (kind, steps) in INIT_SETTINGS.items():
+        if kind == "flow":
+            def make(k):
+                x = torch.zeros(1, 1, 16, 16)
+                flow.set_timesteps(k, x)
+                return flow.scheduler
+
+            net = lambda x, t: flow.unet(x, t.expand(x.shape[0])).sample  # noqa: E731
+            times_of = lambda sched: sched.sigmas.double().numpy()  # noqa: E731
+            draw = lambda seed: flow.prepare_latents(1, torch.Generator().manual_seed(seed))  # noqa: E731
+        else:
+            make = lambda k: make_scheduler(kind, k)  # noqa: E731
+            net = lambda x, t: unet(x, t).sample  # noqa: E731
+            times_of = lambda sched: np.append(sched.timesteps.double().numpy(), -1.0)  # noqa: E731
+            draw = lambda seed: randn_tensor((1, 1, 16, 16), generator=torch.Generator().manual_seed(seed))  # noqa: E731
+
+        def loop(sched, x):
+            rows = [x]
+            with torch.no_grad():
+                for t in sched.timesteps:
+                    inp = sched.scale_model_input(x, t) if hasattr(sched, "scale_model_input") else x
+                    x = sched.step(net(inp, t), t, x).prev_sample
+                    rows.append(x)
+            return torch.stack(rows), times_of(sched)
+
+        den = unet_denoiser(flow.unet if kind == "flow" else unet)
+        trajectories = {}
+        for seed in seeds + [seeds[-1] + 1]:
+            sched = make(steps)
+            x0 = draw(seed)
+            ref_rows, fine_times = loop(sched, x0)
+            ref = images(ref_rows[-1])
+            starts = {"cold": (None, 0)}
+            for k in coarse_steps:
+                starts[f"coarse {k} steps"] = (_coarse_init(loop, x0, fine_times, make, k), k)
+            for name, (init, extra) in starts.items():
+                final, sol = td.sample_latents(den, make(steps), x0, options=opts.replace(init=init))
+                trajectories.setdefault(seed, sol.trajectory.clone())
+                if seed in seeds:
+                    records.append(_init_record(setting, seed, name, sol, extra, steps, images(final), ref))
+            if seed - 1 in seeds:  # the neighbour's (this seed's) trajectory for seed - 1
+                prev = seed - 1
+                x_prev = draw(prev)
+                init = trajectories[seed].clone()
+                init[0] = x_prev
+                prev_ref = images(loop(make(steps), x_prev)[0][-1])
+                final, sol = td.sample_latents(den, make(steps), x_prev, options=opts.replace(init=init))
+                records.append(_init_record(setting, prev, "neighbouring seed's trajectory", sol, 0, steps, images(final), prev_ref))
+    return records
+
+
+def _init_record(setting, seed, name, sol, extra, steps, got, ref) -> dict:
+    r = dict(setting=setting, seed=seed, method=name, rounds=sol.num_rounds, sequential_steps=extra, dependent_steps=sol.num_rounds + extra,
+             evals_per_step=(sol.num_evals + extra) / steps, status=sol.status.name, psnr_db=psnr(got[0], ref[0]))  # fmt: skip
+    print(f"{setting:12s} seed {seed:2d} {name:32s} {r['rounds']:3d} rounds + {extra:2d} steps  {r['psnr_db']:6.1f} dB", flush=True)
+    return r
+
+
+def init_table(records: list[dict]) -> str:
+    lines = [
+        "| setting | start | rounds | dependent steps (rounds + coarse steps) | evals / step | worst PSNR |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        for method in dict.fromkeys(r["method"] for r in records if r["setting"] == setting):
+            rs = [r for r in records if r["setting"] == setting and r["method"] == method]
+            lines.append(f"| {setting} | {method} | {median_range([r['rounds'] for r in rs])} | {median_range([r['dependent_steps'] for r in rs])} | "
+                         f"{statistics.median(r['evals_per_step'] for r in rs):.2f} | {min(r['psnr_db'] for r in rs):.1f} dB |")  # fmt: skip
+    lines += ["", "Batch 1, seeds as recorded, the default solver and finish with the full window; median [min, max]. Coarse steps are "
+              "sequential network calls before the solve (one dependent step each)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def table(records: list[dict], seeds: list[int]) -> str:
+    lines = [
+        "| setting | rounds: median [min, max] | issue 26 target (median) | evals / step (median) | worst PSNR | runs >= 45 dB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == setting]
+        rounds = [r["rounds"] for r in rs]
+        med, target = statistics.median(rounds), rs[0]["target"]
+        mark = "" if target is None else (" (met)" if med <= target else " (missed)")
+        lines.append(
+            f"| {setting} | {med:g} [{min(rounds)}, {max(rounds)}] | {'-' if target is None else f'<= {target}'}{mark} | "
+            f"{statistics.median(r['evals_per_step'] for r in rs):.2f} | {min(r['psnr_db'] for r in rs):.1f} dB | "
+            f"{sum(r['psnr_db'] >= 45 for r in rs)}/{len(rs)} |"
+        )
+    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, default options with the full window; batch 1 unless the setting says 4 (PSNR: the worst image of the "
+              "batch, from the sequential loop's, pixels in [0, 1]). evals / step: network evaluations per image over the steps "
+              "(sequential: 1; PNDM's doubled first step and Heun's 2T - 1 rows make theirs larger)."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def parse_seeds(text: str) -> list[int]:
+    lo, _, hi = text.partition("-")
+    return list(range(int(lo), int(hi or lo) + 1))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", default="0-9", help="a range such as 0-9 or 20-39")
+    ap.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="run only these")
+    ap.add_argument("--init", action="store_true", help="cold start, coarse initialisation, neighbouring seed (results/rounds_init.*)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    if args.init:
+        seeds = [0] if args.quick else parse_seeds(args.seeds)
+        records = run_init(seeds, coarse_steps=(5,) if args.quick else (5, 10))
+        write("rounds_init_quick" if args.quick else "rounds_init", {"seeds": seeds, "records": records}, init_table(records))
+        return 0
+    seeds = [0] if args.quick else parse_seeds(args.seeds)
+    settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
+    records = run(settings, seeds, td.SolveOptions(progress=False, window=trisolve.FullWindow()))
+    name = "rounds_quick" if args.quick else "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
+    if args.settings and not args.quick:
+        name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
+    write(name, {"seeds": seeds, "records": records}, table(records, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""``benchmarks/rounds.py`` and ``benchmarks/default_speed.py`` at smoke size (no timing is asserted)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(name, argv, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", name):
+        sys.modules.pop(mod, None)
+    importlib.import_module(name).main(argv)
+    return json.loads((tmp_path / f"{name}_quick.json").read_text()), (tmp_path / f"{name}_quick.md").read_text()
+
+
+def test_rounds_benchmark_runs_a_ddpm_a_k_diffusion_and_a_flow_loop(tmp_path, monkeypatch):
+    payload, table = _run("rounds", ["--quick"], tmp_path, monkeypatch)
+    recs = payload["records"]
+    assert [r["setting"] for r in recs] == ["DDIM-25", "Euler-25", "FlowEuler-20"]
+    assert all(r["psnr_db"] >= 40 and 1 <= r["rounds"] <= r["steps"] and r["evals_per_step"] >= 1 for r in recs)
+    assert "Euler-25" in table and "target" in table
+
+
+def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monkeypatch):
+    payload, table = _run("default_speed", ["--quick"], tmp_path, monkeypatch)
+    (row,) = payload["rows"]
+    assert row["window"] is not None and 1 <= row["window"] <= row["steps"] and row["sequential_s"] > 0 and row["default_s"] > 0
+    assert len(payload["load_average"]) == 2 and payload["machine"]["cpus"] >= 1
+    assert "speed-up" in table
+
+
+def test_rounds_benchmark_compares_initialisations_with_their_sequential_cost(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.syspath_prepend(str(BENCH))
+    for mod in ("common", "rounds"):
+        sys.modules.pop(mod, None)
+    importlib.import_module("rounds").main(["--init", "--quick"])
+    recs = json.loads((tmp_path / "rounds_init_quick.json").read_text())["records"]
+    assert {(r["setting"], r["method"]) for r in recs} == {
+        (s, m) for s in ("DDIM-50", "FlowEuler-28") for m in ("cold", "coarse 5 steps", "neighbouring seed's trajectory")
+    }
+    for r in recs:  # every start reaches the same sample; the coarse steps are counted as dependent steps
+        assert r["psnr_db"] >= 40 and r["dependent_steps"] == r["rounds"] + r["sequential_steps"]
+        assert r["sequential_steps"] == (5 if r["method"].startswith("coarse") else 0)
