@@ -10,25 +10,14 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def _run(name, argv, tmp_path, monkeypatch):
-    """Run ``benchmarks/<name>.py``'s ``main(argv)`` with its results written to ``tmp_path`` (fresh imports)."""
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", name):
-        sys.modules.pop(mod, None)
-    importlib.import_module(name).main(argv)
+from benchrun import BENCH, run_benchmark
 
 
 def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
     """``recurrences.py --cpu-rnn``: both dtypes converge to the NumPy loop, and the floor never exceeds the solve by much."""
-    _run("recurrences", ["--cpu-rnn", "--quick"], tmp_path, monkeypatch)
+    run_benchmark("recurrences", ["--cpu-rnn", "--quick"], tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "recurrences_cpu_rnn_quick.json").read_text())["rows"]
     assert [r["dtype"] for r in rows] == ["float64", "float32"]
     assert all(r["status"] == "CONVERGED" and r["max_error"] < 10 * r["atol"] and r["rounds"] >= 2 for r in rows)
@@ -36,7 +25,7 @@ def test_cpu_rnn_target_runs_at_smoke_size(tmp_path, monkeypatch):
 
 def test_adjoint_choice_runs_at_smoke_size(tmp_path, monkeypatch):
     """``recurrences.py --adjoint``: the default (auto) adjoint's gradient agrees with the dense one; at d <= 8 it is dense from the start."""
-    _run("recurrences", ["--adjoint", "--quick"], tmp_path, monkeypatch)
+    run_benchmark("recurrences", ["--adjoint", "--quick"], tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "recurrences_adjoint_quick.json").read_text())["rows"]
     assert [r["problem"] for r in rows] == ["tanh RNN, hidden 4", "tanh RNN, hidden 16"]
     assert all(r["auto_vs_dense"] < 1e-10 and r["rounds"] >= 2 for r in rows)
@@ -48,7 +37,7 @@ def gpu_quick(tmp_path_factory):
     """``gpu.py --quick --device cpu``, run once: its results folder, payload and module."""
     out = tmp_path_factory.mktemp("gpu")
     with pytest.MonkeyPatch.context() as mp:
-        _run("gpu", ["--quick", "--device", "cpu"], out, mp)
+        run_benchmark("gpu", ["--quick", "--device", "cpu"], out, mp)
         module = sys.modules["gpu"]
     return out, json.loads((out / "gpu_quick.json").read_text()), module
 
@@ -73,7 +62,7 @@ def test_gpu_benchmark_runs_at_smoke_size(gpu_quick):
      "multi_gpu_model"],  # fmt: skip
 )
 def test_benchmark_runs_at_smoke_size(name, tmp_path, monkeypatch):
-    _run(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
+    run_benchmark(name, ["--quick", "--device", "cpu"] if name.startswith("gpu") else ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / f"{name}_quick.json").read_text())
     assert payload["machine"]["cpus"] >= 1
     table = (tmp_path / f"{name}_quick.md").read_text()
@@ -131,7 +120,7 @@ def test_gpu_cost_model_section_at_smoke_size(gpu_quick, monkeypatch):
 
 def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     """``memory.py``: every setting converges; records stay 24 bytes a round; a window of 64 bounds the peak."""
-    _run("memory", ["--quick"], tmp_path, monkeypatch)
+    run_benchmark("memory", ["--quick"], tmp_path, monkeypatch)
     rows = {r["setting"]: r for r in json.loads((tmp_path / "memory_quick.json").read_text())["rows"]}
     assert all(r["status"] == "CONVERGED" and r["record_bytes_per_round"] == 24 for r in rows.values())
     assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]
@@ -139,7 +128,7 @@ def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
 
 def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, monkeypatch):
     """``ranks.py --quick``: torchrun with 1 and 2 gloo ranks beside the loop; the samples match the loop, the ranks agree."""
-    _run("ranks", ["--quick"], tmp_path, monkeypatch)
+    run_benchmark("ranks", ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / "ranks_quick.json").read_text())
     assert payload["machine"]["cpus"] >= 1
     one, two = (payload["runs"][k]["rows"] for k in ("1", "2"))
@@ -154,7 +143,7 @@ def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, mon
 
 def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_path, monkeypatch):
     """``multi_gpu_model.py``: the Flux-sized batch of 8 splits its samples (window 1) and scales with the GPUs; digits does not."""
-    _run("multi_gpu_model", ["--quick"], tmp_path, monkeypatch)
+    run_benchmark("multi_gpu_model", ["--quick"], tmp_path, monkeypatch)
     rows = json.loads((tmp_path / "multi_gpu_model_quick.json").read_text())["rows"]
     flux8 = {r["devices"]: r for r in rows if r["model"].startswith("Flux") and r["batch"] == 8 and r["link"] in ("-", "NVLink 4")}
     assert all(r["window"] == 1 for r in flux8.values())
@@ -166,7 +155,7 @@ def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_pa
 # -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
 def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
     """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
-    _run("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
+    run_benchmark("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
     recs = json.loads((tmp_path / "diffusion_quick.json").read_text())["records"]
     assert {r["method"] for r in recs} == {"TAA m=4, Picard (default)", "TAA m=4, Picard, VP rows (mapping.scaled())"}
     assert all(r["setting"] == "Euler-4" and r["rounds"] <= 4 and r["final_psnr"] >= 40 for r in recs)
@@ -174,7 +163,7 @@ def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
 
 def test_flow_sweep_runs_at_smoke_size(tmp_path, monkeypatch):
     """``flow.py --sweep --quick``: the sweep's loop on its first two variants."""
-    _run("flow", ["--quick", "--sweep"], tmp_path, monkeypatch)
+    run_benchmark("flow", ["--quick", "--sweep"], tmp_path, monkeypatch)
     recs = json.loads((tmp_path / "flow_sweep_quick.json").read_text())["records"]
     assert len({r["method"] for r in recs}) == 2 and all(r["rounds"] <= r["steps"] and r["final_psnr"] >= 40 for r in recs)
 

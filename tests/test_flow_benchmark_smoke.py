@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def test_flow_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "flow"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("flow").main(["--quick"])
+    run_benchmark("flow", ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / "flow_quick.json").read_text())
     recs = payload["records"]
     assert {r["method"] for r in recs} >= {"Jacobi", "Picard (ParaDiGMS) tol 0.1", "TAA m=1, Picard (default)", "TAA m=4, Picard"}

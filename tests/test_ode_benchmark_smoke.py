@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def test_ode_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "ode"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("ode").main(["--quick"])
+    run_benchmark("ode", ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / "ode_quick.json").read_text())
     rows = payload["rows"]
     assert payload["machine"]["cpus"] >= 1

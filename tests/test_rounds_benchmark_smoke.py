@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def _run(name, argv, tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", name):
-        sys.modules.pop(mod, None)
-    importlib.import_module(name).main(argv)
+    run_benchmark(name, argv, tmp_path, monkeypatch)
     return json.loads((tmp_path / f"{name}_quick.json").read_text()), (tmp_path / f"{name}_quick.md").read_text()
 
 
@@ -36,11 +29,7 @@ def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monke
 
 
 def test_rounds_benchmark_compares_initialisations_with_their_sequential_cost(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "rounds"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("rounds").main(["--init", "--quick"])
+    run_benchmark("rounds", ["--init", "--quick"], tmp_path, monkeypatch)
     recs = json.loads((tmp_path / "rounds_init_quick.json").read_text())["records"]
     assert {(r["setting"], r["method"]) for r in recs} == {
         (s, m) for s in ("DDIM-50", "FlowEuler-28") for m in ("cold", "coarse 5 steps", "neighbouring seed's trajectory")

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+from benchrun import run_benchmark
 
 
 def test_video_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRISOLVE_BENCH_RESULTS", str(tmp_path))
-    monkeypatch.syspath_prepend(str(BENCH))
-    for mod in ("common", "video"):
-        sys.modules.pop(mod, None)
-    importlib.import_module("video").main(["--quick"])
+    run_benchmark("video", ["--quick"], tmp_path, monkeypatch)
     recs = json.loads((tmp_path / "video_quick.json").read_text())["records"]
     assert {r["model"] for r in recs} == {"Wan 2.1 (UniPC flow)", "LTX-Video (FlowMatch Euler)"}
     assert {r["method"] for r in recs} == {"Jacobi", "Picard (ParaDiGMS) tol 0.1", "default (TAA)"}
