@@ -142,9 +142,11 @@ def test_demo_runs_end_to_end_and_writes_its_figure(tmp_path, capsys):
     ratio = float(re.search(r"([0-9.]+)x", verdict).group(1))
     # the table rounds to 0.01 s and the sentence to 0.01x
     assert (t_seq - 0.005) / (t_par + 0.005) - 0.005 <= ratio <= (t_seq + 0.005) / max(t_par - 0.005, 1e-9) + 0.005
-    if max(s_lo, p_lo) <= min(s_hi, p_hi):
+    # the ranges are printed to 0.01 s: within that of touching, either reading is the demo's own (unrounded) one
+    gap = max(s_lo, p_lo) - min(s_hi, p_hi)  # < 0: the ranges overlap
+    if gap < -0.01:
         assert verdict.startswith("no clear winner")
-    else:
+    elif gap > 0.01 or not verdict.startswith("no clear winner"):
         assert ("faster here" in verdict) == (ratio >= 1.0) and ("(slower) here" in verdict) == (ratio < 1.0)
     shapes = r"(all 10 steps \(full window|sliding, [0-9]+ steps \(|one step per round \(forward substitution)"
     window = r"window: " + shapes + r", the default, chosen from measured times\)"
