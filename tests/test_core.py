@@ -558,10 +558,10 @@ def test_at_most_one_host_read_and_no_host_built_tensor_per_round(solver, update
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("solver", [trisolve.Jacobi(), trisolve.TriangularAnderson()], ids=["jacobi", "taa"])
 def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solver):
-    """Stop at the first round whose starting iterate has a pending error RMS(F_n(x) - x_n) / (1 - rate)
-    <= final_row_atol for every sample (unscaled by sigma; rate: that correction over the previous
-    round's, per sample), and every window row's correction <= final_row_atol, checked independently
-    from the iterates a callback saw."""
+    """Stop at the first round whose starting iterate has a pending error after the round's update,
+    rate RMS(F_n(x) - x_n) / (1 - rate), <= final_row_atol for every sample (unscaled by sigma; rate:
+    that correction over the previous round's, per sample), and every window row's correction <=
+    final_row_atol, checked independently from the iterates a callback saw."""
     n, tol = 60, 1e-3
     rng = np.random.default_rng(5)
     base = blackbox_system(rng, n, 1, (3, 4), backend, scale=0.4)
@@ -582,11 +582,11 @@ def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solv
         f = backend.to_numpy(system.fn(backend.asarray(traj), n, n + 1))[0]
         return np.sqrt(np.mean((f - traj[n]) ** 2, axis=-1))
 
-    def pending(t):  # the final row's correction at round t's start over (1 - its rate since round t - 1)
+    def pending(t):  # the final row's correction at round t's start times rate / (1 - rate), rate since round t - 1
         if t == 0 or sol.windows[t - 1][1] != n + 1:
             return np.inf
         c, prev = final_rms(starts[t]), final_rms(starts[t - 1])
-        return np.where(c < prev, c / (1 - c / prev), np.inf).max()
+        return np.where(c < prev, c * (c / prev) / (1 - c / prev), np.inf).max()
 
     def window_rms(traj, lo, hi):  # the largest pending correction of the window rows
         f = backend.to_numpy(system.fn(backend.asarray(traj), lo, hi))

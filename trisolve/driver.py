@@ -146,9 +146,10 @@ def solve(
         Output-aware finish: stop once row ``n`` is in the window and its pending correction
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
         order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from,
-        divided by ``1 - rate`` (the error still pending when the iteration contracts at that
-        rate: ``rate`` is this round's correction over the previous round's, per sample, and
-        a rate ``>= 1`` or no previous round means "not yet"), is ``<= final_row_atol`` for every
+        times ``rate / (1 - rate)`` (the error still pending after the round applied that
+        correction, when the iteration contracts at that rate: ``rate`` is this round's
+        correction over the previous round's, per sample, and a rate ``>= 1`` or no previous
+        round means "not yet"), is ``<= final_row_atol`` for every
         sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
         row's correction is too (a row still far from its value would move the final row in
         the next rounds); that round's update is still applied. Status
@@ -587,17 +588,20 @@ class _Run:
 
 
 def _pending_error(correction: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
-    """The final row's error still pending, per sample: ``correction / (1 - rate)``, ``rate = correction / previous``.
+    """The final row's error still pending after this round's update, per sample: ``rate correction / (1 - rate)``.
 
-    An iteration that contracts at ``rate`` still moves the row by about ``correction (1 + rate +
-    rate^2 + ...)``; ``inf`` where it does not contract (``rate >= 1``), where a value is not
-    finite, or when there is no previous round to measure the rate on. A zero correction is 0.
+    ``correction`` is the row's correction at the iterate the round started from, ``rate =
+    correction / previous`` the contraction observed since the previous round. The round applies
+    this correction; an iteration that contracts at ``rate`` then still moves the row by about
+    ``correction (rate + rate^2 + ...) = rate correction / (1 - rate)`` -- the error of the
+    iterate the solve returns. ``inf`` where it does not contract (``rate >= 1``), where a value
+    is not finite, or when there is no previous round to measure the rate on. A zero correction is 0.
     """
     if previous is None:
         return np.where(correction == 0.0, 0.0, np.inf)
     with np.errstate(divide="ignore", invalid="ignore"):
         rate = correction / previous
-        est = np.where(rate < 1.0, correction / (1.0 - rate), np.inf)
+        est = np.where(rate < 1.0, rate * correction / (1.0 - rate), np.inf)
     return np.where(correction == 0.0, 0.0, est)
 
 

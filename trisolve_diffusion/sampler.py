@@ -143,8 +143,9 @@ class SolveOptions:
         Stop when the final latent's change between rounds, in tolerance units, is below this.
     final_row_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's pending error -- the RMS of its residual over ``1 - rate``, the contraction
-        observed between two rounds, per sample -- is ``<= final_row_atol``, and every unfinished
+        latent's pending error after the round's update -- the RMS of its residual times ``rate / (1 -
+        rate)``, ``rate`` the contraction observed between two rounds, per sample -- is
+        ``<= final_row_atol``, and every unfinished
         step's correction is too,
         status ``FINAL_ROW_CONVERGED`` (the deprecated spelling ``final_atol=`` warns and means
         the same). ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
