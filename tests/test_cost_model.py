@@ -176,9 +176,9 @@ def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
         pytest.skip("a process group is already initialised in this process")
     scheduler = DDIMScheduler(num_train_timesteps=100)
     scheduler.set_timesteps(5)
-    opts = td.SolveOptions(distributed=True, progress=False)
+    opts = dict(distributed=True, progress=False)
     with pytest.raises(ValueError, match="torchrun"):
-        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), options=opts)
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), **opts)
 
 
 def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
@@ -235,7 +235,7 @@ def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_
     latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     expected = td.SamplingInterrupted if isinstance(fault, KeyboardInterrupt) else td.ParallelSamplingError
     with pytest.raises(expected, match="the automatic window timed the network") as info:
-        td.sample_latents(den, scheduler, latents, options=td.SolveOptions(progress=False))
+        td.sample_latents(den, scheduler, latents, progress=False)
     sol = info.value.solution
     assert info.value.__cause__ is fault and sol.error is fault and sol.num_rounds == 0 and sol.num_frozen == 1
     assert sol.status is (trisolve.Status.INTERRUPTED if isinstance(fault, KeyboardInterrupt) else trisolve.Status.FAILED)

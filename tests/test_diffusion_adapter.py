@@ -285,9 +285,9 @@ def test_progress_bar_ends_at_100_percent_on_a_solution_and_shows_pending_residu
         bars.append(_RecordingBar(total))
         return bars[-1]
 
-    opts = td.SolveOptions(progress=progress, callback=infos.append, **options)
+    opts = dict(progress=progress, callback=infos.append, **options)
     with pytest.warns(td.UnconvergedSampleWarning) if status is trisolve.Status.MAX_ITER else _no_warning():
-        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, options=opts)
+        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, **opts)
     assert sol.status is status
     (bar,) = bars
     assert bar.total == 30 and bar.closed
