@@ -53,8 +53,9 @@ sequential = x
 # %%
 # The same loop in parallel rounds
 # --------------------------------
-# Solver settings travel in one :class:`~trisolve_diffusion.SolveOptions`; the defaults end
-# every benchmark run >= 40 dB from the sequential sample.
+# Solver settings are keywords, the names :func:`trisolve.solve` takes (``solver=``, ``atol=``,
+# ``window=``, ``progress=``, ...; each described under :class:`~trisolve_diffusion.SolveOptions`);
+# the defaults end every benchmark run >= 40 dB from the sequential sample.
 final, sol = td.sample_latents(denoiser, scheduler, latents, progress=False)
 print(f"{sol.num_rounds} rounds for 25 steps, {sol.num_evals} evaluations, status {sol.status.name}")
 print(f"max |parallel - sequential| = {(final - sequential).abs().max():.1e}")

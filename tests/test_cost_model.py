@@ -64,13 +64,16 @@ def test_measure_stops_once_saturated_and_caches(monkeypatch):
     class Model:  # anything weakly referenceable
         pass
 
-    model = Model()
-    curve = cm.measure_round_time(call, 256, repeats=2, key="k", model=model)
+    model, cache = Model(), {}
+    curve = cm.measure_round_time(call, 256, repeats=2, key="k", model=model, cache=cache)
     assert curve.rows == (1, 2, 4, 8, 16) and curve.seconds[-1] == pytest.approx(0.16)  # stopped after two doublings of the time
     n = len(calls)
-    assert cm.measure_round_time(call, 256, key="k", model=model) is curve and len(calls) == n  # cached
-    cm.clear_cache()
-    cm.measure_round_time(call, 256, key="k", model=model)
+    assert cm.measure_round_time(call, 256, key="k", model=model, cache=cache) is curve and len(calls) == n  # cached
+    cm.measure_round_time(call, 256, key="k", model=model)  # no cache given: measured again, nothing kept
+    assert len(calls) > n
+    cache.clear()
+    n = len(calls)
+    cm.measure_round_time(call, 256, key="k", model=model, cache=cache)
     assert len(calls) > n
 
 
@@ -106,7 +109,8 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
     (t3, r3), (t1, r1) = seen["stand_in"]
     assert t3 > 0 and 1 <= r3 <= 3 and t1 > 0 and r1 == 1
-    assert cm.last_choice.window == max({hi - lo for lo, hi in out.solution.windows}) and cm.last_choice.model.curve is curve
+    choice = td.AutoWindow.of(pipe.unet).last_choice  # the policy sample() gave the pipeline's network
+    assert choice.window == max({hi - lo for lo, hi in out.solution.windows}) and choice.model.curve is curve
     widths = {hi - lo for lo, hi in out.solution.windows}
     expected = cm.choose_window(curve, 20).window
     if expect_full:
@@ -146,11 +150,12 @@ def test_the_default_window_is_automatic_on_a_cpu_too(monkeypatch, curve, expect
     pipe = _digits()
     out = td.sample(pipe, batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np")
     widths = {hi - lo for lo, hi in out.solution.windows}
-    assert cm.last_choice.model.curve is curve
+    choice = td.AutoWindow.of(pipe.unet).last_choice
+    assert choice.model.curve is curve
     if expect == "full":
-        assert cm.last_choice.window == 12 and max(widths) == 12 and out.solution.num_rounds < 12
+        assert choice.window == 12 and max(widths) == 12 and out.solution.num_rounds < 12
     else:
-        assert cm.last_choice.window == 1 and widths == {1} and out.solution.num_rounds == 12 and out.solution.converged
+        assert choice.window == 1 and widths == {1} and out.solution.num_rounds == 12 and out.solution.converged
     ref = pipe(batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np").images
     np.testing.assert_allclose(out.images, ref, atol=5e-3)
 
@@ -203,13 +208,13 @@ def test_measure_overhead_fits_a_line_through_two_windows_and_caches(monkeypatch
     class Model:
         pass
 
-    model = Model()
-    a, b = cm.measure_overhead(run_rounds, 40, sync=lambda: syncs.append(1), key="k", model=model)
+    model, cache = Model(), {}
+    a, b = cm.measure_overhead(run_rounds, 40, sync=lambda: syncs.append(1), key="k", model=model, cache=cache)
     assert a == pytest.approx(0.002) and b == pytest.approx(5e-5)
     assert {w for w, _ in calls} == {8, 40} and {k for _, k in calls} == {1, 4}
     assert len(syncs) == 2 * (len(calls) - 2)  # every timed call bracketed (the two warm-ups are not timed)
     n = len(calls)
-    assert cm.measure_overhead(run_rounds, 40, key="k", model=model) == (a, b) and len(calls) == n  # cached
+    assert cm.measure_overhead(run_rounds, 40, key="k", model=model, cache=cache) == (a, b) and len(calls) == n  # cached
     assert cm.measure_overhead(lambda w, k: 0, 40) == (0.0, 0.0)  # rounds that did not run: no term
 
     def constant(w, k):
@@ -225,7 +230,6 @@ def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_
     (or SamplingInterrupted) with an unstarted solution, as in a round, never a bare exception."""
     from diffusers import DDIMScheduler
 
-    cm.clear_cache()
     scheduler = DDIMScheduler(num_train_timesteps=100)
     scheduler.set_timesteps(10)
 

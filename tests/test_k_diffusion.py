@@ -15,6 +15,7 @@ import pytest
 import torch
 from k_diffusion_ref import load_sampling
 
+import trisolve
 import trisolve_diffusion as td
 from trisolve_diffusion import k_diffusion as K
 
@@ -344,3 +345,22 @@ def test_unconverged_end_warns_or_raises():
     with pytest.raises(td.UnconvergedSampleError) as info:
         K.sample_heun(gmm_model(), x, sigmas, disable=True, **DEFAULT | dict(max_iter=2, strict=True))
     torch.testing.assert_close(info.value.solution.trajectory[0], x)
+
+
+def test_solve_keywords_are_flat_with_round_callback_and_the_old_options_warn():
+    """The samplers take sample_latents's solve keywords; the per-round callback is round_callback= (callback= is
+    k-diffusion's per step); progress= is disable=; options=SolveOptions(...) still works, with a DeprecationWarning."""
+    base = gmm_model()
+    sigmas = SCHEDULES["karras+0"]()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
+    rounds, steps = [], []
+    out, sol = K.sample_euler(base, x, sigmas, disable=True, callback=steps.append, round_callback=rounds.append, return_solution=True,
+                              **TIGHT)  # fmt: skip
+    assert len(rounds) == sol.num_rounds and all(isinstance(r, trisolve.RoundInfo) for r in rounds)
+    assert [s["i"] for s in steps] == list(range(len(sigmas) - 1))  # k-diffusion's per-step callback, unchanged
+    assert sol.tolerance == trisolve.Tolerance(atol=TIGHT["atol"], rtol=TIGHT["rtol"])
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) progress; .*round_callback"):
+        K.sample_euler(base, x, sigmas, disable=True, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"options=SolveOptions\(\.\.\.\)\) is deprecated"):
+        old = K.sample_euler(base, x, sigmas, disable=True, options=td.SolveOptions(**TIGHT))
+    torch.testing.assert_close(old, out, rtol=0, atol=0)

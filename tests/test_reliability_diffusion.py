@@ -230,7 +230,7 @@ def test_a_mask_that_is_not_a_tensor_is_named():
 
 
 # -- 5. NumPy scalars for every numeric option ---------------------------------------------------------
-OPTION_VALUES = dict(order=2, window=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_row_atol=1e-9, num_frozen=1)
+OPTION_VALUES = dict(window=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_row_atol=1e-9, num_frozen=1)
 
 
 @pytest.mark.parametrize("name", sorted(OPTION_VALUES))
@@ -299,7 +299,6 @@ def test_network_helpers_take_numpy_scalars(unet):
 
 # -- 6. the automatic window's cache: by identity, never by name ---------------------------------------
 def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
-    cost_model.clear_cache()
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=6))
     latents = torch.randn(1, 1, 2, 2)
     calls = {"cheap": 0, "costly": 0}
@@ -325,16 +324,16 @@ def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
 
     rounds, n_calls = rounds_and_calls(cheap, "cheap")
     assert n_calls > rounds  # measured: more calls than the solve's rounds
-    cheap_curve = cost_model.last_choice.model.curve
+    cheap_curve = td.AutoWindow.of(cheap).last_choice.model.curve
     rounds, n_calls = rounds_and_calls(costly, "costly")
     assert n_calls > rounds  # the second denoiser is measured too, not given the first one's curve
-    assert cost_model.last_choice.model.curve is not cheap_curve
+    assert td.AutoWindow.of(costly).last_choice.model.curve is not cheap_curve
     rounds, n_calls = rounds_and_calls(cheap, "cheap")
-    assert n_calls == rounds  # the same denoiser again: its own curve, from the cache
-    entries = len(cost_model._CACHE)
+    assert n_calls == rounds  # the same denoiser again: its own curve, from its policy's cache
+    entries = len(cost_model._POLICIES)
     del cheap
     gc.collect()
-    assert len(cost_model._CACHE) == entries - 1  # the entry goes with its denoiser
+    assert len(cost_model._POLICIES) == entries - 1  # the policy goes with its denoiser
 
 
 # -- 7. what the pipelines whose loop neither scales nor passes step arguments by signature can run -------
