@@ -342,6 +342,8 @@ def test_one_default_solver_and_one_site_for_the_tolerance_defaults():
         assert td.SolveOptions().solver_and_map(5, mapping) == (solver, update_map)  # what sample_latents solves with
     given = trisolve.Jacobi()
     assert td.SolveOptions(solver=given).solver_and_map(5)[0] is given
+    with pytest.warns(DeprecationWarning, match="pass the scheduler mapping"):
+        assert td.SolveOptions().solver_and_map(5, history_size=2)[0] == trisolve.TriangularAnderson(history_size=2)
     assert td.default_solver() == td.default_solver(None) == (trisolve.TriangularAnderson(history_size=4), trisolve.Picard())
     # tolerance defaults: the core's are Tolerance's fields, the samplers' are DEFAULT_TOLERANCE's
     params = inspect.signature(trisolve.solve).parameters

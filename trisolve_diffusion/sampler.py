@@ -303,9 +303,22 @@ class SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def solver_and_map(self, n: int, mapping: SchedulerMapping | None = None) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
-        """The solver and update map for an ``n``-row system: the ones given, else :func:`default_solver` ``(mapping)``'s."""
+    def solver_and_map(
+        self, n: int, mapping: SchedulerMapping | None = None, *, history_size: Any = _UNSET
+    ) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+        """The solver and update map for an ``n``-row system: the ones given, else :func:`default_solver` ``(mapping)``'s.
+
+        ``history_size=`` (deprecated, ``DeprecationWarning``): the default ``TriangularAnderson``'s pairs; pass the mapping.
+        """
         solver, update_map = default_solver(mapping)
+        if history_size is not _UNSET:
+            warnings.warn(
+                "SolveOptions.solver_and_map(n, history_size=m) is deprecated; pass the scheduler mapping, whose "
+                "default_history_size default_solver(mapping) reads.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            solver = trisolve.TriangularAnderson(history_size=history_size)
         solver = solver if self.solver is None else self.solver
         if self.update_map is not None:
             return solver, self.update_map
@@ -349,8 +362,9 @@ def default_solver(mapping: SchedulerMapping | None = None) -> tuple[trisolve.So
     Examples
     --------
     >>> import trisolve_diffusion as td
-    >>> td.default_solver()
-    (TriangularAnderson(history_size=4, ...), Picard(order=None))
+    >>> solver, update_map = td.default_solver()
+    >>> solver.history_size, update_map
+    (4, Picard(order=None))
     """
     history_size = (SchedulerMapping if mapping is None else mapping).default_history_size
     return trisolve.TriangularAnderson(history_size=history_size), trisolve.Picard()
