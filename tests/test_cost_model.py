@@ -165,12 +165,16 @@ def test_auto_is_refused_where_a_window_policy_is_expected():
         trisolve.SlidingWindow("auto")
 
 
-def test_solve_options_accept_auto_and_a_distributed_flag_only():
+def test_solve_keywords_accept_auto_and_a_distributed_flag_only():
+    from diffusers import DDIMScheduler
+
     assert td.SolveOptions(window="auto").window_policy() is None  # resolved in sample_latents
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(5)
     with pytest.raises(ValueError, match="auto"):
-        td.SolveOptions(window="fastest")
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), window="fastest")
     with pytest.raises(TypeError, match="distributed"):
-        td.SolveOptions(distributed="yes")
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), distributed="yes")
 
 
 def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
