@@ -114,10 +114,10 @@ def sample(
     pipe : diffusers pipeline
         One of :data:`SUPPORTED_PIPELINES`, with a scheduler in :data:`SUPPORTED_SCHEDULERS`
         (see the "Supported pipelines and schedulers" page).
-    solver, update_map, window, atol, rtol, final_row_atol, max_iter, early_stop, init, num_frozen, callback, progress, strict, \
-trajectory_dtype, distributed
+    solver, update_map, window, atol, rtol, final_row_atol, max_iter, callback, progress, strict, distributed, ...
         The solve keywords, the same as :func:`sample_latents`'s (each described under
-        :class:`SolveOptions`; no pipeline argument has one of these names). The progress bar
+        :class:`SolveOptions`, also ``early_stop``, ``init``, ``num_frozen``,
+        ``trajectory_dtype``; no pipeline argument has one of these names). The progress bar
         is the pipeline's own (``pipe.set_progress_bar_config`` applies) unless
         ``progress=False``. ``callback=`` is *per round*: ``callback(info:
         trisolve.RoundInfo)`` after each parallel round (every step's current iterate, the
