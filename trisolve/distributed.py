@@ -53,7 +53,7 @@ import torch.distributed as dist
 from ._validate import check_float
 from .systems import SplitFunction, TriangularSystem
 
-__all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
+__all__ = ["distribute", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
 
 
 class DistributedError(RuntimeError):

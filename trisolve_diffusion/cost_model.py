@@ -83,11 +83,8 @@ __all__ = [
     "choose_window",
     "MIN_SPEEDUP",
     "auto_window",
-    "network_of",
-    "clear_cache",
     "AutoWindow",
-    "default_auto_window",
-]
+]  # deprecated, not listed: network_of, clear_cache, default_auto_window, last_choice
 
 
 @dataclass(frozen=True)
