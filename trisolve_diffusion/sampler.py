@@ -370,8 +370,15 @@ def default_solver(mapping: SchedulerMapping | None = None) -> tuple[trisolve.So
     return trisolve.TriangularAnderson(history_size=history_size), trisolve.Picard()
 
 
-def options_from_keywords(keywords: dict[str, Any], options: SolveOptions | None = None, *, caller: str,
-                  names: frozenset[str] | None = None, aliases: dict[str, str] | None = None, stacklevel: int = 3) -> SolveOptions:  # fmt: skip
+def options_from_keywords(
+    keywords: dict[str, Any],
+    options: SolveOptions | None = None,
+    *,
+    caller: str,
+    names: frozenset[str] | None = None,
+    aliases: dict[str, str] | None = None,
+    stacklevel: int = 3,
+) -> SolveOptions:
     """The :class:`SolveOptions` of a sampler's flat solve keywords (the one spelling).
 
     ``keywords``: the solve keywords given (each a :class:`SolveOptions` field, or a deprecated
