@@ -462,3 +462,38 @@ def test_deprecated_cost_model_globals_warn():
     net = torch.nn.Identity()
     with pytest.warns(DeprecationWarning, match="window=AutoWindow\\(network\\)"):
         assert cost_model.network_of(lambda x, t: net(x)) is net
+
+
+def test_a_system_several_ranks_share_is_asked_to_agree_before_the_first_round():
+    """solve() calls the protocol's agree(**arguments) when num_ranks > 1 (what distribute()'s copy uses), never on one rank."""
+    seen, evaluated = [], []
+
+    class Shared(trisolve.TriangularSystem):
+        n, ranks = 5, 2
+
+        @property
+        def num_ranks(self):
+            return self.ranks
+
+        def evaluate(self, x, lo, hi, cache, *, xp):
+            evaluated.append((lo, hi))
+            return trisolve.Evaluation(f=0.5 * x[lo - 1 : hi - 1] + 1.0, num_evals=hi - lo)
+
+        def agree(self, **arguments):
+            seen.append(arguments)
+            if arguments["tolerance"].atol != 1e-9:
+                raise RuntimeError("the ranks disagree (a stand-in for DistributedError)")
+
+    sol = trisolve.solve(Shared(), trisolve.Jacobi(), np.zeros(()), atol=1e-9)
+    assert sol.status.ok and len(seen) == 1
+    args = seen[0]
+    assert args["solver"] == trisolve.Jacobi() and args["tolerance"] == trisolve.Tolerance(atol=1e-9) and args["x0"] == 0
+    assert args["callback"] is False and args["init"] is None
+    evaluated.clear()
+    with pytest.raises(RuntimeError, match="disagree"):
+        trisolve.solve(Shared(), trisolve.Jacobi(), np.zeros(()), atol=1e-8)
+    assert evaluated == []  # raised before any evaluation
+    one = Shared()
+    one.ranks = 1
+    trisolve.solve(one, trisolve.Jacobi(), np.zeros(()), atol=1e-8)
+    assert len(seen) == 2  # one rank: nothing to agree on
