@@ -125,8 +125,9 @@ class SolveOptions:
         <trisolve_diffusion.AutoWindow.of>`, the one policy of that network in this process,
         where :func:`sample` gives it the pipeline's network (``pipe.unet`` or
         ``pipe.transformer``) and :func:`sample_latents` the denoiser itself (timed and cached
-        by the denoiser's identity: pass ``window=AutoWindow(network)`` to share the
-        measurement between denoisers built around one network). Fewest rounds with the whole window; with a
+        by the denoiser's identity, so a denoiser made anew for each call -- a bound method, a
+        closure built per call -- is measured anew each call: pass ``window=AutoWindow(network)``
+        to share the measurement between denoisers built around one network). Fewest rounds with the whole window; with a
         network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
