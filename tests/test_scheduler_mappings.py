@@ -512,3 +512,21 @@ def test_refuses_a_stepped_scheduler_and_unset_timesteps():
     s.step(torch.zeros(SHAPE), s.timesteps[0], torch.zeros(SHAPE))
     with pytest.raises(UnsupportedSchedulerError, match="already been stepped"):
         map_scheduler(s)
+
+
+def test_multistep_loops_test_their_steps_against_atol_alone():
+    """DPM-Solver multistep, UniPC and PNDM have a zero tolerance scale (multistep_tolerance_scale: measured on the
+    digits DDPM, benchmarks/rounds.py); the one-step loops keep the posterior standard deviation between levels."""
+    from trisolve_diffusion.schedulers.parametrisation import level_posterior_std
+
+    for make in (DPMSolverMultistepScheduler, UniPCMultistepScheduler, lambda: PNDMScheduler(skip_prk_steps=True)):
+        sched = make()
+        sched.set_timesteps(10)
+        m = map_scheduler(sched)
+        assert m.sigma.shape == (m.n,) and np.all(m.sigma == 0.0), type(sched).__name__
+    for make in (DDIMScheduler, EulerDiscreteScheduler):
+        sched = make()
+        sched.set_timesteps(10)
+        m = map_scheduler(sched)
+        np.testing.assert_allclose(m.sigma, level_posterior_std(m.rows.alpha, m.rows.sigma))
+        assert np.all(m.sigma[:-1] > 0)

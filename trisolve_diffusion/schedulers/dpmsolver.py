@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, alpha_sigma_levels, check_common, solver_order, start_index
+from .base import SchedulerMapping, UnsupportedSchedulerError, alpha_sigma_levels, check_common, multistep_tolerance_scale, solver_order, start_index
 from .parametrisation import Parametrisation, x0_processing
 
 __all__ = ["map_dpmsolver", "dpm_rows"]
@@ -113,6 +113,7 @@ def map_dpmsolver(scheduler, start: int | None = None) -> SchedulerMapping:
         a=a,
         B=B,
         rows=dpm_rows(scheduler, alpha_t, sigma_t, data_prediction=algo in ("dpmsolver++", "sde-dpmsolver++")),
+        sigma=multistep_tolerance_scale(n),
         noise_scale=noise,
         noise_drawn=np.full(n, algo.startswith("sde")),
         noise_in_float32=True,

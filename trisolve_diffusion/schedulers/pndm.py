@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, posterior_std, refuse_stepped, start_index, timesteps_of
+from .base import SchedulerMapping, UnsupportedSchedulerError, check_common, multistep_tolerance_scale, refuse_stepped, start_index, timesteps_of
 from .parametrisation import Parametrisation
 
 __all__ = ["map_pndm"]
@@ -55,7 +55,7 @@ def map_pndm(scheduler: Any, start: int | None = None) -> SchedulerMapping:
     v_pred = cfg.prediction_type == "v_prediction"
     p = min(5, n)
     a, B = np.zeros(n), np.zeros((n, p))
-    ab_from, ab_to = np.zeros(n), np.zeros(n)
+    ab_to = np.zeros(n)
     A_prev = K_prev = None
     ets: list[int] = []
     for c in range(n):
@@ -69,7 +69,7 @@ def map_pndm(scheduler: Any, start: int | None = None) -> SchedulerMapping:
         k = (ab_p - ab) / (ab * np.sqrt(1 - ab_p) + np.sqrt(ab * (1 - ab) * ab_p))
         A = np.sqrt(ab_p / ab) - (k * np.sqrt(1 - ab) if v_pred else 0.0)
         K = -k * np.sqrt(ab) if v_pred else -k
-        ab_from[c], ab_to[c] = ab, ab_p
+        ab_to[c] = ab_p
         if c == 1:  # x_2 from x_0, rewritten in x_1 (see the module notes)
             a[c] = A / A_prev
             B[c, 0] = K / 2
@@ -87,6 +87,6 @@ def map_pndm(scheduler: Any, start: int | None = None) -> SchedulerMapping:
         a=a,
         B=B,
         rows=Parametrisation.of(cfg.prediction_type, np.sqrt(ab_rows), np.sqrt(1 - ab_rows), output=1.0),  # g: the raw output
-        sigma=posterior_std(ab_from, ab_to),
+        sigma=multistep_tolerance_scale(n),
         if_not_finite=f"the timesteps {ts.tolist()} give no finite PLMS step; use the scheduler's own spacing",
     )

@@ -33,8 +33,8 @@ Flow sigmas (Wan's ``prediction_type="flow_prediction"``, ``use_flow_sigmas=True
 ``alpha_j = 1 - sigma_j``, ``sigma_j`` the flow sigma, and the data prediction
 ``m_j = x_j - sigma_j v_j`` (``predict_x0`` only, as diffusers requires); shift and dynamic
 shifting only change the sigma table, read after ``set_timesteps``. The tolerance scale is
-the posterior standard deviation between the flow levels
-(:func:`~trisolve_diffusion.schedulers.parametrisation.level_posterior_std`, the default).
+zero, as for every multistep loop (:func:`~trisolve_diffusion.schedulers.base.multistep_tolerance_scale`:
+the steps are tested against ``atol`` alone).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from .base import (
     alpha_sigma_levels,
     check_common,
     loop_timesteps,
+    multistep_tolerance_scale,
     refuse_stepped,
     solver_order,
 )
@@ -147,6 +148,7 @@ def map_unipc(scheduler: Any, start: int | None = None) -> SchedulerMapping:
         a=a,
         B=B,
         rows=rows,
+        sigma=multistep_tolerance_scale(n),
         if_not_finite=(
             f"predict_x0={cfg.predict_x0}, solver_order={order_cfg}, lower_order_final={cfg.lower_order_final}, "
             f"final_sigmas_type={cfg.final_sigmas_type!r}: use predict_x0=True, solver_type='bh2' and lower_order_final=True, "
