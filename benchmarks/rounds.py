@@ -4,6 +4,8 @@
     python benchmarks/rounds.py --seeds 20-39      # other seeds (results/rounds_seeds20-39.*)
     python benchmarks/rounds.py --quick            # one seed of DDIM-25, Euler-25 and FlowEuler-20 (the test suite runs this)
     python benchmarks/rounds.py --init             # initialisations: cold, ParaSolver's coarse grid, a neighbouring seed's trajectory
+    python benchmarks/rounds.py --history 2        # the defaults' sweeps: TAA with 2 pairs for every setting (results/rounds_history2.*)
+    python benchmarks/rounds.py --rtol 0 --settings DPM++2M-20 UniPC-20 PNDM-50   # the step test against atol alone
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -111,7 +113,7 @@ def parallel(unet, sched, seed: int, batch: int, options: dict):
     gen = torch.Generator().manual_seed(seed)
     x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
     # the pixel-space finish sample() takes for these pipelines (final_row_atol="auto" there)
-    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, final_row_atol=PIXEL_FINAL_ATOL, **options)
+    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, **{"final_row_atol": PIXEL_FINAL_ATOL, **options})
 
 
 def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
@@ -244,7 +246,7 @@ def init_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(records: list[dict], seeds: list[int]) -> str:
+def table(records: list[dict], seeds: list[int], options: str = "default options") -> str:
     lines = [
         "| setting | rounds: median [min, max] | issue 26 target (median) | evals / step (median) | worst PSNR | runs >= 45 dB |",
         "|---|---|---|---|---|---|",
@@ -259,7 +261,7 @@ def table(records: list[dict], seeds: list[int]) -> str:
             f"{statistics.median(r['evals_per_step'] for r in rs):.2f} | {min(r['psnr_db'] for r in rs):.1f} dB | "
             f"{sum(r['psnr_db'] >= 45 for r in rs)}/{len(rs)} |"
         )
-    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, default options with the full window; batch 1 unless the setting says 4 (PSNR: the worst image of the "
+    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, {options} with the full window; batch 1 unless the setting says 4 (PSNR: the worst image of the "
               "batch, from the sequential loop's, pixels in [0, 1]). evals / step: network evaluations per image over the steps "
               "(sequential: 1; PNDM's doubled first step and Heun's 2T - 1 rows make theirs larger)."]  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -276,6 +278,8 @@ def main(argv=None):
     ap.add_argument("--seeds", default="0-9", help="a range such as 0-9 or 20-39")
     ap.add_argument("--settings", nargs="*", choices=list(SETTINGS), help="run only these")
     ap.add_argument("--init", action="store_true", help="cold start, coarse initialisation, neighbouring seed (results/rounds_init.*)")
+    ap.add_argument("--history", type=int, help="TriangularAnderson with this many difference pairs for every setting (not the default's)")
+    ap.add_argument("--rtol", type=float, help="the step tolerance's rtol (not the default's; the pixel-space finish is kept)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.init:
@@ -285,11 +289,21 @@ def main(argv=None):
         return 0
     seeds = [0] if args.quick else parse_seeds(args.seeds)
     settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
-    records = run(settings, seeds, dict(progress=False, window=trisolve.FullWindow()))
-    name = "rounds_quick" if args.quick else "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
+    options = dict(progress=False, window=trisolve.FullWindow())
+    variant = ""
+    if args.history is not None:
+        options["solver"] = trisolve.TriangularAnderson(history_size=args.history)
+        variant += f"_history{args.history}"
+    if args.rtol is not None:  # final_row_atol given: "auto" would turn the finish off for a non-default tolerance
+        options.update(rtol=args.rtol, final_row_atol=PIXEL_FINAL_ATOL)
+        variant += f"_rtol{args.rtol:g}"
+    records = run(settings, seeds, options)
+    name = "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
+    name = "rounds_quick" if args.quick else name + variant
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
-    write(name, {"seeds": seeds, "records": records}, table(records, seeds))
+    described = ", ".join([f"{args.history} TAA difference pairs"] * (args.history is not None) + [f"rtol={args.rtol:g}"] * (args.rtol is not None))
+    write(name, {"seeds": seeds, "records": records}, table(records, seeds, f"default options but {described}" if variant else "default options"))
     return 0
 
 
