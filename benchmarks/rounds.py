@@ -302,7 +302,8 @@ def main(argv=None):
     name = "rounds_quick" if args.quick else name + variant
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
-    described = ", ".join([f"{args.history} TAA difference pairs"] * (args.history is not None) + [f"rtol={args.rtol:g}"] * (args.rtol is not None))
+    described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
+                          + ([f"rtol={args.rtol:g}"] if args.rtol is not None else []))  # fmt: skip
     write(name, {"seeds": seeds, "records": records}, table(records, seeds, f"default options but {described}" if variant else "default options"))
     return 0
 

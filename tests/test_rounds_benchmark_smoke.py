@@ -20,6 +20,13 @@ def test_rounds_benchmark_runs_a_ddpm_a_k_diffusion_and_a_flow_loop(tmp_path, mo
     assert "Euler-25" in table and "target" in table
 
 
+def test_rounds_benchmark_sweeps_say_what_they_change(tmp_path, monkeypatch):
+    """--history and --rtol (the defaults' sweeps) run every setting with that change, and the table says so."""
+    payload, table = _run("rounds", ["--quick", "--history", "2", "--rtol", "0"], tmp_path, monkeypatch)
+    assert len(payload["records"]) == 3 and all(r["psnr_db"] >= 40 for r in payload["records"])
+    assert "default options but 2 TAA difference pairs, rtol=0 with the full window" in table
+
+
 def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monkeypatch):
     payload, table = _run("default_speed", ["--quick"], tmp_path, monkeypatch)
     (row,) = payload["rows"]
