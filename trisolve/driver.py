@@ -150,10 +150,10 @@ def solve(
         Output-aware finish: stop once row ``n`` is in the window and its pending correction
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
         order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from,
-        times ``rate / (1 - rate)`` (the error still pending after the round applied that
-        correction, when the iteration contracts at that rate: ``rate`` is this round's
-        correction over the previous round's, per sample, and a rate ``>= 1`` or no previous
-        round means "not yet"), is ``<= final_row_atol`` for every
+        and that correction times ``rate / (1 - rate)`` (the error still pending after the round
+        applied it, when the iteration contracts at that rate: ``rate`` is the contraction of the
+        correction over the last two rounds, or the last one after a single round, per sample,
+        and a rate ``>= 1`` or no previous round means "not yet"), are both ``<= final_row_atol`` for every
         sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
         row's correction is too (a row still far from its value would move the final row in
         the next rounds), or that row's pending error after the update by the same estimate
@@ -548,7 +548,10 @@ class _Run:
                 self.prev_rows[1, lo:hi] = self.prev_rows[0, lo:hi]
                 self.prev_rows[0, lo:hi] = rows
                 correction = np.array(host[pos : pos + self.samples])
-                final_ok = bool(np.all(_pending_error(correction, *self.prev_correction) <= self.final_row_atol)) and rows_ok
+                # the final row: its correction and its pending error after the update, the larger (a fast
+                # contraction's small estimate alone stopped DDIM-25 seed 25 of the digits model at 44.5 dB)
+                pending = np.maximum(correction, _pending_error(correction, *self.prev_correction))
+                final_ok = bool(np.all(pending <= self.final_row_atol)) and rows_ok
                 self.prev_correction = [correction, *self.prev_correction[:1]]
                 pos += self.samples
             if last and self.early_stop is not None:
