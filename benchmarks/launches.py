@@ -2,6 +2,14 @@
 
     python benchmarks/launches.py            # results/launches.{json,md}
     python benchmarks/launches.py --quick    # smoke size (the test suite runs this)
+    python benchmarks/launches.py --compiled --cold   # results/launches_compiled.{json,md}: eager vs compile=True
+
+``--compiled`` measures the compiled round (``solve(..., compile=True)``, :mod:`trisolve.compiled`)
+instead of counting: the host time per round outside the (stand-in) network, eager and compiled
+alternately in one process (medians of the alternations' medians), per compiled function its
+call time against the eager function on the same arguments, and what compiling costs (the first
+compiled solve, a second one, one with a new window shape), each against an eager solve.
+``--cold`` gives inductor a fresh on-disk cache, so the first compile is what a new machine pays.
 
 Why count: on a GPU a small network call is bound by kernel launches, not by arithmetic (the
 bundled digits UNet on an H200 takes 8.1 ms per call from batch 1 to 200, an SD-sized UNet
@@ -47,6 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve.compiled  # noqa: E402
 import trisolve.driver  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
@@ -278,10 +287,129 @@ def sd15_unet_kernels() -> int:
     return counter.counts["network", "kernels"]
 
 
+def _timed_sample(pipe, **kw) -> float:
+    t0 = time.perf_counter()
+    td.sample(pipe, generator=torch.manual_seed(0), **kw)
+    return time.perf_counter() - t0
+
+
+def compile_cost(pipe, windows, **kw) -> list[dict]:
+    """Wall seconds of solves with a free stand-in network: eager, the first compiled (compiles), a second, then each new window.
+
+    Run before anything else in the process is compiled (:func:`trisolve.compiled.clear_cache` first).
+    """
+    trisolve.compiled.clear_cache()
+    clock = StandIn(pipe.unet)
+    rows = []
+    try:
+        for i, w in enumerate(windows):
+            window = trisolve.FullWindow() if w is None else w
+            eager_s = _timed_sample(pipe, window=window, **kw)
+            first = _timed_sample(pipe, window=window, compile=True, **kw)
+            second = _timed_sample(pipe, window=window, compile=True, **kw)
+            what = "first compiled solve in the process" if i == 0 else "a new window shape"
+            rows.append(dict(window=w or "full", what=what, eager_s=eager_s, first_compiled_s=first, second_compiled_s=second))
+            print(rows[-1], flush=True)
+    finally:
+        clock.remove()
+    return rows
+
+
+def function_times(pipe, calls: int = 300, **kw) -> list[dict]:
+    """Per compiled function of a compiled solve: median call time compiled and eager on the arguments of its first call, in us."""
+    import trisolve.compiled as tc
+
+    seen = {}
+    call = tc.RoundCompiler.__call__
+
+    def spy(self, fn, key=None):
+        compiled = call(self, fn, key)
+
+        def first_args(*a, **k):
+            seen.setdefault(fn.__name__, (compiled, fn, a, k))
+            return compiled(*a, **k)
+
+        return first_args
+
+    clock = StandIn(pipe.unet)
+    tc.RoundCompiler.__call__ = spy
+    try:
+        td.sample(pipe, generator=torch.manual_seed(0), compile=True, **kw)
+    finally:
+        tc.RoundCompiler.__call__ = call
+        clock.remove()
+
+    def median_us(f):
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return 1e6 * statistics.median(times)
+
+    return [dict(function=name, compiled_us=median_us(lambda: c(*a, **k)), eager_us=median_us(lambda: f(*a, **k)))
+            for name, (c, f, a, k) in seen.items()]  # fmt: skip
+
+
+def main_compiled(args) -> None:
+    """``--compiled``: eager against compiled rounds, side by side (see the module docstring)."""
+    import os
+    import tempfile
+
+    if args.cold:  # inductor's on-disk cache in a fresh directory: the first compile is a new machine's
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="trisolve_inductor_")
+    torch.set_num_threads(1)
+    steps = 10 if args.quick else 50
+    alternations = 2 if args.quick else 7
+    digits = load_digits_pipeline("ddim")
+    digits.set_progress_bar_config(disable=True)
+    kw = dict(batch_size=1, num_inference_steps=steps, output_type="np")
+    windows = [None, 8]
+    cost = compile_cost(digits, windows, **kw)
+    side = []
+    for w in windows:
+        window = trisolve.FullWindow() if w is None else w
+        eager, compiled = [], []
+        for _ in range(alternations):  # interleaved: the machine's load hits both alike
+            eager.append(host_ms_per_round(digits, digits.unet, 1, window=window, **kw))
+            compiled.append(host_ms_per_round(digits, digits.unet, 1, window=window, compile=True, **kw))
+        side.append(dict(run=f"digits DDIM-{steps}, window {w or 'full'}", eager_ms=statistics.median(eager),
+                         compiled_ms=statistics.median(compiled), eager_all=eager, compiled_all=compiled))  # fmt: skip
+        print(side[-1], flush=True)
+    funcs = function_times(digits, calls=50 if args.quick else 300, window=trisolve.FullWindow(), **kw)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    md = [
+        f"The compiled round (`solve(..., compile=True)`) against the eager one on this machine (one thread; load average "
+        f"{'n/a' if load is None else ', '.join(f'{v:.1f}' for v in load)} at the end: other processes share the CPU, so read "
+        "the ratios, measured side by side). Bundled digits DDPM, DDIM, batch 1, the default TAA m=4 on the Picard map, "
+        "a near-free stand-in for the UNet (`sample / 2`).",
+        "",
+        f"Host time per round outside the network [ms]: median over {alternations} alternations of eager and compiled "
+        "(each the median over the rounds of one solve after a warm-up solve).",
+        "",
+        "| run | eager | compiled | compiled / eager |",
+        "|---|---|---|---|",
+    ]
+    md += [f"| {r['run']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['compiled_ms'] / r['eager_ms']:.2f} |" for r in side]
+    md += ["", "Per compiled function, one call on the arguments of its first call in a full-window solve [us, median]:", "",
+           "| function | eager | compiled |", "|---|---|---|"]  # fmt: skip
+    md += [f"| `{r['function']}` | {r['eager_us']:.0f} | {r['compiled_us']:.0f} |" for r in funcs]
+    md += ["", f"What compiling costs: wall seconds of one solve (stand-in network; inductor's on-disk cache "
+           f"{'fresh' if args.cold else 'as left by earlier runs'}):", "",
+           "| window | solve | eager | first compiled | second compiled |", "|---|---|---|---|---|"]  # fmt: skip
+    md += [f"| {r['window']} | {r['what']} | {r['eager_s']:.2f} | {r['first_compiled_s']:.2f} | {r['second_compiled_s']:.2f} |" for r in cost]
+    write("launches_compiled" + ("_quick" if args.quick else ""), dict(side_by_side=side, functions=funcs, compile_cost=cost, load_average=load,
+          cold_cache=bool(args.cold)), "\n".join(md) + "\n")  # fmt: skip
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--compiled", action="store_true", help="eager vs compile=True: host time per round and compile cost")
+    ap.add_argument("--cold", action="store_true", help="with --compiled: a fresh inductor cache directory")
     args = ap.parse_args(argv)
+    if args.compiled:
+        return main_compiled(args)
     steps = 10 if args.quick else 50
     solves, seqs = [], []
 
