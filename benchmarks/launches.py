@@ -200,15 +200,15 @@ class StandIn:
     real model's; the work per round is the same code on the same shapes.
     """
 
-    def __init__(self, net: torch.nn.Module):
-        self.net, self.inside, self.starts = net, 0.0, []
+    def __init__(self, net: torch.nn.Module, clock=time.perf_counter):
+        self.net, self.inside, self.starts, self.clock = net, 0.0, [], clock
         self._orig, self._own = net.forward, "forward" in vars(net)
 
         def forward(sample, timestep, *a, return_dict=True, **k):
-            t0 = time.perf_counter()
+            t0 = clock()
             self.starts.append((t0, self.inside))
             out = sample * 0.5
-            self.inside += time.perf_counter() - t0
+            self.inside += clock() - t0
             return SimpleNamespace(sample=out) if return_dict else (out,)
 
         net.forward = forward
@@ -217,20 +217,22 @@ class StandIn:
         _restore(self.net, self._orig, self._own)
 
 
-def host_ms_per_round(pipe, net, repeats: int, **kw) -> float:
+def host_ms_per_round(pipe, net, repeats: int, clock=time.perf_counter, **kw) -> float:
     """Median host time per round outside the network (rounds after the first), over ``repeats`` solves, in ms.
 
     Between consecutive round callbacks: wall time minus the time inside the stand-in network
     (:class:`StandIn`). On a CPU with this little data a round's outside work is nearly all
     dispatch (Python, the array-API wrappers, PyTorch's per-op overhead): the host cost a GPU
-    round pays too, before any launch latency.
+    round pays too, before any launch latency. ``clock``: ``time.perf_counter`` (wall) or
+    ``time.thread_time`` (this thread's CPU time: what the round computes, not the time other
+    processes hold the CPU; torch runs one thread here).
     """
-    clock = StandIn(net)
+    clock, now = StandIn(net, clock), clock
     per_round = []
     try:
         for _ in range(repeats + 1):  # the first is a warm-up
             marks = []
-            td.sample(pipe, generator=torch.manual_seed(0), callback=lambda info: marks.append((time.perf_counter(), clock.inside)) and False, **kw)
+            td.sample(pipe, generator=torch.manual_seed(0), callback=lambda info: marks.append((now(), clock.inside)) and False, **kw)
             if _ > 0:
                 per_round += [(t1 - t0) - (n1 - n0) for (t0, n0), (t1, n1) in zip(marks, marks[1:])]
     finally:
@@ -369,12 +371,15 @@ def main_compiled(args) -> None:
     side = []
     for w in windows:
         window = trisolve.FullWindow() if w is None else w
-        eager, compiled = [], []
-        for _ in range(alternations):  # interleaved: the machine's load hits both alike
-            eager.append(host_ms_per_round(digits, digits.unet, 1, window=window, **kw))
-            compiled.append(host_ms_per_round(digits, digits.unet, 1, window=window, compile=True, **kw))
-        side.append(dict(run=f"digits DDIM-{steps}, window {w or 'full'}", eager_ms=statistics.median(eager),
-                         compiled_ms=statistics.median(compiled), eager_all=eager, compiled_all=compiled))  # fmt: skip
+        rec = dict(run=f"digits DDIM-{steps}, window {w or 'full'}")
+        for name, clock in (("", time.perf_counter), ("cpu_", time.thread_time)):
+            eager, compiled = [], []
+            for _ in range(alternations):  # interleaved: the machine's load hits both alike
+                eager.append(host_ms_per_round(digits, digits.unet, 3, clock=clock, window=window, **kw))
+                compiled.append(host_ms_per_round(digits, digits.unet, 3, clock=clock, window=window, compile=True, **kw))
+            rec.update({f"{name}eager_ms": statistics.median(eager), f"{name}compiled_ms": statistics.median(compiled),
+                        f"{name}eager_all": eager, f"{name}compiled_all": compiled})  # fmt: skip
+        side.append(rec)
         print(side[-1], flush=True)
     funcs = function_times(digits, calls=50 if args.quick else 300, window=trisolve.FullWindow(), **kw)
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
@@ -385,12 +390,14 @@ def main_compiled(args) -> None:
         "a near-free stand-in for the UNet (`sample / 2`).",
         "",
         f"Host time per round outside the network [ms]: median over {alternations} alternations of eager and compiled "
-        "(each the median over the rounds of one solve after a warm-up solve).",
+        "(each the median over the rounds of three solves after a warm-up solve), as wall time and as the thread's CPU time "
+        "(`time.thread_time`: the work itself, without the time other processes hold the CPU).",
         "",
-        "| run | eager | compiled | compiled / eager |",
-        "|---|---|---|---|",
+        "| run | wall: eager | wall: compiled | compiled / eager | CPU: eager | CPU: compiled | compiled / eager |",
+        "|---|---|---|---|---|---|---|",
     ]
-    md += [f"| {r['run']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['compiled_ms'] / r['eager_ms']:.2f} |" for r in side]
+    md += [f"| {r['run']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['compiled_ms'] / r['eager_ms']:.2f} | "
+           f"{r['cpu_eager_ms']:.3f} | {r['cpu_compiled_ms']:.3f} | {r['cpu_compiled_ms'] / r['cpu_eager_ms']:.2f} |" for r in side]  # fmt: skip
     md += ["", "Per compiled function, one call on the arguments of its first call in a full-window solve [us, median]:", "",
            "| function | eager | compiled |", "|---|---|---|"]  # fmt: skip
     md += [f"| `{r['function']}` | {r['eager_us']:.0f} | {r['compiled_us']:.0f} |" for r in funcs]

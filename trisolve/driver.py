@@ -477,7 +477,7 @@ class _Run:
             J, g, r = None if m.is_one_step else m.linear_part(self.tables, x, f, lo, hi, xp=xp), None, None
         else:
             J, (g, r) = None, m.apply(self.tables, x, f, lo, hi, xp=xp)
-        key = ("round", type(m), m.order, J is None, prev_last is None, *flags.values())
+        key = ("round", type(m), m.order, g is None, J is None, prev_last is None, *flags.values())
         g, r, d, xw, dec = self.jit(_round_arrays, key)(m, J, g, r, xv, f, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, xp=xp, **flags)
         return g, r, d, (xw if retain else xv), dec
 

@@ -156,7 +156,8 @@ class _AndersonBase(Solver):
         if eye is None:
             eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
         k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
-        update = ctx.jit(_update, ("anderson", self, old_dX is None))
+        # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
+        update = ctx.jit(_update, ("anderson", self, k, ov == w))
         with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
             proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, start=ctx.start, xp=xp)
         new = AndersonState(
