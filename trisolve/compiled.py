@@ -33,9 +33,10 @@ outputs live in the graphs' static buffers, so they are copied out before the ne
 (:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
 test suite.
 
-Cost, measured on the 2-core CPU (``benchmarks/launches.py --compiled``, see ``docs/compiled.rst``):
-the first compile in a process pays for importing and warming inductor (about 20 s), each
-further graph a few seconds; later calls cost about 20 us each.
+Cost, measured on the loaded 2-core CPU (``benchmarks/launches.py --compiled --cold``, see
+``docs/compiled.rst``): a TAA solve's first compiles about 35 s with a cold inductor cache (the
+first also imports and warms inductor), a new window length as much again; later calls take
+80-110 us per function where the eager functions took 150-360 us.
 """
 
 from __future__ import annotations

@@ -191,13 +191,15 @@ def solve(
         floats -- with the full window on a hard system that is ``O(n^2)``.
     compile : bool
         Run the round's arithmetic outside ``F`` -- the update map's scan, the residuals, the
-        tolerance test's errors, Anderson / TAA mixing, the fallback of non-finite rows -- as
-        compiled functions (``torch.compile``; on CUDA also replayed as CUDA graphs), cached for
-        the process (:mod:`trisolve.compiled`). PyTorch tensors only (``TypeError`` otherwise).
-        Values equal the eager round's to the dtype's round-off. Compiling costs time once
-        (about 20 s for the first compile in a process on a 2-core CPU, a few seconds per
-        further configuration or window shape); afterwards the host time per round outside
-        ``F`` is about half (docs: "The compiled round"). ``False`` (default): eager.
+        tolerance test's errors, Anderson / TAA mixing -- as compiled functions
+        (``torch.compile``; on CUDA also replayed as CUDA graphs), cached for the process
+        (:mod:`trisolve.compiled`). PyTorch tensors only (``TypeError`` otherwise). Values equal
+        the eager round's to the dtype's round-off. Compiling costs time once per process and
+        configuration (measured on a loaded 2-core CPU: about 35 s for a TAA solve's first
+        compiles with a cold inductor cache, as much again for a new window length); afterwards
+        the functions it compiles take a third to a half of their eager time, and the host time
+        of a whole digits round outside the network about 0.8 of it (docs: "The compiled
+        round"). ``False`` (default): eager.
 
     Returns
     -------

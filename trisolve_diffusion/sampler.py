@@ -191,9 +191,10 @@ class SolveOptions:
         The core's ``compile``: the solver's arithmetic of each round outside the network (the
         update map, residuals, tolerance errors, TAA mixing) runs as compiled functions
         (``torch.compile``; CUDA graphs on CUDA), cached for the process. It pays only over
-        many rounds: compiling takes seconds (about 20 s for the first compile in a process on a
-        2-core CPU) and then halves the solver's host time per round, which on a CPU is a small
-        part of a round beside the network (docs: "The compiled round"). ``False`` (default).
+        many rounds: compiling takes tens of seconds once per process and configuration (about
+        35 s on a loaded 2-core CPU with a cold cache) and then cuts the host time of a round
+        outside the network by about a fifth on that CPU, a small part of a round beside a real
+        network (docs: "The compiled round"). ``False`` (default).
 
     Examples
     --------
