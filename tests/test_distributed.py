@@ -82,10 +82,11 @@ def test_semilinear_taa_matches_single_process_and_splits_g_rows(ranks):
     assert r0["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"]
     assert r0["rows_evaluated"] + r1["rows_evaluated"] == r0["rows_requested"] == r0["evals"]
     assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= r0["rounds"]
-    # traffic: two collectives per call (header, rows); each rank receives both headers and every row, padded to equal chunks
-    assert r0["collectives"] == 2 * r0["calls"] and r0["calls"] <= r0["rounds"]
-    assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8
-    assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8
+    # traffic: two collectives per call (header, rows) and one per solve (the arguments' digests, 8 bytes a rank);
+    # each rank receives both headers and every row, padded to equal chunks
+    assert r0["collectives"] == 2 * r0["calls"] + 1 and r0["calls"] <= r0["rounds"]
+    assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8 + 2 * 8
+    assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8 + 2 * 8
 
 
 def test_digits_sample_matches_single_process(ranks):
@@ -159,21 +160,32 @@ def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     assert read("sd_cfg", 0)["rounds"] == single.solution.num_rounds
 
 
-def test_mismatched_row_0_raises_on_both_ranks(ranks):
+def test_mismatched_arguments_raise_on_both_ranks_before_the_first_round(ranks):
+    """trisolve.solve(distribute(...)) compares the ranks' arguments (here row 0, then atol) before any evaluation."""
     _, read = ranks
-    for r in range(2):
-        rec = read("mismatch", r)
-        assert rec["raised"] and "disagree" in rec["raised"] and "row 0" in rec["raised"]
-        assert rec["seconds"] < 5
+    for name in ("mismatch", "mismatch_atol"):
+        for r in range(2):
+            rec = read(name, r)
+            assert rec["raised"] and "disagree" in rec["raised"] and "row 0" in rec["raised"], (name, rec)
+            assert rec["seconds"] < 5 and rec["calls"] == 0  # no round ran
 
 
-def test_failing_rank_raises_on_both_ranks(ranks):
+def test_failing_rank_ends_the_solve_failed_on_both_ranks(ranks):
     _, read = ranks
     for r in range(2):
         rec = read("failure", r)
+        assert rec["status"] == "FAILED"
         assert rec["raised"] and "rank(s) [1]" in rec["raised"] and "boom on purpose" in rec["raised"]
         assert rec["seconds"] < 5
     assert "ValueError" in read("failure", 1)["cause"]  # the failing rank chains its own exception
+
+
+def test_deprecated_distributed_solve_warns_and_still_raises(ranks):
+    _, read = ranks
+    for r in range(2):
+        rec = read("deprecated", r)
+        assert rec["raised"] and "boom on purpose" in rec["raised"]
+        assert any("trisolve.solve(trisolve.distribute(system" in w for w in rec["warnings"]), rec["warnings"]
 
 
 def test_absent_rank_times_out_with_an_error(ranks):
