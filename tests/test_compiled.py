@@ -72,8 +72,8 @@ def test_compiled_sampler_equals_the_eager_sampler(name, make):
     latents = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
     out = {}
     for compile in (False, True):
-        opts = td.SolveOptions(solver=TAA, window=4, atol=1e-5, rtol=0.0, progress=False, compile=compile)
-        out[compile] = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents, options=opts)
+        out[compile] = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents, solver=TAA, window=4, atol=1e-5, rtol=0.0,
+                                         progress=False, compile=compile)  # fmt: skip
     (x_e, sol_e), (x_c, sol_c) = out[False], out[True]
     assert sol_e.num_rounds < 12
     _same_solve(sol_e, sol_c)

@@ -100,8 +100,14 @@ class RoundCompiler:
         full = (fn, self.device_type, key)
         compiled = _CACHE.get(full)
         if compiled is None:
+            import warnings
+
             import torch
 
+            # Dynamo notes that it traces through the lru_caches of array_api_compat's namespace and dtype
+            # lookups (called from trisolve._backend and array_api_compat's _helpers): pure lookups, expected here
+            note = r"Dynamo detected a call to a `functools.lru_cache`-wrapped function at '(_backend|_helpers).py"
+            warnings.filterwarnings("ignore", message=note)
             compiled = torch.compile(_own_code(fn), **compile_options(self.device_type))
             if self.cuda_graphs:  # pragma: no cover - needs a CUDA device
                 compiled = _replayed(compiled)
