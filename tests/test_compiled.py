@@ -55,6 +55,30 @@ def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solv
     _same_solve(eager, compiled)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_compiled_round_handles_non_finite_values_like_the_eager_round(bad):
+    """F turns non-finite on one row in round 3: the same status, frozen rows and finite trajectory (inf also takes the careful re-read)."""
+
+    def make():
+        calls = []
+
+        def g(y, lo, hi):
+            calls.append(1)
+            out = torch.sin(y) + 0.1 * y * y
+            if len(calls) == 3:
+                out[-1, 0, 0] = bad
+            return out
+
+        return trisolve.SemilinearSystem(np.full(12, 0.97), np.full(12, 0.05), g, batch_ndim=1)
+
+    x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    kw = dict(update_map=trisolve.Picard(), window=None, atol=1e-6, record="errors")
+    eager = trisolve.solve(make(), TAA, x0, **kw)
+    compiled = trisolve.solve(make(), TAA, x0, compile=True, **kw)
+    assert torch.isfinite(compiled.trajectory).all()
+    _same_solve(eager, compiled)
+
+
 SCHEDULERS = [
     ("ddim", lambda: DDIMScheduler(num_train_timesteps=200, clip_sample=False)),
     ("dpm++2m", lambda: DPMSolverMultistepScheduler(num_train_timesteps=200)),
