@@ -28,8 +28,9 @@ class Status(enum.Enum):
     EARLY_STOPPED = "stopped early because the final row stopped changing (early_stop); rows from num_frozen on are not yet within tolerance"
     STOPPED_BY_CALLBACK = "the callback asked to stop; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
     FINAL_ROW_CONVERGED = (
-        "the final row n is within final_row_atol (its residual RMS per sample, at the last round's iterate, and every "
-        "window row's too); earlier rows from num_frozen on may not be within the tolerance"
+        "the final row n is within final_row_atol (its pending correction per sample and the error the observed "
+        "contraction leaves after the last update; every window row's too, or its own after-update estimate); earlier "
+        "rows from num_frozen on may not be within the tolerance"
     )
     NONFINITE = (
         "F returned a non-finite value (nan or inf) at row num_frozen, which reads only final rows "
