@@ -120,7 +120,10 @@ class SolveOptions:
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster, and forward substitution
         (a window of 1 row: the loop, row by row) unless the window is predicted at least
-        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. ``None`` (default): ``"auto"`` on
+        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. A window of one row runs as the loop
+        does, one network call and one row update per step without the parallel rounds'
+        bookkeeping (no residual, no history), bitwise the same trajectory (``forward_rows``),
+        unless a ``callback``, ``init``, ``max_iter`` or ``early_stop`` asks for rounds. ``None`` (default): ``"auto"`` on
         every device (on several ranks rank 0 measures and broadcasts, so every rank runs the
         same plan), except with a warm start (``init``), which takes the whole window (its
         rows start near their values: few rounds). The measurement is paid once per network and shape in a process (on this
@@ -632,17 +635,92 @@ def solve_rows(
 
     try:
         with torch.no_grad():
-            sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
-                max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
-                final_row_atol=rows.final_row_atol,
-            )  # fmt: skip
+            if row_by_row(window, options, n):
+                sol = forward_rows(system, x0, bar)
+            else:
+                sol = trisolve.solve(
+                    system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
+                    max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init,
+                    num_frozen=options.num_frozen, final_row_atol=rows.final_row_atol,
+                )  # fmt: skip
         bar.finish(sol)
     finally:
         bar.close()
     rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
     _raise_for_status(sol, options.strict)
     return sol
+
+
+def row_by_row(window: trisolve.WindowPolicy | None, options: SolveOptions, n: int) -> bool:
+    """Whether the solve is forward substitution run as the loop (:func:`forward_rows`) instead of the driver's rounds.
+
+    A window of one row (the plan's forward substitution, or ``window=1``) makes every round
+    exact, so the driver's per-round work (residuals, the tolerance test, the solver's history)
+    decides nothing; it runs row by row unless something reads the rounds: a ``callback``, a
+    warm start (``init``), ``max_iter < n`` or ``early_stop``, which keep the driver.
+    """
+    one_row = isinstance(window, trisolve.SlidingWindow) and window.size == 1
+    return (
+        one_row and options.callback is None and options.init is None and options.early_stop is None
+        and (options.max_iter is None or options.max_iter >= n)
+    )  # fmt: skip
+
+
+def forward_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor, bar: _Progress | None = None) -> trisolve.Solution:
+    """Forward substitution the way the sequential loop runs it: one ``g`` call and one row update per step.
+
+    Each row is :meth:`~trisolve.SemilinearSystem.evaluate` of that one row (the arithmetic of
+    the driver's window-1 round, so the trajectory equals ``trisolve.solve(...,
+    window=SlidingWindow(1))`` bitwise), written straight into the trajectory: no residual, no
+    tolerance test, no solver state. The :class:`trisolve.Solution` says what ran: ``n``
+    rounds of one row (``windows`` ``(i, i + 1)``), the evaluations, status ``CONVERGED``
+    (forward substitution is exact) and ``round_max_errors`` 0 (no residual is computed: each
+    row is final when written). A failure keeps what was computed as the driver does: the
+    network raising (``FAILED``) or Ctrl-C (``INTERRUPTED``) at row ``i`` keeps rows ``< i``
+    (``num_frozen = i``) and copies row ``i - 1`` forward; a non-finite row (checked once, at
+    the end: no host read per step) gives ``NONFINITE`` with the rows before the first one.
+    """
+    n, xp = system.n, _torch_namespace()
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 contains nan or inf; every value of row 0 must be finite.")
+    x = torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
+    x[0] = x0
+    cache = system.new_cache(x, xp=xp)
+    status, error, done, evals = trisolve.Status.CONVERGED, None, n + 1, 0
+    i = 1
+    try:
+        for i in range(1, n + 1):
+            ev = system.evaluate(x, i, i + 1, cache, xp=xp)
+            x[i] = ev.f[0]
+            evals += ev.num_evals
+            if bar is not None:
+                bar.advance(i + 1)
+    except KeyboardInterrupt as exc:
+        status, error, done = trisolve.Status.INTERRUPTED, exc, i
+    except Exception as exc:  # the network (or the mapping) raised: reported on the solution, as a failed round
+        status, error, done = trisolve.Status.FAILED, exc, i
+    finite = torch.isfinite(x[:done].reshape(done, -1)).all(dim=1).cpu().numpy()  # one host read for the whole solve
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        status, done = trisolve.Status.NONFINITE, bad
+        error = FloatingPointError(
+            f"F_{bad} returned nan or inf at row {bad}, which reads only final rows 0..{bad - 1}; rows before it are final (solution.num_frozen)."
+        )
+    if done <= n:
+        x[done:] = x[done - 1]
+    rounds = done if status is trisolve.Status.NONFINITE else done - 1  # as the driver counts: a raising round is not counted
+    return trisolve.Solution(
+        trajectory=x, status=status, num_rounds=rounds, num_evals=evals, num_frozen=done,
+        windows=trisolve.RoundWindows([(j, j + 1) for j in range(1, rounds + 1)]), round_max_errors=np.zeros(rounds),
+        round_errors=[np.zeros(1) for _ in range(rounds)], error=error,
+    )  # fmt: skip
+
+
+@functools.cache
+def _torch_namespace() -> Any:
+    from trisolve._backend import namespace
+
+    return namespace(torch.zeros(()))
 
 
 class _UnitRows:
