@@ -117,7 +117,8 @@ def main(out: Path) -> None:
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
            overhead=[plan.model.overhead, plan.model.overhead_per_row], calls=plan.split.calls, collectives=plan.split.collectives,
-           bytes=plan.split.bytes_gathered, inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested)  # fmt: skip
+           bytes=plan.split.bytes_gathered, inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
+           batch_sizes=sorted(plan.split._layouts), stats=dict(o.solution.stats))  # fmt: skip
 
     # 3d. the tiny SD with guidance, window 1: one rank evaluates the unconditional half, the other the conditional one
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
@@ -127,7 +128,7 @@ def main(out: Path) -> None:
     o = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", distributed=True,
                   window=1)  # fmt: skip
     np.save(out / f"sd_cfg_rank{rank}.npy", o.images)
-    record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds)
+    record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats))
 
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()

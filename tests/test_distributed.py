@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -82,8 +83,9 @@ def test_semilinear_taa_matches_single_process_and_splits_g_rows(ranks):
     assert r0["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"]
     assert r0["rows_evaluated"] + r1["rows_evaluated"] == r0["rows_requested"] == r0["evals"]
     assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= r0["rounds"]
-    # traffic: two collectives per call (header, rows); each rank receives both headers and every row, padded to equal chunks
-    assert r0["collectives"] == 2 * r0["calls"] and r0["calls"] <= r0["rounds"]
+    # traffic: one collective per call (the header packed in front of the rows); each rank receives both headers and every
+    # row, padded to equal chunks
+    assert r0["collectives"] == r0["calls"] and r0["calls"] <= r0["rounds"]
     assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8
     assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8
 
@@ -135,10 +137,12 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
     assert p0["rounds"] == single.solution.num_rounds
     np.testing.assert_allclose(i0, pipe(**kw()).images, rtol=0, atol=5e-3)  # and the sequential loop
-    # the network batch of every call is split in two halves; two collectives (header, outputs) per call
+    # the network batch of every call is split in two halves; one collective per call (header packed with the outputs),
+    # and one more the first time a batch size is seen (the ranks agree on the outputs' layout)
     assert p0["inputs_evaluated"] + p1["inputs_evaluated"] == p0["inputs_requested"]
     assert abs(p0["inputs_evaluated"] - p1["inputs_evaluated"]) <= p0["calls"]
-    assert p0["collectives"] == 2 * p0["calls"] and p0["calls"] <= p0["rounds"]
+    assert p0["collectives"] == p0["calls"] + len(p0["batch_sizes"]) and p0["calls"] <= p0["rounds"]
+    assert p0["stats"]["collectives"] == p0["collectives"] and p0["stats"]["bytes_gathered"] == p0["bytes"]  # in Solution.stats
     per_input = int(np.prod(i0.shape[1:])) * 4  # one output of the digits UNet (float32)
     header = 7 * 8  # int64 [ok, lo, hi, 3 digests, fingerprint]
     # every call's batch (4 samples x w rows) is even: no padding; each rank receives every output and both headers
@@ -156,7 +160,10 @@ def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     sd.set_progress_bar_config(disable=True)
     single = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", window=1)
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)
-    assert read("sd_cfg", 0)["rounds"] == single.solution.num_rounds
+    sd0 = read("sd_cfg", 0)
+    assert sd0["rounds"] == single.solution.num_rounds
+    # window 1 (row by row): one call per step, one collective each, one more for the first call's layout
+    assert sd0["stats"]["collectives"] == sd0["rounds"] + 1 and sd0["stats"]["bytes_gathered"] > 0
 
 
 def test_mismatched_row_0_raises_on_both_ranks(ranks):
@@ -220,7 +227,12 @@ def test_multi_gpu_example_runs_with_torchrun_on_cpu(tmp_path):
     pipe.set_progress_bar_config(disable=True)
     single = td.sample(pipe, batch_size=2, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(0), output_type="np")
     seq = pipe(batch_size=2, num_inference_steps=10, generator=torch.Generator("cpu").manual_seed(0), output_type="np").images
-    np.testing.assert_allclose(images, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
+    rounds = int(re.search(r"in (\d+) rounds", run.stdout).group(1))
+    # the default window is timed: the two ranks' plan may differ from one process's (e.g. forward substitution on one
+    # process, a window on two); with the same rounds only smaller network batches differ (round-off), else both are
+    # solves to the default tolerance (5e-4 per step in latent units)
+    same_plan = rounds == single.solution.num_rounds
+    np.testing.assert_allclose(images, single.images, rtol=0, atol=1e-4 if same_plan else 3e-3)
     np.testing.assert_allclose(images, seq, rtol=0, atol=5e-3)
 
 

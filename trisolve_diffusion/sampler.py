@@ -573,7 +573,7 @@ def sample_latents(
                                   evaluate_share=share)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
-    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
+    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows, split=split)
     return sol.trajectory[-1].to(latents.dtype), sol
 
 
@@ -604,6 +604,7 @@ def solve_rows(
     window: trisolve.WindowPolicy | None,
     forcing: torch.Tensor | None = None,
     rows: _UnitRows | None = None,
+    split: Any = None,
 ) -> trisolve.Solution:
     """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
 
@@ -615,13 +616,20 @@ def solve_rows(
     :class:`UnconvergedSampleWarning`); ``final_row_atol="auto"`` unresolved counts as ``None``.
     ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
     tolerances, warm start and callback are translated, and the solution returned in latent units;
-    ``None``: the system's rows are the latents.
+    ``None``: the system's rows are the latents. On several ranks the traffic joins the solution's
+    ``stats`` (``collectives``, ``bytes_gathered``: what this rank received): of the row split
+    (``options.distributed``), or of ``split``, the :class:`trisolve.distributed.ShardedBatch`
+    the denoiser's network batch goes through.
     """
+    from trisolve.distributed import ShardedFunction
+
     n = system.n
     rows = _UnitRows(None, options) if rows is None else rows
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
+        if isinstance(system, trisolve.SemilinearSystem) and isinstance(system.g, ShardedFunction):
+            split = system.g
     init = None if options.init is None else rows.to_rows(options.init.to(device=x0.device, dtype=x0.dtype), 0)
     bar = _Progress(options.progress, n)
 
@@ -647,6 +655,8 @@ def solve_rows(
     finally:
         bar.close()
     rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
+    if split is not None:
+        sol = dataclasses.replace(sol, stats={**sol.stats, **split.stats()})
     _raise_for_status(sol, options.strict)
     return sol
 
