@@ -116,9 +116,11 @@ def main(out: Path) -> None:
     plan = td.cost_model.last_choice
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
-           overhead=[plan.model.overhead, plan.model.overhead_per_row], calls=plan.split.calls, collectives=plan.split.collectives,
-           bytes=plan.split.bytes_gathered, inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
-           batch_sizes=sorted(plan.split._layouts), stats=dict(o.solution.stats))  # fmt: skip
+           overhead=[plan.model.overhead, plan.model.overhead_per_row, plan.model.overhead_one_row, plan.model.contention],
+           replicated=plan.replicated, stats=dict(o.solution.stats),
+           **({} if plan.split is None else dict(calls=plan.split.calls, collectives=plan.split.collectives, bytes=plan.split.bytes_gathered,
+                                                 inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
+                                                 batch_sizes=sorted(plan.split._layouts))))  # fmt: skip
 
     # 3d. the tiny SD with guidance, window 1: one rank evaluates the unconditional half, the other the conditional one
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion

@@ -123,8 +123,10 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
 
     out, read = ranks
     p0, p1 = read("digits_plan", 0), read("digits_plan", 1)
-    # rank 0 measured and broadcast: both ranks hold the same curve, overhead and predictions, hence the same window
-    for k in ("window", "table", "curve", "overhead", "windows", "rounds"):
+    # rank 0 measured and broadcast: both ranks hold the same curve, overheads, contention (measured together) and predictions,
+    # hence the same plan
+    assert p0["overhead"][3] >= 1.0 and p0["overhead"][2] > 0  # contention, row-by-row overhead: measured
+    for k in ("window", "table", "curve", "overhead", "windows", "rounds", "replicated"):
         assert p0[k] == p1[k], k
     i0, i1 = np.load(out / "digits_plan_rank0.npy"), np.load(out / "digits_plan_rank1.npy")
     assert np.array_equal(i0, i1)
@@ -137,6 +139,9 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
     assert p0["rounds"] == single.solution.num_rounds
     np.testing.assert_allclose(i0, pipe(**kw()).images, rtol=0, atol=5e-3)  # and the sequential loop
+    if p0["replicated"]:  # the plan ran the loop whole on every rank: no traffic
+        assert p0["window"] == 1 and "collectives" not in p0["stats"]
+        return
     # the network batch of every call is split in two halves; one collective per call (header packed with the outputs),
     # and one more the first time a batch size is seen (the ranks agree on the outputs' layout)
     assert p0["inputs_evaluated"] + p1["inputs_evaluated"] == p0["inputs_requested"]

@@ -552,9 +552,7 @@ def sample_latents(
         info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
         split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
         solve_options = options.replace(distributed=False)  # the rows are not split again
-    run_g = g if split is None else g_of(denoiser.with_split(split))
     band = _band(mapping)
-    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
     window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
     auto = options.window if isinstance(options.window, AutoWindow) else None
@@ -566,13 +564,16 @@ def sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
+        run_rows = functools.partial(_run_rows, stand_in, x0)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
         try:
-            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto, split=split,
-                                  evaluate_share=share)  # fmt: skip
+            window, split = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto, split=split,
+                                         evaluate_share=share, run_rows=run_rows)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+    run_g = g if split is None else g_of(denoiser.with_split(split))
+    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
     sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows, split=split)
     return sol.trajectory[-1].to(latents.dtype), sol
 
@@ -827,18 +828,28 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w
     return sol.num_rounds
 
 
+def _run_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor) -> int:
+    """Run ``system`` (the stand-in) row by row (:func:`forward_rows`); its steps."""
+    with torch.no_grad():
+        forward_rows(system, x0)
+    return system.n
+
+
 def _auto_window(
     g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
     policy: AutoWindow | None = None,
     *,
     split: Any = None,
     evaluate_share: Any = None,
-) -> trisolve.WindowPolicy:
+    run_rows: Any = None,
+) -> tuple[trisolve.WindowPolicy, Any]:
     """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
 
     The network is the policy's own when it names one; otherwise the denoiser is searched for it.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
-    inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts.
+    inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
+    where the plan runs the loop whole on every rank (``WindowChoice.replicated``). Returns the window
+    policy and that split.
     """
     from . import cost_model
     from .cost_model import auto_window, network_of
@@ -862,12 +873,13 @@ def _auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
         model=policy.network if policy is not None and policy.network is not None else denoiser if network is None else network,
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
-        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows,
     )  # fmt: skip
+    split = None if choice.replicated else split
     cost_model.last_choice = choice = dataclasses.replace(choice, split=split)
     if policy is not None:
         policy.last_choice = choice
-    return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+    return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split
 
 
 def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
