@@ -117,7 +117,7 @@ def main(out: Path) -> None:
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
            overhead=[plan.model.overhead, plan.model.overhead_per_row, plan.model.overhead_one_row, plan.model.contention],
-           replicated=plan.replicated, stats=dict(o.solution.stats),
+           one_rank=plan.one_rank, stats=dict(o.solution.stats),
            **({} if plan.split is None else dict(calls=plan.split.calls, collectives=plan.split.collectives, bytes=plan.split.bytes_gathered,
                                                  inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
                                                  batch_sizes=sorted(plan.split._layouts))))  # fmt: skip

@@ -287,16 +287,18 @@ def test_row_by_row_overhead_and_contention_enter_the_prediction():
     assert cm.CostModel(LINEAR, 50, contention=3.0).wall_time(8) == cm.CostModel(LINEAR, 50).wall_time(8)  # one device: none
 
 
-def test_the_loop_whole_on_every_rank_when_splitting_one_row_does_not_pay():
+def test_the_loop_on_one_rank_when_splitting_one_row_does_not_pay():
     """Batch 1 without guidance on two ranks (windows cost 10 ms a round outside the network): a share of one input is the
-    whole row, so splitting it only adds the collective;
-    the plan runs the loop on every rank (replicated, no collective); with a batch that splits, data parallelism wins."""
+    whole row, so splitting it only adds the collective; the plan runs the loop on rank 0 and broadcasts the trajectory;
+    with a batch that splits, data parallelism wins."""
     flat = cm.BatchTimeCurve(rows=(1, 2, 4, 8), seconds=(0.010, 0.0195, 0.039, 0.078))  # saturated: linear in the rows
-    one = cm.CostModel(flat, 50, devices=2, split_inputs=1, link_latency=0.001, overhead=0.01, overhead_one_row=0.0005).best_window()
-    assert one.window == 1 and one.replicated and one.seconds == pytest.approx(50 * (0.010 + 0.0005))
+    kw = dict(devices=2, link_latency=0.001, overhead=0.01, overhead_one_row=0.0005, gather_bytes_per_row=4e3, link_bandwidth=1e8)
+    one = cm.CostModel(flat, 50, split_inputs=1, **kw).best_window()
+    assert one.window == 1 and one.one_rank and one.seconds == pytest.approx(50 * (0.010 + 0.0005) + 0.001 + 50 * 4e3 / 1e8)
     half = cm.BatchTimeCurve(rows=(0.5, 1, 2, 4, 8), seconds=(0.0055, 0.010, 0.0195, 0.039, 0.078))
-    split = cm.CostModel(half, 50, devices=2, split_inputs=8, link_latency=0.001, overhead=0.01, overhead_one_row=0.0005).best_window()
-    assert split.window == 1 and not split.replicated and split.seconds == pytest.approx(50 * (0.0055 + 0.0005 + 0.001))
+    split = cm.CostModel(half, 50, split_inputs=8, **kw).best_window()
+    assert split.window == 1 and not split.one_rank
+    assert split.seconds == pytest.approx(50 * (0.0055 + 0.0005 + 0.001 + 0.5 * 4e3 / 1e8))
 
 
 def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):

@@ -10,7 +10,7 @@ sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of
     round(w)      = k t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + o(fill(w) w)
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
-    replicated    = T * (t(1) + o_1)          (several devices, each running the loop whole: no collective)
+    one rank      = T * (t(1) + o_1) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
@@ -197,9 +197,10 @@ class WindowChoice:
     #: The :class:`trisolve.distributed.ShardedBatch` of a solve whose ranks split the network batch (``None`` otherwise):
     #: its ``collectives`` and ``bytes_gathered`` count the traffic of the solve run with this choice.
     split: Any = field(default=None, repr=False, compare=False)
-    #: On several ranks: forward substitution run whole on every rank (the loop itself: no split, no collective), chosen
-    #: where neither a window nor splitting one row's batch over the ranks is predicted faster (:meth:`CostModel.best_window`).
-    replicated: bool = False
+    #: On several ranks: forward substitution on rank 0 alone (the loop itself, no collective per step), its trajectory then
+    #: broadcast to the other ranks; chosen where neither a window nor splitting one row's batch over the ranks is predicted
+    #: faster (:meth:`CostModel.best_window`).
+    one_rank: bool = False
 
 
 @dataclass(frozen=True)
@@ -277,9 +278,10 @@ class CostModel:
             t += self.link_latency + (self.devices - 1) / self.devices * rows * self.gather_bytes_per_row / self.link_bandwidth
         return t
 
-    def replicated_time(self) -> float:
-        """Forward substitution run whole on every device: ``T`` rows of the loop, no split, no collective."""
-        return self.steps * (self.curve(1) + (self.overhead_one_row if self.overhead_one_row is not None else self.overhead + self.overhead_per_row))
+    def one_rank_time(self) -> float:
+        """Forward substitution on one device, the others waiting: ``T`` rows of the loop, then one broadcast of the trajectory."""
+        outside = self.overhead_one_row if self.overhead_one_row is not None else self.overhead + self.overhead_per_row
+        return self.steps * (self.curve(1) + outside) + self.link_latency + self.steps * self.gather_bytes_per_row / self.link_bandwidth
 
     def rows_per_device(self, rows: float) -> float:
         """Rows (fractions: shares of one row's network batch) one device evaluates in a round of ``rows`` rows."""
@@ -311,15 +313,15 @@ class CostModel:
         if full[0] == self.steps and full[2] <= (1 + keep_full_within) * best[2]:
             best = full
         # the loop: forward substitution, on several devices either split (w = 1: each takes a share of the row's batch)
-        # or run whole on every device (no collective), whichever is predicted faster
-        loop, replicated = table[0], False  # table[0] is w = 1
-        if self.devices > 1 and self.replicated_time() <= loop[2]:
-            loop, replicated = (1, float(self.steps), self.replicated_time()), True
+        # or on one device alone (no collective per step), whichever is predicted faster
+        loop, one_rank = table[0], False  # table[0] is w = 1
+        if self.devices > 1 and self.one_rank_time() <= loop[2]:
+            loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
         if best[0] == 1 or loop[2] < min_speedup * best[2]:
             best = loop
         else:
-            replicated = False
-        return WindowChoice(best[0], best[2], best[1], table, model=self, replicated=replicated)
+            one_rank = False
+        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank)
 
 
 # ---------------------------------------------------------------- measuring t(r), cached

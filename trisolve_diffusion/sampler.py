@@ -545,7 +545,7 @@ def sample_latents(
         return g
 
     g = g_of(denoiser)
-    split, solve_options = None, options
+    split, solve_options, one_rank = None, options, False
     if options.distributed is not False and can_split(denoiser):  # the ranks split each call's network batch
         from trisolve.distributed import GroupInfo, ShardedBatch, _digest
 
@@ -568,14 +568,57 @@ def sample_latents(
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
         try:
-            window, split = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto, split=split,
-                                         evaluate_share=share, run_rows=run_rows)  # fmt: skip
+            window, split, one_rank = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto,
+                                                   split=split, evaluate_share=share, run_rows=run_rows)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+    if one_rank:  # the loop on rank 0 alone: no split of its rows either
+        solve_options = solve_options.replace(distributed=False)
     run_g = g if split is None else g_of(denoiser.with_split(split))
     system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
-    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows, split=split)
+    solve = functools.partial(solve_rows, system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c,
+                              rows=rows, split=split)  # fmt: skip
+    sol = _on_rank0(solve, options.distributed, x0, n, options.strict) if one_rank else solve()
     return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def _on_rank0(solve: Callable[[], trisolve.Solution], group: Any, x0: torch.Tensor, n: int, strict: bool) -> trisolve.Solution:
+    """The plan's loop on rank 0 alone (``WindowChoice.one_rank``): rank 0 runs ``solve()``, every other rank receives its result.
+
+    Two broadcasts: ``[status, rounds, evaluations, num_frozen]`` and the trajectory ``(n + 1, *x0.shape)``. Every rank
+    returns the same :class:`trisolve.Solution` (its ``stats`` count the two collectives and the bytes this rank received),
+    or raises what rank 0 raises (rank 0: its own error; the others: the error of rank 0's status, from the same result).
+    """
+    from trisolve.distributed import GroupInfo
+
+    info = GroupInfo.resolve(None if group is True else group)
+    statuses = list(trisolve.Status)
+    sol, raised = None, None
+    if info.rank == 0:
+        try:
+            sol = solve()
+        except (ParallelSamplingError, SamplingInterrupted) as exc:  # told to the other ranks first, then raised here
+            sol, raised = exc.solution, exc
+    head = torch.zeros(4, dtype=torch.int64, device=info.device)
+    if info.rank == 0:
+        head[:] = torch.tensor([statuses.index(sol.status), sol.num_rounds, sol.num_evals, sol.num_frozen])
+    head = info.broadcast(head, "the result of the loop on rank 0").cpu().tolist()
+    traj = sol.trajectory if info.rank == 0 else torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
+    traj = info.broadcast(traj.to(info.device).contiguous(), "the trajectory of the loop on rank 0").to(x0.device)
+    received = 0 if info.rank == 0 else 4 * 8 + traj.numel() * traj.element_size()
+    if raised is not None:
+        raise raised
+    if info.rank == 0:
+        return dataclasses.replace(sol, stats={**sol.stats, "collectives": 2, "bytes_gathered": received})
+    status, rounds, evals, frozen = statuses[head[0]], *head[1:]
+    sol = trisolve.Solution(
+        trajectory=traj, status=status, num_rounds=rounds, num_evals=evals, num_frozen=frozen,
+        windows=trisolve.RoundWindows([(j, j + 1) for j in range(1, rounds + 1)]), round_max_errors=np.zeros(rounds),
+        error=None if status.ok else RuntimeError(f"rank 0's solve ended {status.name} (its error is raised on rank 0)"),
+        stats={"collectives": 2, "bytes_gathered": received},
+    )  # fmt: skip
+    _raise_for_status(sol, strict)
+    return sol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -842,14 +885,14 @@ def _auto_window(
     split: Any = None,
     evaluate_share: Any = None,
     run_rows: Any = None,
-) -> tuple[trisolve.WindowPolicy, Any]:
+) -> tuple[trisolve.WindowPolicy, Any, bool]:
     """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
 
     The network is the policy's own when it names one; otherwise the denoiser is searched for it.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
     inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
-    where the plan runs the loop whole on every rank (``WindowChoice.replicated``). Returns the window
-    policy and that split.
+    where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``). Returns the window
+    policy, that split and ``one_rank``.
     """
     from . import cost_model
     from .cost_model import auto_window, network_of
@@ -875,11 +918,11 @@ def _auto_window(
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
         run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows,
     )  # fmt: skip
-    split = None if choice.replicated else split
+    split = None if choice.one_rank else split
     cost_model.last_choice = choice = dataclasses.replace(choice, split=split)
     if policy is not None:
         policy.last_choice = choice
-    return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split
+    return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split, choice.one_rank
 
 
 def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
