@@ -132,6 +132,44 @@ def main(out: Path) -> None:
     np.save(out / f"sd_cfg_rank{rank}.npy", o.images)
     record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats))
 
+    # 3e. the plan's loop on rank 0 alone (WindowChoice.one_rank): forced here by a choice that says so, since the timed plan
+    # picks it only where the batch split and every window are predicted slower; then the same with rank 0's network failing
+    import dataclasses as dc
+
+    from trisolve_diffusion import cost_model
+
+    real_choose, armed = cost_model.choose_window, []
+
+    def one_rank_choice(*a, **k):
+        armed.append(True)
+        return dc.replace(real_choose(*a, **k), window=1, one_rank=True)
+
+    forward = pipe.unet.forward
+
+    def failing_forward(*a, **k):  # rank 0's network raises on its 4th call after the plan
+        if rank == 0 and armed and len(armed) >= 4:
+            raise RuntimeError("rank 0's network failed on purpose")
+        if armed:
+            armed.append(True)
+        return forward(*a, **k)
+
+    cost_model.choose_window = one_rank_choice
+    try:
+        o = td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+        np.save(out / f"one_rank_rank{rank}.npy", o.solution.trajectory.numpy())
+        record("one_rank", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats),
+               one_rank=td.cost_model.last_choice.one_rank)  # fmt: skip
+        armed.clear()
+        pipe.unet.forward = failing_forward
+        try:
+            td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+            record("one_rank_failure", raised=None)
+        except td.ParallelSamplingError as exc:
+            record("one_rank_failure", raised=str(exc), num_frozen=exc.solution.num_frozen, status=exc.solution.status.name)
+    finally:
+        cost_model.choose_window = real_choose
+        pipe.unet.forward = forward
+
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()
     x0 = np.zeros(4) if rank == 0 else np.full(4, 0.5)

@@ -157,6 +157,24 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     assert p0["bytes"] == p1["bytes"] == 2 * header * p0["calls"] + p0["inputs_requested"] * per_input
 
 
+def test_the_loop_on_rank_0_alone_gives_every_rank_its_result_and_its_failure(ranks):
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+
+    out, read = ranks
+    r0, r1 = read("one_rank", 0), read("one_rank", 1)
+    assert r0["one_rank"] and r0["status"] == r1["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"] == 6
+    assert r0["stats"]["collectives"] == r1["stats"]["collectives"] == 2  # the header and the trajectory, broadcast
+    t0, t1 = np.load(out / "one_rank_rank0.npy"), np.load(out / "one_rank_rank1.npy")
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    single = td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", window=1)
+    assert np.array_equal(t0, t1) and np.array_equal(t0, single.solution.trajectory.numpy())  # rank 0's loop, bit for bit
+    f0, f1 = read("one_rank_failure", 0), read("one_rank_failure", 1)
+    assert "failed on purpose" in f0["raised"] and "FAILED" in f1["raised"]  # rank 0 raises its error; rank 1 learns the status
+    assert f0["num_frozen"] == f1["num_frozen"] and 1 < f0["num_frozen"] <= 6 and f0["status"] == f1["status"] == "FAILED"
+
+
 def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     import trisolve_diffusion as td
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
