@@ -10,14 +10,14 @@ sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of
     round(w)      = k t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + o(fill(w) w)
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
-    one rank      = T * (t(1) + o_1) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
+    one rank      = T * (t(1) + o_row) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
 ``o(r) = overhead + overhead_per_row * r`` is the round's work outside the network (the
 solver, the tolerance test, the scheduler mapping, the host read), measured by
 :func:`measure_overhead` on one device; a window of one row runs row by row without that
-bookkeeping and costs ``o_1`` per step instead (:func:`measure_row_by_row`). On ``P > 1``
+bookkeeping and costs ``o_row`` per step instead (:func:`measure_row_by_row`). On ``P > 1``
 devices ``k >= 1`` is the contention: a device's network time while every device computes over
 its time alone (on CPU ranks sharing caches and memory bandwidth it was the term the first
 two-rank predictions missed), measured with every rank evaluating its share at once, and
