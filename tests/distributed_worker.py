@@ -170,6 +170,21 @@ def main(out: Path) -> None:
         cost_model.choose_window = real_choose
         pipe.unet.forward = forward
 
+    # 3f. rank 0's network fails while it measures the plan (a batch not measured yet): every rank raises, none waits
+    def broken_forward(*a, **k):
+        raise RuntimeError("rank 0's network failed while measured")
+
+    if rank == 0:
+        pipe.unet.forward = broken_forward
+    start = time.perf_counter()
+    try:
+        td.sample(pipe, batch_size=3, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+        record("measure_failure", raised=None)
+    except (td.ParallelSamplingError, trisolve.DistributedError) as exc:
+        record("measure_failure", raised=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+    finally:
+        pipe.unet.forward = forward
+
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()
     x0 = np.zeros(4) if rank == 0 else np.full(4, 0.5)

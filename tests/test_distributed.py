@@ -175,6 +175,14 @@ def test_the_loop_on_rank_0_alone_gives_every_rank_its_result_and_its_failure(ra
     assert f0["num_frozen"] == f1["num_frozen"] and 1 < f0["num_frozen"] <= 6 and f0["status"] == f1["status"] == "FAILED"
 
 
+def test_a_network_failing_while_rank_0_measures_the_plan_raises_on_every_rank(ranks):
+    _, read = ranks
+    f0, f1 = read("measure_failure", 0), read("measure_failure", 1)
+    assert f0["raised"].startswith("ParallelSamplingError") and "failed while measured" in f0["raised"]
+    assert f1["raised"].startswith("DistributedError") and "rank 0 failed while it measured" in f1["raised"]
+    assert f1["seconds"] < 60  # told by rank 0's broadcast, not after a collective's timeout
+
+
 def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     import trisolve_diffusion as td
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion

@@ -618,18 +618,16 @@ def auto_window(
     share = math.ceil(split_inputs / devices) if split_inputs else 0
     store = _store_in(model, key, cache)
     contention_key = ("contention", key, devices, share)
-    if info is None or info.rank == 0:
-        curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
-        if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
-            evaluate_share(share)  # warm-up
-            sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
-            curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
-        if run_rounds is not None:
-            overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
-        if run_rows is not None:
-            one_row = measure_row_by_row(run_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
-        if store is not None and contention_key in store:
-            contention = store[contention_key]
+    try:
+        if info is None or info.rank == 0:
+            curve, overhead, one_row, contention = _measure_on_this_rank(
+                evaluate_rows, max_rows, sync, model, key, cache, evaluate_share, share, split_inputs, run_rounds, run_rows, method,
+                store, contention_key,
+            )  # fmt: skip
+    except BaseException:  # the network failed (or Ctrl-C) while rank 0 measured: the other ranks learn it, then it is raised
+        if info is not None and devices > 1:
+            _from_rank0(info, None, overhead, one_row, contention)
+        raise
     if info is not None and devices > 1:
         curve, overhead, one_row, contention = _from_rank0(info, curve, overhead, one_row, contention)
         if math.isnan(contention):  # every rank evaluates its share at once (rank 0 decided: one collective path for all)
@@ -649,6 +647,24 @@ def auto_window(
     if policy is not None:
         policy.last_choice = last_choice
     return last_choice
+
+
+def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, evaluate_share, share, split_inputs, run_rounds, run_rows,
+                          method, store, contention_key) -> tuple[BatchTimeCurve, tuple[float, float], float, float]:  # fmt: skip
+    """:func:`auto_window`'s measurements on this rank (rank 0 of several): the curve, the overheads, a cached contention (or nan)."""
+    overhead, one_row, contention = (0.0, 0.0), math.nan, math.nan
+    curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
+    if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
+        evaluate_share(share)  # warm-up
+        sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
+        curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
+    if run_rounds is not None:
+        overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
+    if run_rows is not None:
+        one_row = measure_row_by_row(run_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
+    if store is not None and contention_key in store:
+        contention = store[contention_key]
+    return curve, overhead, one_row, contention
 
 
 class AutoWindow:
@@ -714,12 +730,15 @@ def _from_rank0(
     info: Any, curve: BatchTimeCurve | None, overhead: tuple[float, float], one_row: float, contention: float
 ) -> tuple[BatchTimeCurve, tuple[float, float], float, float]:
     """Rank 0's measurements on every rank, in one broadcast (float64): ``[k, rows..., seconds..., overhead, per_row, one_row,
-    contention]`` (``nan``: not measured; a ``nan`` contention makes every rank measure it together)."""
+    contention]`` (``nan``: not measured; a ``nan`` contention makes every rank measure it together); ``curve`` ``None`` on rank
+    0: its measurement failed (``k = -1``: the other ranks raise :class:`trisolve.DistributedError`, rank 0 its own error)."""
     import torch
 
     size = 4 + 2 * 64  # curves have far fewer than 64 points (doubling from 1 row, plus a share)
     buf = torch.zeros(size, dtype=torch.float64, device=info.device)
-    if info.rank == 0:
+    if info.rank == 0 and curve is None:  # rank 0's measurement failed: it raises its own error after this broadcast
+        buf[0] = -1
+    elif info.rank == 0:
         k = len(curve.rows)
         buf[0] = k
         buf[1 : 1 + k] = torch.tensor(curve.rows, dtype=torch.float64)
@@ -727,6 +746,15 @@ def _from_rank0(
         buf[1 + 2 * k : 5 + 2 * k] = torch.tensor([*overhead, one_row, contention], dtype=torch.float64)
     vals = info.broadcast(buf, "the automatic window's measurements (rank 0 measures)").cpu().tolist()
     k = int(vals[0])
+    if k < 0:
+        if info.rank == 0:
+            return None, overhead, one_row, contention
+        from trisolve.distributed import DistributedError
+
+        raise DistributedError(
+            "rank 0 failed while it measured the network for the automatic plan (its error is raised there); pass an int window= "
+            "to skip the measurement, once the cause is fixed."
+        )
     rows = tuple(vals[1 : 1 + k])
     extra = vals[1 + 2 * k : 5 + 2 * k]
     return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (extra[0], extra[1]), extra[2], extra[3]
