@@ -594,7 +594,7 @@ def auto_window(
         (:class:`CostModel`); 0: they split trajectory rows.
     evaluate_share : callable, optional
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
-        (what a rank evaluates at window 1 when the batch is split); with ``split_inputs``.
+        (what a rank evaluates at window 1 when the batch is split; timed once, cached like the curve); with ``split_inputs``.
         On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
         started together): the slowest rank's median over rank 0's time alone is the
         :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
@@ -654,10 +654,16 @@ def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, eval
     """:func:`auto_window`'s measurements on this rank (rank 0 of several): the curve, the overheads, a cached contention (or nan)."""
     overhead, one_row, contention = (0.0, 0.0), math.nan, math.nan
     curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
-    if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
-        evaluate_share(share)  # warm-up
-        sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
-        curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
+    if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call, cached like the curve
+        share_key = ("share", key, share, split_inputs)
+        if store is not None and share_key in store:
+            sec = store[share_key]
+        else:
+            evaluate_share(share)  # warm-up
+            sec = max(statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)), 1e-9)
+            if store is not None:
+                store[share_key] = sec
+        curve = BatchTimeCurve((share / split_inputs, *curve.rows), (sec, *curve.seconds))
     if run_rounds is not None:
         overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
     if run_rows is not None:
