@@ -350,3 +350,21 @@ def test_forward_substitution_row_by_row_keeps_the_rows_before_a_fault(fault):
     assert sol.status is (trisolve.Status.FAILED if fault == "raise" else trisolve.Status.NONFINITE)
     assert sol.num_frozen == 5 and torch.equal(sol.trajectory[:5], whole.trajectory[:5])
     assert torch.isfinite(sol.trajectory).all() and torch.equal(sol.trajectory[5:], sol.trajectory[4].expand(6, *latents.shape))
+
+
+def test_a_process_group_of_one_rank_runs_as_one_process():
+    """distributed=True in a group of one process: no split and no collective; the sample is the single-process one, bit for bit."""
+    import torch.distributed as dist
+
+    sched = DDIMScheduler(num_train_timesteps=T, clip_sample=False)
+    sched.set_timesteps(10)
+    den = gmm(sched)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    opts = td.SolveOptions(window=4, progress=False)
+    alone = td.sample_latents(den, sched, latents, options=opts)[1]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        grouped = td.sample_latents(den, sched, latents, options=opts.replace(distributed=True))[1]
+    finally:
+        dist.destroy_process_group()
+    assert "collectives" not in grouped.stats and torch.equal(grouped.trajectory, alone.trajectory)

@@ -546,12 +546,15 @@ def sample_latents(
 
     g = g_of(denoiser)
     split, solve_options, one_rank = None, options, False
-    if options.distributed is not False and can_split(denoiser):  # the ranks split each call's network batch
+    if options.distributed is not False:
         from trisolve.distributed import GroupInfo, ShardedBatch, _digest
 
         info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
-        split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
-        solve_options = options.replace(distributed=False)  # the rows are not split again
+        if info.world == 1:  # a group of one process: nothing to split, no collective
+            solve_options = options.replace(distributed=False)
+        elif can_split(denoiser):  # the ranks split each call's network batch
+            split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
+            solve_options = options.replace(distributed=False)  # the rows are not split again
     band = _band(mapping)
     window = options.window_policy()
     solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
