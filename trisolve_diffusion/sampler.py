@@ -186,10 +186,13 @@ class SolveOptions:
         so window 1 splits the samples (data parallelism) and, with guidance, the unconditional
         and conditional halves go to different ranks (:class:`trisolve.distributed.ShardedBatch`); with
         another denoiser each rank takes a share of the round's rows
-        (:func:`trisolve.distribute`). An all-gather gives every rank every output, so all
-        ranks return the same result (the multi-GPU docs page). The window defaults to
-        ``"auto"``: rank 0 measures and broadcasts, every rank reaches the same plan.
-        ``False``: one process.
+        (:func:`trisolve.distribute`). One all-gather per network call (the header packed with
+        the outputs) gives every rank every output, so all ranks return the same result (the
+        multi-GPU docs page); the solution's ``stats`` count the ``collectives`` and
+        ``bytes_gathered``. The window defaults to ``"auto"``: rank 0 measures and broadcasts,
+        every rank reaches the same plan -- a window, the batch split at window 1, or, where
+        neither is predicted faster, the loop on rank 0 alone with its result broadcast. A group
+        of one process runs as ``False``. ``False``: one process.
 
     Examples
     --------
