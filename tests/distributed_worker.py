@@ -185,6 +185,20 @@ def main(out: Path) -> None:
     finally:
         pipe.unet.forward = forward
 
+    # 3g. a k-diffusion sampler without extra_args: every model call's batch split over the ranks (window 1: the samples)
+    from trisolve_diffusion import k_diffusion as kd
+
+    def kd_model(x, sigma):  # a function of each input and its sigma alone
+        return torch.tanh(x) / (1 + sigma[:, None, None, None] ** 2)
+
+    sig = kd.get_sigmas_karras(8, 0.05, 10.0)
+    xk = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * sig[0]
+    for w in (1, None):
+        opts = td.SolveOptions(window=w, distributed=True, progress=False, trajectory_dtype=torch.float64)
+        _, ksol = kd.sample_euler(kd_model, xk, sig, options=opts, return_solution=True)
+        np.save(out / f"kd_w{w}_rank{rank}.npy", ksol.trajectory.numpy())
+        record(f"kd_w{w}", rounds=ksol.num_rounds, stats=dict(ksol.stats))
+
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
     system, _ = rnn_system()
     x0 = np.zeros(4) if rank == 0 else np.full(4, 0.5)

@@ -175,6 +175,31 @@ def test_the_loop_on_rank_0_alone_gives_every_rank_its_result_and_its_failure(ra
     assert f0["num_frozen"] == f1["num_frozen"] and 1 < f0["num_frozen"] <= 6 and f0["status"] == f1["status"] == "FAILED"
 
 
+@pytest.mark.parametrize("w", [1, None])
+def test_k_diffusion_sampler_splits_each_model_call_over_the_ranks(ranks, w):
+    import trisolve_diffusion as td
+    from trisolve_diffusion import k_diffusion as kd
+
+    out, read = ranks
+
+    def kd_model(x, sigma):
+        return torch.tanh(x) / (1 + sigma[:, None, None, None] ** 2)
+
+    sig = kd.get_sigmas_karras(8, 0.05, 10.0)
+    xk = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * sig[0]
+    opts = td.SolveOptions(window=w, progress=False, trajectory_dtype=torch.float64)
+    _, single = kd.sample_euler(kd_model, xk, sig, options=opts, return_solution=True)
+    t0, t1 = np.load(out / f"kd_w{w}_rank0.npy"), np.load(out / f"kd_w{w}_rank1.npy")
+    assert np.array_equal(t0, t1)
+    np.testing.assert_allclose(t0, single.trajectory.numpy(), rtol=0, atol=1e-12)  # halves of each batch: round-off only
+    r0 = read(f"kd_w{w}", 0)
+    assert r0["rounds"] == single.num_rounds
+    # one collective per model call, one more for each batch size's first call (window 1: one size, 4 samples)
+    assert r0["rounds"] <= r0["stats"]["collectives"] <= 2 * r0["rounds"]
+    if w == 1:
+        assert r0["stats"]["collectives"] == r0["rounds"] + 1
+
+
 def test_a_network_failing_while_rank_0_measures_the_plan_raises_on_every_rank(ranks):
     _, read = ranks
     f0, f1 = read("measure_failure", 0), read("measure_failure", 1)
