@@ -605,6 +605,8 @@ def _on_rank0(solve: Callable[[], trisolve.Solution], group: Any, x0: torch.Tens
             sol = solve()
         except (ParallelSamplingError, SamplingInterrupted) as exc:  # told to the other ranks first, then raised here
             sol, raised = exc.solution, exc
+        except BaseException as exc:  # anything else: the others learn FAILED with nothing solved, rank 0 raises it
+            sol, raised = _unstarted(x0, n, trisolve.Status.FAILED, exc), exc
     head = torch.zeros(4, dtype=torch.int64, device=info.device)
     if info.rank == 0:
         head[:] = torch.tensor([statuses.index(sol.status), sol.num_rounds, sol.num_evals, sol.num_frozen])
@@ -970,15 +972,19 @@ def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
     The solution holds nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``.
     """
     interrupted = isinstance(exc, KeyboardInterrupt)
-    status = trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED
-    sol = trisolve.Solution(
-        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
-        windows=[], round_max_errors=np.zeros(0), error=exc,
-    )  # fmt: skip
+    sol = _unstarted(latents, n, trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED, exc)
     where = "while the automatic window timed the network, before the first round (pass an int window= to skip the timing)"
     if interrupted:
         raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
     raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
+
+
+def _unstarted(latents: torch.Tensor, n: int, status: trisolve.Status, exc: BaseException) -> trisolve.Solution:
+    """A solution with nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``."""
+    return trisolve.Solution(
+        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
+        windows=[], round_max_errors=np.zeros(0), error=exc,
+    )  # fmt: skip
 
 
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
