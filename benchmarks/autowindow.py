@@ -9,7 +9,7 @@ batch size S): the network's own time curve ``t(r)`` (``cost_model.measure_round
 UNet, recorded in the JSON), the wall time of ``sample()`` with windows 4, 8, 16, 32 and the
 full window and with ``window="auto"`` (medians of ``repeats`` runs, after one warm-up,
 interleaved), the rounds each took, and the cost model's predicted rounds and wall time for
-each window: the model ``"auto"`` chose with (``cost_model.last_choice``: its curve and its
+each window: the model ``"auto"`` chose with (``AutoWindow.of(pipe.unet).last_choice``: its curve and its
 measured per-round overhead), and the same model without the overhead term. The sequential
 pipeline is timed in the same run for reference.
 
@@ -40,7 +40,7 @@ from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
 def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]:
     pipe = load_digits_pipeline("ddim")
     pipe.set_progress_bar_config(disable=True)
-    cost_model.clear_cache()
+    td.AutoWindow.of(pipe.unet).cache.clear()  # the policy window="auto" uses for this network: measured afresh
     windows = [w for w in (4, 8, 16, 32) if w < steps] + ["full", "auto", "sequential"]
     kw = dict(batch_size=batch, num_inference_steps=steps, output_type="np")
 
@@ -72,7 +72,7 @@ def timing_rows(steps: int, batch: int, repeats: int) -> tuple[list[dict], dict]
             times[lab].append(time.perf_counter() - start)
     # the model "auto" chose with: its own curve (the same network calls through the sample's g) and the
     # measured overhead per round; and the same model without the overhead term
-    chosen = cost_model.last_choice.model
+    chosen = td.AutoWindow.of(pipe.unet).last_choice.model
     model = chosen
     bare = dataclasses.replace(chosen, overhead=0.0, overhead_per_row=0.0)
     out = []
@@ -136,7 +136,7 @@ def main(argv=None):
     md = [
         f"Bundled digits DDPM, DDIM, seed 0, default solver, float32, 1 CPU thread; medians of {repeats} interleaved runs. "
         "Predicted: the `cost_model.CostModel` that `window=\"auto\"` chose with in the same run (its measured curve and "
-        "per-round overhead, `cost_model.last_choice`), and the same without the overhead term.",
+        "per-round overhead, `AutoWindow.of(pipe.unet).last_choice`), and the same without the overhead term.",
         "",
         "| T | batch | window | rounds | predicted rounds | time [s] | predicted [s] | predicted without overhead [s] |",
         "|---|---|---|---|---|---|---|---|",

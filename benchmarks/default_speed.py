@@ -9,7 +9,7 @@ call of ``sample()`` with the automatic-window cache cleared (it measures the ne
 curve and the solver's per-round time, ``cost_model``), then ``repeats`` rounds of
 ``pipe(...)`` and ``sample()`` interleaved (one of each per repeat, so that a change of load hits
 both), medians. Recorded: the machine, the load average before and after, the window the
-default chose (``cost_model.last_choice``) with its predicted and measured rounds, the
+default chose (``AutoWindow.of(pipe.unet).last_choice``) with its predicted and measured rounds, the
 first call's extra time (its measurement cost: first call minus the median of the later ones,
 which reuse the cached measurements), and the speed-up ``pipe / sample``. Issue 26's target on
 a 2-core CPU: >= 1.25x at batch 1, never below 0.95x.
@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
 import trisolve_diffusion as td  # noqa: E402
-from trisolve_diffusion import cost_model  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
 
 
@@ -52,9 +51,10 @@ def measure(pipe, steps: int, batch: int, repeats: int) -> dict:
     seq = lambda: pipe(generator=torch.manual_seed(0), **kw)  # noqa: E731
     par = lambda: td.sample(pipe, generator=torch.manual_seed(0), progress=False, **kw)  # noqa: E731
     seq()  # warm-up of the network (allocator, threads), not of the sampler's cache
-    cost_model.clear_cache()
+    policy = td.AutoWindow.of(pipe.unet)  # what the default window uses for this network
+    policy.cache.clear()
     first, out = _timed(par)
-    choice = cost_model.last_choice
+    choice = policy.last_choice
     t_seq, t_par, c_seq, c_par, rounds = [], [], [], [], []
     for _ in range(repeats):
         t, c, _ = _cpu_timed(seq)

@@ -47,6 +47,7 @@ import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
+from trisolve_diffusion.sampler import DEFAULT_TOLERANCE  # noqa: E402
 
 
 def pipeline(setting: str):
@@ -118,9 +119,9 @@ def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool 
         return mapping.g(x_rows, out, lo, hi)
 
     system = trisolve.SemilinearSystem(mapping.a, mapping.B, g, c=noise, sigma=mapping.sigma, batch_ndim=1)
-    solver, update_map = td.default_solver()
-    with torch.no_grad():
-        return trisolve.solve(system, solver, x0, update_map=update_map, atol=5e-4, rtol=5e-4, callback=callback)
+    solver, update_map = td.default_solver(mapping)
+    with torch.no_grad():  # the samplers' default tolerance (atol = rtol = 5e-4)
+        return trisolve.solve(system, solver, x0, update_map=update_map, **DEFAULT_TOLERANCE.as_kwargs(), callback=callback)
 
 
 def run_scheduler_setting(setting: str, seeds, records):

@@ -49,7 +49,7 @@ from trisolve_diffusion.models import load_digits_flow_pipeline  # noqa: E402
 STEPS = (20, 28, 50)
 
 
-TAA4 = trisolve.TriangularAnderson(history_size=4)  # the default of every loop but flow matching's
+TAA4 = td.default_solver()[0]  # the default of every loop but flow matching's: TAA, 4 pairs
 
 
 def methods(quick: bool):

@@ -193,11 +193,9 @@ def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats:
     device the prediction next to measured ``sample()`` runs with fixed windows and ``window="auto"``."""
     import dataclasses
 
-    from trisolve_diffusion import cost_model
-    from trisolve_diffusion.cost_model import CostModel, RoundsModel, clear_cache
+    from trisolve_diffusion.cost_model import CostModel, RoundsModel
     from trisolve_diffusion.models import load_digits_pipeline
 
-    clear_cache()
     predicted, measured = [], []
     digits = load_digits_pipeline("ddim").to(dev, dtype)
     digits.set_progress_bar_config(disable=True)
@@ -224,7 +222,7 @@ def cost_model_rows(dev: torch.device, dtype: torch.dtype, quick: bool, repeats:
                                     window=window if window is not None else trisolve.FullWindow(), **kw)  # fmt: skip
             sec, out, _ = timed(run, dev, repeats, not quick)
             runs.append((window, sec, out, max(hi - lo for lo, hi in out.solution.windows)))
-        one = cost_model.last_choice.model
+        one = td.AutoWindow.of(pipe.unet).last_choice.model  # the policy window="auto" used for this network
         for window, sec, out, w in runs:
             measured.append(dict(model=name, steps=steps, window="full" if window is None else str(window), used_window=w,
                                  rounds=out.solution.num_rounds, predicted_rounds=one.rounds(w), measured_s=sec,

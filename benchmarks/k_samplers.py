@@ -28,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from common import median_range, write  # noqa: E402
 from k_diffusion_ref import load_sampling  # noqa: E402
 
-import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion import k_diffusion as K  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
 from trisolve_diffusion.models import load_digits_unet  # noqa: E402
@@ -91,7 +90,7 @@ def run(names, steps, seeds, batch=1) -> list[dict]:
             with torch.no_grad():
                 expected = getattr(ref, f"sample_{kd_name}")(model, x, sigmas, disable=True, **kw)
             torch.manual_seed(1000 + seed)
-            got, sol = getattr(K, f"sample_{kd_name}")(model, x, sigmas, disable=True, return_solution=True, options=td.SolveOptions(progress=False), **kw)
+            got, sol = getattr(K, f"sample_{kd_name}")(model, x, sigmas, disable=True, return_solution=True, **kw)
             to01 = lambda t: ((t.clamp(-1, 1) + 1) / 2).numpy()
             records.append(dict(sampler=name, seed=seed, steps=steps, rows=sol.n, rounds=sol.num_rounds, evals=sol.num_evals, status=sol.status.name,
                                 psnr_db=psnr(to01(got), to01(expected))))  # fmt: skip

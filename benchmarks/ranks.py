@@ -76,7 +76,7 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
                 o = parallel()
                 times.append(time.perf_counter() - start)
             times = [max(v) for v in _gather_floats(times)]  # the slowest rank is the sample's time
-            choice = td.cost_model.last_choice
+            choice = td.AutoWindow.of(pipe.unet).last_choice  # the plan sample() made for this network
             model = choice.model
             stats = o.solution.stats
             row = dict(model=name, batch=batch, ranks=world, seconds=statistics.median(times), runs=times, rounds=o.solution.num_rounds,

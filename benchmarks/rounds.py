@@ -49,6 +49,7 @@ import trisolve  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.demo import psnr  # noqa: E402
 from trisolve_diffusion.network import unet_denoiser  # noqa: E402
+from trisolve_diffusion.sampler import PIXEL_FINAL_ATOL  # noqa: E402
 
 #: setting -> (kind, steps, batch, issue 26's target for the median rounds)
 SETTINGS = {
@@ -104,15 +105,16 @@ def sequential(unet, sched, seed: int, batch: int) -> torch.Tensor:
     return x
 
 
-def parallel(unet, sched, seed: int, batch: int, options: td.SolveOptions):
+def parallel(unet, sched, seed: int, batch: int, options: dict):
     from diffusers.utils.torch_utils import randn_tensor
 
     gen = torch.Generator().manual_seed(seed)
     x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
-    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, options=options.resolve_final_row_atol(pixel_space=True))
+    # the pixel-space finish sample() takes for these pipelines (final_row_atol="auto" there)
+    return td.sample_latents(unet_denoiser(unet), sched, x, generator=gen, final_row_atol=PIXEL_FINAL_ATOL, **options)
 
 
-def run(settings: dict, seeds: list[int], options: td.SolveOptions) -> list[dict]:
+def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
     from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_unet
 
     unet, flow = load_digits_unet(), None
@@ -125,7 +127,7 @@ def run(settings: dict, seeds: list[int], options: td.SolveOptions) -> list[dict
                     flow.set_progress_bar_config(disable=True)
                 ref = flow(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
                 out = td.sample(flow, batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                                output_type="np", options=options)  # fmt: skip
+                                output_type="np", **options)  # fmt: skip
                 got, sol = out.images, out.solution
             else:
                 sched = make_scheduler(kind, steps)
@@ -167,7 +169,7 @@ def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
 
     unet, flow = load_digits_unet(), load_digits_flow_pipeline()
     flow.set_progress_bar_config(disable=True)
-    opts = td.SolveOptions(progress=False, window=trisolve.FullWindow()).resolve_final_row_atol(pixel_space=True)
+    opts = dict(progress=False, window=trisolve.FullWindow(), final_row_atol=PIXEL_FINAL_ATOL)
     records = []
     for setting, (kind, steps) in INIT_SETTINGS.items():
         if kind == "flow":
@@ -205,7 +207,7 @@ def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
             for k in coarse_steps:
                 starts[f"coarse {k} steps"] = (_coarse_init(loop, x0, fine_times, make, k), k)
             for name, (init, extra) in starts.items():
-                final, sol = td.sample_latents(den, make(steps), x0, options=opts.replace(init=init))
+                final, sol = td.sample_latents(den, make(steps), x0, **opts, init=init)
                 trajectories.setdefault(seed, sol.trajectory.clone())
                 if seed in seeds:
                     records.append(_init_record(setting, seed, name, sol, extra, steps, images(final), ref))
@@ -215,7 +217,7 @@ def run_init(seeds: list[int], coarse_steps=(5, 10)) -> list[dict]:
                 init = trajectories[seed].clone()
                 init[0] = x_prev
                 prev_ref = images(loop(make(steps), x_prev)[0][-1])
-                final, sol = td.sample_latents(den, make(steps), x_prev, options=opts.replace(init=init))
+                final, sol = td.sample_latents(den, make(steps), x_prev, **opts, init=init)
                 records.append(_init_record(setting, prev, "neighbouring seed's trajectory", sol, 0, steps, images(final), prev_ref))
     return records
 
@@ -283,7 +285,7 @@ def main(argv=None):
         return 0
     seeds = [0] if args.quick else parse_seeds(args.seeds)
     settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
-    records = run(settings, seeds, td.SolveOptions(progress=False, window=trisolve.FullWindow()))
+    records = run(settings, seeds, dict(progress=False, window=trisolve.FullWindow()))
     name = "rounds_quick" if args.quick else "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)

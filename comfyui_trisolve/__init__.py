@@ -9,7 +9,7 @@ trisolve checkout. The node "Trisolve parallel sampler" (``TrisolveSampler``, ca
 
 from __future__ import annotations
 
-from .sampler import SAMPLERS, parallel_sample, sequential_reason
+from .sampler import DEFAULT_TOLERANCE, SAMPLERS, parallel_sample, sequential_reason
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "TrisolveSampler", "parallel_sample", "sequential_reason", "SAMPLERS"]
 
@@ -22,7 +22,7 @@ class TrisolveSampler:
         return {
             "required": {
                 "sampler_name": (list(SAMPLERS), {"default": "euler"}),
-                "tolerance": ("FLOAT", {"default": 5e-4, "min": 1e-7, "max": 1.0, "step": 1e-4, "round": False,
+                "tolerance": ("FLOAT", {"default": DEFAULT_TOLERANCE.atol, "min": 1e-7, "max": 1.0, "step": 1e-4, "round": False,
                                         "tooltip": "atol = rtol of the solve; the default ended every test >= 45 dB from the sequential loop"}),
                 "window": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": "rows per round; 0: all rows"}),
                 "max_iter": ("INT", {"default": 0, "min": 0, "max": 10000, "tooltip": "most rounds; 0: as many as rows (always exact)"}),

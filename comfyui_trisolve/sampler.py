@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from trisolve_diffusion import ParallelSamplingError, SolveOptions
+from trisolve_diffusion import ParallelSamplingError
 from trisolve_diffusion import k_diffusion as K
+from trisolve_diffusion.sampler import DEFAULT_TOLERANCE
 
 log = logging.getLogger("comfyui_trisolve")
 
@@ -137,10 +138,11 @@ def rows_per_call(model_k: Any, x: torch.Tensor, max_rows: int) -> int:
 
 
 def parallel_sample(model, x, sigmas, extra_args=None, callback=None, disable=None, *, sampler_name="euler", eta=1.0, s_noise=1.0,
-                    tolerance=5e-4, window=0, max_iter=0, max_rows_per_call=0, check_model=True):  # fmt: skip
+                    tolerance=DEFAULT_TOLERANCE.atol, window=0, max_iter=0, max_rows_per_call=0, check_model=True):  # fmt: skip
     """A ComfyUI sampler function: the parallel ``sampler_name`` (see :data:`SAMPLERS`), or ComfyUI's own where it cannot be exact.
 
-    ``tolerance``: ``atol = rtol`` of the solve (:class:`trisolve_diffusion.SolveOptions`);
+    ``tolerance``: ``atol = rtol`` of the solve (the solve keywords, :class:`trisolve_diffusion.SolveOptions`;
+    default :data:`trisolve_diffusion.sampler.DEFAULT_TOLERANCE`);
     ``window``: rows per round (0: all); ``max_iter``: most rounds (0: as many as rows, which
     always suffices); ``max_rows_per_call``: rows per model call (0: planned from free memory,
     :func:`rows_per_call`); ``check_model``: the batched-sigma check of the k-diffusion samplers.
@@ -161,11 +163,11 @@ def parallel_sample(model, x, sigmas, extra_args=None, callback=None, disable=No
         return getattr(comfy_sampling, f"sample_{kd_name}")(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, **kwargs)
     n_rows = 2 * (len(sigmas) - 1)  # at most two rows per step
     rows = max_rows_per_call if max_rows_per_call > 0 else rows_per_call(model, x, n_rows)
-    options = SolveOptions(atol=tolerance, rtol=tolerance, window=window or None, max_iter=max_iter or None)
+    solve = dict(atol=tolerance, rtol=tolerance, window=window or None, max_iter=max_iter or None)
     fn = K.SAMPLERS[kd_name]
     try:
-        return fn(_RowsModel(model, x.shape[0]), x, sigmas, extra_args=extra_args, callback=callback, disable=disable, options=options,
-                  check_model=check_model, max_rows_per_call=rows, convention=K.COMFYUI, **kwargs)  # fmt: skip
+        return fn(_RowsModel(model, x.shape[0]), x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                  check_model=check_model, max_rows_per_call=rows, convention=K.COMFYUI, **solve, **kwargs)  # fmt: skip
     except ParallelSamplingError as err:  # Cancel in ComfyUI raises inside the model call: pass it on as ComfyUI's own
         if isinstance(err.__cause__, comfy.model_management.InterruptProcessingException):
             raise err.__cause__ from None

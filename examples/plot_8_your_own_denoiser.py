@@ -53,14 +53,15 @@ sequential = x
 # %%
 # The same loop in parallel rounds
 # --------------------------------
-# Solver settings travel in one :class:`~trisolve_diffusion.SolveOptions`; the defaults end
-# every benchmark run >= 40 dB from the sequential sample.
-final, sol = td.sample_latents(denoiser, scheduler, latents, options=td.SolveOptions(progress=False))
+# Solver settings are keywords, the names :func:`trisolve.solve` takes (``solver=``, ``atol=``,
+# ``window=``, ``progress=``, ...; each described under :class:`~trisolve_diffusion.SolveOptions`);
+# the defaults end every benchmark run >= 40 dB from the sequential sample.
+final, sol = td.sample_latents(denoiser, scheduler, latents, progress=False)
 print(f"{sol.num_rounds} rounds for 25 steps, {sol.num_evals} evaluations, status {sol.status.name}")
 print(f"max |parallel - sequential| = {(final - sequential).abs().max():.1e}")
 
-tight = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
-final_tight, sol_tight = td.sample_latents(denoiser, scheduler, latents, options=tight)
+tight = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+final_tight, sol_tight = td.sample_latents(denoiser, scheduler, latents, **tight)
 print(f"tight tolerance: {sol_tight.num_rounds} rounds, max diff {(final_tight - sequential).abs().max():.1e}")
 
 fig, axes = plt.subplots(2, 4, figsize=(4, 2.2))
@@ -93,5 +94,5 @@ def conditional(x2, t2):
 
 guided = td.classifier_free_guidance(conditional, guidance_scale=3.0)
 x0 = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
-samples, sol = td.sample_latents(guided, scheduler, x0, options=td.SolveOptions(progress=False))
+samples, sol = td.sample_latents(guided, scheduler, x0, progress=False)
 print(f"guided: {sol.num_rounds} rounds; distance to the chosen component {(samples - means[0]).flatten(1).norm(dim=1).mean():.2f}")

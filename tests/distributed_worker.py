@@ -71,14 +71,14 @@ def main(out: Path) -> None:
     for name, kw in [("newton", dict(update_map=trisolve.Newton())), ("gradients", dict(gradients=True))]:
         start = time.perf_counter()
         try:
-            trisolve.distributed.solve(tsys, trisolve.Jacobi(), x0t, atol=1e-12, timeout=10, **kw)
+            trisolve.solve(trisolve.distribute(tsys, timeout=10), trisolve.Jacobi(), x0t, atol=1e-12, **kw)
             refused[name] = (None, time.perf_counter() - start)
         except ValueError as exc:
             refused[name] = (str(exc), time.perf_counter() - start)
-    default = trisolve.distributed.solve(tsys, None, x0t, atol=1e-12, timeout=10)
+    default = trisolve.solve(trisolve.distribute(tsys, timeout=10), None, x0t, atol=1e-12)
     jac = lambda x, lo, hi: np.diag(np.ones(3))[None] * (0.8 * (1 - np.tanh(0.8 * x[lo - 1 : hi - 1]) ** 2))[:, None, :]  # noqa: E731
     nsys = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] * 0.8) + 0.1, n=30, jacobian=jac)
-    with_jac = trisolve.distributed.solve(nsys, trisolve.Jacobi(), np.zeros(3), update_map=trisolve.Newton(), atol=1e-12, timeout=10)
+    with_jac = trisolve.solve(trisolve.distribute(nsys, timeout=10), trisolve.Jacobi(), np.zeros(3), update_map=trisolve.Newton(), atol=1e-12)
     record("refused", refused=refused, default=[default.status.name, default.trajectory.tolist()],
            with_jacobian=[with_jac.status.name, with_jac.num_rounds, with_jac.trajectory.tolist()])  # fmt: skip
 
@@ -113,7 +113,7 @@ def main(out: Path) -> None:
     # 3c. the default plan on two ranks (issue 28): batch 4, rank 0 measures and broadcasts, the network batch is split
     o = td.sample(pipe, batch_size=4, num_inference_steps=12, generator=torch.manual_seed(1), output_type="np", distributed=True)
     np.save(out / f"digits_plan_rank{rank}.npy", o.images)
-    plan = td.cost_model.last_choice
+    plan = td.AutoWindow.of(pipe.unet).last_choice  # the policy sample() gave the pipeline's network
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
            overhead=[plan.model.overhead, plan.model.overhead_per_row, plan.model.overhead_one_row, plan.model.contention],
@@ -194,36 +194,48 @@ def main(out: Path) -> None:
     sig = kd.get_sigmas_karras(8, 0.05, 10.0)
     xk = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * sig[0]
     for w in (1, None):
-        opts = td.SolveOptions(window=w, distributed=True, progress=False, trajectory_dtype=torch.float64)
-        _, ksol = kd.sample_euler(kd_model, xk, sig, options=opts, return_solution=True)
+        _, ksol = kd.sample_euler(kd_model, xk, sig, window=w, distributed=True, disable=True, trajectory_dtype=torch.float64,
+                                  return_solution=True)  # fmt: skip
         np.save(out / f"kd_w{w}_rank{rank}.npy", ksol.trajectory.numpy())
         record(f"kd_w{w}", rounds=ksol.num_rounds, stats=dict(ksol.stats))
 
-    # 4. mismatched arguments: rank 1 starts from another row 0 (another seed)
-    system, _ = rnn_system()
-    x0 = np.zeros(4) if rank == 0 else np.full(4, 0.5)
-    start = time.perf_counter()
-    try:
-        trisolve.distributed.solve(system, trisolve.Jacobi(), x0, atol=1e-10, timeout=10)
-        record("mismatch", raised=None, seconds=time.perf_counter() - start)
-    except trisolve.DistributedError as exc:
-        record("mismatch", raised=str(exc), seconds=time.perf_counter() - start)
+    # 4. mismatched arguments: rank 1 starts from another row 0 (another seed); then another tolerance
+    for name, x0, atol in [("mismatch", np.zeros(4) if rank == 0 else np.full(4, 0.5), 1e-10),
+                           ("mismatch_atol", np.zeros(4), 1e-10 if rank == 0 else 1e-9)]:  # fmt: skip
+        system, calls = rnn_system()
+        start = time.perf_counter()
+        try:
+            trisolve.solve(trisolve.distribute(system, timeout=10), trisolve.Jacobi(), x0, atol=atol)
+            record(name, raised=None, seconds=time.perf_counter() - start, calls=len(calls))
+        except trisolve.DistributedError as exc:
+            record(name, raised=str(exc), seconds=time.perf_counter() - start, calls=len(calls))
 
-    # 5. a rank whose evaluation fails (rank 1, round 2)
+    # 5. a rank whose evaluation fails (rank 1, round 2): the solve ends FAILED on every rank, the error kept
     system, _ = rnn_system(fail_on_rank=1, rank=rank)
     start = time.perf_counter()
-    try:
-        trisolve.distributed.solve(system, trisolve.Jacobi(), np.zeros(4), atol=1e-10, timeout=10)
-        record("failure", raised=None, seconds=time.perf_counter() - start)
-    except trisolve.DistributedError as exc:
-        record("failure", raised=str(exc), cause=repr(exc.__cause__), seconds=time.perf_counter() - start)
+    sol = trisolve.solve(trisolve.distribute(system, timeout=10), trisolve.Jacobi(), np.zeros(4), atol=1e-10)
+    record("failure", status=sol.status.name, raised=str(sol.error) if isinstance(sol.error, trisolve.DistributedError) else None,
+           cause=repr(sol.error.__cause__), seconds=time.perf_counter() - start)  # fmt: skip
+
+    # 5b. the deprecated trisolve.distributed.solve: warns, and raises the DistributedError as it did
+    import warnings
+
+    system, _ = rnn_system(fail_on_rank=1, rank=rank)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            trisolve.distributed.solve(system, trisolve.Jacobi(), np.zeros(4), atol=1e-10, timeout=10)
+            raised = None
+        except trisolve.DistributedError as exc:
+            raised = str(exc)
+    record("deprecated", raised=raised, warnings=[str(w.message) for w in caught if w.category is DeprecationWarning])
 
     # 6. a rank that never joins the solve (rank 1 leaves): rank 0 errors after the timeout
     if rank == 0:
         system, _ = rnn_system()
         start = time.perf_counter()
         try:
-            trisolve.distributed.solve(system, trisolve.Jacobi(), np.zeros(4), atol=1e-10, timeout=2)
+            trisolve.solve(trisolve.distribute(system, timeout=2), trisolve.Jacobi(), np.zeros(4), atol=1e-10)
             record("absent", raised=None, seconds=time.perf_counter() - start)
         except trisolve.DistributedError as exc:
             record("absent", raised=str(exc), seconds=time.perf_counter() - start)

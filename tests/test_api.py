@@ -275,21 +275,95 @@ def test_numpy_has_no_gradients_and_says_so_only_when_asked():
 # ----------------------------------------------------------------------------- one spelling per option
 
 
-def test_solve_options_old_spellings_warn_and_mean_the_new_ones():
+def _toy_sampler():
+    torch = pytest.importorskip("torch")
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=100)
+    sched.set_timesteps(6)
+    latents = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return (lambda x, t: 0.1 * x), sched, latents
+
+
+def test_old_spellings_of_the_solve_keywords_warn_and_mean_the_new_ones():
+    """window_size=, final_atol=, order= and options=SolveOptions(...) still work for one release, each with a DeprecationWarning."""
+    torch = pytest.importorskip("torch")
     td = pytest.importorskip("trisolve_diffusion")
+    den, sched, latents = _toy_sampler()
+    tight = dict(atol=1e-9, rtol=0.0, progress=False, trajectory_dtype=torch.float64)
+    ref, ref_sol = td.sample_latents(den, sched, latents, window=3, **tight)
     with pytest.warns(DeprecationWarning, match=r"window_size=\.\.\.\) is deprecated; pass window="):
-        opts = td.SolveOptions(window_size=8)
-    assert opts.window == 8 and opts.window_policy() == trisolve.SlidingWindow(8)
+        out, sol = td.sample_latents(den, sched, latents, window_size=3, **tight)
+    assert sol.windows == ref_sol.windows and torch.equal(out, ref)
     with pytest.warns(DeprecationWarning, match=r"final_atol=\.\.\.\) is deprecated; pass final_row_atol="):
-        opts = td.SolveOptions(final_atol=1e-2)
-    assert opts.final_row_atol == 1e-2
+        _, sol = td.sample_latents(den, sched, latents, final_atol=1e-2, window=6, **tight)
+    assert sol.tolerance.final_row_atol == 1e-2
     with pytest.warns(DeprecationWarning, match="update_map=trisolve.Picard"):
-        opts = td.SolveOptions(order=3)
-    assert opts.solver_and_map(10)[1] == trisolve.Picard(order=3)
+        a, _ = td.sample_latents(den, sched, latents, order=3, window=6, **tight)
+    b, _ = td.sample_latents(den, sched, latents, update_map=trisolve.Picard(order=3), window=6, **tight)
+    assert torch.equal(a, b)
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="either window= or"):
-        td.SolveOptions(window=4, window_size=8)
-    assert td.SolveOptions(window="auto").replace(atol=1e-3).window == "auto"  # replace keeps the new fields
-    assert {"window_size", "final_atol"} <= td.sampler.OPTION_NAMES  # sample(pipe, window_size=...) still routes (and warns)
+        td.sample_latents(den, sched, latents, window=4, window_size=8)
+    # the deprecated options=SolveOptions(...): warns, says what to write, and the keywords given beside it override it
+    with pytest.warns(DeprecationWarning, match=r"options=SolveOptions\(\.\.\.\)\) is deprecated; pass each option as a keyword"):
+        out, sol = td.sample_latents(den, sched, latents, options=td.SolveOptions(window=3, **tight), atol=1e-8)
+    assert sol.tolerance.atol == 1e-8 and sol.windows == ref_sol.windows  # window=3 from options, atol from the keyword
+    assert {"window_size", "final_atol", "order"} <= td.sampler.OPTION_NAMES  # sample(pipe, window_size=...) still routes (and warns)
+
+
+def test_no_solve_keyword_collides_with_a_pipeline_argument():
+    """sample(pipe, **kwargs) routes the solve keywords by name: none may be an argument of a supported pipeline's __call__."""
+    import inspect
+
+    td = pytest.importorskip("trisolve_diffusion")
+    own = set(inspect.signature(td.sample).parameters) - {"pipe", "args", "kwargs"}
+    assert own == {"max_batch_size", "return_solution", "options"}
+    for cls in td.SUPPORTED_PIPELINES:
+        params = set(inspect.signature(cls.__call__).parameters)
+        assert not params & td.sampler.OPTION_NAMES, (cls.__name__, params & td.sampler.OPTION_NAMES)
+        assert not params & own, (cls.__name__, params & own)
+
+
+def test_one_default_solver_and_one_site_for_the_tolerance_defaults():
+    """The samplers' solver=None is default_solver(mapping); the core's is defaults.default_method; tolerances read their fields."""
+    import inspect
+
+    td = pytest.importorskip("trisolve_diffusion")
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    from trisolve_diffusion import sampler
+
+    for sched, m in [(DDIMScheduler(num_train_timesteps=100), 4), (FlowMatchEulerDiscreteScheduler(), 1)]:
+        sched.set_timesteps(5)
+        mapping = td.map_scheduler(sched)
+        solver, update_map = td.default_solver(mapping)
+        assert solver == trisolve.TriangularAnderson(history_size=m) and update_map == trisolve.Picard()
+        assert mapping.default_history_size == m
+        assert td.SolveOptions().solver_and_map(5, mapping) == (solver, update_map)  # what sample_latents solves with
+    given = trisolve.Jacobi()
+    assert td.SolveOptions(solver=given).solver_and_map(5)[0] is given
+    with pytest.warns(DeprecationWarning, match="pass the scheduler mapping"):
+        assert td.SolveOptions().solver_and_map(5, history_size=2)[0] == trisolve.TriangularAnderson(history_size=2)
+    assert td.default_solver() == td.default_solver(None) == (trisolve.TriangularAnderson(history_size=4), trisolve.Picard())
+    # tolerance defaults: the core's are Tolerance's fields, the samplers' are DEFAULT_TOLERANCE's
+    params = inspect.signature(trisolve.solve).parameters
+    assert (params["atol"].default, params["rtol"].default) == (trisolve.Tolerance.atol, trisolve.Tolerance.rtol)
+    assert (td.SolveOptions().atol, td.SolveOptions().rtol) == (sampler.DEFAULT_TOLERANCE.atol, sampler.DEFAULT_TOLERANCE.rtol)
+
+
+def test_tolerance_is_recorded_on_the_solution_and_reusable_as_keywords():
+    sys_ = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]) + 0.1, n=30)
+    sol = trisolve.solve(sys_, trisolve.Jacobi(), np.zeros(2))
+    assert sol.tolerance == trisolve.Tolerance()  # the defaults, as used
+    tol = trisolve.Tolerance(atol=1e-12, rtol=1e-3, final_row_atol=1e-9)
+    again = trisolve.solve(sys_, trisolve.Jacobi(), np.zeros(2), **tol.as_kwargs())
+    assert again.tolerance == tol
+    ref = trisolve.solve(sys_, trisolve.Jacobi(), np.zeros(2), atol=1e-12, rtol=1e-3, final_row_atol=1e-9)
+    assert np.array_equal(again.trajectory, ref.trajectory) and again.num_rounds == ref.num_rounds
+    with pytest.raises(ValueError, match="final_row_atol"):
+        trisolve.Tolerance(final_row_atol=-1.0)
+    with pytest.raises(ValueError, match="final_row_atol"):
+        trisolve.solve(sys_, trisolve.Jacobi(), np.zeros(2), final_row_atol=-1.0)
 
 
 def test_importing_the_adapter_loads_no_training_code():
@@ -309,13 +383,10 @@ def test_importing_the_adapter_loads_no_training_code():
     assert out.returncode == 0, out.stderr
 
 
-def test_auto_window_is_a_policy_object_with_its_own_cache_and_choice():
-    """Two solves with one AutoWindow measure once (its cache), keep their choice on the object, and leave 'auto' alone."""
-    torch = pytest.importorskip("torch")
-    td = pytest.importorskip("trisolve_diffusion")
+def _counting_denoiser():
+    """A conv network, a denoiser calling it that counts its calls, and a DDIM-6 scheduler."""
+    import torch
     from diffusers import DDIMScheduler
-
-    from trisolve_diffusion import cost_model
 
     net = torch.nn.Conv2d(1, 1, 3, padding=1).double()
     calls = []
@@ -326,19 +397,103 @@ def test_auto_window_is_a_policy_object_with_its_own_cache_and_choice():
 
     sched = DDIMScheduler(num_train_timesteps=100)
     sched.set_timesteps(6)
+    return net, denoiser, calls, sched
+
+
+def test_auto_window_is_a_policy_object_with_its_own_cache_and_choice():
+    """Two solves with one AutoWindow measure once (its cache), keep their choice on the object, and leave 'auto' alone."""
+    torch = pytest.importorskip("torch")
+    td = pytest.importorskip("trisolve_diffusion")
+    net, denoiser, calls, sched = _counting_denoiser()
     policy = td.AutoWindow(net)
-    default_before = cost_model.default_auto_window().last_choice
-    opts = td.SolveOptions(window=policy, progress=False, trajectory_dtype=torch.float64)
+    assert policy.network is net
+    opts = dict(window=policy, progress=False, trajectory_dtype=torch.float64)
     latents = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with torch.no_grad():
-        first, sol = td.sample_latents(denoiser, sched, latents, options=opts)
+        first, sol = td.sample_latents(denoiser, sched, latents, **opts)
     assert policy.last_choice is not None and policy.cache and sol.status.ok
     assert max(hi - lo for lo, hi in sol.windows) == min(policy.last_choice.window, 6)
     measured = len(calls)
     with torch.no_grad():
-        again, _ = td.sample_latents(denoiser, sched, latents, options=opts)
+        again, _ = td.sample_latents(denoiser, sched, latents, **opts)
     assert len(calls) - measured <= sol.num_rounds + 6  # the second solve runs its rounds, measures nothing again
     assert torch.equal(first, again)
-    assert cost_model.default_auto_window().last_choice is default_before  # "auto"'s policy is another object
-    with pytest.raises(TypeError, match="network must be a torch.nn.Module"):
-        td.AutoWindow(lambda x: x)
+    assert td.AutoWindow.of(denoiser).last_choice is None and td.AutoWindow.of(net).last_choice is None  # others untouched
+    with pytest.raises(TypeError, match="network must be the torch.nn.Module"):
+        td.AutoWindow(3)
+
+
+def test_auto_window_by_default_times_the_denoiser_itself_once():
+    """window='auto' in sample_latents: AutoWindow.of(denoiser) (keyed by the denoiser's identity), no search for a network."""
+    torch = pytest.importorskip("torch")
+    td = pytest.importorskip("trisolve_diffusion")
+    net, denoiser, calls, sched = _counting_denoiser()
+    latents = torch.randn(1, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        _, sol = td.sample_latents(denoiser, sched, latents, window="auto", progress=False, trajectory_dtype=torch.float64)
+    policy = td.AutoWindow.of(denoiser)
+    assert policy.network is denoiser and policy.last_choice is not None and sol.status.ok
+    assert td.AutoWindow.of(net).last_choice is None  # the network inside the closure is not searched for
+    measured = len(calls)
+    with torch.no_grad():
+        td.sample_latents(denoiser, sched, latents, progress=False, trajectory_dtype=torch.float64)  # window=None: the same policy
+    assert len(calls) - measured <= 6 + 6
+    # the policy goes with its denoiser: no module-level cache keeps either alive
+    import gc
+    import weakref
+
+    ref = weakref.ref(policy)
+    del policy, denoiser
+    gc.collect()
+    assert ref() is None
+
+
+def test_deprecated_cost_model_globals_warn():
+    td = pytest.importorskip("trisolve_diffusion")
+    from trisolve_diffusion import cost_model
+
+    with pytest.warns(DeprecationWarning, match="AutoWindow.of\\(network\\).last_choice"):
+        cost_model.last_choice  # noqa: B018
+    with pytest.warns(DeprecationWarning, match="window=AutoWindow\\(network\\)"):
+        assert isinstance(cost_model.default_auto_window(), td.AutoWindow)
+    with pytest.warns(DeprecationWarning, match="cache.clear"):
+        cost_model.clear_cache()
+    torch = pytest.importorskip("torch")
+    net = torch.nn.Identity()
+    with pytest.warns(DeprecationWarning, match="window=AutoWindow\\(network\\)"):
+        assert cost_model.network_of(lambda x, t: net(x)) is net
+
+
+def test_a_system_several_ranks_share_is_asked_to_agree_before_the_first_round():
+    """solve() calls the protocol's agree(**arguments) when num_ranks > 1 (what distribute()'s copy uses), never on one rank."""
+    seen, evaluated = [], []
+
+    class Shared(trisolve.TriangularSystem):
+        n, ranks = 5, 2
+
+        @property
+        def num_ranks(self):
+            return self.ranks
+
+        def evaluate(self, x, lo, hi, cache, *, xp):
+            evaluated.append((lo, hi))
+            return trisolve.Evaluation(f=0.5 * x[lo - 1 : hi - 1] + 1.0, num_evals=hi - lo)
+
+        def agree(self, **arguments):
+            seen.append(arguments)
+            if arguments["tolerance"].atol != 1e-9:
+                raise RuntimeError("the ranks disagree (a stand-in for DistributedError)")
+
+    sol = trisolve.solve(Shared(), trisolve.Jacobi(), np.zeros(()), atol=1e-9)
+    assert sol.status.ok and len(seen) == 1
+    args = seen[0]
+    assert args["solver"] == trisolve.Jacobi() and args["tolerance"] == trisolve.Tolerance(atol=1e-9) and args["x0"] == 0
+    assert args["callback"] is False and args["init"] is None
+    evaluated.clear()
+    with pytest.raises(RuntimeError, match="disagree"):
+        trisolve.solve(Shared(), trisolve.Jacobi(), np.zeros(()), atol=1e-8)
+    assert evaluated == []  # raised before any evaluation
+    one = Shared()
+    one.ranks = 1
+    trisolve.solve(one, trisolve.Jacobi(), np.zeros(()), atol=1e-8)
+    assert len(seen) == 2  # one rank: nothing to agree on

@@ -64,13 +64,16 @@ def test_measure_stops_once_saturated_and_caches(monkeypatch):
     class Model:  # anything weakly referenceable
         pass
 
-    model = Model()
-    curve = cm.measure_round_time(call, 256, repeats=2, key="k", model=model)
+    model, cache = Model(), {}
+    curve = cm.measure_round_time(call, 256, repeats=2, key="k", model=model, cache=cache)
     assert curve.rows == (1, 2, 4, 8, 16) and curve.seconds[-1] == pytest.approx(0.16)  # stopped after two doublings of the time
     n = len(calls)
-    assert cm.measure_round_time(call, 256, key="k", model=model) is curve and len(calls) == n  # cached
-    cm.clear_cache()
-    cm.measure_round_time(call, 256, key="k", model=model)
+    assert cm.measure_round_time(call, 256, key="k", model=model, cache=cache) is curve and len(calls) == n  # cached
+    cm.measure_round_time(call, 256, key="k", model=model)  # no cache given: measured again, nothing kept
+    assert len(calls) > n
+    cache.clear()
+    n = len(calls)
+    cm.measure_round_time(call, 256, key="k", model=model, cache=cache)
     assert len(calls) > n
 
 
@@ -106,7 +109,8 @@ def test_auto_window_in_sample_follows_the_curve(monkeypatch, curve, expect_full
     # the stand-in solve: the solver's real rounds (at most the cap; a round freezes at least one row)
     (t3, r3), (t1, r1) = seen["stand_in"]
     assert t3 > 0 and 1 <= r3 <= 3 and t1 > 0 and r1 == 1
-    assert cm.last_choice.window == max({hi - lo for lo, hi in out.solution.windows}) and cm.last_choice.model.curve is curve
+    choice = td.AutoWindow.of(pipe.unet).last_choice  # the policy sample() gave the pipeline's network
+    assert choice.window == max({hi - lo for lo, hi in out.solution.windows}) and choice.model.curve is curve
     widths = {hi - lo for lo, hi in out.solution.windows}
     expected = cm.choose_window(curve, 20).window
     if expect_full:
@@ -146,11 +150,12 @@ def test_the_default_window_is_automatic_on_a_cpu_too(monkeypatch, curve, expect
     pipe = _digits()
     out = td.sample(pipe, batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np")
     widths = {hi - lo for lo, hi in out.solution.windows}
-    assert cm.last_choice.model.curve is curve
+    choice = td.AutoWindow.of(pipe.unet).last_choice
+    assert choice.model.curve is curve
     if expect == "full":
-        assert cm.last_choice.window == 12 and max(widths) == 12 and out.solution.num_rounds < 12
+        assert choice.window == 12 and max(widths) == 12 and out.solution.num_rounds < 12
     else:
-        assert cm.last_choice.window == 1 and widths == {1} and out.solution.num_rounds == 12 and out.solution.converged
+        assert choice.window == 1 and widths == {1} and out.solution.num_rounds == 12 and out.solution.converged
     ref = pipe(batch_size=1, num_inference_steps=12, generator=torch.manual_seed(0), output_type="np").images
     np.testing.assert_allclose(out.images, ref, atol=5e-3)
 
@@ -160,12 +165,16 @@ def test_auto_is_refused_where_a_window_policy_is_expected():
         trisolve.SlidingWindow("auto")
 
 
-def test_solve_options_accept_auto_and_a_distributed_flag_only():
+def test_solve_keywords_accept_auto_and_a_distributed_flag_only():
+    from diffusers import DDIMScheduler
+
     assert td.SolveOptions(window="auto").window_policy() is None  # resolved in sample_latents
+    scheduler = DDIMScheduler(num_train_timesteps=100)
+    scheduler.set_timesteps(5)
     with pytest.raises(ValueError, match="auto"):
-        td.SolveOptions(window="fastest")
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), window="fastest")
     with pytest.raises(TypeError, match="distributed"):
-        td.SolveOptions(distributed="yes")
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), distributed="yes")
 
 
 def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
@@ -176,9 +185,9 @@ def test_distributed_sampling_without_a_process_group_says_how_to_start_one():
         pytest.skip("a process group is already initialised in this process")
     scheduler = DDIMScheduler(num_train_timesteps=100)
     scheduler.set_timesteps(5)
-    opts = td.SolveOptions(distributed=True, progress=False)
+    opts = dict(distributed=True, progress=False)
     with pytest.raises(ValueError, match="torchrun"):
-        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), options=opts)
+        td.sample_latents(lambda x, t: 0.1 * x, scheduler, torch.zeros(1, 1, 4, 4), **opts)
 
 
 def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
@@ -203,13 +212,13 @@ def test_measure_overhead_fits_a_line_through_two_windows_and_caches(monkeypatch
     class Model:
         pass
 
-    model = Model()
-    a, b = cm.measure_overhead(run_rounds, 40, sync=lambda: syncs.append(1), key="k", model=model)
+    model, cache = Model(), {}
+    a, b = cm.measure_overhead(run_rounds, 40, sync=lambda: syncs.append(1), key="k", model=model, cache=cache)
     assert a == pytest.approx(0.002) and b == pytest.approx(5e-5)
     assert {w for w, _ in calls} == {8, 40} and {k for _, k in calls} == {1, 4}
     assert len(syncs) == 2 * (len(calls) - 2)  # every timed call bracketed (the two warm-ups are not timed)
     n = len(calls)
-    assert cm.measure_overhead(run_rounds, 40, key="k", model=model) == (a, b) and len(calls) == n  # cached
+    assert cm.measure_overhead(run_rounds, 40, key="k", model=model, cache=cache) == (a, b) and len(calls) == n  # cached
     assert cm.measure_overhead(lambda w, k: 0, 40) == (0.0, 0.0)  # rounds that did not run: no term
 
     def constant(w, k):
@@ -225,7 +234,6 @@ def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_
     (or SamplingInterrupted) with an unstarted solution, as in a round, never a bare exception."""
     from diffusers import DDIMScheduler
 
-    cm.clear_cache()
     scheduler = DDIMScheduler(num_train_timesteps=100)
     scheduler.set_timesteps(10)
 
@@ -235,7 +243,7 @@ def test_a_network_fault_while_the_default_window_is_timed_raises_like_one_in_a_
     latents = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     expected = td.SamplingInterrupted if isinstance(fault, KeyboardInterrupt) else td.ParallelSamplingError
     with pytest.raises(expected, match="the automatic window timed the network") as info:
-        td.sample_latents(den, scheduler, latents, options=td.SolveOptions(progress=False))
+        td.sample_latents(den, scheduler, latents, progress=False)
     sol = info.value.solution
     assert info.value.__cause__ is fault and sol.error is fault and sol.num_rounds == 0 and sol.num_frozen == 1
     assert sol.status is (trisolve.Status.INTERRUPTED if isinstance(fault, KeyboardInterrupt) else trisolve.Status.FAILED)

@@ -76,10 +76,8 @@ def test_refuses_arguments_without_meaning_in_a_parallel_solve():
         td.sample(gmm_pipe(), trajectory_dtype=torch.float16)
     with pytest.raises(ValueError, match="max_batch_size"):
         td.sample(gmm_pipe(), max_batch_size=0)
-    with pytest.raises(ValueError, match="either order= or update_map="):
+    with pytest.warns(DeprecationWarning, match="order="), pytest.raises(ValueError, match="either order= or update_map="):
         td.sample(gmm_pipe(), num_inference_steps=4, solver=trisolve.Jacobi(), update_map=trisolve.Picard(), order=2)
-    with pytest.raises(ValueError, match="either order= or update_map="):
-        td.sample(gmm_pipe(), num_inference_steps=4, update_map=trisolve.Picard(), order=2)
     with pytest.raises(ValueError, match=r"init must be a tensor of shape"):
         td.sample(gmm_pipe(), num_inference_steps=4, init=torch.zeros(3, 1, 1, 4, 4))
 
@@ -160,7 +158,7 @@ def test_sliding_window_and_other_solvers_agree():
         dict(window=6),
         dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep()),
         dict(solver=trisolve.Anderson(), update_map=trisolve.Unrolled(order=5)),
-        dict(order=4),
+        dict(update_map=trisolve.Picard(order=4)),
     ):
         out = td.sample(
             pipe,
@@ -285,9 +283,9 @@ def test_progress_bar_ends_at_100_percent_on_a_solution_and_shows_pending_residu
         bars.append(_RecordingBar(total))
         return bars[-1]
 
-    opts = td.SolveOptions(progress=progress, callback=infos.append, **options)
+    opts = dict(progress=progress, callback=infos.append, **options)
     with pytest.warns(td.UnconvergedSampleWarning) if status is trisolve.Status.MAX_ITER else _no_warning():
-        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, options=opts)
+        _, sol = td.sample_latents(lambda x, t: pipe.unet(x, t).sample, pipe.scheduler, latents, **opts)
     assert sol.status is status
     (bar,) = bars
     assert bar.total == 30 and bar.closed

@@ -83,11 +83,11 @@ def test_semilinear_taa_matches_single_process_and_splits_g_rows(ranks):
     assert r0["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"]
     assert r0["rows_evaluated"] + r1["rows_evaluated"] == r0["rows_requested"] == r0["evals"]
     assert abs(r0["rows_evaluated"] - r1["rows_evaluated"]) <= r0["rounds"]
-    # traffic: one collective per call (the header packed in front of the rows); each rank receives both headers and every
-    # row, padded to equal chunks
-    assert r0["collectives"] == r0["calls"] and r0["calls"] <= r0["rounds"]
-    assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8
-    assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8
+    # traffic: one collective per call (the header packed in front of the rows) and one per solve (the arguments' digests,
+    # 8 bytes a rank); each rank receives both headers and every row, padded to equal chunks
+    assert r0["collectives"] == r0["calls"] + 1 and r0["calls"] <= r0["rounds"]
+    assert r0["bytes"] == r1["bytes"] >= r0["calls"] * 2 * 7 * 8 + r0["rows_requested"] * 3 * 8 + 2 * 8
+    assert r0["bytes"] <= r0["calls"] * 2 * 7 * 8 + (r0["rows_requested"] + r0["calls"]) * 3 * 8 + 2 * 8
 
 
 def test_digits_sample_matches_single_process(ranks):
@@ -177,7 +177,6 @@ def test_the_loop_on_rank_0_alone_gives_every_rank_its_result_and_its_failure(ra
 
 @pytest.mark.parametrize("w", [1, None])
 def test_k_diffusion_sampler_splits_each_model_call_over_the_ranks(ranks, w):
-    import trisolve_diffusion as td
     from trisolve_diffusion import k_diffusion as kd
 
     out, read = ranks
@@ -187,8 +186,7 @@ def test_k_diffusion_sampler_splits_each_model_call_over_the_ranks(ranks, w):
 
     sig = kd.get_sigmas_karras(8, 0.05, 10.0)
     xk = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * sig[0]
-    opts = td.SolveOptions(window=w, progress=False, trajectory_dtype=torch.float64)
-    _, single = kd.sample_euler(kd_model, xk, sig, options=opts, return_solution=True)
+    _, single = kd.sample_euler(kd_model, xk, sig, window=w, disable=True, trajectory_dtype=torch.float64, return_solution=True)
     t0, t1 = np.load(out / f"kd_w{w}_rank0.npy"), np.load(out / f"kd_w{w}_rank1.npy")
     assert np.array_equal(t0, t1)
     np.testing.assert_allclose(t0, single.trajectory.numpy(), rtol=0, atol=1e-12)  # halves of each batch: round-off only
@@ -225,21 +223,32 @@ def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     assert sd0["stats"]["collectives"] == sd0["rounds"] + 1 and sd0["stats"]["bytes_gathered"] > 0
 
 
-def test_mismatched_row_0_raises_on_both_ranks(ranks):
+def test_mismatched_arguments_raise_on_both_ranks_before_the_first_round(ranks):
+    """trisolve.solve(distribute(...)) compares the ranks' arguments (here row 0, then atol) before any evaluation."""
     _, read = ranks
-    for r in range(2):
-        rec = read("mismatch", r)
-        assert rec["raised"] and "disagree" in rec["raised"] and "row 0" in rec["raised"]
-        assert rec["seconds"] < 5
+    for name in ("mismatch", "mismatch_atol"):
+        for r in range(2):
+            rec = read(name, r)
+            assert rec["raised"] and "disagree" in rec["raised"] and "row 0" in rec["raised"], (name, rec)
+            assert rec["seconds"] < 5 and rec["calls"] == 0  # no round ran
 
 
-def test_failing_rank_raises_on_both_ranks(ranks):
+def test_failing_rank_ends_the_solve_failed_on_both_ranks(ranks):
     _, read = ranks
     for r in range(2):
         rec = read("failure", r)
+        assert rec["status"] == "FAILED"
         assert rec["raised"] and "rank(s) [1]" in rec["raised"] and "boom on purpose" in rec["raised"]
         assert rec["seconds"] < 5
     assert "ValueError" in read("failure", 1)["cause"]  # the failing rank chains its own exception
+
+
+def test_deprecated_distributed_solve_warns_and_still_raises(ranks):
+    _, read = ranks
+    for r in range(2):
+        rec = read("deprecated", r)
+        assert rec["raised"] and "boom on purpose" in rec["raised"]
+        assert any("trisolve.solve(trisolve.distribute(system" in w for w in rec["warnings"]), rec["warnings"]
 
 
 def test_absent_rank_times_out_with_an_error(ranks):

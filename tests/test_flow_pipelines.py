@@ -71,6 +71,16 @@ def test_sd3_default_tolerance_45db(sd3):
     assert out.solution.num_rounds < 10
 
 
+def test_the_automatic_window_of_a_transformer_pipeline_is_its_transformers_policy(sd3):
+    """sample() gives window="auto" the pipeline's network, pipe.transformer here: its one policy keeps the choice."""
+    policy = td.AutoWindow.of(sd3.transformer)
+    before = policy.last_choice  # other tests of this module may have sampled with the default window already
+    kw = dict(**_sd3_embeds(1), height=16, width=16, num_inference_steps=4, guidance_scale=1.0, output_type="latent")
+    out = td.sample(sd3, generator=torch.Generator().manual_seed(3), progress=False, window="auto", **kw)
+    assert policy.last_choice is not None and policy.last_choice is not before and policy.network is sd3.transformer
+    assert max(hi - lo for lo, hi in out.solution.windows) == min(policy.last_choice.window, 4) and out.solution.status.ok
+
+
 def test_sd3_dynamic_shifting(sd3):
     """mu from the image sequence length, as the pipeline computes it; the schedule differs from shift 3."""
     pipe = build_tiny_sd3(text_encoders=False, scheduler=FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True))

@@ -15,14 +15,15 @@ import pytest
 import torch
 from k_diffusion_ref import load_sampling
 
+import trisolve
 import trisolve_diffusion as td
 from trisolve_diffusion import k_diffusion as K
 
 ref = load_sampling()
 
 SHAPE = (2, 2, 4, 4)  # batch 2
-TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, progress=False, trajectory_dtype=torch.float64)
-DEFAULT = td.SolveOptions(progress=False)
+TIGHT = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64)
+DEFAULT = dict()
 
 
 # -- models: model(x, sigma) -> denoised, sigma per sample ------------------------------------------
@@ -122,7 +123,7 @@ def run_both(name, model, sigmas, options, **kw):
     torch.manual_seed(21)
     expected = getattr(ref, f"sample_{name}")(model, x, sigmas, disable=True, **kw)
     torch.manual_seed(21)
-    got, sol = getattr(K, f"sample_{name}")(model, x, sigmas, disable=True, options=options, return_solution=True, **kw)
+    got, sol = getattr(K, f"sample_{name}")(model, x, sigmas, disable=True, **options, return_solution=True, **kw)
     return expected, got, sol
 
 
@@ -160,7 +161,7 @@ def test_parallel_rounds_fewer_than_steps_on_a_smooth_model():
     """Not a sequential loop in disguise: on the Gaussian mixture the default solve takes fewer rounds than rows."""
     sigmas = K.get_sigmas_karras(24, 0.05, 20.0)
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * sigmas[0]
-    _, sol = K.sample_dpmpp_2m(gmm_model(), x, sigmas, disable=True, options=DEFAULT, return_solution=True)
+    _, sol = K.sample_dpmpp_2m(gmm_model(), x, sigmas, disable=True, **DEFAULT, return_solution=True)
     assert sol.converged and sol.num_rounds < sol.n
 
 
@@ -189,7 +190,7 @@ def test_brownian_tree_default_refused_with_what_to_pass():
         with pytest.raises(ValueError, match="default_noise_sampler"):
             fn(gmm_model(), x, sigmas, disable=True)
     # eta = 0 draws no noise: no sampler needed, and it equals k-diffusion's (whose tree is then unused)
-    out = K.sample_dpmpp_2m_sde(gmm_model(), x, sigmas, disable=True, eta=0.0, options=TIGHT)
+    out = K.sample_dpmpp_2m_sde(gmm_model(), x, sigmas, disable=True, eta=0.0, **TIGHT)
     expected = ref.sample_dpmpp_2m_sde(gmm_model(), x, sigmas, disable=True, eta=0.0, noise_sampler=lambda s, t: torch.zeros_like(x))
     torch.testing.assert_close(out, expected, rtol=0, atol=2e-5 * float(expected.abs().max()))
 
@@ -214,7 +215,7 @@ def test_callback_once_per_step_with_the_loops_values():
     torch.manual_seed(2)
     ref.sample_heun(model, x, sigmas, disable=True, s_churn=1.0, callback=seen_ref.append)
     torch.manual_seed(2)
-    K.sample_heun(model, x, sigmas, disable=True, s_churn=1.0, callback=seen.append, options=TIGHT)
+    K.sample_heun(model, x, sigmas, disable=True, s_churn=1.0, callback=seen.append, **TIGHT)
     assert [d["i"] for d in seen] == list(range(len(sigmas) - 1))
     for a, b in zip(seen, seen_ref):
         assert set(a) == {"x", "i", "sigma", "sigma_hat", "denoised"}
@@ -233,8 +234,8 @@ def test_rows_per_call_chunks_the_model_calls():
 
     sigmas = SCHEDULES["karras+0"]()
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * sigmas[0]
-    whole = K.sample_dpmpp_2m(base, x, sigmas, disable=True, options=TIGHT)
-    chunked = K.sample_dpmpp_2m(model, x, sigmas, disable=True, options=TIGHT, max_rows_per_call=3, check_model=False)
+    whole = K.sample_dpmpp_2m(base, x, sigmas, disable=True, **TIGHT)
+    chunked = K.sample_dpmpp_2m(model, x, sigmas, disable=True, **TIGHT, max_rows_per_call=3, check_model=False)
     assert max(sizes) == 3 * SHAPE[0] and len(sizes) > len(set(sizes))
     torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
 
@@ -250,7 +251,7 @@ def test_model_that_reads_only_the_first_sigma_is_detected():
     with pytest.raises(ValueError, match="sigma per sample"):
         K.sample_euler(first_sigma_only, x, sigmas, disable=True)
     calls = []
-    K.sample_euler(lambda x, s: calls.append(1) or base(x, s), x, sigmas, disable=True, options=TIGHT, check_model=False)
+    K.sample_euler(lambda x, s: calls.append(1) or base(x, s), x, sigmas, disable=True, **TIGHT, check_model=False)
     assert len(calls) < len(sigmas)  # no extra calls without the check
 
 
@@ -278,7 +279,7 @@ def test_failure_keeps_what_was_computed():
 
     sigmas = SCHEDULES["karras+0"]()
     with pytest.raises(td.ParallelSamplingError) as info:
-        K.sample_euler(model, torch.randn(SHAPE) * sigmas[0], sigmas, disable=True, options=TIGHT.replace(window=2), check_model=False)
+        K.sample_euler(model, torch.randn(SHAPE) * sigmas[0], sigmas, disable=True, **TIGHT | dict(window=2), check_model=False)
     assert isinstance(info.value.__cause__, RuntimeError)
     partial = info.value.solution
     assert partial.num_frozen >= 2
@@ -286,11 +287,11 @@ def test_failure_keeps_what_was_computed():
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
     with pytest.raises(td.ParallelSamplingError) as info:
         calls.clear()
-        K.sample_euler(model, x, sigmas, disable=True, options=TIGHT.replace(window=2), check_model=False)
+        K.sample_euler(model, x, sigmas, disable=True, **TIGHT | dict(window=2), check_model=False)
     partial = info.value.solution
     torch.testing.assert_close(partial.trajectory[0], x.double())
-    resumed = K.sample_euler(base, x, sigmas, disable=True, options=TIGHT.replace(init=partial.trajectory, num_frozen=partial.num_frozen))
-    torch.testing.assert_close(resumed, K.sample_euler(base, x, sigmas, disable=True, options=TIGHT), rtol=0, atol=1e-6)
+    resumed = K.sample_euler(base, x, sigmas, disable=True, **TIGHT | dict(init=partial.trajectory, num_frozen=partial.num_frozen))
+    torch.testing.assert_close(resumed, K.sample_euler(base, x, sigmas, disable=True, **TIGHT), rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -303,7 +304,7 @@ def test_failure_keeps_what_was_computed():
         (dict(x=np.zeros(SHAPE)), TypeError, "torch tensor"),
         (dict(model=3), TypeError, "model must be callable"),
         (dict(s_churn=-1.0), ValueError, "s_churn"),
-        (dict(options=td.SolveOptions(window="auto")), ValueError, "auto"),
+        (dict(window="auto"), ValueError, "auto"),
         (dict(max_rows_per_call=0), ValueError, "max_rows_per_call"),
         (dict(callback=3), TypeError, "callback"),
     ],
@@ -340,7 +341,26 @@ def test_unconverged_end_warns_or_raises():
     sigmas = SCHEDULES["karras+0"]()
     x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3)) * sigmas[0]
     with pytest.warns(td.UnconvergedSampleWarning, match="MAX_ITER"):
-        K.sample_heun(gmm_model(), x, sigmas, disable=True, options=DEFAULT.replace(max_iter=2))
+        K.sample_heun(gmm_model(), x, sigmas, disable=True, **DEFAULT | dict(max_iter=2))
     with pytest.raises(td.UnconvergedSampleError) as info:
-        K.sample_heun(gmm_model(), x, sigmas, disable=True, options=DEFAULT.replace(max_iter=2, strict=True))
+        K.sample_heun(gmm_model(), x, sigmas, disable=True, **DEFAULT | dict(max_iter=2, strict=True))
     torch.testing.assert_close(info.value.solution.trajectory[0], x)
+
+
+def test_solve_keywords_are_flat_with_round_callback_and_the_old_options_warn():
+    """The samplers take sample_latents's solve keywords; the per-round callback is round_callback= (callback= is
+    k-diffusion's per step); progress= is disable=; options=SolveOptions(...) still works, with a DeprecationWarning."""
+    base = gmm_model()
+    sigmas = SCHEDULES["karras+0"]()
+    x = torch.randn(SHAPE, generator=torch.Generator().manual_seed(4)) * sigmas[0]
+    rounds, steps = [], []
+    out, sol = K.sample_euler(base, x, sigmas, disable=True, callback=steps.append, round_callback=rounds.append, return_solution=True,
+                              **TIGHT)  # fmt: skip
+    assert len(rounds) == sol.num_rounds and all(isinstance(r, trisolve.RoundInfo) for r in rounds)
+    assert [s["i"] for s in steps] == list(range(len(sigmas) - 1))  # k-diffusion's per-step callback, unchanged
+    assert sol.tolerance == trisolve.Tolerance(atol=TIGHT["atol"], rtol=TIGHT["rtol"])
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) progress; .*round_callback"):
+        K.sample_euler(base, x, sigmas, disable=True, progress=False)
+    with pytest.warns(DeprecationWarning, match=r"options=SolveOptions\(\.\.\.\)\) is deprecated"):
+        old = K.sample_euler(base, x, sigmas, disable=True, options=td.SolveOptions(**TIGHT))
+    torch.testing.assert_close(old, out, rtol=0, atol=0)

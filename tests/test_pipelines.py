@@ -190,8 +190,11 @@ def test_refusals_come_before_any_work(sd):
             td.sample(sd, "a cat", callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"])
         with pytest.raises(TypeError, match="options must be a trisolve_diffusion.SolveOptions"):
             td.sample(sd, "a cat", options={"atol": 1e-3})
-        with pytest.raises(ValueError, match="either order= or update_map="):
-            td.sample(sd, "a cat", order=2, update_map=td.SolveOptions().solver_and_map(4)[1])
+        with pytest.warns(DeprecationWarning, match=r"sample\(\.\.\., options=SolveOptions\(\.\.\.\)\) is deprecated"):
+            with pytest.raises(TypeError, match="trajectory_dtype"):  # the deprecated options= still routes, under the keywords
+                td.sample(sd, "a cat", options=td.SolveOptions(progress=False), trajectory_dtype=torch.float16)
+        with pytest.warns(DeprecationWarning, match="order="), pytest.raises(ValueError, match="either order= or update_map="):
+            td.sample(sd, "a cat", order=2, update_map=td.default_solver()[1])
         with pytest.raises(TypeError, match="trajectory_dtype"):
             td.sample(sd, "a cat", trajectory_dtype=torch.float16)
         sd.scheduler = LCMScheduler.from_config(sd.scheduler.config)

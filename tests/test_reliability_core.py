@@ -60,8 +60,8 @@ def test_short_schedules_with_a_wide_band_sample_like_the_scheduler_loop(name):
     for t in sched.timesteps:  # the pipeline's loop (LMS's step takes no generator)
         out = den(sched.scale_model_input(ref, t), t.reshape(1).expand(ref.shape[0]))
         ref = sched.step(out, t, ref).prev_sample
-    opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
-    final, sol = td.sample_latents(den, make(), latents, options=opts)
+    opts = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+    final, sol = td.sample_latents(den, make(), latents, **opts)
     assert sol.converged
     torch.testing.assert_close(final, ref, atol=2e-5, rtol=0)
 

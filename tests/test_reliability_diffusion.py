@@ -39,7 +39,7 @@ from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
 from trisolve_diffusion.schedulers import UnsupportedSchedulerError
 
 T = 1000
-TIGHT = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, window=trisolve.FullWindow())  # no timing
+TIGHT = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False, window=trisolve.FullWindow())  # no timing
 SHAPE = (2, 2, 4, 4)
 
 
@@ -67,7 +67,7 @@ def check_against_loop(make, set_kw, *, seed=0):
     ref_sched.set_timesteps(**set_kw)
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed)) * float(getattr(sched, "init_noise_sigma", 1.0))
     ref = step_loop(toy, ref_sched, latents.clone(), torch.Generator().manual_seed(7))
-    final, sol = td.sample_latents(toy, sched, latents, generator=torch.Generator().manual_seed(7), options=TIGHT)
+    final, sol = td.sample_latents(toy, sched, latents, generator=torch.Generator().manual_seed(7), **TIGHT)
     assert sol.converged
     torch.testing.assert_close(final, ref, atol=2e-5, rtol=1e-5)  # diffusers steps in float32
     return sol
@@ -199,14 +199,14 @@ BAD_OUTPUTS = [
 def test_a_bad_denoiser_output_is_named_in_the_error(name, den, cause, match):
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=4))
     with pytest.raises(td.ParallelSamplingError, match=match) as info:
-        td.sample_latents(den, sched, torch.randn(SHAPE), options=TIGHT)
+        td.sample_latents(den, sched, torch.randn(SHAPE), **TIGHT)
     assert isinstance(info.value.__cause__, cause)
     assert info.value.solution.trajectory.shape == (5, *SHAPE)  # the work so far is kept
 
 
 def test_a_low_precision_float_output_is_still_accepted():
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=4))
-    final, sol = td.sample_latents(lambda x, t: toy(x, t).to(torch.bfloat16), sched, torch.randn(SHAPE), options=TIGHT)
+    final, sol = td.sample_latents(lambda x, t: toy(x, t).to(torch.bfloat16), sched, torch.randn(SHAPE), **TIGHT)
     assert sol.converged and final.dtype == torch.float32
 
 
@@ -218,26 +218,26 @@ def test_meta_tensors_are_named(argument):
     if argument == "init":
         args["init"] = torch.zeros(4, *SHAPE)
     args[argument] = args[argument].to("meta")
-    opts = TIGHT.replace(init=args.pop("init"))
+    opts = TIGHT | dict(init=args.pop("init"))
     with pytest.raises(ValueError, match=rf"^{argument} is on the meta device"):
-        td.sample_latents(toy, sched, args.pop("latents"), options=opts, **args)
+        td.sample_latents(toy, sched, args.pop("latents"), **opts, **args)
 
 
 def test_a_mask_that_is_not_a_tensor_is_named():
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=3))
     with pytest.raises(TypeError, match="mask must be a torch tensor"):
-        td.sample_latents(toy, sched, torch.randn(SHAPE), options=TIGHT, mask=np.ones((1, 1, 4, 4)), known_latents=torch.zeros(3, *SHAPE))
+        td.sample_latents(toy, sched, torch.randn(SHAPE), **TIGHT, mask=np.ones((1, 1, 4, 4)), known_latents=torch.zeros(3, *SHAPE))
 
 
 # -- 5. NumPy scalars for every numeric option ---------------------------------------------------------
-OPTION_VALUES = dict(order=2, window=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_row_atol=1e-9, num_frozen=1)
+OPTION_VALUES = dict(window=2, atol=1e-6, rtol=1e-6, max_iter=50, early_stop=1e-9, final_row_atol=1e-9, num_frozen=1)
 
 
 @pytest.mark.parametrize("name", sorted(OPTION_VALUES))
 def test_solve_options_take_numpy_scalars_and_store_python_numbers(name):
     value = OPTION_VALUES[name]
     np_value = np.int64(value) if isinstance(value, int) else np.float32(value)
-    opts = td.SolveOptions(**{name: np_value})
+    opts = td.SolveOptions(**{name: np_value})  # the carrier the solve keywords are stored in
     assert type(getattr(opts, name)) is type(value) and getattr(opts, name) == pytest.approx(value, rel=1e-6)
     with pytest.raises(TypeError, match=name):
         td.SolveOptions(**{name: True})
@@ -248,17 +248,18 @@ def test_solve_options_take_numpy_scalars_and_store_python_numbers(name):
 def test_sample_latents_takes_numpy_scalars_with_the_same_result():
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=5))
     latents = torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
-    opts = TIGHT.replace(max_iter=np.int64(50), window=np.int64(3), order=np.int64(2))
-    a, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=opts, eta=np.float32(0.5), begin_index=np.int64(0))
-    b, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), options=TIGHT.replace(max_iter=50, window=3, order=2), eta=0.5)
+    opts = TIGHT | dict(max_iter=np.int64(50), window=np.int64(3), update_map=trisolve.Picard(order=np.int64(2)))
+    a, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), **opts, eta=np.float32(0.5), begin_index=np.int64(0))
+    same = TIGHT | dict(max_iter=50, window=3, update_map=trisolve.Picard(order=2))
+    b, _ = td.sample_latents(toy, sched, latents, generator=torch.manual_seed(1), **same, eta=0.5)
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     np.testing.assert_array_equal(td.map_scheduler(sched, eta=np.float32(0.5)).noise_scale, td.map_scheduler(sched, eta=0.5).noise_scale)
     with pytest.raises(TypeError, match="eta must be a real number"):
-        td.sample_latents(toy, sched, latents, options=TIGHT, eta="0.5")
+        td.sample_latents(toy, sched, latents, **TIGHT, eta="0.5")
     with pytest.raises(ValueError, match="eta must be a finite number >= 0"):
-        td.sample_latents(toy, sched, latents, options=TIGHT, eta=-1.0)
+        td.sample_latents(toy, sched, latents, **TIGHT, eta=-1.0)
     with pytest.raises(TypeError, match="begin_index must be an int"):
-        td.sample_latents(toy, sched, latents, options=TIGHT, begin_index=1.0)
+        td.sample_latents(toy, sched, latents, **TIGHT, begin_index=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -298,7 +299,6 @@ def test_network_helpers_take_numpy_scalars(unet):
 
 # -- 6. the automatic window's cache: by identity, never by name ---------------------------------------
 def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
-    cost_model.clear_cache()
     sched = _set(lambda: DDIMScheduler(num_train_timesteps=100), dict(num_inference_steps=6))
     latents = torch.randn(1, 1, 2, 2)
     calls = {"cheap": 0, "costly": 0}
@@ -315,25 +315,25 @@ def test_auto_window_measures_each_network_less_denoiser_once_by_identity():
 
     cheap, costly = counting("cheap", 1), counting("costly", 200)
     assert cheap.__qualname__ == costly.__qualname__  # the name the cache used to key on
-    opts = td.SolveOptions(window="auto", progress=False, solver=trisolve.Jacobi())
+    opts = dict(window="auto", progress=False, solver=trisolve.Jacobi())
 
     def rounds_and_calls(den, name):
         calls[name] = 0
-        _, sol = td.sample_latents(den, sched, latents, options=opts)
+        _, sol = td.sample_latents(den, sched, latents, **opts)
         return sol.num_rounds, calls[name]
 
     rounds, n_calls = rounds_and_calls(cheap, "cheap")
     assert n_calls > rounds  # measured: more calls than the solve's rounds
-    cheap_curve = cost_model.last_choice.model.curve
+    cheap_curve = td.AutoWindow.of(cheap).last_choice.model.curve
     rounds, n_calls = rounds_and_calls(costly, "costly")
     assert n_calls > rounds  # the second denoiser is measured too, not given the first one's curve
-    assert cost_model.last_choice.model.curve is not cheap_curve
+    assert td.AutoWindow.of(costly).last_choice.model.curve is not cheap_curve
     rounds, n_calls = rounds_and_calls(cheap, "cheap")
-    assert n_calls == rounds  # the same denoiser again: its own curve, from the cache
-    entries = len(cost_model._CACHE)
+    assert n_calls == rounds  # the same denoiser again: its own curve, from its policy's cache
+    entries = len(cost_model._POLICIES)
     del cheap
     gc.collect()
-    assert len(cost_model._CACHE) == entries - 1  # the entry goes with its denoiser
+    assert len(cost_model._POLICIES) == entries - 1  # the policy goes with its denoiser
 
 
 # -- 7. what the pipelines whose loop neither scales nor passes step arguments by signature can run -------

@@ -56,8 +56,8 @@ def test_sample_latents_equals_a_loop_over_scheduler_step(name, make, kw):
     den = gmm(sched)
     latents = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(1))
     ref = sequential(den, make_set(make, 15), latents.clone(), torch.Generator().manual_seed(7), **kw)
-    opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
-    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), options=opts, **kw)
+    opts = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), **opts, **kw)
     assert sol.converged and sol.num_rounds <= 15
     assert final.dtype == latents.dtype and final.shape == latents.shape
     torch.testing.assert_close(final, ref, atol=2e-5, rtol=0)
@@ -75,7 +75,7 @@ def test_default_tolerance_is_close_to_the_loop():
     den = gmm(sched, seed=3)
     latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(2))
     ref = sequential(den, sched, latents.clone())
-    final, sol = td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False))
+    final, sol = td.sample_latents(den, sched, latents, progress=False)
     psnr = 10 * torch.log10(4.0 / ((final - ref) ** 2).mean())  # latents in about [-1, 1]: peak-to-peak 2
     assert sol.converged and psnr >= 45
 
@@ -89,7 +89,7 @@ def test_input_scale_and_timesteps_reach_the_denoiser():
         return torch.zeros_like(x)
 
     latents = torch.randn(2, 1, 4, 4)
-    td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False, solver=trisolve.Jacobi()))
+    td.sample_latents(den, sched, latents, progress=False, solver=trisolve.Jacobi())
     for shape, t in seen:  # one call per round on (w * B, C, H, W), timesteps (w * B,) row-major
         assert shape[0] == t.shape[0] and shape[0] % 2 == 0 and shape[1:] == (1, 4, 4)
         assert t.dtype == sched.timesteps.dtype
@@ -112,31 +112,33 @@ def test_classifier_free_guidance_matches_the_pipeline_formula():
         td.classifier_free_guidance(model, 5.0, guidance_rescale=2.0)
 
 
-def test_options_are_validated_at_construction():
-    with pytest.raises(ValueError, match="either order= or update_map="):
-        td.SolveOptions(order=2, update_map=trisolve.Picard())
-    with pytest.raises(TypeError, match="trajectory_dtype"):
-        td.SolveOptions(trajectory_dtype=torch.float16)
-    with pytest.raises(ValueError, match="atol must be a finite number"):
-        td.SolveOptions(atol=-1.0)
-    with pytest.raises(ValueError, match="both 0"):
-        td.SolveOptions(atol=0.0, rtol=0.0)
-    with pytest.raises(ValueError, match="num_frozen > 1 keeps rows of init"):
-        td.SolveOptions(num_frozen=3)
-    with pytest.raises(TypeError, match="solver must be a trisolve solver"):
-        td.SolveOptions(solver="taa")
-    with pytest.raises(ValueError, match="window"):
-        td.SolveOptions(window=0)
-    with pytest.raises(TypeError, match="progress"):
-        td.SolveOptions(progress="yes")
-    import numpy as np
-
-    assert td.SolveOptions(atol=np.float32(1e-4), max_iter=np.int64(3), window=np.int64(4)).max_iter == 3
+def test_solve_keywords_are_validated_before_any_work():
     sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T), 4)
-    with pytest.raises(ValueError, match=r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"):
-        td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options=td.SolveOptions(init=torch.zeros(4, 1, 1, 2, 2)))
-    with pytest.raises(TypeError, match="options must be a trisolve_diffusion.SolveOptions"):
-        td.sample_latents(lambda x, t: x, sched, torch.zeros(1, 1, 2, 2), options={"atol": 1})
+    calls = []
+
+    def run(**kw):
+        return td.sample_latents(lambda x, t: calls.append(1) or x, sched, torch.zeros(1, 1, 2, 2), **kw)
+
+    for kw, exc, match in [
+        (dict(update_map=trisolve.Picard(), order=2), ValueError, "either order= or update_map="),
+        (dict(trajectory_dtype=torch.float16), TypeError, "trajectory_dtype"),
+        (dict(atol=-1.0), ValueError, "atol must be a finite number"),
+        (dict(atol=0.0, rtol=0.0), ValueError, "both 0"),
+        (dict(num_frozen=3), ValueError, "num_frozen > 1 keeps rows of init"),
+        (dict(solver="taa"), TypeError, "solver must be a trisolve solver"),
+        (dict(window=0), ValueError, "window"),
+        (dict(progress="yes"), TypeError, "progress"),
+        (dict(tolerance=1e-3), TypeError, r"unexpected keyword argument\(s\) tolerance; its solve keywords are atol, callback"),
+        (dict(init=torch.zeros(4, 1, 1, 2, 2)), ValueError, r"init must be a tensor of shape \(n \+ 1, \*latents.shape\) = \(5, 1, 1, 2, 2\)"),
+        (dict(options={"atol": 1}), TypeError, "options must be a trisolve_diffusion.SolveOptions"),
+    ]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # order=
+            with pytest.raises(exc, match=match):
+                run(**kw)
+    assert calls == []
+    _, sol = run(atol=np.float32(1e-4), max_iter=np.int64(8), window=np.int64(4), progress=False, strict=True)
+    assert sol.tolerance.atol == pytest.approx(1e-4)
 
 
 def test_progress_bar_without_a_pipeline(capsys):
@@ -144,25 +146,25 @@ def test_progress_bar_without_a_pipeline(capsys):
     td.sample_latents(gmm(sched, shape=(1, 2, 2)), sched, torch.randn(1, 1, 2, 2))
     err = capsys.readouterr().err
     assert "parallel sampling" in err and "8/8" in err and "round=" in err
-    td.sample_latents(gmm(sched, shape=(1, 2, 2)), sched, torch.randn(1, 1, 2, 2), options=td.SolveOptions(progress=False))
+    td.sample_latents(gmm(sched, shape=(1, 2, 2)), sched, torch.randn(1, 1, 2, 2), progress=False)
     assert capsys.readouterr().err == ""
 
 
 def test_unconverged_end_warns_or_raises_under_strict():
     sched = make_set(lambda: DDIMScheduler(num_train_timesteps=T, clip_sample=False), 20)
     den, latents = gmm(sched), torch.randn(1, 2, 6, 6)
-    opts = td.SolveOptions(max_iter=2, atol=1e-7, rtol=0.0, progress=False)
+    opts = dict(max_iter=2, atol=1e-7, rtol=0.0, progress=False)
     with pytest.warns(td.UnconvergedSampleWarning, match="MAX_ITER"):
-        _, sol = td.sample_latents(den, sched, latents, options=opts)
+        _, sol = td.sample_latents(den, sched, latents, **opts)
     assert sol.status is trisolve.Status.MAX_ITER
     with pytest.raises(td.UnconvergedSampleError, match="MAX_ITER") as info:
-        td.sample_latents(den, sched, latents, options=opts.replace(strict=True))
+        td.sample_latents(den, sched, latents, **opts | dict(strict=True))
     assert info.value.solution.num_rounds == 2
     with pytest.warns(td.UnconvergedSampleWarning, match="STOPPED_BY_CALLBACK"):
-        td.sample_latents(den, sched, latents, options=opts.replace(max_iter=None, callback=lambda info: info.round >= 1))
+        td.sample_latents(den, sched, latents, **opts | dict(max_iter=None, callback=lambda info: info.round >= 1))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a converged solve is silent
-        td.sample_latents(den, sched, latents, options=td.SolveOptions(progress=False))
+        td.sample_latents(den, sched, latents, progress=False)
 
 
 def test_ctrl_c_stays_a_keyboard_interrupt_with_the_partial_solution():
@@ -176,8 +178,8 @@ def test_ctrl_c_stays_a_keyboard_interrupt_with_the_partial_solution():
         return inner(x, t)
 
     with pytest.raises(KeyboardInterrupt) as info:
-        opts = td.SolveOptions(atol=1e-7, rtol=0.0, progress=False, window=trisolve.FullWindow())  # no timing calls first
-        td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), options=opts)
+        opts = dict(atol=1e-7, rtol=0.0, progress=False, window=trisolve.FullWindow())  # no timing calls first
+        td.sample_latents(den, sched, torch.randn(1, 2, 6, 6), **opts)
     assert isinstance(info.value, td.SamplingInterrupted) and not isinstance(info.value, Exception)
     assert info.value.solution.num_rounds == 2 and info.value.solution.status is trisolve.Status.INTERRUPTED
 
@@ -199,8 +201,8 @@ def test_inpainting_blend_equals_the_blended_loop():
         for i, t in enumerate(ref_sched.timesteps):
             x = ref_sched.step(den(ref_sched.scale_model_input(x, t), t.reshape(1).expand(2)), t, x).prev_sample
             x = mask * x + (1 - mask) * known[i]
-        opts = td.SolveOptions(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
-        final, sol = td.sample_latents(den, sched, latents, options=opts, mask=mask, known_latents=known)
+        opts = dict(atol=1e-7, rtol=0.0, trajectory_dtype=torch.float64, progress=False)
+        final, sol = td.sample_latents(den, sched, latents, **opts, mask=mask, known_latents=known)
         assert sol.converged
         torch.testing.assert_close(final, x, atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="together"):
@@ -263,15 +265,15 @@ def test_k_diffusion_loops_solve_unit_scale_rows_and_return_latents(name, make):
         ref.append(x)
     ref = torch.stack(ref)  # (n + 1, B, *event)
     seen = []
-    opts = td.SolveOptions(atol=1e-6, rtol=0.0, progress=False, callback=lambda info: seen.append(info.trajectory[0].clone()))
-    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), options=opts)
+    opts = dict(atol=1e-6, rtol=0.0, progress=False, callback=lambda info: seen.append(info.trajectory[0].clone()))
+    final, sol = td.sample_latents(den, sched, latents, generator=torch.Generator().manual_seed(7), **opts)
     assert sol.converged
     torch.testing.assert_close(sol.trajectory, ref, atol=5e-4 * float(sched.init_noise_sigma), rtol=1e-4)
     torch.testing.assert_close(final, ref[-1], atol=5e-5, rtol=0)
     torch.testing.assert_close(seen[0], latents)  # the callback reads latents, not the solve's rows
     # a warm start from that trajectory (latent units) with rows 0..5 kept: the same sample
     again, sol2 = td.sample_latents(den, make_set(make, 10), latents, generator=torch.Generator().manual_seed(7),
-                                    options=opts.replace(init=sol.trajectory.clone(), num_frozen=6, callback=None))  # fmt: skip
+                                    **opts | dict(init=sol.trajectory.clone(), num_frozen=6, callback=None))  # fmt: skip
     torch.testing.assert_close(again, final, atol=5e-5, rtol=0)
     torch.testing.assert_close(sol2.trajectory[:6], sol.trajectory[:6])
 
@@ -283,14 +285,14 @@ def test_tolerance_on_scaled_rows_is_stated_in_latent_units():
     make = lambda: EulerDiscreteScheduler()  # noqa: E731
     sched = make_set(make, 20)
     mapping = td.map_scheduler(sched)
-    opts = td.SolveOptions(atol=2e-3, rtol=1e-3, final_row_atol=None, progress=False)
-    rows = _UnitRows(mapping, opts)  # the per-row thresholds handed to trisolve.solve, in the solve's units
+    opts = dict(atol=2e-3, rtol=1e-3, final_row_atol=None, progress=False)
+    rows = _UnitRows(mapping, td.SolveOptions(**opts))  # the per-row thresholds handed to trisolve.solve, in the solve's units
     c = mapping.row_scale
     np.testing.assert_allclose(rows.sigma, c[1:] * (2e-3 + 1e-3 * mapping.sigma), rtol=1e-12)
     assert rows.tolerance == {"atol": 0.0, "rtol": 1.0}
     den = gmm(sched, seed=2)
     latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(3)) * sched.init_noise_sigma
-    _, sol = td.sample_latents(den, sched, latents, options=opts)
+    _, sol = td.sample_latents(den, sched, latents, **opts)
     assert sol.status is trisolve.Status.CONVERGED
     check, X = make_set(make, 20), sol.trajectory
     for i, t in enumerate(check.timesteps, start=1):
@@ -315,13 +317,12 @@ def test_forward_substitution_runs_row_by_row_as_the_loop(name, make, kw):
         calls.append(x.shape[0])
         return den(x, t)
 
-    opts = td.SolveOptions(window=1, progress=False)
-    final, sol = td.sample_latents(counted, sched, latents, generator=torch.Generator().manual_seed(7), options=opts, **kw)
+    final, sol = td.sample_latents(counted, sched, latents, generator=torch.Generator().manual_seed(7), window=1, progress=False, **kw)
     assert sol.status is trisolve.Status.CONVERGED and sol.num_frozen == sol.n + 1 and sol.num_rounds == sol.n == 12
     assert sol.windows == [(i, i + 1) for i in range(1, 13)] and sol.num_evals == len(calls) and set(calls) == {3}
     assert "num_restarts" not in sol.stats  # no solver ran
     driven = td.sample_latents(
-        den, sched, latents, generator=torch.Generator().manual_seed(7), options=opts.replace(callback=lambda info: False), **kw
+        den, sched, latents, generator=torch.Generator().manual_seed(7), window=1, progress=False, callback=lambda info: False, **kw
     )[1]
     assert "num_restarts" in driven.stats  # the callback keeps the driver
     assert torch.equal(sol.trajectory, driven.trajectory)
@@ -343,9 +344,9 @@ def test_forward_substitution_row_by_row_keeps_the_rows_before_a_fault(fault):
         out = den(x, t)
         return out * float("nan") if calls[0] == 5 else out
 
-    whole = td.sample_latents(den, sched, latents, options=td.SolveOptions(window=1, progress=False))[1]
+    whole = td.sample_latents(den, sched, latents, window=1, progress=False)[1]
     with pytest.raises(td.ParallelSamplingError, match="network down" if fault == "raise" else "NONFINITE") as info:
-        td.sample_latents(faulty, sched, latents, options=td.SolveOptions(window=1, progress=False))
+        td.sample_latents(faulty, sched, latents, window=1, progress=False)
     sol = info.value.solution
     assert sol.status is (trisolve.Status.FAILED if fault == "raise" else trisolve.Status.NONFINITE)
     assert sol.num_frozen == 5 and torch.equal(sol.trajectory[:5], whole.trajectory[:5])
@@ -360,11 +361,10 @@ def test_a_process_group_of_one_rank_runs_as_one_process():
     sched.set_timesteps(10)
     den = gmm(sched)
     latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
-    opts = td.SolveOptions(window=4, progress=False)
-    alone = td.sample_latents(den, sched, latents, options=opts)[1]
+    alone = td.sample_latents(den, sched, latents, window=4, progress=False)[1]
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
-        grouped = td.sample_latents(den, sched, latents, options=opts.replace(distributed=True))[1]
+        grouped = td.sample_latents(den, sched, latents, window=4, progress=False, distributed=True)[1]
     finally:
         dist.destroy_process_group()
     assert "collectives" not in grouped.stats and torch.equal(grouped.trajectory, alone.trajectory)

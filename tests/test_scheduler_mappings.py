@@ -448,10 +448,10 @@ def test_default_history_size_is_set_per_loop():
         sched.set_timesteps(8)
         m = map_scheduler(sched)
         assert m.default_history_size == 4 and m.scaled().default_history_size == 4
-    assert td.SolveOptions().solver_and_map(8, history_size=1)[0].history_size == 1
-    assert td.SolveOptions().solver_and_map(8)[0].history_size == 4
+    assert td.default_solver(map_scheduler(flow))[0].history_size == 1  # the samplers' default reads the mapping's
+    assert td.default_solver(m)[0].history_size == 4
     given = trisolve.TriangularAnderson(history_size=3)
-    assert td.SolveOptions(solver=given).solver_and_map(8, history_size=1)[0] is given  # a solver asked for is kept
+    assert td.SolveOptions(solver=given).solver_and_map(8, map_scheduler(flow))[0] is given  # a solver asked for is kept
 
 
 def test_scaled_rows_parallel_solve():

@@ -1,5 +1,8 @@
 """The default method of :func:`trisolve.solve`: what ``solver=None`` (and no ``update_map``) means.
 
+The one site of the core's default (the ODE front doors call it too). The diffusion samplers
+have their own, for rows that are whole latents: ``trisolve_diffusion.default_solver()``.
+
 One place for the choice, measured by ``benchmarks/recurrences.py`` (tanh RNN, RK4 of a damped
 pendulum, Lorenz-96; the numbers are in the docs' benchmark page):
 

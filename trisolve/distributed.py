@@ -18,8 +18,10 @@ once on the host):
   raised; then every rank raises :class:`DistributedError` naming the rank, its rows and its
   exception (gathered as text), instead of leaving the others waiting;
 * the fingerprint digests what must agree: ``n``, the event shape and dtype, the system's
-  tables (``sigma``, and ``a``, ``B``, ``c`` of a semilinear system), and the solve options
-  and row 0 when :func:`solve` is used. A mismatch raises on every rank, saying what differs;
+  tables (``sigma``, and ``a``, ``B``, ``c`` of a semilinear system) and what
+  :func:`distribute`'s ``fingerprint`` adds. A mismatch raises on every rank, saying what differs;
+* before the first round :func:`trisolve.solve` has the ranks compare its arguments -- solver,
+  row 0, options, ``init`` -- in one more all-gather (:meth:`ShardedFunction.agree`);
 * every collective waits at most ``timeout`` (default: the process group's), so a rank that
   died or never called the solve turns into an error on the others, not a hang.
 
@@ -34,7 +36,7 @@ Examples
     import numpy as np, torch.distributed as dist, trisolve
     dist.init_process_group("gloo")
     rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] + 0.1), n=1000)
-    sol = trisolve.distributed.solve(rnn, trisolve.Jacobi(), np.zeros(4), atol=1e-9)
+    sol = trisolve.solve(trisolve.distribute(rnn, timeout=60), trisolve.Jacobi(), np.zeros(4), atol=1e-9)
     # every rank holds the same sol.trajectory; each evaluated about half of the rows
 """
 
@@ -52,7 +54,7 @@ import torch.distributed as dist
 from ._validate import check_float
 from .systems import SplitFunction, TriangularSystem
 
-__all__ = ["distribute", "solve", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
+__all__ = ["distribute", "DistributedError", "ShardedFunction", "ShardedBatch", "row_chunks", "GroupInfo"]
 
 
 class DistributedError(RuntimeError):
@@ -160,7 +162,7 @@ def _digest(*parts: Any) -> int:
 
 
 #: What each fingerprint field of the header means (for the mismatch message).
-_FIELDS = ("rows n", "event shape and dtype", "system tables (sigma; a, B, c of a semilinear system)", "solve options and row 0")
+_FIELDS = ("rows n", "event shape and dtype", "system tables (sigma; a, B, c of a semilinear system)", "the fingerprint given to distribute()")
 
 
 @dataclass(eq=False)
@@ -170,8 +172,8 @@ class ShardedFunction(SplitFunction):
     Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
     computed), ``rows_requested`` (rows all ranks were asked for), ``calls``, and the traffic:
     ``collectives`` (one per call: the header packed in front of the rows, the output's layout
-    being the input's) and ``bytes_gathered`` (what the all-gathers returned to this rank,
-    headers and padding included).
+    being the input's; one more per solve, :meth:`agree`) and ``bytes_gathered`` (what the
+    all-gathers returned to this rank, headers and padding included).
 
     Parameters
     ----------
@@ -235,6 +237,24 @@ class ShardedFunction(SplitFunction):
         if is_numpy:
             return allr.cpu().numpy()
         return allr.to(x.device)
+
+    def agree(self, arguments: dict[str, Any]) -> None:
+        """Raise :class:`DistributedError` on every rank unless every rank passes the same solve ``arguments``.
+
+        One all-gather of a digest of ``arguments`` (arrays by content, the rest by ``repr``),
+        before the first round of :func:`trisolve.solve`.
+        """
+        mine = _digest(*_arguments_fingerprint(arguments))
+        info = self.info
+        got = info.all_gather(torch.tensor([mine], dtype=torch.int64, device=info.device), "the solve's arguments").cpu().tolist()
+        self.collectives += 1
+        self.bytes_gathered += info.world * 8
+        differ = [r for r in range(info.world) if got[r] != got[0]]
+        if differ:
+            raise DistributedError(
+                f"the ranks disagree on the solve's arguments (solver, row 0, options or init): rank(s) {differ} differ from "
+                "rank 0; every rank must call trisolve.solve with the same solver, row 0 and options (same seed, same arguments)."
+            )
 
 
 def header_bytes(header: torch.Tensor) -> int:
@@ -443,8 +463,10 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
     whole ``evaluate`` of a protocol class that keeps the default) is a
     :class:`ShardedFunction`: on a call over rows ``[lo, hi)`` rank ``r`` evaluates
     ``row_chunks(lo, hi, P)[r]`` and an all-gather returns all ``hi - lo`` rows to every rank.
-    Every rank must then run the same solve (same options, same row 0): see :func:`solve`,
-    which also checks the options. A ``jacobian=`` callable is kept (each rank evaluates it on
+    Every rank then runs the same ``trisolve.solve(distributed_system, ...)`` (the one verb,
+    on one rank or several), which checks before the first round that the ranks' solver, row
+    0 and options agree, raising :class:`DistributedError` on every rank when they do not.
+    A ``jacobian=`` callable is kept (each rank evaluates it on
     every row it is asked for; it is not split).
 
     Not with several ranks, refused on every rank when the solve is called: :class:`~trisolve.Newton`
@@ -498,17 +520,9 @@ def distribute(system: Any, *, group: Any = None, timeout: float | datetime.time
     return system.with_batched_function(shard)
 
 
-def _options_fingerprint(solver: Any, x0: Any, kwargs: dict) -> tuple:
-    """What must agree across ranks besides the system: solver and options by value, row 0 and init by content."""
-    described = []
-    for k in sorted(kwargs):
-        v = kwargs[k]
-        if k == "callback":  # a function: only whether one is given (it may differ per rank, e.g. logging)
-            v = v is not None
-        elif k == "init":
-            v = None if v is None else _digest(v)
-        described.append((k, v))
-    return (repr(solver), _digest(x0), tuple(described))
+def _arguments_fingerprint(arguments: dict[str, Any]) -> tuple:
+    """What must agree across ranks besides the system: arrays (row 0, init) by content, the rest by value."""
+    return tuple((k, _digest(v) if isinstance(v, (np.ndarray, torch.Tensor)) else repr(v)) for k, v in sorted(arguments.items()))
 
 
 def solve(
@@ -520,49 +534,23 @@ def solve(
     timeout: float | datetime.timedelta | None = None,
     **options: Any,
 ) -> Any:
-    """:func:`trisolve.solve` on every rank of a process group, each evaluating its share of every round.
+    """Deprecated: ``trisolve.solve(trisolve.distribute(system, group=..., timeout=...), solver, x0, ...)``.
 
-    Same arguments and result as :func:`trisolve.solve`; the system is wrapped by
-    :func:`distribute` with a fingerprint of the solver, the options and row 0 (and ``init``),
-    so that ranks called with different arguments raise instead of computing different
-    trajectories. Rows per round are split as ``row_chunks(lo, hi, P)``; the result is the
-    single-process result up to the round-off of evaluating smaller batches.
-
-    Parameters
-    ----------
-    system, solver, x0, **options
-        As for :func:`trisolve.solve`.
-    group : ProcessGroup, optional
-        Default: the default process group.
-    timeout : float (seconds) or timedelta, optional
-        Longest wait for the other ranks in one collective (default: the group's timeout).
-
-    Returns
-    -------
-    Solution
-        The same on every rank.
-
-    Raises
-    ------
-    DistributedError
-        On every rank, when a rank's evaluation raised (the message names it and its
-        exception), when the ranks' arguments differ, or when a rank does not answer within
-        ``timeout``.
-
-    Examples
-    --------
-    >>> import numpy as np, torch.distributed as dist, trisolve
-    >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    >>> rnn = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]) + 0.1, n=50)
-    >>> sol = trisolve.distributed.solve(rnn, trisolve.Jacobi(), np.zeros(2), atol=1e-12)
-    >>> bool(np.allclose(sol.trajectory, trisolve.forward_substitution(rnn, np.zeros(2))))
-    True
-    >>> dist.destroy_process_group()
+    Warns (``DeprecationWarning``), then runs exactly that, which checks that every rank
+    passed the same arguments; kept for one release. As before, a :class:`DistributedError`
+    that ended the rounds is raised (the one verb returns it in ``solution.error``).
     """
+    import warnings
+
     from .driver import solve as _solve
 
-    wrapped = distribute(system, group=group, timeout=timeout, fingerprint=_options_fingerprint(solver, x0, options))
-    sol = _solve(wrapped, solver, x0, **options)
+    warnings.warn(
+        "trisolve.distributed.solve(system, ...) is deprecated; call trisolve.solve(trisolve.distribute(system, group=..., "
+        "timeout=...), solver, x0, ...): the one verb checks on every rank that the arguments agree.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    sol = _solve(distribute(system, group=group, timeout=timeout), solver, x0, **options)
     if isinstance(sol.error, DistributedError):
         raise sol.error
     return sol

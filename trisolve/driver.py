@@ -15,6 +15,7 @@ Each round (DESIGN 3-4):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -136,7 +137,10 @@ def solve(
         window bounds it (about 2x at ``W = 64``). Docs: theory, "Interrupts, failures and memory".
     atol, rtol : float
         Row ``i`` is converged when ``RMS(F_i(x) - x_i) <= atol + rtol * sigma_i`` (and the
-        same for the map residual), per sample; see :class:`Tolerance`.
+        same for the map residual), per sample; see :class:`Tolerance`, whose fields hold the
+        defaults (``atol=1e-6``, ``rtol=0``) and which the result records
+        (:attr:`Solution.tolerance`, with ``final_row_atol``). Reuse a kept ``Tolerance`` as
+        ``solve(..., **tol.as_kwargs())``: the flat keywords are the one spelling.
     max_iter : int, optional
         Most rounds to run; at most ``n - num_frozen + 1`` are ever needed (the default).
     early_stop : float, optional
@@ -191,7 +195,17 @@ def solve(
     Returns
     -------
     Solution
-        Trajectory ``(n + 1, *event)``, status, rounds, evaluations, per-round residuals.
+        Trajectory ``(n + 1, *event)``, status, rounds, evaluations, per-round residuals, the
+        tolerance used.
+
+    Raises
+    ------
+    DistributedError
+        On a system several ranks share (:func:`trisolve.distribute`, ``system.num_ranks > 1``):
+        before the first round, on every rank, when the ranks' arguments differ (solver, row 0,
+        options, ``init``; whether a callback is given, not which). Failures during the rounds
+        end the solve ``FAILED`` with the :class:`~trisolve.DistributedError` in
+        ``solution.error``, as any other failure.
 
     Notes
     -----
@@ -231,13 +245,19 @@ def solve(
     if solver is None:
         solver, default_map = default_method(system, x0)
         update_map = default_map if update_map is None else update_map
+    tolerance = Tolerance(atol=atol, rtol=rtol, final_row_atol=final_row_atol)  # checked here, recorded on the result
     adjoint, auto = _check_gradients(gradients, x0, system)
+    if system.num_ranks > 1:  # every rank must solve with the same arguments: checked on every rank before the first round
+        system.agree(solver=solver, x0=x0, update_map=update_map, window=window, tolerance=tolerance, max_iter=max_iter,
+                     early_stop=early_stop, callback=callback is not None, init=init, num_frozen=num_frozen, gradients=gradients,
+                     record=record)  # fmt: skip
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution, needs_grad = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
                                       early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init,
                                       num_frozen=num_frozen, record=record, gradients=adjoint is not None and not auto,
                                       probe=adjoint is not None and auto)  # fmt: skip
+    solution = dataclasses.replace(solution, tolerance=tolerance)
     if not needs_grad:
         return solution
     if auto and solution.status is not Status.CONVERGED:

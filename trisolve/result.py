@@ -7,9 +7,12 @@ import types
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .tolerance import Tolerance
 
 __all__ = ["Status", "Solution", "RoundInfo", "SolveError", "RoundWindows", "NoProgressWarning"]
 
@@ -210,6 +213,10 @@ class Solution:
         The exception that ended the solve (``FAILED``: raised by the system, the update map,
         the solver, the window policy or the callback; ``INTERRUPTED``), or a
         ``FloatingPointError`` naming the row for ``NONFINITE``.
+    tolerance : Tolerance or None
+        The tolerance the solve ran to (``atol``, ``rtol``, ``final_row_atol`` as given to
+        :func:`trisolve.solve`; the latent-units one for the diffusion samplers); ``None`` for a
+        Solution built elsewhere.
     stats : Mapping[str, int]
         Counters of the solve, read-only (optimistix's ``Solution.stats``): ``num_rounds`` and
         ``num_evals`` (as above), then every counter the solver reports (:meth:`Solver.stats
@@ -232,6 +239,7 @@ class Solution:
     round_errors: list[np.ndarray] | None = field(default=None, repr=False)
     error: BaseException | None = None
     stats: Mapping[str, int] = field(default_factory=dict)
+    tolerance: Tolerance | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         counters = {**self.stats, "num_rounds": self.num_rounds, "num_evals": self.num_evals}

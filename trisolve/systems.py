@@ -112,6 +112,9 @@ class TriangularSystem(abc.ABC):
     * ``has_jacobian``: whether :meth:`row_function` comes with a user Jacobian (``False``);
     * ``num_ranks``: how many ranks share the evaluations (1; more after
       :func:`trisolve.distribute`, whose copy says so);
+    * ``agree(**arguments)``: on a system several ranks share, check that every rank solves
+      it with the same arguments (:func:`trisolve.solve` calls it before the first round when
+      ``num_ranks > 1``); nothing to check on one rank;
     * ``chain_coefficients``: host float64 ``(a, b)``, each ``(n,)``, when the Jacobian is
       ``J_i = a_i I + b_i d(func)_i`` of :meth:`row_function` (``None``);
     * ``row_function(x, lo, hi, *, xp)``: the :class:`RowFunction` that Newton, the default
@@ -168,12 +171,25 @@ class TriangularSystem(abc.ABC):
 
     @property
     def num_ranks(self) -> int:
-        """How many ranks share the evaluations (:func:`trisolve.distribute`): 1."""
-        return 1
+        """How many ranks share the evaluations: 1, unless :func:`trisolve.distribute` split the batched function."""
+        return _ranks_of(self._batched_function())
 
     @property
     def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray] | None:
         """``(a, b)`` host ``(n,)`` each when ``J_i = a_i I + b_i d(func)_i``; ``None``: ``J_i = d(func)_i``."""
+        return None
+
+    def agree(self, **arguments: Any) -> None:
+        """Check that every rank sharing the evaluations solves with the same ``arguments``; one rank: nothing to check.
+
+        ``arguments``: the solve's solver, row 0 and options, by name. A system whose batched
+        function several ranks evaluate (:func:`trisolve.distribute`) hands them to that
+        function (:meth:`SplitFunction.agree`), which raises on every rank when they differ.
+        """
+        _agree(self._batched_function(), arguments)
+
+    def _batched_function(self) -> Any:
+        """The batched function :meth:`with_batched_function` wraps (``None``: :meth:`evaluate` itself)."""
         return None
 
     def new_cache(self, x: Any, *, xp: Any) -> Any:
@@ -235,7 +251,6 @@ class _Rebatched(TriangularSystem):
     linear_rows = property(lambda self: self.base.linear_rows)
     band = property(lambda self: self.base.band)
     has_jacobian = property(lambda self: self.base.has_jacobian)
-    num_ranks = property(lambda self: _ranks_of(self.fn))
     chain_coefficients = property(lambda self: self.base.chain_coefficients)
 
     def new_cache(self, x: Any, *, xp: Any) -> Any:
@@ -252,6 +267,9 @@ class _Rebatched(TriangularSystem):
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
         return self.base.row_function(x, lo, hi, xp=xp)
 
+    def _batched_function(self) -> Any:
+        return self.fn
+
     def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> TriangularSystem:
         return self.base.with_batched_function(wrap)
 
@@ -265,6 +283,15 @@ class SplitFunction:
     @property
     def num_ranks(self) -> int:
         return 1
+
+    def agree(self, arguments: dict[str, Any]) -> None:
+        """Raise on every rank unless every rank passes the same solve ``arguments`` (one rank: nothing to check)."""
+
+
+def _agree(fn: Any, arguments: dict[str, Any]) -> None:
+    """:meth:`SplitFunction.agree` of a system's batched function ``fn`` when it is split over ranks."""
+    if isinstance(fn, SplitFunction):
+        fn.agree(arguments)
 
 
 def _ranks_of(fn: Any) -> int:
@@ -400,9 +427,8 @@ class BlackBoxSystem(TriangularSystem):
     def has_jacobian(self) -> bool:
         return self.jacobian is not None
 
-    @property
-    def num_ranks(self) -> int:
-        return _ranks_of(self.fn)
+    def _batched_function(self) -> Any:
+        return self.fn
 
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
         """``fn(x, lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]``, with the rows before them held.
@@ -557,9 +583,8 @@ class SemilinearSystem(TriangularSystem):
     def has_jacobian(self) -> bool:
         return self.jacobian is not None
 
-    @property
-    def num_ranks(self) -> int:
-        return _ranks_of(self.g)
+    def _batched_function(self) -> Any:
+        return self.g
 
     @property
     def chain_coefficients(self) -> tuple[np.ndarray, np.ndarray]:

@@ -54,7 +54,13 @@ def _needs_scaling(xp: Any, rdtype: Any, wdtype: Any) -> bool:
 
 @dataclass(frozen=True, kw_only=True)
 class Tolerance:
-    """Absolute and relative tolerance of the per-row convergence test.
+    """The tolerance of a solve: the per-row convergence test and the output-aware finish.
+
+    One spelling: :func:`trisolve.solve` takes the fields as its flat keywords ``atol=``,
+    ``rtol=``, ``final_row_atol=``, and its :class:`~trisolve.Solution` records the one it used
+    (:attr:`Solution.tolerance <trisolve.Solution.tolerance>`). A ``Tolerance`` kept to reuse
+    is passed as ``solve(..., **tol.as_kwargs())``. The fields' defaults are the core's
+    defaults (the one site: ``solve`` reads them from here).
 
     Parameters
     ----------
@@ -62,14 +68,33 @@ class Tolerance:
         Absolute part of the threshold, in the units of the trajectory.
     rtol : float
         Part of the threshold proportional to each row's scale ``sigma_i``.
+    final_row_atol : float or None
+        The output-aware finish of :func:`trisolve.solve` (absolute, in the trajectory's units);
+        ``None``: every row must meet ``atol`` and ``rtol``.
+
+    Examples
+    --------
+    >>> import numpy as np, trisolve
+    >>> tol = trisolve.Tolerance(atol=1e-9)
+    >>> sys = trisolve.BlackBoxSystem(lambda x, lo, hi: 0.5 * x[lo - 1 : hi - 1] + 1.0, n=8)
+    >>> sol = trisolve.solve(sys, trisolve.Jacobi(), np.zeros(()), **tol.as_kwargs())
+    >>> sol.tolerance == tol
+    True
     """
 
     atol: float = 1e-6
     rtol: float = 0.0
+    final_row_atol: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("atol", "rtol"):
             object.__setattr__(self, name, check_float(name, getattr(self, name), 0.0))
+        if self.final_row_atol is not None:
+            object.__setattr__(self, "final_row_atol", check_float("final_row_atol", self.final_row_atol, 0.0, hint="or None"))
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """``{"atol": ..., "rtol": ..., "final_row_atol": ...}``: the keywords of :func:`trisolve.solve`."""
+        return {"atol": self.atol, "rtol": self.rtol, "final_row_atol": self.final_row_atol}
 
     def thresholds(self, sigma: np.ndarray) -> np.ndarray:
         """Per-row thresholds ``atol + rtol * sigma`` (host, float64)."""

@@ -74,6 +74,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,11 +91,8 @@ __all__ = [
     "choose_window",
     "MIN_SPEEDUP",
     "auto_window",
-    "network_of",
-    "clear_cache",
     "AutoWindow",
-    "default_auto_window",
-]
+]  # deprecated, not listed: network_of, clear_cache, default_auto_window, last_choice
 
 
 @dataclass(frozen=True)
@@ -326,18 +324,15 @@ class CostModel:
 
 # ---------------------------------------------------------------- measuring t(r), cached
 
-#: The :class:`WindowChoice` of the latest :func:`auto_window` in this process (``None`` before one):
-#: its ``model`` holds the measured curve and overhead, ``table`` every candidate's prediction.
-last_choice: WindowChoice | None = None
-
-_CACHE: dict[int, tuple[weakref.ref, dict]] = {}  # id(model) -> (weak ref to it, {(shape, dtype, device, extra): curve})
-_CACHE_NO_MODEL: dict = {}
-
-
 def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
-    """Where curves for ``model`` are cached: ``cache`` (a policy's, by the model's identity) when given, else :func:`_store`."""
+    """Where curves for ``model`` are cached in ``cache`` (a policy's): by the model's identity, weakly; ``None``: not cached.
+
+    Nothing is cached without ``cache`` or ``key``, or for a model that cannot be referenced
+    weakly; without ``model``, ``key`` alone names the entry. An entry whose model died is
+    replaced when another object takes its address.
+    """
     if cache is None or key is None:
-        return _store(model, key)
+        return None
     if model is None:
         return cache.setdefault(None, {})
     entry = cache.get(id(model))
@@ -346,34 +341,6 @@ def _store_in(model: Any, key: Any, cache: dict | None) -> dict | None:
             entry = cache[id(model)] = (weakref.ref(model), {})
         except TypeError:  # cannot be referenced weakly: not cached
             return None
-    return entry[1]
-
-
-def clear_cache() -> None:
-    """Forget every measured curve of this module, which ``window="auto"`` uses (the next ``"auto"`` window measures again)."""
-    _CACHE.clear()
-    _CACHE_NO_MODEL.clear()
-
-
-def _store(model: Any, key: Any) -> dict | None:
-    """The cache of ``model``'s curves, keyed by its identity (never by name or ``==``); ``None``: not cached.
-
-    An entry lives as long as its model (a weak reference and a finalizer). Without ``key``, or a
-    model that cannot be referenced weakly, nothing is cached; without ``model``, ``key`` alone names it.
-    """
-    if key is None:
-        return None
-    if model is None:
-        return _CACHE_NO_MODEL
-    try:
-        ref = weakref.ref(model)
-    except TypeError:
-        return None
-    entry = _CACHE.get(id(model))
-    if entry is None or entry[0]() is not model:
-        entry = (ref, {})
-        _CACHE[id(model)] = entry
-        weakref.finalize(model, _CACHE.pop, id(model), None)
     return entry[1]
 
 
@@ -394,8 +361,8 @@ def measure_round_time(
     device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
     then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
-    guidance)``) the curve is cached and measured once; with ``key`` alone, the key names it. In ``cache`` (a dict, e.g. an
-    :class:`AutoWindow`'s) instead when given.
+    guidance)``) the curve is cached in ``cache`` (a dict, e.g. an :class:`AutoWindow`'s) and
+    measured once; with ``key`` alone, the key names it. Without ``cache`` nothing is cached.
 
     Examples
     --------
@@ -587,8 +554,8 @@ def auto_window(
     method : hashable, optional
         What else the overhead depends on (the solver and map): part of its cache key.
     policy : AutoWindow, optional
-        Whose cache the measurements go to and whose ``last_choice`` the result becomes
-        (also this module's :data:`last_choice`); ``None``: the module's cache.
+        Whose cache the measurements go to and whose ``last_choice`` the result becomes;
+        ``None``: nothing is cached.
     split_inputs : int
         ``S G``: the ranks split the network batch itself, ``S G`` inputs per row
         (:class:`CostModel`); 0: they split trajectory rows.
@@ -613,7 +580,7 @@ def auto_window(
         info = GroupInfo.resolve(None if group is True else group)
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
-    cache = None if policy is None or policy is _default_policy() else policy.cache  # "auto": this module's cache
+    cache = None if policy is None else policy.cache
     curve, overhead, one_row, contention = None, (0.0, 0.0), math.nan, math.nan  # nan: not measured (yet)
     share = math.ceil(split_inputs / devices) if split_inputs else 0
     store = _store_in(model, key, cache)
@@ -637,7 +604,6 @@ def auto_window(
             if info.rank == 0 and store is not None:
                 store[contention_key] = contention
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
-    global last_choice
     last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
@@ -674,62 +640,119 @@ def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, eval
 
 
 class AutoWindow:
-    """The automatic window as a policy object: pass it as ``SolveOptions(window=AutoWindow(network))``.
+    """The automatic window as a policy object: pass it as ``window=AutoWindow(network)``.
 
     Each solve measures the network's time against its batch and the solver's time per round
     (:func:`auto_window`), caches both on this object (:attr:`cache`) and keeps the latest
     choice (:attr:`last_choice`); the window is the one the cost model predicts fastest.
-    ``window="auto"`` means the process-wide :func:`default_auto_window` instance, whose
-    curves are this module's cache (:func:`clear_cache`; its ``cache`` stays empty).
+    ``window="auto"`` (and the default ``window=None``) use :meth:`AutoWindow.of`: the one
+    policy of the pipeline's network (``pipe.unet`` or ``pipe.transformer``, given by
+    :func:`~trisolve_diffusion.sample`) or, in :func:`~trisolve_diffusion.sample_latents`, of
+    the denoiser itself. Nothing is searched for and nothing is kept in module globals: a
+    policy's measurements and choice live on it, and go with it.
 
     Parameters
     ----------
-    network : torch.nn.Module, optional
-        The network whose time is measured: the cache key, given rather than searched for.
-        ``None``: the sampler's denoiser is searched for a module (:func:`network_of`), as
-        ``"auto"`` does.
+    network : torch.nn.Module or callable, optional
+        What is timed and what the cache is keyed by (its identity, held weakly: the policy
+        does not keep a network alive). ``None``: the denoiser each solve is given.
 
     Attributes
     ----------
     cache : dict
-        Measured curves and overheads of this policy.
+        Measured curves and overheads of this policy, per network, latent shape, dtype,
+        device (and solver, map and scheduler for the overhead).
     last_choice : WindowChoice or None
         The latest choice: its ``window``, the predicted times, the ``model`` with the curve.
 
     Examples
     --------
     >>> import torch, trisolve_diffusion as td
-    >>> policy = td.AutoWindow(torch.nn.Identity())
-    >>> policy.last_choice is None and policy.cache == {}
+    >>> net = torch.nn.Identity()
+    >>> policy = td.AutoWindow(net)
+    >>> policy.network is net, policy.last_choice is None and policy.cache == {}
+    (True, True)
+    >>> td.AutoWindow.of(net) is td.AutoWindow.of(net)  # the one policy of a network in this process
     True
     """
 
     def __init__(self, network: Any = None):
-        import torch
-
-        if network is not None and not isinstance(network, torch.nn.Module):
-            raise TypeError(f"network must be a torch.nn.Module (the one whose time is measured) or None, got {type(network).__name__}.")
-        self.network = network
+        if network is not None and not callable(network):
+            raise TypeError(
+                f"network must be the torch.nn.Module (or denoiser callable) whose time is measured, or None, got {type(network).__name__}."
+            )
+        try:
+            self._network = None if network is None else weakref.ref(network)
+        except TypeError:  # cannot be referenced weakly: held
+            self._network = lambda net=network: net
         self.cache: dict = {}
         self.last_choice: WindowChoice | None = None
+
+    @property
+    def network(self) -> Any:
+        """What is timed (``None``: the denoiser of each solve, or a network that no longer exists)."""
+        return None if self._network is None else self._network()
+
+    @classmethod
+    def of(cls, network: Any) -> AutoWindow:
+        """The one policy of ``network`` in this process (made on first use, dropped with the network).
+
+        What ``window="auto"`` and the default window use, so that every sample with one
+        network reuses its measurements; read its :attr:`last_choice` after a sample.
+        Keyed by identity (never by name or ``==``); a network that cannot be referenced
+        weakly gets a new policy each time.
+        """
+        entry = _POLICIES.get(id(network))
+        if entry is not None and entry[0]() is network:
+            return entry[1]
+        policy, key = cls(network), id(network)
+        try:
+            ref = weakref.ref(network, lambda _: _POLICIES.pop(key, None))  # the entry goes with the network
+        except TypeError:
+            return policy
+        _POLICIES[key] = (ref, policy)
+        return policy
 
     def __repr__(self) -> str:
         net = None if self.network is None else type(self.network).__name__
         return f"AutoWindow(network={net}, last_window={None if self.last_choice is None else self.last_choice.window})"
 
 
-_DEFAULT_AUTO: list[AutoWindow] = []
+#: The policies of :meth:`AutoWindow.of`: id(network) -> (weak reference to it, its policy); an entry goes with its network.
+_POLICIES: dict[int, tuple[weakref.ref, AutoWindow]] = {}
 
 
-def _default_policy() -> AutoWindow | None:
-    return _DEFAULT_AUTO[0] if _DEFAULT_AUTO else None
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"trisolve_diffusion.cost_model.{old} is deprecated; {new}.", DeprecationWarning, stacklevel=3)
 
 
 def default_auto_window() -> AutoWindow:
-    """The :class:`AutoWindow` that ``window="auto"`` uses (one per process, made on first use; curves in this module's cache)."""
-    if not _DEFAULT_AUTO:
-        _DEFAULT_AUTO.append(AutoWindow())
-    return _DEFAULT_AUTO[0]
+    """Deprecated: a new ``AutoWindow()``, which times each solve's denoiser (use :meth:`AutoWindow.of`)."""
+    _deprecated("default_auto_window()", "pass window=AutoWindow(network), or read AutoWindow.of(network).last_choice")
+    return AutoWindow()
+
+
+def clear_cache() -> None:
+    """Deprecated: empties the cache of every :meth:`AutoWindow.of` policy (a policy's ``cache.clear()`` does one)."""
+    _deprecated("clear_cache()", "call policy.cache.clear() on the AutoWindow whose measurements should be forgotten")
+    for _, policy in list(_POLICIES.values()):
+        policy.cache.clear()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "last_choice":  # deprecated: the latest choice of the most recently used policy
+        _deprecated("last_choice", "read AutoWindow.of(network).last_choice (the policy's own latest choice)")
+        return None if _LAST_USED is None or _LAST_USED() is None else _LAST_USED().last_choice
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+_LAST_USED: weakref.ref | None = None  # only for the deprecated ``last_choice``; remove with it
+
+
+def _note_used(policy: AutoWindow) -> None:
+    """Remember ``policy`` (weakly) for the deprecated module attribute ``last_choice``."""
+    global _LAST_USED
+    _LAST_USED = weakref.ref(policy)
 
 
 def _from_rank0(
@@ -807,18 +830,11 @@ def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float,
 
 
 def network_of(denoiser: Any, depth: int = 4) -> Any:
-    """The ``torch.nn.Module`` a denoiser calls (searched in its attributes and closure), or ``None``.
+    """Deprecated (nothing uses it): the ``torch.nn.Module`` a denoiser calls, searched in its attributes and closure.
 
-    The measured curve is cached per network, so that a denoiser rebuilt for every call (a
-    guidance closure around the same UNet) reuses it.
-
-    >>> import torch
-    >>> net = torch.nn.Identity()
-    >>> def guided(model):
-    ...     return lambda x, t: 2 * model(x)
-    >>> network_of(guided(net)) is net
-    True
+    The automatic window is given its network instead (:class:`AutoWindow`).
     """
+    _deprecated("network_of()", "give the network to the policy: window=AutoWindow(network)")
     import torch
 
     seen: set[int] = set()

@@ -32,11 +32,12 @@ import trisolve
 
 from .models.digits import load_digits_pipeline
 from .sample import sample
+from .sampler import default_solver
 
 __all__ = ["main", "psnr", "run_demo", "time_interleaved", "machine_description", "timing_verdict", "verdict_of", "window_description"]
 
 SCHEDULERS = ("ddim", "ddpm", "dpm++")
-SOLVERS = ("taa", "anderson", "jacobi")
+SOLVERS = ("default", "taa", "anderson", "jacobi")  # "default": the samplers' default_solver()
 MAPS = ("picard", "unrolled", "onestep")
 
 
@@ -157,7 +158,11 @@ def window_description(sol: trisolve.Solution, chosen: str = "the default") -> s
     return f"one step per round (forward substitution, {chosen})" if w == 1 else f"sliding, {w} steps ({chosen})"
 
 
-def _solver(name: str, history: int) -> trisolve.Solver:
+def _solver(name: str, history: int | None) -> trisolve.Solver | None:
+    """The solver the demo names (``None``: the samplers' default, :func:`~trisolve_diffusion.default_solver`)."""
+    if name == "default":
+        return None
+    history = default_solver()[0].history_size if history is None else history
     if name == "taa":
         return trisolve.TriangularAnderson(history_size=history)
     if name == "anderson":
@@ -177,11 +182,11 @@ def run_demo(
     *,
     steps: int = 50,
     scheduler: str = "ddim",
-    solver: str = "taa",
-    update_map: str = "picard",
+    solver: str = "default",
+    update_map: str | None = None,
     order: int | None = None,
     window: int | None = None,
-    history: int = 4,
+    history: int | None = None,
     seed: int = 0,
     batch: int = 8,
     out: Path | None = Path("trisolve_demo.png"),
@@ -198,7 +203,10 @@ def run_demo(
     torch.manual_seed(seed)
     pipe = load_digits_pipeline(scheduler)
     order = None if order is None else min(order, steps)
-    parallel_kw = dict(solver=_solver(solver, history), update_map=_map(update_map, order), window=window)
+    # solver "default" and no map: the samplers' default (default_solver: TAA with the scheduler's history, Picard)
+    parallel_kw = dict(solver=_solver(solver, history), window=window)
+    if update_map is not None or order is not None:
+        parallel_kw["update_map"] = _map(update_map or "picard", order)
 
     def run_sequential(num_steps: int = steps):
         pipe.set_progress_bar_config(disable=not progress, leave=False, desc="sequential")
@@ -209,7 +217,9 @@ def run_demo(
         return sample(pipe, batch_size=batch, num_inference_steps=num_steps, generator=torch.Generator().manual_seed(seed),
                       output_type="np", **parallel_kw)  # fmt: skip
 
-    print(f"trisolve demo: bundled digits DDPM, {scheduler}-{steps}, batch {batch}, solver {solver} on the {update_map} map")
+    shown = "the default solver (TAA, Picard map)" if solver == "default" and "update_map" not in parallel_kw else (
+        f"solver {solver} on the {update_map or 'picard'} map")  # fmt: skip
+    print(f"trisolve demo: bundled digits DDPM, {scheduler}-{steps}, batch {batch}, {shown}")
     print(f"  timing: a warm-up, then {repeats} runs of each sampler, interleaved ...", flush=True)
     warm = min(steps, 4)
     # the automatic window measures the network once per model, shape and step count (cached): the parallel
@@ -325,11 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m trisolve_diffusion", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     ap.add_argument("--scheduler", choices=SCHEDULERS, default="ddim")
-    ap.add_argument("--solver", choices=SOLVERS, default="taa")
-    ap.add_argument("--map", dest="update_map", choices=MAPS, default="picard", help="update map (default picard)")
+    ap.add_argument("--solver", choices=SOLVERS, default="default", help="default: trisolve_diffusion.default_solver() (TAA on the Picard map)")
+    ap.add_argument("--map", dest="update_map", choices=MAPS, default=None, help="update map (default: the solver's, picard)")
     ap.add_argument("--order", type=int, default=None, help="order k of the map (default: the whole window)")
     ap.add_argument("--window", type=int, default=None, help="sliding window size (default: chosen from the measured network and round times)")
-    ap.add_argument("--history", type=int, default=4, help="Anderson history size (difference pairs)")
+    ap.add_argument("--history", type=int, default=None, help="Anderson history size of --solver taa/anderson (default: the default solver's)")
     ap.add_argument("--batch", type=int, default=8, help="images per run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of each sampler, interleaved, after a warm-up (default 3)")

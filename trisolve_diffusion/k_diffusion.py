@@ -58,8 +58,12 @@ import torch
 import trisolve
 from trisolve._validate import check_float, check_int
 
-from .sampler import ParallelSamplingError, SamplingInterrupted, SolveOptions, solve_rows
+from .sampler import OPTION_NAMES, ParallelSamplingError, SamplingInterrupted, SolveOptions, options_from_keywords, solve_rows
 from .schedulers.parametrisation import level_posterior_std
+
+#: The solve keywords of the samplers here: :func:`~trisolve_diffusion.sample_latents`'s, with ``round_callback`` for its
+#: ``callback`` and without ``progress`` (k-diffusion's own ``callback`` and ``disable`` hold those names).
+_SOLVE_NAMES = (OPTION_NAMES - {"progress", "callback"}) | {"round_callback"}
 
 __all__ = [
     "sample_euler",
@@ -464,11 +468,13 @@ def _solve(
     callback: Callable[[dict], Any] | None,
     disable: bool | None,
     options: SolveOptions | None,
+    solve_options: dict[str, Any],
     return_solution: bool,
     check_model: bool,
     max_rows_per_call: int | None,
 ) -> Any:
-    options = SolveOptions() if options is None else options
+    options = options_from_keywords(solve_options, options, caller="trisolve_diffusion.k_diffusion.sample_*", names=_SOLVE_NAMES,
+                                    aliases={"round_callback": "callback"}, stacklevel=5)  # fmt: skip
     if options.window == "auto":
         raise ValueError('window="auto" is not available for the k-diffusion samplers yet; pass an int (rows per round) or None (all rows).')
     if disable is True:
@@ -626,18 +632,22 @@ _SOLVE_DOC = """
         ``callback({"x", "i", "sigma", "sigma_hat", "denoised"})`` once per loop step, in step
         order, *after* the solve, with the solution's values: ``x`` the model input of the
         step's first evaluation and ``denoised`` the model's output at its last evaluation of
-        that row (k-diffusion calls it during its loop). For per-round progress use
-        ``options=SolveOptions(callback=...)``.
+        that row (k-diffusion calls it during its loop). For per-round progress pass
+        ``round_callback=``.
     disable : bool, optional
-        ``True`` turns the progress bar off (``options.progress`` otherwise).
-    options : SolveOptions, optional
-        Solver, tolerance (default ``atol = rtol = 5e-4`` in the rescaled rows, see the
-        module), window (``None``: all rows; ``"auto"`` is not available here), ``max_iter``,
-        ``strict``, per-round callback, ``distributed`` (without ``extra_args`` every model call's
-        batch is split over the ranks, so window 1 splits the samples; with them, each round's
-        rows); ``init`` (with ``num_frozen``) is a
+        ``True`` turns the progress bar off.
+    **solve_options
+        The solve keywords of :func:`~trisolve_diffusion.sample_latents` (each described
+        under :class:`~trisolve_diffusion.SolveOptions`), except that the per-round callback
+        is ``round_callback=`` (``callback`` is k-diffusion's per-step one) and the progress bar
+        is ``disable=``: solver, tolerance (default ``atol = rtol = 5e-4`` in the rescaled
+        rows, see the module), ``window`` (``None``: all rows; ``"auto"`` is not available
+        here), ``max_iter``, ``strict``, ``distributed`` (without ``extra_args`` every model
+        call's batch is split over the ranks, so window 1 splits the samples; with them, each
+        round's rows); ``init`` (with ``num_frozen``) is a
         trajectory in ``x`` units, ``(rows + 1, batch, ...)``, e.g. an earlier solution's or
-        error's ``.solution.trajectory``.
+        error's ``.solution.trajectory``. ``options=SolveOptions(...)`` is their deprecated
+        spelling.
     return_solution : bool
         Also return the :class:`trisolve.Solution` (its ``trajectory`` in ``x`` units, one row
         per model evaluation: ``(rows + 1, batch, ...)``).
@@ -665,8 +675,7 @@ _SOLVE_DOC = """
     ------
     trisolve_diffusion.ParallelSamplingError
         The model raised or returned nan/inf; ``.solution`` keeps what was computed (its
-        trajectory in ``x`` units; resume with ``options=SolveOptions(init=...,
-        num_frozen=...)``). :class:`~trisolve_diffusion.SamplingInterrupted` on Ctrl-C, likewise.
+        trajectory in ``x`` units; resume with ``init=..., num_frozen=...``). :class:`~trisolve_diffusion.SamplingInterrupted` on Ctrl-C, likewise.
 """
 
 
@@ -680,7 +689,8 @@ def _documented(fn):
 @_documented
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Euler steps (Karras et al. 2022, Algorithm 2), as ``k_diffusion.sampling.sample_euler``, in parallel rounds.
 
     ``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``: k-diffusion's churn (the noise it adds is
@@ -700,14 +710,15 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     rows = _rows_euler(x, sigmas, convention, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Ancestral sampling with Euler steps, as ``k_diffusion.sampling.sample_euler_ancestral``, in parallel rounds.
 
     ``noise_sampler(sigmas[i], sigmas[i + 1])`` is called once per step with a next sigma > 0,
@@ -718,51 +729,55 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     rows = _rows_euler_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_heun(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Heun steps (Karras et al. 2022, Algorithm 2), as ``k_diffusion.sampling.sample_heun``: two rows per step (one where the next sigma is 0)."""
     _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     rows = _rows_two_stage(x, sigmas, convention, "heun", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None, s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0,
-                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                 *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """DPM-Solver-2 steps at the log-midpoint, as ``k_diffusion.sampling.sample_dpm_2``: two rows per step."""
     _check_inputs(model, x, sigmas, convention)
     _check_churn(s_churn, s_tmin, s_tmax, s_noise)
     rows = _rows_two_stage(x, sigmas, convention, "dpm_2", s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                           *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Ancestral DPM-Solver-2 steps, as ``k_diffusion.sampling.sample_dpm_2_ancestral``; noise as :func:`sample_euler_ancestral`."""
     _check_inputs(model, x, sigmas, convention)
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     rows = _rows_dpm_2_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4,
-               *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+               *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Linear multistep of ``order`` on the derivatives, as ``k_diffusion.sampling.sample_lms`` (a band of ``order`` rows).
 
     The coefficients are k-diffusion's, ``scipy.integrate.quad`` over the sigmas in their own
@@ -771,25 +786,27 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     _check_inputs(model, x, sigmas, convention)
     order = check_int("order", order, 1)
     rows = _rows_lms(x, sigmas, convention, order=int(order))
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                    *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                    *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """DPM-Solver++(2M), as ``k_diffusion.sampling.sample_dpmpp_2m`` (a band of 2 rows)."""
     _check_inputs(model, x, sigmas, convention)
     rows = _rows_dpmpp_2m(x, sigmas, convention)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                              *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                              *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """Ancestral DPM-Solver++(2S), as ``k_diffusion.sampling.sample_dpmpp_2s_ancestral``: two rows per step.
 
     Noise as :func:`sample_euler_ancestral`.
@@ -798,7 +815,7 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, 
     _check_noise(eta, s_noise, noise_sampler)
     ns = default_noise_sampler(x) if noise_sampler is None else noise_sampler
     rows = _rows_dpmpp_2s_ancestral(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
@@ -817,7 +834,7 @@ def _sde_noise_sampler(noise_sampler: Any, eta: Any, name: str) -> Any:
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
                         solver_type="midpoint", *, options=None, return_solution=False, check_model=True, max_rows_per_call=None,
-                        convention=K_DIFFUSION):  # fmt: skip
+                        convention=K_DIFFUSION, **solve_options):  # fmt: skip
     """DPM-Solver++(2M) SDE, as ``k_diffusion.sampling.sample_dpmpp_2m_sde`` with a per-step ``noise_sampler``.
 
     k-diffusion's default (``noise_sampler=None``) is a Brownian tree; here ``None`` with
@@ -829,14 +846,15 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     _check_noise(eta, s_noise, noise_sampler)
     ns = _sde_noise_sampler(noise_sampler, eta, "sample_dpmpp_2m_sde")
     rows = _rows_dpmpp_2m_sde(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns, solver_type=solver_type)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 
 @_documented
 @torch.no_grad()
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0, noise_sampler=None,
-                        *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION):  # fmt: skip
+                        *, options=None, return_solution=False, check_model=True, max_rows_per_call=None, convention=K_DIFFUSION,
+                 **solve_options):  # fmt: skip
     """DPM-Solver++(3M) SDE, as ``k_diffusion.sampling.sample_dpmpp_3m_sde`` with a per-step ``noise_sampler`` (a band of 3 rows).
 
     ``noise_sampler=None`` with ``eta > 0`` raises ``ValueError``, as :func:`sample_dpmpp_2m_sde`.
@@ -845,7 +863,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     _check_noise(eta, s_noise, noise_sampler)
     ns = _sde_noise_sampler(noise_sampler, eta, "sample_dpmpp_3m_sde")
     rows = _rows_dpmpp_3m_sde(x, sigmas, convention, eta=eta, s_noise=s_noise, noise_sampler=ns)
-    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options,
+    return _solve(model, x, rows, extra_args=extra_args, callback=callback, disable=disable, options=options, solve_options=solve_options,
                   return_solution=return_solution, check_model=check_model, max_rows_per_call=max_rows_per_call)  # fmt: skip
 
 

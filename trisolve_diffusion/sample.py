@@ -29,6 +29,7 @@ from diffusers import (
 
 from trisolve._validate import check_int
 
+from .cost_model import AutoWindow
 from .models.flow_pipeline import DigitsFlowPipeline
 from .pipelines._common import bind, step_callbacks
 from .pipelines.cogvideox import REFUSED_VARIANTS as _COGVIDEOX_REFUSED
@@ -46,26 +47,26 @@ from .pipelines.stable_diffusion import sample_stable_diffusion
 from .pipelines.unconditional import sample_unconditional
 from .pipelines.wan import REFUSED_VARIANTS as _WAN_REFUSED
 from .pipelines.wan import sample_wan
-from .sampler import OPTION_NAMES, SolveOptions
+from .sampler import OPTION_NAMES, SolveOptions, options_from_keywords
 
 __all__ = ["sample", "SUPPORTED_PIPELINES"]
 
-#: (pipeline class, front door), checked in order with ``isinstance``.
-_FRONT_DOORS: list[tuple[type, Any]] = [
-    (StableDiffusionPipeline, sample_stable_diffusion),
-    (StableDiffusionImg2ImgPipeline, sample_img2img),
-    (StableDiffusionInpaintPipeline, sample_inpaint),
-    (StableDiffusionXLPipeline, sample_sdxl),
-    (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img),
-    (StableDiffusion3Pipeline, sample_sd3),
-    (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img),
-    (FluxPipeline, sample_flux),
-    (WanPipeline, sample_wan),
-    (LTXPipeline, sample_ltx),
-    (CogVideoXPipeline, sample_cogvideox),
-    (DigitsFlowPipeline, sample_digits_flow),
-    (DDPMPipeline, sample_unconditional),
-    (DDIMPipeline, sample_unconditional),
+#: (pipeline class, front door, the pipeline component that is its network), checked in order with ``isinstance``.
+_FRONT_DOORS: list[tuple[type, Any, str]] = [
+    (StableDiffusionPipeline, sample_stable_diffusion, "unet"),
+    (StableDiffusionImg2ImgPipeline, sample_img2img, "unet"),
+    (StableDiffusionInpaintPipeline, sample_inpaint, "unet"),
+    (StableDiffusionXLPipeline, sample_sdxl, "unet"),
+    (StableDiffusionXLImg2ImgPipeline, sample_sdxl_img2img, "unet"),
+    (StableDiffusion3Pipeline, sample_sd3, "transformer"),
+    (StableDiffusion3Img2ImgPipeline, sample_sd3_img2img, "transformer"),
+    (FluxPipeline, sample_flux, "transformer"),
+    (WanPipeline, sample_wan, "transformer"),
+    (LTXPipeline, sample_ltx, "transformer"),
+    (CogVideoXPipeline, sample_cogvideox, "transformer"),
+    (DigitsFlowPipeline, sample_digits_flow, "unet"),
+    (DDPMPipeline, sample_unconditional, "unet"),
+    (DDIMPipeline, sample_unconditional, "unet"),
 ]
 
 #: Arguments of ``_common.REFUSED`` that a front door honours.
@@ -75,13 +76,14 @@ _HONOURED = {door: frozenset({"sigmas"}) for door in (sample_sd3, sample_sd3_img
 _REFUSED_PIPELINES = {**_WAN_REFUSED, **_LTX_REFUSED, **_COGVIDEOX_REFUSED}
 
 #: Pipeline classes ``sample()`` accepts.
-SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _ in _FRONT_DOORS)
+SUPPORTED_PIPELINES: tuple[type, ...] = tuple(cls for cls, _, _ in _FRONT_DOORS)
 
 
-def _front_door(pipe: Any):
-    for cls, front in _FRONT_DOORS:
+def _front_door(pipe: Any) -> tuple[Any, str]:
+    """``(front door, network component name)`` of a supported pipeline; ``TypeError`` for any other."""
+    for cls, front, network in _FRONT_DOORS:
         if isinstance(pipe, cls):
-            return front
+            return front, network
     why = _REFUSED_PIPELINES.get(type(pipe).__name__)
     if why is not None:
         raise TypeError(f"sample() does not support {type(pipe).__name__}: {why}.")
@@ -95,9 +97,9 @@ def _front_door(pipe: Any):
 def sample(
     pipe: Any,
     *args: Any,
-    options: SolveOptions | None = None,
     max_batch_size: int | None = None,
     return_solution: bool = False,
+    options: SolveOptions | None = None,
     **kwargs: Any,
 ) -> Any:
     """Sample from a diffusers pipeline with every denoising step solved in parallel rounds.
@@ -112,14 +114,19 @@ def sample(
     pipe : diffusers pipeline
         One of :data:`SUPPORTED_PIPELINES`, with a scheduler in :data:`SUPPORTED_SCHEDULERS`
         (see the "Supported pipelines and schedulers" page).
+    solver, update_map, window, atol, rtol, final_row_atol, max_iter, callback, progress, strict, distributed, ...
+        The solve keywords, the same as :func:`sample_latents`'s (each described under
+        :class:`SolveOptions`, also ``early_stop``, ``init``, ``num_frozen``,
+        ``trajectory_dtype``; no pipeline argument has one of these names). The progress bar
+        is the pipeline's own (``pipe.set_progress_bar_config`` applies) unless
+        ``progress=False``. ``callback=`` is *per round*: ``callback(info:
+        trisolve.RoundInfo)`` after each parallel round (every step's current iterate, the
+        frozen rows); a true return stops the solve. ``window="auto"`` and the default
+        ``window=None`` use :meth:`AutoWindow.of(pipe.unet) <trisolve_diffusion.AutoWindow.of>`
+        (``pipe.transformer`` for transformer pipelines): measured once per network, its
+        latest choice in ``AutoWindow.of(pipe.unet).last_choice``.
     options : SolveOptions, optional
-        Solver, tolerance, window, warm start, callback, progress, strictness. Each
-        :class:`SolveOptions` field may also be given as a keyword (``atol=1e-6``), which
-        overrides ``options``. The progress bar is the pipeline's own
-        (``pipe.set_progress_bar_config`` applies) unless ``progress=False``.
-        ``callback=`` is *per round*: ``callback(info: trisolve.RoundInfo)`` after each
-        parallel round (every step's current iterate, the frozen rows); a true return stops
-        the solve.
+        Deprecated (``DeprecationWarning``): pass the solve keywords themselves.
     callback_on_step_end, callback_on_step_end_tensor_inputs
         diffusers' *per-step* callback, taken as ``pipe(...)`` takes it (a function or a
         ``PipelineCallback``): called once per step, ``callback(pipe, i, t, {"latents": ...})``
@@ -178,13 +185,12 @@ def sample(
     >>> images.shape
     (1, 32, 32, 3)
     """
-    solve_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}
-    if options is not None and not isinstance(options, SolveOptions):
-        raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}.")
-    options = (options or SolveOptions()).replace(**solve_kw)
+    options = options_from_keywords({k: kwargs.pop(k) for k in list(kwargs) if k in OPTION_NAMES}, options, caller="sample")
     if max_batch_size is not None:
         max_batch_size = check_int("max_batch_size", max_batch_size, 1, hint="or None")
-    front = _front_door(pipe)
+    front, network = _front_door(pipe)
+    if options.window == "auto" or (options.window is None and options.init is None):  # the automatic window, given the network
+        options = options.replace(window=AutoWindow.of(getattr(pipe, network)))
     replay = step_callbacks(pipe, kwargs)
     params = bind(pipe, args, kwargs, allow=_HONOURED.get(front, frozenset()))
     with torch.no_grad():  # as the pipelines' own __call__

@@ -54,7 +54,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class ParallelSamplingError(RuntimeError):
     """The parallel solve stopped on a fault; ``.solution`` keeps what was computed.
 
-    Resume with ``options=SolveOptions(init=err.solution.trajectory, num_frozen=err.solution.num_frozen)``.
+    Resume with the keywords ``init=err.solution.trajectory, num_frozen=err.solution.num_frozen``.
     """
 
     def __init__(self, message: str, solution: trisolve.Solution):
@@ -63,13 +63,13 @@ class ParallelSamplingError(RuntimeError):
 
 
 class UnconvergedSampleError(ParallelSamplingError):
-    """Under ``SolveOptions(strict=True)``: the solve ended before every step met the tolerance."""
+    """With ``strict=True``: the solve ended before every step met the tolerance."""
 
 
 class SamplingInterrupted(KeyboardInterrupt):
     """Ctrl-C during a parallel solve; still a :class:`KeyboardInterrupt`, with ``.solution`` attached.
 
-    Resume with ``options=SolveOptions(init=exc.solution.trajectory, num_frozen=exc.solution.num_frozen)``.
+    Resume with the keywords ``init=exc.solution.trajectory, num_frozen=exc.solution.num_frozen``.
     """
 
     def __init__(self, message: str, solution: trisolve.Solution):
@@ -79,9 +79,13 @@ class SamplingInterrupted(KeyboardInterrupt):
 
 class UnconvergedSampleWarning(UserWarning):
     """The solve ended (``max_iter``, ``early_stop`` or a stopping callback) before every step met
-    the tolerance: the sample may differ from the sequential loop's. ``SolveOptions(strict=True)``
+    the tolerance: the sample may differ from the sequential loop's. ``strict=True``
     raises :class:`UnconvergedSampleError` instead."""
 
+
+#: The samplers' default tolerance (``atol``, ``rtol`` of :class:`SolveOptions`, in latent units): the
+#: one site of the diffusion defaults, as :class:`trisolve.Tolerance`'s fields are the core's.
+DEFAULT_TOLERANCE = trisolve.Tolerance(atol=5e-4, rtol=5e-4)
 
 #: ``final_row_atol`` of pixel-space pipelines (values in ``[-1, 1]``): one 8-bit grey level is
 #: ``2 / 255 ~ 7.8e-3``. On the bundled digits DDPM it saved 1-2 rounds with every run >= 45 dB
@@ -91,7 +95,13 @@ PIXEL_FINAL_ATOL = 8e-3
 
 @dataclass(frozen=True, kw_only=True)
 class SolveOptions:
-    """How the parallel solve runs: one place for every default.
+    """The solve keywords of :func:`sample`, :func:`sample_latents` and the k-diffusion samplers.
+
+    One spelling: pass each attribute below as a keyword (``sample_latents(den, sched, x,
+    atol=1e-4, window=8)``), the names :func:`trisolve.solve` takes where it takes them. This
+    class is the carrier the samplers build from those keywords and pass down, and the one
+    place for every default; ``options=SolveOptions(...)`` still works for one release with a
+    ``DeprecationWarning``.
 
     Numbers may be Python or NumPy scalars (``np.int64(8)``, ``np.float32(1e-4)``); they are
     stored as Python ``int`` / ``float``. ``bool`` is refused where a number is meant.
@@ -99,24 +109,30 @@ class SolveOptions:
     Attributes
     ----------
     solver : trisolve.Solver, optional
-        ``None``: ``TriangularAnderson(history_size=m)`` with the scheduler mapping's
-        ``default_history_size`` ``m`` (chosen by the benchmarks): 4, and 1 for flow matching
-        (``FlowMatchEulerDiscreteScheduler``: SD3, Flux, the bundled digits flow model).
+        ``None``: the sampler's default, :func:`default_solver` (``TriangularAnderson`` with the
+        scheduler mapping's ``default_history_size``). Not the core's ``solver=None``
+        (:func:`trisolve.defaults.default_method`, Newton-type maps for small states): a
+        diffusion row is a whole latent.
     update_map : trisolve.UpdateMap, optional
-        ``None``: ``Picard(order)`` (ParaDiGMS's map; the whole window when ``order`` is ``None``).
+        ``None``: the map of :func:`default_solver`, ``Picard()`` (ParaDiGMS's map, the whole
+        window), or ``Picard(order)`` with the deprecated ``order``.
     order : int, optional
         Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
     window : int, "auto", AutoWindow or trisolve.WindowPolicy, optional
         Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
         bounds memory. An :class:`~trisolve_diffusion.AutoWindow` chooses it per solve, with
-        its own cache and last choice (``"auto"``: the process-wide default one, which
-        searches the denoiser for its network). Fewest rounds with the whole window; with a
+        its own cache and last choice. ``"auto"``: :meth:`AutoWindow.of(network)
+        <trisolve_diffusion.AutoWindow.of>`, the one policy of that network in this process,
+        where :func:`sample` gives it the pipeline's network (``pipe.unet`` or
+        ``pipe.transformer``) and :func:`sample_latents` the denoiser itself (timed and cached
+        by the denoiser's identity, so a denoiser made anew for each call -- a bound method, a
+        closure built per call -- is measured anew each call: pass ``window=AutoWindow(network)``
+        to share the measurement between denoisers built around one network). Fewest rounds with the whole window; with a
         network that already fills the device at a small batch, a window whose round batch
         (``2 x window`` with guidance) sits where the per-sample time stops falling is faster
         (see the GPU benchmark). ``"auto"`` measures the network's time against its batch, and
-        the solver's time per round with a free stand-in for the network, once per network
-        (the denoiser itself, by identity, when it calls no ``torch.nn.Module``), latent
-        shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
+        the solver's time per round with a free stand-in for the network, once per policy,
+        latent shape, dtype, device, solver, map and scheduler (a few calls, cached) and takes the window
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster, and forward substitution
         (a window of 1 row: the loop, row by row) unless the window is predicted at least
@@ -134,7 +150,7 @@ class SolveOptions:
     atol, rtol : float
         A step is converged when the RMS of its residual (per sample, in latent units) is
         ``<= atol + rtol * sigma_i``, ``sigma_i`` the step's tolerance scale (the DDPM posterior
-        std). The default 5e-4 ended every benchmark run >= 40 dB from the sequential sample;
+        std). The default (:data:`DEFAULT_TOLERANCE`, ``atol = rtol = 5e-4``) ended every benchmark run >= 40 dB from the sequential sample;
         1e-3 (ParaTAA's) left one stochastic DDPM-100 sample at 33 dB. Where the scheduler's
         latents are far from unit scale (the k-diffusion schedulers: Euler, Euler ancestral,
         Heun, LMS, whose latents range over ``sigma`` up to ~15-100), the solve runs on the rows
@@ -196,18 +212,23 @@ class SolveOptions:
 
     Examples
     --------
-    >>> import trisolve, trisolve_diffusion as td
-    >>> opts = td.SolveOptions(solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0, progress=False)
-    >>> opts.window is None
-    True
+    >>> import torch, trisolve, trisolve_diffusion as td
+    >>> from diffusers import DDIMScheduler
+    >>> scheduler = DDIMScheduler(num_train_timesteps=100)
+    >>> scheduler.set_timesteps(10)
+    >>> x = torch.randn(1, 3, 8, 8, generator=torch.manual_seed(0))
+    >>> final, sol = td.sample_latents(lambda x, t: 0.1 * x, scheduler, x, solver=trisolve.Jacobi(), atol=1e-6, rtol=0.0,
+    ...                                window=trisolve.FullWindow(), progress=False)
+    >>> sol.status.name, sol.tolerance.atol
+    ('CONVERGED', 1e-06)
     """
 
     solver: trisolve.Solver | None = None
     update_map: trisolve.UpdateMap | None = None
     order: int | None = None
     window: int | str | trisolve.WindowPolicy | None = None
-    atol: float = 5e-4
-    rtol: float = 5e-4
+    atol: float = DEFAULT_TOLERANCE.atol
+    rtol: float = DEFAULT_TOLERANCE.rtol
     max_iter: int | None = None
     early_stop: float | None = None
     final_row_atol: float | str | None = "auto"
@@ -289,16 +310,32 @@ class SolveOptions:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
-    def solver_and_map(self, n: int, history_size: int = 4) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
-        """The solver and update map for an ``n``-row system, defaults filled in.
+    def solver_and_map(
+        self, n: int, mapping: SchedulerMapping | None = None, *, history_size: Any = _UNSET
+    ) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+        """The solver and update map for an ``n``-row system: the ones given, else :func:`default_solver` ``(mapping)``'s.
 
-        ``history_size``: difference pairs of the default ``TriangularAnderson`` (when ``solver``
-        is ``None``); :func:`sample_latents` passes the mapping's ``default_history_size``.
+        ``history_size=`` (deprecated, ``DeprecationWarning``): the default ``TriangularAnderson``'s pairs; pass the mapping.
         """
-        solver = trisolve.TriangularAnderson(history_size=history_size) if self.solver is None else self.solver
+        solver, update_map = default_solver(mapping)
+        if history_size is not _UNSET:
+            warnings.warn(
+                "SolveOptions.solver_and_map(n, history_size=m) is deprecated; pass the scheduler mapping, whose "
+                "default_history_size default_solver(mapping) reads.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            solver = trisolve.TriangularAnderson(history_size=history_size)
+        solver = solver if self.solver is None else self.solver
         if self.update_map is not None:
             return solver, self.update_map
-        return solver, (trisolve.Picard() if self.order is None else trisolve.Picard(order=min(self.order, n)))
+        return solver, (update_map if self.order is None else trisolve.Picard(order=min(self.order, n)))
+
+    @property
+    def tolerance(self) -> trisolve.Tolerance:
+        """``atol``, ``rtol`` and ``final_row_atol`` (``"auto"`` unresolved: ``None``) as a :class:`trisolve.Tolerance`."""
+        fa = None if self.final_row_atol == "auto" else self.final_row_atol
+        return trisolve.Tolerance(atol=self.atol, rtol=self.rtol, final_row_atol=fa)
 
     def window_policy(self) -> trisolve.WindowPolicy | None:
         """The window policy; ``"auto"`` (and ``None``, the default) is resolved in :func:`sample_latents`."""
@@ -311,18 +348,70 @@ def _is_process_group(v: Any) -> bool:
     return dist.is_available() and isinstance(v, dist.ProcessGroup)
 
 
-#: Names of :class:`SolveOptions` fields (``sample()`` accepts each as a keyword), and the deprecated spellings.
-OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions)) | {"window_size", "final_atol"}
+#: Deprecated spellings the samplers still accept (``DeprecationWarning``): ``window_size``, ``final_atol``, ``order``.
+_DEPRECATED_NAMES = frozenset({"window_size", "final_atol", "order"})
+#: The solve keywords of :func:`sample` and :func:`sample_latents`: the :class:`SolveOptions` fields and the deprecated spellings.
+OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(SolveOptions)) | _DEPRECATED_NAMES
 _FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SolveOptions)}
 
 
-def default_solver() -> tuple[trisolve.Solver, trisolve.UpdateMap]:
-    """The default solver and update map (chosen by the benchmarks, see docs/benchmarks).
+def default_solver(mapping: SchedulerMapping | None = None) -> tuple[trisolve.Solver, trisolve.UpdateMap]:
+    """The samplers' default ``(solver, update_map)``: what ``solver=None`` means in :func:`sample`,
+    :func:`sample_latents`, the k-diffusion samplers, the demo and the benchmarks (the one site).
 
-    Flow-matching loops keep one difference pair instead of four
-    (``FlowMatchMapping.default_history_size``).
+    ``TriangularAnderson(history_size=mapping.default_history_size)`` on ``Picard()``, chosen
+    by the benchmarks (docs/benchmarks): 4 difference pairs
+    (:attr:`SchedulerMapping.default_history_size`), 1 for flow matching
+    (``FlowMatchMapping.default_history_size``); ``mapping=None`` (the k-diffusion samplers,
+    a system prepared elsewhere): the base class's. The core's own default for ``solver=None``
+    is another one, for another kind of system: :func:`trisolve.defaults.default_method`.
+
+    Examples
+    --------
+    >>> import trisolve_diffusion as td
+    >>> solver, update_map = td.default_solver()
+    >>> solver.history_size, update_map
+    (4, Picard(order=None))
     """
-    return SolveOptions().solver_and_map(2**31)
+    history_size = (SchedulerMapping if mapping is None else mapping).default_history_size
+    return trisolve.TriangularAnderson(history_size=history_size), trisolve.Picard()
+
+
+def options_from_keywords(
+    keywords: dict[str, Any],
+    options: SolveOptions | None = None,
+    *,
+    caller: str,
+    names: frozenset[str] | None = None,
+    aliases: dict[str, str] | None = None,
+    stacklevel: int = 3,
+) -> SolveOptions:
+    """The :class:`SolveOptions` of a sampler's flat solve keywords (the one spelling).
+
+    ``keywords``: the solve keywords given (each a :class:`SolveOptions` field, or a deprecated
+    spelling: ``window_size``, ``final_atol``, ``order``); any other raises ``TypeError``
+    naming the ones ``caller`` takes (``names``, default :data:`OPTION_NAMES`); ``aliases`` maps
+    a caller's own name to the field (the k-diffusion samplers' ``round_callback``).
+    ``options``: the deprecated ``options=SolveOptions(...)`` (``DeprecationWarning``), which
+    the keywords override.
+    """
+    names = OPTION_NAMES if names is None else names
+    unknown = sorted(set(keywords) - names)
+    if unknown:
+        known = ", ".join(sorted(names - _DEPRECATED_NAMES))
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {', '.join(unknown)}; its solve keywords are {known}.")
+    keywords = {(aliases or {}).get(k, k): v for k, v in keywords.items()}
+    if options is not None:
+        if not isinstance(options, SolveOptions):
+            raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}; pass the options as keywords.")
+        warnings.warn(
+            f"{caller}(..., options=SolveOptions(...)) is deprecated; pass each option as a keyword of {caller}() "
+            "(e.g. atol=1e-4, window=8, progress=False), the names trisolve.solve takes.",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        return options.replace(**keywords) if keywords else options
+    return SolveOptions(**keywords)
 
 
 def draw_noise(
@@ -399,12 +488,13 @@ def sample_latents(
     latents: torch.Tensor,
     *,
     generator: torch.Generator | list[torch.Generator] | None = None,
-    options: SolveOptions | None = None,
     eta: float = 0.0,
     use_clipped_model_output: bool = False,
     begin_index: int | None = None,
     mask: torch.Tensor | None = None,
     known_latents: torch.Tensor | None = None,
+    options: SolveOptions | None = None,
+    **solve_options: Any,
 ) -> tuple[torch.Tensor, trisolve.Solution]:
     """Run a scheduler's whole sampling loop in parallel rounds, below any pipeline.
 
@@ -438,8 +528,6 @@ def sample_latents(
         is drawn in their dtype and on their device.
     generator : torch.Generator or list of them, optional
         What the loop passes to ``scheduler.step`` (one per sample, or one for all).
-    options : SolveOptions, optional
-        Solver, tolerance, window, warm start, callback, progress bar, strictness.
     eta, use_clipped_model_output
         ``scheduler.step`` arguments (DDIM only).
     begin_index : int, optional
@@ -452,6 +540,12 @@ def sample_latents(
         image is generated.
     known_latents : tensor, shape ``(n, B, C, H, W)``, optional
         The known region's latent after each step (the pre-noised image), with ``mask``.
+    **solve_options
+        The solve keywords, each described under :class:`SolveOptions`: ``solver``,
+        ``update_map``, ``window``, ``atol``, ``rtol``, ``final_row_atol``, ``max_iter``,
+        ``early_stop``, ``init``, ``num_frozen``, ``callback`` (per round), ``progress``,
+        ``strict``, ``trajectory_dtype``, ``distributed``. An unknown keyword raises
+        ``TypeError``. ``options=SolveOptions(...)`` is their deprecated spelling.
 
     Returns
     -------
@@ -489,13 +583,30 @@ def sample_latents(
     >>> scheduler.set_timesteps(10)
     >>> denoiser = lambda x, t: 0.1 * x          # eps prediction of a toy model
     >>> x0 = torch.randn(2, 3, 8, 8, generator=torch.manual_seed(0))
-    >>> final, sol = td.sample_latents(denoiser, scheduler, x0, options=td.SolveOptions(progress=False))
+    >>> final, sol = td.sample_latents(denoiser, scheduler, x0, progress=False)
     >>> final.shape, sol.converged
     (torch.Size([2, 3, 8, 8]), True)
     """
-    options = SolveOptions() if options is None else options
-    if not isinstance(options, SolveOptions):
-        raise TypeError(f"options must be a trisolve_diffusion.SolveOptions, got {type(options).__name__}.")
+    options = options_from_keywords(solve_options, options, caller="sample_latents")
+    return _sample_latents(denoiser, scheduler, latents, options, generator=generator, eta=eta,
+                           use_clipped_model_output=use_clipped_model_output, begin_index=begin_index, mask=mask,
+                           known_latents=known_latents)  # fmt: skip
+
+
+def _sample_latents(
+    denoiser: Denoiser,
+    scheduler: Any,
+    latents: torch.Tensor,
+    options: SolveOptions,
+    *,
+    generator: Any = None,
+    eta: float = 0.0,
+    use_clipped_model_output: bool = False,
+    begin_index: int | None = None,
+    mask: torch.Tensor | None = None,
+    known_latents: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, trisolve.Solution]:
+    """:func:`sample_latents` with its solve options as one :class:`SolveOptions` (the front doors call this)."""
     if not callable(denoiser):
         raise TypeError(f"denoiser must be callable as denoiser(model_input, timesteps), got {type(denoiser).__name__}.")
     if not isinstance(latents, torch.Tensor) or latents.ndim < 2 or not latents.is_floating_point():
@@ -560,12 +671,10 @@ def sample_latents(
             solve_options = options.replace(distributed=False)  # the rows are not split again
     band = _band(mapping)
     window = options.window_policy()
-    solver, update_map = options.solver_and_map(n, history_size=mapping.default_history_size)
+    solver, update_map = options.solver_and_map(n, mapping)
     auto = options.window if isinstance(options.window, AutoWindow) else None
     if auto is None and (options.window == "auto" or (options.window is None and options.init is None)):
-        from .cost_model import default_auto_window
-
-        auto = default_auto_window()
+        auto = AutoWindow.of(denoiser)  # the denoiser itself is timed, keyed by its identity (sample() gives its network's policy)
     if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
@@ -584,11 +693,11 @@ def sample_latents(
     system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
     solve = functools.partial(solve_rows, system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c,
                               rows=rows, split=split)  # fmt: skip
-    sol = _on_rank0(solve, options.distributed, x0, n, options.strict) if one_rank else solve()
+    sol = _on_rank0(solve, options, x0, n) if one_rank else solve()
     return sol.trajectory[-1].to(latents.dtype), sol
 
 
-def _on_rank0(solve: Callable[[], trisolve.Solution], group: Any, x0: torch.Tensor, n: int, strict: bool) -> trisolve.Solution:
+def _on_rank0(solve: Callable[[], trisolve.Solution], options: SolveOptions, x0: torch.Tensor, n: int) -> trisolve.Solution:
     """The plan's loop on rank 0 alone (``WindowChoice.one_rank``): rank 0 runs ``solve()``, every other rank receives its result.
 
     Two broadcasts: ``[status, rounds, evaluations, num_frozen]`` and the trajectory ``(n + 1, *x0.shape)``. Every rank
@@ -597,7 +706,7 @@ def _on_rank0(solve: Callable[[], trisolve.Solution], group: Any, x0: torch.Tens
     """
     from trisolve.distributed import GroupInfo
 
-    info = GroupInfo.resolve(None if group is True else group)
+    info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
     statuses = list(trisolve.Status)
     sol, raised = None, None
     if info.rank == 0:
@@ -623,9 +732,9 @@ def _on_rank0(solve: Callable[[], trisolve.Solution], group: Any, x0: torch.Tens
         trajectory=traj, status=status, num_rounds=rounds, num_evals=evals, num_frozen=frozen,
         windows=trisolve.RoundWindows([(j, j + 1) for j in range(1, rounds + 1)]), round_max_errors=np.zeros(rounds),
         error=None if status.ok else RuntimeError(f"rank 0's solve ended {status.name} (its error is raised on rank 0)"),
-        stats={"collectives": 2, "bytes_gathered": received},
+        stats={"collectives": 2, "bytes_gathered": received}, tolerance=options.tolerance,
     )  # fmt: skip
-    _raise_for_status(sol, strict)
+    _raise_for_status(sol, options.strict)
     return sol
 
 
@@ -709,6 +818,7 @@ def solve_rows(
     rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
     if split is not None:
         sol = dataclasses.replace(sol, stats={**sol.stats, **split.stats()})
+    sol = dataclasses.replace(sol, tolerance=options.tolerance)  # the tolerance asked for, in latent units
     _raise_for_status(sol, options.strict)
     return sol
 
@@ -745,6 +855,8 @@ def forward_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor, bar: _Prog
     n, xp = system.n, _torch_namespace()
     if not bool(torch.isfinite(x0).all()):
         raise ValueError("x0 contains nan or inf; every value of row 0 must be finite.")
+    if system.num_ranks > 1:  # every rank must solve the same: checked on every rank before the first row, as trisolve.solve does
+        system.agree(x0=x0, window="row by row")
     x = torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
     x[0] = x0
     cache = system.new_cache(x, xp=xp)
@@ -887,23 +999,22 @@ def _run_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor) -> int:
 
 
 def _auto_window(
-    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any = None, method: tuple = (),
-    policy: AutoWindow | None = None,
+    g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any, method: tuple,
+    policy: AutoWindow,
     *,
     split: Any = None,
     evaluate_share: Any = None,
     run_rows: Any = None,
 ) -> tuple[trisolve.WindowPolicy, Any, bool]:
-    """An :class:`AutoWindow` (``window="auto"``: the default one): the window the cost model predicts fastest (``cost_model.py``).
+    """The window an :class:`AutoWindow` ``policy`` chooses: the one the cost model predicts fastest (``cost_model.py``).
 
-    The network is the policy's own when it names one; otherwise the denoiser is searched for it.
+    What is timed and keyed is the policy's network when it names one, else the denoiser itself.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
     inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
     where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``). Returns the window
     policy, that split and ``one_rank``.
     """
-    from . import cost_model
-    from .cost_model import auto_window, network_of
+    from .cost_model import _note_used, auto_window
 
     n = mapping.n
 
@@ -914,22 +1025,20 @@ def _auto_window(
             except Exception as exc:  # the user's network: reported like a failed round (sample_latents)
                 raise _NetworkFault(exc) from exc
 
-    # cached per network (a guidance closure rebuilt per call reuses it), else per denoiser: by identity, never by name;
+    # cached on the policy per network (a guidance closure rebuilt per call reuses it), else per denoiser: by identity;
     # the denoiser's code (or class) tells a guided closure from the bare network
     kind = getattr(denoiser, "__code__", None) or type(denoiser)
     key = (tuple(x0.shape), str(x0.dtype), str(x0.device), kind)
-    network = None if policy is not None and policy.network is not None else network_of(denoiser)  # given, or searched for
     inputs = 0 if split is None else x0.shape[0] * guidance_copies(denoiser)  # network inputs per trajectory row
     choice = auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
-        model=policy.network if policy is not None and policy.network is not None else denoiser if network is None else network,
+        model=denoiser if policy.network is None else policy.network,
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
         run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows,
     )  # fmt: skip
     split = None if choice.one_rank else split
-    cost_model.last_choice = choice = dataclasses.replace(choice, split=split)
-    if policy is not None:
-        policy.last_choice = choice
+    policy.last_choice = choice = dataclasses.replace(choice, split=split)
+    _note_used(policy)
     return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split, choice.one_rank
 
 

@@ -15,7 +15,7 @@ from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOut
 import trisolve
 from trisolve._validate import check_int
 
-from ..sampler import SolveOptions, sample_latents
+from ..sampler import SolveOptions, _sample_latents
 from ..schedulers import UnsupportedSchedulerError
 
 __all__ = [
@@ -161,7 +161,7 @@ def solve(
         options = options.replace(progress=pipe.progress_bar)
     options = options.resolve_final_row_atol(pixel_space=pixel_space)  # the front door knows its output space
     start = time.perf_counter()
-    final, sol = sample_latents(denoiser, pipe.scheduler, latents, options=options, **kwargs)
+    final, sol = _sample_latents(denoiser, pipe.scheduler, latents, options, **kwargs)
     return final, sol, time.perf_counter() - start
 
 

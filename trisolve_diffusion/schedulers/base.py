@@ -71,15 +71,15 @@ class SchedulerMapping:
     noise_in_float32 : bool
         Noise drawn in float32 (DPM-Solver SDE, flow matching) rather than in the network's dtype.
     default_history_size : int (class attribute)
-        Difference pairs of the default solver (``TriangularAnderson``) for this loop, used when
-        ``SolveOptions.solver`` is ``None``: 4, chosen on the bundled digits DDPM (DDIM-25/50/100,
+        Difference pairs of the default solver (``TriangularAnderson``) for this loop, read by
+        :func:`~trisolve_diffusion.default_solver` (the samplers' ``solver=None``): 4, chosen on the bundled digits DDPM (DDIM-25/50/100,
         DDPM-100); flow-matching loops override it (:class:`~.flow_match.FlowMatchMapping`).
 
     The constructor checks the shapes and refuses non-finite coefficients with an
     :class:`UnsupportedSchedulerError` that ends with ``if_not_finite`` (what to change).
     """
 
-    #: difference pairs of the default ``TriangularAnderson`` (``SolveOptions(solver=None)``)
+    #: difference pairs of the default ``TriangularAnderson`` (``default_solver(mapping)``, the samplers' ``solver=None``)
     default_history_size: ClassVar[int] = 4
 
     scheduler: Any
