@@ -158,7 +158,7 @@ def main(out: Path) -> None:
         o = td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
         np.save(out / f"one_rank_rank{rank}.npy", o.solution.trajectory.numpy())
         record("one_rank", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats),
-               one_rank=td.cost_model.last_choice.one_rank)  # fmt: skip
+               one_rank=td.AutoWindow.of(pipe.unet).last_choice.one_rank)  # fmt: skip
         armed.clear()
         pipe.unet.forward = failing_forward
         try:
