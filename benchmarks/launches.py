@@ -2,6 +2,14 @@
 
     python benchmarks/launches.py            # results/launches.{json,md}
     python benchmarks/launches.py --quick    # smoke size (the test suite runs this)
+    python benchmarks/launches.py --compiled --cold   # results/launches_compiled.{json,md}: eager vs compile=True
+
+``--compiled`` measures the compiled round (``solve(..., compile=True)``, :mod:`trisolve.compiled`)
+instead of counting: the host time per round outside the (stand-in) network, eager and compiled
+alternately in one process (medians of the alternations' medians), per compiled function its
+call time against the eager function on the same arguments, and what compiling costs (the first
+compiled solve, a second one, one with a new window shape), each against an eager solve.
+``--cold`` gives inductor a fresh on-disk cache, so the first compile is what a new machine pays.
 
 Why count: on a GPU a small network call is bound by kernel launches, not by arithmetic (the
 bundled digits UNet on an H200 takes 8.1 ms per call from batch 1 to 200, an SD-sized UNet
@@ -47,6 +55,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write  # noqa: E402
 
+import trisolve.compiled  # noqa: E402
 import trisolve.driver  # noqa: E402
 import trisolve_diffusion as td  # noqa: E402
 from trisolve_diffusion.models import load_digits_pipeline  # noqa: E402
@@ -191,15 +200,15 @@ class StandIn:
     real model's; the work per round is the same code on the same shapes.
     """
 
-    def __init__(self, net: torch.nn.Module):
-        self.net, self.inside, self.starts = net, 0.0, []
+    def __init__(self, net: torch.nn.Module, clock=time.perf_counter):
+        self.net, self.inside, self.starts, self.clock = net, 0.0, [], clock
         self._orig, self._own = net.forward, "forward" in vars(net)
 
         def forward(sample, timestep, *a, return_dict=True, **k):
-            t0 = time.perf_counter()
+            t0 = clock()
             self.starts.append((t0, self.inside))
             out = sample * 0.5
-            self.inside += time.perf_counter() - t0
+            self.inside += clock() - t0
             return SimpleNamespace(sample=out) if return_dict else (out,)
 
         net.forward = forward
@@ -208,20 +217,22 @@ class StandIn:
         _restore(self.net, self._orig, self._own)
 
 
-def host_ms_per_round(pipe, net, repeats: int, **kw) -> float:
+def host_ms_per_round(pipe, net, repeats: int, clock=time.perf_counter, **kw) -> float:
     """Median host time per round outside the network (rounds after the first), over ``repeats`` solves, in ms.
 
     Between consecutive round callbacks: wall time minus the time inside the stand-in network
     (:class:`StandIn`). On a CPU with this little data a round's outside work is nearly all
     dispatch (Python, the array-API wrappers, PyTorch's per-op overhead): the host cost a GPU
-    round pays too, before any launch latency.
+    round pays too, before any launch latency. ``clock``: ``time.perf_counter`` (wall) or
+    ``time.thread_time`` (this thread's CPU time: what the round computes, not the time other
+    processes hold the CPU; torch runs one thread here).
     """
-    clock = StandIn(net)
+    clock, now = StandIn(net, clock), clock
     per_round = []
     try:
         for _ in range(repeats + 1):  # the first is a warm-up
             marks = []
-            td.sample(pipe, generator=torch.manual_seed(0), callback=lambda info: marks.append((time.perf_counter(), clock.inside)) and False, **kw)
+            td.sample(pipe, generator=torch.manual_seed(0), callback=lambda info: marks.append((now(), clock.inside)) and False, **kw)
             if _ > 0:
                 per_round += [(t1 - t0) - (n1 - n0) for (t0, n0), (t1, n1) in zip(marks, marks[1:])]
     finally:
@@ -278,10 +289,134 @@ def sd15_unet_kernels() -> int:
     return counter.counts["network", "kernels"]
 
 
+def _timed_sample(pipe, **kw) -> float:
+    t0 = time.perf_counter()
+    td.sample(pipe, generator=torch.manual_seed(0), **kw)
+    return time.perf_counter() - t0
+
+
+def compile_cost(pipe, windows, **kw) -> list[dict]:
+    """Wall seconds of solves with a free stand-in network: eager, the first compiled (compiles), a second, then each new window.
+
+    Run before anything else in the process is compiled (:func:`trisolve.compiled.clear_cache` first).
+    """
+    trisolve.compiled.clear_cache()
+    clock = StandIn(pipe.unet)
+    rows = []
+    try:
+        for i, w in enumerate(windows):
+            window = trisolve.FullWindow() if w is None else w
+            eager_s = _timed_sample(pipe, window=window, **kw)
+            first = _timed_sample(pipe, window=window, compile=True, **kw)
+            second = _timed_sample(pipe, window=window, compile=True, **kw)
+            what = "first compiled solve in the process" if i == 0 else "a new window shape"
+            rows.append(dict(window=w or "full", what=what, eager_s=eager_s, first_compiled_s=first, second_compiled_s=second))
+            print(rows[-1], flush=True)
+    finally:
+        clock.remove()
+    return rows
+
+
+def function_times(pipe, calls: int = 300, **kw) -> list[dict]:
+    """Per compiled function of a compiled solve: median call time compiled and eager on the arguments of its first call, in us."""
+    import trisolve.compiled as tc
+
+    seen = {}
+    call = tc.RoundCompiler.__call__
+
+    def spy(self, fn, key=None):
+        compiled = call(self, fn, key)
+
+        def first_args(*a, **k):
+            seen.setdefault(fn.__name__, (compiled, fn, a, k))
+            return compiled(*a, **k)
+
+        return first_args
+
+    clock = StandIn(pipe.unet)
+    tc.RoundCompiler.__call__ = spy
+    try:
+        td.sample(pipe, generator=torch.manual_seed(0), compile=True, **kw)
+    finally:
+        tc.RoundCompiler.__call__ = call
+        clock.remove()
+
+    def median_us(f):
+        times = []
+        for _ in range(calls):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return 1e6 * statistics.median(times)
+
+    return [dict(function=name, compiled_us=median_us(lambda: c(*a, **k)), eager_us=median_us(lambda: f(*a, **k)))
+            for name, (c, f, a, k) in seen.items()]  # fmt: skip
+
+
+def main_compiled(args) -> None:
+    """``--compiled``: eager against compiled rounds, side by side (see the module docstring)."""
+    import os
+    import tempfile
+
+    if args.cold:  # inductor's on-disk cache in a fresh directory: the first compile is a new machine's
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="trisolve_inductor_")
+    torch.set_num_threads(1)
+    steps = 10 if args.quick else 50
+    alternations = 2 if args.quick else 7
+    digits = load_digits_pipeline("ddim")
+    digits.set_progress_bar_config(disable=True)
+    kw = dict(batch_size=1, num_inference_steps=steps, output_type="np")
+    windows = [None, 8]
+    cost = compile_cost(digits, windows, **kw)
+    side = []
+    for w in windows:
+        window = trisolve.FullWindow() if w is None else w
+        rec = dict(run=f"digits DDIM-{steps}, window {w or 'full'}")
+        for name, clock in (("", time.perf_counter), ("cpu_", time.thread_time)):
+            eager, compiled = [], []
+            for _ in range(alternations):  # interleaved: the machine's load hits both alike
+                eager.append(host_ms_per_round(digits, digits.unet, 3, clock=clock, window=window, **kw))
+                compiled.append(host_ms_per_round(digits, digits.unet, 3, clock=clock, window=window, compile=True, **kw))
+            rec.update({f"{name}eager_ms": statistics.median(eager), f"{name}compiled_ms": statistics.median(compiled),
+                        f"{name}eager_all": eager, f"{name}compiled_all": compiled})  # fmt: skip
+        side.append(rec)
+        print(side[-1], flush=True)
+    funcs = function_times(digits, calls=50 if args.quick else 300, window=trisolve.FullWindow(), **kw)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    md = [
+        f"The compiled round (`solve(..., compile=True)`) against the eager one on this machine (one thread; load average "
+        f"{'n/a' if load is None else ', '.join(f'{v:.1f}' for v in load)} at the end: other processes share the CPU, so read "
+        "the ratios, measured side by side). Bundled digits DDPM, DDIM, batch 1, the default TAA m=4 on the Picard map, "
+        "a near-free stand-in for the UNet (`sample / 2`).",
+        "",
+        f"Host time per round outside the network [ms]: median over {alternations} alternations of eager and compiled "
+        "(each the median over the rounds of three solves after a warm-up solve), as wall time and as the thread's CPU time "
+        "(`time.thread_time`: the work itself, without the time other processes hold the CPU).",
+        "",
+        "| run | wall: eager | wall: compiled | compiled / eager | CPU: eager | CPU: compiled | compiled / eager |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    md += [f"| {r['run']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['compiled_ms'] / r['eager_ms']:.2f} | "
+           f"{r['cpu_eager_ms']:.3f} | {r['cpu_compiled_ms']:.3f} | {r['cpu_compiled_ms'] / r['cpu_eager_ms']:.2f} |" for r in side]  # fmt: skip
+    md += ["", "Per compiled function, one call on the arguments of its first call in a full-window solve [us, median]:", "",
+           "| function | eager | compiled |", "|---|---|---|"]  # fmt: skip
+    md += [f"| `{r['function']}` | {r['eager_us']:.0f} | {r['compiled_us']:.0f} |" for r in funcs]
+    md += ["", f"What compiling costs: wall seconds of one solve (stand-in network; inductor's on-disk cache "
+           f"{'fresh' if args.cold else 'as left by earlier runs'}):", "",
+           "| window | solve | eager | first compiled | second compiled |", "|---|---|---|---|---|"]  # fmt: skip
+    md += [f"| {r['window']} | {r['what']} | {r['eager_s']:.2f} | {r['first_compiled_s']:.2f} | {r['second_compiled_s']:.2f} |" for r in cost]
+    write("launches_compiled" + ("_quick" if args.quick else ""), dict(side_by_side=side, functions=funcs, compile_cost=cost, load_average=load,
+          cold_cache=bool(args.cold)), "\n".join(md) + "\n")  # fmt: skip
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--compiled", action="store_true", help="eager vs compile=True: host time per round and compile cost")
+    ap.add_argument("--cold", action="store_true", help="with --compiled: a fresh inductor cache directory")
     args = ap.parse_args(argv)
+    if args.compiled:
+        return main_compiled(args)
     steps = 10 if args.quick else 50
     solves, seqs = [], []
 

@@ -31,6 +31,9 @@ The map protocol (what :func:`trisolve.solve` calls):
 * ``apply(tables, x, f, lo, hi, *, xp)`` -- returns ``(G, R)``, both ``(w, *event)``, the
   map's values and its residual ``R = G - x``. The default runs the scan on ``J``; a map
   only overrides ``linear_part`` (a Newton map returns ``J_i = dF_i/dx_{i-1}``);
+* ``compilable`` and ``combine(J, f, r, *, xp)`` -- a map whose ``linear_part`` only slices
+  per-solve tables sets ``compilable = True``; ``solve(..., compile=True)`` then traces
+  ``combine`` (the scan) inside the compiled round (:mod:`trisolve.compiled`);
 * ``num_evals(tables)`` -- evaluations of ``F`` the map spent itself (finite differences),
   added to ``Solution.num_evals``; 0 by default;
 * ``stats(tables)`` -- the map's counters, merged into ``Solution.stats``; ``{}`` by default.
@@ -65,6 +68,11 @@ class UpdateMap:
     """
 
     order: int | None = 1
+    #: Whether :meth:`apply` is ``combine(linear_part(...), f, f - x[lo:hi])`` with a ``linear_part`` that
+    #: only slices per-solve tables (no evaluation, no state): then ``solve(..., compile=True)`` runs
+    #: :meth:`combine` inside the compiled round (:mod:`trisolve.compiled`) -- unless a subclass overrides
+    #: :meth:`apply` -- otherwise :meth:`apply` runs as written (and always in an eager solve).
+    compilable: bool = False
 
     @property
     def is_one_step(self) -> bool:
@@ -123,9 +131,17 @@ class UpdateMap:
         r = f - x[lo:hi, ...]  # (w, *event)
         if self.order == 1:
             return f, r
-        J = self.linear_part(tables, x, f, lo, hi, xp=xp)
+        return self.combine(self.linear_part(tables, x, f, lo, hi, xp=xp), f, r, xp=xp)
+
+    def combine(self, J: Any, f: Any, r: Any, *, xp: Any) -> tuple[Any, Any]:
+        """``(G, R)`` from the window's linear part ``J`` (:meth:`linear_part`), ``F`` and ``r = F - x``: the scan.
+
+        Pure device arithmetic on its arguments (no host reads, no Python state): the part of
+        :meth:`apply` that the compiled round (:mod:`trisolve.compiled`) traces for a map whose
+        :attr:`compilable` is true.
+        """
         kind = linear_kind(J, r)
-        if kind == "zero":
+        if self.order == 1 or kind == "zero":
             return f, r
         k = self.order
         prev = affine_scan(J, r, order=None if k is None else k - 1, xp=xp)  # delta^{(k-1)}  (w, *event)
@@ -136,6 +152,8 @@ class UpdateMap:
 @dataclass(frozen=True)
 class OneStep(UpdateMap):
     """``G_i = F_i(x)``: the original recurrence (order 1, ``J = 0``), for any system."""
+
+    compilable = True
 
     @property
     def order(self) -> int:  # type: ignore[override]
@@ -168,6 +186,7 @@ class Picard(UpdateMap):
     """
 
     order: int | None = None
+    compilable = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "order", _check_order(self.order))
@@ -201,6 +220,7 @@ class Unrolled(UpdateMap):
     """
 
     order: int | None = None
+    compilable = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "order", _check_order(self.order))

@@ -174,16 +174,25 @@ class Tolerance:
         The max over samples propagates ``nan`` (the array API's ``max`` does), so a row with
         one non-finite sample is ``nan``.
         """
-        if batch_ndim:
-            rms = xp.max(rms, axis=1)
-        if self.atol > 0:  # every threshold is positive
-            return rms / thr
-        pos = thr > 0
-        safe = xp.where(pos, thr, xp.ones_like(thr))
-        zero_thr = xp.where(rms == 0, xp.zeros_like(rms), xp.full_like(rms, math.inf))
-        return xp.where(xp.isnan(rms), rms, xp.where(pos, rms / safe, zero_thr))
+        return scale_rms(rms, thr, thresholds_positive=self.atol > 0, batch_ndim=batch_ndim, xp=xp)
 
     def scaled_error(self, r: Any, sigma: np.ndarray, *, batch_ndim: int, xp: Any) -> np.ndarray:
         """:meth:`row_errors` with host thresholds, read back as a host float64 ``(w,)`` (tests, tools)."""
         thr = self.device_thresholds(sigma, xp=xp, device=device(r))
         return to_host(self.row_errors(r, thr, batch_ndim=batch_ndim, xp=xp))
+
+
+def scale_rms(rms: Any, thr: Any, *, thresholds_positive: bool, batch_ndim: int, xp: Any) -> Any:
+    """:meth:`Tolerance.scale` as a function of its arrays and one flag (what the compiled round traces).
+
+    ``thresholds_positive``: ``atol > 0``, so every threshold is positive and the error is
+    ``rms / thr``; otherwise a zero threshold gives ``0`` for a zero residual and ``inf`` else.
+    """
+    if batch_ndim:
+        rms = xp.max(rms, axis=1)
+    if thresholds_positive:  # every threshold is positive
+        return rms / thr
+    pos = thr > 0
+    safe = xp.where(pos, thr, xp.ones_like(thr))
+    zero_thr = xp.where(rms == 0, xp.zeros_like(rms), xp.full_like(rms, math.inf))
+    return xp.where(xp.isnan(rms), rms, xp.where(pos, rms / safe, zero_thr))

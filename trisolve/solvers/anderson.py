@@ -146,31 +146,20 @@ class _AndersonBase(Solver):
                 return proposal, new
             restart = rho > self.safeguard.restart_growth * rho_prev
 
-        # -- newest difference pair; rows that were not in the previous window, or whose
-        # differences are not finite (or so large that their sum overflows), get zeros (no information)
-        with np.errstate(all="ignore"):  # inf - inf: caught by the finiteness mask
-            dx = x[:ov, ...] - x_prev
-            dr = r[:ov, ...] - r_prev
-            fin = finite(xp.sum(dx, axis=-1) + xp.sum(dr, axis=-1), xp)  # (ov, S)
-            dx = _pad_rows(xp.where(fin[..., None], dx, 0.0), w, axis=0, xp=xp)  # (w, S, d)
-            dr = _pad_rows(xp.where(fin[..., None], dr, 0.0), w, axis=0, xp=xp)
-        if state.dX is None or restart:
-            dX, dR = dx[None, ...], dr[None, ...]
-        else:
+        # -- newest difference pair and the history, mixed (the device part: compiled in a compiled solve)
+        old_dX = old_dR = None
+        if state.dX is not None and not restart:
             old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
             old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
-            dX = xp.concat([dx[None, ...], _pad_rows(old_dX[: min(m - 1, old_dX.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
-            dR = xp.concat([dr[None, ...], _pad_rows(old_dR[: min(m - 1, old_dR.shape[0]), ...], w, axis=1, xp=xp)], axis=0)
-
+            old_dX, old_dR = old_dX[: min(m - 1, old_dX.shape[0]), ...], old_dR[: min(m - 1, old_dR.shape[0]), ...]
         eye = state.eye  # (m, m): dX never holds more than m pairs
         if eye is None:
             eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
-        with np.errstate(all="ignore"):  # overflow / singular systems are detected and handled below
-            proposal, valid = self._mix(x, r, dX, dR, start=ctx.start, xp=xp, eye=eye[: dX.shape[0], : dX.shape[0]])
-        # drop the history of rows whose coefficients were rejected (on the device, no read)
-        keep = valid[None, :, :, None]  # (1, w, S, 1)
-        dX = xp.where(keep, dX, 0.0)
-        dR = xp.where(keep, dR, 0.0)
+        k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
+        # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
+        update = ctx.jit(_update, ("anderson", self, k, ov == w))
+        with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
+            proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, start=ctx.start, xp=xp)
         new = AndersonState(
             lo=lo,
             hi=hi,
@@ -185,7 +174,7 @@ class _AndersonBase(Solver):
             **_record_valid(state, valid[ctx.start :, ...], xp),
             eye=eye,
         )
-        return xp.reshape(proposal, ctx.x.shape), new
+        return proposal, new
 
     def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any, eye: Any = None) -> tuple[Any, Any]:
         """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
@@ -225,6 +214,35 @@ class _AndersonBase(Solver):
         mix = xp.permute_dims(dX + dR, (1, 2, 3, 0))  # (w, S, d, m)
         correction = xp.matmul(mix, xp.astype(gamma, x.dtype))[..., 0]  # (w, S, d)
         return x + r - correction, ok
+
+
+def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, *, start: int,
+            xp: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+    """One accelerated round's device arithmetic: ``(proposal like ctx.x, valid (w, S), dX, dR)``.
+
+    ``x, r`` ``(w, S, d)``: the window's iterate and map residual; ``x_prev, r_prev`` ``(ov, S, d)``:
+    the previous round's, for the window's first ``ov`` rows (those present in both rounds);
+    ``old_dX, old_dR`` ``(k - 1, ov, S, d)``: the older difference pairs kept for those rows, or
+    ``None`` (first accelerated round, or a restart); ``eye``: the ``(k, k)`` identity. Rows
+    without a previous iterate, or whose differences are not finite (or so large that their sum
+    overflows), get zero differences (no information); the history of rows whose coefficients
+    are rejected is dropped. Pure device arithmetic: the compiled round traces it.
+    """
+    w, ov = x.shape[0], x_prev.shape[0]
+    dx = x[:ov, ...] - x_prev
+    dr = r[:ov, ...] - r_prev
+    fin = finite(xp.sum(dx, axis=-1) + xp.sum(dr, axis=-1), xp)  # (ov, S); inf - inf is caught here
+    dx = _pad_rows(xp.where(fin[..., None], dx, 0.0), w, axis=0, xp=xp)  # (w, S, d)
+    dr = _pad_rows(xp.where(fin[..., None], dr, 0.0), w, axis=0, xp=xp)
+    if old_dX is None:
+        dX, dR = dx[None, ...], dr[None, ...]
+    else:
+        dX = xp.concat([dx[None, ...], _pad_rows(old_dX, w, axis=1, xp=xp)], axis=0)
+        dR = xp.concat([dr[None, ...], _pad_rows(old_dR, w, axis=1, xp=xp)], axis=0)
+    proposal, valid = solver._mix(x, r, dX, dR, start=start, xp=xp, eye=eye)
+    # drop the history of rows whose coefficients were rejected (on the device, no read)
+    keep = valid[None, :, :, None]  # (1, w, S, 1)
+    return xp.reshape(proposal, like.shape), valid, xp.where(keep, dX, 0.0), xp.where(keep, dR, 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

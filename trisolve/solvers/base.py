@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..compiled import eager
 
 __all__ = ["Solver", "StepContext"]
 
@@ -32,6 +35,12 @@ class StepContext:
     batch_ndim : int
         Leading event axes that index independent samples.
     xp : namespace
+    jit : callable
+        ``jit(fn, key)`` returns ``fn`` compiled for the solve's device when the solve runs
+        compiled (``solve(..., compile=True)``, :class:`trisolve.compiled.RoundCompiler`),
+        else ``fn`` itself. A solver passes it its pure device arithmetic (arrays, Python
+        numbers and flags in, arrays out; no host reads, no state changes) and ``key``, a
+        hashable naming the configuration of the static arguments.
     """
 
     x: Any
@@ -43,6 +52,7 @@ class StepContext:
     start: int
     batch_ndim: int
     xp: Any
+    jit: Callable[..., Callable] = eager
 
 
 class Solver:

@@ -1,0 +1,148 @@
+"""The compiled round: the solver's arithmetic outside ``F`` as compiled functions (PyTorch only).
+
+``solve(..., compile=True)`` runs a round's device arithmetic outside the system's evaluation
+as two compiled functions instead of ~100 separately dispatched operators:
+
+1. the update map's scan (:meth:`~trisolve.UpdateMap.combine`, for maps whose
+   :attr:`~trisolve.UpdateMap.compilable` is true: :class:`~trisolve.OneStep`,
+   :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`), the residuals, the tolerance
+   test's per-row errors and the finish tests: everything the round reads on the host, as one
+   vector (``driver._round_arrays``);
+2. the solver's mixing (:class:`~trisolve.Anderson` and :class:`~trisolve.TriangularAnderson`:
+   the difference pairs, the Gram systems, the coefficients and the proposal).
+
+What stays eager: the system's evaluation, the one device-to-host read per round, the host
+decisions (the frozen prefix, the safeguard's growth test, the window), slicing the window's
+rows (views), the replacement of non-finite proposal rows (three operators: a compiled call
+cost as much here) and the two trajectory writes (the driver stays its only writer). The maths is the
+same operators; inductor may fuse them and reorder sums, so values agree with the eager round
+to the dtype's round-off (tests: ``tests/test_compiled.py``).
+
+Compiled functions are made with ``torch.compile`` (inductor; on a CPU it needs a C++
+compiler) and cached for the process, one per (function, device type, configuration key); each
+keeps its own compiled graphs, one per input shape until a second shape makes the window length
+symbolic (``dynamic=None``: a sliding window compiles once for its fixed length and once more
+for the shrinking last rounds). :class:`~trisolve.Unrolled` with ``order=None`` recurses on
+the window length (odd-even reduction) and so compiles a graph per length until Dynamo's
+recompile limit, after which that function runs eager (same values). Inductor's on-disk
+cache (``/tmp/torchinductor_<user>``) makes a later process's compiles faster.
+
+On CUDA the compiled functions are additionally captured as CUDA graphs
+(``mode="reduce-overhead"``) and replayed for the fixed shapes of a sliding window; their
+outputs live in the graphs' static buffers, so they are copied out before the next replay
+(:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
+test suite.
+
+Cost, measured on the loaded 2-core CPU (``benchmarks/launches.py --compiled --cold``, see
+``docs/compiled.rst``): a TAA solve's first compiles about 35 s with a cold inductor cache (the
+first also imports and warms inductor), a new window length as much again; later calls take
+80-110 us per function where the eager functions took 150-360 us.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Callable, Hashable
+from typing import Any
+
+__all__ = ["RoundCompiler", "compile_options", "eager", "clear_cache"]
+
+# (function, device type, key) -> compiled function: one process-wide table, so that a second solve
+# with the same configuration reuses the compiled graphs (bounded by the configurations used)
+_CACHE: dict[tuple, Callable] = {}
+
+
+def eager(fn: Callable, key: Hashable = None) -> Callable:
+    """The round's functions as written: what an uncompiled solve uses in place of a :class:`RoundCompiler`."""
+    return fn
+
+
+def compile_options(device_type: str) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments for a device type.
+
+    ``"cuda"``: ``mode="reduce-overhead"`` (inductor plus a CUDA-graph capture per input shape,
+    replayed on later calls); any other device: inductor's default mode. ``dynamic=None``: the
+    first shape is compiled static, a second makes the changed dimensions symbolic.
+    """
+    if device_type == "cuda":
+        return {"mode": "reduce-overhead", "dynamic": None, "fullgraph": False}
+    return {"dynamic": None, "fullgraph": False}
+
+
+def _own_code(fn: Callable) -> Callable:
+    """A copy of ``fn`` with its own code object: Dynamo keeps compiled graphs (and counts
+    recompiles) per code object, so each configuration gets its own budget."""
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+class RoundCompiler:
+    """Compiles the round's pure device functions for one device type; ``compiler(fn, key)`` is the compiled ``fn``.
+
+    Parameters
+    ----------
+    device_type : str
+        ``"cpu"``, ``"cuda"``, ...: chooses :func:`compile_options`.
+
+    Notes
+    -----
+    ``key`` names the configuration the caller's static arguments (Python numbers, flags, the
+    map or solver object) take, so that each gets its own compiled function; shapes, dtypes
+    and devices are told apart by Dynamo's guards inside one. On CUDA every output is cloned
+    out of the CUDA graph's static memory (a solver keeps some across rounds, and the next
+    replay overwrites them).
+    """
+
+    def __init__(self, device_type: str):
+        self.device_type = str(device_type)
+        self.cuda_graphs = self.device_type == "cuda"
+
+    def __call__(self, fn: Callable, key: Hashable = None) -> Callable:
+        full = (fn, self.device_type, key)
+        compiled = _CACHE.get(full)
+        if compiled is None:
+            import warnings
+
+            import torch
+
+            # Dynamo notes that it traces through the lru_caches of array_api_compat's namespace and dtype
+            # lookups (called from trisolve._backend and array_api_compat's _helpers): pure lookups, expected here
+            note = r"Dynamo detected a call to a `functools.lru_cache`-wrapped function at '(_backend|_helpers).py"
+            warnings.filterwarnings("ignore", message=note)
+            compiled = torch.compile(_own_code(fn), **compile_options(self.device_type))
+            if self.cuda_graphs:  # pragma: no cover - needs a CUDA device
+                compiled = _replayed(compiled)
+            _CACHE[full] = compiled
+        return compiled
+
+
+def _replayed(compiled: Callable) -> Callable:  # pragma: no cover - needs a CUDA device
+    """A CUDA-graph compiled function whose outputs are copies (the graph's buffers are reused by the next replay)."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        torch.compiler.cudagraph_mark_step_begin()
+        out = compiled(*args, **kwargs)
+        return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, out)
+
+    return call
+
+
+def clear_cache() -> None:
+    """Forget the compiled functions of this process (the next compiled solve compiles again)."""
+    _CACHE.clear()
+
+
+def check_compile(compile: Any, x0: Any) -> bool:
+    """Validate ``solve``'s ``compile=`` against ``x0``: a bool, and ``True`` only for PyTorch tensors."""
+    if not isinstance(compile, bool):
+        raise TypeError(f"compile must be True or False, got {type(compile).__name__}.")
+    if compile:
+        from array_api_compat import is_torch_array
+
+        if not is_torch_array(x0):
+            raise TypeError(
+                f"compile=True compiles the round with torch.compile and needs PyTorch tensors; x0 is a {type(x0).__module__}."
+                f"{type(x0).__name__}. Pass compile=False (the default) for other arrays."
+            )
+    return compile
