@@ -22,7 +22,7 @@ Inputs:
   runs of ``(measured - predicted) / rounds`` in ``results/gpu_cost_model.json`` (the model
   without an overhead term against ``sample()`` on that GPU), clipped at 0; for the Flux-sized
   model the SD value (the solver's work scales with the latent, 64x64x16 vs 64x64x4: a lower bound).
-* The collective per round (two all-gathers: the header and the outputs) as ``latency + bytes /
+* The collective per round (one all-gather: the header packed with the outputs) as ``latency + bytes /
   bandwidth`` with a ring's ``(P - 1) / P`` share, on two assumed links: **NVLink 4** (H100/H200
   SXM: 900 GB/s per GPU in both directions together, NVIDIA's H200 datasheet; assumed 350 GB/s
   all-gather bus bandwidth, what NCCL's ``all_gather_perf`` typically reports on 8-GPU NVLink
@@ -34,7 +34,11 @@ Inputs:
 The plan is :meth:`CostModel.best_window` with the network batch split over the devices
 (``split_inputs = samples x guidance``, as ``sample(..., distributed=True)`` does with the
 front doors' denoisers): window 1 with the batch split is data parallelism, a window > 1 time
-parallelism, and with guidance the halves can go to different devices.
+parallelism, and with guidance the halves can go to different devices; where none beats the
+loop, the loop on one GPU (``one_rank``). A window of one row runs row by row without the
+solver's per-round time (``overhead_one_row = 0``: its row update is the loop's own step,
+which the sequential time leaves out too). The contention term is 1 (GPUs do not share
+compute units).
 
 Validation (when ``results/ranks.json`` exists, from ``benchmarks/ranks.py`` on this CPU): the
 CPU plan's own prediction next to the 1- and 2-rank measurements (issue 28's bar: within 20 %).
@@ -103,15 +107,17 @@ def predict(models: dict, overheads: dict, batches=(1, 8), devices=(1, 2, 4, 8))
                         continue  # one device: no link
                     model = CostModel(
                         curve, m["steps"], devices=p, gather_bytes_per_row=inputs * m["out_bytes"], link_bandwidth=bandwidth,
-                        link_latency=2 * latency, overhead=overhead, rounds_model=RoundsModel(), split_inputs=inputs if p > 1 else 0,
+                        link_latency=latency, overhead=overhead, rounds_model=RoundsModel(), split_inputs=inputs if p > 1 else 0,
+                        overhead_one_row=0.0,
                     )  # fmt: skip
                     best = model.best_window()
-                    gather = 0.0 if p == 1 else model.round_time(best.window) - model.curve(model.rows_per_device(
-                        model.rounds_model.fill(best.window, m["steps"]) * best.window)) - overhead  # fmt: skip
+                    rows_per_round = 1.0 if best.window == 1 else model.rounds_model.fill(best.window, m["steps"]) * best.window
+                    gather = 0.0 if p == 1 or best.one_rank else (
+                        latency + (p - 1) / p * rows_per_round * model.gather_bytes_per_row / bandwidth)  # fmt: skip
                     rows.append(dict(model=name, batch=batch, devices=p, link=link if p > 1 else "-", window=best.window,
-                                     rounds=best.rounds, predicted_s=best.seconds, sequential_s=model.sequential_time(),
-                                     speedup=model.sequential_time() / best.seconds, overhead_per_round_s=overhead,
-                                     collective_per_round_s=gather))  # fmt: skip
+                                     one_rank=best.one_rank, rounds=best.rounds, predicted_s=best.seconds,
+                                     sequential_s=model.sequential_time(), speedup=model.sequential_time() / best.seconds,
+                                     overhead_per_round_s=overhead, collective_per_round_s=gather))  # fmt: skip
     return rows
 
 
@@ -153,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['batch']} | {r['devices']} | {r['link']} | {r['window']} | {r['rounds']:.1f} | {r['predicted_s']:.3f} "
+            f"| {r['model']} | {r['batch']} | {r['devices']} | {r['link']} | {r['window']}{' (one GPU)' if r['one_rank'] else ''} "
+            f"| {r['rounds']:.1f} | {r['predicted_s']:.3f} "
             f"| {r['sequential_s']:.3f} | {r['speedup']:.2f}x | {r['collective_per_round_s'] * 1e3:.2f} |"
         )
     lines += ["", "Validation on this CPU (`benchmarks/ranks.py`: the plan's prediction against the measured sample):", ""]

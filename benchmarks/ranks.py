@@ -17,7 +17,10 @@ guidance 7.5, DDIM-50. Each timed run draws the same seed; the first call (measu
 cached per network) is a warm-up and is not timed.
 
 Targets of issue 28 (for a run on a quiet machine): ``P = 2`` at least 1.3x the loop at batch 1
-and 1.6x at batch 8 on the digits model.
+and 1.6x at batch 8 on the digits model. Each row also records the plan (window, batch split or
+the loop on rank 0 alone), its predicted time next to the measured one (the cost model's
+error), the contention it measured, the collectives and bytes (``Solution.stats``), and the cap
+a two-way split of one step's batch has by the measured curve alone.
 """
 
 from __future__ import annotations
@@ -74,10 +77,15 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
                 times.append(time.perf_counter() - start)
             times = [max(v) for v in _gather_floats(times)]  # the slowest rank is the sample's time
             choice = td.AutoWindow.of(pipe.unet).last_choice  # the plan sample() made for this network
+            model = choice.model
+            stats = o.solution.stats
             row = dict(model=name, batch=batch, ranks=world, seconds=statistics.median(times), runs=times, rounds=o.solution.num_rounds,
-                       window=choice.window, predicted_seconds=choice.seconds, predicted_loop_seconds=choice.model.sequential_time(),
-                       status=o.solution.status.name, collectives=choice.split.collectives if choice.split is not None else None,
-                       bytes_gathered=choice.split.bytes_gathered if choice.split is not None else None)  # fmt: skip
+                       window=choice.window, one_rank=choice.one_rank, predicted_seconds=choice.seconds,
+                       predicted_loop_seconds=model.sequential_time(), status=o.solution.status.name,
+                       collectives=stats.get("collectives", 0), bytes_gathered=stats.get("bytes_gathered", 0),
+                       contention=model.contention, link_latency=model.link_latency, overhead_one_row=model.overhead_one_row,
+                       curve=[list(model.curve.rows), list(model.curve.seconds)], split_inputs=model.split_inputs,
+                       data_parallel_cap=_data_parallel_cap(model, world))  # fmt: skip
             if world == 1:  # the loop on one thread, and the image difference
                 pipe(**args())  # warm-up
                 loop_times = []
@@ -92,6 +100,14 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
         out.write_text(json.dumps(rows))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _data_parallel_cap(model, world: int) -> float | None:
+    """The most a ``world``-way split of one step's batch can give over the loop by the measured curve alone:
+    ``t(1 row) / t(one rank's share)``, before the collective, the contention and the row update (``None``: no split)."""
+    if world < 2 or not model.split_inputs:
+        return None
+    return model.curve(1) / model.curve(model.rows_per_device(1.0))
 
 
 def _gather_floats(values: list[float]) -> list[list[float]]:
@@ -149,19 +165,40 @@ def main(argv: list[str] | None = None) -> None:
         f"Load average (1, 5, 15 min) before/after: 1 rank {_load(runs[1])}; 2 ranks {_load(runs[2])}. "
         "Times on a loaded machine say little; rounds and windows do not depend on the load.",
         "",
-        "| model | batch | loop `pipe(...)` s | 1 rank s (window, rounds) | 2 ranks s (window, rounds) | loop / 2 ranks "
-        "| 2 ranks predicted s | max abs diff 1 rank vs loop |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | batch | loop `pipe(...)` s | 1 rank s (window, rounds) | 1 rank predicted s (error) "
+        "| 2 ranks s (plan, rounds) | 2 ranks predicted s (error) | loop / 2 ranks | data-parallel cap (curve) "
+        "| contention | collectives / round | max abs diff 1 rank vs loop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in one:
         a, b = one[key], two[key]
+        cap = "-" if b["data_parallel_cap"] is None else f"{b['data_parallel_cap']:.2f}x"
         lines.append(
             f"| {key[0]} | {key[1]} | {a['loop_seconds']:.3f} | {a['seconds']:.3f} ({a['window']}, {a['rounds']}) "
-            f"| {b['seconds']:.3f} ({b['window']}, {b['rounds']}) | {a['loop_seconds'] / b['seconds']:.2f}x "
-            f"| {b['predicted_seconds']:.3f} | {a['max_abs_diff_to_loop']:.1e} |"
+            f"| {a['predicted_seconds']:.3f} ({_error(a)}) | {b['seconds']:.3f} ({_plan(b)}, {b['rounds']}) "
+            f"| {b['predicted_seconds']:.3f} ({_error(b)}) | {a['loop_seconds'] / b['seconds']:.2f}x | {cap} | {b['contention']:.2f} "
+            f"| {b['collectives'] / max(b['rounds'], 1):.2f} | {a['max_abs_diff_to_loop']:.1e} |"
         )
+    lines += [
+        "",
+        "Plan: the window (1: forward substitution, row by row), `split` where the ranks split each call's network batch, "
+        "`one rank` where rank 0 runs the loop alone and broadcasts the trajectory. Error: predicted / measured - 1. Data-parallel cap: "
+        "`t(1 row) / t(one rank's share)` from rank 0's measured curve, the most that splitting one step's batch can give "
+        "before the collective and the contention (every rank computing at once). Collectives per round: one per network call "
+        "(the header packed with the outputs) and one more the first time a batch size is seen.",
+    ]
     name = "ranks_quick" if args.quick else "ranks"
     write(name, {"steps": args.steps, "repeats": args.repeats, "runs": {str(k): v for k, v in runs.items()}}, "\n".join(lines) + "\n")
+
+
+def _plan(row: dict) -> str:
+    if row["ranks"] < 2:
+        return str(row["window"])
+    return f"{row['window']} one rank" if row["one_rank"] else f"{row['window']} split" if row["split_inputs"] else str(row["window"])
+
+
+def _error(row: dict) -> str:
+    return f"{row['predicted_seconds'] / row['seconds'] - 1:+.0%}"
 
 
 def _load(run: dict) -> str:

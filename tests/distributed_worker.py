@@ -116,8 +116,11 @@ def main(out: Path) -> None:
     plan = td.AutoWindow.of(pipe.unet).last_choice  # the policy sample() gave the pipeline's network
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
-           overhead=[plan.model.overhead, plan.model.overhead_per_row], calls=plan.split.calls, collectives=plan.split.collectives,
-           bytes=plan.split.bytes_gathered, inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested)  # fmt: skip
+           overhead=[plan.model.overhead, plan.model.overhead_per_row, plan.model.overhead_one_row, plan.model.contention],
+           one_rank=plan.one_rank, stats=dict(o.solution.stats),
+           **({} if plan.split is None else dict(calls=plan.split.calls, collectives=plan.split.collectives, bytes=plan.split.bytes_gathered,
+                                                 inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
+                                                 batch_sizes=sorted(plan.split._layouts))))  # fmt: skip
 
     # 3d. the tiny SD with guidance, window 1: one rank evaluates the unconditional half, the other the conditional one
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
@@ -127,7 +130,74 @@ def main(out: Path) -> None:
     o = td.sample(sd, "a cat", num_inference_steps=6, generator=torch.manual_seed(0), output_type="np", distributed=True,
                   window=1)  # fmt: skip
     np.save(out / f"sd_cfg_rank{rank}.npy", o.images)
-    record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds)
+    record("sd_cfg", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats))
+
+    # 3e. the plan's loop on rank 0 alone (WindowChoice.one_rank): forced here by a choice that says so, since the timed plan
+    # picks it only where the batch split and every window are predicted slower; then the same with rank 0's network failing
+    import dataclasses as dc
+
+    from trisolve_diffusion import cost_model
+
+    real_choose, armed = cost_model.choose_window, []
+
+    def one_rank_choice(*a, **k):
+        armed.append(True)
+        return dc.replace(real_choose(*a, **k), window=1, one_rank=True)
+
+    forward = pipe.unet.forward
+
+    def failing_forward(*a, **k):  # rank 0's network raises on its 4th call after the plan
+        if rank == 0 and armed and len(armed) >= 4:
+            raise RuntimeError("rank 0's network failed on purpose")
+        if armed:
+            armed.append(True)
+        return forward(*a, **k)
+
+    cost_model.choose_window = one_rank_choice
+    try:
+        o = td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+        np.save(out / f"one_rank_rank{rank}.npy", o.solution.trajectory.numpy())
+        record("one_rank", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats),
+               one_rank=td.AutoWindow.of(pipe.unet).last_choice.one_rank)  # fmt: skip
+        armed.clear()
+        pipe.unet.forward = failing_forward
+        try:
+            td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+            record("one_rank_failure", raised=None)
+        except td.ParallelSamplingError as exc:
+            record("one_rank_failure", raised=str(exc), num_frozen=exc.solution.num_frozen, status=exc.solution.status.name)
+    finally:
+        cost_model.choose_window = real_choose
+        pipe.unet.forward = forward
+
+    # 3f. rank 0's network fails while it measures the plan (a batch not measured yet): every rank raises, none waits
+    def broken_forward(*a, **k):
+        raise RuntimeError("rank 0's network failed while measured")
+
+    if rank == 0:
+        pipe.unet.forward = broken_forward
+    start = time.perf_counter()
+    try:
+        td.sample(pipe, batch_size=3, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True)
+        record("measure_failure", raised=None)
+    except (td.ParallelSamplingError, trisolve.DistributedError) as exc:
+        record("measure_failure", raised=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+    finally:
+        pipe.unet.forward = forward
+
+    # 3g. a k-diffusion sampler without extra_args: every model call's batch split over the ranks (window 1: the samples)
+    from trisolve_diffusion import k_diffusion as kd
+
+    def kd_model(x, sigma):  # a function of each input and its sigma alone
+        return torch.tanh(x) / (1 + sigma[:, None, None, None] ** 2)
+
+    sig = kd.get_sigmas_karras(8, 0.05, 10.0)
+    xk = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * sig[0]
+    for w in (1, None):
+        _, ksol = kd.sample_euler(kd_model, xk, sig, window=w, distributed=True, disable=True, trajectory_dtype=torch.float64,
+                                  return_solution=True)  # fmt: skip
+        np.save(out / f"kd_w{w}_rank{rank}.npy", ksol.trajectory.numpy())
+        record(f"kd_w{w}", rounds=ksol.num_rounds, stats=dict(ksol.stats))
 
     # 4. mismatched arguments: rank 1 starts from another row 0 (another seed); then another tolerance
     for name, x0, atol in [("mismatch", np.zeros(4) if rank == 0 else np.full(4, 0.5), 1e-10),

@@ -194,7 +194,7 @@ def test_overhead_term_adds_to_every_round_and_favours_larger_windows():
     bare = cm.CostModel(LINEAR, 50)
     heavy = cm.CostModel(LINEAR, 50, overhead=0.05, overhead_per_row=1e-4)
     for w in (1, 8, 50):
-        rows = heavy.rounds_model.fill(w, 50) * w
+        rows = 1 if w == 1 else heavy.rounds_model.fill(w, 50) * w  # forward substitution evaluates one row a round
         assert heavy.wall_time(w) == pytest.approx(bare.wall_time(w) + heavy.rounds(w) * (0.05 + 1e-4 * rows))
     assert heavy.best_window().window > bare.best_window().window  # fewer, more expensive rounds pay
 
@@ -278,3 +278,48 @@ def test_batch_time_curve_takes_a_share_of_a_row():
     assert curve(0.25) == 0.01 and curve(0.625) == pytest.approx(0.015) and curve(0.1) == 0.01
     with pytest.raises(ValueError, match="increasing numbers > 0"):
         cm.BatchTimeCurve(rows=(0, 1), seconds=(0.1, 0.2))
+
+
+def test_row_by_row_overhead_and_contention_enter_the_prediction():
+    """A window of one row costs o_1 per step (no rounds' bookkeeping); on several devices the network time is scaled by the
+    measured contention."""
+    base = cm.CostModel(LINEAR, 50, overhead=0.05, overhead_per_row=1e-4)
+    lean = cm.CostModel(LINEAR, 50, overhead=0.05, overhead_per_row=1e-4, overhead_one_row=0.001)
+    assert lean.wall_time(1) == pytest.approx(50 * (LINEAR(1) + 0.001))
+    assert lean.wall_time(8) == base.wall_time(8)  # other windows keep o(r)
+    two = cm.CostModel(LINEAR, 50, devices=2, split_inputs=4, link_latency=0.002)
+    slow = cm.CostModel(LINEAR, 50, devices=2, split_inputs=4, link_latency=0.002, contention=1.5)
+    for w in (1, 8, 50):
+        net = two.curve(two.rows_per_device(1.0 if w == 1 else two.rounds_model.fill(w, 50) * w))
+        assert slow.round_time(w) == pytest.approx(two.round_time(w) + 0.5 * net)
+    assert cm.CostModel(LINEAR, 50, contention=3.0).wall_time(8) == cm.CostModel(LINEAR, 50).wall_time(8)  # one device: none
+
+
+def test_the_loop_on_one_rank_when_splitting_one_row_does_not_pay():
+    """Batch 1 without guidance on two ranks (windows cost 10 ms a round outside the network): a share of one input is the
+    whole row, so splitting it only adds the collective; the plan runs the loop on rank 0 and broadcasts the trajectory;
+    with a batch that splits, data parallelism wins."""
+    flat = cm.BatchTimeCurve(rows=(1, 2, 4, 8), seconds=(0.010, 0.0195, 0.039, 0.078))  # saturated: linear in the rows
+    kw = dict(devices=2, link_latency=0.001, overhead=0.01, overhead_one_row=0.0005, gather_bytes_per_row=4e3, link_bandwidth=1e8)
+    one = cm.CostModel(flat, 50, split_inputs=1, **kw).best_window()
+    assert one.window == 1 and one.one_rank and one.seconds == pytest.approx(50 * (0.010 + 0.0005) + 0.001 + 50 * 4e3 / 1e8)
+    half = cm.BatchTimeCurve(rows=(0.5, 1, 2, 4, 8), seconds=(0.0055, 0.010, 0.0195, 0.039, 0.078))
+    split = cm.CostModel(half, 50, split_inputs=8, **kw).best_window()
+    assert split.window == 1 and not split.one_rank
+    assert split.seconds == pytest.approx(50 * (0.0055 + 0.0005 + 0.001 + 0.5 * 4e3 / 1e8))
+
+
+def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+    runs = []
+
+    def run_rows():  # 20 steps of 1 ms
+        runs.append(1)
+        clock[0] += 0.020
+        return 20
+
+    cache = {}
+    model = torch.nn.Identity()
+    assert cm.measure_row_by_row(run_rows, key="k", model=model, cache=cache) == pytest.approx(0.001)
+    assert cm.measure_row_by_row(run_rows, key="k", model=model, cache=cache) == pytest.approx(0.001) and len(runs) == 4

@@ -32,7 +32,7 @@ def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monke
     (row,) = payload["rows"]
     assert row["window"] is not None and 1 <= row["window"] <= row["steps"] and row["sequential_s"] > 0 and row["default_s"] > 0
     assert len(payload["load_average"]) == 2 and payload["machine"]["cpus"] >= 1
-    assert "speed-up" in table
+    assert "speed-up" in table and "CPU time" in table and row["sequential_cpu_s"] > 0 and row["default_cpu_s"] > 0
 
 
 def test_rounds_benchmark_compares_initialisations_with_their_sequential_cost(tmp_path, monkeypatch):

@@ -299,3 +299,72 @@ def test_tolerance_on_scaled_rows_is_stated_in_latent_units():
         step = check.step(den(check.scale_model_input(X[i - 1], t), t.reshape(1).expand(2)), t, X[i - 1]).prev_sample
         rms = (step - X[i]).pow(2).flatten(1).mean(1).sqrt()  # per sample
         assert float(rms.max()) <= 2e-3 + 1e-3 * mapping.sigma[i - 1] + 1e-6, (i, rms, mapping.sigma[i - 1])
+
+
+@pytest.mark.parametrize("name,make,kw", SCHEDULERS[:3] + [("euler", lambda: EulerDiscreteScheduler(num_train_timesteps=T), {})],
+                         ids=[s[0] for s in SCHEDULERS[:3]] + ["euler"])  # fmt: skip
+def test_forward_substitution_runs_row_by_row_as_the_loop(name, make, kw):
+    """Window 1 runs without the driver (one call and one row update per step): bitwise the driver's window-1 solve,
+    the loop over scheduler.step to round-off, CONVERGED with n rounds of one row."""
+    sched = make()
+    sched.set_timesteps(12)
+    den = gmm(sched)
+    latents = torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(1)) * sched.init_noise_sigma
+    ref = sequential(den, make_set(make, 12), latents.clone(), torch.Generator().manual_seed(7), **kw)
+    calls = []
+
+    def counted(x, t):
+        calls.append(x.shape[0])
+        return den(x, t)
+
+    final, sol = td.sample_latents(counted, sched, latents, generator=torch.Generator().manual_seed(7), window=1, progress=False, **kw)
+    assert sol.status is trisolve.Status.CONVERGED and sol.num_frozen == sol.n + 1 and sol.num_rounds == sol.n == 12
+    assert sol.windows == [(i, i + 1) for i in range(1, 13)] and sol.num_evals == len(calls) and set(calls) == {3}
+    assert "num_restarts" not in sol.stats  # no solver ran
+    driven = td.sample_latents(
+        den, sched, latents, generator=torch.Generator().manual_seed(7), window=1, progress=False, callback=lambda info: False, **kw
+    )[1]
+    assert "num_restarts" in driven.stats  # the callback keeps the driver
+    assert torch.equal(sol.trajectory, driven.trajectory)
+    torch.testing.assert_close(final, ref, rtol=0, atol=2e-5 * max(1.0, float(ref.abs().max())))
+
+
+@pytest.mark.parametrize("fault", ["raise", "nan"])
+def test_forward_substitution_row_by_row_keeps_the_rows_before_a_fault(fault):
+    sched = DDIMScheduler(num_train_timesteps=T, clip_sample=False)
+    sched.set_timesteps(10)
+    den = gmm(sched)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    calls = [0]
+
+    def faulty(x, t):
+        calls[0] += 1
+        if calls[0] == 5 and fault == "raise":
+            raise RuntimeError("network down")
+        out = den(x, t)
+        return out * float("nan") if calls[0] == 5 else out
+
+    whole = td.sample_latents(den, sched, latents, window=1, progress=False)[1]
+    with pytest.raises(td.ParallelSamplingError, match="network down" if fault == "raise" else "NONFINITE") as info:
+        td.sample_latents(faulty, sched, latents, window=1, progress=False)
+    sol = info.value.solution
+    assert sol.status is (trisolve.Status.FAILED if fault == "raise" else trisolve.Status.NONFINITE)
+    assert sol.num_frozen == 5 and torch.equal(sol.trajectory[:5], whole.trajectory[:5])
+    assert torch.isfinite(sol.trajectory).all() and torch.equal(sol.trajectory[5:], sol.trajectory[4].expand(6, *latents.shape))
+
+
+def test_a_process_group_of_one_rank_runs_as_one_process():
+    """distributed=True in a group of one process: no split and no collective; the sample is the single-process one, bit for bit."""
+    import torch.distributed as dist
+
+    sched = DDIMScheduler(num_train_timesteps=T, clip_sample=False)
+    sched.set_timesteps(10)
+    den = gmm(sched)
+    latents = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1))
+    alone = td.sample_latents(den, sched, latents, window=4, progress=False)[1]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        grouped = td.sample_latents(den, sched, latents, window=4, progress=False, distributed=True)[1]
+    finally:
+        dist.destroy_process_group()
+    assert "collectives" not in grouped.stats and torch.equal(grouped.trajectory, alone.trajectory)

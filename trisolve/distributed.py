@@ -7,11 +7,12 @@ into ``P`` contiguous chunks in a fixed order (``P`` ranks),
     chunk r = [lo + floor(w r / P), lo + floor(w (r + 1) / P)),   w = hi - lo,
 
 rank ``r`` evaluates chunk ``r``, and one all-gather (each chunk padded to
-``ceil(w / P)`` rows) hands every output to every rank. Every rank then holds the same bytes,
+``ceil(w / P)`` rows, its header in front, as bytes) hands every output to every rank. Every rank then holds the same bytes,
 runs the same solver arithmetic on them and keeps the same trajectory, so nothing else is
 ever broadcast, and every rank returns the same :class:`~trisolve.Solution`.
 
-Safety, per round (one small all-gather before the data, read once on the host):
+Safety, per round (a header packed in front of each rank's chunk, in the same all-gather, read
+once on the host):
 
 * a header ``[ok, lo, hi, fingerprint...]`` from every rank. ``ok = 0`` when the rank's chunk
   raised; then every rank raises :class:`DistributedError` naming the rank, its rows and its
@@ -170,8 +171,9 @@ class ShardedFunction(SplitFunction):
 
     Built by :func:`distribute`; keeps this rank's counts: ``rows_evaluated`` (rows this rank
     computed), ``rows_requested`` (rows all ranks were asked for), ``calls``, and the traffic:
-    ``collectives`` (two per call: the header and the data; one more per solve, :meth:`agree`)
-    and ``bytes_gathered`` (what the all-gathers returned to this rank, headers included).
+    ``collectives`` (one per call: the header packed in front of the rows, the output's layout
+    being the input's; one more per solve, :meth:`agree`) and ``bytes_gathered`` (what the
+    all-gathers returned to this rank, headers and padding included).
 
     Parameters
     ----------
@@ -200,6 +202,10 @@ class ShardedFunction(SplitFunction):
         """The ranks of the group: each evaluates its chunk of every call."""
         return self.info.world
 
+    def stats(self) -> dict[str, int]:
+        """The traffic so far, as :attr:`trisolve.Solution.stats` entries: ``collectives``, ``bytes_gathered``."""
+        return {"collectives": self.collectives, "bytes_gathered": self.bytes_gathered}
+
     def __call__(self, x: Any, lo: int, hi: int) -> Any:
         info = self.info
         self.calls += 1
@@ -223,11 +229,11 @@ class ShardedFunction(SplitFunction):
             self._event_digest[key] = _digest(event, str(x.dtype))
         n_d, tables_d, options_d = self.static
         header = torch.tensor([0 if failure else 1, lo, hi, n_d, self._event_digest[key], tables_d, options_d], dtype=torch.int64)
-        _exchange_header(info, header, failure, error, f"round rows [{lo}, {hi})", row_chunks(lo, hi, info.world))
-        chunk = None if b <= a else (torch.from_numpy(np.ascontiguousarray(out)) if is_numpy else out)
-        allr = _gather_chunks(info, chunk, row_chunks(lo, hi, info.world), event, _torch_dtype(x), f"the outputs of rows [{lo}, {hi})")
-        self.collectives += 2
-        self.bytes_gathered += info.world * (header_bytes(header) + _chunk_bytes(lo, hi, info.world, event, _torch_dtype(x)))
+        chunk = None if b <= a or failure else (torch.from_numpy(np.ascontiguousarray(out)) if is_numpy else out)
+        allr, moved = _gather_packed(info, header, chunk, row_chunks(lo, hi, info.world), event, _torch_dtype(x), failure, error,
+                                     f"round rows [{lo}, {hi})")  # fmt: skip
+        self.collectives += 1
+        self.bytes_gathered += moved
         if is_numpy:
             return allr.cpu().numpy()
         return allr.to(x.device)
@@ -264,6 +270,12 @@ def _chunk_bytes(lo: int, hi: int, world: int, event: tuple, dtype: torch.dtype)
 def _exchange_header(info: GroupInfo, header: torch.Tensor, failure: str, error: BaseException | None, what: str, chunks: list) -> None:
     """All-gather ``header = [ok, lo, hi, digests...]`` and raise on every rank if a rank failed or the ranks disagree."""
     headers = info.all_gather(header.to(info.device), what).reshape(info.world, -1).cpu().numpy()
+    _check_headers(info, headers, header, failure, error, what, chunks)
+
+
+def _check_headers(info: GroupInfo, headers: np.ndarray, header: torch.Tensor, failure: str, error: BaseException | None, what: str,
+                   chunks: list) -> None:  # fmt: skip
+    """Raise on every rank if a rank's header ``headers[r]`` says it failed, or if the ranks disagree."""
     lo, hi = int(header[1]), int(header[2])
     if not headers[:, 0].all():
         texts = info.all_gather_text(failure)
@@ -285,6 +297,40 @@ def _exchange_header(info: GroupInfo, header: torch.Tensor, failure: str, error:
             f"the ranks disagree on {', '.join(diff)}: every rank must call the solve with the same system, row 0, "
             "options and dtype (same seed, same arguments)."
         )
+
+
+def _gather_packed(
+    info: GroupInfo, header: torch.Tensor, chunk: torch.Tensor | None, chunks: list, event: tuple, dtype: torch.dtype,
+    failure: str, error: BaseException | None, what: str,
+) -> tuple[torch.Tensor, int]:
+    """One all-gather of every rank's header and chunk, packed as bytes; checked as :func:`_exchange_header`.
+
+    Each rank sends ``header`` (int64) followed by its chunk padded to the largest chunk's rows
+    (``chunk`` ``None``: empty or failed; zeros are sent), the whole rounded up to 8 bytes so that
+    every part can be viewed in its dtype. Every rank must know ``event`` and ``dtype`` before the
+    call (the layout is the same on every rank). Returns the rows of every chunk in rank order,
+    ``(sum of chunk sizes, *event)``, and the bytes this rank received.
+    """
+    sizes = [e - s for s, e in chunks]
+    m = max(sizes)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    head = header.numel() * 8
+    body = m * int(np.prod(event, dtype=np.int64)) * itemsize
+    length = -(-(head + body) // 8) * 8
+    buf = torch.zeros(length, dtype=torch.uint8, device=info.device)
+    buf[:head] = header.to(info.device).view(torch.uint8)
+    if chunk is not None and chunk.numel():
+        data = chunk.to(device=info.device, dtype=dtype).contiguous().reshape(-1).view(torch.uint8)
+        buf[head : head + data.numel()] = data
+    allb = info.all_gather(buf, what).reshape(info.world, length)
+    headers = allb[:, :head].contiguous().view(torch.int64).cpu().numpy()  # (world, fields): one host read
+    _check_headers(info, headers, header, failure, error, what, chunks)
+    rows = allb[:, head : head + body].contiguous().view(dtype).reshape(info.world, m, *event)
+    if all(sz == m for sz in sizes):
+        out = rows.reshape(info.world * m, *event)
+    else:
+        out = torch.cat([rows[r, :sz] for r, sz in enumerate(sizes)])
+    return out, info.world * length
 
 
 def _gather_chunks(info: GroupInfo, chunk: torch.Tensor | None, chunks: list, event: tuple, dtype: torch.dtype, what: str) -> torch.Tensor:
@@ -309,10 +355,14 @@ class ShardedBatch:
     cuts a round's trajectory rows, this cuts the network batch of ``N`` inputs itself, so a
     window of one step with a batch of ``B`` samples gives each rank ``B / P`` of them, and with
     classifier-free guidance (inputs ``[x; x]``, unconditional first) two ranks take the
-    unconditional and the conditional half. One all-gather of the header ``[ok, 0, N, ...,
-    fingerprint]`` and one of the outputs per call, as :class:`ShardedFunction`; every rank
-    returns the same ``(N, ...)`` tensor. Counts: ``calls``, ``inputs_evaluated`` (this rank),
-    ``inputs_requested``, ``collectives``, ``bytes_gathered``.
+    unconditional and the conditional half. Every rank returns the same ``(N, ...)`` tensor.
+
+    Traffic: the first call with a batch of ``N`` inputs all-gathers the header ``[ok, 0, N, ...,
+    layout, fingerprint]`` (the ranks agree on the outputs' shape and dtype: ``layout``) and then
+    the outputs, two collectives; every later call of that ``N`` packs the header in front of the
+    outputs, one collective (a rank whose share is empty then evaluates nothing). Counts:
+    ``calls``, ``inputs_evaluated`` (this rank), ``inputs_requested``, ``collectives``,
+    ``bytes_gathered`` (what the all-gathers returned to this rank, headers and padding included).
 
     Parameters
     ----------
@@ -325,10 +375,12 @@ class ShardedBatch:
     >>> import torch, torch.distributed as dist
     >>> dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     >>> split = ShardedBatch(GroupInfo.resolve(), 0)
-    >>> split(3, lambda s, e: torch.arange(s, e, dtype=torch.float32)[:, None] * torch.ones(3, 2)[s:e]).tolist()
+    >>> f = lambda s, e: torch.arange(s, e, dtype=torch.float32)[:, None] * torch.ones(3, 2)[s:e]
+    >>> split(3, f).tolist()
     [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]
+    >>> _ = split(3, f)
     >>> split.collectives, split.inputs_evaluated
-    (2, 3)
+    (3, 6)
     >>> dist.destroy_process_group()
     """
 
@@ -339,10 +391,15 @@ class ShardedBatch:
     inputs_requested: int = 0
     collectives: int = 0
     bytes_gathered: int = 0
+    _layouts: dict = field(default_factory=dict, repr=False)  # N -> (event, dtype, device) of the outputs, agreed on N's first call
 
     def share(self, n: int) -> tuple[int, int]:
         """This rank's inputs ``[start, stop)`` of a batch of ``n``."""
         return row_chunks(0, n, self.info.world)[self.info.rank]
+
+    def stats(self) -> dict[str, int]:
+        """The traffic so far, as :attr:`trisolve.Solution.stats` entries: ``collectives``, ``bytes_gathered``."""
+        return {"collectives": self.collectives, "bytes_gathered": self.bytes_gathered}
 
     def __call__(self, n: int, evaluate: Any) -> torch.Tensor:
         """``evaluate(start, stop) -> (stop - start, ...)`` on this rank's share of ``n`` inputs, gathered: ``(n, ...)``."""
@@ -351,19 +408,36 @@ class ShardedBatch:
         self.inputs_requested += n
         chunks = row_chunks(0, n, info.world)
         a, b = chunks[info.rank]
+        layout = self._layouts.get(n)
         out, failure, error = None, "", None
-        try:
-            out = evaluate(a, b if b > a else a + 1)[: b - a]  # an empty share still learns the output's shape and dtype
-        except Exception as exc:  # reported to every rank, then raised from here
-            failure, error = f"{type(exc).__name__}: {exc}", exc
+        if b > a or layout is None:
+            try:
+                out = evaluate(a, b if b > a else a + 1)[: b - a]  # an empty share learns the output's layout on the first call
+                if layout is not None and (tuple(out.shape[1:]), out.dtype) != layout[:2]:
+                    raise ValueError(
+                        f"the network returned outputs of shape {tuple(out.shape[1:])} and {out.dtype} per input, where the first "
+                        f"call with {n} inputs returned {layout[0]} and {layout[1]}: every call of a batch size must return one layout."
+                    )
+            except Exception as exc:  # reported to every rank, then raised from here
+                failure, error = f"{type(exc).__name__}: {exc}", exc
         self.inputs_evaluated += b - a
-        header = torch.tensor([0 if failure else 1, 0, n, 0, 0, 0, self.fingerprint], dtype=torch.int64)
-        _exchange_header(info, header, failure, error, f"a network batch of {n} inputs", chunks)
-        event, dtype = tuple(out.shape[1:]), out.dtype
-        allr = _gather_chunks(info, out if b > a else None, chunks, event, dtype, f"the outputs of a network batch of {n}")
-        self.collectives += 2
-        self.bytes_gathered += info.world * (header_bytes(header) + _chunk_bytes(0, n, info.world, event, dtype))
-        return allr.to(out.device)
+        what = f"a network batch of {n} inputs"
+        if layout is None:  # the first call of this batch size: agree on the layout, then gather (two collectives)
+            layout_d = 0 if out is None else _digest(tuple(out.shape[1:]), str(out.dtype))
+            header = torch.tensor([0 if failure else 1, 0, n, 0, layout_d, 0, self.fingerprint], dtype=torch.int64)
+            _exchange_header(info, header, failure, error, what, chunks)
+            layout = self._layouts[n] = (tuple(out.shape[1:]), out.dtype, out.device)
+            allr = _gather_chunks(info, out if b > a else None, chunks, layout[0], layout[1], f"the outputs of {what}")
+            self.collectives += 2
+            self.bytes_gathered += info.world * (header_bytes(header) + _chunk_bytes(0, n, info.world, layout[0], layout[1]))
+        else:  # header and outputs in one collective
+            layout_d = _digest(layout[0], str(layout[1]))
+            header = torch.tensor([0 if failure else 1, 0, n, 0, layout_d, 0, self.fingerprint], dtype=torch.int64)
+            chunk = out if b > a and not failure else None
+            allr, moved = _gather_packed(info, header, chunk, chunks, layout[0], layout[1], failure, error, what)
+            self.collectives += 1
+            self.bytes_gathered += moved
+        return allr.to(layout[2])
 
 
 def _check_chunk(out: Any, a: int, b: int, x: Any) -> None:

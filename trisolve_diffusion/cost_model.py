@@ -7,15 +7,22 @@ One round evaluates the window's rows in one network call, split over the device
 sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of one call on
 ``r`` trajectory rows (a network batch of ``r S G``) on one device::
 
-    round(w)      = t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + o(fill(w) w)
+    round(w)      = k t(fill(w) w / P) + [P > 1] (latency + (P - 1) / P * bytes(fill(w) w) / bandwidth) + o(fill(w) w)
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
+    one rank      = T * (t(1) + o_row) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
 ``o(r) = overhead + overhead_per_row * r`` is the round's work outside the network (the
 solver, the tolerance test, the scheduler mapping, the host read), measured by
-:func:`measure_overhead` on one device. ``bytes(w) = w S * event * itemsize`` is what the all-gather moves (a ring all-gather sends
+:func:`measure_overhead` on one device; a window of one row runs row by row without that
+bookkeeping and costs ``o_row`` per step instead (:func:`measure_row_by_row`). On ``P > 1``
+devices ``k >= 1`` is the contention: a device's network time while every device computes over
+its time alone (on CPU ranks sharing caches and memory bandwidth it was the term the first
+two-rank predictions missed), measured with every rank evaluating its share at once, and
+``latency`` the time of one all-gather (one per network call: the header rides with the data).
+``bytes(w) = w S * event * itemsize`` is what the all-gather moves (a ring all-gather sends
 ``(P - 1) / P`` of it through each link). ``rounds(w)`` is a sliding-window model: the full
 window needs ``R_T`` rounds; a window of ``w < T`` rows must additionally slide over the
 remaining ``T - w`` rows, and its frozen front advances about ``w / beta(w)`` rows per round
@@ -80,6 +87,7 @@ __all__ = [
     "WindowChoice",
     "measure_round_time",
     "measure_overhead",
+    "measure_row_by_row",
     "choose_window",
     "MIN_SPEEDUP",
     "auto_window",
@@ -187,6 +195,10 @@ class WindowChoice:
     #: The :class:`trisolve.distributed.ShardedBatch` of a solve whose ranks split the network batch (``None`` otherwise):
     #: its ``collectives`` and ``bytes_gathered`` count the traffic of the solve run with this choice.
     split: Any = field(default=None, repr=False, compare=False)
+    #: On several ranks: forward substitution on rank 0 alone (the loop itself, no collective per step), its trajectory then
+    #: broadcast to the other ranks; chosen where neither a window nor splitting one row's batch over the ranks is predicted
+    #: faster (:meth:`CostModel.best_window`).
+    one_rank: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,12 +218,20 @@ class CostModel:
     link_bandwidth : float
         Bytes per second of the all-gather (``inf``: free).
     link_latency : float
-        Seconds per round of the collectives (the ok-flag header and the data).
+        Seconds per round of the collective (one all-gather: the header packed with the data).
     overhead : float
         Seconds per round outside the network (solver arithmetic, the host read).
     overhead_per_row : float
         Seconds per round and per evaluated row outside the network (the solver's work on
         the window's data).
+    overhead_one_row : float, optional
+        Seconds per step outside the network when the window is one row, which runs row by row
+        without the rounds' bookkeeping (``sampler.forward_rows``: the mapping's row update
+        only); ``None``: ``o(1)``.
+    contention : float
+        On several devices: a device's network time while every device computes, over its
+        time alone (``>= 1``; CPU ranks sharing caches and memory bandwidth, measured by
+        :func:`auto_window` with every rank evaluating its share at once). 1 on one device.
     rounds_model : RoundsModel
     split_inputs : int
         ``0``: the devices split a round's trajectory rows (a device evaluates at least one
@@ -232,6 +252,8 @@ class CostModel:
     overhead_per_row: float = 0.0
     rounds_model: RoundsModel = RoundsModel()
     split_inputs: int = 0
+    overhead_one_row: float | None = None
+    contention: float = 1.0
 
     def __post_init__(self):
         for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0)):
@@ -243,12 +265,21 @@ class CostModel:
         return self.rounds_model(min(w, self.steps), self.steps)
 
     def round_time(self, w: int) -> float:
-        """Mean time of one round: ``fill(w) w`` rows, split over the devices, plus the all-gather."""
-        rows = self.rounds_model.fill(w, self.steps) * min(w, self.steps)
-        t = self.curve(self.rows_per_device(rows)) + self.overhead + self.overhead_per_row * rows
+        """Mean time of one round: ``fill(w) w`` rows (one row at ``w = 1``), split over the devices, plus the all-gather."""
+        if w == 1 and self.overhead_one_row is not None:  # row by row: one row, the row update only
+            rows, outside = 1.0, self.overhead_one_row
+        else:
+            rows = 1.0 if w == 1 else self.rounds_model.fill(w, self.steps) * min(w, self.steps)
+            outside = self.overhead + self.overhead_per_row * rows
+        t = self.curve(self.rows_per_device(rows)) * (self.contention if self.devices > 1 else 1.0) + outside
         if self.devices > 1:
             t += self.link_latency + (self.devices - 1) / self.devices * rows * self.gather_bytes_per_row / self.link_bandwidth
         return t
+
+    def one_rank_time(self) -> float:
+        """Forward substitution on one device, the others waiting: ``T`` rows of the loop, then one broadcast of the trajectory."""
+        outside = self.overhead_one_row if self.overhead_one_row is not None else self.overhead + self.overhead_per_row
+        return self.steps * (self.curve(1) + outside) + self.link_latency + self.steps * self.gather_bytes_per_row / self.link_bandwidth
 
     def rows_per_device(self, rows: float) -> float:
         """Rows (fractions: shares of one row's network batch) one device evaluates in a round of ``rows`` rows."""
@@ -279,9 +310,16 @@ class CostModel:
         full = table[-1]
         if full[0] == self.steps and full[2] <= (1 + keep_full_within) * best[2]:
             best = full
-        if best[0] > 1 and table[0][2] < min_speedup * best[2]:  # table[0] is w = 1
-            best = table[0]
-        return WindowChoice(best[0], best[2], best[1], table, model=self)
+        # the loop: forward substitution, on several devices either split (w = 1: each takes a share of the row's batch)
+        # or on one device alone (no collective per step), whichever is predicted faster
+        loop, one_rank = table[0], False  # table[0] is w = 1
+        if self.devices > 1 and self.one_rank_time() <= loop[2]:
+            loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
+        if best[0] == 1 or loop[2] < min_speedup * best[2]:
+            best = loop
+        else:
+            one_rank = False
+        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank)
 
 
 # ---------------------------------------------------------------- measuring t(r), cached
@@ -404,7 +442,44 @@ def measure_overhead(
     store = _store_in(model, key, cache)
     if store is not None and ("overhead", key, max_rows) in store:
         return store["overhead", key, max_rows]
+    result = _overhead_line(run_rounds, max_rows, sync or (lambda: None))
+    if store is not None:
+        store["overhead", key, max_rows] = result
+    return result
+
+
+def measure_row_by_row(run_rows: Callable[[], int], *, sync: Callable[[], None] | None = None, key: Any = None, model: Any = None,
+                       cache: dict | None = None) -> float:  # fmt: skip
+    """Seconds per step outside the network when the solve runs row by row (a window of one row, ``sampler.forward_rows``).
+
+    ``run_rows()`` runs the whole solve row by row with a free stand-in for the network and
+    returns its steps; per step: the median of 3 timed runs (after a warm-up) over the steps, the
+    setup included. Cached like :func:`measure_overhead`.
+
+    >>> import time
+    >>> def run_rows():  # 10 steps of 0.5 ms
+    ...     time.sleep(0.005)
+    ...     return 10
+    >>> 0.0004 < measure_row_by_row(run_rows) < 0.002
+    True
+    """
+    store = _store_in(model, key, cache)
+    if store is not None and ("row by row", key) in store:
+        return store["row by row", key]
     sync = sync or (lambda: None)
+    run_rows()  # warm-up
+    samples = []
+    for _ in range(3):
+        t, steps = _timed(run_rows, sync=sync)
+        samples.append(t / max(steps, 1))
+    result = statistics.median(samples)
+    if store is not None:
+        store["row by row", key] = result
+    return result
+
+
+def _overhead_line(run_rounds: Callable[[int, int], int], max_rows: int, sync: Callable[[], None]) -> tuple[float, float]:
+    """:func:`measure_overhead`'s measurement, uncached."""
     sizes = sorted({min(8, max_rows), max_rows})
     per_round = []
     for w in sizes:
@@ -417,13 +492,9 @@ def measure_overhead(
                 samples.append(max(tk - t1, 0.0) / (rk - r1))
         per_round.append(statistics.median(samples) if samples else 0.0)
     if len(sizes) == 1:
-        result = (per_round[0], 0.0)
-    else:
-        slope = max((per_round[1] - per_round[0]) / (sizes[1] - sizes[0]), 0.0)
-        result = (max(per_round[0] - slope * sizes[0], 0.0), slope)
-    if store is not None:
-        store["overhead", key, max_rows] = result
-    return result
+        return (per_round[0], 0.0)
+    slope = max((per_round[1] - per_round[0]) / (sizes[1] - sizes[0]), 0.0)
+    return (max(per_round[0] - slope * sizes[0], 0.0), slope)
 
 
 #: The automatic window leaves forward substitution only for a window predicted at least this many
@@ -453,6 +524,7 @@ def auto_window(
     policy: AutoWindow | None = None,
     split_inputs: int = 0,
     evaluate_share: Callable[[int], Any] | None = None,
+    run_rows: Callable[[], int] | None = None,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -489,7 +561,13 @@ def auto_window(
         (:class:`CostModel`); 0: they split trajectory rows.
     evaluate_share : callable, optional
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
-        (what a rank evaluates at window 1 when the batch is split); with ``split_inputs``.
+        (what a rank evaluates at window 1 when the batch is split; timed once, cached like the curve); with ``split_inputs``.
+        On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
+        started together): the slowest rank's median over rank 0's time alone is the
+        :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
+    run_rows : callable, optional
+        ``run_rows() -> steps``: the solve row by row with a free stand-in network
+        (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
     """
     import torch
 
@@ -503,27 +581,62 @@ def auto_window(
         devices = info.world
     max_rows = max(1, math.ceil(steps / devices))
     cache = None if policy is None else policy.cache
-    curve, overhead = None, (0.0, 0.0)
-    if info is None or info.rank == 0:
-        curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
-        share = math.ceil(split_inputs / devices) if split_inputs else 0
-        if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call
-            evaluate_share(share)  # warm-up
-            sec = statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3))
-            curve = BatchTimeCurve((share / split_inputs, *curve.rows), (max(sec, 1e-9), *curve.seconds))
-        if run_rounds is not None:
-            overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
+    curve, overhead, one_row, contention = None, (0.0, 0.0), math.nan, math.nan  # nan: not measured (yet)
+    share = math.ceil(split_inputs / devices) if split_inputs else 0
+    store = _store_in(model, key, cache)
+    contention_key = ("contention", key, devices, share)
+    try:
+        if info is None or info.rank == 0:
+            curve, overhead, one_row, contention = _measure_on_this_rank(
+                evaluate_rows, max_rows, sync, model, key, cache, evaluate_share, share, split_inputs, run_rounds, run_rows, method,
+                store, contention_key,
+            )  # fmt: skip
+    except BaseException:  # the network failed (or Ctrl-C) while rank 0 measured: the other ranks learn it, then it is raised
+        if info is not None and devices > 1:
+            _from_rank0(info, None, overhead, one_row, contention)
+        raise
     if info is not None and devices > 1:
-        curve, overhead = _from_rank0(info, curve, overhead)
+        curve, overhead, one_row, contention = _from_rank0(info, curve, overhead, one_row, contention)
+        if math.isnan(contention):  # every rank evaluates its share at once (rank 0 decided: one collective path for all)
+            call = (lambda: evaluate_share(share)) if evaluate_share is not None and 0 < share < split_inputs else (lambda: evaluate_rows(1))
+            alone = curve(share / split_inputs) if evaluate_share is not None and 0 < share < split_inputs else curve(1)
+            contention = max(1.0, _time_together(info, call, sync) / alone)
+            if info.rank == 0 and store is not None:
+                store[contention_key] = contention
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
     last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
-        split_inputs=split_inputs if devices > 1 else 0,
+        split_inputs=split_inputs if devices > 1 else 0, overhead_one_row=None if math.isnan(one_row) else one_row,
+        contention=1.0 if math.isnan(contention) else contention,
     )  # fmt: skip
     if policy is not None:
         policy.last_choice = last_choice
     return last_choice
+
+
+def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, evaluate_share, share, split_inputs, run_rounds, run_rows,
+                          method, store, contention_key) -> tuple[BatchTimeCurve, tuple[float, float], float, float]:  # fmt: skip
+    """:func:`auto_window`'s measurements on this rank (rank 0 of several): the curve, the overheads, a cached contention (or nan)."""
+    overhead, one_row, contention = (0.0, 0.0), math.nan, math.nan
+    curve = measure_round_time(evaluate_rows, max_rows, sync=sync, model=model, key=None if key is None else (key, max_rows), cache=cache)
+    if evaluate_share is not None and 0 < share < split_inputs:  # one rank's share of a one-row call, cached like the curve
+        share_key = ("share", key, share, split_inputs)
+        if store is not None and share_key in store:
+            sec = store[share_key]
+        else:
+            evaluate_share(share)  # warm-up
+            sec = max(statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)), 1e-9)
+            if store is not None:
+                store[share_key] = sec
+        curve = BatchTimeCurve((share / split_inputs, *curve.rows), (sec, *curve.seconds))
+    if run_rounds is not None:
+        overhead = measure_overhead(run_rounds, max_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
+    if run_rows is not None:
+        one_row = measure_row_by_row(run_rows, sync=sync, model=model, key=None if key is None else (key, method), cache=cache)
+    if store is not None and contention_key in store:
+        contention = store[contention_key]
+    return curve, overhead, one_row, contention
 
 
 class AutoWindow:
@@ -642,26 +755,58 @@ def _note_used(policy: AutoWindow) -> None:
     _LAST_USED = weakref.ref(policy)
 
 
-def _from_rank0(info: Any, curve: BatchTimeCurve | None, overhead: tuple[float, float]) -> tuple[BatchTimeCurve, tuple[float, float]]:
-    """Rank 0's curve and overhead on every rank: ``[k, rows..., seconds..., overhead, per_row]`` in one broadcast (float64)."""
+def _from_rank0(
+    info: Any, curve: BatchTimeCurve | None, overhead: tuple[float, float], one_row: float, contention: float
+) -> tuple[BatchTimeCurve, tuple[float, float], float, float]:
+    """Rank 0's measurements on every rank, in one broadcast (float64): ``[k, rows..., seconds..., overhead, per_row, one_row,
+    contention]`` (``nan``: not measured; a ``nan`` contention makes every rank measure it together); ``curve`` ``None`` on rank
+    0: its measurement failed (``k = -1``: the other ranks raise :class:`trisolve.DistributedError`, rank 0 its own error)."""
     import torch
 
-    size = 2 + 2 * 64  # curves have far fewer than 64 points (doubling from 1 row, plus a share)
+    size = 4 + 2 * 64  # curves have far fewer than 64 points (doubling from 1 row, plus a share)
     buf = torch.zeros(size, dtype=torch.float64, device=info.device)
-    if info.rank == 0:
+    if info.rank == 0 and curve is None:  # rank 0's measurement failed: it raises its own error after this broadcast
+        buf[0] = -1
+    elif info.rank == 0:
         k = len(curve.rows)
         buf[0] = k
         buf[1 : 1 + k] = torch.tensor(curve.rows, dtype=torch.float64)
         buf[1 + k : 1 + 2 * k] = torch.tensor(curve.seconds, dtype=torch.float64)
-        buf[1 + 2 * k : 3 + 2 * k] = torch.tensor(overhead, dtype=torch.float64)
+        buf[1 + 2 * k : 5 + 2 * k] = torch.tensor([*overhead, one_row, contention], dtype=torch.float64)
     vals = info.broadcast(buf, "the automatic window's measurements (rank 0 measures)").cpu().tolist()
     k = int(vals[0])
+    if k < 0:
+        if info.rank == 0:
+            return None, overhead, one_row, contention
+        from trisolve.distributed import DistributedError
+
+        raise DistributedError(
+            "rank 0 failed while it measured the network for the automatic plan (its error is raised there); pass an int window= "
+            "to skip the measurement, once the cause is fixed."
+        )
     rows = tuple(vals[1 : 1 + k])
-    return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (vals[1 + 2 * k], vals[2 + 2 * k])
+    extra = vals[1 + 2 * k : 5 + 2 * k]
+    return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (extra[0], extra[1]), extra[2], extra[3]
+
+
+def _time_together(info: Any, call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
+    """The slowest rank's median time of ``call()`` when every rank runs it at once (a tiny all-gather starts each)."""
+    import torch
+
+    sync = sync or (lambda: None)
+    start = torch.zeros(1, dtype=torch.float32, device=info.device)
+    call()  # warm-up
+    times = []
+    for _ in range(3):
+        info.all_gather(start, "timing the network on every rank at once")
+        times.append(_timed(call, sync=sync)[0])
+    mine = torch.tensor([statistics.median(times)], dtype=torch.float64, device=info.device)
+    return float(info.all_gather(mine, "timing the network on every rank at once").max())
 
 
 def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float, float]:
-    """Latency (two collectives per round) and bandwidth of the all-gather, timed on every rank, the slowest counted."""
+    """Latency (one collective per network call: the header packed with the outputs) and bandwidth of the all-gather,
+    timed on every rank, the slowest counted."""
     import torch
 
     times = []
@@ -679,10 +824,9 @@ def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float,
         times.append(statistics.median(ts))
     t_all = info.all_gather(torch.tensor(times, dtype=torch.float64, device=info.device), "timing the all-gather")
     t1, tmax = (float(v) for v in t_all.reshape(info.world, 2).max(dim=0).values.cpu())
-    latency = 2 * t1  # two collectives per round: the header and the data
     moved = (info.world - 1) / info.world * (max_rows - 1) * info.world * bytes_per_row
     bandwidth = moved / (tmax - t1) if tmax > t1 and moved > 0 else math.inf
-    return latency, bandwidth
+    return t1, bandwidth
 
 
 def network_of(denoiser: Any, depth: int = 4) -> Any:

@@ -517,6 +517,14 @@ def _solve(
     cx, cm = dev(np.where(deriv, 1.0 / np.where(deriv, s_in, 1.0), 0.0)), dev(np.where(deriv, -1.0 / np.where(deriv, s_in, 1.0), 1.0))
     denoised = torch.zeros((n, *x.shape), dtype=traj, device=device) if callback is not None else None
     chunk = n if max_rows_per_call is None else max_rows_per_call
+    split = _batch_split(options, extra_args, x, forcing)
+    if split is not None:
+        options = options.replace(distributed=False)  # the model's batch is split instead of the rows
+
+    def call(inp: torch.Tensor, sig_in: torch.Tensor) -> torch.Tensor:  # one model call, its batch split over the ranks if so planned
+        if split is None:
+            return model(inp, sig_in, **extra_args)
+        return split(inp.shape[0], lambda s, e: model(inp[s:e], sig_in[s:e], **extra_args))
 
     def g(y_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
         xin = y_rows * inv[lo:hi]
@@ -527,7 +535,7 @@ def _solve(
             c_hi = min(c_lo + chunk, hi)
             w = c_hi - c_lo
             inp = xin[c_lo - lo : c_hi - lo].reshape(w * batch, *x.shape[1:]).to(x.dtype)
-            out = model(inp, sig[c_lo:c_hi].repeat_interleave(batch), **extra_args)
+            out = call(inp, sig[c_lo:c_hi].repeat_interleave(batch))
             parts.append(out.reshape(w, batch, *x.shape[1:]).to(traj))
         D = parts[0] if len(parts) == 1 else torch.cat(parts)
         if denoised is not None:
@@ -546,7 +554,8 @@ def _solve(
     solver, update_map = options.solver_and_map(n)
     y0 = (x.to(traj) * float(scale[0])).contiguous()
     try:
-        sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window_policy(), forcing=forcing)
+        sol = solve_rows(system, y0, options, solver=solver, update_map=update_map, window=options.window_policy(), forcing=forcing,
+                         split=split)  # fmt: skip
     except (ParallelSamplingError, SamplingInterrupted) as err:  # what was computed, in x units: resume with init=
         err.solution = dataclasses.replace(err.solution, trajectory=err.solution.trajectory * dev(1.0 / scale))
         raise
@@ -557,6 +566,25 @@ def _solve(
             callback({"x": xi.to(x.dtype), "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised[j].to(x.dtype)})
     out = trajectory[-1].to(x.dtype)
     return (out, dataclasses.replace(sol, trajectory=trajectory)) if return_solution else out
+
+
+def _batch_split(options: SolveOptions, extra_args: dict, x: torch.Tensor, forcing: torch.Tensor | None) -> Any:
+    """The split of every model call's batch over the ranks (as ``sample_latents`` does with a UNet), or ``None``.
+
+    Only without ``extra_args``: the model is then a function of each input and its sigma
+    alone (what ``check_model`` tests), so any contiguous share of a call's ``w x batch``
+    inputs can go to a rank: window 1 splits the samples. With ``extra_args`` (conditioning
+    that may be per sample, e.g. ComfyUI's, which a share of the batch cannot be matched to)
+    the ranks split whole rows instead (:func:`trisolve.distribute`). ``None`` also in a group of one process.
+    """
+    if options.distributed is False or extra_args:
+        return None
+    from trisolve.distributed import GroupInfo, ShardedBatch, _digest
+
+    from .sampler import _fingerprint
+
+    info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
+    return None if info.world == 1 else ShardedBatch(info, _digest(_fingerprint(options, x, forcing)))
 
 
 def _check_inputs(model: Any, x: Any, sigmas: Any, convention: Any) -> None:
@@ -614,7 +642,9 @@ _SOLVE_DOC = """
         is ``round_callback=`` (``callback`` is k-diffusion's per-step one) and the progress bar
         is ``disable=``: solver, tolerance (default ``atol = rtol = 5e-4`` in the rescaled
         rows, see the module), ``window`` (``None``: all rows; ``"auto"`` is not available
-        here), ``max_iter``, ``strict``, ``distributed``; ``init`` (with ``num_frozen``) is a
+        here), ``max_iter``, ``strict``, ``distributed`` (without ``extra_args`` every model
+        call's batch is split over the ranks, so window 1 splits the samples; with them, each
+        round's rows); ``init`` (with ``num_frozen``) is a
         trajectory in ``x`` units, ``(rows + 1, batch, ...)``, e.g. an earlier solution's or
         error's ``.solution.trajectory``. ``options=SolveOptions(...)`` is their deprecated
         spelling.

@@ -136,7 +136,10 @@ class SolveOptions:
         the cost model predicts fastest (:mod:`trisolve_diffusion.cost_model`), keeping the
         whole window unless another is predicted > 5 % faster, and forward substitution
         (a window of 1 row: the loop, row by row) unless the window is predicted at least
-        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. ``None`` (default): ``"auto"`` on
+        ``cost_model.MIN_SPEEDUP`` (1.25x) faster than it. A window of one row runs as the loop
+        does, one network call and one row update per step without the parallel rounds'
+        bookkeeping (no residual, no history), bitwise the same trajectory (``forward_rows``),
+        unless a ``callback``, ``init``, ``max_iter`` or ``early_stop`` asks for rounds. ``None`` (default): ``"auto"`` on
         every device (on several ranks rank 0 measures and broadcasts, so every rank runs the
         same plan), except with a warm start (``init``), which takes the whole window (its
         rows start near their values: few rounds). The measurement is paid once per network and shape in a process (on this
@@ -200,10 +203,13 @@ class SolveOptions:
         so window 1 splits the samples (data parallelism) and, with guidance, the unconditional
         and conditional halves go to different ranks (:class:`trisolve.distributed.ShardedBatch`); with
         another denoiser each rank takes a share of the round's rows
-        (:func:`trisolve.distribute`). An all-gather gives every rank every output, so all
-        ranks return the same result (the multi-GPU docs page). The window defaults to
-        ``"auto"``: rank 0 measures and broadcasts, every rank reaches the same plan.
-        ``False``: one process.
+        (:func:`trisolve.distribute`). One all-gather per network call (the header packed with
+        the outputs) gives every rank every output, so all ranks return the same result (the
+        multi-GPU docs page); the solution's ``stats`` count the ``collectives`` and
+        ``bytes_gathered``. The window defaults to ``"auto"``: rank 0 measures and broadcasts,
+        every rank reaches the same plan -- a window, the batch split at window 1, or, where
+        neither is predicted faster, the loop on rank 0 alone with its result broadcast. A group
+        of one process runs as ``False``. ``False``: one process.
     compile : bool
         The core's ``compile``: the solver's arithmetic of each round outside the network (the
         update map, residuals, tolerance errors, TAA mixing) runs as compiled functions
@@ -211,7 +217,8 @@ class SolveOptions:
         many rounds: compiling takes tens of seconds once per process and configuration (about
         35 s on a loaded 2-core CPU with a cold cache) and then cuts the host time of a round
         outside the network by about a fifth on that CPU, a small part of a round beside a real
-        network (docs: "The compiled round"). ``False`` (default).
+        network (docs: "The compiled round"). ``False`` (default). A window of one row, run row
+        by row, has no round to compile.
 
     Examples
     --------
@@ -665,16 +672,17 @@ def _sample_latents(
         return g
 
     g = g_of(denoiser)
-    split, solve_options = None, options
-    if options.distributed is not False and can_split(denoiser):  # the ranks split each call's network batch
+    split, solve_options, one_rank = None, options, False
+    if options.distributed is not False:
         from trisolve.distributed import GroupInfo, ShardedBatch, _digest
 
         info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
-        split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
-        solve_options = options.replace(distributed=False)  # the rows are not split again
-    run_g = g if split is None else g_of(denoiser.with_split(split))
+        if info.world == 1:  # a group of one process: nothing to split, no collective
+            solve_options = options.replace(distributed=False)
+        elif can_split(denoiser):  # the ranks split each call's network batch
+            split = ShardedBatch(info, _digest(_fingerprint(options, x0, c)))
+            solve_options = options.replace(distributed=False)  # the rows are not split again
     band = _band(mapping)
-    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
     window = options.window_policy()
     solver, update_map = options.solver_and_map(n, mapping)
     auto = options.window if isinstance(options.window, AutoWindow) else None
@@ -684,15 +692,63 @@ def _sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
+        run_rows = functools.partial(_run_rows, stand_in, x0)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
         try:
-            window = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto, split=split,
-                                  evaluate_share=share)  # fmt: skip
+            window, split, one_rank = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto,
+                                                   split=split, evaluate_share=share, run_rows=run_rows)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
-    sol = solve_rows(system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c, rows=rows)
+    if one_rank:  # the loop on rank 0 alone: no split of its rows either
+        solve_options = solve_options.replace(distributed=False)
+    run_g = g if split is None else g_of(denoiser.with_split(split))
+    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
+    solve = functools.partial(solve_rows, system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c,
+                              rows=rows, split=split)  # fmt: skip
+    sol = _on_rank0(solve, options, x0, n) if one_rank else solve()
     return sol.trajectory[-1].to(latents.dtype), sol
+
+
+def _on_rank0(solve: Callable[[], trisolve.Solution], options: SolveOptions, x0: torch.Tensor, n: int) -> trisolve.Solution:
+    """The plan's loop on rank 0 alone (``WindowChoice.one_rank``): rank 0 runs ``solve()``, every other rank receives its result.
+
+    Two broadcasts: ``[status, rounds, evaluations, num_frozen]`` and the trajectory ``(n + 1, *x0.shape)``. Every rank
+    returns the same :class:`trisolve.Solution` (its ``stats`` count the two collectives and the bytes this rank received),
+    or raises what rank 0 raises (rank 0: its own error; the others: the error of rank 0's status, from the same result).
+    """
+    from trisolve.distributed import GroupInfo
+
+    info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
+    statuses = list(trisolve.Status)
+    sol, raised = None, None
+    if info.rank == 0:
+        try:
+            sol = solve()
+        except (ParallelSamplingError, SamplingInterrupted) as exc:  # told to the other ranks first, then raised here
+            sol, raised = exc.solution, exc
+        except BaseException as exc:  # anything else: the others learn FAILED with nothing solved, rank 0 raises it
+            sol, raised = _unstarted(x0, n, trisolve.Status.FAILED, exc), exc
+    head = torch.zeros(4, dtype=torch.int64, device=info.device)
+    if info.rank == 0:
+        head[:] = torch.tensor([statuses.index(sol.status), sol.num_rounds, sol.num_evals, sol.num_frozen])
+    head = info.broadcast(head, "the result of the loop on rank 0").cpu().tolist()
+    traj = sol.trajectory if info.rank == 0 else torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
+    traj = info.broadcast(traj.to(info.device).contiguous(), "the trajectory of the loop on rank 0").to(x0.device)
+    received = 0 if info.rank == 0 else 4 * 8 + traj.numel() * traj.element_size()
+    if raised is not None:
+        raise raised
+    if info.rank == 0:
+        return dataclasses.replace(sol, stats={**sol.stats, "collectives": 2, "bytes_gathered": received})
+    status, rounds, evals, frozen = statuses[head[0]], *head[1:]
+    sol = trisolve.Solution(
+        trajectory=traj, status=status, num_rounds=rounds, num_evals=evals, num_frozen=frozen,
+        windows=trisolve.RoundWindows([(j, j + 1) for j in range(1, rounds + 1)]), round_max_errors=np.zeros(rounds),
+        error=None if status.ok else RuntimeError(f"rank 0's solve ended {status.name} (its error is raised on rank 0)"),
+        stats={"collectives": 2, "bytes_gathered": received}, tolerance=options.tolerance,
+    )  # fmt: skip
+    _raise_for_status(sol, options.strict)
+    return sol
 
 
 @dataclasses.dataclass(frozen=True)
@@ -722,6 +778,7 @@ def solve_rows(
     window: trisolve.WindowPolicy | None,
     forcing: torch.Tensor | None = None,
     rows: _UnitRows | None = None,
+    split: Any = None,
 ) -> trisolve.Solution:
     """Solve a prepared diffusion system the way :func:`sample_latents` does: the solve of every front door.
 
@@ -733,13 +790,20 @@ def solve_rows(
     :class:`UnconvergedSampleWarning`); ``final_row_atol="auto"`` unresolved counts as ``None``.
     ``rows``: the system is solved on rescaled rows (:class:`_UnitRows`, from :func:`sample_latents`):
     tolerances, warm start and callback are translated, and the solution returned in latent units;
-    ``None``: the system's rows are the latents.
+    ``None``: the system's rows are the latents. On several ranks the traffic joins the solution's
+    ``stats`` (``collectives``, ``bytes_gathered``: what this rank received): of the row split
+    (``options.distributed``), or of ``split``, the :class:`trisolve.distributed.ShardedBatch`
+    the denoiser's network batch goes through.
     """
+    from trisolve.distributed import ShardedFunction
+
     n = system.n
     rows = _UnitRows(None, options) if rows is None else rows
     if options.distributed is not False:  # each round's rows split over the ranks (trisolve.distributed)
         system = trisolve.distribute(system, group=None if options.distributed is True else options.distributed,
                                      fingerprint=_fingerprint(options, x0, forcing))  # fmt: skip
+        if isinstance(system, trisolve.SemilinearSystem) and isinstance(system.g, ShardedFunction):
+            split = system.g
     init = None if options.init is None else rows.to_rows(options.init.to(device=x0.device, dtype=x0.dtype), 0)
     bar = _Progress(options.progress, n)
 
@@ -753,18 +817,97 @@ def solve_rows(
 
     try:
         with torch.no_grad():
-            sol = trisolve.solve(
-                system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
-                max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init, num_frozen=options.num_frozen,
-                final_row_atol=rows.final_row_atol, compile=options.compile,
-            )  # fmt: skip
+            if row_by_row(window, options, n):
+                sol = forward_rows(system, x0, bar)
+            else:
+                sol = trisolve.solve(
+                    system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
+                    max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init,
+                    num_frozen=options.num_frozen, final_row_atol=rows.final_row_atol, compile=options.compile,
+                )  # fmt: skip
         bar.finish(sol)
     finally:
         bar.close()
     rows.from_rows(sol.trajectory)  # in place: the solution holds latents, whatever ended the solve
+    if split is not None:
+        sol = dataclasses.replace(sol, stats={**sol.stats, **split.stats()})
     sol = dataclasses.replace(sol, tolerance=options.tolerance)  # the tolerance asked for, in latent units
     _raise_for_status(sol, options.strict)
     return sol
+
+
+def row_by_row(window: trisolve.WindowPolicy | None, options: SolveOptions, n: int) -> bool:
+    """Whether the solve is forward substitution run as the loop (:func:`forward_rows`) instead of the driver's rounds.
+
+    A window of one row (the plan's forward substitution, or ``window=1``) makes every round
+    exact, so the driver's per-round work (residuals, the tolerance test, the solver's history)
+    decides nothing; it runs row by row unless something reads the rounds: a ``callback``, a
+    warm start (``init``), ``max_iter < n`` or ``early_stop``, which keep the driver.
+    """
+    one_row = isinstance(window, trisolve.SlidingWindow) and window.size == 1
+    return (
+        one_row and options.callback is None and options.init is None and options.early_stop is None
+        and (options.max_iter is None or options.max_iter >= n)
+    )  # fmt: skip
+
+
+def forward_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor, bar: _Progress | None = None) -> trisolve.Solution:
+    """Forward substitution the way the sequential loop runs it: one ``g`` call and one row update per step.
+
+    Each row is :meth:`~trisolve.SemilinearSystem.evaluate` of that one row (the arithmetic of
+    the driver's window-1 round, so the trajectory equals ``trisolve.solve(...,
+    window=SlidingWindow(1))`` bitwise), written straight into the trajectory: no residual, no
+    tolerance test, no solver state. The :class:`trisolve.Solution` says what ran: ``n``
+    rounds of one row (``windows`` ``(i, i + 1)``), the evaluations, status ``CONVERGED``
+    (forward substitution is exact) and ``round_max_errors`` 0 (no residual is computed: each
+    row is final when written). A failure keeps what was computed as the driver does: the
+    network raising (``FAILED``) or Ctrl-C (``INTERRUPTED``) at row ``i`` keeps rows ``< i``
+    (``num_frozen = i``) and copies row ``i - 1`` forward; a non-finite row (checked once, at
+    the end: no host read per step) gives ``NONFINITE`` with the rows before the first one.
+    """
+    n, xp = system.n, _torch_namespace()
+    if not bool(torch.isfinite(x0).all()):
+        raise ValueError("x0 contains nan or inf; every value of row 0 must be finite.")
+    if system.num_ranks > 1:  # every rank must solve the same: checked on every rank before the first row, as trisolve.solve does
+        system.agree(x0=x0, window="row by row")
+    x = torch.empty((n + 1, *x0.shape), dtype=x0.dtype, device=x0.device)
+    x[0] = x0
+    cache = system.new_cache(x, xp=xp)
+    status, error, done, evals = trisolve.Status.CONVERGED, None, n + 1, 0
+    i = 1
+    try:
+        for i in range(1, n + 1):
+            ev = system.evaluate(x, i, i + 1, cache, xp=xp)
+            x[i] = ev.f[0]
+            evals += ev.num_evals
+            if bar is not None:
+                bar.advance(i + 1)
+    except KeyboardInterrupt as exc:
+        status, error, done = trisolve.Status.INTERRUPTED, exc, i
+    except Exception as exc:  # the network (or the mapping) raised: reported on the solution, as a failed round
+        status, error, done = trisolve.Status.FAILED, exc, i
+    finite = torch.isfinite(x[:done].reshape(done, -1)).all(dim=1).cpu().numpy()  # one host read for the whole solve
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        status, done = trisolve.Status.NONFINITE, bad
+        error = FloatingPointError(
+            f"F_{bad} returned nan or inf at row {bad}, which reads only final rows 0..{bad - 1}; rows before it are final (solution.num_frozen)."
+        )
+    if done <= n:
+        x[done:] = x[done - 1]
+    rounds = done if status is trisolve.Status.NONFINITE else done - 1  # as the driver counts: a raising round is not counted
+    return trisolve.Solution(
+        trajectory=x, status=status, num_rounds=rounds, num_evals=evals, num_frozen=done,
+        windows=trisolve.RoundWindows([(j, j + 1) for j in range(1, rounds + 1)]), round_max_errors=np.zeros(rounds),
+        round_errors=[np.zeros(1) for _ in range(rounds)], error=error,
+    )  # fmt: skip
+
+
+@functools.cache
+def _torch_namespace() -> Any:
+    from trisolve._backend import namespace
+
+    return namespace(torch.zeros(()))
 
 
 class _UnitRows:
@@ -861,18 +1004,28 @@ def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w
     return sol.num_rounds
 
 
+def _run_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor) -> int:
+    """Run ``system`` (the stand-in) row by row (:func:`forward_rows`); its steps."""
+    with torch.no_grad():
+        forward_rows(system, x0)
+    return system.n
+
+
 def _auto_window(
     g, x0: torch.Tensor, denoiser: Any, mapping: SchedulerMapping, distributed: Any, run_rounds: Any, method: tuple,
     policy: AutoWindow,
     *,
     split: Any = None,
     evaluate_share: Any = None,
-) -> trisolve.WindowPolicy:
+    run_rows: Any = None,
+) -> tuple[trisolve.WindowPolicy, Any, bool]:
     """The window an :class:`AutoWindow` ``policy`` chooses: the one the cost model predicts fastest (``cost_model.py``).
 
     What is timed and keyed is the policy's network when it names one, else the denoiser itself.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
-    inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts.
+    inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
+    where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``). Returns the window
+    policy, that split and ``one_rank``.
     """
     from .cost_model import _note_used, auto_window
 
@@ -894,11 +1047,12 @@ def _auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
         model=denoiser if policy.network is None else policy.network,
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
-        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows,
     )  # fmt: skip
+    split = None if choice.one_rank else split
     policy.last_choice = choice = dataclasses.replace(choice, split=split)
     _note_used(policy)
-    return trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+    return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split, choice.one_rank
 
 
 def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
@@ -940,15 +1094,19 @@ def _raise_unstarted(exc: BaseException, latents: torch.Tensor, n: int) -> None:
     The solution holds nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``.
     """
     interrupted = isinstance(exc, KeyboardInterrupt)
-    status = trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED
-    sol = trisolve.Solution(
-        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
-        windows=[], round_max_errors=np.zeros(0), error=exc,
-    )  # fmt: skip
+    sol = _unstarted(latents, n, trisolve.Status.INTERRUPTED if interrupted else trisolve.Status.FAILED, exc)
     where = "while the automatic window timed the network, before the first round (pass an int window= to skip the timing)"
     if interrupted:
         raise SamplingInterrupted(f"parallel sampling interrupted {where}", sol) from exc
     raise ParallelSamplingError(f"parallel sampling stopped: FAILED: the network raised {where}: {exc!r}", sol) from exc
+
+
+def _unstarted(latents: torch.Tensor, n: int, status: trisolve.Status, exc: BaseException) -> trisolve.Solution:
+    """A solution with nothing solved: row 0 copied forward, no rounds, ``num_frozen = 1``."""
+    return trisolve.Solution(
+        trajectory=latents.unsqueeze(0).expand(n + 1, *latents.shape).clone(), status=status, num_rounds=0, num_evals=0, num_frozen=1,
+        windows=[], round_max_errors=np.zeros(0), error=exc,
+    )  # fmt: skip
 
 
 def _raise_for_status(sol: trisolve.Solution, strict: bool) -> None:
