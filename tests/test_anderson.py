@@ -267,3 +267,24 @@ def test_fallback_rows_are_counted_exactly_with_bounded_memory(backend):
         state = AndersonState(**_record_valid(state, backend.asarray(valid), backend.xp))
         assert len(state.valid_masks) < _FOLD_EVERY
     assert _count_fallback_rows(state.valid_masks, state.fallback_count) == expect
+
+
+def test_safeguard_host_rms_equals_the_numpy_formula_bitwise():
+    """The safeguard's growth test reads the same residual size as sqrt(mean(square(nan_to_num(e, nan=inf))))."""
+    from trisolve.solvers.anderson import _host_rms
+
+    rng = np.random.default_rng(0)
+    for t in range(500):
+        n = int(rng.integers(1, 80))
+        e = rng.random(n) * 10.0 ** int(rng.integers(-30, 30))
+        if t % 7 == 0:
+            e[rng.integers(0, n)] = np.nan
+        if t % 11 == 0:
+            e[rng.integers(0, n)] = np.inf
+        if t % 13 == 0:
+            e *= 1e160  # squares overflow
+        with np.errstate(over="ignore", invalid="ignore"):
+            ref = float(np.sqrt(np.mean(np.square(np.nan_to_num(e, nan=np.inf)))))
+        assert _host_rms(e) == ref
+    assert _host_rms(np.array([np.nan, 1.0])) == np.inf
+    assert _host_rms(np.array([1e200, 1.0])) == np.inf
