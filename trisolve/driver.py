@@ -589,9 +589,7 @@ class _Run:
                     x[lo : lo + istar, ...] = g[:istar, ...]
                 self.lo = lo + istar
                 i = self.lo
-                return Status.NONFINITE, FloatingPointError(
-                    f"F_{i} returned nan or inf at row {i}, which reads only final rows 0..{i - 1}; rows before it are final (solution.num_frozen)."
-                )
+                return Status.NONFINITE, nonfinite_row_error(i)
             i = start - 1  # the last row that freezes now (i*, or the window's last row)
             if not g_ok[i] or (damped and istar < w):
                 # it reads only final rows and F is finite there, but F + J delta overflowed
@@ -684,6 +682,13 @@ def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_
         change = Tolerance.sample_rms(xw[-1:, ...] - prev_last, batch_ndim=batch_ndim, xp=xp, careful=careful)
         parts.append(scale_rms(change, thr_last, **scale))
     return xp.concat(parts, axis=0)
+
+
+def nonfinite_row_error(i: int) -> FloatingPointError:
+    """The error of a ``NONFINITE`` solve: ``F_i`` was not finite at row ``i``, which reads only final rows."""
+    return FloatingPointError(
+        f"F_{i} returned nan or inf at row {i}, which reads only final rows 0..{i - 1}; rows before it are final (solution.num_frozen)."
+    )
 
 
 def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, earlier: np.ndarray | None = None) -> np.ndarray:

@@ -30,6 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 import trisolve
 from trisolve._validate import check_float, check_int
+from trisolve.driver import nonfinite_row_error
 
 from .cost_model import AutoWindow
 from .network import can_split, guidance_copies
@@ -890,9 +891,7 @@ def forward_rows(system: trisolve.SemilinearSystem, x0: torch.Tensor, bar: _Prog
     if not finite.all():
         bad = int(np.argmin(finite))
         status, done = trisolve.Status.NONFINITE, bad
-        error = FloatingPointError(
-            f"F_{bad} returned nan or inf at row {bad}, which reads only final rows 0..{bad - 1}; rows before it are final (solution.num_frozen)."
-        )
+        error = nonfinite_row_error(bad)
     if done <= n:
         x[done:] = x[done - 1]
     rounds = done if status is trisolve.Status.NONFINITE else done - 1  # as the driver counts: a raising round is not counted
