@@ -558,10 +558,10 @@ def test_at_most_one_host_read_and_no_host_built_tensor_per_round(solver, update
 @pytest.mark.parametrize("backend", BACKENDS, ids=str)
 @pytest.mark.parametrize("solver", [trisolve.Jacobi(), trisolve.TriangularAnderson()], ids=["jacobi", "taa"])
 def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solver):
-    """Stop at the first round whose starting iterate has a final-row correction RMS(F_n(x) - x_n) and
-    pending error after the round's update, rate RMS(F_n(x) - x_n) / (1 - rate), both <= final_row_atol
-    for every sample (unscaled by sigma; rate: the contraction of that correction over the last two
-    rounds, or the last one after a single round, per sample), and every window row's correction (the
+    """Stop at the first round whose starting iterate has a final-row pending error after the round's
+    update, rate RMS(F_n(x) - x_n) / (1 - rate), <= final_row_atol for every sample (unscaled by sigma;
+    rate: the contraction of that correction over the last two rounds, or the last one after a single
+    round, per sample, at least 1/3), and every window row's correction (the
     largest over samples), or its pending error after the update by the same estimate where that is
     smaller, <= final_row_atol, checked independently from the iterates a callback saw."""
     n, tol = 60, 1e-3
@@ -584,20 +584,19 @@ def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solv
         f = backend.to_numpy(system.fn(backend.asarray(traj), n, n + 1))[0]
         return np.sqrt(np.mean((f - traj[n]) ** 2, axis=-1))
 
-    def after_update(c, prev, earlier):  # c rate / (1 - rate); rate over two rounds where measured, else one
+    def after_update(c, prev, earlier):  # c rate / (1 - rate); rate over two rounds where measured, else one; >= 1/3
         with np.errstate(divide="ignore", invalid="ignore"):
-            rate = c / prev if earlier is None else np.sqrt(c / earlier)
+            rate = np.maximum(c / prev if earlier is None else np.sqrt(c / earlier), 1 / 3)
             return np.where(c == 0, 0.0, np.where(rate < 1, c * rate / (1 - rate), np.inf))
 
     def measured(t, k):  # the iterate k rounds before round t's start, if the final row was checked then
         return t >= k and all(sol.windows[t - j][1] == n + 1 for j in range(1, k + 1))
 
-    def pending(t):  # the final row's correction at round t's start, or its error after the update if larger; per sample
+    def pending(t):  # the final row's error after round t's update, from its correction at the start; per sample
         if not measured(t, 1):
             return np.inf
         earlier = final_rms(starts[t - 2]) if measured(t, 2) else None
-        c = final_rms(starts[t])
-        return np.maximum(c, after_update(c, final_rms(starts[t - 1]), earlier)).max()
+        return after_update(final_rms(starts[t]), final_rms(starts[t - 1]), earlier).max()
 
     def window_rms(traj, lo, hi):  # each window row's correction, the largest over samples
         f = backend.to_numpy(system.fn(backend.asarray(traj), lo, hi))
@@ -627,18 +626,25 @@ def test_final_row_atol_stops_once_the_final_row_residual_is_small(backend, solv
 def test_pending_error_reads_the_contraction_over_two_rounds():
     """The finish's estimate of the error left after a round's update: c rate / (1 - rate), rate the
     contraction over the last two rounds where measured (DDIM-25 seed 9's final row: corrections
-    0.178, 0.0967, 0.0181 -- the last ratio alone, 0.19, would accept 4.2e-3; over two rounds 8.5e-3)."""
-    from trisolve.driver import _pending_error
+    0.178, 0.0967, 0.0181 -- the last ratio alone, 0.19, would accept 4.2e-3; over two rounds 0.32),
+    never below PENDING_RATE_FLOOR = 1/3 (an estimate of at least c / 2: DDIM-25 seed 25's final row,
+    corrections 0.37, 0.10, 0.022, read a rate of 0.24 and then contracted by 0.5)."""
+    from trisolve.driver import PENDING_RATE_FLOOR, _pending_error
 
-    c, prev, earlier = np.array([0.0181, 0.5, 0.0]), np.array([0.0967, 0.4, 1.0]), np.array([0.178, 1.0, 2.0])
+    assert PENDING_RATE_FLOOR == pytest.approx(1 / 3)
+    c, prev, earlier = np.array([0.0181, 0.5, 0.0, 0.022]), np.array([0.0967, 0.4, 1.0, 0.10]), np.array([0.178, 1.0, 2.0, 0.37])
     two = np.sqrt(c[0] / earlier[0])
     est = _pending_error(c, prev, earlier)
-    assert est[0] == pytest.approx(c[0] * two / (1 - two)) and 8e-3 < est[0] < 9e-3
+    assert two < 1 / 3 and est[0] == pytest.approx(c[0] / 2)  # 0.32 over two rounds (0.19 over the last alone): 1/3
+    est2 = _pending_error(np.array([0.05]), np.array([0.1]), np.array([0.4]))  # 0.5 over the last round, 0.35 over two
+    assert est2[0] == pytest.approx(0.05 * np.sqrt(0.125) / (1 - np.sqrt(0.125)))
     assert est[1] == pytest.approx(0.5 * np.sqrt(0.5) / (1 - np.sqrt(0.5)))  # grew in the last round, contracts over two
     assert est[2] == 0.0  # a zero correction: nothing pending
+    assert np.sqrt(c[3] / earlier[3]) < 0.25 and est[3] == pytest.approx(c[3] / 2)  # a faster rate is read as 1/3
     one = _pending_error(c, prev)  # no earlier round: the last ratio
-    assert one[0] == pytest.approx(c[0] * (c[0] / prev[0]) / (1 - c[0] / prev[0])) and one[1] == np.inf  # 0.5 / 0.4 >= 1
-    np.testing.assert_array_equal(_pending_error(c, prev, np.full(3, np.nan)), one)  # an unmeasured earlier: the same
+    assert one[0] == pytest.approx(c[0] / 2) and one[1] == np.inf  # 0.19 < 1/3; 0.5 / 0.4 >= 1
+    assert one[3] == pytest.approx(c[3] / 2)  # 0.22 < 1/3: the floor
+    np.testing.assert_array_equal(_pending_error(c, prev, np.full(4, np.nan)), one)  # an unmeasured earlier: the same
     assert np.all(_pending_error(np.array([1e-3, 0.0])) == [np.inf, 0.0])  # no previous round: not yet
     assert _pending_error(np.array([1e-3]), np.array([1e-3]), np.array([1e-3]))[0] == np.inf  # no contraction
 

@@ -152,10 +152,11 @@ def solve(
         Output-aware finish: stop once row ``n`` is in the window and its pending correction
         -- the first-order residual ``RMS(F_n(x) - x_n)`` and, for an unrolled map (Picard,
         order k > 1, Newton), the map residual ``RMS(G_n(x) - x_n)`` -- at the iterate the round started from,
-        and that correction times ``rate / (1 - rate)`` (the error still pending after the round
-        applied it, when the iteration contracts at that rate: ``rate`` is the contraction of the
-        correction over the last two rounds, or the last one after a single round, per sample,
-        and a rate ``>= 1`` or no previous round means "not yet"), are both ``<= final_row_atol`` for every
+        times ``rate / (1 - rate)`` (the error still pending after the round applied it, when the
+        iteration contracts at that rate: ``rate`` is the contraction of the correction over the
+        last two rounds, or the last one after a single round, per sample, taken as at least 1/3,
+        so the estimate is at least half the correction; a rate ``>= 1`` or no previous round
+        means "not yet") is ``<= final_row_atol`` for every
         sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
         row's correction is too (a row still far from its value would move the final row in
         the next rounds), or that row's pending error after the update by the same estimate
@@ -564,9 +565,8 @@ class _Run:
                 self.prev_rows[1, lo:hi] = self.prev_rows[0, lo:hi]
                 self.prev_rows[0, lo:hi] = rows
                 correction = np.array(host[pos : pos + self.samples])
-                # the final row: its correction and its pending error after the update, the larger (a fast
-                # contraction's small estimate alone stopped DDIM-25 seed 25 of the digits model at 44.5 dB)
-                pending = np.maximum(correction, _pending_error(correction, *self.prev_correction))
+                # the final row: its pending error after the update (never below correction / 2: PENDING_RATE_FLOOR)
+                pending = _pending_error(correction, *self.prev_correction)
                 final_ok = bool(np.all(pending <= self.final_row_atol)) and rows_ok
                 self.prev_correction = [correction, *self.prev_correction[:1]]
                 pos += self.samples
@@ -702,9 +702,11 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, e
     last two rounds, ``sqrt(correction / earlier)``, where ``earlier`` is measured, else over the
     last one, ``correction / previous``: one round's ratio after an erratic stretch can be small
     by chance (DDIM-25 seed 9 on the digits model: ratios 3.2, 1.5, 0.54, 0.19 -- stopping on the
-    0.19 left 3x the estimated error; benchmarks/rounds.py, docs/benchmarks). ``inf`` where it
-    does not contract (``rate >= 1``), where a value is not finite, or without a previous round.
-    A zero correction is 0.
+    0.19 left 3x the estimated error; benchmarks/rounds.py, docs/benchmarks), and never below
+    :data:`PENDING_RATE_FLOOR` (1/3: the estimate is at least ``correction / 2``; a contraction
+    measured faster than that can slow in the next round). ``inf`` where it does not contract
+    (``rate >= 1``), where a value is not finite, or without a previous round. A zero correction
+    is 0.
     """
     if previous is None:
         return np.where(correction == 0.0, 0.0, np.inf)
@@ -713,8 +715,18 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, e
         if earlier is not None:
             two = np.sqrt(correction / earlier)
             rate = np.where(np.isnan(two), rate, two)  # an unmeasured earlier (nan) leaves the last round's rate
+        rate = np.maximum(rate, PENDING_RATE_FLOOR)  # nan stays nan: not measured, inf below
         est = np.where(rate < 1.0, rate * correction / (1.0 - rate), np.inf)
     return np.where(correction == 0.0, 0.0, est)
+
+
+#: The fastest contraction per round that :func:`_pending_error` believes: a rate measured below it is
+#: taken as this, so the error pending after a round is never estimated below ``correction / 2``.
+#: Measured on the bundled digits models (benchmarks/rounds.py and ``benchmarks/finish.py --trace``,
+#: docs/benchmarks): a contraction read as 0.22-0.27 slowed to 0.5 in the next round (DDIM-25 and
+#: Euler-25 seed 25: a floor of 0.23 stopped them at 44.5 / 43.9 dB); 1/3 keeps every run of seeds
+#: 0-9 and 20-39 >= 45 dB, and 1/2 (the finish before) cost a round on most settings.
+PENDING_RATE_FLOOR = 1.0 / 3.0
 
 
 NO_PROGRESS_ROUNDS = 32  # consecutive rounds without progress before NoProgressWarning

@@ -28,8 +28,8 @@ class Status(enum.Enum):
     EARLY_STOPPED = "stopped early because the final row stopped changing (early_stop); rows from num_frozen on are not yet within tolerance"
     STOPPED_BY_CALLBACK = "the callback asked to stop; resume with init=solution.trajectory, num_frozen=solution.num_frozen"
     FINAL_ROW_CONVERGED = (
-        "the final row n is within final_row_atol (its pending correction per sample and the error the observed "
-        "contraction leaves after the last update; every window row's too, or its own after-update estimate); earlier "
+        "the final row n is within final_row_atol (the error the observed contraction leaves after the last update, "
+        "per sample, at least half its pending correction; every window row's correction too, or its own after-update estimate); earlier "
         "rows from num_frozen on may not be within the tolerance"
     )
     NONFINITE = (
