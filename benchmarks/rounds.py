@@ -6,6 +6,7 @@
     python benchmarks/rounds.py --init             # initialisations: cold, ParaSolver's coarse grid, a neighbouring seed's trajectory
     python benchmarks/rounds.py --history 2        # the defaults' sweeps: TAA with 2 pairs for every setting (results/rounds_history2.*)
     python benchmarks/rounds.py --rtol 0 --settings DPM++2M-20 UniPC-20 PNDM-50   # the step test against atol alone
+    python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -31,6 +32,15 @@ sequential network calls counted as ``K`` extra dependent steps and ``K`` evalua
 warm start from the neighbouring seed's converged trajectory (seed + 1, row 0 replaced by this
 seed's noise: free where that sample was made anyway). Reported: rounds, dependent steps
 (rounds + K), evaluations per step, worst PSNR.
+
+``--trace`` (batch-1 settings): each solve runs with the finish's tests computed every round but never
+met (``final_row_atol`` tiny) until every step meets the tolerance; per round it records the PSNR
+of the output the solve would return if it stopped there, and the finish's inputs (each window
+row's correction and the final row's, per round, as the driver passes them to
+``trisolve.driver._pending_error``). The finish is then replayed on those inputs with the driver's
+own estimate for several values of ``trisolve.driver.PENDING_RATE_FLOOR``: the round it would stop
+at and that round's PSNR (the replay at the default floor stops where the default solve, also run, stops). ``first >= 45 dB``: the first round from which every later output is
+>= 45 dB from the sequential one (what a finish that knew the answer could do).
 """
 
 from __future__ import annotations
@@ -231,6 +241,96 @@ def _init_record(setting, seed, name, sol, extra, steps, got, ref) -> dict:
     return r
 
 
+#: rate floors the trace replays the finish with (1/2: the finish before issue 26's last change; 1/3: the default)
+TRACE_FLOORS = (0.5, 1 / 3, 0.4 / 1.4, 0.3 / 1.3)
+
+
+def run_trace(settings: dict, seeds: list[int]) -> list[dict]:
+    """Per batch-1 run: the PSNR after every round and the finish replayed with each of ``TRACE_FLOORS`` (``--trace``)."""
+    import trisolve.driver as driver
+    from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_unet
+
+    unet, flow = load_digits_unet(), None
+    records = []
+    seen: list = []
+    original = driver._pending_error
+
+    def recording(correction, *earlier):  # the driver's own estimate, its inputs kept (rows first, then the final row)
+        seen.append((np.array(correction), [None if e is None else np.array(e) for e in earlier]))
+        return original(correction, *earlier)
+
+    for setting, (kind, steps, batch, target) in settings.items():
+        if batch != 1:
+            continue
+        for seed in seeds:
+            seen.clear()
+            psnrs: list[float] = []
+            opts = dict(progress=False, window=trisolve.FullWindow(), final_row_atol=1e-30)  # tested every round, never met
+            driver._pending_error = recording
+            try:
+                if kind == "flow":
+                    if flow is None:
+                        flow = load_digits_flow_pipeline()
+                        flow.set_progress_bar_config(disable=True)
+                    gen = lambda: torch.Generator().manual_seed(seed)  # noqa: E731
+                    ref = flow(num_inference_steps=steps, generator=gen(), output_type="np").images
+                    cb = lambda info: psnrs.append(psnr(images(info.trajectory[-1])[0], ref[0]))  # noqa: E731
+                    sol = td.sample(flow, num_inference_steps=steps, generator=gen(), output_type="np", callback=cb, **opts).solution
+                else:
+                    ref = images(sequential(unet, make_scheduler(kind, steps), seed, 1))
+                    cb = lambda info: psnrs.append(psnr(images(info.trajectory[-1])[0], ref[0]))  # noqa: E731
+                    _, sol = parallel(unet, make_scheduler(kind, steps), seed, 1, {**opts, "callback": cb, "final_row_atol": 1e-30})
+            finally:
+                driver._pending_error = original
+            first = len(psnrs) - len(seen) // 2  # rounds before the final row entered the window
+            ok45 = next(k + 1 for k in range(len(psnrs)) if min(psnrs[k:]) >= 45) if psnrs[-1] >= 45 else None
+            replay = {f"{f:.3g}": _replay(seen, first, sol.num_rounds, f, driver) for f in TRACE_FLOORS}
+            (default,) = run({setting: settings[setting]}, [seed], dict(progress=False, window=trisolve.FullWindow()))  # the solve itself
+            records.append(dict(setting=setting, seed=seed, target=target, psnr_db=psnrs, first_45db=ok45, default_rounds=default["rounds"],
+                                finish={k: dict(rounds=v, psnr_db=psnrs[v - 1]) for k, v in replay.items()}))  # fmt: skip
+            print(f"{setting:14s} seed {seed:2d} first >= 45 dB {ok45}  " + "  ".join(f"floor {k}: {v['rounds']} ({v['psnr_db']:.1f} dB)"
+                  for k, v in records[-1]["finish"].items()), flush=True)  # fmt: skip
+    return records
+
+
+def _replay(seen: list, first: int, rounds: int, floor: float, driver) -> int:
+    """The round the finish stops at with ``PENDING_RATE_FLOOR = floor`` (the driver's test, on the recorded inputs)."""
+    kept = driver.PENDING_RATE_FLOOR
+    driver.PENDING_RATE_FLOOR = floor
+    try:
+        for k in range(len(seen) // 2):
+            (rows, rows_before), (final, final_before) = seen[2 * k], seen[2 * k + 1]
+            rows_ok = np.all(np.minimum(rows, driver._pending_error(rows, *rows_before)) <= PIXEL_FINAL_ATOL)
+            if rows_ok and np.all(driver._pending_error(final, *final_before) <= PIXEL_FINAL_ATOL):
+                return first + k + 1
+    finally:
+        driver.PENDING_RATE_FLOOR = kept
+    return rounds
+
+
+def trace_table(records: list[dict], seeds: list[int]) -> str:
+    floors = list(records[0]["finish"])
+    lines = [
+        "| setting | issue 26 target | first round >= 45 dB from then on | " + " | ".join(f"finish, rate floor {f}" for f in floors) + " |",
+        "|---|---|---|" + "---|" * len(floors),
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in records):
+        rs = [r for r in records if r["setting"] == setting]
+        first = [r["first_45db"] for r in rs if r["first_45db"] is not None]
+        cells = []
+        for f in floors:
+            runs = [r["finish"][f] for r in rs]
+            low = sum(v["psnr_db"] < 45 for v in runs)
+            cells.append(f"{median_range([v['rounds'] for v in runs])}, worst {min(v['psnr_db'] for v in runs):.1f} dB" + (f", {low} < 45 dB" if low else ""))
+        target = rs[0]["target"]
+        lines.append(f"| {setting} | {'-' if target is None else f'<= {target}'} | {median_range(first) if first else '-'} | " + " | ".join(cells) + " |")
+    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, batch 1, default options, full window; rounds median [min, max]. The finish (pixel-space "
+              f"final_row_atol {PIXEL_FINAL_ATOL:g}) replayed on the inputs recorded each round with the driver's estimate and "
+              "PENDING_RATE_FLOOR set to each value (1/2 is the finish before, which took the larger of the final row's correction "
+              "and its estimate); PSNR of the image returned at that round, from the sequential loop's."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def init_table(records: list[dict]) -> str:
     lines = [
         "| setting | start | rounds | dependent steps (rounds + coarse steps) | evals / step | worst PSNR |",
@@ -280,8 +380,16 @@ def main(argv=None):
     ap.add_argument("--init", action="store_true", help="cold start, coarse initialisation, neighbouring seed (results/rounds_init.*)")
     ap.add_argument("--history", type=int, help="TriangularAnderson with this many difference pairs for every setting (not the default's)")
     ap.add_argument("--rtol", type=float, help="the step tolerance's rtol (not the default's; the pixel-space finish is kept)")
+    ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.trace:
+        seeds = [0] if args.quick else parse_seeds(args.seeds)
+        settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
+        records = run_trace(settings, seeds)
+        name = "rounds_trace_quick" if args.quick else f"rounds_trace_seeds{args.seeds}"
+        write(name, {"seeds": seeds, "floors": [float(f) for f in TRACE_FLOORS], "records": records}, trace_table(records, seeds))
+        return 0
     if args.init:
         seeds = [0] if args.quick else parse_seeds(args.seeds)
         records = run_init(seeds, coarse_steps=(5,) if args.quick else (5, 10))

@@ -44,3 +44,19 @@ def test_rounds_benchmark_compares_initialisations_with_their_sequential_cost(tm
     for r in recs:  # every start reaches the same sample; the coarse steps are counted as dependent steps
         assert r["psnr_db"] >= 40 and r["dependent_steps"] == r["rounds"] + r["sequential_steps"]
         assert r["sequential_steps"] == (5 if r["method"].startswith("coarse") else 0)
+
+
+def test_rounds_trace_replays_the_finish_where_the_default_solve_stops(tmp_path, monkeypatch):
+    """--trace: the finish replayed on the recorded inputs at the default rate floor stops at the round the
+    default solve itself stopped at, and a higher floor never stops earlier."""
+    from trisolve.driver import PENDING_RATE_FLOOR
+
+    run_benchmark("rounds", ["--trace", "--quick"], tmp_path, monkeypatch)
+    payload = json.loads((tmp_path / "rounds_trace_quick.json").read_text())
+    recs, default = payload["records"], f"{PENDING_RATE_FLOOR:.3g}"
+    assert [r["setting"] for r in recs] == ["DDIM-25", "Euler-25", "FlowEuler-20"]
+    for r in recs:
+        assert r["finish"][default]["rounds"] == r["default_rounds"] and r["finish"][default]["psnr_db"] >= 40
+        assert r["finish"]["0.5"]["rounds"] >= r["finish"][default]["rounds"] >= r["finish"]["0.286"]["rounds"] >= r["finish"]["0.231"]["rounds"]
+        assert r["first_45db"] is not None and r["first_45db"] <= r["finish"]["0.5"]["rounds"] <= len(r["psnr_db"])
+    assert "rate floor 0.333" in (tmp_path / "rounds_trace_quick.md").read_text()

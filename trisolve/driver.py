@@ -722,7 +722,7 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, e
 
 #: The fastest contraction per round that :func:`_pending_error` believes: a rate measured below it is
 #: taken as this, so the error pending after a round is never estimated below ``correction / 2``.
-#: Measured on the bundled digits models (benchmarks/rounds.py and ``benchmarks/finish.py --trace``,
+#: Measured on the bundled digits models (``benchmarks/rounds.py --trace``,
 #: docs/benchmarks): a contraction read as 0.22-0.27 slowed to 0.5 in the next round (DDIM-25 and
 #: Euler-25 seed 25: a floor of 0.23 stopped them at 44.5 / 43.9 dB); 1/3 keeps every run of seeds
 #: 0-9 and 20-39 >= 45 dB, and 1/2 (the finish before) cost a round on most settings.
