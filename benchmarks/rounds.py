@@ -285,8 +285,13 @@ def run_trace(settings: dict, seeds: list[int]) -> list[dict]:
             first = len(psnrs) - len(seen) // 2  # rounds before the final row entered the window
             ok45 = next(k + 1 for k in range(len(psnrs)) if min(psnrs[k:]) >= 45) if psnrs[-1] >= 45 else None
             replay = {f"{f:.3g}": _replay(seen, first, sol.num_rounds, f, driver) for f in TRACE_FLOORS}
+            stop = replay[f"{driver.PENDING_RATE_FLOOR:.3g}"]  # the default finish's round: its estimate against the image's error
+            final, final_before = seen[2 * (stop - first - 1) + 1]
+            estimate = float(np.max(driver._pending_error(final, *final_before)))
             (default,) = run({setting: settings[setting]}, [seed], dict(progress=False, window=trisolve.FullWindow()))  # the solve itself
+            error = 2 * 10 ** (-psnrs[stop - 1] / 20)  # the returned image's RMS error, in [-1, 1] units like the estimate
             records.append(dict(setting=setting, seed=seed, target=target, psnr_db=psnrs, first_45db=ok45, default_rounds=default["rounds"],
+                                error_over_estimate=error / estimate if 0 < estimate < np.inf else None,
                                 finish={k: dict(rounds=v, psnr_db=psnrs[v - 1]) for k, v in replay.items()}))  # fmt: skip
             print(f"{setting:14s} seed {seed:2d} first >= 45 dB {ok45}  " + "  ".join(f"floor {k}: {v['rounds']} ({v['psnr_db']:.1f} dB)"
                   for k, v in records[-1]["finish"].items()), flush=True)  # fmt: skip
@@ -311,8 +316,9 @@ def _replay(seen: list, first: int, rounds: int, floor: float, driver) -> int:
 def trace_table(records: list[dict], seeds: list[int]) -> str:
     floors = list(records[0]["finish"])
     lines = [
-        "| setting | issue 26 target | first round >= 45 dB from then on | " + " | ".join(f"finish, rate floor {f}" for f in floors) + " |",
-        "|---|---|---|" + "---|" * len(floors),
+        "| setting | issue 26 target | first round >= 45 dB from then on | " + " | ".join(f"finish, rate floor {f}" for f in floors)
+        + " | image error / estimate at the default's stop: min, median, max |",
+        "|---|---|---|" + "---|" * len(floors) + "---|",
     ]
     for setting in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == setting]
@@ -323,11 +329,15 @@ def trace_table(records: list[dict], seeds: list[int]) -> str:
             low = sum(v["psnr_db"] < 45 for v in runs)
             cells.append(f"{median_range([v['rounds'] for v in runs])}, worst {min(v['psnr_db'] for v in runs):.1f} dB" + (f", {low} < 45 dB" if low else ""))
         target = rs[0]["target"]
-        lines.append(f"| {setting} | {'-' if target is None else f'<= {target}'} | {median_range(first) if first else '-'} | " + " | ".join(cells) + " |")
+        ratios = sorted(r["error_over_estimate"] for r in rs if r["error_over_estimate"] is not None)
+        spread = f"{ratios[0]:.2f}, {statistics.median(ratios):.2f}, {ratios[-1]:.2f}" if ratios else "-"
+        lines.append(f"| {setting} | {'-' if target is None else f'<= {target}'} | {median_range(first) if first else '-'} | " + " | ".join(cells)
+                     + f" | {spread} |")  # fmt: skip
     lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, batch 1, default options, full window; rounds median [min, max]. The finish (pixel-space "
               f"final_row_atol {PIXEL_FINAL_ATOL:g}) replayed on the inputs recorded each round with the driver's estimate and "
               "PENDING_RATE_FLOOR set to each value (1/2 is the finish before, which took the larger of the final row's correction "
-              "and its estimate); PSNR of the image returned at that round, from the sequential loop's."]  # fmt: skip
+              "and its estimate); PSNR of the image returned at that round, from the sequential loop's. Last column: the RMS error of the "
+              "image the default finish returns (from its PSNR, in [-1, 1] units) over the final row's estimate it stopped on."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

@@ -59,4 +59,5 @@ def test_rounds_trace_replays_the_finish_where_the_default_solve_stops(tmp_path,
         assert r["finish"][default]["rounds"] == r["default_rounds"] and r["finish"][default]["psnr_db"] >= 40
         assert r["finish"]["0.5"]["rounds"] >= r["finish"][default]["rounds"] >= r["finish"]["0.286"]["rounds"] >= r["finish"]["0.231"]["rounds"]
         assert r["first_45db"] is not None and r["first_45db"] <= r["finish"]["0.5"]["rounds"] <= len(r["psnr_db"])
+        assert 0 < r["error_over_estimate"] < 10  # the image's error against the estimate the finish stopped on
     assert "rate floor 0.333" in (tmp_path / "rounds_trace_quick.md").read_text()

@@ -163,9 +163,10 @@ class SolveOptions:
         Stop when the final latent's change between rounds, in tolerance units, is below this.
     final_row_atol : float, "auto" or None
         Output-aware finish (:func:`trisolve.solve`'s ``final_row_atol``): stop once the final
-        latent's correction (the RMS of its residual, per sample) and its pending error after the
-        round's update (that times ``rate / (1 - rate)``, ``rate`` the contraction observed over
-        the last two rounds) are ``<= final_row_atol``, and every unfinished step's correction is
+        latent's pending error after the round's update (its correction, the RMS of its residual
+        per sample, times ``rate / (1 - rate)``, ``rate`` the contraction observed over the last
+        two rounds and at least 1/3: the estimate is at least half the correction) is
+        ``<= final_row_atol``, and every unfinished step's correction is
         too (or that step's own pending error after the update, where smaller),
         status ``FINAL_ROW_CONVERGED`` (the deprecated spelling ``final_atol=`` warns and means
         the same). ``"auto"`` (default): :data:`PIXEL_FINAL_ATOL` for
