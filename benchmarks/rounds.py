@@ -6,6 +6,7 @@
     python benchmarks/rounds.py --init             # initialisations: cold, ParaSolver's coarse grid, a neighbouring seed's trajectory
     python benchmarks/rounds.py --history 2        # the defaults' sweeps: TAA with 2 pairs for every setting (results/rounds_history2.*)
     python benchmarks/rounds.py --rtol 0 --settings DPM++2M-20 UniPC-20 PNDM-50   # the step test against atol alone
+    python benchmarks/rounds.py --order 8 --settings DPM++2M-20   # Picard(order=8) instead of the full order
     python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
@@ -390,6 +391,7 @@ def main(argv=None):
     ap.add_argument("--init", action="store_true", help="cold start, coarse initialisation, neighbouring seed (results/rounds_init.*)")
     ap.add_argument("--history", type=int, help="TriangularAnderson with this many difference pairs for every setting (not the default's)")
     ap.add_argument("--rtol", type=float, help="the step tolerance's rtol (not the default's; the pixel-space finish is kept)")
+    ap.add_argument("--order", type=int, help="Picard(order=K) as the update map for every setting (not the default's full order)")
     ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -412,6 +414,9 @@ def main(argv=None):
     if args.history is not None:
         options["solver"] = trisolve.TriangularAnderson(history_size=args.history)
         variant += f"_history{args.history}"
+    if args.order is not None:
+        options["update_map"] = trisolve.Picard(order=args.order)
+        variant += f"_order{args.order}"
     if args.rtol is not None:  # final_row_atol given: "auto" would turn the finish off for a non-default tolerance
         options.update(rtol=args.rtol, final_row_atol=PIXEL_FINAL_ATOL)
         variant += f"_rtol{args.rtol:g}"
@@ -421,6 +426,7 @@ def main(argv=None):
     if args.settings and not args.quick:
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
     described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
+                          + ([f"Picard order {args.order}"] if args.order is not None else [])
                           + ([f"rtol={args.rtol:g}"] if args.rtol is not None else []))  # fmt: skip
     write(name, {"seeds": seeds, "records": records}, table(records, seeds, f"default options but {described}" if variant else "default options"))
     return 0
