@@ -77,6 +77,44 @@ def test_measure_stops_once_saturated_and_caches(monkeypatch):
     assert len(calls) > n
 
 
+def _fake_device(monkeypatch, slow_calls=()):
+    """A device flat up to 4 rows, then linear, on a fake clock; the calls numbered in ``slow_calls`` take twice as long
+    (a burst of other work on a shared machine). Returns the list of calls made."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+
+    def call(r):
+        calls.append(r)
+        clock[0] += 0.01 * max(r, 4) * (2.0 if len(calls) - 1 in slow_calls else 1.0)
+
+    return call, calls
+
+
+def test_measure_quiet_device_costs_a_warm_up_and_the_repeats_per_size(monkeypatch):
+    call, calls = _fake_device(monkeypatch)
+    curve = cm.measure_round_time(call, 256, repeats=3)
+    assert curve.seconds == pytest.approx((0.04, 0.04, 0.04, 0.08, 0.16))
+    assert len(calls) == 4 * len(curve.rows)  # no extra pass where the calls agree
+
+
+@pytest.mark.parametrize("slow", [(1, 2), (1,), (2, 3, 4)])
+def test_measure_a_burst_of_load_does_not_set_a_point(monkeypatch, slow):
+    # the burst lands on the first timed calls of one row (and the warm-up of two rows for (2, 3, 4)): measured one
+    # size after the other, the median of one row was 0.08, twice the device's time (digits batch 4 in issue 28)
+    call, calls = _fake_device(monkeypatch, slow_calls=slow)
+    curve = cm.measure_round_time(call, 256, repeats=3)
+    assert curve.rows == (1, 2, 4, 8, 16)
+    assert curve.seconds == pytest.approx((0.04, 0.04, 0.04, 0.08, 0.16))
+    assert len(calls) <= 4 * 5 + cm.EXTRA_PASSES * 2  # the extra calls are bounded: only the noisy sizes, at most 2 passes
+
+
+def test_noisy_points_flags_scatter_and_a_point_slower_than_more_rows():
+    assert cm._noisy_points([[1.0, 1.1, 1.05], [1.5, 1.6, 1.55]]) == []
+    assert cm._noisy_points([[1.0, 2.0, 1.1], [1.5, 1.6, 1.55]]) == [0]
+    assert cm._noisy_points([[2.0, 2.1, 2.0], [1.5, 1.6, 1.55], [3.0, 3.0, 3.1]]) == [0]
+    assert cm._noisy_points([[1.0, 1.0], [1.0, 1.0]], spread=0.0) == []
+
+
 def _digits():
     from trisolve_diffusion.models import load_digits_pipeline
 

@@ -357,9 +357,14 @@ def measure_round_time(
     """Measure ``t(r)``: the time of ``call(r)`` (one network call on ``r`` rows) for ``r = 1, 2, 4, ...``.
 
     Each size gets one warm-up call and ``repeats`` timed calls (median), each bracketed by
-    ``sync()`` (e.g. ``torch.cuda.synchronize``). Doubling stops at ``max_rows`` or once the
-    device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
-    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
+    ``sync()`` (e.g. ``torch.cuda.synchronize``): two right after the warm-up, whose faster
+    decides where doubling stops (at ``max_rows``, or once the device is saturated: the time
+    grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is then linear and
+    :class:`BatchTimeCurve` extends it), the rest in passes over all sizes (interleaved: a burst
+    of other work on a shared machine lands on one call of several sizes, not on every call of
+    one). A size whose calls differ by more than :data:`NOISE_SPREAD` (20 %) of the fastest, or
+    whose median exceeds a larger size's by that much, gets one more call per pass, for at most
+    :data:`EXTRA_PASSES` (2) passes; its median is then over all its calls. With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
     guidance)``) the curve is cached in ``cache`` (a dict, e.g. an :class:`AutoWindow`'s) and
     measured once; with ``key`` alone, the key names it. Without ``cache`` nothing is cached.
@@ -377,20 +382,28 @@ def measure_round_time(
     if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
-    rows, secs = [], []
+    rows, samples = [], []  # samples[i]: the timed calls at rows[i]
     r, steep = 1, 0
-    while True:
+    first = min(2, repeats)
+    while True:  # the sizes: a warm-up and two timed calls each (the faster decides), doubling until max_rows or saturated
         call(r)  # warm-up (allocator, kernels)
         sync()
-        times = []
-        for _ in range(repeats):
-            times.append(_timed(call, r, sync=sync)[0])
         rows.append(r)
-        secs.append(max(statistics.median(times), 1e-9))
-        steep = steep + 1 if len(secs) > 1 and secs[-1] >= 1.8 * secs[-2] else 0
+        samples.append([_timed(call, r, sync=sync)[0] for _ in range(first)])
+        steep = steep + 1 if len(samples) > 1 and min(samples[-1]) >= 1.8 * min(samples[-2]) else 0
         if r >= max_rows or steep >= 2:
             break
         r = min(2 * r, max_rows)
+    for _ in range(repeats - first):  # the other timed calls interleaved over the sizes: a burst of load hits several sizes once
+        for i, r in enumerate(rows):
+            samples[i].append(_timed(call, r, sync=sync)[0])
+    for _ in range(EXTRA_PASSES):  # where samples disagree or a size is slower than a larger one, one more pass each
+        noisy = _noisy_points(samples)
+        if not noisy:
+            break
+        for i in noisy:
+            samples[i].append(_timed(call, rows[i], sync=sync)[0])
+    secs = [max(statistics.median(s), 1e-9) for s in samples]
     curve = BatchTimeCurve(tuple(rows), tuple(secs))
     if store is not None:
         store[key] = curve
@@ -404,6 +417,33 @@ def _timed(call: Callable[..., Any], *args: Any, sync: Callable[[], None]) -> tu
     out = call(*args)
     sync()
     return time.perf_counter() - start, out
+
+
+#: :func:`measure_round_time`: a size whose timed calls differ by more than this fraction of the fastest is measured again.
+NOISE_SPREAD = 0.2
+#: :func:`measure_round_time`: at most this many extra passes over the noisy sizes (one call each).
+EXTRA_PASSES = 2
+
+
+def _noisy_points(samples: Sequence[Sequence[float]], spread: float = NOISE_SPREAD) -> list[int]:
+    """Indices of the curve points to time again: their samples differ by more than ``spread`` of the fastest, or their median
+    exceeds a larger size's by more than ``spread`` (a device is not faster on more rows: a burst of other work hit it).
+
+    >>> _noisy_points([[1.0, 1.05, 1.1], [2.0, 2.1, 1.9]])
+    []
+    >>> _noisy_points([[1.0, 1.6, 1.1], [2.0, 2.1, 1.9]])  # the first disagrees with itself
+    [0]
+    >>> _noisy_points([[3.0, 3.1, 3.0], [2.0, 2.1, 1.9]])  # the first is slower than twice the rows
+    [0]
+    """
+    medians = [statistics.median(s) for s in samples]
+    out = []
+    for i, s in enumerate(samples):
+        scattered = len(s) > 1 and max(s) > (1 + spread) * min(s)
+        slower = any(medians[i] > (1 + spread) * m for m in medians[i + 1 :])
+        if scattered or slower:
+            out.append(i)
+    return out
 
 
 def _saturated(curve: BatchTimeCurve) -> bool:
