@@ -347,6 +347,42 @@ def test_the_loop_on_one_rank_when_splitting_one_row_does_not_pay():
     assert split.seconds == pytest.approx(50 * (0.0055 + 0.0005 + 0.001 + 0.5 * 4e3 / 1e8))
 
 
+def test_own_samples_plan_saves_the_collective_per_step_and_every_plan_is_listed():
+    """Digits batch 8 on two CPU ranks (issue 28's measured curve, ms): each rank's own 4 samples, the loop, no collective per
+    step, beat splitting each step's batch (same network time plus a 0.62 ms all-gather a step); the table lists every plan."""
+    curve = cm.BatchTimeCurve(rows=(0.5, 1, 2, 4, 8), seconds=(0.01246, 0.01578, 0.02681, 0.05722, 0.10645))
+    kw = dict(devices=2, split_inputs=8, link_latency=6.2e-4, overhead_one_row=8.5e-5, gather_bytes_per_row=8 * 1024 * 4,
+              link_bandwidth=1e9)  # fmt: skip
+    model = cm.CostModel(curve, 50, samples=8, **kw)
+    window, seconds = model.own_samples_time(min_speedup=cm.MIN_SPEEDUP)
+    gather = 6.2e-4 + 0.5 * 51 * 8 * 1024 * 4 / 1e9  # one all-gather of the 51 trajectory rows
+    assert window == 1 and seconds == pytest.approx(50 * (0.01246 + 8.5e-5) + gather)
+    choice = model.best_window(min_speedup=cm.MIN_SPEEDUP)
+    assert choice.own_samples and not choice.one_rank and choice.window == 1 and choice.seconds == seconds
+    plans = {name: (w, sec) for name, w, sec in choice.plans}
+    assert set(plans) == {"window", "loop", "one rank", "own samples"}
+    assert plans["loop"] == (1, pytest.approx(50 * (0.01246 + 8.5e-5 + 6.2e-4 + 0.5 * 8 * 1024 * 4 / 1e9)))
+    assert plans["one rank"][1] == pytest.approx(model.one_rank_time()) and plans["window"][0] > 1
+    # the best window (2 rows, 0.615 s) is predicted faster, but not MIN_SPEEDUP times faster than the loops: one of those
+    assert choice.seconds == min(plans[k][1] for k in ("loop", "one rank", "own samples")) < plans["window"][1] * cm.MIN_SPEEDUP
+    # not priced without the samples, on one device, or with fewer samples than devices: the split loop is the plan
+    assert cm.CostModel(curve, 50, **kw).own_samples_time() is None
+    assert cm.CostModel(curve, 50, samples=1, **kw).own_samples_time() is None
+    assert cm.CostModel(curve, 50, samples=8).own_samples_time() is None
+    assert not cm.CostModel(curve, 50, **kw).best_window(min_speedup=cm.MIN_SPEEDUP).own_samples
+    # contention enters each rank's solve: ranks twice as slow together make the plan lose to the loop on rank 0 alone
+    slow = cm.CostModel(curve, 50, samples=8, contention=2.0, **kw).best_window(min_speedup=cm.MIN_SPEEDUP)
+    assert not slow.own_samples and slow.one_rank
+
+
+def test_own_samples_share_is_the_busiest_rank_and_its_own_window():
+    # 3 samples on 2 ranks: the busier rank evaluates 2 of 3 per row; a flat curve gives each rank a window of its own
+    model = cm.CostModel(FLAT, 50, devices=2, split_inputs=3, samples=3, link_latency=1e-3)
+    window, seconds = model.own_samples_time()
+    alone = cm.CostModel(cm.BatchTimeCurve(tuple(r * 1.5 for r in FLAT.rows), FLAT.seconds), 50).best_window()
+    assert window == alone.window > 1 and seconds == pytest.approx(alone.seconds + 1e-3)
+
+
 def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):
     clock = [0.0]
     monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])

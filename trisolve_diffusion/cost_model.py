@@ -71,6 +71,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -199,6 +200,14 @@ class WindowChoice:
     #: broadcast to the other ranks; chosen where neither a window nor splitting one row's batch over the ranks is predicted
     #: faster (:meth:`CostModel.best_window`).
     one_rank: bool = False
+    #: On several ranks: each rank solves its own share of the samples (contiguous, sizes differing by at most one) with
+    #: ``window`` rows, alone, with no collective per round; one all-gather of the trajectories at the end
+    #: (:meth:`CostModel.own_samples_time`).
+    own_samples: bool = False
+    #: Every plan the model weighed, ``(name, window, predicted seconds)``: ``"window"`` (the best window of more than one row,
+    #: its rows or network batch split over the devices), ``"loop"`` (forward substitution on every device, a split network
+    #: batch), on several devices ``"one rank"`` and, where priced, ``"own samples"``; the chosen one is ``seconds``.
+    plans: tuple[tuple[str, int, float], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -240,6 +249,10 @@ class CostModel:
         ``ceil(r S G / P)`` inputs: window 1 is then pure data parallelism (``S / P`` samples
         each) and, with guidance, the unconditional and conditional halves go to different
         devices.
+    samples : int
+        ``S``, on ``P > 1`` devices with ``split_inputs``: prices the plan where each device solves
+        its own ``ceil(S / P)`` samples with its own window and no collective per round
+        (:meth:`own_samples_time`); 0 (or ``S < P``): not priced.
     """
 
     curve: BatchTimeCurve
@@ -254,9 +267,10 @@ class CostModel:
     split_inputs: int = 0
     overhead_one_row: float | None = None
     contention: float = 1.0
+    samples: int = 0
 
     def __post_init__(self):
-        for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0)):
+        for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0), ("samples", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}.")
@@ -280,6 +294,26 @@ class CostModel:
         """Forward substitution on one device, the others waiting: ``T`` rows of the loop, then one broadcast of the trajectory."""
         outside = self.overhead_one_row if self.overhead_one_row is not None else self.overhead + self.overhead_per_row
         return self.steps * (self.curve(1) + outside) + self.link_latency + self.steps * self.gather_bytes_per_row / self.link_bandwidth
+
+    def own_samples_time(self, *, min_speedup: float = 1.0) -> tuple[int, float] | None:
+        """Each device solves its own ``ceil(S / P)`` samples alone, then one all-gather of the trajectories: ``(window, seconds)``.
+
+        A device's solve is the one-device model on its share of each row's network batch
+        (``t_own(r) = contention * t(r ceil(S / P) / S)``, the same overheads: those of the whole
+        batch, an upper bound), its window chosen as on one device (:meth:`best_window` with
+        ``min_speedup``); no collective per round, one all-gather of the ``T + 1`` trajectory rows
+        at the end. ``None`` where not priced (one device, ``samples`` 0 or fewer than the
+        devices, or no ``split_inputs``).
+        """
+        if self.devices < 2 or not self.split_inputs or self.samples < self.devices:
+            return None
+        share = math.ceil(self.samples / self.devices) / self.samples  # of one row's network batch, on the busiest device
+        curve = BatchTimeCurve(tuple(r / share for r in self.curve.rows), tuple(s * self.contention for s in self.curve.seconds))
+        own = dataclasses.replace(self, curve=curve, devices=1, split_inputs=0, samples=0, contention=1.0)
+        choice = own.best_window(min_speedup=min_speedup)
+        row_bytes = self.gather_bytes_per_row * self.samples / self.split_inputs  # a trajectory row: the latents, no guidance copies
+        gather = self.link_latency + (self.devices - 1) / self.devices * (self.steps + 1) * row_bytes / self.link_bandwidth
+        return choice.window, choice.seconds + gather
 
     def rows_per_device(self, rows: float) -> float:
         """Rows (fractions: shares of one row's network batch) one device evaluates in a round of ``rows`` rows."""
@@ -312,14 +346,24 @@ class CostModel:
             best = full
         # the loop: forward substitution, on several devices either split (w = 1: each takes a share of the row's batch)
         # or on one device alone (no collective per step), whichever is predicted faster
+        plans = [("window", *min(table[1:], key=lambda row: row[2])[::2])] if len(table) > 1 else []
+        plans.append(("loop", 1, table[0][2]))
         loop, one_rank = table[0], False  # table[0] is w = 1
-        if self.devices > 1 and self.one_rank_time() <= loop[2]:
-            loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
+        if self.devices > 1:
+            plans.append(("one rank", 1, self.one_rank_time()))
+            if self.one_rank_time() <= loop[2]:
+                loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
         if best[0] == 1 or loop[2] < min_speedup * best[2]:
             best = loop
         else:
             one_rank = False
-        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank)
+        own = self.own_samples_time(min_speedup=min_speedup)
+        if own is not None:
+            plans.append(("own samples", *own))
+            if own[1] < best[2]:  # the samples split with no collective per round: the same solves, less waiting
+                return WindowChoice(own[0], own[1], self.rounds_model(own[0], self.steps), table, model=self, own_samples=True,
+                                    plans=tuple(plans))  # fmt: skip
+        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank, plans=tuple(plans))
 
 
 # ---------------------------------------------------------------- measuring t(r), cached
@@ -565,6 +609,7 @@ def auto_window(
     split_inputs: int = 0,
     evaluate_share: Callable[[int], Any] | None = None,
     run_rows: Callable[[], int] | None = None,
+    samples: int = 0,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -608,6 +653,8 @@ def auto_window(
     run_rows : callable, optional
         ``run_rows() -> steps``: the solve row by row with a free stand-in network
         (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
+    samples : int
+        ``S`` where the solve can run as each rank's own samples (:meth:`CostModel.own_samples_time`); 0: it cannot.
     """
     import torch
 
@@ -648,7 +695,7 @@ def auto_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
         split_inputs=split_inputs if devices > 1 else 0, overhead_one_row=None if math.isnan(one_row) else one_row,
-        contention=1.0 if math.isnan(contention) else contention,
+        contention=1.0 if math.isnan(contention) else contention, samples=samples if devices > 1 and split_inputs else 0,
     )  # fmt: skip
     if policy is not None:
         policy.last_choice = last_choice
