@@ -17,10 +17,12 @@ guidance 7.5, DDIM-50. Each timed run draws the same seed; the first call (measu
 cached per network) is a warm-up and is not timed.
 
 Targets of issue 28 (for a run on a quiet machine): ``P = 2`` at least 1.3x the loop at batch 1
-and 1.6x at batch 8 on the digits model. Each row also records the plan (window, batch split or
-the loop on rank 0 alone), its predicted time next to the measured one (the cost model's
-error), the contention it measured, the collectives and bytes (``Solution.stats``), and the cap
-a two-way split of one step's batch has by the measured curve alone.
+and 1.6x at batch 8 on the digits model. Each row also records the plan (window, batch split,
+the loop on rank 0 alone, or each rank its own samples), its predicted time next to the measured
+one (the cost model's error), the predicted time of every plan the cost model weighed (the
+margin of the chosen one), the contention it measured, the collectives and bytes
+(``Solution.stats``), and the cap a two-way split of one step's batch has by the measured curve
+alone.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
             model = choice.model
             stats = o.solution.stats
             row = dict(model=name, batch=batch, ranks=world, seconds=statistics.median(times), runs=times, rounds=o.solution.num_rounds,
-                       window=choice.window, one_rank=choice.one_rank, predicted_seconds=choice.seconds,
+                       window=choice.window, one_rank=choice.one_rank, own_samples=choice.own_samples, predicted_seconds=choice.seconds,
+                       plans=[list(p) for p in choice.plans],
                        predicted_loop_seconds=model.sequential_time(), status=o.solution.status.name,
                        collectives=stats.get("collectives", 0), bytes_gathered=stats.get("bytes_gathered", 0),
                        contention=model.contention, link_latency=model.link_latency, overhead_one_row=model.overhead_one_row,
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "| model | batch | loop `pipe(...)` s | 1 rank s (window, rounds) | 1 rank predicted s (error) "
         "| 2 ranks s (plan, rounds) | 2 ranks predicted s (error) | loop / 2 ranks | data-parallel cap (curve) "
-        "| contention | collectives / round | max abs diff 1 rank vs loop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contention | collectives / round | max abs diff 1 rank vs loop | 1 rank: every plan predicted s | 2 ranks: every plan predicted s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in one:
         a, b = one[key], two[key]
@@ -177,12 +180,15 @@ def main(argv: list[str] | None = None) -> None:
             f"| {key[0]} | {key[1]} | {a['loop_seconds']:.3f} | {a['seconds']:.3f} ({a['window']}, {a['rounds']}) "
             f"| {a['predicted_seconds']:.3f} ({_error(a)}) | {b['seconds']:.3f} ({_plan(b)}, {b['rounds']}) "
             f"| {b['predicted_seconds']:.3f} ({_error(b)}) | {a['loop_seconds'] / b['seconds']:.2f}x | {cap} | {b['contention']:.2f} "
-            f"| {b['collectives'] / max(b['rounds'], 1):.2f} | {a['max_abs_diff_to_loop']:.1e} |"
+            f"| {b['collectives'] / max(b['rounds'], 1):.2f} | {a['max_abs_diff_to_loop']:.1e} | {_plans(a)} | {_plans(b)} |"
         )
     lines += [
         "",
         "Plan: the window (1: forward substitution, row by row), `split` where the ranks split each call's network batch, "
-        "`one rank` where rank 0 runs the loop alone and broadcasts the trajectory. Error: predicted / measured - 1. Data-parallel cap: "
+        "`one rank` where rank 0 runs the loop alone and broadcasts the trajectory, `own samples` where each rank solves its "
+        "share of the samples alone (its own window, no collective per step) and the trajectories are gathered once. Every plan: "
+        "the cost model's prediction for each plan it weighed (`window`: its best window of more than one row, `loop`: window 1, "
+        "the network batch split on 2 ranks), the margin to the chosen one (a window is taken only 1.25x ahead of the loops). Error: predicted / measured - 1. Data-parallel cap: "
         "`t(1 row) / t(one rank's share)` from rank 0's measured curve, the most that splitting one step's batch can give "
         "before the collective and the contention (every rank computing at once). Collectives per round: one per network call "
         "(the header packed with the outputs) and one more the first time a batch size is seen.",
@@ -194,7 +200,14 @@ def main(argv: list[str] | None = None) -> None:
 def _plan(row: dict) -> str:
     if row["ranks"] < 2:
         return str(row["window"])
+    if row.get("own_samples"):
+        return f"{row['window']} own samples"
     return f"{row['window']} one rank" if row["one_rank"] else f"{row['window']} split" if row["split_inputs"] else str(row["window"])
+
+
+def _plans(row: dict) -> str:
+    """Every plan the cost model weighed: ``name (window) seconds``, the chosen one in bold."""
+    return ", ".join(f"**{n} ({w}) {s:.3f}**" if s == row["predicted_seconds"] else f"{n} ({w}) {s:.3f}" for n, w, s in row.get("plans", []))
 
 
 def _error(row: dict) -> str:

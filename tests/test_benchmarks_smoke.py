@@ -138,10 +138,14 @@ def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, mon
         assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["max_abs_diff_to_loop"] < 5e-3 and r["loop_seconds"] > 0
     for r in two:  # one collective per network call (one more per batch size), or two when rank 0 runs the loop and broadcasts
         assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["contention"] >= 1.0
-        if r["one_rank"]:
-            assert r["window"] == 1 and r["collectives"] == 2
+        if r["one_rank"] or r["own_samples"]:  # rank 0's result broadcast, or every rank's own samples gathered once
+            assert r["collectives"] == 2 and (r["window"] == 1 or r["own_samples"])
         else:
             assert 1 <= r["collectives"] <= 2 * r["rounds"] and r["bytes_gathered"] > 0
+    for r in one + two:  # every plan weighed is recorded with its prediction; the chosen one among them
+        names = [p[0] for p in r["plans"]]
+        assert "loop" in names and ("one rank" in names) == (r["ranks"] == 2)
+        assert r["predicted_seconds"] in [p[2] for p in r["plans"]]
     assert (tmp_path / "ranks_quick.md").read_text().count("|") > 10
 
 

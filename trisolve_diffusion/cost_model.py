@@ -204,9 +204,10 @@ class WindowChoice:
     #: ``window`` rows, alone, with no collective per round; one all-gather of the trajectories at the end
     #: (:meth:`CostModel.own_samples_time`).
     own_samples: bool = False
-    #: Every plan the model weighed, ``(name, window, predicted seconds)``: ``"window"`` (the best window of more than one row,
-    #: its rows or network batch split over the devices), ``"loop"`` (forward substitution on every device, a split network
-    #: batch), on several devices ``"one rank"`` and, where priced, ``"own samples"``; the chosen one is ``seconds``.
+    #: Every plan the model weighed, ``(name, window, predicted seconds)``: ``"window"`` (the window of more than one row it
+    #: settled on, the full one where within ``keep_full_within`` of the best; its rows or network batch split over the
+    #: devices), ``"loop"`` (forward substitution on every device, a split network batch), on several devices ``"one rank"``
+    #: and, where priced, ``"own samples"``; the chosen one is ``seconds``.
     plans: tuple[tuple[str, int, float], ...] = field(default=(), repr=False, compare=False)
 
 
@@ -346,7 +347,8 @@ class CostModel:
             best = full
         # the loop: forward substitution, on several devices either split (w = 1: each takes a share of the row's batch)
         # or on one device alone (no collective per step), whichever is predicted faster
-        plans = [("window", *min(table[1:], key=lambda row: row[2])[::2])] if len(table) > 1 else []
+        window = best if best[0] > 1 else min(table[1:], key=lambda row: row[2], default=None)  # the full one if kept above
+        plans = [] if window is None else [("window", window[0], window[2])]
         plans.append(("loop", 1, table[0][2]))
         loop, one_rank = table[0], False  # table[0] is w = 1
         if self.devices > 1:
