@@ -2,6 +2,7 @@
 
     python benchmarks/ranks.py            # results/ranks.{json,md}: batch 1, 4, 8; medians of 4
     python benchmarks/ranks.py --quick    # smoke size (the test suite runs this): batch 1, few steps, 1 run
+    python benchmarks/ranks.py --reprice results/ranks.json   # every plan priced again from a run's recorded curves
 
 For each rank count ``P`` in (1, 2) the script starts ``torchrun --standalone --nproc-per-node P``
 on itself (gloo, one thread per rank, ``OMP_NUM_THREADS=1``); every rank times, for each model and
@@ -87,6 +88,7 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
                        predicted_loop_seconds=model.sequential_time(), status=o.solution.status.name,
                        collectives=stats.get("collectives", 0), bytes_gathered=stats.get("bytes_gathered", 0),
                        contention=model.contention, link_latency=model.link_latency, overhead_one_row=model.overhead_one_row,
+                       overhead=model.overhead, overhead_per_row=model.overhead_per_row,
                        curve=[list(model.curve.rows), list(model.curve.seconds)], split_inputs=model.split_inputs,
                        data_parallel_cap=_data_parallel_cap(model, world))  # fmt: skip
             if world == 1:  # the loop on one thread, and the image difference
@@ -147,7 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--reprice", type=Path, help="print every 2-rank plan priced from this run's recorded measurements")
     args = parser.parse_args(argv)
+    if args.reprice is not None:
+        print(reprice(json.loads(args.reprice.read_text())))
+        return
     batches = [int(b) for b in args.batches.split(",")]
     if args.worker is not None:
         _worker(args.worker, batches, args.steps, args.repeats)
@@ -195,6 +201,33 @@ def main(argv: list[str] | None = None) -> None:
     ]
     name = "ranks_quick" if args.quick else "ranks"
     write(name, {"steps": args.steps, "repeats": args.repeats, "runs": {str(k): v for k, v in runs.items()}}, "\n".join(lines) + "\n")
+
+
+def reprice(payload: dict) -> str:
+    """Every plan on 2 ranks priced again from a run's recorded measurements (its curve, contention, all-gather latency, row
+    update), the own-samples plan included, with the loop's measured time: what any plan the cost model knows could give.
+
+    Each plan's best window is listed, and for the own samples also its best window of more than one row (the plan takes
+    one only 1.25x ahead of the loop). Rows recorded before the per-round overhead was (``overhead``) are priced without it:
+    optimistic for windows, an upper bound on what they give; the loops are priced as the plan prices them.
+    """
+    from trisolve_diffusion.cost_model import MIN_SPEEDUP, BatchTimeCurve, CostModel
+
+    one = {(r["model"], r["batch"]): r for r in payload["runs"]["1"]["rows"]}
+    lines = ["| model | batch | loop measured s | plans on 2 ranks, predicted s (speed-up over the measured loop) | best |", "|---|---|---|---|---|"]
+    for r in payload["runs"]["2"]["rows"]:
+        loop = one[(r["model"], r["batch"])]["loop_seconds"]
+        model = CostModel(BatchTimeCurve(tuple(r["curve"][0]), tuple(r["curve"][1])), payload["steps"], devices=2,
+                          split_inputs=r["split_inputs"], samples=r["batch"] if r["split_inputs"] else 0, link_latency=r["link_latency"],
+                          overhead_one_row=r["overhead_one_row"], contention=r["contention"], overhead=r.get("overhead", 0.0),
+                          overhead_per_row=r.get("overhead_per_row", 0.0))  # fmt: skip
+        plans = list(model.best_window(min_speedup=MIN_SPEEDUP).plans)
+        if model.own_samples_time() is not None and model.own_samples_time()[0] > 1:  # its best window, whatever the margin
+            plans.append(("own samples, window", *model.own_samples_time()))
+        best = min(plans, key=lambda p: p[2])
+        cells = ", ".join(f"{n} ({w}) {s:.3f} ({loop / s:.2f}x)" for n, w, s in plans)
+        lines.append(f"| {r['model']} | {r['batch']} | {loop:.3f} | {cells} | {best[0]} ({best[1]}): {loop / best[2]:.2f}x |")
+    return "\n".join(lines)
 
 
 def _plan(row: dict) -> str:

@@ -11,6 +11,8 @@ sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
     one rank      = T * (t(1) + o_row) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
+    own samples   = min_w wall_own(w) + latency + (T + 1) traj_bytes / bandwidth  (each device its ceil(S / P) samples alone:
+                    t_own(r) = k t(r ceil(S / P) / S), no collective per round, one all-gather of the trajectories at the end)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
@@ -48,7 +50,8 @@ forward substitution (``w = 1``) unless the chosen window is predicted at least
 clearly pays, so the default never falls far below the loop (a network already saturated
 at one row, a large batch on a CPU).
 
-First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows,
+First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows
+(the third in a pass over all sizes; up to 2 more at a size whose calls disagree by over 20 %),
 stopping at the whole window or once the time has doubled with the rows twice (a CPU at batch
 1 is saturated from the start: 12 timed calls on 1, 2 and 4 rows, about ``28 t(1)``, half a
 50-step loop); the overhead takes 32 stand-in rounds without the network. Both are cached per
