@@ -108,6 +108,23 @@ def test_measure_a_burst_of_load_does_not_set_a_point(monkeypatch, slow):
     assert len(calls) <= 4 * 5 + cm.EXTRA_PASSES * 2  # the extra calls are bounded: only the noisy sizes, at most 2 passes
 
 
+def test_a_burst_of_load_on_the_share_is_timed_again(monkeypatch):
+    # rank 0's share of one row (4 of 8 inputs, 6 ms), timed after the curve (40 ms a row): its first two timed calls hit a burst
+    clock, share_calls = [0.0], []
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+
+    def rows(r):
+        clock[0] += 0.04 * r
+
+    def share(k):
+        share_calls.append(k)
+        clock[0] += 0.006 * (3.0 if len(share_calls) in (2, 3) else 1.0)
+
+    curve, *_ = cm._measure_on_this_rank(rows, 1, None, None, None, None, share, 4, 8, None, None, None, None, None)
+    assert curve.rows == (0.5, 1) and curve(1) == pytest.approx(0.04) and curve(0.5) == pytest.approx(0.006)
+    assert share_calls == [4] * (1 + 3 + 2)  # the warm-up, three timed calls, two more where they disagreed
+
+
 def test_noisy_points_flags_scatter_and_a_point_slower_than_more_rows():
     assert cm._noisy_points([[1.0, 1.1, 1.05], [1.5, 1.6, 1.55]]) == []
     assert cm._noisy_points([[1.0, 2.0, 1.1], [1.5, 1.6, 1.55]]) == [0]

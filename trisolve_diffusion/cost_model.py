@@ -651,7 +651,8 @@ def auto_window(
         (:class:`CostModel`); 0: they split trajectory rows.
     evaluate_share : callable, optional
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
-        (what a rank evaluates at window 1 when the batch is split; timed once, cached like the curve); with ``split_inputs``.
+        (what a rank evaluates at window 1 when the batch is split; 3 timed calls after a warm-up, up to 2 more where they
+        disagree or exceed the whole row's time as a curve point's do; cached like the curve); with ``split_inputs``.
         On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
         started together): the slowest rank's median over rank 0's time alone is the
         :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
@@ -718,7 +719,12 @@ def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, eval
             sec = store[share_key]
         else:
             evaluate_share(share)  # warm-up
-            sec = max(statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)), 1e-9)
+            timed = [_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)]
+            for _ in range(EXTRA_PASSES):  # noisy, or slower than the whole row: timed again, as a curve point is
+                if 0 not in _noisy_points([timed, [curve(1)]]):
+                    break
+                timed.append(_timed(evaluate_share, share, sync=sync or (lambda: None))[0])
+            sec = max(statistics.median(timed), 1e-9)
             if store is not None:
                 store[share_key] = sec
         curve = BatchTimeCurve((share / split_inputs, *curve.rows), (sec, *curve.seconds))
