@@ -187,8 +187,22 @@ def main(out: Path) -> None:
         o = td.sample(sd, ["a cat", "a dog"], num_inference_steps=5, generator=torch.manual_seed(0), output_type="np", distributed=True)
         np.save(out / f"own_sd_rank{rank}.npy", o.images)
         record("own_sd", status=o.solution.status.name, stats=dict(o.solution.stats), offered=offered[-1])
+        planned = len(offered)
+
+        def rank1_fails(*a, **k):  # rank 1's network raises once the plan is made: rank 0 learns the status at the gather
+            if rank == 1 and len(offered) > planned:
+                raise RuntimeError("rank 1's network failed on purpose")
+            return forward(*a, **k)
+
+        pipe.unet.forward = rank1_fails
+        try:
+            td.sample(pipe, batch_size=4, num_inference_steps=6, generator=torch.manual_seed(4), output_type="np", distributed=True)
+            record("own_failure", raised=None)
+        except td.ParallelSamplingError as exc:
+            record("own_failure", raised=str(exc), status=exc.solution.status.name)
     finally:
         cost_model.choose_window = real_choose
+        pipe.unet.forward = forward
 
     # 3f. rank 0's network fails while it measures the plan (a batch not measured yet): every rank raises, none waits
     def broken_forward(*a, **k):

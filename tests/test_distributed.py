@@ -208,6 +208,8 @@ def test_each_rank_its_own_samples_gives_the_single_process_images(ranks):
     ref = sd(["a cat", "a dog"], num_inference_steps=5, generator=torch.manual_seed(0), output_type="np").images
     assert np.array_equal(i0, i1) and np.abs(ref[0] - ref[1]).max() > 1e-3  # two prompts, two images: each rank its own prompt
     np.testing.assert_allclose(i0, ref, rtol=0, atol=1e-4)
+    f0, f1 = read("own_failure", 0), read("own_failure", 1)  # rank 1's network failed in its solve: both raise, none waits
+    assert "failed on purpose" in f1["raised"] and "FAILED" in f0["raised"] and f0["status"] == f1["status"] == "FAILED"
 
 
 @pytest.mark.parametrize("w", [1, None])

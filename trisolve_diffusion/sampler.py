@@ -1093,8 +1093,8 @@ def _own_samples(denoiser: Any, scheduler: Any, latents: torch.Tensor, options: 
         sol, raised = _unstarted(latents[lo:hi].to(options.trajectory_dtype), n, trisolve.Status.FAILED, exc), exc
     head = torch.tensor([statuses.index(sol.status), sol.num_rounds, sol.num_evals, sol.num_frozen], dtype=torch.int64)
     heads = info.all_gather(head.to(info.device), "each rank's result of its own samples").cpu().reshape(world, 4).tolist()
-    mine = sol.trajectory.transpose(0, 1)  # (hi - lo, n + 1, ...): the all-gather stacks the ranks' samples
-    padded = torch.cat([mine, mine.new_zeros((per - mine.shape[0], *mine.shape[1:]))]).to(info.device)
+    own = sol.trajectory.transpose(0, 1)  # (hi - lo, n + 1, ...): the all-gather stacks the ranks' samples
+    padded = torch.cat([own, own.new_zeros((per - own.shape[0], *own.shape[1:]))]).to(info.device)
     every = info.all_gather(padded, "the trajectories of every rank's own samples").to(latents.device)
     traj = torch.cat([every[r * per : r * per + (r + 1) * batch // world - r * batch // world] for r in range(world)]).transpose(0, 1)
     received = (world - 1) * (4 * 8 + padded.numel() * padded.element_size())
@@ -1103,13 +1103,15 @@ def _own_samples(denoiser: Any, scheduler: Any, latents: torch.Tensor, options: 
     bad = [h for h in heads if not statuses[h[0]].ok]
     status = statuses[(bad or heads)[0][0]]
     stats = {**sol.stats, "collectives": 2, "bytes_gathered": received, "max_rounds": max(h[1] for h in heads)}
-    if status is not sol.status and not status.ok:
+    mine = sol.status
+    if status is not mine and not status.ok:
         error = RuntimeError(f"another rank's solve of its samples ended {status.name} (its error is raised there)")
     else:
         error = sol.error
     sol = dataclasses.replace(sol, trajectory=traj.contiguous(), status=status, num_frozen=min(h[3] for h in heads), stats=stats,
                               error=error)  # fmt: skip
-    _raise_for_status(sol, options.strict)
+    if status is not mine:  # another rank's status (this rank's own was raised or warned by its solve)
+        _raise_for_status(sol, options.strict)
     return sol
 
 
