@@ -197,7 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         "the network batch split on 2 ranks), the margin to the chosen one (a window is taken only 1.25x ahead of the loops). Error: predicted / measured - 1. Data-parallel cap: "
         "`t(1 row) / t(one rank's share)` from rank 0's measured curve, the most that splitting one step's batch can give "
         "before the collective and the contention (every rank computing at once). Collectives per round: one per network call "
-        "(the header packed with the outputs) and one more the first time a batch size is seen.",
+        "(the header packed with the outputs) and one more the first time a batch size is seen; two in all for `one rank` and "
+        "`own samples` (the result broadcast or gathered once).",
     ]
     name = "ranks_quick" if args.quick else "ranks"
     write(name, {"steps": args.steps, "repeats": args.repeats, "runs": {str(k): v for k, v in runs.items()}}, "\n".join(lines) + "\n")
