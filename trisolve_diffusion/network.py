@@ -143,7 +143,7 @@ class UNetDenoiser(_CachedDtype):
         return dataclasses.replace(self, split=split)
 
     def for_samples(self, lo: int, hi: int, batch: int) -> UNetDenoiser:
-        """The denoiser of samples ``lo .. hi - 1`` of a batch of ``batch``: its per-sample conditioning cut to them.
+        """The denoiser of samples ``lo`` to ``hi - 1`` of a batch of ``batch``: its per-sample conditioning cut to them.
 
         Sample ``i`` of the batch reads entry ``i mod E'`` of each group's conditioning (``E'`` entries per group, as
         ``_tile`` lays them out); the result reads the same entries for the ``hi - lo`` samples it is given. What a rank
