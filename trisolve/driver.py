@@ -724,8 +724,9 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, e
 #: taken as this, so the error pending after a round is never estimated below ``correction / 2``.
 #: Measured on the bundled digits models (``benchmarks/rounds.py --trace``,
 #: docs/benchmarks): a contraction read as 0.22-0.27 slowed to 0.5 in the next round (DDIM-25 and
-#: Euler-25 seed 25: a floor of 0.23 stopped them at 44.5 / 43.9 dB); 1/3 keeps every run of seeds
-#: 0-9 and 20-39 >= 45 dB, and 1/2 (the finish before) cost a round on most settings.
+#: Euler-25 seed 25: a floor of 0.23 stopped them at 44.5 / 43.9 dB); 1/3 keeps every batch-1 run of
+#: seeds 0-9 and 20-39 >= 45 dB, and 1/2 (the finish before) took half a round to a round more in the
+#: median on 7 of the 13 batch-1 settings (seeds 0-9).
 PENDING_RATE_FLOOR = 1.0 / 3.0
 
 
