@@ -160,7 +160,7 @@ def solve(
         sample (absolute, in the trajectory's units, not scaled by ``sigma``), and every window
         row's correction is too (a row still far from its value would move the final row in
         the next rounds), or that row's pending error after the update by the same estimate
-        (its largest correction over samples, its rate since the previous round) where that is
+        (its largest correction over samples, its rate read the same way) where that is
         smaller; that round's update is still applied. Status
         ``FINAL_ROW_CONVERGED``, which counts as ``status.ok``: the final row is within this
         tolerance, earlier rows from ``num_frozen`` on may not be. ``None`` (default) runs
