@@ -168,6 +168,6 @@ def test_compiled_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / "launches_compiled_quick.json").read_text())
     assert {r["run"].rsplit("window ", 1)[1] for r in payload["side_by_side"]} == {"full", "8"}
     assert all(r[k] > 0 for r in payload["side_by_side"] for k in ("eager_ms", "compiled_ms", "cpu_eager_ms", "cpu_compiled_ms"))
-    assert {r["function"] for r in payload["functions"]} == {"_round_arrays", "_update"}
+    assert "fused_round" in {r["function"] for r in payload["functions"]}  # the round as one compiled call (TAA on Picard)
     assert all(r["first_compiled_s"] > 0 and r["second_compiled_s"] > 0 for r in payload["compile_cost"])
     assert (tmp_path / "launches_compiled_quick.md").read_text().count("|") > 10

@@ -33,7 +33,7 @@ import numpy as np
 
 from .._backend import device, finite, namespace, solve_unchecked, to_host, work_dtype
 from .._validate import check_float, check_int
-from .base import Solver, StepContext
+from .base import FusedStep, Solver, StepContext
 from .safeguard import Safeguard
 
 __all__ = ["Anderson", "TriangularAnderson", "AndersonState"]
@@ -83,6 +83,20 @@ def _host_rms(e: np.ndarray) -> float:
     return math.inf if math.isnan(s) else math.sqrt(s / e.size)
 
 
+def _overlap(state: AndersonState, lo: int, hi: int) -> int:
+    """Rows of the window ``[lo, hi)`` that the previous round's window also held (:func:`_rows`' count)."""
+    size = state.hi - state.lo
+    begin = min(lo - state.lo, size)
+    return max(min(hi, state.hi) - state.lo, begin) - begin
+
+
+def _flat(x: Any, r: Any, batch_ndim: int, xp: Any) -> tuple[Any, Any]:
+    """The window's iterate and residual ``(w, *event)`` as ``(w, S, d)`` (``S`` samples of ``d`` values)."""
+    w = x.shape[0]
+    S = math.prod(x.shape[1 : 1 + batch_ndim])
+    return xp.reshape(x, (w, S, -1)), xp.reshape(r, (w, S, -1))
+
+
 def _pad_rows(a: Any, w: int, *, axis: int, xp: Any) -> Any:
     """Zero-pad ``a`` along ``axis`` to ``w`` rows (rows without a valid value)."""
     have = a.shape[axis]
@@ -122,56 +136,101 @@ class _AndersonBase(Solver):
         xp, lo, hi = ctx.xp, ctx.lo, ctx.hi
         w = hi - lo
         event = tuple(ctx.x.shape[1:])
-        S = math.prod(event[: ctx.batch_ndim])
-        x = xp.reshape(ctx.x, (w, S, -1))  # (w, S, d)
-        r = xp.reshape(ctx.r, (w, S, -1))
-        m = self.history_size
+        x, r = _flat(ctx.x, ctx.r, ctx.batch_ndim, xp)  # (w, S, d)
 
         if state.x_prev is None:  # first round, or after a rejection
-            new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
-            return ctx.g, new
+            return ctx.g, self._first(ctx, state, x, r)
 
-        x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
-        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
-
-        # -- safeguard: compare residual growth over the rows present in both rounds (host errors;
-        # a non-finite error counts as infinite growth)
-        restart = False
-        if self.safeguard is not None and ov > 0:
-            e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
-            rho_prev, rho = _host_rms(e_prev), _host_rms(ctx.errors[:ov])
-            if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
-                # the rows present in both rounds take the plain step from the previous iterate;
-                # rows without a previous iterate take the plain step from now
-                plain = xp.reshape(x_prev + r_prev, (ov, *event))
-                proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
-                new = AndersonState(
-                    num_restarts=state.num_restarts,
-                    num_rejections=state.num_rejections + 1,
-                    valid_masks=state.valid_masks,
-                    fallback_count=state.fallback_count,
-                    eye=state.eye,
-                )
-                return proposal, new
-            restart = rho > self.safeguard.restart_growth * rho_prev
+        ov = _overlap(state, lo, hi)
+        reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
+        if reject:
+            # the rows present in both rounds take the plain step from the previous iterate;
+            # rows without a previous iterate take the plain step from now
+            x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
+            r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
+            plain = xp.reshape(x_prev + r_prev, (ov, *event))
+            proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
+            new = AndersonState(
+                num_restarts=state.num_restarts,
+                num_rejections=state.num_rejections + 1,
+                valid_masks=state.valid_masks,
+                fallback_count=state.fallback_count,
+                eye=state.eye,
+            )
+            return proposal, new
 
         # -- newest difference pair and the history, mixed (the device part: compiled in a compiled solve)
+        eye = self._eye(state, x)
+        arrays, k = self._history(state, lo, hi, restart, eye)
+        # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
+        update = ctx.jit(_update, ("anderson", self, k, ov == w))
+        with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
+            proposal, valid, dX, dR = update(self, x, r, *arrays, ctx.x, start=ctx.start, xp=xp)
+        return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye)
+
+    def fused_step(self, state: AndersonState, lo: int, hi: int, *, xp: Any) -> FusedStep:
+        """The step as a :class:`~trisolve.solvers.base.FusedStep`, assuming the safeguard neither rejects nor restarts.
+
+        ``finish`` applies the safeguard's host test after the read: a rejection, or a restart
+        that drops kept history, is not what ``fn`` computed, and the driver calls :meth:`step`.
+        """
+        if state.x_prev is None:
+            return FusedStep(_fused_plain, ("plain",), (), lambda ctx, out: (True, self._first(ctx, state, *out)))
+        ov = _overlap(state, lo, hi)
+        eye = self._eye(state, state.x_prev)
+        arrays, k = self._history(state, lo, hi, False, eye)
+        dropped = k > 1  # what a restart would drop
+
+        def finish(ctx: StepContext, out: tuple) -> tuple[bool, AndersonState | None]:
+            reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
+            if reject or (restart and dropped):
+                return False, None
+            x, r, valid, dX, dR = out
+            return True, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye)
+
+        return FusedStep(_fused_update, ("anderson", self, k, ov == hi - lo), (self, *arrays), finish)
+
+    def _first(self, ctx: StepContext, state: AndersonState, x: Any, r: Any) -> AndersonState:
+        """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept."""
+        return replace(state, lo=ctx.lo, hi=ctx.hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
+
+    def _verdict(self, state: AndersonState, lo: int, hi: int, ov: int, errors: np.ndarray) -> tuple[bool, bool]:
+        """The safeguard's ``(reject, restart)``: residual growth over the ``ov`` rows present in both rounds (host errors;
+        a non-finite error counts as infinite growth)."""
+        if self.safeguard is None or ov == 0:
+            return False, False
+        e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
+        rho_prev, rho = _host_rms(e_prev), _host_rms(errors[:ov])
+        if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
+            return True, False
+        return False, rho > self.safeguard.restart_growth * rho_prev
+
+    def _eye(self, state: AndersonState, like: Any) -> Any:
+        """The ``(m, m)`` work-dtype identity: built once per solve, then kept in the state (dX never holds more than m pairs)."""
+        if state.eye is not None:
+            return state.eye
+        xp = namespace(like)
+        return xp.eye(self.history_size, dtype=work_dtype(xp, device(like)), device=device(like))
+
+    def _history(self, state: AndersonState, lo: int, hi: int, restart: bool, eye: Any) -> tuple[tuple, int]:
+        """``(x_prev, r_prev, old_dX, old_dR, eye)`` for the window ``[lo, hi)`` (:func:`_update`'s arguments) and ``k``, the pairs mixed."""
+        m = self.history_size
+        x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
+        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
         old_dX = old_dR = None
         if state.dX is not None and not restart:
             old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
             old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
             old_dX, old_dR = old_dX[: min(m - 1, old_dX.shape[0]), ...], old_dR[: min(m - 1, old_dR.shape[0]), ...]
-        eye = state.eye  # (m, m): dX never holds more than m pairs
-        if eye is None:
-            eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
         k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
-        # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
-        update = ctx.jit(_update, ("anderson", self, k, ov == w))
-        with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
-            proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, start=ctx.start, xp=xp)
-        new = AndersonState(
-            lo=lo,
-            hi=hi,
+        return (x_prev, r_prev, old_dX, old_dR, eye[:k, :k]), k
+
+    def _advanced(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, dX: Any, dR: Any, valid: Any, restart: bool,
+                  eye: Any) -> AndersonState:  # fmt: skip
+        """The state after an accelerated round."""
+        return AndersonState(
+            lo=ctx.lo,
+            hi=ctx.hi,
             x_prev=x,
             r_prev=r,
             err_prev=ctx.errors,
@@ -180,13 +239,15 @@ class _AndersonBase(Solver):
             accelerated=True,
             num_restarts=state.num_restarts + int(restart),
             num_rejections=state.num_rejections,
-            **_record_valid(state, valid[ctx.start :, ...], xp),
+            **_record_valid(state, valid[ctx.start :, ...], ctx.xp),
             eye=eye,
         )
-        return proposal, new
 
-    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any, eye: Any = None) -> tuple[Any, Any]:
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None) -> tuple[Any, Any]:
         """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
+
+        ``start``: the first accelerated row (an int, or a 0-d device integer in the fused compiled
+        round); :class:`Anderson` fits its one coefficient vector on the rows from it.
 
         A row/sample whose residual is not finite adds nothing to the fitted sums (so it does
         not spoil the prefix sums of the rows after it); its own proposal is not finite and
@@ -208,6 +269,10 @@ class _AndersonBase(Solver):
             gram = xp.cumulative_sum(gram, axis=0)
             rhs = xp.cumulative_sum(rhs, axis=0)
         else:  # one coefficient vector for the rows being accelerated
+            if not isinstance(start, int):  # a device index (the fused compiled round): the rows from it, by a mask
+                rows = xp.reshape(xp.arange(gram.shape[0], device=device(x)) >= start, (-1, 1, 1, 1))
+                gram, rhs = xp.where(rows, gram, 0.0), xp.where(rows, rhs, 0.0)
+                start = 0
             gram = xp.broadcast_to(xp.sum(gram[start:, ...], axis=0, keepdims=True), gram.shape)
             rhs = xp.broadcast_to(xp.sum(rhs[start:, ...], axis=0, keepdims=True), rhs.shape)
         trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
@@ -252,6 +317,19 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     # drop the history of rows whose coefficients were rejected (on the device, no read)
     keep = valid[None, :, :, None]  # (1, w, S, 1)
     return xp.reshape(proposal, like.shape), valid, xp.where(keep, dX, 0.0), xp.where(keep, dR, 0.0)
+
+
+def _fused_plain(x: Any, g: Any, r: Any, start: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:
+    """A round without a previous iterate (:meth:`_AndersonBase.fused_step`): the plain step, and the window kept as ``(w, S, d)``."""
+    return g, _flat(x, r, batch_ndim, xp)
+
+
+def _fused_update(x: Any, g: Any, r: Any, start: Any, solver: _AndersonBase, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any,
+                  *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:  # fmt: skip
+    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, and ``(x, r, valid, dX, dR)`` for the state."""
+    xf, rf = _flat(x, r, batch_ndim, xp)
+    proposal, valid, dX, dR = _update(solver, xf, rf, x_prev, r_prev, old_dX, old_dR, eye, x, start=start, xp=xp)
+    return proposal, (xf, rf, valid, dX, dR)
 
 
 @dataclass(frozen=True, kw_only=True)
