@@ -45,14 +45,45 @@ CORE = [  # every solver, every compilable map, full and sliding windows, each a
 ]
 
 
+def _fused_rounds(monkeypatch) -> list:
+    """Records, per round that reached the solver, whether the driver wrote the fused call's rows (``_Run._fused_rows``)."""
+    taken, rows = [], trisolve.driver._Run._fused_rows
+
+    def spy(self, *a, **k):
+        out = rows(self, *a, **k)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(trisolve.driver._Run, "_fused_rows", spy)
+    return taken
+
+
 @pytest.mark.parametrize("name,solver,update_map,window", CORE, ids=[c[0] for c in CORE])
-def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window):
+def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window, monkeypatch):
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=update_map, window=window, atol=1e-6, record="errors")
     eager = trisolve.solve(_system(), solver, x0, **kw)
+    taken = _fused_rounds(monkeypatch)
     compiled = trisolve.solve(_system(), solver, x0, compile=True, **kw)
     assert eager.converged and eager.num_rounds > 1
     _same_solve(eager, compiled)
+    # the rounds ran as one compiled call each, and its rows were written (all but a round the safeguard restarted or rejected)
+    assert sum(taken) >= max(1, len(taken) - eager.stats.get("num_restarts", 0) - eager.stats.get("num_rejections", 0))
+
+
+def test_compiled_round_of_a_black_box_system(monkeypatch):
+    """A system without an assembly hook (``evaluate_parts``' default): F from ``evaluate``, the rest in the fused call."""
+    x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+
+    def f(x, lo, hi):
+        return 0.97 * x[lo - 1 : hi - 1] + 0.05 * torch.sin(x[lo - 1 : hi - 1])
+
+    kw = dict(update_map=trisolve.OneStep(), atol=1e-6, record="errors")
+    eager = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, **kw)
+    taken = _fused_rounds(monkeypatch)
+    compiled = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, compile=True, **kw)
+    _same_solve(eager, compiled)
+    assert taken and all(taken)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])

@@ -1,31 +1,45 @@
-"""The compiled round: the solver's arithmetic outside ``F`` as compiled functions (PyTorch only).
+"""The compiled round: a round's arithmetic outside ``F``'s expensive call as one compiled function (PyTorch only).
 
-``solve(..., compile=True)`` runs a round's device arithmetic outside the system's evaluation
-as two compiled functions instead of ~100 separately dispatched operators:
+``solve(..., compile=True)`` runs a round's device arithmetic outside the system's expensive
+call as one compiled call, :func:`fused_round`, instead of ~100 separately dispatched
+operators, when the update map's scan can be traced (:attr:`~trisolve.UpdateMap.compilable`:
+:class:`~trisolve.OneStep`, :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`) and the
+solver offers a :meth:`~trisolve.Solver.fused_step` (:class:`~trisolve.Jacobi`,
+:class:`~trisolve.Anderson`, :class:`~trisolve.TriangularAnderson`):
 
-1. the update map's scan (:meth:`~trisolve.UpdateMap.combine`, for maps whose
-   :attr:`~trisolve.UpdateMap.compilable` is true: :class:`~trisolve.OneStep`,
-   :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`), the residuals, the tolerance
-   test's per-row errors and the finish tests: everything the round reads on the host, as one
-   vector (``driver._round_arrays``);
-2. the solver's mixing (:class:`~trisolve.Anderson` and :class:`~trisolve.TriangularAnderson`:
-   the difference pairs, the Gram systems, the coefficients and the proposal).
+1. the last arithmetic of the system's evaluation
+   (:meth:`~trisolve.TriangularSystem.evaluate_parts`: a :class:`~trisolve.SemilinearSystem`
+   assembles ``F = a x + sum_q B g + c`` from the kept ``g`` rows);
+2. the update map's scan, the residuals, the tolerance test's per-row errors and the finish
+   tests: everything the round reads on the host, as one vector (``driver._round_arrays``);
+3. the freeze decision on the device (one past the first failed row: the driver's ``start``);
+4. the solver's proposal for every row and its new history, assuming what the host decides
+   after the read (Anderson: no safeguard rejection or restart);
+5. the window's rows as the driver writes them (frozen rows from ``G``, the proposal after
+   them, non-finite proposal rows replaced as ``driver._sanitize`` does).
 
-What stays eager: the system's evaluation, the one device-to-host read per round, the host
-decisions (the frozen prefix, the safeguard's growth test, the window), slicing the window's
-rows (views), the replacement of non-finite proposal rows (three operators: a compiled call
-cost as much here) and the two trajectory writes (the driver stays its only writer). The maths is the
-same operators; inductor may fuse them and reorder sums, so values agree with the eager round
-to the dtype's round-off (tests: ``tests/test_compiled.py``).
+What stays eager: the expensive call (the network) and its wrapper, the one device-to-host read
+per round, the host decisions (the frozen prefix, the safeguard's growth test, the window),
+slicing the window's rows (views) and the trajectory write (the driver stays its only writer).
+The driver writes the fused call's rows when its host decisions match the device's -- the same
+``start`` (they differ only after a second, careful read of an overflowing residual) and the
+solver's :attr:`~trisolve.solvers.base.FusedStep.finish` -- and otherwise calls the solver's
+``step`` (compiled separately) as an uncompiled solve does. The maths is the same operators;
+inductor may fuse them and reorder sums, so values agree with the eager round to the dtype's
+round-off (tests: ``tests/test_compiled.py``). A :class:`~trisolve.Newton` map (its ``apply``
+evaluates Jacobians) runs its ``apply`` eager and the residuals, errors (2.) and the solver's
+mixing as separate compiled functions.
 
 Compiled functions are made with ``torch.compile`` (inductor; on a CPU it needs a C++
 compiler) and cached for the process, one per (function, device type, configuration key); each
 keeps its own compiled graphs, one per input shape until a second shape makes the window length
 symbolic (``dynamic=None``: a sliding window compiles once for its fixed length and once more
-for the shrinking last rounds). :class:`~trisolve.Unrolled` with ``order=None`` recurses on
-the window length (odd-even reduction) and so compiles a graph per length until Dynamo's
-recompile limit, after which that function runs eager (same values). Inductor's on-disk
-cache (``/tmp/torchinductor_<user>``) makes a later process's compiles faster.
+for the shrinking last rounds). Anderson's history length (1 .. ``history_size`` pairs) is
+part of the key, so a TAA solve compiles ``history_size + 1`` fused graphs.
+:class:`~trisolve.Unrolled` with ``order=None`` recurses on the window length (odd-even
+reduction) and so compiles a graph per length until Dynamo's recompile limit, after which that
+function runs eager (same values). Inductor's on-disk cache (``/tmp/torchinductor_<user>``)
+makes a later process's compiles faster.
 
 On CUDA the compiled functions are additionally captured as CUDA graphs
 (``mode="reduce-overhead"``) and replayed for the fixed shapes of a sliding window; their
@@ -33,10 +47,8 @@ outputs live in the graphs' static buffers, so they are copied out before the ne
 (:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
 test suite.
 
-Cost, measured on the loaded 2-core CPU (``benchmarks/launches.py --compiled --cold``, see
-``docs/compiled.rst``): a TAA solve's first compiles about 35 s with a cold inductor cache (the
-first also imports and warms inductor), a new window length as much again; later calls take
-80-110 us per function where the eager functions took 150-360 us.
+Cost and saving on the loaded 2-core CPU: ``benchmarks/launches.py --compiled`` and
+``docs/compiled.rst``.
 """
 
 from __future__ import annotations

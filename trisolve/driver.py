@@ -197,16 +197,16 @@ def solve(
         error (``Solution.round_errors``, ``Solution.residuals``), ``O(rounds x window)``
         floats -- with the full window on a hard system that is ``O(n^2)``.
     compile : bool
-        Run the round's arithmetic outside ``F`` -- the update map's scan, the residuals, the
-        tolerance test's errors, Anderson / TAA mixing -- as compiled functions
+        Run the round's arithmetic outside ``F``'s expensive call -- the end of the system's
+        evaluation, the update map's scan, the residuals, the tolerance test's errors, the
+        freeze decision, Anderson / TAA mixing -- as one compiled call per round
         (``torch.compile``; on CUDA also replayed as CUDA graphs), cached for the process
         (:mod:`trisolve.compiled`). PyTorch tensors only (``TypeError`` otherwise). Values equal
         the eager round's to the dtype's round-off. Compiling costs time once per process and
-        configuration (measured on a loaded 2-core CPU: about 35 s for a TAA solve's first
-        compiles with a cold inductor cache, as much again for a new window length); afterwards
-        the functions it compiles take a third to a half of their eager time, and the host time
-        of a whole digits round outside the network about 0.8 of it (docs: "The compiled
-        round"). ``False`` (default): eager.
+        configuration (tens of seconds on a loaded 2-core CPU for a TAA solve's graphs with a
+        cold inductor cache, more for a new window length); afterwards the host time of a whole
+        digits round outside the network is about 0.7-0.8 of the eager round's there (docs:
+        "The compiled round"). ``False`` (default): eager.
 
     Returns
     -------
