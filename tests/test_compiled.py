@@ -165,6 +165,11 @@ def test_compiled_functions_are_cached_per_configuration(monkeypatch):
         assert cpu(f, "k") is cpu(f, "k") is tc.RoundCompiler("cpu")(f, "k")
         assert len(made) == 1 and made[0][1] == {"dynamic": None, "fullgraph": False}
         assert made[0][0] is not f and made[0][0].__code__ is not f.__code__  # its own code object: its own recompile budget
+
+        def g(a, *, b=2):
+            return a + b
+
+        assert cpu(g, "k")(1) == 3  # the copy keeps keyword-only defaults
         cpu(f, "other")
         assert len(made) == 2
         cuda = tc.RoundCompiler("cuda")(f, "k")

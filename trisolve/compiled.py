@@ -85,7 +85,9 @@ def compile_options(device_type: str) -> dict[str, Any]:
 def _own_code(fn: Callable) -> Callable:
     """A copy of ``fn`` with its own code object: Dynamo keeps compiled graphs (and counts
     recompiles) per code object, so each configuration gets its own budget."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__ = fn.__kwdefaults__  # keyword-only defaults are not a FunctionType argument
+    return own
 
 
 class RoundCompiler:

@@ -51,8 +51,9 @@ class AndersonState:
     x_prev: Any = None  # (w_prev, S, d)
     r_prev: Any = None  # (w_prev, S, d)
     err_prev: np.ndarray | None = None  # (w_prev,)
-    dX: Any = None  # (m, w_prev, S, d)
+    dX: Any = None  # (slots, w_prev, S, d): newest first; the first `pairs` slots are valid, any further ones zero
     dR: Any = None
+    pairs: int = 0
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
@@ -61,6 +62,7 @@ class AndersonState:
     valid_masks: list = field(default_factory=list)
     fallback_count: Any = None
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
+    counts: Any = None  # (m,) work-dtype 1, 2, ..., m: the fused round's pair count, a device scalar (built with eye)
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -166,7 +168,7 @@ class _AndersonBase(Solver):
         update = ctx.jit(_update, ("anderson", self, k, ov == w))
         with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
             proposal, valid, dX, dR = update(self, x, r, *arrays, ctx.x, start=ctx.start, xp=xp)
-        return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye)
+        return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k)
 
     def fused_step(self, state: AndersonState, lo: int, hi: int, *, xp: Any) -> FusedStep:
         """The step as a :class:`~trisolve.solvers.base.FusedStep`, assuming the safeguard neither rejects nor restarts.
@@ -178,7 +180,9 @@ class _AndersonBase(Solver):
             return FusedStep(_fused_plain, ("plain",), (), lambda ctx, out: (True, self._first(ctx, state, *out)))
         ov = _overlap(state, lo, hi)
         eye = self._eye(state, state.x_prev)
-        arrays, k = self._history(state, lo, hi, False, eye)
+        counts = state.counts if state.counts is not None else xp.arange(1, self.history_size + 1, dtype=eye.dtype, device=device(eye))
+        arrays, k = self._history(state, lo, hi, False, eye, padded=True)
+        arrays = (*arrays, counts[k - 1])
         dropped = k > 1  # what a restart would drop
 
         def finish(ctx: StepContext, out: tuple) -> tuple[bool, AndersonState | None]:
@@ -186,9 +190,10 @@ class _AndersonBase(Solver):
             if reject or (restart and dropped):
                 return False, None
             x, r, valid, dX, dR = out
-            return True, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye)
+            return True, replace(self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k), counts=counts)
 
-        return FusedStep(_fused_update, ("anderson", self, k, ov == hi - lo), (self, *arrays), finish)
+        # one graph for every history length (padded to m - 1 kept pairs): each round calls the same, warm graph
+        return FusedStep(_fused_update, ("anderson", self, ov == hi - lo), (self, *arrays), finish)
 
     def _first(self, ctx: StepContext, state: AndersonState, x: Any, r: Any) -> AndersonState:
         """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept."""
@@ -212,21 +217,42 @@ class _AndersonBase(Solver):
         xp = namespace(like)
         return xp.eye(self.history_size, dtype=work_dtype(xp, device(like)), device=device(like))
 
-    def _history(self, state: AndersonState, lo: int, hi: int, restart: bool, eye: Any) -> tuple[tuple, int]:
-        """``(x_prev, r_prev, old_dX, old_dR, eye)`` for the window ``[lo, hi)`` (:func:`_update`'s arguments) and ``k``, the pairs mixed."""
+    def _history(self, state: AndersonState, lo: int, hi: int, restart: bool, eye: Any, *, padded: bool = False) -> tuple[tuple, int]:
+        """``(x_prev, r_prev, old_dX, old_dR, eye)`` for the window ``[lo, hi)`` (:func:`_update`'s arguments) and ``k``, the pairs mixed.
+
+        ``padded`` (the fused round, no restart): the kept pairs as ``m - 1`` slots (:meth:`_padded`) and the whole identity.
+        """
         m = self.history_size
         x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
         r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
         old_dX = old_dR = None
-        if state.dX is not None and not restart:
+        kept = 0 if state.dX is None or restart else min(m - 1, state.pairs)  # older pairs mixed this round
+        if padded:
+            return (x_prev, r_prev, *self._padded(state, lo, hi, x_prev), eye), 1 + kept
+        if kept:
             old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
             old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
-            old_dX, old_dR = old_dX[: min(m - 1, old_dX.shape[0]), ...], old_dR[: min(m - 1, old_dR.shape[0]), ...]
-        k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
+            old_dX, old_dR = old_dX[:kept, ...], old_dR[:kept, ...]
+        k = 1 + kept  # difference pairs this round
         return (x_prev, r_prev, old_dX, old_dR, eye[:k, :k]), k
 
+    def _padded(self, state: AndersonState, lo: int, hi: int, x_prev: Any) -> tuple[Any, Any]:
+        """The kept pairs ``(old_dX, old_dR)`` for the window ``[lo, hi)`` as ``m - 1`` slots, zero after the valid ones
+        (``None`` for ``m = 1``), assuming no restart: the fused round's history, so that one compiled graph serves every
+        history length (:func:`_fused_update`). A history the fused round kept has ``m`` slots already (zero past the
+        valid ones): a view, no copy; ``step``'s ``k`` slots are padded with zeros."""
+        slots = self.history_size - 1
+        if slots == 0:
+            return None, None
+        xp = namespace(x_prev)
+        if state.dX is None:
+            zeros = xp.zeros((slots, *x_prev.shape), dtype=x_prev.dtype, device=device(x_prev))
+            return zeros, zeros
+        old = (_rows(a, state.lo, state.hi, lo, hi, axis=1)[0][:slots, ...] for a in (state.dX, state.dR))
+        return tuple(_pad_rows(a, slots, axis=0, xp=xp) for a in old)
+
     def _advanced(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, dX: Any, dR: Any, valid: Any, restart: bool,
-                  eye: Any) -> AndersonState:  # fmt: skip
+                  eye: Any, k: int) -> AndersonState:  # fmt: skip
         """The state after an accelerated round."""
         return AndersonState(
             lo=ctx.lo,
@@ -236,18 +262,21 @@ class _AndersonBase(Solver):
             err_prev=ctx.errors,
             dX=dX,
             dR=dR,
+            pairs=k,
             accelerated=True,
             num_restarts=state.num_restarts + int(restart),
             num_rejections=state.num_rejections,
             **_record_valid(state, valid[ctx.start :, ...], ctx.xp),
             eye=eye,
+            counts=state.counts,
         )
 
-    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None) -> tuple[Any, Any]:
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None, pairs: Any = None) -> tuple[Any, Any]:
         """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
 
         ``start``: the first accelerated row (an int, or a 0-d device integer in the fused compiled
-        round); :class:`Anderson` fits its one coefficient vector on the rows from it.
+        round); :class:`Anderson` fits its one coefficient vector on the rows from it. ``pairs``:
+        the valid pairs when ``dX`` is padded with zero pairs (a device scalar; ``None``: all are).
 
         A row/sample whose residual is not finite adds nothing to the fitted sums (so it does
         not spoil the prefix sums of the rows after it); its own proposal is not finite and
@@ -276,7 +305,7 @@ class _AndersonBase(Solver):
             gram = xp.broadcast_to(xp.sum(gram[start:, ...], axis=0, keepdims=True), gram.shape)
             rhs = xp.broadcast_to(xp.sum(rhs[start:, ...], axis=0, keepdims=True), rhs.shape)
         trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
-        lam = max(self.regularization, _MIN_REG) * trace / m + _FLOOR
+        lam = max(self.regularization, _MIN_REG) * trace / (m if pairs is None else pairs) + _FLOOR
         ok_sys = finite(lam, xp)  # an overflowing Gram: no solve for that row
         lam = xp.where(ok_sys, lam, 1.0)
         A = xp.where(ok_sys[..., None, None], gram, 0.0) + lam[..., None, None] * eye
@@ -291,7 +320,7 @@ class _AndersonBase(Solver):
 
 
 def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, *, start: int,
-            xp: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+            xp: Any, pairs: Any = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """One accelerated round's device arithmetic: ``(proposal like ctx.x, valid (w, S), dX, dR)``.
 
     ``x, r`` ``(w, S, d)``: the window's iterate and map residual; ``x_prev, r_prev`` ``(ov, S, d)``:
@@ -300,7 +329,9 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     ``None`` (first accelerated round, or a restart); ``eye``: the ``(k, k)`` identity. Rows
     without a previous iterate, or whose differences are not finite (or so large that their sum
     overflows), get zero differences (no information); the history of rows whose coefficients
-    are rejected is dropped. Pure device arithmetic: the compiled round traces it.
+    are rejected is dropped. ``pairs``: the fused round's padded history (``old_dX`` holds
+    ``m - 1`` slots, zero after the valid ones, and ``eye`` is ``(m, m)``): the pairs mixed, ``k``, as
+    a device scalar (:meth:`_AndersonBase._mix`). Pure device arithmetic: the compiled round traces it.
     """
     w, ov = x.shape[0], x_prev.shape[0]
     dx = x[:ov, ...] - x_prev
@@ -313,7 +344,7 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     else:
         dX = xp.concat([dx[None, ...], _pad_rows(old_dX, w, axis=1, xp=xp)], axis=0)
         dR = xp.concat([dr[None, ...], _pad_rows(old_dR, w, axis=1, xp=xp)], axis=0)
-    proposal, valid = solver._mix(x, r, dX, dR, start=start, xp=xp, eye=eye)
+    proposal, valid = solver._mix(x, r, dX, dR, start=start, xp=xp, eye=eye, pairs=pairs)
     # drop the history of rows whose coefficients were rejected (on the device, no read)
     keep = valid[None, :, :, None]  # (1, w, S, 1)
     return xp.reshape(proposal, like.shape), valid, xp.where(keep, dX, 0.0), xp.where(keep, dR, 0.0)
@@ -325,10 +356,15 @@ def _fused_plain(x: Any, g: Any, r: Any, start: Any, *, batch_ndim: int, xp: Any
 
 
 def _fused_update(x: Any, g: Any, r: Any, start: Any, solver: _AndersonBase, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any,
-                  *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:  # fmt: skip
-    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, and ``(x, r, valid, dX, dR)`` for the state."""
+                  pairs: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:  # fmt: skip
+    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, and ``(x, r, valid, dX, dR)`` for the state.
+
+    The history is padded to ``m`` pairs (``pairs`` of them valid, :meth:`_AndersonBase._padded`): the zero pairs add
+    zero rows and columns to each Gram system, whose solve then gives the valid pairs' coefficients and zeros -- the
+    same values as the ``k``-pair solve of :meth:`~_AndersonBase.step` to round-off.
+    """
     xf, rf = _flat(x, r, batch_ndim, xp)
-    proposal, valid, dX, dR = _update(solver, xf, rf, x_prev, r_prev, old_dX, old_dR, eye, x, start=start, xp=xp)
+    proposal, valid, dX, dR = _update(solver, xf, rf, x_prev, r_prev, old_dX, old_dR, eye, x, start=start, xp=xp, pairs=pairs)
     return proposal, (xf, rf, valid, dX, dR)
 
 
