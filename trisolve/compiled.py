@@ -146,22 +146,24 @@ def _replayed(compiled: Callable) -> Callable:  # pragma: no cover - needs a CUD
 def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable | None, inputs: tuple, update_map: Any,
                 J: Any, xv: Any, thr_w: Any, thr_last: Any, prev_last: Any, step: Callable, step_arrays: tuple, *, flags: dict,
                 batch_ndim: int, xp: Any) -> tuple:  # fmt: skip
-    """A whole round outside the expensive call, for one compiled graph: ``(f, (G, R, d, xw, decisions), rows, outputs)``.
+    """A whole round outside the expensive call, for one compiled graph: ``(f, (G, R, d, xw, decisions), rows, outputs, c)``.
 
     1. ``F`` from the system's :meth:`~trisolve.TriangularSystem.evaluate_parts` (``assemble(*inputs)``,
        or ``inputs[0]`` when ``assemble`` is ``None``);
     2. the driver's ``round_arrays`` (the map's scan on ``J``, the residuals, the decisions vector
-       the host reads), with the device's ``start`` appended to the decisions;
+       the host reads), with the device's ``start`` and the solver's checks appended;
     3. ``start``, the driver's freeze decision on the device: one past the first row whose
        error (``max(e_d, e_R)``, nan counting as failed) exceeds 1, at most ``w``;
     4. the solver's :class:`~trisolve.solvers.base.FusedStep` function: its proposal for every
-       row and its outputs (the new history);
+       row, its checks (host decisions it took on the device, e.g. Anderson's restart) and its
+       outputs (the new history);
     5. ``rows``: the window as the driver writes it -- ``G`` on rows ``< start``, the proposal
        on the others, where a non-finite proposal row falls back to ``G``, or to the last
        frozen row ``G[start - 1]`` where ``G`` is not finite either (the driver's ``sanitize``).
 
     Pure device arithmetic: every host decision is made after the read, by the driver, which
-    uses ``rows`` only where its own decisions match (``start``, the solver's ``finish``).
+    uses ``rows`` only where its own decisions match (``start``, the solver's ``finish``). ``c``:
+    the number of the solver's checks at the end of the decisions, after ``start``.
     """
     f = inputs[0] if assemble is None else assemble(*inputs, xp=xp)
     g, r, d, copy, decisions = round_arrays(update_map, J, None, None, xv, f, thr_w, thr_last, prev_last, xp=xp, **flags)
@@ -176,13 +178,13 @@ def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable |
     first = xp.argmax(xp.astype(failed, xp.int32))  # the first failed row (0 when none failed)
     start = xp.where(xp.any(failed), first + 1, w)  # rows [0, start) freeze
     x = copy if flags["retain"] else xv
-    proposal, outputs = step(x, g, r, start, *step_arrays, batch_ndim=batch_ndim, xp=xp)
+    proposal, checks, outputs = step(x, g, r, start, err, *step_arrays, batch_ndim=batch_ndim, xp=xp)
     anchor = xp.take(g, xp.reshape(start - 1, (1,)), axis=0)  # the last row that freezes now
     tail = sanitize(proposal, None if proposal is g else g, anchor, xp)
     before = xp.reshape(xp.arange(w, device=g.device) < start, (w,) + (1,) * (len(g.shape) - 1))
     rows = xp.where(before, g, tail)
-    decisions = xp.concat([decisions, xp.astype(xp.reshape(start, (1,)), decisions.dtype)], axis=0)
-    return f, (g, r, d, copy, decisions), rows, outputs
+    tail = [xp.astype(xp.reshape(start, (1,)), decisions.dtype)] + ([] if checks is None else [checks])
+    return f, (g, r, d, copy, xp.concat([decisions, *tail], axis=0)), rows, outputs, 0 if checks is None else int(checks.shape[0])
 
 
 def clear_cache() -> None:

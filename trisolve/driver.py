@@ -517,18 +517,20 @@ class _Run:
         J = None if m.is_one_step else m.linear_part(self.tables, x, None, lo, hi, xp=xp)  # a compilable map's: tables only
         xv = x[lo:hi, ...]
         key = ("fused", type(m), m.order, J is None, prev_last is None, assemble, step.fn, step.key, *flags.values())
-        f, (g, r, d, xw, dec), rows, outputs = self.jit(fused_round, key)(
+        f, (g, r, d, xw, dec), rows, outputs, checks = self.jit(fused_round, key)(
             _round_arrays, _sanitize, assemble, inputs, m, J, xv, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, step.fn, step.arrays,
             flags=flags, batch_ndim=self.system.batch_ndim, xp=xp)  # fmt: skip
-        return Evaluation(f=f, num_evals=num_evals), (g, r, d, xw if flags["retain"] else xv, dec), (step, rows, outputs)
+        return Evaluation(f=f, num_evals=num_evals), (g, r, d, xw if flags["retain"] else xv, dec), (step, rows, outputs, checks)
 
-    def _fused_rows(self, fused: tuple, ctx: StepContext, device_start: float) -> Any:
+    def _fused_rows(self, fused: tuple, ctx: StepContext, host: np.ndarray) -> Any:
         """The fused round's window rows when the host decided as the device did (same ``start``, the solver's ``finish``
-        takes its proposal: the state advances), else ``None`` (the round goes on unfused: ``step`` and ``_sanitize``)."""
-        step, rows, outputs = fused
-        if device_start != ctx.start:
+        takes its proposal: the state advances), else ``None`` (the round goes on unfused: ``step`` and ``_sanitize``).
+
+        ``host``: the round's read, ending in the device's ``start`` and the solver's ``c`` checks."""
+        step, rows, outputs, c = fused
+        if host[-1 - c] != ctx.start:
             return None
-        taken, state = step.finish(ctx, outputs)
+        taken, state = step.finish(ctx, outputs, host[host.shape[0] - c :])
         if not taken:
             return None
         self.state = state
@@ -647,7 +649,7 @@ class _Run:
             if start < w:
                 with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
                     ctx = StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp, jit=self.jit)
-                    rows = None if fused is None else self._fused_rows(fused, ctx, host[-1])
+                    rows = None if fused is None else self._fused_rows(fused, ctx, host)
                     if rows is None:
                         proposal, self.state = self.solver.step(ctx, self.state)
                         plain_ok = bool(g_ok[start:].all())  # the plain step's rows, known finite from the round's read

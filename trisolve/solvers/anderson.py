@@ -63,6 +63,7 @@ class AndersonState:
     fallback_count: Any = None
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
     counts: Any = None  # (m,) work-dtype 1, 2, ..., m: the fused round's pair count, a device scalar (built with eye)
+    err_device: Any = None  # (w_prev,) err_prev on the device, kept by the fused round (its restart test)
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -171,33 +172,42 @@ class _AndersonBase(Solver):
         return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k)
 
     def fused_step(self, state: AndersonState, lo: int, hi: int, *, xp: Any) -> FusedStep:
-        """The step as a :class:`~trisolve.solvers.base.FusedStep`, assuming the safeguard neither rejects nor restarts.
+        """The step as a :class:`~trisolve.solvers.base.FusedStep`: the safeguard's restart decided on the device too.
 
         ``finish`` applies the safeguard's host test after the read: a rejection, or a restart
-        that drops kept history, is not what ``fn`` computed, and the driver calls :meth:`step`.
+        decision that differs from the device's where kept history would be dropped (the two
+        residual sizes are summed in different orders), is not what ``fn`` computed, and the
+        driver calls :meth:`step`.
         """
         if state.x_prev is None:
-            return FusedStep(_fused_plain, ("plain",), (), lambda ctx, out: (True, self._first(ctx, state, *out)))
+            return FusedStep(_fused_plain, ("plain",), (), lambda ctx, out, checks: (True, self._first(ctx, state, *out)))
         ov = _overlap(state, lo, hi)
         eye = self._eye(state, state.x_prev)
         counts = state.counts if state.counts is not None else xp.arange(1, self.history_size + 1, dtype=eye.dtype, device=device(eye))
         arrays, k = self._history(state, lo, hi, False, eye, padded=True)
-        arrays = (*arrays, counts[k - 1])
-        dropped = k > 1  # what a restart would drop
+        if state.err_device is None:  # a state kept by step: no device errors, no restart on the device
+            err_prev = xp.full((ov,), math.inf, dtype=eye.dtype, device=device(eye))
+        else:
+            err_prev, _ = _rows(state.err_device, state.lo, state.hi, lo, hi, axis=0)
+        arrays = (*arrays, counts[k - 1], err_prev)
+        dropped = k > 1  # what a restart drops
 
-        def finish(ctx: StepContext, out: tuple) -> tuple[bool, AndersonState | None]:
+        def finish(ctx: StepContext, out: tuple, checks: np.ndarray) -> tuple[bool, AndersonState | None]:
             reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
-            if reject or (restart and dropped):
+            if reject or (dropped and restart != bool(checks[0] > 0.5)):
                 return False, None
-            x, r, valid, dX, dR = out
-            return True, replace(self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k), counts=counts)
+            x, r, valid, dX, dR, err = out
+            new = self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, 1 if restart else k)
+            return True, replace(new, counts=counts, err_device=err)
 
         # one graph for every history length (padded to m - 1 kept pairs): each round calls the same, warm graph
         return FusedStep(_fused_update, ("anderson", self, ov == hi - lo), (self, *arrays), finish)
 
-    def _first(self, ctx: StepContext, state: AndersonState, x: Any, r: Any) -> AndersonState:
-        """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept."""
-        return replace(state, lo=ctx.lo, hi=ctx.hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
+    def _first(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, err: Any = None) -> AndersonState:
+        """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept
+        (``err``: the errors on the device, from the fused round)."""
+        return replace(state, lo=ctx.lo, hi=ctx.hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False,
+                       err_device=err)  # fmt: skip
 
     def _verdict(self, state: AndersonState, lo: int, hi: int, ov: int, errors: np.ndarray) -> tuple[bool, bool]:
         """The safeguard's ``(reject, restart)``: residual growth over the ``ov`` rows present in both rounds (host errors;
@@ -269,6 +279,7 @@ class _AndersonBase(Solver):
             **_record_valid(state, valid[ctx.start :, ...], ctx.xp),
             eye=eye,
             counts=state.counts,
+            err_device=None,
         )
 
     def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None, pairs: Any = None) -> tuple[Any, Any]:
@@ -350,22 +361,37 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     return xp.reshape(proposal, like.shape), valid, xp.where(keep, dX, 0.0), xp.where(keep, dR, 0.0)
 
 
-def _fused_plain(x: Any, g: Any, r: Any, start: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:
+def _fused_plain(x: Any, g: Any, r: Any, start: Any, err: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, None, tuple]:
     """A round without a previous iterate (:meth:`_AndersonBase.fused_step`): the plain step, and the window kept as ``(w, S, d)``."""
-    return g, _flat(x, r, batch_ndim, xp)
+    return g, None, (*_flat(x, r, batch_ndim, xp), err)
 
 
-def _fused_update(x: Any, g: Any, r: Any, start: Any, solver: _AndersonBase, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any,
-                  pairs: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:  # fmt: skip
-    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, and ``(x, r, valid, dX, dR)`` for the state.
+def _device_rms(e: Any, xp: Any) -> Any:
+    """:func:`_host_rms` on the device: the RMS of ``e`` with nan counting as ``inf`` (nan for an empty ``e``)."""
+    e = xp.where(xp.isnan(e), math.inf, e)
+    return xp.sqrt(xp.sum(e * e) / e.shape[0])
+
+
+def _fused_update(x: Any, g: Any, r: Any, start: Any, err: Any, solver: _AndersonBase, x_prev: Any, r_prev: Any, old_dX: Any,
+                  old_dR: Any, eye: Any, pairs: Any, err_prev: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, Any, tuple]:  # fmt: skip
+    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, the restart as a check, and
+    ``(x, r, valid, dX, dR, err)`` for the state.
 
     The history is padded to ``m`` pairs (``pairs`` of them valid, :meth:`_AndersonBase._padded`): the zero pairs add
     zero rows and columns to each Gram system, whose solve then gives the valid pairs' coefficients and zeros -- the
-    same values as the ``k``-pair solve of :meth:`~_AndersonBase.step` to round-off.
+    same values as the ``k``-pair solve of :meth:`~_AndersonBase.step` to round-off. The safeguard's restart
+    (:meth:`_AndersonBase._verdict`, from ``err`` and the previous round's ``err_prev`` on the rows of both) drops the
+    kept pairs here, on the device.
     """
     xf, rf = _flat(x, r, batch_ndim, xp)
+    restart = xp.zeros((), dtype=xp.bool, device=err.device)
+    if solver.safeguard is not None:
+        restart = _device_rms(err[: x_prev.shape[0]], xp) > solver.safeguard.restart_growth * _device_rms(err_prev, xp)
+        if old_dX is not None:
+            old_dX, old_dR = xp.where(restart, 0.0, old_dX), xp.where(restart, 0.0, old_dR)
+        pairs = xp.where(restart, 1.0, pairs)
     proposal, valid, dX, dR = _update(solver, xf, rf, x_prev, r_prev, old_dX, old_dR, eye, x, start=start, xp=xp, pairs=pairs)
-    return proposal, (xf, rf, valid, dX, dR)
+    return proposal, xp.astype(xp.reshape(restart, (1,)), err.dtype), (xf, rf, valid, dX, dR, err)
 
 
 @dataclass(frozen=True, kw_only=True)

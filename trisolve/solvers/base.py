@@ -67,27 +67,28 @@ class FusedStep:
     Attributes
     ----------
     fn : callable
-        ``fn(x, g, r, start, *arrays, batch_ndim=..., xp=...) -> (proposal, outputs)``: the
-        proposal ``(w, *event)`` for every window row (only rows ``>= start`` are used) and a
-        tuple of arrays for ``finish``. ``x, g, r`` are as in :class:`StepContext`; ``start``
-        is the first row the solver may accelerate as a 0-d device integer (computed on the
-        device from the round's errors: equal to ``ctx.start``). Pure device arithmetic: no
-        host reads, no state changes; a module-level function (the compiled function is cached
-        per ``fn``).
+        ``fn(x, g, r, start, err, *arrays, batch_ndim=..., xp=...) -> (proposal, checks, outputs)``:
+        the proposal ``(w, *event)`` for every window row (only rows ``>= start`` are used), a
+        vector of host checks (``(c,)`` in ``err``'s dtype, or ``None``) that the round's one read
+        brings to ``finish``, and a tuple of arrays for ``finish``. ``x, g, r`` are as in
+        :class:`StepContext`; ``start`` is the first row the solver may accelerate as a 0-d
+        device integer and ``err`` the rows' scaled errors ``(w,)`` (both computed on the device:
+        equal to ``ctx.start`` and ``ctx.errors``). Pure device arithmetic: no host reads, no state
+        changes; a module-level function (the compiled function is cached per ``fn``).
     key : hashable
         Names the configuration of ``fn``'s static arguments (as ``StepContext.jit``'s key).
     arrays : tuple
         ``fn``'s further array arguments (the solver's kept history for this window).
     finish : callable
-        ``finish(ctx, outputs) -> (taken, state)`` after the host read: ``(True, new state)``
-        when ``step(ctx, state)`` would have proposed what ``fn`` did, else ``(False, None)``
-        (then the driver calls ``step``).
+        ``finish(ctx, outputs, checks) -> (taken, state)`` after the host read (``checks``: the
+        host values of ``fn``'s checks): ``(True, new state)`` when ``step(ctx, state)`` would have
+        proposed what ``fn`` did, else ``(False, None)`` (then the driver calls ``step``).
     """
 
-    fn: Callable[..., tuple[Any, tuple]]
+    fn: Callable[..., tuple[Any, Any, tuple]]
     key: Hashable
     arrays: tuple
-    finish: Callable[[StepContext, tuple], tuple[bool, Any]]
+    finish: Callable[[StepContext, tuple, Any], tuple[bool, Any]]
 
 
 class Solver:

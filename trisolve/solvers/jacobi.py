@@ -54,9 +54,9 @@ def _proposal(x: Any, g: Any, r: Any, damping: float) -> Any:
     return x + (1.0 - damping) * r
 
 
-def _fused(x: Any, g: Any, r: Any, start: Any, damping: float, *, batch_ndim: int, xp: Any) -> tuple[Any, tuple]:
-    return _proposal(x, g, r, damping), ()
+def _fused(x: Any, g: Any, r: Any, start: Any, err: Any, damping: float, *, batch_ndim: int, xp: Any) -> tuple[Any, None, tuple]:
+    return _proposal(x, g, r, damping), None, ()
 
 
-def _taken(ctx: StepContext, outputs: tuple) -> tuple[bool, None]:
+def _taken(ctx: StepContext, outputs: tuple, checks: Any) -> tuple[bool, None]:
     return True, None
