@@ -13,8 +13,9 @@ solver offers a :meth:`~trisolve.Solver.fused_step` (:class:`~trisolve.Jacobi`,
 2. the update map's scan, the residuals, the tolerance test's per-row errors and the finish
    tests: everything the round reads on the host, as one vector (``driver._round_arrays``);
 3. the freeze decision on the device (one past the first failed row: the driver's ``start``);
-4. the solver's proposal for every row and its new history, assuming what the host decides
-   after the read (Anderson: no safeguard rejection or restart);
+4. the solver's proposal for every row and its new history, with what the host decides after
+   the read taken on the device too where it can be (Anderson: the safeguard's restart) or
+   assumed (Anderson: no rejection);
 5. the window's rows as the driver writes them (frozen rows from ``G``, the proposal after
    them, non-finite proposal rows replaced as ``driver._sanitize`` does).
 
@@ -34,8 +35,9 @@ Compiled functions are made with ``torch.compile`` (inductor; on a CPU it needs 
 compiler) and cached for the process, one per (function, device type, configuration key); each
 keeps its own compiled graphs, one per input shape until a second shape makes the window length
 symbolic (``dynamic=None``: a sliding window compiles once for its fixed length and once more
-for the shrinking last rounds). Anderson's history length (1 .. ``history_size`` pairs) is
-part of the key, so a TAA solve compiles ``history_size + 1`` fused graphs.
+for the shrinking last rounds). Anderson's fused step pads its history to ``history_size``
+pairs, so a TAA solve compiles two fused graphs (its first round, without history, and every
+later round), each static and then symbolic in the window length.
 :class:`~trisolve.Unrolled` with ``order=None`` recurses on the window length (odd-even
 reduction) and so compiles a graph per length until Dynamo's recompile limit, after which that
 function runs eager (same values). Inductor's on-disk cache (``/tmp/torchinductor_<user>``)

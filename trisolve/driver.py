@@ -504,9 +504,10 @@ class _Run:
     def _fused_round(self, lo: int, hi: int, last: bool) -> tuple[Evaluation, tuple, tuple] | None:
         """The round's evaluation and arithmetic, up to the host read, as one compiled call (:func:`trisolve.compiled.fused_round`).
 
-        Returns ``(ev, (G, R, d, xw, decisions), (step, rows, outputs))`` -- the window's rows as
-        written when the host's decisions match the device's (:meth:`_fused_rows`) -- or ``None``
-        when the solver offers no :meth:`~trisolve.Solver.fused_step` (then the round runs unfused).
+        Returns ``(ev, (G, R, d, xw, decisions), (step, rows, outputs, c))`` -- ``rows`` the window's
+        rows as written when the host's decisions match the device's (:meth:`_fused_rows`), ``c``
+        the solver's checks at the end of ``decisions`` -- or ``None`` when the solver offers no
+        :meth:`~trisolve.Solver.fused_step` (then the round runs unfused).
         """
         xp, x, m = self.xp, self.x, self.update_map
         step = self.solver.fused_step(self.state, lo, hi, xp=xp)
