@@ -207,3 +207,31 @@ def test_compiled_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     assert "fused_round" in {r["function"] for r in payload["functions"]}  # the round as one compiled call (TAA on Picard)
     assert all(r["first_compiled_s"] > 0 and r["second_compiled_s"] > 0 for r in payload["compile_cost"])
     assert (tmp_path / "launches_compiled_quick.md").read_text().count("|") > 10
+
+
+@pytest.mark.parametrize("solver", [trisolve.TriangularAnderson(history_size=3), trisolve.Anderson(history_size=3)], ids=["taa", "anderson"])
+def test_fused_step_proposes_what_step_does(solver):
+    """Without compiling: the fused step's function -- history padded to m pairs, the safeguard's restart on the device --
+    proposes what ``step`` does, round after round (restarts included), and keeps an equivalent state."""
+    import array_api_compat.torch as xp
+
+    gen = torch.Generator().manual_seed(3)
+    n, start = 8, 1
+    errors = [[2.0] * 7, [1.5] * 6, [3.0] * 5, [1.0] * 4, [0.8] * 3]  # grows in round 3: a restart that drops the kept pair
+    eager = fused = solver.init()
+    restarts = 0
+    for k, err in enumerate(errors):
+        lo = 1 + k
+        hi = n
+        x = torch.randn(hi - lo, 2, 3, generator=gen, dtype=torch.float64)
+        r = 0.5 ** k * torch.randn(hi - lo, 2, 3, generator=gen, dtype=torch.float64)
+        ctx = trisolve.StepContext(x=x, g=x + r, r=r, errors=np.asarray(err), lo=lo, hi=hi, start=start, batch_ndim=1, xp=xp)
+        expect, eager = solver.step(ctx, eager)
+        step = solver.fused_step(fused, lo, hi, xp=xp)
+        err_dev = torch.tensor(err, dtype=torch.float64)
+        proposal, checks, outputs = step.fn(x, x + r, r, torch.tensor(start), err_dev, *step.arrays, batch_ndim=1, xp=xp)
+        taken, fused = step.finish(ctx, outputs, np.zeros(0) if checks is None else checks.numpy())
+        assert taken
+        torch.testing.assert_close(proposal[start:], expect[start:], rtol=1e-12, atol=1e-12)
+        restarts += int(checks is not None and bool(checks[0] > 0.5))
+    assert solver.stats(fused) == solver.stats(eager) and eager.num_restarts == restarts == 1

@@ -53,7 +53,7 @@ class AndersonState:
     err_prev: np.ndarray | None = None  # (w_prev,)
     dX: Any = None  # (slots, w_prev, S, d): newest first; the first `pairs` slots are valid, any further ones zero
     dR: Any = None
-    pairs: int = 0
+    pairs: int | None = None  # None: every slot of dX is valid
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
@@ -236,7 +236,7 @@ class _AndersonBase(Solver):
         x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
         r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
         old_dX = old_dR = None
-        kept = 0 if state.dX is None or restart else min(m - 1, state.pairs)  # older pairs mixed this round
+        kept = 0 if state.dX is None or restart else min(m - 1, state.dX.shape[0] if state.pairs is None else state.pairs)  # older pairs mixed
         if padded:
             return (x_prev, r_prev, *self._padded(state, lo, hi, x_prev), eye), 1 + kept
         if kept:
