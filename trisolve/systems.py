@@ -204,6 +204,18 @@ class TriangularSystem(abc.ABC):
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
         """One batched evaluation of ``F_i(x)`` for the rows ``[lo, hi)`` (rows ``< lo`` are final)."""
 
+    def evaluate_parts(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> tuple[Callable[..., Any] | None, tuple, int]:
+        """:meth:`evaluate` as ``(assemble, inputs, num_evals)``: ``F = assemble(*inputs, xp=xp)``, for the fused compiled round.
+
+        Everything :meth:`evaluate` does before ``F``'s last, cheap arithmetic has run (the
+        expensive call, the kept values); ``assemble`` is that arithmetic as a pure device
+        function (a module-level function of arrays and static Python values), which the fused
+        compiled round (:func:`trisolve.compiled.fused_round`) traces with the rest of the
+        round. The default: ``(None, (F,), num_evals)`` from :meth:`evaluate` (nothing left).
+        """
+        ev = self.evaluate(x, lo, hi, cache, xp=xp)
+        return None, (ev.f,), ev.num_evals
+
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
         """``F_i`` for ``i`` in ``[lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]`` moved together.
 
@@ -655,6 +667,11 @@ class SemilinearSystem(TriangularSystem):
         included only if their kept value was computed before they were final. Then
         ``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` from the device tables.
         """
+        assemble, inputs, num_evals = self.evaluate_parts(x, lo, hi, cache, xp=xp)
+        return Evaluation(f=assemble(*inputs, xp=xp), num_evals=num_evals)
+
+    def evaluate_parts(self, x: Any, lo: int, hi: int, cache: _SemilinearCache, *, xp: Any) -> tuple[Callable[..., Any], tuple, int]:
+        """:meth:`evaluate` up to ``F``'s assembly from the kept ``g`` values (:func:`_assemble`) and its inputs (window rows)."""
         p = self.p
         first_needed = max(lo - p, 0)
         start = max(first_needed, min(cache.final_upto, lo))
@@ -668,19 +685,28 @@ class SemilinearSystem(TriangularSystem):
             cache.g[start:g_hi, ...] = g_new
             num_evals = g_hi - start
         cache.final_upto = max(cache.final_upto, lo)
-        # F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i for i in [lo, hi)    (w, *event)
-        w = hi - lo
-        bshape = (w,) + (1,) * (len(x.shape) - 1)
-        f = xp.reshape(cache.a[lo - 1 : hi - 1], bshape) * x[lo - 1 : hi - 1, ...]
+        terms = []  # (B[i-1, q] (w,), g_{i-1-q} rows, zero rows in front) for the columns q this window reads
         for q in range(p):
             j_lo, j_hi = lo - 1 - q, hi - 1 - q
             if not np.any(self.B[lo - 1 : hi - 1, q]):  # host table: no device read
                 continue
-            gq = cache.g[max(j_lo, 0) : j_hi, ...]
-            pad = max(0, -j_lo)  # rows whose j would be < 0 have B == 0
-            if pad:
-                gq = xp.concat([xp.zeros((pad, *x.shape[1:]), dtype=x.dtype, device=_device(x)), gq], axis=0)
-            f = f + xp.reshape(cache.B[lo - 1 : hi - 1, q], bshape) * gq
-        if self.c is not None:
-            f = f + self.c[lo - 1 : hi - 1, ...]
-        return Evaluation(f=f, num_evals=num_evals)
+            terms.append((cache.B[lo - 1 : hi - 1, q], cache.g[max(j_lo, 0) : j_hi, ...], max(0, -j_lo)))  # rows j < 0 have B == 0
+        c = None if self.c is None else self.c[lo - 1 : hi - 1, ...]
+        return _assemble, (cache.a[lo - 1 : hi - 1], x[lo - 1 : hi - 1, ...], tuple(terms), c), num_evals
+
+
+def _assemble(a: Any, x_prev: Any, terms: tuple, c: Any, *, xp: Any) -> Any:
+    """``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` for a window's rows ``(w, *event)``: pure device arithmetic.
+
+    ``a`` ``(w,)``, ``x_prev`` the rows ``x_{i-1}``, ``terms`` ``(B[:, q] (w,), g rows, pad)`` per
+    column read (``pad`` zero rows in front, for rows ``j < 0``), ``c`` the forcing rows or ``None``.
+    """
+    bshape = (x_prev.shape[0],) + (1,) * (len(x_prev.shape) - 1)
+    f = xp.reshape(a, bshape) * x_prev
+    for b, gq, pad in terms:
+        if pad:
+            gq = xp.concat([xp.zeros((pad, *x_prev.shape[1:]), dtype=x_prev.dtype, device=_device(x_prev)), gq], axis=0)
+        f = f + xp.reshape(b, bshape) * gq
+    if c is not None:
+        f = f + c
+    return f
