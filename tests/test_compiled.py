@@ -49,9 +49,10 @@ CORE = [  # every solver, every compilable map, full and sliding windows, each a
 def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window):
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=update_map, window=window, atol=1e-6, record="errors")
-    eager = trisolve.solve(_system(), solver, x0, **kw)
+    eager = trisolve.solve(_system(), solver, x0, per_sample=False, **kw)  # a compiled solve is the lockstep batch
     compiled = trisolve.solve(_system(), solver, x0, compile=True, **kw)
     assert eager.converged and eager.num_rounds > 1
+    assert compiled.sample_rounds is None  # per_sample=True (the default) does not apply to a compiled solve
     _same_solve(eager, compiled)
 
 
@@ -73,7 +74,7 @@ def test_compiled_round_handles_non_finite_values_like_the_eager_round(bad):
 
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=trisolve.Picard(), window=None, atol=1e-6, record="errors")
-    eager = trisolve.solve(make(), TAA, x0, **kw)
+    eager = trisolve.solve(make(), TAA, x0, per_sample=False, **kw)
     compiled = trisolve.solve(make(), TAA, x0, compile=True, **kw)
     assert torch.isfinite(compiled.trajectory).all()
     _same_solve(eager, compiled)
@@ -97,7 +98,7 @@ def test_compiled_sampler_equals_the_eager_sampler(name, make):
     out = {}
     for compile in (False, True):
         out[compile] = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents, solver=TAA, window=4, atol=1e-5, rtol=0.0,
-                                         progress=False, compile=compile)  # fmt: skip
+                                         progress=False, compile=compile, per_sample=False)  # fmt: skip
     (x_e, sol_e), (x_c, sol_c) = out[False], out[True]
     assert sol_e.num_rounds < 12
     _same_solve(sol_e, sol_c)

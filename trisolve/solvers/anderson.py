@@ -61,6 +61,7 @@ class AndersonState:
     valid_masks: list = field(default_factory=list)
     fallback_count: Any = None
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
+    active: Any = None  # (w_prev, S) device bool: the pairs in their sample's window (a per-sample solve), else None
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -128,11 +129,15 @@ class _AndersonBase(Solver):
         m = self.history_size
 
         if state.x_prev is None:  # first round, or after a rejection
-            new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False)
+            new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False,
+                          active=ctx.active)  # fmt: skip
             return ctx.g, new
 
         x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
         r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
+        # a per-sample solve: a pair's difference is information only where it was in its sample's window in both
+        # rounds (a frozen pair's zero residual, or one not yet reached, is no iterate of the fixed-point map)
+        both = None if ctx.active is None else ctx.active[:ov, ...] & _rows(state.active, state.lo, state.hi, lo, hi, axis=0)[0]
 
         # -- safeguard: compare residual growth over the rows present in both rounds (host errors;
         # a non-finite error counts as infinite growth)
@@ -143,7 +148,10 @@ class _AndersonBase(Solver):
             if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
                 # the rows present in both rounds take the plain step from the previous iterate;
                 # rows without a previous iterate take the plain step from now
-                plain = xp.reshape(x_prev + r_prev, (ov, *event))
+                plain = x_prev + r_prev
+                if both is not None:  # a pair without a previous iterate takes the plain step from now
+                    plain = xp.where(both[..., None], plain, xp.reshape(ctx.g[:ov, ...], (ov, S, -1)))
+                plain = xp.reshape(plain, (ov, *event))
                 proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
                 new = AndersonState(
                     num_restarts=state.num_restarts,
@@ -166,9 +174,9 @@ class _AndersonBase(Solver):
             eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
         k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
         # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
-        update = ctx.jit(_update, ("anderson", self, k, ov == w))
+        update = ctx.jit(_update, ("anderson", self, k, ov == w, both is None))
         with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
-            proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, start=ctx.start, xp=xp)
+            proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, both, start=ctx.start, xp=xp)
         new = AndersonState(
             lo=lo,
             hi=hi,
@@ -182,6 +190,7 @@ class _AndersonBase(Solver):
             num_rejections=state.num_rejections,
             **_record_valid(state, valid[ctx.start :, ...], xp),
             eye=eye,
+            active=ctx.active,
         )
         return proposal, new
 
@@ -225,8 +234,8 @@ class _AndersonBase(Solver):
         return x + r - correction, ok
 
 
-def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, *, start: int,
-            xp: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, both: Any = None,
+            *, start: int, xp: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """One accelerated round's device arithmetic: ``(proposal like ctx.x, valid (w, S), dX, dR)``.
 
     ``x, r`` ``(w, S, d)``: the window's iterate and map residual; ``x_prev, r_prev`` ``(ov, S, d)``:
@@ -235,12 +244,17 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     ``None`` (first accelerated round, or a restart); ``eye``: the ``(k, k)`` identity. Rows
     without a previous iterate, or whose differences are not finite (or so large that their sum
     overflows), get zero differences (no information); the history of rows whose coefficients
-    are rejected is dropped. Pure device arithmetic: the compiled round traces it.
+    are rejected is dropped. ``both`` ``(ov, S)`` (a per-sample solve, else ``None``): the pairs in
+    their sample's window in both rounds; the others get zero differences too, so a frozen pair
+    adds nothing to the prefix sums of the rows after it. Pure device arithmetic: the compiled
+    round traces it.
     """
     w, ov = x.shape[0], x_prev.shape[0]
     dx = x[:ov, ...] - x_prev
     dr = r[:ov, ...] - r_prev
     fin = finite(xp.sum(dx, axis=-1) + xp.sum(dr, axis=-1), xp)  # (ov, S); inf - inf is caught here
+    if both is not None:
+        fin = fin & both
     dx = _pad_rows(xp.where(fin[..., None], dx, 0.0), w, axis=0, xp=xp)  # (w, S, d)
     dr = _pad_rows(xp.where(fin[..., None], dr, 0.0), w, axis=0, xp=xp)
     if old_dX is None:
