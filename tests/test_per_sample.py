@@ -213,3 +213,40 @@ def test_a_system_several_ranks_share_runs_in_lockstep():
 def test_per_sample_must_be_a_bool():
     with pytest.raises(TypeError, match="per_sample"):
         trisolve.solve(Spy(BACKENDS[0], RATES).system(), trisolve.Jacobi(), np.zeros((4, D)), per_sample="yes")
+
+
+def test_the_sampler_gathers_only_the_active_pairs_into_one_network_call():
+    """sample_latents on a batch of 4: each round one denoiser call on the pairs still in their sample's window."""
+    import torch
+    from diffusers import DDIMScheduler
+
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models.closed_form import GaussianMixtureDenoiser
+
+    sched = DDIMScheduler(num_train_timesteps=200, clip_sample=False)
+    sched.set_timesteps(20)
+    model = GaussianMixtureDenoiser(torch.rand(6, 2, 4, 4, generator=torch.manual_seed(0)) * 2 - 1, sched.alphas_cumprod, std=0.05)
+    latents = torch.randn(4, 2, 4, 4, generator=torch.manual_seed(1))
+    out = {}
+    for per_sample in (False, True):
+        calls = []
+
+        def den(x, t):
+            calls.append(x.shape[0])
+            return model(x, t).sample
+
+        final, sol = td.sample_latents(den, sched, latents, window=trisolve.FullWindow(), atol=1e-6, rtol=0.0, progress=False,
+                                       per_sample=per_sample)  # fmt: skip
+        out[per_sample] = final, sol, calls
+    (lock, lsol, lcalls), (final, sol, calls) = out[False], out[True]
+    assert sol.converged and lsol.converged and sol.sample_rounds is not None and lsol.sample_rounds is None
+    assert len(calls) == sol.num_rounds  # one network call a round
+    assert sum(calls) == sol.stats["sample_evals"] == sol.round_sample_evals.sum() < sum(lcalls)  # only the pairs it needed
+    for s in range(4):  # each sample as if it were sampled alone
+        alone, one = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents[s : s + 1], window=trisolve.FullWindow(),
+                                       atol=1e-6, rtol=0.0, progress=False)  # fmt: skip
+        assert one.num_rounds == sol.sample_rounds[s]
+        torch.testing.assert_close(final[s : s + 1], alone, rtol=0, atol=1e-4)
+    torch.testing.assert_close(final, lock, rtol=0, atol=1e-4)
+    with pytest.raises(TypeError, match="per_sample"):
+        td.sample_latents(den, sched, latents, per_sample="no", progress=False)
