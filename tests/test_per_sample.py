@@ -250,3 +250,26 @@ def test_the_sampler_gathers_only_the_active_pairs_into_one_network_call():
     torch.testing.assert_close(final, lock, rtol=0, atol=1e-4)
     with pytest.raises(TypeError, match="per_sample"):
         td.sample_latents(den, sched, latents, per_sample="no", progress=False)
+
+
+@pytest.mark.parametrize("window", [None, 5], ids=["full", "sliding"])
+@pytest.mark.parametrize("update_map", [trisolve.OneStep(), trisolve.Picard(), trisolve.Unrolled(order=3)], ids=["onestep", "picard", "unrolled3"])
+@pytest.mark.parametrize(
+    "solver", [trisolve.Jacobi(), trisolve.TriangularAnderson(history_size=3), trisolve.Anderson()], ids=["jacobi", "taa", "anderson"]
+)
+def test_a_banded_system_with_linear_rows_and_forcing_reaches_forward_substitution_per_sample(solver, update_map, window):
+    """Band 2, a linear row, forcing, two sample axes (S = 6) of different stiffness: every sample exact, each with its own rounds."""
+    rng = np.random.default_rng(3)
+    n = 20
+    B = rng.uniform(0.1, 0.6, size=(n, 2))
+    B[0, 1] = 0.0
+    B[7] = 0.0  # a linear row: resolved per sample right after its prefix
+    scale = np.linspace(0.2, 2.0, 6).reshape(2, 3, 1)  # (2, 3) samples of different stiffness
+    W = rng.standard_normal((4, 4)) / 2
+    system = trisolve.SemilinearSystem(rng.uniform(0.7, 1.0, n), B, lambda x, lo, hi: np.tanh(scale * (x @ W)),
+                                       c=rng.standard_normal((n, 2, 3, 4)) * 0.1, batch_ndim=2)  # fmt: skip
+    x0 = rng.standard_normal((2, 3, 4))
+    sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, atol=1e-11)
+    assert sol.converged and sol.sample_frozen.tolist() == [n + 1] * 6
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), rtol=0, atol=1e-8)
+    assert sol.num_rounds == sol.sample_rounds.max()
