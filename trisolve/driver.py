@@ -11,6 +11,9 @@ Each round (DESIGN 3-4):
 4. the solver proposes values for the rows after ``i*``;
 5. the window policy picks the next window; rows entering it start as a copy of the last
    known row (or from ``init``).
+
+A batch of ``S > 1`` independent samples runs these steps per sample by default (each its own
+frozen prefix, window and finish): :mod:`trisolve.per_sample`, a subclass of :class:`_Run`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Per-sample rounds: every sample of a batch its own frozen prefix, window and finish.
+"""The driver's per-sample rounds: every sample of a batch its own frozen prefix, window and finish.
+
+:class:`SampleRun` is the driver's :class:`~trisolve.driver._Run` with another round loop (the
+trajectory's one writer in a per-sample solve); :func:`trisolve.solve` picks it with
+``per_sample=True`` (the default) when ``S > 1`` samples are solved eagerly on one rank.
 
 A batched system (``batch_ndim > 0``) holds ``S`` independent samples in each row. The lockstep
 round (:class:`trisolve.driver._Run`) freezes a row when every sample passed the test, so the
