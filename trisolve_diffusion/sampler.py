@@ -570,7 +570,7 @@ def sample_latents(
         The solve keywords, each described under :class:`SolveOptions`: ``solver``,
         ``update_map``, ``window``, ``atol``, ``rtol``, ``final_row_atol``, ``max_iter``,
         ``early_stop``, ``init``, ``num_frozen``, ``callback`` (per round), ``progress``,
-        ``strict``, ``trajectory_dtype``, ``distributed``. An unknown keyword raises
+        ``strict``, ``trajectory_dtype``, ``distributed``, ``compile``, ``per_sample``. An unknown keyword raises
         ``TypeError``. ``options=SolveOptions(...)`` is their deprecated spelling.
 
     Returns
