@@ -273,3 +273,15 @@ def test_a_banded_system_with_linear_rows_and_forcing_reaches_forward_substituti
     assert sol.converged and sol.sample_frozen.tolist() == [n + 1] * 6
     np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), rtol=0, atol=1e-8)
     assert sol.num_rounds == sol.sample_rounds.max()
+
+
+def test_a_black_box_batch_runs_per_sample_with_the_default_hook():
+    """TriangularSystem.evaluate_samples' default evaluates every row and sample: exact per sample, honest whole-row counts."""
+    rates = np.array([0.1, 0.9, 1.5])[:, None]
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: x[lo - 1 : hi - 1] + 0.1 * rates * np.sin(x[lo - 1 : hi - 1]), N, batch_ndim=1)
+    x0 = np.full((3, D), 0.5)
+    sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-10)
+    assert sol.converged and len(set(sol.sample_rounds.tolist())) == 3
+    np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), rtol=0, atol=1e-8)
+    rows = sum(hi - lo for lo, hi in sol.windows)
+    assert sol.stats["sample_evals"] == 3 * rows and sol.num_evals == rows  # whole rows: every sample counted
