@@ -285,3 +285,34 @@ def test_a_black_box_batch_runs_per_sample_with_the_default_hook():
     np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), rtol=0, atol=1e-8)
     rows = sum(hi - lo for lo, hi in sol.windows)
     assert sol.stats["sample_evals"] == 3 * rows and sol.num_evals == rows  # whole rows: every sample counted
+
+
+def test_the_k_diffusion_samplers_gather_the_active_pairs_too():
+    """sample_euler at batch 3: the model sees only the pairs still in their sample's window; the callback's values are kept."""
+    import torch
+
+    from trisolve_diffusion import k_diffusion as K
+
+    sizes = []
+
+    def model(x, sigma):  # a denoiser that reads each input alone
+        sizes.append(x.shape[0])
+        s = sigma[:, None, None, None]
+        return x / (1 + s**2) + 0.5 * torch.tanh(3 * x) * s / (1 + s**2)
+
+    sigmas = K.get_sigmas_karras(12, 0.05, 10.0)
+    x = torch.randn(3, 2, 4, 4, generator=torch.manual_seed(5), dtype=torch.float64) * torch.tensor([0.2, 1.0, 3.0]).reshape(3, 1, 1, 1) * 10
+    out = {}
+    for per_sample in (False, True):
+        sizes.clear()
+        steps = []
+        got, sol = K.sample_euler(model, x, sigmas, disable=True, callback=steps.append, return_solution=True, atol=1e-9, rtol=0.0,
+                                  trajectory_dtype=torch.float64, per_sample=per_sample, check_model=False)  # fmt: skip
+        out[per_sample] = got, sol, sum(sizes), steps
+    (lock, lsol, lsizes, lsteps), (got, sol, n_in, steps) = out[False], out[True]
+    assert lsol.converged and lsol.sample_rounds is None
+    assert sol.converged and sol.sample_rounds is not None
+    assert n_in == sol.stats["sample_evals"] < lsizes
+    torch.testing.assert_close(got, lock, rtol=0, atol=1e-6)
+    for a, b in zip(steps, lsteps):  # the recorded denoised values of pairs not evaluated in a round are kept
+        torch.testing.assert_close(a["denoised"], b["denoised"], rtol=0, atol=1e-6)

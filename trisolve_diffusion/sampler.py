@@ -225,8 +225,9 @@ class SolveOptions:
         The core's ``per_sample`` (:func:`trisolve.solve`): with a batch of ``B > 1`` latents,
         every sample has its own frozen steps, window and finish, and each round's network call
         takes only the ``(step, sample)`` pairs still in their sample's window (gathered into one
-        batch, :func:`sample_latents`), so a sample that converged stops costing network rows
-        while the slower ones go on. ``True`` (default). ``False``: the lockstep batch (a step
+        batch by :func:`sample_latents`, and by the k-diffusion samplers when the model takes no
+        ``extra_args``; with them it evaluates whole steps), so a sample that converged stops
+        costing network rows while the slower ones go on. ``True`` (default). ``False``: the lockstep batch (a step
         final when every sample passed; every round evaluates every sample). The lockstep batch
         also where the network's batch is split over ranks, or with ``compile=True``.
 
