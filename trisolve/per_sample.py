@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import device, finite, from_host, to_host, work_dtype
+from ._backend import device, finite, mask_from_host, to_host
 from .driver import _pending_error, _Run, nonfinite_row_error
 from .result import RoundInfo, Solution, Status
 from .solvers.base import StepContext
@@ -81,8 +81,7 @@ class SampleRun(_Run):
         """Host bool tables ``(w, S)`` as device bools ``(w, *batch, 1, ..)`` broadcasting over ``x``'s rows, in one transfer."""
         xp = self.xp
         w = tables[0].shape[0]
-        host = np.stack(tables)  # (k, w, S)
-        dev = from_host(host, xp, dtype=work_dtype(xp, self.x_device), device=self.x_device) > 0.5
+        dev = mask_from_host(np.stack(tables), xp, device=self.x_device)  # (k, w, S)
         return [xp.reshape(dev[k, ...], (w, *self.batch) + (1,) * self.rest) for k in range(len(tables))]
 
     @property
@@ -307,8 +306,8 @@ class SampleRun(_Run):
             for i in np.unique(new_lo[cand]):
                 which = cand & (new_lo == i)
                 row = self.system.linear_step(x, int(i), self.cache, xp=xp)
-                m = from_host(which.reshape(self.batch + (1,) * self.rest), xp, dtype=work_dtype(xp, self.x_device), device=self.x_device)
-                x[int(i), ...] = xp.where(m > 0.5, row, x[int(i), ...])
+                m = mask_from_host(which.reshape(self.batch + (1,) * self.rest), xp, device=self.x_device)
+                x[int(i), ...] = xp.where(m, row, x[int(i), ...])
                 new_lo[which] += 1
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:

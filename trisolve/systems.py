@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device as _device
-from ._backend import from_host, shares_memory
+from ._backend import from_host, mask_from_host, shares_memory
 from ._validate import check_int
 
 __all__ = [
@@ -751,8 +751,8 @@ class SemilinearSystem(TriangularSystem):
                 cache.g[j0:j1, ...] = out
             else:  # the needed pairs only: every other pair keeps its kept value exactly
                 batch = tuple(x.shape[1 : 1 + self.batch_ndim])
-                keep = xp.reshape(from_host(mask, xp, dtype=x.dtype, device=_device(x)), (j1 - j0, *batch) + (1,) * (len(x.shape) - 1 - len(batch)))
-                cache.g[j0:j1, ...] = xp.where(keep > 0.5, out, cache.g[j0:j1, ...])
+                keep = xp.reshape(mask_from_host(mask, xp, device=_device(x)), (j1 - j0, *batch) + (1,) * (len(x.shape) - 1 - len(batch)))
+                cache.g[j0:j1, ...] = xp.where(keep, out, cache.g[j0:j1, ...])
         fu = fu.copy()
         fu[live] = np.maximum(fu[live], sample_lo[live])
         cache.sample_final_upto = fu
