@@ -2,6 +2,7 @@
 
     python benchmarks/ranks.py            # results/ranks.{json,md}: batch 1, 4, 8; medians of 4
     python benchmarks/ranks.py --quick    # smoke size (the test suite runs this): batch 1, few steps, 1 run
+    python benchmarks/ranks.py --reprice results/ranks.json   # every plan priced again from a run's recorded curves
 
 For each rank count ``P`` in (1, 2) the script starts ``torchrun --standalone --nproc-per-node P``
 on itself (gloo, one thread per rank, ``OMP_NUM_THREADS=1``); every rank times, for each model and
@@ -17,10 +18,12 @@ guidance 7.5, DDIM-50. Each timed run draws the same seed; the first call (measu
 cached per network) is a warm-up and is not timed.
 
 Targets of issue 28 (for a run on a quiet machine): ``P = 2`` at least 1.3x the loop at batch 1
-and 1.6x at batch 8 on the digits model. Each row also records the plan (window, batch split or
-the loop on rank 0 alone), its predicted time next to the measured one (the cost model's
-error), the contention it measured, the collectives and bytes (``Solution.stats``), and the cap
-a two-way split of one step's batch has by the measured curve alone.
+and 1.6x at batch 8 on the digits model. Each row also records the plan (window, batch split,
+the loop on rank 0 alone, or each rank its own samples), its predicted time next to the measured
+one (the cost model's error), the predicted time of every plan the cost model weighed (the
+margin of the chosen one), the contention it measured, the collectives and bytes
+(``Solution.stats``), and the cap a two-way split of one step's batch has by the measured curve
+alone.
 """
 
 from __future__ import annotations
@@ -80,10 +83,12 @@ def _worker(out: Path, batches: list[int], steps: int, repeats: int) -> None:
             model = choice.model
             stats = o.solution.stats
             row = dict(model=name, batch=batch, ranks=world, seconds=statistics.median(times), runs=times, rounds=o.solution.num_rounds,
-                       window=choice.window, one_rank=choice.one_rank, predicted_seconds=choice.seconds,
+                       window=choice.window, one_rank=choice.one_rank, own_samples=choice.own_samples, predicted_seconds=choice.seconds,
+                       plans=[list(p) for p in choice.plans],
                        predicted_loop_seconds=model.sequential_time(), status=o.solution.status.name,
                        collectives=stats.get("collectives", 0), bytes_gathered=stats.get("bytes_gathered", 0),
                        contention=model.contention, link_latency=model.link_latency, overhead_one_row=model.overhead_one_row,
+                       overhead=model.overhead, overhead_per_row=model.overhead_per_row,
                        curve=[list(model.curve.rows), list(model.curve.seconds)], split_inputs=model.split_inputs,
                        data_parallel_cap=_data_parallel_cap(model, world))  # fmt: skip
             if world == 1:  # the loop on one thread, and the image difference
@@ -144,7 +149,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="1,4,8")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--reprice", type=Path, help="print every 2-rank plan priced from this run's recorded measurements")
     args = parser.parse_args(argv)
+    if args.reprice is not None:
+        print(reprice(json.loads(args.reprice.read_text())))
+        return
     batches = [int(b) for b in args.batches.split(",")]
     if args.worker is not None:
         _worker(args.worker, batches, args.steps, args.repeats)
@@ -167,8 +176,8 @@ def main(argv: list[str] | None = None) -> None:
         "",
         "| model | batch | loop `pipe(...)` s | 1 rank s (window, rounds) | 1 rank predicted s (error) "
         "| 2 ranks s (plan, rounds) | 2 ranks predicted s (error) | loop / 2 ranks | data-parallel cap (curve) "
-        "| contention | collectives / round | max abs diff 1 rank vs loop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contention | collectives / round | max abs diff 1 rank vs loop | 1 rank: every plan predicted s | 2 ranks: every plan predicted s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in one:
         a, b = one[key], two[key]
@@ -177,24 +186,62 @@ def main(argv: list[str] | None = None) -> None:
             f"| {key[0]} | {key[1]} | {a['loop_seconds']:.3f} | {a['seconds']:.3f} ({a['window']}, {a['rounds']}) "
             f"| {a['predicted_seconds']:.3f} ({_error(a)}) | {b['seconds']:.3f} ({_plan(b)}, {b['rounds']}) "
             f"| {b['predicted_seconds']:.3f} ({_error(b)}) | {a['loop_seconds'] / b['seconds']:.2f}x | {cap} | {b['contention']:.2f} "
-            f"| {b['collectives'] / max(b['rounds'], 1):.2f} | {a['max_abs_diff_to_loop']:.1e} |"
+            f"| {b['collectives'] / max(b['rounds'], 1):.2f} | {a['max_abs_diff_to_loop']:.1e} | {_plans(a)} | {_plans(b)} |"
         )
     lines += [
         "",
         "Plan: the window (1: forward substitution, row by row), `split` where the ranks split each call's network batch, "
-        "`one rank` where rank 0 runs the loop alone and broadcasts the trajectory. Error: predicted / measured - 1. Data-parallel cap: "
+        "`one rank` where rank 0 runs the loop alone and broadcasts the trajectory, `own samples` where each rank solves its "
+        "share of the samples alone (its own window, no collective per step) and the trajectories are gathered once. Every plan: "
+        "the cost model's prediction for each plan it weighed (`window`: its best window of more than one row, `loop`: window 1, "
+        "the network batch split on 2 ranks), the margin to the chosen one (a window is taken only 1.25x ahead of the loops). Error: predicted / measured - 1. Data-parallel cap: "
         "`t(1 row) / t(one rank's share)` from rank 0's measured curve, the most that splitting one step's batch can give "
         "before the collective and the contention (every rank computing at once). Collectives per round: one per network call "
-        "(the header packed with the outputs) and one more the first time a batch size is seen.",
+        "(the header packed with the outputs) and one more the first time a batch size is seen; two in all for `one rank` and "
+        "`own samples` (the result broadcast or gathered once).",
     ]
     name = "ranks_quick" if args.quick else "ranks"
     write(name, {"steps": args.steps, "repeats": args.repeats, "runs": {str(k): v for k, v in runs.items()}}, "\n".join(lines) + "\n")
 
 
+def reprice(payload: dict) -> str:
+    """Every plan on 2 ranks priced again from a run's recorded measurements (its curve, contention, all-gather latency, row
+    update), the own-samples plan included, with the loop's measured time: what any plan the cost model knows could give.
+
+    Each plan's best window is listed, and for the own samples also its best window of more than one row (the plan takes
+    one only 1.25x ahead of the loop). Rows recorded before the per-round overhead was (``overhead``) are priced without it:
+    optimistic for windows, an upper bound on what they give; the loops are priced as the plan prices them.
+    """
+    from trisolve_diffusion.cost_model import MIN_SPEEDUP, BatchTimeCurve, CostModel
+
+    one = {(r["model"], r["batch"]): r for r in payload["runs"]["1"]["rows"]}
+    lines = ["| model | batch | loop measured s | plans on 2 ranks, predicted s (speed-up over the measured loop) | best |", "|---|---|---|---|---|"]
+    for r in payload["runs"]["2"]["rows"]:
+        loop = one[(r["model"], r["batch"])]["loop_seconds"]
+        model = CostModel(BatchTimeCurve(tuple(r["curve"][0]), tuple(r["curve"][1])), payload["steps"], devices=2,
+                          split_inputs=r["split_inputs"], samples=r["batch"] if r["split_inputs"] else 0, link_latency=r["link_latency"],
+                          overhead_one_row=r["overhead_one_row"], contention=r["contention"], overhead=r.get("overhead", 0.0),
+                          overhead_per_row=r.get("overhead_per_row", 0.0))  # fmt: skip
+        plans = list(model.best_window(min_speedup=MIN_SPEEDUP).plans)
+        if model.own_samples_time() is not None and model.own_samples_time()[0] > 1:  # its best window, whatever the margin
+            plans.append(("own samples, window", *model.own_samples_time()))
+        best = min(plans, key=lambda p: p[2])
+        cells = ", ".join(f"{n} ({w}) {s:.3f} ({loop / s:.2f}x)" for n, w, s in plans)
+        lines.append(f"| {r['model']} | {r['batch']} | {loop:.3f} | {cells} | {best[0]} ({best[1]}): {loop / best[2]:.2f}x |")
+    return "\n".join(lines)
+
+
 def _plan(row: dict) -> str:
     if row["ranks"] < 2:
         return str(row["window"])
+    if row.get("own_samples"):
+        return f"{row['window']} own samples"
     return f"{row['window']} one rank" if row["one_rank"] else f"{row['window']} split" if row["split_inputs"] else str(row["window"])
+
+
+def _plans(row: dict) -> str:
+    """Every plan the cost model weighed: ``name (window) seconds``, the chosen one in bold."""
+    return ", ".join(f"**{n} ({w}) {s:.3f}**" if s == row["predicted_seconds"] else f"{n} ({w}) {s:.3f}" for n, w, s in row.get("plans", []))
 
 
 def _error(row: dict) -> str:

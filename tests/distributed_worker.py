@@ -117,7 +117,7 @@ def main(out: Path) -> None:
     record("digits_plan", windows=o.solution.windows.tolist(), status=o.solution.status.name, rounds=o.solution.num_rounds,
            window=plan.window, table=[list(r) for r in plan.table], curve=[list(plan.model.curve.rows), list(plan.model.curve.seconds)],
            overhead=[plan.model.overhead, plan.model.overhead_per_row, plan.model.overhead_one_row, plan.model.contention],
-           one_rank=plan.one_rank, stats=dict(o.solution.stats),
+           one_rank=plan.one_rank, own_samples=plan.own_samples, stats=dict(o.solution.stats),
            **({} if plan.split is None else dict(calls=plan.split.calls, collectives=plan.split.collectives, bytes=plan.split.bytes_gathered,
                                                  inputs_evaluated=plan.split.inputs_evaluated, inputs_requested=plan.split.inputs_requested,
                                                  batch_sizes=sorted(plan.split._layouts))))  # fmt: skip
@@ -166,6 +166,40 @@ def main(out: Path) -> None:
             record("one_rank_failure", raised=None)
         except td.ParallelSamplingError as exc:
             record("one_rank_failure", raised=str(exc), num_frozen=exc.solution.num_frozen, status=exc.solution.status.name)
+    finally:
+        cost_model.choose_window = real_choose
+        pipe.unet.forward = forward
+
+    # 3h. each rank its own samples (WindowChoice.own_samples), forced as 3e is: digits at batch 5 (two samples on rank 0, three
+    # on rank 1: the trajectories padded for the all-gather) and the tiny SD with guidance and two prompts (the conditioning cut)
+    def own_samples_choice(*a, **k):
+        offered.append(k.get("samples", 0))
+        return dc.replace(real_choose(*a, **k), window=1, own_samples=True)
+
+    offered = []
+    cost_model.choose_window = own_samples_choice
+    try:
+        o = td.sample(pipe, batch_size=5, num_inference_steps=6, generator=torch.manual_seed(4), output_type="np", distributed=True)
+        np.save(out / f"own_digits_rank{rank}.npy", o.solution.trajectory.numpy())
+        np.save(out / f"own_digits_images_rank{rank}.npy", o.images)
+        record("own_digits", status=o.solution.status.name, rounds=o.solution.num_rounds, stats=dict(o.solution.stats), offered=offered[-1],
+               own_samples=td.AutoWindow.of(pipe.unet).last_choice.own_samples)  # fmt: skip
+        o = td.sample(sd, ["a cat", "a dog"], num_inference_steps=5, generator=torch.manual_seed(0), output_type="np", distributed=True)
+        np.save(out / f"own_sd_rank{rank}.npy", o.images)
+        record("own_sd", status=o.solution.status.name, stats=dict(o.solution.stats), offered=offered[-1])
+        planned = len(offered)
+
+        def rank1_fails(*a, **k):  # rank 1's network raises once the plan is made: rank 0 learns the status at the gather
+            if rank == 1 and len(offered) > planned:
+                raise RuntimeError("rank 1's network failed on purpose")
+            return forward(*a, **k)
+
+        pipe.unet.forward = rank1_fails
+        try:
+            td.sample(pipe, batch_size=4, num_inference_steps=6, generator=torch.manual_seed(4), output_type="np", distributed=True)
+            record("own_failure", raised=None)
+        except td.ParallelSamplingError as exc:
+            record("own_failure", raised=str(exc), status=exc.solution.status.name)
     finally:
         cost_model.choose_window = real_choose
         pipe.unet.forward = forward

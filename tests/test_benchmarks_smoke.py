@@ -126,7 +126,7 @@ def test_memory_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     assert rows["TAA m=2, window 64"]["peak_over_trajectory"] < rows["TAA m=2, full window"]["peak_over_trajectory"]
 
 
-def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, monkeypatch):
+def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, monkeypatch, capsys):
     """``ranks.py --quick``: torchrun with 1 and 2 gloo ranks beside the loop; the samples match the loop, the ranks agree."""
     run_benchmark("ranks", ["--quick"], tmp_path, monkeypatch)
     payload = json.loads((tmp_path / "ranks_quick.json").read_text())
@@ -138,11 +138,19 @@ def test_ranks_benchmark_runs_one_and_two_gloo_ranks_at_smoke_size(tmp_path, mon
         assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["max_abs_diff_to_loop"] < 5e-3 and r["loop_seconds"] > 0
     for r in two:  # one collective per network call (one more per batch size), or two when rank 0 runs the loop and broadcasts
         assert r["status"] in ("CONVERGED", "FINAL_ROW_CONVERGED") and r["contention"] >= 1.0
-        if r["one_rank"]:
-            assert r["window"] == 1 and r["collectives"] == 2
+        if r["one_rank"] or r["own_samples"]:  # rank 0's result broadcast, or every rank's own samples gathered once
+            assert r["collectives"] == 2 and (r["window"] == 1 or r["own_samples"])
         else:
             assert 1 <= r["collectives"] <= 2 * r["rounds"] and r["bytes_gathered"] > 0
+    for r in one + two:  # every plan weighed is recorded with its prediction; the chosen one among them
+        names = [p[0] for p in r["plans"]]
+        assert "loop" in names and ("one rank" in names) == (r["ranks"] == 2)
+        assert r["predicted_seconds"] in [p[2] for p in r["plans"]]
     assert (tmp_path / "ranks_quick.md").read_text().count("|") > 10
+    capsys.readouterr()
+    run_benchmark("ranks", ["--reprice", str(tmp_path / "ranks_quick.json")], tmp_path, monkeypatch)  # every plan priced again
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 2 + len(two) and all("loop (1)" in line and "one rank (1)" in line for line in table[2:])
 
 
 def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_path, monkeypatch):

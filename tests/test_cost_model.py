@@ -77,6 +77,61 @@ def test_measure_stops_once_saturated_and_caches(monkeypatch):
     assert len(calls) > n
 
 
+def _fake_device(monkeypatch, slow_calls=()):
+    """A device flat up to 4 rows, then linear, on a fake clock; the calls numbered in ``slow_calls`` take twice as long
+    (a burst of other work on a shared machine). Returns the list of calls made."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+
+    def call(r):
+        calls.append(r)
+        clock[0] += 0.01 * max(r, 4) * (2.0 if len(calls) - 1 in slow_calls else 1.0)
+
+    return call, calls
+
+
+def test_measure_quiet_device_costs_a_warm_up_and_the_repeats_per_size(monkeypatch):
+    call, calls = _fake_device(monkeypatch)
+    curve = cm.measure_round_time(call, 256, repeats=3)
+    assert curve.seconds == pytest.approx((0.04, 0.04, 0.04, 0.08, 0.16))
+    assert len(calls) == 4 * len(curve.rows)  # no extra pass where the calls agree
+
+
+@pytest.mark.parametrize("slow", [(1, 2), (1,), (2, 3, 4)])
+def test_measure_a_burst_of_load_does_not_set_a_point(monkeypatch, slow):
+    # the burst lands on the first timed calls of one row (and the warm-up of two rows for (2, 3, 4)): measured one
+    # size after the other, the median of one row was 0.08, twice the device's time (digits batch 4 in issue 28)
+    call, calls = _fake_device(monkeypatch, slow_calls=slow)
+    curve = cm.measure_round_time(call, 256, repeats=3)
+    assert curve.rows == (1, 2, 4, 8, 16)
+    assert curve.seconds == pytest.approx((0.04, 0.04, 0.04, 0.08, 0.16))
+    assert len(calls) <= 4 * 5 + cm.EXTRA_PASSES * 2  # the extra calls are bounded: only the noisy sizes, at most 2 passes
+
+
+def test_a_burst_of_load_on_the_share_is_timed_again(monkeypatch):
+    # rank 0's share of one row (4 of 8 inputs, 6 ms), timed after the curve (40 ms a row): its first two timed calls hit a burst
+    clock, share_calls = [0.0], []
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+
+    def rows(r):
+        clock[0] += 0.04 * r
+
+    def share(k):
+        share_calls.append(k)
+        clock[0] += 0.006 * (3.0 if len(share_calls) in (2, 3) else 1.0)
+
+    curve, *_ = cm._measure_on_this_rank(rows, 1, None, None, None, None, share, 4, 8, None, None, None, None, None)
+    assert curve.rows == (0.5, 1) and curve(1) == pytest.approx(0.04) and curve(0.5) == pytest.approx(0.006)
+    assert share_calls == [4] * (1 + 3 + 2)  # the warm-up, three timed calls, two more where they disagreed
+
+
+def test_noisy_points_flags_scatter_and_a_point_slower_than_more_rows():
+    assert cm._noisy_points([[1.0, 1.1, 1.05], [1.5, 1.6, 1.55]]) == []
+    assert cm._noisy_points([[1.0, 2.0, 1.1], [1.5, 1.6, 1.55]]) == [0]
+    assert cm._noisy_points([[2.0, 2.1, 2.0], [1.5, 1.6, 1.55], [3.0, 3.0, 3.1]]) == [0]
+    assert cm._noisy_points([[1.0, 1.0], [1.0, 1.0]], spread=0.0) == []
+
+
 def _digits():
     from trisolve_diffusion.models import load_digits_pipeline
 
@@ -307,6 +362,42 @@ def test_the_loop_on_one_rank_when_splitting_one_row_does_not_pay():
     split = cm.CostModel(half, 50, split_inputs=8, **kw).best_window()
     assert split.window == 1 and not split.one_rank
     assert split.seconds == pytest.approx(50 * (0.0055 + 0.0005 + 0.001 + 0.5 * 4e3 / 1e8))
+
+
+def test_own_samples_plan_saves_the_collective_per_step_and_every_plan_is_listed():
+    """Digits batch 8 on two CPU ranks (issue 28's measured curve, ms): each rank's own 4 samples, the loop, no collective per
+    step, beat splitting each step's batch (same network time plus a 0.62 ms all-gather a step); the table lists every plan."""
+    curve = cm.BatchTimeCurve(rows=(0.5, 1, 2, 4, 8), seconds=(0.01246, 0.01578, 0.02681, 0.05722, 0.10645))
+    kw = dict(devices=2, split_inputs=8, link_latency=6.2e-4, overhead_one_row=8.5e-5, gather_bytes_per_row=8 * 1024 * 4,
+              link_bandwidth=1e9)  # fmt: skip
+    model = cm.CostModel(curve, 50, samples=8, **kw)
+    window, seconds = model.own_samples_time(min_speedup=cm.MIN_SPEEDUP)
+    gather = 6.2e-4 + 0.5 * 51 * 8 * 1024 * 4 / 1e9  # one all-gather of the 51 trajectory rows
+    assert window == 1 and seconds == pytest.approx(50 * (0.01246 + 8.5e-5) + gather)
+    choice = model.best_window(min_speedup=cm.MIN_SPEEDUP)
+    assert choice.own_samples and not choice.one_rank and choice.window == 1 and choice.seconds == seconds
+    plans = {name: (w, sec) for name, w, sec in choice.plans}
+    assert set(plans) == {"window", "loop", "one rank", "own samples"}
+    assert plans["loop"] == (1, pytest.approx(50 * (0.01246 + 8.5e-5 + 6.2e-4 + 0.5 * 8 * 1024 * 4 / 1e9)))
+    assert plans["one rank"][1] == pytest.approx(model.one_rank_time()) and plans["window"][0] > 1
+    # the best window (2 rows, 0.615 s) is predicted faster, but not MIN_SPEEDUP times faster than the loops: one of those
+    assert choice.seconds == min(plans[k][1] for k in ("loop", "one rank", "own samples")) < plans["window"][1] * cm.MIN_SPEEDUP
+    # not priced without the samples, on one device, or with fewer samples than devices: the split loop is the plan
+    assert cm.CostModel(curve, 50, **kw).own_samples_time() is None
+    assert cm.CostModel(curve, 50, samples=1, **kw).own_samples_time() is None
+    assert cm.CostModel(curve, 50, samples=8).own_samples_time() is None
+    assert not cm.CostModel(curve, 50, **kw).best_window(min_speedup=cm.MIN_SPEEDUP).own_samples
+    # contention enters each rank's solve: ranks twice as slow together make the plan lose to the loop on rank 0 alone
+    slow = cm.CostModel(curve, 50, samples=8, contention=2.0, **kw).best_window(min_speedup=cm.MIN_SPEEDUP)
+    assert not slow.own_samples and slow.one_rank
+
+
+def test_own_samples_share_is_the_busiest_rank_and_its_own_window():
+    # 3 samples on 2 ranks: the busier rank evaluates 2 of 3 per row; a flat curve gives each rank a window of its own
+    model = cm.CostModel(FLAT, 50, devices=2, split_inputs=3, samples=3, link_latency=1e-3)
+    window, seconds = model.own_samples_time()
+    alone = cm.CostModel(cm.BatchTimeCurve(tuple(r * 1.5 for r in FLAT.rows), FLAT.seconds), 50).best_window()
+    assert window == alone.window > 1 and seconds == pytest.approx(alone.seconds + 1e-3)
 
 
 def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):

@@ -127,7 +127,7 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     # rank 0 measured and broadcast: both ranks hold the same curve, overheads, contention (measured together) and predictions,
     # hence the same plan
     assert p0["overhead"][3] >= 1.0 and p0["overhead"][2] > 0  # contention, row-by-row overhead: measured
-    for k in ("window", "table", "curve", "overhead", "windows", "rounds", "one_rank"):
+    for k in ("window", "table", "curve", "overhead", "windows", "rounds", "one_rank", "own_samples"):
         assert p0[k] == p1[k], k
     i0, i1 = np.load(out / "digits_plan_rank0.npy"), np.load(out / "digits_plan_rank1.npy")
     assert np.array_equal(i0, i1)
@@ -136,6 +136,10 @@ def test_default_plan_is_the_same_on_both_ranks_and_gives_the_single_process_sam
     def kw():
         return dict(batch_size=4, num_inference_steps=12, generator=torch.manual_seed(1), output_type="np")
 
+    if p0["own_samples"]:  # each rank solved its own 2 samples (its own rounds), then gathered the headers and trajectories
+        assert p0["stats"]["collectives"] == p1["stats"]["collectives"] == 2
+        np.testing.assert_allclose(i0, pipe(**kw()).images, rtol=0, atol=5e-3)  # the sequential loop
+        return
     single = td.sample(pipe, window=p0["window"], **kw())  # the same window on one process
     np.testing.assert_allclose(i0, single.images, rtol=0, atol=1e-4)  # smaller network batches: round-off only
     assert p0["rounds"] == single.solution.num_rounds
@@ -174,6 +178,39 @@ def test_the_loop_on_rank_0_alone_gives_every_rank_its_result_and_its_failure(ra
     f0, f1 = read("one_rank_failure", 0), read("one_rank_failure", 1)
     assert "failed on purpose" in f0["raised"] and "FAILED" in f1["raised"]  # rank 0 raises its error; rank 1 learns the status
     assert f0["num_frozen"] == f1["num_frozen"] and 1 < f0["num_frozen"] <= 6 and f0["status"] == f1["status"] == "FAILED"
+
+
+def test_each_rank_its_own_samples_gives_the_single_process_images(ranks):
+    import trisolve_diffusion as td
+    from trisolve_diffusion.models import load_digits_pipeline
+    from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion
+
+    out, read = ranks
+    r0, r1 = read("own_digits", 0), read("own_digits", 1)
+    assert r0["own_samples"] and r0["offered"] == r1["offered"] == 5  # a deterministic sampler: the plan was priced for 5 samples
+    assert r0["status"] == r1["status"] == "CONVERGED" and r0["rounds"] == r1["rounds"] == 6  # window 1: the loop on each rank
+    assert r0["stats"]["collectives"] == r1["stats"]["collectives"] == 2  # the headers and the trajectories, gathered once
+    t0, t1 = np.load(out / "own_digits_rank0.npy"), np.load(out / "own_digits_rank1.npy")
+    assert np.array_equal(t0, t1) and t0.shape[:2] == (7, 5)
+    # rank 0 receives rank 1's header and its 3 samples' trajectories (7 rows of float32 latents); rank 1 rank 0's 2, padded to 3
+    assert r0["stats"]["bytes_gathered"] == r1["stats"]["bytes_gathered"] == 4 * 8 + 3 * 7 * int(np.prod(t0.shape[2:])) * 4
+    pipe = load_digits_pipeline("ddim")
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(batch_size=5, num_inference_steps=6, output_type="np")
+    single = td.sample(pipe, window=1, generator=torch.manual_seed(4), **kw)
+    np.testing.assert_allclose(t0, single.solution.trajectory.numpy(), rtol=0, atol=1e-5)  # smaller network batches: round-off
+    images = np.load(out / "own_digits_images_rank0.npy")
+    np.testing.assert_allclose(images, pipe(generator=torch.manual_seed(4), **kw).images, rtol=0, atol=1e-4)  # the loop
+    s0, s1 = read("own_sd", 0), read("own_sd", 1)
+    assert s0["offered"] == 2 and s0["status"] == s1["status"] == "CONVERGED" and s0["stats"]["collectives"] == 2
+    i0, i1 = np.load(out / "own_sd_rank0.npy"), np.load(out / "own_sd_rank1.npy")
+    sd = build_tiny_stable_diffusion()
+    sd.set_progress_bar_config(disable=True)
+    ref = sd(["a cat", "a dog"], num_inference_steps=5, generator=torch.manual_seed(0), output_type="np").images
+    assert np.array_equal(i0, i1) and np.abs(ref[0] - ref[1]).max() > 1e-3  # two prompts, two images: each rank its own prompt
+    np.testing.assert_allclose(i0, ref, rtol=0, atol=1e-4)
+    f0, f1 = read("own_failure", 0), read("own_failure", 1)  # rank 1's network failed in its solve: both raise, none waits
+    assert "failed on purpose" in f1["raised"] and "FAILED" in f0["raised"] and f0["status"] == f1["status"] == "FAILED"
 
 
 @pytest.mark.parametrize("w", [1, None])
@@ -322,3 +359,23 @@ def test_what_several_ranks_cannot_run_is_refused_at_the_call_on_every_rank(rank
         status, rounds, traj = rec["with_jacobian"]  # distribute() keeps a jacobian= callable: Newton runs
         assert status == "CONVERGED" and rounds <= 10
         np.testing.assert_allclose(np.array(traj), ref, atol=1e-10)
+
+
+def test_for_samples_cuts_the_conditioning_to_the_samples():
+    """``UNetDenoiser.for_samples`` (each rank's own samples): the cut denoiser on samples 1..2 of 3 gives what the whole one
+    gives them, with guidance, for per-sample and shared conditioning, over a window of two rows; bad ranges are named."""
+    import trisolve_diffusion as td
+
+    def unet(x, t, *, encoder_hidden_states, return_dict=False):  # an output that depends on each input's own conditioning
+        return (x * encoder_hidden_states.mean(dim=(1, 2))[:, None, None, None] + t[:, None, None, None],)
+
+    unet.dtype = torch.float32
+    for cond in (torch.arange(6.0).reshape(6, 1, 1).expand(6, 2, 3), torch.tensor([1.0, 2.0]).reshape(2, 1, 1).expand(2, 2, 3)):
+        den = td.network.unet_denoiser(unet, guidance_scale=3.0, encoder_hidden_states=cond)
+        x = torch.randn(2 * 3, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # two rows of 3 samples
+        t = torch.tensor([5.0, 5.0, 5.0, 7.0, 7.0, 7.0])
+        whole = den(x, t).reshape(2, 3, 1, 2, 2)
+        cut = den.for_samples(1, 3, 3)(x.reshape(2, 3, 1, 2, 2)[:, 1:].reshape(4, 1, 2, 2), torch.tensor([5.0, 5.0, 7.0, 7.0]))
+        torch.testing.assert_close(cut.reshape(2, 2, 1, 2, 2), whole[:, 1:], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="lie in a batch of 3"):
+        den.for_samples(2, 4, 3)

@@ -11,6 +11,8 @@ sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of
     wall(w)       = rounds(w) * round(w)
     sequential    = T * t(1)
     one rank      = T * (t(1) + o_row) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
+    own samples   = min_w wall_own(w) + latency + (T + 1) traj_bytes / bandwidth  (each device its ceil(S / P) samples alone:
+                    t_own(r) = k t(r ceil(S / P) / S), no collective per round, one all-gather of the trajectories at the end)
     rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
     fill(w)       = 1 - phi * sqrt(w / T)
 
@@ -48,7 +50,8 @@ forward substitution (``w = 1``) unless the chosen window is predicted at least
 clearly pays, so the default never falls far below the loop (a network already saturated
 at one row, a large batch on a CPU).
 
-First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows,
+First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows
+(the third in a pass over all sizes; up to 2 more at a size whose calls disagree by over 20 %),
 stopping at the whole window or once the time has doubled with the rows twice (a CPU at batch
 1 is saturated from the start: 12 timed calls on 1, 2 and 4 rows, about ``28 t(1)``, half a
 50-step loop); the overhead takes 32 stand-in rounds without the network. Both are cached per
@@ -71,6 +74,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -199,6 +203,15 @@ class WindowChoice:
     #: broadcast to the other ranks; chosen where neither a window nor splitting one row's batch over the ranks is predicted
     #: faster (:meth:`CostModel.best_window`).
     one_rank: bool = False
+    #: On several ranks: each rank solves its own share of the samples (contiguous, sizes differing by at most one) with
+    #: ``window`` rows, alone, with no collective per round; one all-gather of the trajectories at the end
+    #: (:meth:`CostModel.own_samples_time`).
+    own_samples: bool = False
+    #: Every plan the model weighed, ``(name, window, predicted seconds)``: ``"window"`` (the window of more than one row it
+    #: settled on, the full one where within ``keep_full_within`` of the best; its rows or network batch split over the
+    #: devices), ``"loop"`` (forward substitution on every device, a split network batch), on several devices ``"one rank"``
+    #: and, where priced, ``"own samples"``; the chosen one is ``seconds``.
+    plans: tuple[tuple[str, int, float], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -240,6 +253,10 @@ class CostModel:
         ``ceil(r S G / P)`` inputs: window 1 is then pure data parallelism (``S / P`` samples
         each) and, with guidance, the unconditional and conditional halves go to different
         devices.
+    samples : int
+        ``S``, on ``P > 1`` devices with ``split_inputs``: prices the plan where each device solves
+        its own ``ceil(S / P)`` samples with its own window and no collective per round
+        (:meth:`own_samples_time`); 0 (or ``S < P``): not priced.
     """
 
     curve: BatchTimeCurve
@@ -254,9 +271,10 @@ class CostModel:
     split_inputs: int = 0
     overhead_one_row: float | None = None
     contention: float = 1.0
+    samples: int = 0
 
     def __post_init__(self):
-        for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0)):
+        for name, low in (("steps", 1), ("devices", 1), ("split_inputs", 0), ("samples", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {v!r}.")
@@ -280,6 +298,26 @@ class CostModel:
         """Forward substitution on one device, the others waiting: ``T`` rows of the loop, then one broadcast of the trajectory."""
         outside = self.overhead_one_row if self.overhead_one_row is not None else self.overhead + self.overhead_per_row
         return self.steps * (self.curve(1) + outside) + self.link_latency + self.steps * self.gather_bytes_per_row / self.link_bandwidth
+
+    def own_samples_time(self, *, min_speedup: float = 1.0) -> tuple[int, float] | None:
+        """Each device solves its own ``ceil(S / P)`` samples alone, then one all-gather of the trajectories: ``(window, seconds)``.
+
+        A device's solve is the one-device model on its share of each row's network batch
+        (``t_own(r) = contention * t(r ceil(S / P) / S)``, the same overheads: those of the whole
+        batch, an upper bound), its window chosen as on one device (:meth:`best_window` with
+        ``min_speedup``); no collective per round, one all-gather of the ``T + 1`` trajectory rows
+        at the end. ``None`` where not priced (one device, ``samples`` 0 or fewer than the
+        devices, or no ``split_inputs``).
+        """
+        if self.devices < 2 or not self.split_inputs or self.samples < self.devices:
+            return None
+        share = math.ceil(self.samples / self.devices) / self.samples  # of one row's network batch, on the busiest device
+        curve = BatchTimeCurve(tuple(r / share for r in self.curve.rows), tuple(s * self.contention for s in self.curve.seconds))
+        own = dataclasses.replace(self, curve=curve, devices=1, split_inputs=0, samples=0, contention=1.0)
+        choice = own.best_window(min_speedup=min_speedup)
+        row_bytes = self.gather_bytes_per_row * self.samples / self.split_inputs  # a trajectory row: the latents, no guidance copies
+        gather = self.link_latency + (self.devices - 1) / self.devices * (self.steps + 1) * row_bytes / self.link_bandwidth
+        return choice.window, choice.seconds + gather
 
     def rows_per_device(self, rows: float) -> float:
         """Rows (fractions: shares of one row's network batch) one device evaluates in a round of ``rows`` rows."""
@@ -312,14 +350,25 @@ class CostModel:
             best = full
         # the loop: forward substitution, on several devices either split (w = 1: each takes a share of the row's batch)
         # or on one device alone (no collective per step), whichever is predicted faster
+        window = best if best[0] > 1 else min(table[1:], key=lambda row: row[2], default=None)  # the full one if kept above
+        plans = [] if window is None else [("window", window[0], window[2])]
+        plans.append(("loop", 1, table[0][2]))
         loop, one_rank = table[0], False  # table[0] is w = 1
-        if self.devices > 1 and self.one_rank_time() <= loop[2]:
-            loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
+        if self.devices > 1:
+            plans.append(("one rank", 1, self.one_rank_time()))
+            if self.one_rank_time() <= loop[2]:
+                loop, one_rank = (1, float(self.steps), self.one_rank_time()), True
         if best[0] == 1 or loop[2] < min_speedup * best[2]:
             best = loop
         else:
             one_rank = False
-        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank)
+        own = self.own_samples_time(min_speedup=min_speedup)
+        if own is not None:
+            plans.append(("own samples", *own))
+            if own[1] < best[2]:  # the samples split with no collective per round: the same solves, less waiting
+                return WindowChoice(own[0], own[1], self.rounds_model(own[0], self.steps), table, model=self, own_samples=True,
+                                    plans=tuple(plans))  # fmt: skip
+        return WindowChoice(best[0], best[2], best[1], table, model=self, one_rank=one_rank, plans=tuple(plans))
 
 
 # ---------------------------------------------------------------- measuring t(r), cached
@@ -357,9 +406,14 @@ def measure_round_time(
     """Measure ``t(r)``: the time of ``call(r)`` (one network call on ``r`` rows) for ``r = 1, 2, 4, ...``.
 
     Each size gets one warm-up call and ``repeats`` timed calls (median), each bracketed by
-    ``sync()`` (e.g. ``torch.cuda.synchronize``). Doubling stops at ``max_rows`` or once the
-    device is saturated (the time grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is
-    then linear and :class:`BatchTimeCurve` extends it). With ``model`` (by identity, weakly
+    ``sync()`` (e.g. ``torch.cuda.synchronize``): two right after the warm-up, whose faster
+    decides where doubling stops (at ``max_rows``, or once the device is saturated: the time
+    grew by ``>= 1.8x`` for a doubling twice in a row: ``t`` is then linear and
+    :class:`BatchTimeCurve` extends it), the rest in passes over all sizes (interleaved: a burst
+    of other work on a shared machine lands on one call of several sizes, not on every call of
+    one). A size whose calls differ by more than :data:`NOISE_SPREAD` (20 %) of the fastest, or
+    whose median exceeds a larger size's by that much, gets one more call per pass, for at most
+    :data:`EXTRA_PASSES` (2) passes; its median is then over all its calls. With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
     guidance)``) the curve is cached in ``cache`` (a dict, e.g. an :class:`AutoWindow`'s) and
     measured once; with ``key`` alone, the key names it. Without ``cache`` nothing is cached.
@@ -377,20 +431,28 @@ def measure_round_time(
     if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
-    rows, secs = [], []
+    rows, samples = [], []  # samples[i]: the timed calls at rows[i]
     r, steep = 1, 0
-    while True:
+    first = min(2, repeats)
+    while True:  # the sizes: a warm-up and two timed calls each (the faster decides), doubling until max_rows or saturated
         call(r)  # warm-up (allocator, kernels)
         sync()
-        times = []
-        for _ in range(repeats):
-            times.append(_timed(call, r, sync=sync)[0])
         rows.append(r)
-        secs.append(max(statistics.median(times), 1e-9))
-        steep = steep + 1 if len(secs) > 1 and secs[-1] >= 1.8 * secs[-2] else 0
+        samples.append([_timed(call, r, sync=sync)[0] for _ in range(first)])
+        steep = steep + 1 if len(samples) > 1 and min(samples[-1]) >= 1.8 * min(samples[-2]) else 0
         if r >= max_rows or steep >= 2:
             break
         r = min(2 * r, max_rows)
+    for _ in range(repeats - first):  # the other timed calls interleaved over the sizes: a burst of load hits several sizes once
+        for i, r in enumerate(rows):
+            samples[i].append(_timed(call, r, sync=sync)[0])
+    for _ in range(EXTRA_PASSES):  # where samples disagree or a size is slower than a larger one, one more pass each
+        noisy = _noisy_points(samples)
+        if not noisy:
+            break
+        for i in noisy:
+            samples[i].append(_timed(call, rows[i], sync=sync)[0])
+    secs = [max(statistics.median(s), 1e-9) for s in samples]
     curve = BatchTimeCurve(tuple(rows), tuple(secs))
     if store is not None:
         store[key] = curve
@@ -404,6 +466,33 @@ def _timed(call: Callable[..., Any], *args: Any, sync: Callable[[], None]) -> tu
     out = call(*args)
     sync()
     return time.perf_counter() - start, out
+
+
+#: :func:`measure_round_time`: a size whose timed calls differ by more than this fraction of the fastest is measured again.
+NOISE_SPREAD = 0.2
+#: :func:`measure_round_time`: at most this many extra passes over the noisy sizes (one call each).
+EXTRA_PASSES = 2
+
+
+def _noisy_points(samples: Sequence[Sequence[float]], spread: float = NOISE_SPREAD) -> list[int]:
+    """Indices of the curve points to time again: their samples differ by more than ``spread`` of the fastest, or their median
+    exceeds a larger size's by more than ``spread`` (a device is not faster on more rows: a burst of other work hit it).
+
+    >>> _noisy_points([[1.0, 1.05, 1.1], [2.0, 2.1, 1.9]])
+    []
+    >>> _noisy_points([[1.0, 1.6, 1.1], [2.0, 2.1, 1.9]])  # the first disagrees with itself
+    [0]
+    >>> _noisy_points([[3.0, 3.1, 3.0], [2.0, 2.1, 1.9]])  # the first is slower than twice the rows
+    [0]
+    """
+    medians = [statistics.median(s) for s in samples]
+    out = []
+    for i, s in enumerate(samples):
+        scattered = len(s) > 1 and max(s) > (1 + spread) * min(s)
+        slower = any(medians[i] > (1 + spread) * m for m in medians[i + 1 :])
+        if scattered or slower:
+            out.append(i)
+    return out
 
 
 def _saturated(curve: BatchTimeCurve) -> bool:
@@ -525,6 +614,7 @@ def auto_window(
     split_inputs: int = 0,
     evaluate_share: Callable[[int], Any] | None = None,
     run_rows: Callable[[], int] | None = None,
+    samples: int = 0,
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -561,13 +651,16 @@ def auto_window(
         (:class:`CostModel`); 0: they split trajectory rows.
     evaluate_share : callable, optional
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
-        (what a rank evaluates at window 1 when the batch is split; timed once, cached like the curve); with ``split_inputs``.
+        (what a rank evaluates at window 1 when the batch is split; 3 timed calls after a warm-up, up to 2 more where they
+        disagree or exceed the whole row's time as a curve point's do; cached like the curve); with ``split_inputs``.
         On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
         started together): the slowest rank's median over rank 0's time alone is the
         :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
     run_rows : callable, optional
         ``run_rows() -> steps``: the solve row by row with a free stand-in network
         (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
+    samples : int
+        ``S`` where the solve can run as each rank's own samples (:meth:`CostModel.own_samples_time`); 0: it cannot.
     """
     import torch
 
@@ -608,7 +701,7 @@ def auto_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
         overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
         split_inputs=split_inputs if devices > 1 else 0, overhead_one_row=None if math.isnan(one_row) else one_row,
-        contention=1.0 if math.isnan(contention) else contention,
+        contention=1.0 if math.isnan(contention) else contention, samples=samples if devices > 1 and split_inputs else 0,
     )  # fmt: skip
     if policy is not None:
         policy.last_choice = last_choice
@@ -626,7 +719,12 @@ def _measure_on_this_rank(evaluate_rows, max_rows, sync, model, key, cache, eval
             sec = store[share_key]
         else:
             evaluate_share(share)  # warm-up
-            sec = max(statistics.median(_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)), 1e-9)
+            timed = [_timed(evaluate_share, share, sync=sync or (lambda: None))[0] for _ in range(3)]
+            for _ in range(EXTRA_PASSES):  # noisy, or slower than the whole row: timed again, as a curve point is
+                if 0 not in _noisy_points([timed, [curve(1)]]):
+                    break
+                timed.append(_timed(evaluate_share, share, sync=sync or (lambda: None))[0])
+            sec = max(statistics.median(timed), 1e-9)
             if store is not None:
                 store[share_key] = sec
         curve = BatchTimeCurve((share / split_inputs, *curve.rows), (sec, *curve.seconds))

@@ -142,6 +142,29 @@ class UNetDenoiser(_CachedDtype):
         """The same denoiser with its network batch evaluated through ``split`` (a :class:`trisolve.distributed.ShardedBatch`, or ``None``)."""
         return dataclasses.replace(self, split=split)
 
+    def for_samples(self, lo: int, hi: int, batch: int) -> UNetDenoiser:
+        """The denoiser of samples ``lo`` to ``hi - 1`` of a batch of ``batch``: its per-sample conditioning cut to them.
+
+        Sample ``i`` of the batch reads entry ``i mod E'`` of each group's conditioning (``E'`` entries per group, as
+        ``_tile`` lays them out); the result reads the same entries for the ``hi - lo`` samples it is given. What a rank
+        runs when the plan gives each rank its own samples (:class:`~trisolve_diffusion.cost_model.WindowChoice`).
+        """
+        if not 0 <= lo < hi <= batch:
+            raise ValueError(f"samples lo .. hi - 1 must lie in a batch of {batch}, got lo={lo}, hi={hi}.")
+        idx = torch.arange(lo, hi)
+
+        def cut(v: torch.Tensor | None) -> torch.Tensor | None:
+            if v is None:
+                return None
+            per = v.shape[0] // self.groups
+            if per * self.groups != v.shape[0] or batch % per:
+                raise ValueError(f"conditioning of batch {v.shape[0]} does not tile a batch of {batch} samples (groups={self.groups}).")
+            return v.reshape(self.groups, per, *v.shape[1:])[:, (idx % per).to(v.device)].reshape(self.groups * (hi - lo), *v.shape[1:])
+
+        added = None if self.added_cond_kwargs is None else {k: cut(v) for k, v in self.added_cond_kwargs.items()}
+        return dataclasses.replace(self, encoder_hidden_states=cut(self.encoder_hidden_states), added_cond_kwargs=added,
+                                   timestep_cond=cut(self.timestep_cond), extra_channels=cut(self.extra_channels), split=None)  # fmt: skip
+
 
 def classifier_free_guidance(
     model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guidance_scale: float, *, guidance_rescale: float = 0.0
@@ -196,6 +219,12 @@ class GuidedDenoiser:
         if not can_split(self.model):
             raise TypeError(f"the guided model ({type(self.model).__name__}) cannot split its network batch over ranks.")
         return dataclasses.replace(self, model=self.model.with_split(split))
+
+    def for_samples(self, lo: int, hi: int, batch: int) -> GuidedDenoiser:
+        """The same guidance around ``model.for_samples(lo, hi, batch)`` (:meth:`UNetDenoiser.for_samples`)."""
+        if not can_split(self.model):
+            raise TypeError(f"the guided model ({type(self.model).__name__}) cannot be cut to a share of the samples.")
+        return dataclasses.replace(self, model=self.model.for_samples(lo, hi, batch))
 
 
 def unet_denoiser(

@@ -716,11 +716,19 @@ def _sample_latents(
         run_rows = functools.partial(_run_rows, stand_in, x0)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
+        # each rank its own samples: where a share of the samples is solved alone as in one process (no noise, blend,
+        # warm start or per-round callback that would see only a share)
+        alone = split is not None and c is None and m is None and options.init is None and options.callback is None
         try:
-            window, split, one_rank = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto,
-                                                   split=split, evaluate_share=share, run_rows=run_rows)  # fmt: skip
+            window, split, one_rank, own = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto,
+                                                        split=split, evaluate_share=share, run_rows=run_rows,
+                                                        samples=batch if alone else 0)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
+        if own:
+            sol = _own_samples(denoiser, scheduler, latents, options, window, n, eta=eta, use_clipped_model_output=use_clipped_model_output,
+                               begin_index=begin_index)  # fmt: skip
+            return sol.trajectory[-1].to(latents.dtype), sol
     if one_rank:  # the loop on rank 0 alone: no split of its rows either
         solve_options = solve_options.replace(distributed=False)
     run_g = g if split is None else g_of(denoiser.with_split(split))
@@ -1043,14 +1051,16 @@ def _auto_window(
     split: Any = None,
     evaluate_share: Any = None,
     run_rows: Any = None,
-) -> tuple[trisolve.WindowPolicy, Any, bool]:
+    samples: int = 0,
+) -> tuple[trisolve.WindowPolicy, Any, bool, bool]:
     """The window an :class:`AutoWindow` ``policy`` chooses: the one the cost model predicts fastest (``cost_model.py``).
 
     What is timed and keyed is the policy's network when it names one, else the denoiser itself.
     With ``split`` (a :class:`trisolve.distributed.ShardedBatch`) the ranks split the network batch, ``S G``
     inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
-    where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``). Returns the window
-    policy, that split and ``one_rank``.
+    where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``) or each rank its own samples
+    (``WindowChoice.own_samples``, priced where ``samples``, the batch, is given). Returns the window
+    policy, that split, ``one_rank`` and ``own_samples``.
     """
     from .cost_model import _note_used, auto_window
 
@@ -1072,12 +1082,61 @@ def _auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
         model=denoiser if policy.network is None else policy.network,
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
-        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows, samples=samples,
     )  # fmt: skip
-    split = None if choice.one_rank else split
+    split = None if choice.one_rank or choice.own_samples else split
     policy.last_choice = choice = dataclasses.replace(choice, split=split)
     _note_used(policy)
-    return (trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)), split, choice.one_rank
+    window = trisolve.FullWindow() if choice.window >= n else trisolve.SlidingWindow(choice.window)
+    return window, split, choice.one_rank, choice.own_samples
+
+
+def _own_samples(denoiser: Any, scheduler: Any, latents: torch.Tensor, options: SolveOptions, window: trisolve.WindowPolicy, n: int,
+                 **kw: Any) -> trisolve.Solution:  # fmt: skip
+    """The plan's own samples on each rank (``WindowChoice.own_samples``): rank ``r`` solves samples ``r B // P .. (r + 1) B // P - 1``
+    alone (:func:`sample_latents` on its share, the denoiser cut to it, ``window``), then one all-gather of every rank's
+    ``[status, rounds, evaluations, num_frozen]`` and one of the trajectories (padded to ``ceil(B / P)`` samples).
+
+    Every rank returns the whole trajectory ``(n + 1, B, ...)``; ``status`` and ``num_frozen`` are the worst rank's, the
+    rounds, evaluations, windows and residuals this rank's own solve's (``stats["max_rounds"]``: the most any rank ran).
+    A rank whose solve raised raises its own error; the others raise what the gathered status raises.
+    """
+    from trisolve.distributed import GroupInfo
+
+    info = GroupInfo.resolve(None if options.distributed is True else options.distributed)
+    batch, world = latents.shape[0], info.world
+    lo, hi, per = info.rank * batch // world, (info.rank + 1) * batch // world, -(-batch // world)
+    statuses = list(trisolve.Status)
+    sol, raised = None, None
+    try:
+        _, sol = _sample_latents(denoiser.for_samples(lo, hi, batch), scheduler, latents[lo:hi],
+                                 options.replace(distributed=False, window=window), **kw)  # fmt: skip
+    except (ParallelSamplingError, SamplingInterrupted) as exc:  # told to the other ranks first, then raised here
+        sol, raised = exc.solution, exc
+    except BaseException as exc:  # anything else: the others learn FAILED with nothing solved
+        sol, raised = _unstarted(latents[lo:hi].to(options.trajectory_dtype), n, trisolve.Status.FAILED, exc), exc
+    head = torch.tensor([statuses.index(sol.status), sol.num_rounds, sol.num_evals, sol.num_frozen], dtype=torch.int64)
+    heads = info.all_gather(head.to(info.device), "each rank's result of its own samples").cpu().reshape(world, 4).tolist()
+    own = sol.trajectory.transpose(0, 1)  # (hi - lo, n + 1, ...): the all-gather stacks the ranks' samples
+    padded = torch.cat([own, own.new_zeros((per - own.shape[0], *own.shape[1:]))]).to(info.device)
+    every = info.all_gather(padded, "the trajectories of every rank's own samples").to(latents.device)
+    traj = torch.cat([every[r * per : r * per + (r + 1) * batch // world - r * batch // world] for r in range(world)]).transpose(0, 1)
+    received = (world - 1) * (4 * 8 + padded.numel() * padded.element_size())
+    if raised is not None:
+        raise raised
+    bad = [h for h in heads if not statuses[h[0]].ok]
+    status = statuses[(bad or heads)[0][0]]
+    stats = {**sol.stats, "collectives": 2, "bytes_gathered": received, "max_rounds": max(h[1] for h in heads)}
+    mine = sol.status
+    if status is not mine and not status.ok:
+        error = RuntimeError(f"another rank's solve of its samples ended {status.name} (its error is raised there)")
+    else:
+        error = sol.error
+    sol = dataclasses.replace(sol, trajectory=traj.contiguous(), status=status, num_frozen=min(h[3] for h in heads), stats=stats,
+                              error=error)  # fmt: skip
+    if status is not mine:  # another rank's status (this rank's own was raised or warned by its solve)
+        _raise_for_status(sol, options.strict)
+    return sol
 
 
 def _fingerprint(options: SolveOptions, x0: torch.Tensor, c: torch.Tensor | None) -> tuple:
