@@ -1132,8 +1132,9 @@ def _own_samples(denoiser: Any, scheduler: Any, latents: torch.Tensor, options: 
         error = RuntimeError(f"another rank's solve of its samples ended {status.name} (its error is raised there)")
     else:
         error = sol.error
+    # the per-sample records of this rank's solve describe its share only: none for the whole batch
     sol = dataclasses.replace(sol, trajectory=traj.contiguous(), status=status, num_frozen=min(h[3] for h in heads), stats=stats,
-                              error=error)  # fmt: skip
+                              error=error, sample_frozen=None, sample_rounds=None)  # fmt: skip
     if status is not mine:  # another rank's status (this rank's own was raised or warned by its solve)
         _raise_for_status(sol, options.strict)
     return sol
