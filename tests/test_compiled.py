@@ -45,15 +45,46 @@ CORE = [  # every solver, every compilable map, full and sliding windows, each a
 ]
 
 
+def _fused_rounds(monkeypatch) -> list:
+    """Records, per round that reached the solver, whether the driver wrote the fused call's rows (``_Run._fused_rows``)."""
+    taken, rows = [], trisolve.driver._Run._fused_rows
+
+    def spy(self, *a, **k):
+        out = rows(self, *a, **k)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(trisolve.driver._Run, "_fused_rows", spy)
+    return taken
+
+
 @pytest.mark.parametrize("name,solver,update_map,window", CORE, ids=[c[0] for c in CORE])
-def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window):
+def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window, monkeypatch):
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=update_map, window=window, atol=1e-6, record="errors")
     eager = trisolve.solve(_system(), solver, x0, per_sample=False, **kw)  # a compiled solve is the lockstep batch
+    taken = _fused_rounds(monkeypatch)
     compiled = trisolve.solve(_system(), solver, x0, compile=True, **kw)
     assert eager.converged and eager.num_rounds > 1
     assert compiled.sample_rounds is None  # per_sample=True (the default) does not apply to a compiled solve
     _same_solve(eager, compiled)
+    # the rounds ran as one compiled call each, and its rows were written (all but a round the safeguard restarted or rejected)
+    assert sum(taken) >= max(1, len(taken) - eager.stats.get("num_restarts", 0) - eager.stats.get("num_rejections", 0))
+
+
+def test_compiled_round_of_a_black_box_system(monkeypatch):
+    """A system without an assembly hook (``evaluate_parts``' default): F from ``evaluate``, the rest in the fused call."""
+    x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+
+    def f(x, lo, hi):
+        return 0.97 * x[lo - 1 : hi - 1] + 0.05 * torch.sin(x[lo - 1 : hi - 1])
+
+    kw = dict(update_map=trisolve.OneStep(), atol=1e-6, record="errors")
+    eager = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, per_sample=False, **kw)
+    taken = _fused_rounds(monkeypatch)
+    compiled = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, compile=True, **kw)
+    _same_solve(eager, compiled)
+    assert taken and all(taken)
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
@@ -135,8 +166,13 @@ def test_compiled_functions_are_cached_per_configuration(monkeypatch):
         assert cpu(f, "k") is cpu(f, "k") is tc.RoundCompiler("cpu")(f, "k")
         assert len(made) == 1 and made[0][1] == {"dynamic": None, "fullgraph": False}
         assert made[0][0] is not f and made[0][0].__code__ is not f.__code__  # its own code object: its own recompile budget
+
+        def g(a, *, b=2):
+            return a + b
+
+        assert cpu(g, "k")(1) == 3  # the copy keeps keyword-only defaults
         cpu(f, "other")
-        assert len(made) == 2
+        assert len(made) == 3  # f, g, and f under another key
         cuda = tc.RoundCompiler("cuda")(f, "k")
         assert made[-1][1]["mode"] == "reduce-overhead" and cuda is not made[-1][0]  # wrapped: outputs copied out of the graph
     finally:
@@ -169,6 +205,34 @@ def test_compiled_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     payload = json.loads((tmp_path / "launches_compiled_quick.json").read_text())
     assert {r["run"].rsplit("window ", 1)[1] for r in payload["side_by_side"]} == {"full", "8"}
     assert all(r[k] > 0 for r in payload["side_by_side"] for k in ("eager_ms", "compiled_ms", "cpu_eager_ms", "cpu_compiled_ms"))
-    assert {r["function"] for r in payload["functions"]} == {"_round_arrays", "_update"}
+    assert "fused_round" in {r["function"] for r in payload["functions"]}  # the round as one compiled call (TAA on Picard)
     assert all(r["first_compiled_s"] > 0 and r["second_compiled_s"] > 0 for r in payload["compile_cost"])
     assert (tmp_path / "launches_compiled_quick.md").read_text().count("|") > 10
+
+
+@pytest.mark.parametrize("solver", [trisolve.TriangularAnderson(history_size=3), trisolve.Anderson(history_size=3)], ids=["taa", "anderson"])
+def test_fused_step_proposes_what_step_does(solver):
+    """Without compiling: the fused step's function -- history padded to m pairs, the safeguard's restart on the device --
+    proposes what ``step`` does, round after round (restarts included), and keeps an equivalent state."""
+    import array_api_compat.torch as xp
+
+    gen = torch.Generator().manual_seed(3)
+    n, start = 8, 1
+    errors = [[2.0] * 7, [1.5] * 6, [3.0] * 5, [1.0] * 4, [0.8] * 3]  # grows in round 3: a restart that drops the kept pair
+    eager = fused = solver.init()
+    restarts = 0
+    for k, err in enumerate(errors):
+        lo = 1 + k
+        hi = n
+        x = torch.randn(hi - lo, 2, 3, generator=gen, dtype=torch.float64)
+        r = 0.5 ** k * torch.randn(hi - lo, 2, 3, generator=gen, dtype=torch.float64)
+        ctx = trisolve.StepContext(x=x, g=x + r, r=r, errors=np.asarray(err), lo=lo, hi=hi, start=start, batch_ndim=1, xp=xp)
+        expect, eager = solver.step(ctx, eager)
+        step = solver.fused_step(fused, lo, hi, xp=xp)
+        err_dev = torch.tensor(err, dtype=torch.float64)
+        proposal, checks, outputs = step.fn(x, x + r, r, torch.tensor(start), err_dev, *step.arrays, batch_ndim=1, xp=xp)
+        taken, fused = step.finish(ctx, outputs, np.zeros(0) if checks is None else checks.numpy())
+        assert taken
+        torch.testing.assert_close(proposal[start:], expect[start:], rtol=1e-12, atol=1e-12)
+        restarts += int(checks is not None and bool(checks[0] > 0.5))
+    assert solver.stats(fused) == solver.stats(eager) and eager.num_restarts == restarts == 1

@@ -19,7 +19,7 @@ from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, SolveE
 from .scan import affine_scan
 from .sequential import forward_substitution
 from .solvers.anderson import Anderson, TriangularAnderson
-from .solvers.base import Solver, StepContext
+from .solvers.base import FusedStep, Solver, StepContext
 from .solvers.jacobi import Jacobi
 from .solvers.safeguard import Safeguard
 from .systems import BlackBoxSystem, Evaluation, RowFunction, SemilinearSystem, TriangularSystem
@@ -59,6 +59,7 @@ __all__ = [
     "Safeguard",
     "Solver",
     "StepContext",
+    "FusedStep",
     "OneStep",
     "Unrolled",
     "Picard",

@@ -1,31 +1,47 @@
-"""The compiled round: the solver's arithmetic outside ``F`` as compiled functions (PyTorch only).
+"""The compiled round: a round's arithmetic outside ``F``'s expensive call as one compiled function (PyTorch only).
 
-``solve(..., compile=True)`` runs a round's device arithmetic outside the system's evaluation
-as two compiled functions instead of ~100 separately dispatched operators:
+``solve(..., compile=True)`` runs a round's device arithmetic outside the system's expensive
+call as one compiled call, :func:`fused_round`, instead of ~100 separately dispatched
+operators, when the update map's scan can be traced (:attr:`~trisolve.UpdateMap.compilable`:
+:class:`~trisolve.OneStep`, :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`) and the
+solver offers a :meth:`~trisolve.Solver.fused_step` (:class:`~trisolve.Jacobi`,
+:class:`~trisolve.Anderson`, :class:`~trisolve.TriangularAnderson`):
 
-1. the update map's scan (:meth:`~trisolve.UpdateMap.combine`, for maps whose
-   :attr:`~trisolve.UpdateMap.compilable` is true: :class:`~trisolve.OneStep`,
-   :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`), the residuals, the tolerance
-   test's per-row errors and the finish tests: everything the round reads on the host, as one
-   vector (``driver._round_arrays``);
-2. the solver's mixing (:class:`~trisolve.Anderson` and :class:`~trisolve.TriangularAnderson`:
-   the difference pairs, the Gram systems, the coefficients and the proposal).
+1. the last arithmetic of the system's evaluation
+   (:meth:`~trisolve.TriangularSystem.evaluate_parts`: a :class:`~trisolve.SemilinearSystem`
+   assembles ``F = a x + sum_q B g + c`` from the kept ``g`` rows);
+2. the update map's scan, the residuals, the tolerance test's per-row errors and the finish
+   tests: everything the round reads on the host, as one vector (``driver._round_arrays``);
+3. the freeze decision on the device (one past the first failed row: the driver's ``start``);
+4. the solver's proposal for every row and its new history, with what the host decides after
+   the read taken on the device too where it can be (Anderson: the safeguard's restart) or
+   assumed (Anderson: no rejection);
+5. the window's rows as the driver writes them (frozen rows from ``G``, the proposal after
+   them, non-finite proposal rows replaced as ``driver._sanitize`` does).
 
-What stays eager: the system's evaluation, the one device-to-host read per round, the host
-decisions (the frozen prefix, the safeguard's growth test, the window), slicing the window's
-rows (views), the replacement of non-finite proposal rows (three operators: a compiled call
-cost as much here) and the two trajectory writes (the driver stays its only writer). The maths is the
-same operators; inductor may fuse them and reorder sums, so values agree with the eager round
-to the dtype's round-off (tests: ``tests/test_compiled.py``).
+What stays eager: the expensive call (the network) and its wrapper, the one device-to-host read
+per round, the host decisions (the frozen prefix, the safeguard's growth test, the window),
+slicing the window's rows (views) and the trajectory write (the driver stays its only writer).
+The driver writes the fused call's rows when its host decisions match the device's -- the same
+``start`` (they differ only after a second, careful read of an overflowing residual) and the
+solver's :attr:`~trisolve.solvers.base.FusedStep.finish` -- and otherwise calls the solver's
+``step`` (compiled separately) as an uncompiled solve does. The maths is the same operators;
+inductor may fuse them and reorder sums, so values agree with the eager round to the dtype's
+round-off (tests: ``tests/test_compiled.py``). A :class:`~trisolve.Newton` map (its ``apply``
+evaluates Jacobians) runs its ``apply`` eager and the residuals, errors (2.) and the solver's
+mixing as separate compiled functions.
 
 Compiled functions are made with ``torch.compile`` (inductor; on a CPU it needs a C++
 compiler) and cached for the process, one per (function, device type, configuration key); each
 keeps its own compiled graphs, one per input shape until a second shape makes the window length
 symbolic (``dynamic=None``: a sliding window compiles once for its fixed length and once more
-for the shrinking last rounds). :class:`~trisolve.Unrolled` with ``order=None`` recurses on
-the window length (odd-even reduction) and so compiles a graph per length until Dynamo's
-recompile limit, after which that function runs eager (same values). Inductor's on-disk
-cache (``/tmp/torchinductor_<user>``) makes a later process's compiles faster.
+for the shrinking last rounds). Anderson's fused step pads its history to ``history_size``
+pairs, so a TAA solve compiles two fused graphs (its first round, without history, and every
+later round), each static and then symbolic in the window length.
+:class:`~trisolve.Unrolled` with ``order=None`` recurses on the window length (odd-even
+reduction) and so compiles a graph per length until Dynamo's recompile limit, after which that
+function runs eager (same values). Inductor's on-disk cache (``/tmp/torchinductor_<user>``)
+makes a later process's compiles faster.
 
 On CUDA the compiled functions are additionally captured as CUDA graphs
 (``mode="reduce-overhead"``) and replayed for the fixed shapes of a sliding window; their
@@ -33,19 +49,18 @@ outputs live in the graphs' static buffers, so they are copied out before the ne
 (:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
 test suite.
 
-Cost, measured on the loaded 2-core CPU (``benchmarks/launches.py --compiled --cold``, see
-``docs/compiled.rst``): a TAA solve's first compiles about 35 s with a cold inductor cache (the
-first also imports and warms inductor), a new window length as much again; later calls take
-80-110 us per function where the eager functions took 150-360 us.
+Cost and saving on the loaded 2-core CPU: ``benchmarks/launches.py --compiled`` and
+``docs/compiled.rst``.
 """
 
 from __future__ import annotations
 
+import math
 import types
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["RoundCompiler", "compile_options", "eager", "clear_cache"]
+__all__ = ["RoundCompiler", "compile_options", "eager", "clear_cache", "fused_round"]
 
 # (function, device type, key) -> compiled function: one process-wide table, so that a second solve
 # with the same configuration reuses the compiled graphs (bounded by the configurations used)
@@ -72,7 +87,9 @@ def compile_options(device_type: str) -> dict[str, Any]:
 def _own_code(fn: Callable) -> Callable:
     """A copy of ``fn`` with its own code object: Dynamo keeps compiled graphs (and counts
     recompiles) per code object, so each configuration gets its own budget."""
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own = types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__ = fn.__kwdefaults__  # keyword-only defaults are not a FunctionType argument
+    return own
 
 
 class RoundCompiler:
@@ -126,6 +143,50 @@ def _replayed(compiled: Callable) -> Callable:  # pragma: no cover - needs a CUD
         return tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, out)
 
     return call
+
+
+def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable | None, inputs: tuple, update_map: Any,
+                J: Any, xv: Any, thr_w: Any, thr_last: Any, prev_last: Any, step: Callable, step_arrays: tuple, *, flags: dict,
+                batch_ndim: int, xp: Any) -> tuple:  # fmt: skip
+    """A whole round outside the expensive call, for one compiled graph: ``(f, (G, R, d, xw, decisions), rows, outputs, c)``.
+
+    1. ``F`` from the system's :meth:`~trisolve.TriangularSystem.evaluate_parts` (``assemble(*inputs)``,
+       or ``inputs[0]`` when ``assemble`` is ``None``);
+    2. the driver's ``round_arrays`` (the map's scan on ``J``, the residuals, the decisions vector
+       the host reads), with the device's ``start`` and the solver's checks appended;
+    3. ``start``, the driver's freeze decision on the device: one past the first row whose
+       error (``max(e_d, e_R)``, nan counting as failed) exceeds 1, at most ``w``;
+    4. the solver's :class:`~trisolve.solvers.base.FusedStep` function: its proposal for every
+       row, its checks (host decisions it took on the device, e.g. Anderson's restart) and its
+       outputs (the new history);
+    5. ``rows``: the window as the driver writes it -- ``G`` on rows ``< start``, the proposal
+       on the others, where a non-finite proposal row falls back to ``G``, or to the last
+       frozen row ``G[start - 1]`` where ``G`` is not finite either (the driver's ``sanitize``).
+
+    Pure device arithmetic: every host decision is made after the read, by the driver, which
+    uses ``rows`` only where its own decisions match (``start``, the solver's ``finish``). ``c``:
+    the number of the solver's checks at the end of the decisions, after ``start``.
+    """
+    f = inputs[0] if assemble is None else assemble(*inputs, xp=xp)
+    g, r, d, copy, decisions = round_arrays(update_map, J, None, None, xv, f, thr_w, thr_last, prev_last, xp=xp, **flags)
+    w = g.shape[0]
+    e_d = decisions[:w]
+    if flags["one_step"]:
+        err = e_d
+    else:
+        e_R = decisions[w : 2 * w]
+        err = xp.where(xp.isnan(e_d) | xp.isnan(e_R), math.nan, xp.maximum(e_d, e_R))
+    failed = ~(err <= 1.0)  # nan compares False: failed
+    first = xp.argmax(xp.astype(failed, xp.int32))  # the first failed row (0 when none failed)
+    start = xp.where(xp.any(failed), first + 1, w)  # rows [0, start) freeze
+    x = copy if flags["retain"] else xv
+    proposal, checks, outputs = step(x, g, r, start, err, *step_arrays, batch_ndim=batch_ndim, xp=xp)
+    anchor = xp.take(g, xp.reshape(start - 1, (1,)), axis=0)  # the last row that freezes now
+    tail = sanitize(proposal, None if proposal is g else g, anchor, xp)
+    before = xp.reshape(xp.arange(w, device=g.device) < start, (w,) + (1,) * (len(g.shape) - 1))
+    rows = xp.where(before, g, tail)
+    tail = [xp.astype(xp.reshape(start, (1,)), decisions.dtype)] + ([] if checks is None else [checks])
+    return f, (g, r, d, copy, xp.concat([decisions, *tail], axis=0)), rows, outputs, 0 if checks is None else int(checks.shape[0])
 
 
 def clear_cache() -> None:

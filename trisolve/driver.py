@@ -29,7 +29,7 @@ import numpy as np
 
 from ._backend import device, finite, grad_probe, is_floating, namespace, no_grad, to_host
 from ._validate import check_float, check_int
-from .compiled import RoundCompiler, check_compile, eager
+from .compiled import RoundCompiler, check_compile, eager, fused_round
 from .defaults import default_method
 from .gradients import Adjoint, check_gradients_supported
 from .gradients import attach as attach_gradients
@@ -201,16 +201,16 @@ def solve(
         error (``Solution.round_errors``, ``Solution.residuals``), ``O(rounds x window)``
         floats -- with the full window on a hard system that is ``O(n^2)``.
     compile : bool
-        Run the round's arithmetic outside ``F`` -- the update map's scan, the residuals, the
-        tolerance test's errors, Anderson / TAA mixing -- as compiled functions
+        Run the round's arithmetic outside ``F``'s expensive call -- the end of the system's
+        evaluation, the update map's scan, the residuals, the tolerance test's errors, the
+        freeze decision, Anderson / TAA mixing -- as one compiled call per round
         (``torch.compile``; on CUDA also replayed as CUDA graphs), cached for the process
         (:mod:`trisolve.compiled`). PyTorch tensors only (``TypeError`` otherwise). Values equal
         the eager round's to the dtype's round-off. Compiling costs time once per process and
-        configuration (measured on a loaded 2-core CPU: about 35 s for a TAA solve's first
-        compiles with a cold inductor cache, as much again for a new window length); afterwards
-        the functions it compiles take a third to a half of their eager time, and the host time
-        of a whole digits round outside the network about 0.8 of it (docs: "The compiled
-        round"). ``False`` (default): eager.
+        configuration (tens of seconds on a loaded 2-core CPU for a TAA solve's graphs with a
+        cold inductor cache, more for a new window length); afterwards the host time of a whole
+        digits round outside the network is about 0.7-0.9 of the eager round's there (docs:
+        "The compiled round"). ``False`` (default): eager.
     per_sample : bool
         With ``S > 1`` independent samples (``system.batch_ndim > 0``), give every sample its
         own frozen prefix, window and finish (:mod:`trisolve.per_sample`; default ``True``): a
@@ -474,6 +474,8 @@ class _Run:
         self.grad_seen = False  # ... and they did: the solve runs to the tolerance and gets the adjoint
         # the round's pure device functions: compiled (trisolve.compiled) or as written
         self.jit = RoundCompiler(getattr(device(x), "type", str(device(x)))) if compile else eager
+        # compiled, with a map whose scan can be traced: the round as one compiled call (_fused_round)
+        self.fused = compile and update_map.compilable and type(update_map).apply is UpdateMap.apply and not update_map.damped
 
     def _evaluate(self, lo: int, hi: int, samples: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
         """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
@@ -534,14 +536,55 @@ class _Run:
             )
         return int(hi)
 
+    def _flags(self, last: bool, per_sample: bool = False) -> tuple[dict, Any]:
+        """:func:`_round_arrays`' static flags and its ``prev_last`` for a round (``last``: row ``n`` is in the window;
+        ``per_sample``: the decisions per row and sample, :mod:`trisolve.per_sample`, never compiled)."""
+        flags = dict(thresholds_positive=self.tol.atol > 0, batch_ndim=self.system.batch_ndim, careful=self.careful,
+                     one_step=self.update_map.is_one_step, retain=self.solver.retains_iterate,
+                     final=last and self.final_row_atol is not None, per_sample=per_sample)  # fmt: skip
+        return flags, self.prev_last if last and self.early_stop is not None else None
+
+    def _fused_round(self, lo: int, hi: int, last: bool) -> tuple[Evaluation, tuple, tuple] | None:
+        """The round's evaluation and arithmetic, up to the host read, as one compiled call (:func:`trisolve.compiled.fused_round`).
+
+        Returns ``(ev, (G, R, d, xw, decisions), (step, rows, outputs, c))`` -- ``rows`` the window's
+        rows as written when the host's decisions match the device's (:meth:`_fused_rows`), ``c``
+        the solver's checks at the end of ``decisions`` -- or ``None`` when the solver offers no
+        :meth:`~trisolve.Solver.fused_step` (then the round runs unfused).
+        """
+        xp, x, m = self.xp, self.x, self.update_map
+        step = self.solver.fused_step(self.state, lo, hi, xp=xp)
+        if step is None:
+            return None
+        assemble, inputs, num_evals = self.system.evaluate_parts(x, lo, hi, self.cache, xp=xp)
+        flags, prev_last = self._flags(last)
+        J = None if m.is_one_step else m.linear_part(self.tables, x, None, lo, hi, xp=xp)  # a compilable map's: tables only
+        xv = x[lo:hi, ...]
+        key = ("fused", type(m), m.order, J is None, prev_last is None, assemble, step.fn, step.key, *flags.values())
+        f, (g, r, d, xw, dec), rows, outputs, checks = self.jit(fused_round, key)(
+            _round_arrays, _sanitize, assemble, inputs, m, J, xv, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, step.fn, step.arrays,
+            flags=flags, batch_ndim=self.system.batch_ndim, xp=xp)  # fmt: skip
+        return Evaluation(f=f, num_evals=num_evals), (g, r, d, xw if flags["retain"] else xv, dec), (step, rows, outputs, checks)
+
+    def _fused_rows(self, fused: tuple, ctx: StepContext, host: np.ndarray) -> Any:
+        """The fused round's window rows when the host decided as the device did (same ``start``, the solver's ``finish``
+        takes its proposal: the state advances), else ``None`` (the round goes on unfused: ``step`` and ``_sanitize``).
+
+        ``host``: the round's read, ending in the device's ``start`` and the solver's ``c`` checks."""
+        step, rows, outputs, c = fused
+        if host[-1 - c] != ctx.start:
+            return None
+        taken, state = step.finish(ctx, outputs, host[host.shape[0] - c :])
+        if not taken:
+            return None
+        self.state = state
+        return rows
+
     def _round_arrays(self, f: Any, lo: int, hi: int, last: bool, per_sample: bool = False) -> tuple[Any, Any, Any, Any, Any]:
         """``(G, R, d, xw, decisions)`` of the round (:func:`_round_arrays`), compiled when the solve is."""
         xp, x, m = self.xp, self.x, self.update_map
-        retain = self.solver.retains_iterate
-        flags = dict(thresholds_positive=self.tol.atol > 0, batch_ndim=self.system.batch_ndim, careful=self.careful,
-                     one_step=m.is_one_step, retain=retain, final=last and self.final_row_atol is not None,
-                     per_sample=per_sample)  # fmt: skip
-        prev_last = self.prev_last if last and self.early_stop is not None else None
+        flags, prev_last = self._flags(last, per_sample)
+        retain = flags["retain"]
         xv = x[lo:hi, ...]
         # a compiled solve runs the map's scan inside the compiled function -- unless a subclass overrides apply
         if self.jit is not eager and m.compilable and type(m).apply is UpdateMap.apply:
@@ -574,18 +617,24 @@ class _Run:
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
-            ev = self._evaluate(lo, hi)
             last = hi == n + 1
+            # compiled: the evaluation's last arithmetic, the round's and the solver's in one call, which also
+            # proposes the window's rows (taken below where the host decides as the device did)
+            fused = self._fused_round(lo, hi, last) if self.fused and not self.probe else None
+            ev = self._evaluate(lo, hi) if fused is None else None
             with np.errstate(all="ignore"):  # non-finite residuals are flagged (nan), not warned about
                 # G(x) rows, R = G - x, the first-order residual d, the window's iterate xw (a copy when the
                 # solver keeps it: the buffer is written below), all (w, *event), and the decisions vector
-                g, r, d, xw, decisions = self._round_arrays(ev.f, lo, hi, last)
+                if fused is None:
+                    g, r, d, xw, decisions = self._round_arrays(ev.f, lo, hi, last)
+                else:
+                    ev, (g, r, d, xw, decisions), fused = fused
                 self.rounds += 1
                 self.evals += ev.num_evals
                 host = to_host(decisions)  # the one device-to-host read of the round
                 if not self.careful and np.isinf(host).any():
                     # a plain RMS overflowed (or a residual holds an inf): a second read, only then
-                    host = to_host(self._decisions_again(d, r, g, xw, lo, hi, last))
+                    host, fused = to_host(self._decisions_again(d, r, g, xw, lo, hi, last)), None
             e_d = np.array(host[:w])  # a copy: the records keep it, not the whole vector
             pos = w
             if one_step:
@@ -639,19 +688,22 @@ class _Run:
                 # (values near the dtype's limit), or G is a damped step (ELK), not exact
                 # there: it takes the one-step value F_i instead
                 g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
-                g_ok[i] = True
-            tail = None  # the solver's rows [start, w), when they are not g's
+                g_ok[i], fused = True, None
+            tail = rows = None  # the solver's rows [start, w), when they are not g's; the fused round's whole window
             if start < w:
                 with np.errstate(all="ignore"):  # a proposal may overflow: _sanitize replaces it
                     ctx = StepContext(x=xw, g=g, r=r, errors=err, lo=lo, hi=hi, start=start, batch_ndim=batch_ndim, xp=xp, jit=self.jit)
-                    proposal, self.state = self.solver.step(ctx, self.state)
-                    plain_ok = bool(g_ok[start:].all())  # the plain step's rows, known finite from the round's read
-                    if not (proposal is g and plain_ok):  # rows with nan/inf fall back on the device (no host read)
-                        plain = None if proposal is g else g[start:, ...]
-                        # eager also in a compiled solve: three ops, as fast as a compiled call (benchmarks/launches.py --compiled)
-                        tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp, plain_finite=plain_ok)
+                    rows = None if fused is None else self._fused_rows(fused, ctx, host)
+                    if rows is None:
+                        proposal, self.state = self.solver.step(ctx, self.state)
+                        plain_ok = bool(g_ok[start:].all())  # the plain step's rows, known finite from the round's read
+                        if not (proposal is g and plain_ok):  # rows with nan/inf fall back on the device (no host read)
+                            plain = None if proposal is g else g[start:, ...]
+                            tail = _sanitize(proposal[start:, ...], plain, g[start - 1 : start, ...], xp, plain_finite=plain_ok)
             # rows [lo, lo + start) final, the rest the next iterate (two writes rather than a concatenated copy)
-            if tail is None:
+            if rows is not None:
+                x[lo:hi, ...] = rows
+            elif tail is None:
                 x[lo:hi, ...] = g
             else:
                 x[lo : lo + start, ...] = g[:start, ...]

@@ -228,6 +228,18 @@ class TriangularSystem(abc.ABC):
         """
         return self.evaluate(x, lo, hi, cache, xp=xp)
 
+    def evaluate_parts(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> tuple[Callable[..., Any] | None, tuple, int]:
+        """:meth:`evaluate` as ``(assemble, inputs, num_evals)``: ``F = assemble(*inputs, xp=xp)``, for the fused compiled round.
+
+        Everything :meth:`evaluate` does before ``F``'s last, cheap arithmetic has run (the
+        expensive call, the kept values); ``assemble`` is that arithmetic as a pure device
+        function (a module-level function of arrays and static Python values), which the fused
+        compiled round (:func:`trisolve.compiled.fused_round`) traces with the rest of the
+        round. The default: ``(None, (F,), num_evals)`` from :meth:`evaluate` (nothing left).
+        """
+        ev = self.evaluate(x, lo, hi, cache, xp=xp)
+        return None, (ev.f,), ev.num_evals
+
     def row_function(self, x: Any, lo: int, hi: int, *, xp: Any) -> RowFunction:
         """``F_i`` for ``i`` in ``[lo, hi)`` as a function of the rows ``x[lo - 1 : hi - 1]`` moved together.
 
@@ -696,6 +708,11 @@ class SemilinearSystem(TriangularSystem):
         included only if their kept value was computed before they were final. Then
         ``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` from the device tables.
         """
+        assemble, inputs, num_evals = self.evaluate_parts(x, lo, hi, cache, xp=xp)
+        return Evaluation(f=assemble(*inputs, xp=xp), num_evals=num_evals)
+
+    def evaluate_parts(self, x: Any, lo: int, hi: int, cache: _SemilinearCache, *, xp: Any) -> tuple[Callable[..., Any], tuple, int]:
+        """:meth:`evaluate` up to ``F``'s assembly from the kept ``g`` values (:func:`_assemble`) and its inputs (window rows)."""
         p = self.p
         first_needed = max(lo - p, 0)
         start = max(first_needed, min(cache.final_upto, lo))
@@ -707,7 +724,7 @@ class SemilinearSystem(TriangularSystem):
             cache.g[start:g_hi, ...] = g_new
             num_evals = g_hi - start
         cache.final_upto = max(cache.final_upto, lo)
-        return Evaluation(f=self._f(x, lo, hi, cache, xp=xp), num_evals=num_evals)
+        return _assemble, self._assembly(x, lo, hi, cache), num_evals
 
     def _g_end(self, start: int, hi: int) -> int:
         """End of the ``g`` rows the window ``[.., hi)`` reads from ``start``: ``hi - 1`` less trailing rows whose ``g`` no row reads."""
@@ -756,23 +773,32 @@ class SemilinearSystem(TriangularSystem):
         fu = fu.copy()
         fu[live] = np.maximum(fu[live], sample_lo[live])
         cache.sample_final_upto = fu
-        return Evaluation(f=self._f(x, lo, hi, cache, xp=xp), num_evals=rows, num_sample_evals=pairs)
+        return Evaluation(f=_assemble(*self._assembly(x, lo, hi, cache), xp=xp), num_evals=rows, num_sample_evals=pairs)
 
-    def _f(self, x: Any, lo: int, hi: int, cache: _SemilinearCache, *, xp: Any) -> Any:
-        """``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` for ``i`` in ``[lo, hi)`` from the kept ``g``, ``(w, *event)``."""
-        p = self.p
-        w = hi - lo
-        bshape = (w,) + (1,) * (len(x.shape) - 1)
-        f = xp.reshape(cache.a[lo - 1 : hi - 1], bshape) * x[lo - 1 : hi - 1, ...]
-        for q in range(p):
+    def _assembly(self, x: Any, lo: int, hi: int, cache: _SemilinearCache) -> tuple:
+        """The inputs of :func:`_assemble` for the rows ``[lo, hi)`` from the kept ``g`` values (slices: no device work)."""
+        terms = []  # (B[i-1, q] (w,), g_{i-1-q} rows, zero rows in front) for the columns q this window reads
+        for q in range(self.p):
             j_lo, j_hi = lo - 1 - q, hi - 1 - q
             if not np.any(self.B[lo - 1 : hi - 1, q]):  # host table: no device read
                 continue
-            gq = cache.g[max(j_lo, 0) : j_hi, ...]
-            pad = max(0, -j_lo)  # rows whose j would be < 0 have B == 0
-            if pad:
-                gq = xp.concat([xp.zeros((pad, *x.shape[1:]), dtype=x.dtype, device=_device(x)), gq], axis=0)
-            f = f + xp.reshape(cache.B[lo - 1 : hi - 1, q], bshape) * gq
-        if self.c is not None:
-            f = f + self.c[lo - 1 : hi - 1, ...]
-        return f
+            terms.append((cache.B[lo - 1 : hi - 1, q], cache.g[max(j_lo, 0) : j_hi, ...], max(0, -j_lo)))  # rows j < 0 have B == 0
+        c = None if self.c is None else self.c[lo - 1 : hi - 1, ...]
+        return cache.a[lo - 1 : hi - 1], x[lo - 1 : hi - 1, ...], tuple(terms), c
+
+
+def _assemble(a: Any, x_prev: Any, terms: tuple, c: Any, *, xp: Any) -> Any:
+    """``F_i = a_i x_{i-1} + sum_q B[i-1, q] g_{i-1-q} + c_i`` for a window's rows ``(w, *event)``: pure device arithmetic.
+
+    ``a`` ``(w,)``, ``x_prev`` the rows ``x_{i-1}``, ``terms`` ``(B[:, q] (w,), g rows, pad)`` per
+    column read (``pad`` zero rows in front, for rows ``j < 0``), ``c`` the forcing rows or ``None``.
+    """
+    bshape = (x_prev.shape[0],) + (1,) * (len(x_prev.shape) - 1)
+    f = xp.reshape(a, bshape) * x_prev
+    for b, gq, pad in terms:
+        if pad:
+            gq = xp.concat([xp.zeros((pad, *x_prev.shape[1:]), dtype=x_prev.dtype, device=_device(x_prev)), gq], axis=0)
+        f = f + xp.reshape(b, bshape) * gq
+    if c is not None:
+        f = f + c
+    return f

@@ -33,7 +33,7 @@ import numpy as np
 
 from .._backend import device, finite, namespace, solve_unchecked, to_host, work_dtype
 from .._validate import check_float, check_int
-from .base import Solver, StepContext
+from .base import FusedStep, Solver, StepContext
 from .safeguard import Safeguard
 
 __all__ = ["Anderson", "TriangularAnderson", "AndersonState"]
@@ -51,8 +51,9 @@ class AndersonState:
     x_prev: Any = None  # (w_prev, S, d)
     r_prev: Any = None  # (w_prev, S, d)
     err_prev: np.ndarray | None = None  # (w_prev,)
-    dX: Any = None  # (m, w_prev, S, d)
+    dX: Any = None  # (slots, w_prev, S, d): newest first; the first `pairs` slots are valid, any further ones zero
     dR: Any = None
+    pairs: int | None = None  # None: every slot of dX is valid
     accelerated: bool = False
     num_restarts: int = 0
     num_rejections: int = 0
@@ -61,6 +62,8 @@ class AndersonState:
     valid_masks: list = field(default_factory=list)
     fallback_count: Any = None
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
+    counts: Any = None  # (m,) work-dtype 1, 2, ..., m: the fused round's pair count, a device scalar (built with eye)
+    err_device: Any = None  # (w_prev,) err_prev on the device, kept by the fused round (its restart test)
     active: Any = None  # (w_prev, S) device bool: the pairs in their sample's window (a per-sample solve), else None
 
 
@@ -82,6 +85,20 @@ def _host_rms(e: np.ndarray) -> float:
     with np.errstate(over="ignore", invalid="ignore"):
         s = float(np.add.reduce(e * e))
     return math.inf if math.isnan(s) else math.sqrt(s / e.size)
+
+
+def _overlap(state: AndersonState, lo: int, hi: int) -> int:
+    """Rows of the window ``[lo, hi)`` that the previous round's window also held (:func:`_rows`' count)."""
+    size = state.hi - state.lo
+    begin = min(lo - state.lo, size)
+    return max(min(hi, state.hi) - state.lo, begin) - begin
+
+
+def _flat(x: Any, r: Any, batch_ndim: int, xp: Any) -> tuple[Any, Any]:
+    """The window's iterate and residual ``(w, *event)`` as ``(w, S, d)`` (``S`` samples of ``d`` values)."""
+    w = x.shape[0]
+    S = math.prod(x.shape[1 : 1 + batch_ndim])
+    return xp.reshape(x, (w, S, -1)), xp.reshape(r, (w, S, -1))
 
 
 def _pad_rows(a: Any, w: int, *, axis: int, xp: Any) -> Any:
@@ -123,79 +140,162 @@ class _AndersonBase(Solver):
         xp, lo, hi = ctx.xp, ctx.lo, ctx.hi
         w = hi - lo
         event = tuple(ctx.x.shape[1:])
-        S = math.prod(event[: ctx.batch_ndim])
-        x = xp.reshape(ctx.x, (w, S, -1))  # (w, S, d)
-        r = xp.reshape(ctx.r, (w, S, -1))
-        m = self.history_size
+        x, r = _flat(ctx.x, ctx.r, ctx.batch_ndim, xp)  # (w, S, d)
 
         if state.x_prev is None:  # first round, or after a rejection
-            new = replace(state, lo=lo, hi=hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False,
-                          active=ctx.active)  # fmt: skip
-            return ctx.g, new
+            return ctx.g, self._first(ctx, state, x, r)
 
-        x_prev, ov = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
-        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
+        ov = _overlap(state, lo, hi)
         # a per-sample solve: a pair's difference is information only where it was in its sample's window in both
         # rounds (a frozen pair's zero residual, or one not yet reached, is no iterate of the fixed-point map)
         both = None if ctx.active is None else ctx.active[:ov, ...] & _rows(state.active, state.lo, state.hi, lo, hi, axis=0)[0]
-
-        # -- safeguard: compare residual growth over the rows present in both rounds (host errors;
-        # a non-finite error counts as infinite growth)
-        restart = False
-        if self.safeguard is not None and ov > 0:
-            e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
-            rho_prev, rho = _host_rms(e_prev), _host_rms(ctx.errors[:ov])
-            if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
-                # the rows present in both rounds take the plain step from the previous iterate;
-                # rows without a previous iterate take the plain step from now
-                plain = x_prev + r_prev
-                if both is not None:  # a pair without a previous iterate takes the plain step from now
-                    plain = xp.where(both[..., None], plain, xp.reshape(ctx.g[:ov, ...], (ov, S, -1)))
-                plain = xp.reshape(plain, (ov, *event))
-                proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
-                new = AndersonState(
-                    num_restarts=state.num_restarts,
-                    num_rejections=state.num_rejections + 1,
-                    valid_masks=state.valid_masks,
-                    fallback_count=state.fallback_count,
-                    eye=state.eye,
-                )
-                return proposal, new
-            restart = rho > self.safeguard.restart_growth * rho_prev
+        reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
+        if reject:
+            # the rows present in both rounds take the plain step from the previous iterate;
+            # rows without a previous iterate take the plain step from now
+            x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
+            r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
+            plain = x_prev + r_prev
+            if both is not None:  # a pair without a previous iterate takes the plain step from now
+                plain = xp.where(both[..., None], plain, xp.reshape(ctx.g[:ov, ...], x_prev.shape))
+            plain = xp.reshape(plain, (ov, *event))
+            proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
+            new = AndersonState(
+                num_restarts=state.num_restarts,
+                num_rejections=state.num_rejections + 1,
+                valid_masks=state.valid_masks,
+                fallback_count=state.fallback_count,
+                eye=state.eye,
+            )
+            return proposal, new
 
         # -- newest difference pair and the history, mixed (the device part: compiled in a compiled solve)
-        old_dX = old_dR = None
-        if state.dX is not None and not restart:
-            old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
-            old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
-            old_dX, old_dR = old_dX[: min(m - 1, old_dX.shape[0]), ...], old_dR[: min(m - 1, old_dR.shape[0]), ...]
-        eye = state.eye  # (m, m): dX never holds more than m pairs
-        if eye is None:
-            eye = xp.eye(self.history_size, dtype=work_dtype(xp, device(x)), device=device(x))
-        k = 1 if old_dX is None else 1 + old_dX.shape[0]  # difference pairs this round
+        eye = self._eye(state, x)
+        arrays, k = self._history(state, lo, hi, restart, eye)
         # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
         update = ctx.jit(_update, ("anderson", self, k, ov == w, both is None))
         with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
-            proposal, valid, dX, dR = update(self, x, r, x_prev, r_prev, old_dX, old_dR, eye[:k, :k], ctx.x, both, start=ctx.start, xp=xp)
-        new = AndersonState(
-            lo=lo,
-            hi=hi,
+            proposal, valid, dX, dR = update(self, x, r, *arrays, ctx.x, start=ctx.start, xp=xp, pairs=None, both=both)
+        return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k)
+
+    def fused_step(self, state: AndersonState, lo: int, hi: int, *, xp: Any) -> FusedStep:
+        """The step as a :class:`~trisolve.solvers.base.FusedStep`: the safeguard's restart decided on the device too.
+
+        ``finish`` applies the safeguard's host test after the read: a rejection, or a restart
+        decision that differs from the device's where kept history would be dropped (the two
+        residual sizes are summed in different orders), is not what ``fn`` computed, and the
+        driver calls :meth:`step`.
+        """
+        if state.x_prev is None:
+            return FusedStep(_fused_plain, ("plain",), (), lambda ctx, out, checks: (True, self._first(ctx, state, *out)))
+        ov = _overlap(state, lo, hi)
+        eye = self._eye(state, state.x_prev)
+        counts = state.counts if state.counts is not None else xp.arange(1, self.history_size + 1, dtype=eye.dtype, device=device(eye))
+        arrays, k = self._history(state, lo, hi, False, eye, padded=True)
+        if state.err_device is None:  # a state kept by step: no device errors, no restart on the device
+            err_prev = xp.full((ov,), math.inf, dtype=eye.dtype, device=device(eye))
+        else:
+            err_prev, _ = _rows(state.err_device, state.lo, state.hi, lo, hi, axis=0)
+        arrays = (*arrays, counts[k - 1], err_prev)
+        dropped = k > 1  # what a restart drops
+
+        def finish(ctx: StepContext, out: tuple, checks: np.ndarray) -> tuple[bool, AndersonState | None]:
+            reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
+            if reject or (dropped and restart != bool(checks[0] > 0.5)):
+                return False, None
+            x, r, valid, dX, dR, err = out
+            new = self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, 1 if restart else k)
+            return True, replace(new, counts=counts, err_device=err)
+
+        # one graph for every history length (padded to m - 1 kept pairs): each round calls the same, warm graph
+        return FusedStep(_fused_update, ("anderson", self, ov == hi - lo), (self, *arrays), finish)
+
+    def _first(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, err: Any = None) -> AndersonState:
+        """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept
+        (``err``: the errors on the device, from the fused round)."""
+        return replace(state, lo=ctx.lo, hi=ctx.hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False,
+                       err_device=err, active=ctx.active)  # fmt: skip
+
+    def _verdict(self, state: AndersonState, lo: int, hi: int, ov: int, errors: np.ndarray) -> tuple[bool, bool]:
+        """The safeguard's ``(reject, restart)``: residual growth over the ``ov`` rows present in both rounds (host errors;
+        a non-finite error counts as infinite growth)."""
+        if self.safeguard is None or ov == 0:
+            return False, False
+        e_prev, _ = _rows(state.err_prev, state.lo, state.hi, lo, hi, axis=0)
+        rho_prev, rho = _host_rms(e_prev), _host_rms(errors[:ov])
+        if state.accelerated and rho > self.safeguard.reject_growth * rho_prev:
+            return True, False
+        return False, rho > self.safeguard.restart_growth * rho_prev
+
+    def _eye(self, state: AndersonState, like: Any) -> Any:
+        """The ``(m, m)`` work-dtype identity: built once per solve, then kept in the state (dX never holds more than m pairs)."""
+        if state.eye is not None:
+            return state.eye
+        xp = namespace(like)
+        return xp.eye(self.history_size, dtype=work_dtype(xp, device(like)), device=device(like))
+
+    def _history(self, state: AndersonState, lo: int, hi: int, restart: bool, eye: Any, *, padded: bool = False) -> tuple[tuple, int]:
+        """``(x_prev, r_prev, old_dX, old_dR, eye)`` for the window ``[lo, hi)`` (:func:`_update`'s arguments) and ``k``, the pairs mixed.
+
+        ``padded`` (the fused round, no restart): the kept pairs as ``m - 1`` slots (:meth:`_padded`) and the whole identity.
+        """
+        m = self.history_size
+        x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
+        r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
+        old_dX = old_dR = None
+        kept = 0 if state.dX is None or restart else min(m - 1, state.dX.shape[0] if state.pairs is None else state.pairs)  # older pairs mixed
+        if padded:
+            return (x_prev, r_prev, *self._padded(state, lo, hi, x_prev), eye), 1 + kept
+        if kept:
+            old_dX, _ = _rows(state.dX, state.lo, state.hi, lo, hi, axis=1)
+            old_dR, _ = _rows(state.dR, state.lo, state.hi, lo, hi, axis=1)
+            old_dX, old_dR = old_dX[:kept, ...], old_dR[:kept, ...]
+        k = 1 + kept  # difference pairs this round
+        return (x_prev, r_prev, old_dX, old_dR, eye[:k, :k]), k
+
+    def _padded(self, state: AndersonState, lo: int, hi: int, x_prev: Any) -> tuple[Any, Any]:
+        """The kept pairs ``(old_dX, old_dR)`` for the window ``[lo, hi)`` as ``m - 1`` slots, zero after the valid ones
+        (``None`` for ``m = 1``), assuming no restart: the fused round's history, so that one compiled graph serves every
+        history length (:func:`_fused_update`). A history the fused round kept has ``m`` slots already (zero past the
+        valid ones): a view, no copy; ``step``'s ``k`` slots are padded with zeros."""
+        slots = self.history_size - 1
+        if slots == 0:
+            return None, None
+        xp = namespace(x_prev)
+        if state.dX is None:
+            zeros = xp.zeros((slots, *x_prev.shape), dtype=x_prev.dtype, device=device(x_prev))
+            return zeros, zeros
+        old = (_rows(a, state.lo, state.hi, lo, hi, axis=1)[0][:slots, ...] for a in (state.dX, state.dR))
+        return tuple(_pad_rows(a, slots, axis=0, xp=xp) for a in old)
+
+    def _advanced(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, dX: Any, dR: Any, valid: Any, restart: bool,
+                  eye: Any, k: int) -> AndersonState:  # fmt: skip
+        """The state after an accelerated round."""
+        return AndersonState(
+            lo=ctx.lo,
+            hi=ctx.hi,
             x_prev=x,
             r_prev=r,
             err_prev=ctx.errors,
             dX=dX,
             dR=dR,
+            pairs=k,
             accelerated=True,
             num_restarts=state.num_restarts + int(restart),
             num_rejections=state.num_rejections,
-            **_record_valid(state, valid[ctx.start :, ...], xp),
+            **_record_valid(state, valid[ctx.start :, ...], ctx.xp),
             eye=eye,
+            counts=state.counts,
+            err_device=None,
             active=ctx.active,
         )
-        return proposal, new
 
-    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: int, xp: Any, eye: Any = None) -> tuple[Any, Any]:
+    def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None, pairs: Any = None) -> tuple[Any, Any]:
         """The Anderson update of every row; returns ``(proposal (w, S, d), valid (w, S) device bool)``.
+
+        ``start``: the first accelerated row (an int, or a 0-d device integer in the fused compiled
+        round); :class:`Anderson` fits its one coefficient vector on the rows from it. ``pairs``:
+        the valid pairs when ``dX`` is padded with zero pairs (a device scalar; ``None``: all are).
 
         A row/sample whose residual is not finite adds nothing to the fitted sums (so it does
         not spoil the prefix sums of the rows after it); its own proposal is not finite and
@@ -217,10 +317,14 @@ class _AndersonBase(Solver):
             gram = xp.cumulative_sum(gram, axis=0)
             rhs = xp.cumulative_sum(rhs, axis=0)
         else:  # one coefficient vector for the rows being accelerated
+            if not isinstance(start, int):  # a device index (the fused compiled round): the rows from it, by a mask
+                rows = xp.reshape(xp.arange(gram.shape[0], device=device(x)) >= start, (-1, 1, 1, 1))
+                gram, rhs = xp.where(rows, gram, 0.0), xp.where(rows, rhs, 0.0)
+                start = 0
             gram = xp.broadcast_to(xp.sum(gram[start:, ...], axis=0, keepdims=True), gram.shape)
             rhs = xp.broadcast_to(xp.sum(rhs[start:, ...], axis=0, keepdims=True), rhs.shape)
         trace = xp.sum(gram * eye, axis=(-2, -1))  # (w, S)
-        lam = max(self.regularization, _MIN_REG) * trace / m + _FLOOR
+        lam = max(self.regularization, _MIN_REG) * trace / (m if pairs is None else pairs) + _FLOOR
         ok_sys = finite(lam, xp)  # an overflowing Gram: no solve for that row
         lam = xp.where(ok_sys, lam, 1.0)
         A = xp.where(ok_sys[..., None, None], gram, 0.0) + lam[..., None, None] * eye
@@ -234,8 +338,8 @@ class _AndersonBase(Solver):
         return x + r - correction, ok
 
 
-def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, both: Any = None,
-            *, start: int, xp: Any) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, *, start: int,
+            xp: Any, pairs: Any = None, both: Any = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """One accelerated round's device arithmetic: ``(proposal like ctx.x, valid (w, S), dX, dR)``.
 
     ``x, r`` ``(w, S, d)``: the window's iterate and map residual; ``x_prev, r_prev`` ``(ov, S, d)``:
@@ -244,10 +348,12 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     ``None`` (first accelerated round, or a restart); ``eye``: the ``(k, k)`` identity. Rows
     without a previous iterate, or whose differences are not finite (or so large that their sum
     overflows), get zero differences (no information); the history of rows whose coefficients
-    are rejected is dropped. ``both`` ``(ov, S)`` (a per-sample solve, else ``None``): the pairs in
-    their sample's window in both rounds; the others get zero differences too, so a frozen pair
-    adds nothing to the prefix sums of the rows after it. Pure device arithmetic: the compiled
-    round traces it.
+    are rejected is dropped. ``pairs``: the fused round's padded history (``old_dX`` holds
+    ``m - 1`` slots, zero after the valid ones, and ``eye`` is ``(m, m)``): the pairs mixed, ``k``, as
+    a device scalar (:meth:`_AndersonBase._mix`). ``both`` ``(ov, S)`` (a per-sample solve, else ``None``):
+    the pairs in their sample's window in both rounds; the others get zero differences too, so a
+    frozen pair adds nothing to the prefix sums of the rows after it. Pure device arithmetic: the
+    compiled round traces it.
     """
     w, ov = x.shape[0], x_prev.shape[0]
     dx = x[:ov, ...] - x_prev
@@ -262,10 +368,43 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     else:
         dX = xp.concat([dx[None, ...], _pad_rows(old_dX, w, axis=1, xp=xp)], axis=0)
         dR = xp.concat([dr[None, ...], _pad_rows(old_dR, w, axis=1, xp=xp)], axis=0)
-    proposal, valid = solver._mix(x, r, dX, dR, start=start, xp=xp, eye=eye)
+    proposal, valid = solver._mix(x, r, dX, dR, start=start, xp=xp, eye=eye, pairs=pairs)
     # drop the history of rows whose coefficients were rejected (on the device, no read)
     keep = valid[None, :, :, None]  # (1, w, S, 1)
     return xp.reshape(proposal, like.shape), valid, xp.where(keep, dX, 0.0), xp.where(keep, dR, 0.0)
+
+
+def _fused_plain(x: Any, g: Any, r: Any, start: Any, err: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, None, tuple]:
+    """A round without a previous iterate (:meth:`_AndersonBase.fused_step`): the plain step, and the window kept as ``(w, S, d)``."""
+    return g, None, (*_flat(x, r, batch_ndim, xp), err)
+
+
+def _device_rms(e: Any, xp: Any) -> Any:
+    """:func:`_host_rms` on the device: the RMS of ``e`` with nan counting as ``inf`` (nan for an empty ``e``)."""
+    e = xp.where(xp.isnan(e), math.inf, e)
+    return xp.sqrt(xp.sum(e * e) / e.shape[0])
+
+
+def _fused_update(x: Any, g: Any, r: Any, start: Any, err: Any, solver: _AndersonBase, x_prev: Any, r_prev: Any, old_dX: Any,
+                  old_dR: Any, eye: Any, pairs: Any, err_prev: Any, *, batch_ndim: int, xp: Any) -> tuple[Any, Any, tuple]:  # fmt: skip
+    """An accelerated round (:meth:`_AndersonBase.fused_step`): :func:`_update`'s proposal, the restart as a check, and
+    ``(x, r, valid, dX, dR, err)`` for the state.
+
+    The history is padded to ``m`` pairs (``pairs`` of them valid, :meth:`_AndersonBase._padded`): the zero pairs add
+    zero rows and columns to each Gram system, whose solve then gives the valid pairs' coefficients and zeros -- the
+    same values as the ``k``-pair solve of :meth:`~_AndersonBase.step` to round-off. The safeguard's restart
+    (:meth:`_AndersonBase._verdict`, from ``err`` and the previous round's ``err_prev`` on the rows of both) drops the
+    kept pairs here, on the device.
+    """
+    xf, rf = _flat(x, r, batch_ndim, xp)
+    restart = xp.zeros((), dtype=xp.bool, device=err.device)
+    if solver.safeguard is not None:
+        restart = _device_rms(err[: x_prev.shape[0]], xp) > solver.safeguard.restart_growth * _device_rms(err_prev, xp)
+        if old_dX is not None:
+            old_dX, old_dR = xp.where(restart, 0.0, old_dX), xp.where(restart, 0.0, old_dR)
+        pairs = xp.where(restart, 1.0, pairs)
+    proposal, valid, dX, dR = _update(solver, xf, rf, x_prev, r_prev, old_dX, old_dR, eye, x, start=start, xp=xp, pairs=pairs)
+    return proposal, xp.astype(xp.reshape(restart, (1,)), err.dtype), (xf, rf, valid, dX, dR, err)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 
 from ..compiled import eager
 
-__all__ = ["Solver", "StepContext"]
+__all__ = ["Solver", "StepContext", "FusedStep"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,42 @@ class StepContext:
     active: Any = None
 
 
+@dataclass(frozen=True)
+class FusedStep:
+    """A solver's round as a pure device function, traced into the fused compiled round (:func:`trisolve.compiled.fused_round`).
+
+    :meth:`Solver.fused_step` returns it *before* the round's host read, so ``fn`` runs in the
+    same compiled call as the update map, the residuals and the decisions; the host decisions
+    that ``step`` takes after the read (Anderson's safeguard) are checked afterwards by
+    ``finish``.
+
+    Attributes
+    ----------
+    fn : callable
+        ``fn(x, g, r, start, err, *arrays, batch_ndim=..., xp=...) -> (proposal, checks, outputs)``:
+        the proposal ``(w, *event)`` for every window row (only rows ``>= start`` are used), a
+        vector of host checks (``(c,)`` in ``err``'s dtype, or ``None``) that the round's one read
+        brings to ``finish``, and a tuple of arrays for ``finish``. ``x, g, r`` are as in
+        :class:`StepContext`; ``start`` is the first row the solver may accelerate as a 0-d
+        device integer and ``err`` the rows' scaled errors ``(w,)`` (both computed on the device:
+        equal to ``ctx.start`` and ``ctx.errors``). Pure device arithmetic: no host reads, no state
+        changes; a module-level function (the compiled function is cached per ``fn``).
+    key : hashable
+        Names the configuration of ``fn``'s static arguments (as ``StepContext.jit``'s key).
+    arrays : tuple
+        ``fn``'s further array arguments (the solver's kept history for this window).
+    finish : callable
+        ``finish(ctx, outputs, checks) -> (taken, state)`` after the host read (``checks``: the
+        host values of ``fn``'s checks): ``(True, new state)`` when ``step(ctx, state)`` would have
+        proposed what ``fn`` did, else ``(False, None)`` (then the driver calls ``step``).
+    """
+
+    fn: Callable[..., tuple[Any, Any, tuple]]
+    key: Hashable
+    arrays: tuple
+    finish: Callable[[StepContext, tuple, Any], tuple[bool, Any]]
+
+
 class Solver:
     """Base of the solvers: small frozen settings objects; per-solve state is a separate value.
 
@@ -76,6 +112,9 @@ class Solver:
     ``retains_iterate``: whether the state keeps ``ctx.x`` past the call (Anderson's history
     does). When false the driver hands ``step`` a view of the trajectory's rows instead of a
     copy (one copy of the window less per round).
+
+    ``fused_step(state, lo, hi, *, xp)``: optional, for the compiled round; the default ``None``
+    runs ``step`` after the round's compiled arithmetic (see :class:`FusedStep`).
     """
 
     retains_iterate = True
@@ -85,6 +124,14 @@ class Solver:
 
     def step(self, ctx: StepContext, state: Any) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def fused_step(self, state: Any, lo: int, hi: int, *, xp: Any) -> FusedStep | None:
+        """The round on the window ``[lo, hi)`` as a :class:`FusedStep` for the fused compiled round, or ``None`` (call ``step``).
+
+        Called before the round's evaluation, with the state ``step`` would get; must not
+        change ``state``.
+        """
+        return None
 
     def stats(self, state: Any) -> dict[str, int]:
         """Counters of a finished solve (``num_restarts``, ...), entries of ``Solution.stats``; read once, at the end."""

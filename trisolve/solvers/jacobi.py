@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .._validate import check_float
-from .base import Solver, StepContext
+from .base import FusedStep, Solver, StepContext
 
 __all__ = ["Jacobi"]
 
@@ -39,6 +40,23 @@ class Jacobi(Solver):
         object.__setattr__(self, "damping", check_float("damping", self.damping, 0.0, high=1.0, high_open=True))
 
     def step(self, ctx: StepContext, state: None) -> tuple[object, None]:
-        if self.damping == 0.0:
-            return ctx.g, state
-        return ctx.x + (1.0 - self.damping) * ctx.r, state  # (w, *event)
+        return _proposal(ctx.x, ctx.g, ctx.r, self.damping), state
+
+    def fused_step(self, state: None, lo: int, hi: int, *, xp: Any) -> FusedStep:
+        """The step as a :class:`~trisolve.solvers.base.FusedStep` (no state, no host decision: always taken)."""
+        return FusedStep(_fused, ("jacobi", self.damping), (self.damping,), _taken)
+
+
+def _proposal(x: Any, g: Any, r: Any, damping: float) -> Any:
+    """``x + (1 - damping) (g - x)``, which is ``g`` itself without damping: ``(w, *event)``."""
+    if damping == 0.0:
+        return g
+    return x + (1.0 - damping) * r
+
+
+def _fused(x: Any, g: Any, r: Any, start: Any, err: Any, damping: float, *, batch_ndim: int, xp: Any) -> tuple[Any, None, tuple]:
+    return _proposal(x, g, r, damping), None, ()
+
+
+def _taken(ctx: StepContext, outputs: tuple, checks: Any) -> tuple[bool, None]:
+    return True, None
