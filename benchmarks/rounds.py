@@ -8,6 +8,8 @@
     python benchmarks/rounds.py --rtol 0 --settings DPM++2M-20 UniPC-20 PNDM-50   # the step test against atol alone
     python benchmarks/rounds.py --order 8 --settings DPM++2M-20   # Picard(order=8) instead of the full order
     python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
+    python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
+    python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -23,7 +25,10 @@ resolved for pixel space), and ``sample(pipe, ...)`` for the flow model; the win
 one (``trisolve.FullWindow()``) rather than the timed automatic choice, so that the rounds do not
 depend on the machine's load. Per run: rounds, network
 evaluations per step, status and the worst PSNR of the batch from the sequential images (pixels
-in [0, 1]). Rounds, evaluations and PSNR do not depend on the machine.
+in [0, 1]). Rounds, evaluations and PSNR do not depend on the machine. Batch rows also give the
+rounds each sample took (per-sample rounds, the default: ``Solution.sample_rounds``) and the
+``(step, sample)`` pairs the network evaluated per image and step (``stats["sample_evals"]``; in
+lockstep every sample of every evaluated row). ``--lockstep`` runs the batch in lockstep.
 
 ``--init`` (DDIM-50 and FlowEuler-28, deterministic loops, batch 1, seeds 0-9): the same solve
 started from (a) the copy-forward default, (b) ParaSolver's coarse initialisation -- ``K``
@@ -148,9 +153,12 @@ def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
                 sched = make_scheduler(kind, steps)
                 final, sol = parallel(unet, sched, seed, batch, options)
                 got = images(final)
+            pairs = sol.stats.get("sample_evals", sol.num_evals * batch)  # (row, sample) pairs the network evaluated
+            sample_rounds = [sol.num_rounds] * batch if sol.sample_rounds is None else sol.sample_rounds.tolist()
             records.append(
                 dict(setting=setting, steps=steps, batch=batch, target=target, seed=seed, rounds=sol.num_rounds, status=sol.status.name,
-                     evals_per_step=sol.num_evals / steps, psnr_db=min(psnr(got[i], ref[i]) for i in range(batch)))
+                     evals_per_step=sol.num_evals / steps, sample_evals_per_step=pairs / (batch * steps), sample_rounds=sample_rounds,
+                     psnr_db=min(psnr(got[i], ref[i]) for i in range(batch)))
             )  # fmt: skip
             r = records[-1]
             print(f"{setting:22s} seed {seed:2d} {r['rounds']:3d} rounds  {r['status']:20s} {r['psnr_db']:6.1f} dB", flush=True)
@@ -357,10 +365,11 @@ def init_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table(records: list[dict], seeds: list[int], options: str = "default options") -> str:
+def table(records: list[dict], seeds: list[int], options: str = "default options", window: str = "the full window") -> str:
     lines = [
-        "| setting | rounds: median [min, max] | issue 26 target (median) | evals / step (median) | worst PSNR | runs >= 45 dB |",
-        "|---|---|---|---|---|---|",
+        "| setting | rounds: median [min, max] | issue 26 target (median) | evals / step (median) | worst PSNR | runs >= 45 dB "
+        "| batch: sample rounds, median [min, max] | batch: (step, sample) evals / image step (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for setting in dict.fromkeys(r["setting"] for r in records):
         rs = [r for r in records if r["setting"] == setting]
@@ -370,12 +379,22 @@ def table(records: list[dict], seeds: list[int], options: str = "default options
         lines.append(
             f"| {setting} | {med:g} [{min(rounds)}, {max(rounds)}] | {'-' if target is None else f'<= {target}'}{mark} | "
             f"{statistics.median(r['evals_per_step'] for r in rs):.2f} | {min(r['psnr_db'] for r in rs):.1f} dB | "
-            f"{sum(r['psnr_db'] >= 45 for r in rs)}/{len(rs)} |"
+            f"{sum(r['psnr_db'] >= 45 for r in rs)}/{len(rs)} | {_batch_cells(rs)} |"
         )
-    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, {options} with the full window; batch 1 unless the setting says 4 (PSNR: the worst image of the "
+    lines += ["", f"Seeds {seeds[0]}-{seeds[-1]}, {options} with {window}; batch 1 unless the setting says 4 (PSNR: the worst image of the "
               "batch, from the sequential loop's, pixels in [0, 1]). evals / step: network evaluations per image over the steps "
-              "(sequential: 1; PNDM's doubled first step and Heun's 2T - 1 rows make theirs larger)."]  # fmt: skip
+              "(sequential: 1; PNDM's doubled first step and Heun's 2T - 1 rows make theirs larger). Batch columns: the rounds "
+              "each sample of the batch took (per-sample rounds; in lockstep every sample takes the batch's rounds) and the network's "
+              "(step, sample) evaluations per image and step (in lockstep, every sample of every row evaluated)."]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _batch_cells(rs: list[dict]) -> str:
+    """The batch columns of a setting's rows: each sample's rounds, and the (step, sample) evaluations per image step; '-' at batch 1."""
+    if rs[0]["batch"] == 1 or "sample_rounds" not in rs[0]:
+        return "- | -"
+    rounds = [k for r in rs for k in r["sample_rounds"]]
+    return f"{statistics.median(rounds):g} [{min(rounds)}, {max(rounds)}] | {statistics.median(r['sample_evals_per_step'] for r in rs):.2f}"
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -393,6 +412,8 @@ def main(argv=None):
     ap.add_argument("--rtol", type=float, help="the step tolerance's rtol (not the default's; the pixel-space finish is kept)")
     ap.add_argument("--order", type=int, help="Picard(order=K) as the update map for every setting (not the default's full order)")
     ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
+    ap.add_argument("--lockstep", action="store_true", help="batches in lockstep (per_sample=False), not per sample")
+    ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.trace:
@@ -420,6 +441,12 @@ def main(argv=None):
     if args.rtol is not None:  # final_row_atol given: "auto" would turn the finish off for a non-default tolerance
         options.update(rtol=args.rtol, final_row_atol=PIXEL_FINAL_ATOL)
         variant += f"_rtol{args.rtol:g}"
+    if args.lockstep:
+        options["per_sample"] = False
+        variant += "_lockstep"
+    if args.window is not None:
+        options["window"] = args.window
+        variant += f"_window{args.window}"
     records = run(settings, seeds, options)
     name = "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     name = "rounds_quick" if args.quick else name + variant
@@ -427,8 +454,11 @@ def main(argv=None):
         name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
     described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
                           + ([f"Picard order {args.order}"] if args.order is not None else [])
-                          + ([f"rtol={args.rtol:g}"] if args.rtol is not None else []))  # fmt: skip
-    write(name, {"seeds": seeds, "records": records}, table(records, seeds, f"default options but {described}" if variant else "default options"))
+                          + ([f"rtol={args.rtol:g}"] if args.rtol is not None else [])
+                          + (["batches in lockstep (per_sample=False)"] if args.lockstep else []))  # fmt: skip
+    window = "the full window" if args.window is None else f"a sliding window of {args.window} rows"
+    write(name, {"seeds": seeds, "records": records},
+          table(records, seeds, f"default options but {described}" if described else "default options", window))  # fmt: skip
     return 0
 
 

@@ -62,10 +62,11 @@ def _fused_rounds(monkeypatch) -> list:
 def test_compiled_round_equals_the_eager_round_on_a_semilinear_system(name, solver, update_map, window, monkeypatch):
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=update_map, window=window, atol=1e-6, record="errors")
-    eager = trisolve.solve(_system(), solver, x0, **kw)
+    eager = trisolve.solve(_system(), solver, x0, per_sample=False, **kw)  # a compiled solve is the lockstep batch
     taken = _fused_rounds(monkeypatch)
     compiled = trisolve.solve(_system(), solver, x0, compile=True, **kw)
     assert eager.converged and eager.num_rounds > 1
+    assert compiled.sample_rounds is None  # per_sample=True (the default) does not apply to a compiled solve
     _same_solve(eager, compiled)
     # the rounds ran as one compiled call each, and its rows were written (all but a round the safeguard restarted or rejected)
     assert sum(taken) >= max(1, len(taken) - eager.stats.get("num_restarts", 0) - eager.stats.get("num_rejections", 0))
@@ -79,7 +80,7 @@ def test_compiled_round_of_a_black_box_system(monkeypatch):
         return 0.97 * x[lo - 1 : hi - 1] + 0.05 * torch.sin(x[lo - 1 : hi - 1])
 
     kw = dict(update_map=trisolve.OneStep(), atol=1e-6, record="errors")
-    eager = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, **kw)
+    eager = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, per_sample=False, **kw)
     taken = _fused_rounds(monkeypatch)
     compiled = trisolve.solve(trisolve.BlackBoxSystem(f, n=12, batch_ndim=1), trisolve.Jacobi(), x0, compile=True, **kw)
     _same_solve(eager, compiled)
@@ -104,7 +105,7 @@ def test_compiled_round_handles_non_finite_values_like_the_eager_round(bad):
 
     x0 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
     kw = dict(update_map=trisolve.Picard(), window=None, atol=1e-6, record="errors")
-    eager = trisolve.solve(make(), TAA, x0, **kw)
+    eager = trisolve.solve(make(), TAA, x0, per_sample=False, **kw)
     compiled = trisolve.solve(make(), TAA, x0, compile=True, **kw)
     assert torch.isfinite(compiled.trajectory).all()
     _same_solve(eager, compiled)
@@ -128,7 +129,7 @@ def test_compiled_sampler_equals_the_eager_sampler(name, make):
     out = {}
     for compile in (False, True):
         out[compile] = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents, solver=TAA, window=4, atol=1e-5, rtol=0.0,
-                                         progress=False, compile=compile)  # fmt: skip
+                                         progress=False, compile=compile, per_sample=False)  # fmt: skip
     (x_e, sol_e), (x_c, sol_c) = out[False], out[True]
     assert sol_e.num_rounds < 12
     _same_solve(sol_e, sol_c)

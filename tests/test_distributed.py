@@ -97,8 +97,9 @@ def test_digits_sample_matches_single_process(ranks):
     out, read = ranks
     pipe = load_digits_pipeline("ddim")
     pipe.set_progress_bar_config(disable=True)
+    # as the ranks': the full window (the default window is timed), and in lockstep (a split network batch is not per sample)
     single = td.sample(pipe, batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np",
-                       window=trisolve.FullWindow())  # as the ranks' (the default window is timed)  # fmt: skip
+                       window=trisolve.FullWindow(), per_sample=False)  # fmt: skip
     seq = pipe(batch_size=2, num_inference_steps=20, generator=torch.manual_seed(0), output_type="np").images
     i0, i1 = np.load(out / "digits_rank0.npy"), np.load(out / "digits_rank1.npy")
     assert np.array_equal(i0, i1)

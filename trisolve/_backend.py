@@ -14,7 +14,19 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-__all__ = ["namespace", "device", "to_host", "from_host", "work_dtype", "is_floating", "shares_memory", "no_grad", "finite", "solve_unchecked"]
+__all__ = [
+    "namespace",
+    "device",
+    "to_host",
+    "from_host",
+    "mask_from_host",
+    "work_dtype",
+    "is_floating",
+    "shares_memory",
+    "no_grad",
+    "finite",
+    "solve_unchecked",
+]
 
 
 def namespace(*arrays: Any) -> Any:
@@ -52,6 +64,16 @@ def from_host(a: Any, xp: Any, *, dtype: Any, device: Any) -> Any:
 
         return torch.from_numpy(host).to(device=device, dtype=dtype)
     return xp.asarray(host, dtype=dtype, device=device)
+
+
+def mask_from_host(a: np.ndarray, xp: Any, *, device: Any) -> Any:
+    """A host bool array as a bool array of namespace ``xp`` on ``device`` (one byte an entry on the way)."""
+    host = np.ascontiguousarray(a, dtype=bool)
+    if array_api_compat.is_torch_namespace(xp):
+        import torch  # local: only reached when the caller already uses torch
+
+        return torch.from_numpy(host).to(device=device)
+    return xp.asarray(host, dtype=xp.bool, device=device)
 
 
 def finite(a: Any, xp: Any) -> Any:

@@ -11,6 +11,9 @@ Each round (DESIGN 3-4):
 4. the solver proposes values for the rows after ``i*``;
 5. the window policy picks the next window; rows entering it start as a copy of the last
    known row (or from ``init``).
+
+A batch of ``S > 1`` independent samples runs these steps per sample by default (each its own
+frozen prefix, window and finish): :mod:`trisolve.per_sample`, a subclass of :class:`_Run`.
 """
 
 from __future__ import annotations
@@ -110,6 +113,7 @@ def solve(
     gradients: bool | Adjoint | None = None,
     record: str = "summary",
     compile: bool = False,
+    per_sample: bool = True,
 ) -> Solution:
     """Solve the lower-triangular system ``x_i = F_i(x_0, ..., x_{i-1})`` in parallel rounds.
 
@@ -208,6 +212,22 @@ def solve(
         cold inductor cache, more for a new window length); afterwards the host time of a whole
         digits round outside the network is about 0.7-0.9 of the eager round's there (docs:
         "The compiled round"). ``False`` (default): eager.
+    per_sample : bool
+        With ``S > 1`` independent samples (``system.batch_ndim > 0``), give every sample its
+        own frozen prefix, window and finish (:mod:`trisolve.per_sample`; default ``True``): a
+        sample whose rows converged stops costing evaluations -- a
+        :class:`~trisolve.SemilinearSystem` evaluates ``g`` only on the ``(row, sample)`` pairs
+        in their sample's window (one call, through its ``g_pairs``) -- while slower samples go on;
+        each sample ends exact, or by ``final_row_atol`` / ``early_stop`` on its own final row.
+        Counted in ``stats["sample_evals"]`` and :attr:`Solution.round_sample_evals`; the
+        per-sample prefixes are :attr:`Solution.sample_frozen` (``num_frozen`` is their
+        minimum, so a resume with ``init=``, ``num_frozen=`` works as before). A non-finite ``F``
+        at a sample's row that reads only final rows stops that sample there; the others go on,
+        and the solve ends ``NONFINITE`` naming the sample and the row. Lockstep -- one window
+        and one frozen prefix for the whole batch, a row final when every sample passed -- with
+        ``False``, and always with ``compile=True`` (the compiled round is the lockstep one),
+        on a system several ranks share (``num_ranks > 1``) and with one sample (``S == 1``:
+        the same solve bitwise).
 
     Returns
     -------
@@ -243,7 +263,9 @@ def solve(
     Host traffic: the per-solve tables (thresholds, the map's coefficients, the system's
     coefficients) move to the device once, before the first round. Each round then reads
     one small vector from the device -- the per-row errors, finiteness flags and the finish
-    tests -- and builds no array from host data.
+    tests -- and builds no array from host data; a per-sample round (``per_sample``) reads its
+    errors per row and sample in that same one read, and sends its small ``(w, S)`` masks of
+    which pairs are active and written to the device (two or three host-built arrays a round).
 
     Examples
     --------
@@ -268,13 +290,13 @@ def solve(
     if system.num_ranks > 1:  # every rank must solve with the same arguments: checked on every rank before the first round
         system.agree(solver=solver, x0=x0, update_map=update_map, window=window, tolerance=tolerance, max_iter=max_iter,
                      early_stop=early_stop, callback=callback is not None, init=init, num_frozen=num_frozen, gradients=gradients,
-                     record=record, compile=compile)  # fmt: skip
+                     record=record, compile=compile, per_sample=per_sample)  # fmt: skip
     # the rounds never record autograd graphs: gradients come from the adjoint, not from the rounds
     with no_grad(namespace(x0)):
         solution, needs_grad = _solve(system, solver, x0, update_map=update_map, window=window, atol=atol, rtol=rtol, max_iter=max_iter,
                                       early_stop=early_stop, final_row_atol=final_row_atol, callback=callback, init=init,
                                       num_frozen=num_frozen, record=record, gradients=adjoint is not None and not auto,
-                                      probe=adjoint is not None and auto, compile=compile)  # fmt: skip
+                                      probe=adjoint is not None and auto, compile=compile, per_sample=per_sample)  # fmt: skip
     solution = dataclasses.replace(solution, tolerance=tolerance)
     if not needs_grad:
         return solution
@@ -340,12 +362,14 @@ def _solve(
     gradients: bool = False,
     probe: bool = False,
     compile: bool = False,
+    per_sample: bool = True,
 ) -> tuple[Solution, bool]:
     """The rounds of :func:`solve` (its arguments, already defaulted), and whether the result needs the adjoint.
 
     ``gradients``: the adjoint was asked for. ``probe``: decide it from ``x0.requires_grad`` and
     whether the first evaluation's values require grad (PyTorch, grad mode on at the call).
-    ``compile``: the round's arithmetic runs compiled (:mod:`trisolve.compiled`).
+    ``compile``: the round's arithmetic runs compiled (:mod:`trisolve.compiled`). ``per_sample``:
+    each sample its own frozen prefix and window where it applies (:mod:`trisolve.per_sample`).
     """
     if not isinstance(solver, Solver):
         raise TypeError(f"solver must be a trisolve solver (Jacobi(), TriangularAnderson(), ...), got {type(solver).__name__}.")
@@ -372,12 +396,19 @@ def _solve(
         raise ValueError(f"record must be 'summary' or 'errors', got {record!r}.")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
+    if not isinstance(per_sample, (bool, np.bool_)):
+        raise TypeError(f"per_sample must be True or False, got {type(per_sample).__name__}.")
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
     gradients = gradients or (probe and bool(x0.requires_grad))
     if gradients:  # the adjoint needs every row at the solution: no output-aware finish (checked above)
         final_row_atol = None
-    run = _Run(
+    samples = math.prod(x.shape[1 : 1 + system.batch_ndim]) if system.batch_ndim else 1
+    if per_sample and samples > 1 and not compile and system.num_ranks == 1:
+        from .per_sample import SampleRun as run_class  # each sample its own prefix, window and finish
+    else:
+        run_class = _Run
+    run = run_class(
         system=system,
         solver=solver,
         update_map=update_map,
@@ -447,21 +478,30 @@ class _Run:
         # compiled, with a map whose scan can be traced: the round as one compiled call (_fused_round)
         self.fused = compile and update_map.compilable and type(update_map).apply is UpdateMap.apply and not update_map.damped
 
-    def _evaluate(self, lo: int, hi: int) -> Any:
+    def _evaluate(self, lo: int, hi: int, samples: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
         """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
 
-        Under ``gradients=None`` the first evaluation runs with autograd recording (one cheap
-        check on a value computed anyway); its values are detached at once, so no round keeps
-        a graph. When they require grad the solve needs the adjoint: no output-aware finish.
+        ``samples``: ``(sample_lo, sample_hi)``, each sample's own rows (a per-sample solve,
+        :meth:`TriangularSystem.evaluate_samples`). Under ``gradients=None`` the first evaluation
+        runs with autograd recording (one cheap check on a value computed anyway); its values are
+        detached at once, so no round keeps a graph. When they require grad the solve needs the
+        adjoint: no output-aware finish.
         """
+        system, x, cache, xp = self.system, self.x, self.cache, self.xp
+
+        def evaluate() -> Evaluation:
+            if samples is None:
+                return system.evaluate(x, lo, hi, cache, xp=xp)
+            return system.evaluate_samples(x, lo, hi, *samples, cache, xp=xp)
+
         if not self.probe:
-            return self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+            return evaluate()
         self.probe = False
-        with grad_probe(self.xp):
-            ev = self.system.evaluate(self.x, lo, hi, self.cache, xp=self.xp)
+        with grad_probe(xp):
+            ev = evaluate()
         if ev.f.requires_grad:
             self.grad_seen, self.final_row_atol = True, None
-            ev = Evaluation(f=ev.f.detach(), num_evals=ev.num_evals)
+            ev = dataclasses.replace(ev, f=ev.f.detach())
         return ev
 
     def solution(self, status: Status, error: BaseException | None) -> Solution:
@@ -483,10 +523,12 @@ class _Run:
             round_errors=self.row_errors,
             error=error,
             stats=stats,
+            sample_frozen=np.full(self.samples, self.lo, dtype=np.int64),
         )
 
-    def _window(self) -> int:
-        lo, n = self.lo, self.n
+    def _window(self, lo: int | None = None) -> int:
+        """The window policy's end for the first non-final row ``lo`` (default ``self.lo``), checked."""
+        lo, n = self.lo if lo is None else lo, self.n
         hi = self.window.end(lo, n)
         if isinstance(hi, bool) or not isinstance(hi, numbers.Integral) or not lo < hi <= n + 1:
             raise ValueError(
@@ -495,11 +537,12 @@ class _Run:
             )
         return int(hi)
 
-    def _flags(self, last: bool) -> tuple[dict, Any]:
-        """:func:`_round_arrays`' static flags and its ``prev_last`` for a round (``last``: row ``n`` is in the window)."""
+    def _flags(self, last: bool, per_sample: bool = False) -> tuple[dict, Any]:
+        """:func:`_round_arrays`' static flags and its ``prev_last`` for a round (``last``: row ``n`` is in the window;
+        ``per_sample``: the decisions per row and sample, :mod:`trisolve.per_sample`, never compiled)."""
         flags = dict(thresholds_positive=self.tol.atol > 0, batch_ndim=self.system.batch_ndim, careful=self.careful,
                      one_step=self.update_map.is_one_step, retain=self.solver.retains_iterate,
-                     final=last and self.final_row_atol is not None)  # fmt: skip
+                     final=last and self.final_row_atol is not None, per_sample=per_sample)  # fmt: skip
         return flags, self.prev_last if last and self.early_stop is not None else None
 
     def _fused_round(self, lo: int, hi: int, last: bool) -> tuple[Evaluation, tuple, tuple] | None:
@@ -538,10 +581,10 @@ class _Run:
         self.state = state
         return rows
 
-    def _round_arrays(self, f: Any, lo: int, hi: int, last: bool) -> tuple[Any, Any, Any, Any, Any]:
+    def _round_arrays(self, f: Any, lo: int, hi: int, last: bool, per_sample: bool = False) -> tuple[Any, Any, Any, Any, Any]:
         """``(G, R, d, xw, decisions)`` of the round (:func:`_round_arrays`), compiled when the solve is."""
         xp, x, m = self.xp, self.x, self.update_map
-        flags, prev_last = self._flags(last)
+        flags, prev_last = self._flags(last, per_sample)
         retain = flags["retain"]
         xv = x[lo:hi, ...]
         # a compiled solve runs the map's scan inside the compiled function -- unless a subclass overrides apply
@@ -553,12 +596,12 @@ class _Run:
         g, r, d, xw, dec = self.jit(_round_arrays, key)(m, J, g, r, xv, f, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, xp=xp, **flags)
         return g, r, d, (xw if retain else xv), dec
 
-    def _decisions_again(self, d: Any, r: Any, g: Any, xw: Any, lo: int, hi: int, last: bool) -> Any:
+    def _decisions_again(self, d: Any, r: Any, g: Any, xw: Any, lo: int, hi: int, last: bool, per_sample: bool = False) -> Any:
         """The round's decision vector recomputed with the careful RMS (eager): after a plain RMS read ``inf``."""
         prev_last = self.prev_last if last and self.early_stop is not None else None
         return _decisions(d, r, g, xw, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, thresholds_positive=self.tol.atol > 0,
                           batch_ndim=self.system.batch_ndim, careful=True, one_step=self.update_map.is_one_step,
-                          final=last and self.final_row_atol is not None, xp=self.xp)  # fmt: skip
+                          final=last and self.final_row_atol is not None, xp=self.xp, per_sample=per_sample)  # fmt: skip
 
     def loop(self) -> tuple[Status, BaseException | None]:
         """Run rounds until a stop; return the status and the error that ended the solve, if any."""
@@ -689,7 +732,7 @@ class _Run:
 
 def _round_arrays(update_map: UpdateMap, J: Any, g: Any, r: Any, xw: Any, f: Any, thr_w: Any, thr_last: Any, prev_last: Any, *,
                   thresholds_positive: bool, batch_ndim: int, careful: bool, one_step: bool, retain: bool, final: bool,
-                  xp: Any) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
+                  xp: Any, per_sample: bool = False) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
     """The round's arithmetic before the host read: ``(G, R, d, xw copy or None, decisions)``.
 
     ``xw`` is the window's iterate (a view of the trajectory), ``f`` the evaluation ``F`` of its
@@ -704,26 +747,35 @@ def _round_arrays(update_map: UpdateMap, J: Any, g: Any, r: Any, xw: Any, f: Any
     copy = xp.asarray(xw, copy=True) if retain else None
     d = r if one_step else f - xw  # first-order residual (the one-step map's R is it)
     decisions = _decisions(d, r, g, xw, thr_w, thr_last, prev_last, thresholds_positive=thresholds_positive, batch_ndim=batch_ndim,
-                           careful=careful, one_step=one_step, final=final, xp=xp)  # fmt: skip
+                           careful=careful, one_step=one_step, final=final, xp=xp, per_sample=per_sample)  # fmt: skip
     return g, r, d, copy, decisions
 
 
 def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_last: Any, *, thresholds_positive: bool,
-               batch_ndim: int, careful: bool, one_step: bool, final: bool, xp: Any) -> Any:  # fmt: skip
+               batch_ndim: int, careful: bool, one_step: bool, final: bool, xp: Any, per_sample: bool = False) -> Any:  # fmt: skip
     """Everything the host decides on in a round, gathered into one device vector.
 
     ``e_d`` (w,), then for an unrolled map ``e_R`` (w,) and ``G`` finite (w,), then, with
     ``final`` (the last row is in the window and ``final_row_atol`` asked for), the final row's
     pending correction per sample (S,), and with ``prev_last`` (``early_stop``: the final row's
-    previous iterate) its change since the last round (1,).
+    previous iterate) its change since the last round (1,). ``per_sample`` (a per-sample solve,
+    :mod:`trisolve.per_sample`): ``e_d``, ``e_R`` and ``G`` finite per row and sample, ``(w * S,)``
+    each (row-major), and the change per sample ``(S,)``.
     """
-    scale = dict(thresholds_positive=thresholds_positive, batch_ndim=batch_ndim, xp=xp)
+    scale = dict(thresholds_positive=thresholds_positive, batch_ndim=0 if per_sample else batch_ndim, xp=xp)
+    if per_sample:  # per row and sample: the thresholds broadcast over the samples, and nothing is reduced
+        thr_w, thr_last = thr_w[:, None], thr_last[:, None]
     rms_d = Tolerance.sample_rms(d, batch_ndim=batch_ndim, xp=xp, careful=careful)  # per sample: (w, S) or (w,)
-    parts = [scale_rms(rms_d, thr_w, **scale)]  # e_d      (w,)
+    parts = [xp.reshape(scale_rms(rms_d, thr_w, **scale), (-1,))]  # e_d      (w,) or (w * S,)
     if not one_step:
         rms_r = Tolerance.sample_rms(r, batch_ndim=batch_ndim, xp=xp, careful=careful)
-        parts.append(scale_rms(rms_r, thr_w, **scale))  # e_R      (w,)
-        parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
+        parts.append(xp.reshape(scale_rms(rms_r, thr_w, **scale), (-1,)))  # e_R      (w,) or (w * S,)
+        if per_sample:
+            w, S = rms_r.shape
+            g_ok = finite(xp.sum(xp.reshape(g, (w, S, -1)), axis=2), xp)  # (w, S): the pair's sum is finite
+            parts.append(xp.reshape(xp.astype(g_ok, thr_w.dtype), (-1,)))  # G finite (w * S,)
+        else:
+            parts.append(xp.astype(_row_finite(g, xp)[(slice(None),) + (0,) * (len(g.shape) - 1)], thr_w.dtype))  # G finite (w,)
     if final:
         # unscaled RMS of row n's pending correction, max over samples: the first-order
         # residual and, with an unrolled map, the map residual G_n - x_n too (a last step
@@ -732,7 +784,7 @@ def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_
         parts.append(xp.reshape(rms, (-1,)))  # per sample (S,): each contracts at its own rate
     if prev_last is not None:
         change = Tolerance.sample_rms(xw[-1:, ...] - prev_last, batch_ndim=batch_ndim, xp=xp, careful=careful)
-        parts.append(scale_rms(change, thr_last, **scale))
+        parts.append(xp.reshape(scale_rms(change, thr_last, **scale), (-1,)))  # (1,) or (S,)
     return xp.concat(parts, axis=0)
 
 

@@ -199,9 +199,13 @@ class Solution:
         Batched evaluations of the system.
     num_evals : int
         Rows evaluated in total (rows of ``g`` for a semilinear system), the evaluations of a
-        finite-difference Jacobian (``Newton(derivatives="finite-differences")``) included.
+        finite-difference Jacobian (``Newton(derivatives="finite-differences")``) included. In a
+        per-sample solve (``solve(..., per_sample=True)`` on ``S > 1`` samples), the ``(row,
+        sample)`` evaluations divided by ``S``, rounded up -- the rows a lockstep batch would
+        evaluate for the same work -- plus the map's own; ``stats["sample_evals"]`` has the pairs.
     num_frozen : int
-        Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged).
+        Rows ``0 .. num_frozen - 1`` are final (``n + 1`` when converged) for every sample:
+        the smallest of :attr:`sample_frozen`.
     windows : RoundWindows
         The window ``[lo, hi)`` of each round, a sequence of ``(lo, hi)`` pairs stored in
         16 bytes a round.
@@ -224,7 +228,18 @@ class Solution:
         <trisolve.Solver.stats>`: ``num_restarts``, ``num_rejections``, ``num_fallback_rows``
         for Anderson and TriangularAnderson) and every counter the update map reports
         (:meth:`UpdateMap.stats <trisolve.UpdateMap.stats>`: ``num_jacobian_evals`` for a
-        finite-difference :class:`~trisolve.Newton`).
+        finite-difference :class:`~trisolve.Newton`). A per-sample solve adds ``sample_evals``:
+        the ``(row, sample)`` pairs of the system's expensive map evaluated.
+    sample_frozen : ndarray of int, shape ``(S,)``, or None
+        Per sample (the ``batch_ndim`` leading event axes, flattened in C order; ``S = 1``
+        without them), its rows ``0 .. sample_frozen[s] - 1`` are final; in a lockstep solve
+        every entry is ``num_frozen``. ``None`` for a Solution built elsewhere.
+    round_sample_evals : ndarray of int, shape ``(num_rounds,)``, or None
+        A per-sample solve: the ``(row, sample)`` pairs of the expensive map each round
+        evaluated (8 bytes a round); ``None`` otherwise.
+    sample_rounds : ndarray of int, shape ``(S,)``, or None
+        A per-sample solve: the rounds each sample took until it ended (converged, or its
+        finish test, or a stop); the solve's ``num_rounds`` is their maximum. ``None`` otherwise.
 
     ``num_restarts``, ``num_rejections`` and ``num_fallback_rows`` are deprecated attributes
     (read ``solution.stats[...]``); they warn and return the entry, or 0.
@@ -241,6 +256,9 @@ class Solution:
     error: BaseException | None = None
     stats: Mapping[str, int] = field(default_factory=dict)
     tolerance: Tolerance | None = field(default=None, repr=False)
+    sample_frozen: np.ndarray | None = field(default=None, repr=False)
+    round_sample_evals: np.ndarray | None = field(default=None, repr=False)
+    sample_rounds: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         counters = {**self.stats, "num_rounds": self.num_rounds, "num_evals": self.num_evals}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device as _device
-from ._backend import from_host, shares_memory
+from ._backend import from_host, mask_from_host, shares_memory
 from ._validate import check_int
 
 __all__ = [
@@ -51,10 +51,15 @@ class Evaluation:
         One-step values ``F_i(x)``; never a view of the trajectory.
     num_evals : int
         Rows of the expensive map evaluated by this call.
+    num_sample_evals : int or None
+        ``(row, sample)`` pairs of the expensive map evaluated by this call, when it evaluated
+        some samples of a row and not others (:meth:`TriangularSystem.evaluate_samples`);
+        ``None``: whole rows, ``num_evals`` times the samples.
     """
 
     f: Any
     num_evals: int
+    num_sample_evals: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,9 @@ class TriangularSystem(abc.ABC):
       buffer ``x`` ``(n + 1, *event)`` and raises ``ValueError`` on a mismatch (``None``);
     * ``evaluate(x, lo, hi, cache, *, xp)``: one batched evaluation of rows ``[lo, hi)``
       (abstract);
+    * ``evaluate_samples(x, lo, hi, sample_lo, sample_hi, cache, *, xp)``: the same where
+      sample ``s`` needs only its rows ``[sample_lo[s], sample_hi[s])`` (a per-sample solve);
+      default: :meth:`evaluate` of every row and sample (correct, no saving);
     * ``band``: how many earlier rows ``F_i`` reads, ``1`` for a Markov system, or ``None``
       when not declared (default; Newton then treats ``F_i`` as a function of ``x_{i-1}``
       with the earlier rows held, as for a black box);
@@ -203,6 +211,22 @@ class TriangularSystem(abc.ABC):
     @abc.abstractmethod
     def evaluate(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> Evaluation:
         """One batched evaluation of ``F_i(x)`` for the rows ``[lo, hi)`` (rows ``< lo`` are final)."""
+
+    def evaluate_samples(self, x: Any, lo: int, hi: int, sample_lo: np.ndarray, sample_hi: np.ndarray, cache: Any, *,
+                         xp: Any) -> Evaluation:  # fmt: skip
+        """``F_i(x)`` for the rows ``[lo, hi)`` where sample ``s`` needs only the rows ``[sample_lo[s], sample_hi[s])``.
+
+        The hook of a per-sample solve (:func:`trisolve.solve`, ``per_sample``): each of the
+        ``S`` samples (the ``batch_ndim`` leading event axes, flattened in C order) has its own
+        frozen prefix -- its rows ``< sample_lo[s]`` are final -- and its own window; an empty
+        range (``sample_lo[s] == sample_hi[s]``) means the sample needs nothing this round.
+        ``sample_lo``, ``sample_hi``: host int arrays ``(S,)``, inside ``[lo, hi]``. Returns
+        ``f`` ``(hi - lo, *event)``; its values outside a sample's range are never read (they
+        may be stale). The default evaluates every row and sample with :meth:`evaluate`:
+        correct, without saving anything; :class:`SemilinearSystem` evaluates its ``g`` only
+        where a sample needs it.
+        """
+        return self.evaluate(x, lo, hi, cache, xp=xp)
 
     def evaluate_parts(self, x: Any, lo: int, hi: int, cache: Any, *, xp: Any) -> tuple[Callable[..., Any] | None, tuple, int]:
         """:meth:`evaluate` as ``(assemble, inputs, num_evals)``: ``F = assemble(*inputs, xp=xp)``, for the fused compiled round.
@@ -464,13 +488,16 @@ class _SemilinearCache:
 
     ``a`` ``(n,)`` and ``B`` ``(n, p)`` are the coefficient tables on the trajectory's device
     in its dtype, built once; ``g`` ``(n, *event)`` holds the kept values of ``g``: rows
-    ``j < final_upto`` were evaluated at their final value.
+    ``j < final_upto`` were evaluated at their final value; in a per-sample solve
+    (:meth:`SemilinearSystem.evaluate_samples`) ``sample_final_upto`` ``(S,)`` (host int) says
+    the same per sample.
     """
 
     a: Any
     B: Any
     g: Any
     final_upto: int = 0
+    sample_final_upto: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -496,6 +523,14 @@ class SemilinearSystem(TriangularSystem):
         ``g``), dense ``(hi - lo, *batch, d, d)`` or diagonal ``(hi - lo, *event)``, for
         :class:`~trisolve.Newton` (``J_i = a_i I + B[i-1, 0] dg_{i-1}/dx_{i-1}``). Needed for
         NumPy and array-api-strict arrays; PyTorch's ``g`` is differentiated automatically.
+    g_pairs : callable ``g_pairs(x_rows, lo, hi, active) -> array (hi - lo, *event)``, optional
+        ``g`` on the ``(row, sample)`` pairs where the host bool array ``active`` ``(hi - lo,
+        S)`` is true, in one batched call (gather the pairs, evaluate, scatter back): the
+        values ``g(x_rows, lo, hi)`` would have there; the other pairs' values are never read
+        (any finite or non-finite value). ``S`` counts the ``batch_ndim`` leading event axes'
+        samples in C order. A per-sample solve (:func:`trisolve.solve`, ``per_sample``) calls it
+        when some samples of a row need ``g`` and others do not; without it, ``g`` evaluates
+        those rows whole (correct, without saving network rows).
 
     Examples
     --------
@@ -514,6 +549,7 @@ class SemilinearSystem(TriangularSystem):
     sigma_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
     batch_ndim: int = 0
     jacobian: Callable[[Any, int, int], Any] | None = field(default=None, repr=False)
+    g_pairs: Callable[[Any, int, int, np.ndarray], Any] | None = field(default=None, repr=False)
 
     def __init__(
         self,
@@ -525,8 +561,11 @@ class SemilinearSystem(TriangularSystem):
         sigma: Any = None,
         batch_ndim: int = 0,
         jacobian: Callable[[Any, int, int], Any] | None = None,
+        g_pairs: Callable[[Any, int, int, np.ndarray], Any] | None = None,
     ):
         _check_jacobian_callable(jacobian, "jacobian(x_rows, lo, hi)")
+        if g_pairs is not None and not callable(g_pairs):
+            raise TypeError(f"g_pairs must be callable as g_pairs(x_rows, lo, hi, active) or None, got {type(g_pairs).__name__}.")
         a = np.array(a, dtype=np.float64)
         if a.ndim != 1 or a.shape[0] < 1:
             raise ValueError(f"a must have shape (n,) with n >= 1, got {a.shape}.")
@@ -569,6 +608,7 @@ class SemilinearSystem(TriangularSystem):
         object.__setattr__(self, "B", B)
         object.__setattr__(self, "g", g)
         object.__setattr__(self, "jacobian", jacobian)
+        object.__setattr__(self, "g_pairs", g_pairs)
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "sigma_", _check_sigma(sigma, n))
         object.__setattr__(self, "batch_ndim", _check_batch_ndim(batch_ndim))
@@ -613,6 +653,7 @@ class SemilinearSystem(TriangularSystem):
         return RowFunction(func, rows, None if jac is None else (lambda: jac(rows, lo - 1, hi - 1)), reads=hi - lo)
 
     def with_batched_function(self, wrap: Callable[[Callable[..., Any], bool], Callable[..., Any]]) -> SemilinearSystem:
+        # without g_pairs: the wrapped g is the one every call must go through (evaluating whole rows is correct)
         return SemilinearSystem(
             self.a, self.B, wrap(self.g, False), c=self.c, sigma=self.sigma, batch_ndim=self.batch_ndim, jacobian=self.jacobian
         )
@@ -676,23 +717,74 @@ class SemilinearSystem(TriangularSystem):
         first_needed = max(lo - p, 0)
         start = max(first_needed, min(cache.final_upto, lo))
         num_evals = 0
-        g_hi = hi - 1
-        while g_hi > start and not self._g_used[g_hi - 1]:  # trailing rows whose g no row reads
-            g_hi -= 1
+        g_hi = self._g_end(start, hi)  # less trailing rows whose g no row reads
         if g_hi > start:
             g_new = self.g(x[start:g_hi, ...], start, g_hi)
             _check_rows("g", g_new, start, g_hi, x)
             cache.g[start:g_hi, ...] = g_new
             num_evals = g_hi - start
         cache.final_upto = max(cache.final_upto, lo)
+        return _assemble, self._assembly(x, lo, hi, cache), num_evals
+
+    def _g_end(self, start: int, hi: int) -> int:
+        """End of the ``g`` rows the window ``[.., hi)`` reads from ``start``: ``hi - 1`` less trailing rows whose ``g`` no row reads."""
+        g_hi = hi - 1
+        while g_hi > start and not self._g_used[g_hi - 1]:
+            g_hi -= 1
+        return g_hi
+
+    def evaluate_samples(self, x: Any, lo: int, hi: int, sample_lo: np.ndarray, sample_hi: np.ndarray, cache: _SemilinearCache, *,
+                         xp: Any) -> Evaluation:  # fmt: skip
+        """:meth:`evaluate` where sample ``s`` needs only its rows ``[sample_lo[s], sample_hi[s])``.
+
+        Per sample, as :meth:`evaluate` per solve: ``g`` of sample ``s`` is needed on its rows
+        ``[start_s, end_s)`` (the rows its window reads, less those evaluated at their final
+        value: ``cache.sample_final_upto``). One call covers the rows ``[j0, j1)`` of every
+        needed pair: ``g`` itself when every pair of those rows is needed, else ``g_pairs`` on
+        the needed pairs (``g`` on whole rows without it). Only the needed pairs are written to
+        the kept values; every other pair keeps its value exactly. ``num_sample_evals`` counts
+        the pairs evaluated (whole rows count every sample).
+        """
+        S = sample_lo.shape[0]
+        fu = np.full(S, cache.final_upto, dtype=np.int64) if cache.sample_final_upto is None else cache.sample_final_upto
+        live = sample_hi > sample_lo
+        start = np.maximum(np.maximum(sample_lo - self.p, 0), np.minimum(fu, sample_lo))  # (S,)
+        end = np.array([self._g_end(int(a), int(b)) if ok else 0 for a, b, ok in zip(start, sample_hi, live)], dtype=np.int64)
+        need = live & (end > start)
+        pairs = rows = 0
+        if need.any():
+            j0, j1 = int(start[need].min()), int(end[need].max())
+            j = np.arange(j0, j1)[:, None]
+            mask = need[None, :] & (j >= start[None, :]) & (j < end[None, :])  # (k, S): the pairs needed
+            rows = int(np.count_nonzero(mask.any(axis=1)))
+            if mask.all():
+                out, pairs = self.g(x[j0:j1, ...], j0, j1), mask.size
+            elif self.g_pairs is not None:
+                out, pairs = self.g_pairs(x[j0:j1, ...], j0, j1, mask), int(np.count_nonzero(mask))
+            else:
+                out, pairs, rows = self.g(x[j0:j1, ...], j0, j1), mask.size, j1 - j0
+            _check_rows("g" if self.g_pairs is None or mask.all() else "g_pairs", out, j0, j1, x)
+            if mask.all():
+                cache.g[j0:j1, ...] = out
+            else:  # the needed pairs only: every other pair keeps its kept value exactly
+                batch = tuple(x.shape[1 : 1 + self.batch_ndim])
+                keep = xp.reshape(mask_from_host(mask, xp, device=_device(x)), (j1 - j0, *batch) + (1,) * (len(x.shape) - 1 - len(batch)))
+                cache.g[j0:j1, ...] = xp.where(keep, out, cache.g[j0:j1, ...])
+        fu = fu.copy()
+        fu[live] = np.maximum(fu[live], sample_lo[live])
+        cache.sample_final_upto = fu
+        return Evaluation(f=_assemble(*self._assembly(x, lo, hi, cache), xp=xp), num_evals=rows, num_sample_evals=pairs)
+
+    def _assembly(self, x: Any, lo: int, hi: int, cache: _SemilinearCache) -> tuple:
+        """The inputs of :func:`_assemble` for the rows ``[lo, hi)`` from the kept ``g`` values (slices: no device work)."""
         terms = []  # (B[i-1, q] (w,), g_{i-1-q} rows, zero rows in front) for the columns q this window reads
-        for q in range(p):
+        for q in range(self.p):
             j_lo, j_hi = lo - 1 - q, hi - 1 - q
             if not np.any(self.B[lo - 1 : hi - 1, q]):  # host table: no device read
                 continue
             terms.append((cache.B[lo - 1 : hi - 1, q], cache.g[max(j_lo, 0) : j_hi, ...], max(0, -j_lo)))  # rows j < 0 have B == 0
         c = None if self.c is None else self.c[lo - 1 : hi - 1, ...]
-        return _assemble, (cache.a[lo - 1 : hi - 1], x[lo - 1 : hi - 1, ...], tuple(terms), c), num_evals
+        return cache.a[lo - 1 : hi - 1], x[lo - 1 : hi - 1, ...], tuple(terms), c
 
 
 def _assemble(a: Any, x_prev: Any, terms: tuple, c: Any, *, xp: Any) -> Any:

@@ -7,7 +7,9 @@ For row ``i`` of a trajectory and one sample ``b`` of a batch,
     e_{i,b} = \\frac{\\operatorname{RMS}_{\\text{event}}(F_i(x) - x_i)}{\\text{atol} + \\text{rtol}\\,\\sigma_i},
     \\qquad e_i = \\max_b e_{i,b},
 
-and row ``i`` is converged iff ``e_i <= 1``. ``sigma_i`` is the system's per-row scale
+and row ``i`` is converged iff ``e_i <= 1``; in a per-sample solve (``solve(...,
+per_sample=True)``, the default for a batch) row ``i`` of sample ``b`` is converged iff
+``e_{i,b} <= 1``, each sample freezing its own rows. ``sigma_i`` is the system's per-row scale
 (the DDPM posterior standard deviation for diffusion samplers, ``1`` by default). With an
 unrolled update map (order ``k > 1`` or the Picard map) the same test is applied to the
 map residual ``G_i(x) - x_i`` as well, and a row must pass both (DESIGN 4.1).

@@ -526,27 +526,37 @@ def _solve(
             return model(inp, sig_in, **extra_args)
         return split(inp.shape[0], lambda s, e: model(inp[s:e], sig_in[s:e], **extra_args))
 
-    def g(y_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
+    def g(y_rows: torch.Tensor, lo: int, hi: int, active: np.ndarray | None = None) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
         xin = y_rows * inv[lo:hi]
         if shift is not None:
             xin = xin + shift[lo:hi]
-        parts = []
-        for c_lo in range(lo, hi, chunk):
-            c_hi = min(c_lo + chunk, hi)
-            w = c_hi - c_lo
-            inp = xin[c_lo - lo : c_hi - lo].reshape(w * batch, *x.shape[1:]).to(x.dtype)
-            out = call(inp, sig[c_lo:c_hi].repeat_interleave(batch))
-            parts.append(out.reshape(w, batch, *x.shape[1:]).to(traj))
-        D = parts[0] if len(parts) == 1 else torch.cat(parts)
+        w = hi - lo
+        inp = xin.reshape(w * batch, *x.shape[1:]).to(x.dtype)  # (w * B, *event): row-major (row, sample)
+        s_in = sig[lo:hi].repeat_interleave(batch)
+        idx = None if active is None else torch.as_tensor(np.flatnonzero(active.reshape(-1)), device=device)
+        if idx is not None:  # g_pairs: only the active (row, sample) pairs, gathered (the model reads each input alone: no extra_args)
+            inp, s_in = inp.index_select(0, idx), s_in.index_select(0, idx)
+        step = chunk * batch  # at most max_rows_per_call rows' inputs per call
+        parts = [call(inp[k : k + step], s_in[k : k + step]) for k in range(0, inp.shape[0], step)]
+        out = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if idx is not None:  # scattered back; the other pairs' values are never read
+            out = out.new_zeros((w * batch, *out.shape[1:])).index_copy_(0, idx, out)
+        D = out.reshape(w, batch, *x.shape[1:]).to(traj)
         if denoised is not None:
-            denoised[lo:hi] = D
+            if idx is None:
+                denoised[lo:hi] = D
+            else:  # a pair not evaluated keeps its recorded value
+                keep = torch.as_tensor(active, device=device).reshape(w, batch, *(1,) * (x.ndim - 1))
+                denoised[lo:hi] = torch.where(keep, D, denoised[lo:hi])
         return cx[lo:hi] * xin + cm[lo:hi] * D if deriv[lo:hi].any() else D
 
     if check_model:
         with torch.no_grad():
             _check_per_row_sigma(model, x, sig, extra_args)
+    # per-sample rounds gather the pairs they need into one call where the model reads each input alone (no extra_args, no split)
     system = trisolve.SemilinearSystem(a * scale[1:] / scale[:-1], B * scale[1:, None], g, c=forcing,
-                                       sigma=level_posterior_std(np.ones_like(lvl), lvl) * scale[1:], batch_ndim=1)  # fmt: skip
+                                       sigma=level_posterior_std(np.ones_like(lvl), lvl) * scale[1:], batch_ndim=1,
+                                       g_pairs=g if not extra_args and split is None else None)  # fmt: skip
     if options.init is not None:
         if tuple(options.init.shape) != (n + 1, *x.shape):
             raise ValueError(f"init must be a tensor of shape (rows + 1, *x.shape) = {(n + 1, *x.shape)}, got {tuple(options.init.shape)}.")

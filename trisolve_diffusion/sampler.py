@@ -220,7 +220,17 @@ class SolveOptions:
         35 s on a loaded 2-core CPU with a cold cache) and then cuts the host time of a round
         outside the network by about a fifth on that CPU, a small part of a round beside a real
         network (docs: "The compiled round"). ``False`` (default). A window of one row, run row
-        by row, has no round to compile.
+        by row, has no round to compile. A compiled solve runs the batch in lockstep
+        (``per_sample`` does not apply).
+    per_sample : bool
+        The core's ``per_sample`` (:func:`trisolve.solve`): with a batch of ``B > 1`` latents,
+        every sample has its own frozen steps, window and finish, and each round's network call
+        takes only the ``(step, sample)`` pairs still in their sample's window (gathered into one
+        batch by :func:`sample_latents`, and by the k-diffusion samplers when the model takes no
+        ``extra_args``; with them it evaluates whole steps), so a sample that converged stops
+        costing network rows while the slower ones go on. ``True`` (default). ``False``: the lockstep batch (a step
+        final when every sample passed; every round evaluates every sample). The lockstep batch
+        also where the network's batch is split over ranks, or with ``compile=True``.
 
     Examples
     --------
@@ -252,6 +262,7 @@ class SolveOptions:
     strict: bool = False
     distributed: Any = False
     compile: bool = False
+    per_sample: bool = True
     window_size: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of window
     final_atol: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of final_row_atol
 
@@ -311,6 +322,8 @@ class SolveOptions:
             raise TypeError(f"progress must be True, False or a callable progress(total=n) -> tqdm, got {type(self.progress).__name__}.")
         if not isinstance(self.compile, bool):
             raise TypeError(f"compile must be True or False, got {type(self.compile).__name__}.")
+        if not isinstance(self.per_sample, bool):
+            raise TypeError(f"per_sample must be True or False, got {type(self.per_sample).__name__}.")
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
@@ -559,7 +572,7 @@ def sample_latents(
         The solve keywords, each described under :class:`SolveOptions`: ``solver``,
         ``update_map``, ``window``, ``atol``, ``rtol``, ``final_row_atol``, ``max_iter``,
         ``early_stop``, ``init``, ``num_frozen``, ``callback`` (per round), ``progress``,
-        ``strict``, ``trajectory_dtype``, ``distributed``. An unknown keyword raises
+        ``strict``, ``trajectory_dtype``, ``distributed``, ``compile``, ``per_sample``. An unknown keyword raises
         ``TypeError``. ``options=SolveOptions(...)`` is their deprecated spelling.
 
     Returns
@@ -660,13 +673,19 @@ def _sample_latents(
     if mask is not None:
         c, m = _blend(mapping.a, c, x0, mask, known_latents, traj, rows.to_rows)
 
-    def g_of(den: Any) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
-        def g(x_rows: torch.Tensor, lo: int, hi: int) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
+    def g_of(den: Any) -> Callable[..., torch.Tensor]:
+        def g(x_rows: torch.Tensor, lo: int, hi: int, active: np.ndarray | None = None) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
             w = hi - lo
             model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
             t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
             inp = model_input.reshape(w * batch, *shape[1:]).to(latents.dtype)
-            out = _checked_output(den(inp, t), inp)
+            if active is None:
+                out = _checked_output(den(inp, t), inp)
+            else:  # g_pairs: only the (row, sample) pairs of active (w, B), gathered into one network call and scattered back
+                idx = torch.as_tensor(np.flatnonzero(active.reshape(-1)), device=inp.device)  # of the w * B flattened inputs
+                sub = inp.index_select(0, idx)
+                got = _checked_output(den(sub, t.index_select(0, idx)), sub)
+                out = got.new_zeros((w * batch, *got.shape[1:])).index_copy_(0, idx, got)  # the other pairs' values are never read
             out = out.reshape(w, batch, *out.shape[1:]).to(traj)
             out = mapping.g(x_rows, out, lo, hi)
             return out if m is None else m * out
@@ -692,7 +711,8 @@ def _sample_latents(
         auto = AutoWindow.of(denoiser)  # the denoiser itself is timed, keyed by its identity (sample() gives its network's policy)
     if auto is not None:
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
-        stand_in = trisolve.SemilinearSystem(mapping.a, band, g_of(lambda inp, t: inp), c=c, sigma=rows.sigma, batch_ndim=1)
+        free = g_of(lambda inp, t: inp)
+        stand_in = trisolve.SemilinearSystem(mapping.a, band, free, c=c, sigma=rows.sigma, batch_ndim=1, g_pairs=free)
         run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
         run_rows = functools.partial(_run_rows, stand_in, x0)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
@@ -713,7 +733,10 @@ def _sample_latents(
     if one_rank:  # the loop on rank 0 alone: no split of its rows either
         solve_options = solve_options.replace(distributed=False)
     run_g = g if split is None else g_of(denoiser.with_split(split))
-    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1)
+    # per-sample rounds gather the pairs they need into one network batch (not through a batch split over ranks: lockstep there)
+    system = trisolve.SemilinearSystem(mapping.a, band, run_g, c=c, sigma=rows.sigma, batch_ndim=1, g_pairs=run_g if split is None else None)
+    if split is not None:
+        solve_options = solve_options.replace(per_sample=False)
     solve = functools.partial(solve_rows, system, x0, solve_options, solver=solver, update_map=update_map, window=window, forcing=c,
                               rows=rows, split=split)  # fmt: skip
     sol = _on_rank0(solve, options, x0, n) if one_rank else solve()
@@ -834,6 +857,7 @@ def solve_rows(
                     system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
                     max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init,
                     num_frozen=options.num_frozen, final_row_atol=rows.final_row_atol, compile=options.compile,
+                    per_sample=options.per_sample,
                 )  # fmt: skip
         bar.finish(sol)
     finally:
@@ -1109,8 +1133,9 @@ def _own_samples(denoiser: Any, scheduler: Any, latents: torch.Tensor, options: 
         error = RuntimeError(f"another rank's solve of its samples ended {status.name} (its error is raised there)")
     else:
         error = sol.error
+    # the per-sample records of this rank's solve describe its share only: none for the whole batch
     sol = dataclasses.replace(sol, trajectory=traj.contiguous(), status=status, num_frozen=min(h[3] for h in heads), stats=stats,
-                              error=error)  # fmt: skip
+                              error=error, sample_frozen=None, sample_rounds=None)  # fmt: skip
     if status is not mine:  # another rank's status (this rank's own was raised or warned by its solve)
         _raise_for_status(sol, options.strict)
     return sol

@@ -64,6 +64,7 @@ class AndersonState:
     eye: Any = None  # (m, m) work-dtype identity, built once per solve
     counts: Any = None  # (m,) work-dtype 1, 2, ..., m: the fused round's pair count, a device scalar (built with eye)
     err_device: Any = None  # (w_prev,) err_prev on the device, kept by the fused round (its restart test)
+    active: Any = None  # (w_prev, S) device bool: the pairs in their sample's window (a per-sample solve), else None
 
 
 def _rows(a: Any, lo_old: int, hi_old: int, lo: int, hi: int, *, axis: int) -> tuple[Any, int]:
@@ -145,13 +146,19 @@ class _AndersonBase(Solver):
             return ctx.g, self._first(ctx, state, x, r)
 
         ov = _overlap(state, lo, hi)
+        # a per-sample solve: a pair's difference is information only where it was in its sample's window in both
+        # rounds (a frozen pair's zero residual, or one not yet reached, is no iterate of the fixed-point map)
+        both = None if ctx.active is None else ctx.active[:ov, ...] & _rows(state.active, state.lo, state.hi, lo, hi, axis=0)[0]
         reject, restart = self._verdict(state, lo, hi, ov, ctx.errors)
         if reject:
             # the rows present in both rounds take the plain step from the previous iterate;
             # rows without a previous iterate take the plain step from now
             x_prev, _ = _rows(state.x_prev, state.lo, state.hi, lo, hi, axis=0)
             r_prev, _ = _rows(state.r_prev, state.lo, state.hi, lo, hi, axis=0)
-            plain = xp.reshape(x_prev + r_prev, (ov, *event))
+            plain = x_prev + r_prev
+            if both is not None:  # a pair without a previous iterate takes the plain step from now
+                plain = xp.where(both[..., None], plain, xp.reshape(ctx.g[:ov, ...], x_prev.shape))
+            plain = xp.reshape(plain, (ov, *event))
             proposal = xp.concat([plain, ctx.g[ov:, ...]], axis=0) if ov < w else plain
             new = AndersonState(
                 num_restarts=state.num_restarts,
@@ -166,9 +173,9 @@ class _AndersonBase(Solver):
         eye = self._eye(state, x)
         arrays, k = self._history(state, lo, hi, restart, eye)
         # one compiled function per history length and overlap kind: few graphs each, so few guards to check a call
-        update = ctx.jit(_update, ("anderson", self, k, ov == w))
+        update = ctx.jit(_update, ("anderson", self, k, ov == w, both is None))
         with np.errstate(all="ignore"):  # inf - inf, overflow and singular systems are detected and handled on the device
-            proposal, valid, dX, dR = update(self, x, r, *arrays, ctx.x, start=ctx.start, xp=xp)
+            proposal, valid, dX, dR = update(self, x, r, *arrays, ctx.x, start=ctx.start, xp=xp, pairs=None, both=both)
         return proposal, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, k)
 
     def fused_step(self, state: AndersonState, lo: int, hi: int, *, xp: Any) -> FusedStep:
@@ -207,7 +214,7 @@ class _AndersonBase(Solver):
         """The state after a round without a previous iterate (the first, or after a rejection): the plain step, kept
         (``err``: the errors on the device, from the fused round)."""
         return replace(state, lo=ctx.lo, hi=ctx.hi, x_prev=x, r_prev=r, err_prev=ctx.errors, dX=None, dR=None, accelerated=False,
-                       err_device=err)  # fmt: skip
+                       err_device=err, active=ctx.active)  # fmt: skip
 
     def _verdict(self, state: AndersonState, lo: int, hi: int, ov: int, errors: np.ndarray) -> tuple[bool, bool]:
         """The safeguard's ``(reject, restart)``: residual growth over the ``ov`` rows present in both rounds (host errors;
@@ -280,6 +287,7 @@ class _AndersonBase(Solver):
             eye=eye,
             counts=state.counts,
             err_device=None,
+            active=ctx.active,
         )
 
     def _mix(self, x: Any, r: Any, dX: Any, dR: Any, *, start: Any, xp: Any, eye: Any = None, pairs: Any = None) -> tuple[Any, Any]:
@@ -331,7 +339,7 @@ class _AndersonBase(Solver):
 
 
 def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old_dX: Any, old_dR: Any, eye: Any, like: Any, *, start: int,
-            xp: Any, pairs: Any = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
+            xp: Any, pairs: Any = None, both: Any = None) -> tuple[Any, Any, Any, Any]:  # fmt: skip
     """One accelerated round's device arithmetic: ``(proposal like ctx.x, valid (w, S), dX, dR)``.
 
     ``x, r`` ``(w, S, d)``: the window's iterate and map residual; ``x_prev, r_prev`` ``(ov, S, d)``:
@@ -342,12 +350,17 @@ def _update(solver: _AndersonBase, x: Any, r: Any, x_prev: Any, r_prev: Any, old
     overflows), get zero differences (no information); the history of rows whose coefficients
     are rejected is dropped. ``pairs``: the fused round's padded history (``old_dX`` holds
     ``m - 1`` slots, zero after the valid ones, and ``eye`` is ``(m, m)``): the pairs mixed, ``k``, as
-    a device scalar (:meth:`_AndersonBase._mix`). Pure device arithmetic: the compiled round traces it.
+    a device scalar (:meth:`_AndersonBase._mix`). ``both`` ``(ov, S)`` (a per-sample solve, else ``None``):
+    the pairs in their sample's window in both rounds; the others get zero differences too, so a
+    frozen pair adds nothing to the prefix sums of the rows after it. Pure device arithmetic: the
+    compiled round traces it.
     """
     w, ov = x.shape[0], x_prev.shape[0]
     dx = x[:ov, ...] - x_prev
     dr = r[:ov, ...] - r_prev
     fin = finite(xp.sum(dx, axis=-1) + xp.sum(dr, axis=-1), xp)  # (ov, S); inf - inf is caught here
+    if both is not None:
+        fin = fin & both
     dx = _pad_rows(xp.where(fin[..., None], dx, 0.0), w, axis=0, xp=xp)  # (w, S, d)
     dr = _pad_rows(xp.where(fin[..., None], dr, 0.0), w, axis=0, xp=xp)
     if old_dX is None:

@@ -41,6 +41,13 @@ class StepContext:
         else ``fn`` itself. A solver passes it its pure device arithmetic (arrays, Python
         numbers and flags in, arrays out; no host reads, no state changes) and ``key``, a
         hashable naming the configuration of the static arguments.
+    active : array or None
+        A per-sample solve (:func:`trisolve.solve`, ``per_sample``): the device bool ``(w, S)``
+        of the ``(row, sample)`` pairs inside their sample's window this round. Every other
+        pair is frozen or not yet reached: its ``g`` is its ``x``, its ``r`` is zero, and the
+        driver never writes it, so it must add nothing to the fit of the others. ``start`` is
+        then the smallest of the samples' first accelerated rows, and ``errors`` each row's
+        largest error over the pairs in their windows. ``None``: every pair (lockstep).
     """
 
     x: Any
@@ -53,6 +60,7 @@ class StepContext:
     batch_ndim: int
     xp: Any
     jit: Callable[..., Callable] = eager
+    active: Any = None
 
 
 @dataclass(frozen=True)
