@@ -277,7 +277,7 @@ class SampleRun(_Run):
         prev[0][upd] = rows[upd]
         c = np.array(correction)
         pc = self.prev_sample_correction
-        pending = np.maximum(c, _pending_error(c, pc[0], pc[1]))
+        pending = _pending_error(c, pc[0], pc[1])  # the driver's final-row test: the estimate alone (>= c / 2, PENDING_RATE_FLOOR)
         pc[1, last_s] = pc[0, last_s]
         pc[0, last_s] = c[last_s]
         return last_s & (pending <= fa) & rows_ok
