@@ -74,7 +74,7 @@ def test_every_public_name_is_on_the_api_page(module):
 RESULTS = DOCS.parent / "benchmarks" / "results"
 README = DOCS.parent / "README.md"
 #: the default method's name in each benchmark that measures fidelity at the defaults
-DEFAULT_METHODS = {"flow": "TAA m=1, Picard (default)", "finish": "default (final_atol auto)", "diffusion": "TAA m=4, Picard (default)"}
+DEFAULT_METHODS = {"flow": "TAA m=1, Picard (default)", "finish": "default (final_row_atol auto)", "diffusion": "TAA m=4, Picard (default)"}
 
 
 def _worst_cases() -> tuple[set[str], float, float]:
