@@ -484,6 +484,8 @@ class _Progress:
             self.bar = None
         else:
             self.bar = progress(total=n)
+        if getattr(self.bar, "disable", False) is True:  # a disabled tqdm bar shows nothing: no postfix to format per round
+            self.bar = None
 
     def round(self, info: trisolve.RoundInfo) -> None:
         if self.bar is not None:
