@@ -208,6 +208,11 @@ def test_compiled_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     assert {r["run"].rsplit("window ", 1)[1] for r in payload["side_by_side"]} == {"full", "8"}
     assert all(r[k] > 0 for r in payload["side_by_side"] for k in ("eager_ms", "compiled_ms", "cpu_eager_ms", "cpu_compiled_ms"))
     assert "fused_round" in {r["function"] for r in payload["functions"]}  # the round as one compiled call (TAA on Picard)
+    assert all(r["compiled_flushed_us"] > 0 and r["eager_flushed_us"] > 0 for r in payload["functions"])
+    for parts in payload["round_parts"].values():  # the round's host time by part: the fused call only in the compiled solve
+        assert parts["compiled"]["fused call"] > 0
+        assert parts["eager"]["eager round arithmetic"] > 0 and parts["eager"]["fused call"] == 0
+        assert all(p["round"] > 0 and p["network wrapper"] > 0 for p in parts.values())
     assert all(r["first_compiled_s"] > 0 and r["second_compiled_s"] > 0 for r in payload["compile_cost"])
     assert (tmp_path / "launches_compiled_quick.md").read_text().count("|") > 10
 
