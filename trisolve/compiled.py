@@ -47,9 +47,10 @@ Dynamo checks its guards before every call of a compiled function; the guards on
 globals (trisolve's own functions, array_api_compat's tables: about 170 of the fused round's
 290) are dropped (:func:`skip_global_guards`), every guard on the arguments kept.
 
-On CUDA the compiled functions are additionally captured as CUDA graphs
-(inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets) and replayed for the fixed shapes of a sliding window; their
-outputs live in the graphs' static buffers, so they are copied out before the next replay
+On CUDA the compiled functions are additionally captured as CUDA graphs (inductor's
+``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets) and replayed for the fixed shapes
+of a sliding window; their outputs live in the graphs' static buffers, so they are copied out
+before the next replay
 (:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
 test suite.
 
