@@ -14,7 +14,8 @@
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
-DDIM, DDPM and DPM-Solver++(2M) use the digits pipelines' own schedulers; the others are built
+DDIM, DDPM and DPM-Solver++(2M) use the digits pipelines' own schedulers (SDE-DPM-Solver++(2M): the
+DPM-Solver++ one with ``algorithm_type="sde-dpmsolver++"``, no target in issue 26); the others are built
 from the digits scheduler config with Stable Diffusion's spacing (``timestep_spacing="leading"``,
 ``steps_offset=1``; PNDM with ``skip_prk_steps``), as SD users run them.
 
@@ -85,6 +86,7 @@ SETTINGS = {
     "LMS-25": ("LMSDiscreteScheduler", 25, 1, 8),
     "Heun-25": ("HeunDiscreteScheduler", 25, 1, 10),
     "FlowEuler-28": ("flow", 28, 1, 6),
+    "SDE-DPM++2M-20": ("sde-dpm++", 20, 1, None),
     "DDIM-50, batch 4": ("ddim", 50, 4, 8),
     "FlowEuler-28, batch 4": ("flow", 28, 4, None),
 }
@@ -101,6 +103,8 @@ def make_scheduler(kind: str, steps: int):
 
     if kind in ("ddim", "ddpm", "dpm++"):
         sched = load_digits_pipeline(kind).scheduler
+    elif kind == "sde-dpm++":  # the digits DPM-Solver++ scheduler with its SDE variant: noise injected at every step
+        sched = diffusers.DPMSolverMultistepScheduler.from_config(load_digits_pipeline("dpm++").scheduler.config, algorithm_type="sde-dpmsolver++")
     else:
         sched = getattr(diffusers, kind)(**{**SCHEDULER_CONFIG, **SD_SPACING, **OVERRIDES.get(kind, {})})
     sched.set_timesteps(steps)
