@@ -10,10 +10,12 @@
     python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
     python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
     python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
+    python benchmarks/rounds.py --gain-weight 0 --settings DDPM-100 EulerA-25   # WeightedPicard(d ** W) as the map (0: plain Picard)
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
-DDIM, DDPM and DPM-Solver++(2M) use the digits pipelines' own schedulers; the others are built
+DDIM, DDPM and DPM-Solver++(2M) use the digits pipelines' own schedulers (SDE-DPM-Solver++(2M): the
+DPM-Solver++ one with ``algorithm_type="sde-dpmsolver++"``, no target in issue 26); the others are built
 from the digits scheduler config with Stable Diffusion's spacing (``timestep_spacing="leading"``,
 ``steps_offset=1``; PNDM with ``skip_prk_steps``), as SD users run them.
 
@@ -84,6 +86,7 @@ SETTINGS = {
     "LMS-25": ("LMSDiscreteScheduler", 25, 1, 8),
     "Heun-25": ("HeunDiscreteScheduler", 25, 1, 10),
     "FlowEuler-28": ("flow", 28, 1, 6),
+    "SDE-DPM++2M-20": ("sde-dpm++", 20, 1, None),
     "DDIM-50, batch 4": ("ddim", 50, 4, 8),
     "FlowEuler-28, batch 4": ("flow", 28, 4, None),
 }
@@ -100,6 +103,8 @@ def make_scheduler(kind: str, steps: int):
 
     if kind in ("ddim", "ddpm", "dpm++"):
         sched = load_digits_pipeline(kind).scheduler
+    elif kind == "sde-dpm++":  # the digits DPM-Solver++ scheduler with its SDE variant: noise injected at every step
+        sched = diffusers.DPMSolverMultistepScheduler.from_config(load_digits_pipeline("dpm++").scheduler.config, algorithm_type="sde-dpmsolver++")
     else:
         sched = getattr(diffusers, kind)(**{**SCHEDULER_CONFIG, **SD_SPACING, **OVERRIDES.get(kind, {})})
     sched.set_timesteps(steps)
@@ -144,14 +149,15 @@ def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
                     flow = load_digits_flow_pipeline()
                     flow.set_progress_bar_config(disable=True)
                 ref = flow(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
+                flow_options = {k: v for k, v in options.items() if k != "gain_weight"}  # --gain-weight: not for the flow loop
                 out = td.sample(flow, batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
-                                output_type="np", **options)  # fmt: skip
+                                output_type="np", **flow_options)  # fmt: skip
                 got, sol = out.images, out.solution
             else:
                 sched = make_scheduler(kind, steps)
                 ref = images(sequential(unet, sched, seed, batch))
                 sched = make_scheduler(kind, steps)
-                final, sol = parallel(unet, sched, seed, batch, options)
+                final, sol = parallel(unet, sched, seed, batch, _with_gains(options, sched))
                 got = images(final)
             pairs = sol.stats.get("sample_evals", sol.num_evals * batch)  # (row, sample) pairs the network evaluated
             sample_rounds = [sol.num_rounds] * batch if sol.sample_rounds is None else sol.sample_rounds.tolist()
@@ -163,6 +169,19 @@ def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
             r = records[-1]
             print(f"{setting:22s} seed {seed:2d} {r['rounds']:3d} rounds  {r['status']:20s} {r['psnr_db']:6.1f} dB", flush=True)
     return records
+
+
+def _with_gains(options: dict, sched) -> dict:
+    """``options`` with ``gain_weight=W`` made the map ``WeightedPicard(d ** W)`` of this loop (``--gain-weight``; 0 is Picard)."""
+    if "gain_weight" not in options:
+        return options
+    from trisolve_diffusion.schedulers import map_scheduler
+
+    mapping = map_scheduler(sched)
+    mapping = mapping.scaled()  # the rows the sampler solves on (the identity for variance-preserving loops)
+    rest = {k: v for k, v in options.items() if k != "gain_weight"}
+    order = options["update_map"].order if "update_map" in options else None  # --order too: the same order
+    return {**rest, "update_map": trisolve.WeightedPicard(mapping.fixed_prediction_derivative ** options["gain_weight"], order=order)}
 
 
 INIT_SETTINGS = {"DDIM-50": ("ddim", 50), "FlowEuler-28": ("flow", 28)}
@@ -414,6 +433,8 @@ def main(argv=None):
     ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
     ap.add_argument("--lockstep", action="store_true", help="batches in lockstep (per_sample=False), not per sample")
     ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
+    ap.add_argument("--gain-weight", type=float, help="WeightedPicard(d ** W) for every non-flow setting, d the step's derivative at a fixed "
+                    "clean-image prediction (SchedulerMapping.fixed_prediction_derivative; 0: Picard), not the default's map")  # fmt: skip
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.trace:
@@ -447,6 +468,9 @@ def main(argv=None):
     if args.window is not None:
         options["window"] = args.window
         variant += f"_window{args.window}"
+    if args.gain_weight is not None:
+        options["gain_weight"] = args.gain_weight
+        variant += f"_gainweight{args.gain_weight:g}"
     records = run(settings, seeds, options)
     name = "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     name = "rounds_quick" if args.quick else name + variant
@@ -455,7 +479,8 @@ def main(argv=None):
     described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
                           + ([f"Picard order {args.order}"] if args.order is not None else [])
                           + ([f"rtol={args.rtol:g}"] if args.rtol is not None else [])
-                          + (["batches in lockstep (per_sample=False)"] if args.lockstep else []))  # fmt: skip
+                          + (["batches in lockstep (per_sample=False)"] if args.lockstep else [])
+                          + ([f"WeightedPicard(d ** {args.gain_weight:g}) as the map"] if args.gain_weight is not None else []))  # fmt: skip
     window = "the full window" if args.window is None else f"a sliding window of {args.window} rows"
     write(name, {"seeds": seeds, "records": records},
           table(records, seeds, f"default options but {described}" if described else "default options", window))  # fmt: skip

@@ -90,7 +90,8 @@ def test_order_k_maps_share_the_solution(backend, seed, n, p, event):
     x0 = _x0(backend, rng, event)
     ref = backend.to_numpy(trisolve.forward_substitution(system, x0))
     for k in sorted({1, min(2, n), max(1, n // 2), n}):
-        for update_map in (trisolve.Unrolled(order=k), trisolve.Picard(order=k)):
+        gains = rng.uniform(0.0, 1.0, n)
+        for update_map in (trisolve.Unrolled(order=k), trisolve.Picard(order=k), trisolve.WeightedPicard(gains, order=k)):
             sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=update_map, atol=1e-12)
             assert sol.converged and sol.num_rounds <= n
             np.testing.assert_allclose(backend.to_numpy(sol.trajectory), ref, rtol=1e-8, atol=1e-8)
@@ -128,8 +129,32 @@ def test_maps_match_their_explicit_formulas(backend, seed, n, k, lo):
     check(trisolve.Unrolled(order=k), lambda i, s: phi(s, i) * xn[s] + sum(phi(l, i) * u[l - lo] for l in range(s + 1, i + 1)))
     check(trisolve.Picard(order=k), lambda i, s: xn[s] + sum(fn[l - lo] - xn[l - 1] for l in range(s + 1, i + 1)))
     check(trisolve.OneStep(), lambda i, s: fn[i - lo])
+    # WeightedPicard: the unrolled formula with the given gains J in place of a (u_l = F_l - J_l x_{l-1})
+    J = rng.uniform(-1.5, 1.5, n)
+    psi = lambda l, i: np.prod(J[l:i])  # J_{l+1} .. J_i
+    v = fn - J[lo - 1 :, None] * xn[lo - 1 : n]
+    check(trisolve.WeightedPicard(J, order=k), lambda i, s: psi(s, i) * xn[s] + sum(psi(l, i) * v[l - lo] for l in range(s + 1, i + 1)))
     if k == n:  # order=None is the whole window
         check(trisolve.Unrolled(), lambda i, s: phi(lo - 1, i) * xn[lo - 1] + sum(phi(l, i) * u[l - lo] for l in range(lo, i + 1)))
+
+
+def test_weighted_picard_is_picard_at_one_and_unrolled_at_a_and_refuses_bad_gains():
+    rng = np.random.default_rng(3)
+    n = 12
+    system = trisolve.SemilinearSystem(rng.uniform(0.5, 1.0, n), np.full(n, 0.1), lambda x, lo, hi: np.tanh(x))
+    x = rng.standard_normal((n + 1, 3))
+    f = system.evaluate(x, 2, n + 1, system.new_cache(x, xp=xnp), xp=xnp).f
+    for same, weighted in ((trisolve.Picard(), trisolve.WeightedPicard(np.ones(n))), (trisolve.Unrolled(), trisolve.WeightedPicard(system.a))):
+        want = same.apply(same.prepare(system, x, xp=xnp), x, f, 2, n + 1, xp=xnp)
+        got = weighted.apply(weighted.prepare(system, x, xp=xnp), x, f, 2, n + 1, xp=xnp)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-14, atol=1e-14)
+    assert trisolve.WeightedPicard([0.5, 0.25]) == trisolve.WeightedPicard(np.array([0.5, 0.25]))  # by value, hashable
+    assert hash(trisolve.WeightedPicard([0.5]))
+    for bad in ([], [[1.0]], [1.0, np.nan]):
+        with pytest.raises(ValueError, match="gains must be"):
+            trisolve.WeightedPicard(bad)
+    with pytest.raises(ValueError, match="one gain per row"):
+        trisolve.solve(system, trisolve.Jacobi(), x[0], update_map=trisolve.WeightedPicard(np.ones(n - 1)))
 
 
 def test_higher_order_needs_fewer_rounds_on_a_slow_recurrence():

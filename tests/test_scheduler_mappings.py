@@ -530,3 +530,35 @@ def test_multistep_loops_test_their_steps_against_atol_alone():
         m = map_scheduler(sched)
         np.testing.assert_allclose(m.sigma, level_posterior_std(m.rows.alpha, m.rows.sigma))
         assert np.all(m.sigma[:-1] > 0)
+
+
+def test_picard_gains_damp_the_noisy_loops_by_their_fixed_prediction_derivative():
+    """default_solver's map: Picard for deterministic loops; for DDPM and Euler ancestral the gains J_i = d_i^(1/4), with d_i the
+    step's derivative at a fixed clean-image prediction, written here from the schedulers' own tables (not the mapping's)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler
+
+    import trisolve
+    import trisolve_diffusion as td
+
+    ddim = DDIMScheduler(num_train_timesteps=1000)
+    ddim.set_timesteps(10)
+    assert td.map_scheduler(ddim).picard_gains is None and td.default_solver(td.map_scheduler(ddim))[1] == trisolve.Picard()
+
+    ddpm = DDPMScheduler(num_train_timesteps=1000)
+    ddpm.set_timesteps(20)
+    abar = ddpm.alphas_cumprod.double().numpy()
+    ab_t = np.array([abar[int(t)] for t in ddpm.timesteps])
+    ab_prev = np.array([abar[int(ddpm.previous_timestep(t))] if int(ddpm.previous_timestep(t)) >= 0 else 1.0 for t in ddpm.timesteps])
+    posterior_x_t = np.sqrt(ab_t / ab_prev) * (1 - ab_prev) / (1 - ab_t)  # DDPMScheduler.step's current_sample_coeff
+    mapping = td.map_scheduler(ddpm)
+    np.testing.assert_allclose(mapping.picard_gains, posterior_x_t**0.25, rtol=1e-12, atol=1e-12)
+    assert mapping.picard_gains[-1] == 0.0 and np.all((mapping.picard_gains[:-1] > 0) & (mapping.picard_gains[:-1] < 1))
+    assert td.default_solver(mapping)[1] == trisolve.WeightedPicard(mapping.picard_gains)
+
+    anc = EulerAncestralDiscreteScheduler(num_train_timesteps=1000)
+    anc.set_timesteps(12)
+    s = anc.sigmas.double().numpy()  # (n + 1,), the last 0
+    sigma_down_over_sigma = (s[1:] / s[:-1]) ** 2  # d x_next / d x at a fixed denoised D: sigma_down / sigma
+    c = 1 / np.sqrt(s**2 + 1)  # the unit rows the solve runs on (mapping.scaled())
+    scaled = td.map_scheduler(anc).scaled()
+    np.testing.assert_allclose(scaled.picard_gains, (sigma_down_over_sigma * c[1:] / c[:-1]) ** 0.25, rtol=1e-10, atol=1e-12)

@@ -12,7 +12,7 @@ are imported on first use.
 
 from .driver import solve
 from .gradients import Adjoint
-from .maps import OneStep, Picard, Unrolled, UpdateMap
+from .maps import OneStep, Picard, Unrolled, UpdateMap, WeightedPicard
 from .newton import Newton
 from .ode import IVPResult, ODEInfo, odeint, solve_ivp
 from .result import NoProgressWarning, RoundInfo, RoundWindows, Solution, SolveError, Status
@@ -63,6 +63,7 @@ __all__ = [
     "OneStep",
     "Unrolled",
     "Picard",
+    "WeightedPicard",
     "Newton",
     "UpdateMap",
     "Adjoint",

@@ -16,7 +16,8 @@ map             ``J_i``         written out (``s = max(i - k, lo - 1)`` the anch
                                 the order-``k`` equivalent system (DESIGN 2.1)
 ==============  ==============  ======================================================
 
-All have the fixed point of the system. ``F`` (the network) is still evaluated once per row
+``WeightedPicard`` takes ``J_i`` from a given per-row table (``gains``), between ``OneStep``
+(0) and ``Picard`` (1). All have the fixed point of the system. ``F`` (the network) is still evaluated once per row
 per round: only the linear part is unrolled, so the cost of a round does not depend on ``k``.
 ``order=None`` means the whole window (``k >= hi - lo``).
 
@@ -44,14 +45,16 @@ A map never reads device values on the host and builds no tensor from host data 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from ._backend import device, from_host, work_dtype
 from ._validate import check_int
 from .scan import affine_scan, apply_linear, linear_kind, shift_rows
 
-__all__ = ["UpdateMap", "OneStep", "Unrolled", "Picard"]
+__all__ = ["UpdateMap", "OneStep", "Unrolled", "Picard", "WeightedPicard"]
 
 
 def _check_order(order: Any) -> int | None:
@@ -242,3 +245,58 @@ class Unrolled(UpdateMap):
 
     def linear_part(self, tables, x, f, lo, hi, *, xp):
         return tables[lo - 1 : hi - 1]  # a_i for i in [lo, hi)   (w,)
+
+
+@dataclass(frozen=True)
+class WeightedPicard(UpdateMap):
+    """The residual scan with a given per-row linear part: ``delta_i = gains_i delta_{i-1} + r_i``, ``G_i = F_i(x) + gains_i delta_{i-1}``.
+
+    ``gains = 1`` everywhere is :class:`Picard`, ``0`` :class:`OneStep`, a semilinear system's
+    ``a`` :class:`Unrolled`; every table has the system's fixed point, only the rounds change.
+    A gain below 1 damps what the rows before pass on: right where a step contracts the errors
+    it reads (a stochastic sampler's step towards a clean image it holds fixed), where Picard's
+    plain sum of increments overshoots. ``trisolve_diffusion`` builds the table from a
+    scheduler's rows (:attr:`trisolve_diffusion.SchedulerMapping.picard_gains`).
+
+    Parameters
+    ----------
+    gains : sequence of float, length ``n``
+        ``gains[i - 1]`` is row ``i``'s ``J_i``; finite. Kept as a tuple (the map is hashable and
+        compares by value).
+    order : int or None
+        ``k``; ``None`` (default) sums from the last final row.
+
+    Examples
+    --------
+    >>> import numpy as np, trisolve
+    >>> sys = trisolve.SemilinearSystem(np.full(30, 0.5), np.full(30, 0.05), lambda y, lo, hi: np.sin(y))
+    >>> sol = trisolve.solve(sys, trisolve.Jacobi(), np.ones(2), update_map=trisolve.WeightedPicard([0.5] * 30), atol=1e-10)
+    >>> sol.converged, sol.num_rounds < 30
+    (True, True)
+    """
+
+    gains: tuple = field(default=())
+    order: int | None = None
+    compilable = True
+
+    def __post_init__(self) -> None:
+        g = np.asarray(self.gains, dtype=np.float64)
+        if g.ndim != 1 or g.size == 0 or not np.all(np.isfinite(g)):
+            raise ValueError(f"gains must be a non-empty 1-D sequence of finite floats (one per row), got {self.gains!r}.")
+        object.__setattr__(self, "gains", tuple(float(v) for v in g))
+        object.__setattr__(self, "order", _check_order(self.order))
+
+    def __repr__(self) -> str:
+        return f"WeightedPicard(gains=<{len(self.gains)} rows, {min(self.gains):.3g}..{max(self.gains):.3g}>, order={self.order})"
+
+    def check(self, system):
+        super().check(system)
+        if len(self.gains) != system.n:
+            raise ValueError(f"gains has {len(self.gains)} entries but the system has n = {system.n} rows; give one gain per row.")
+
+    def prepare(self, system, x, *, xp):
+        dev = device(x)
+        return from_host(np.asarray(self.gains, dtype=np.float64), xp, dtype=work_dtype(xp, dev), device=dev)  # J_1..J_n  (n,)
+
+    def linear_part(self, tables, x, f, lo, hi, *, xp):
+        return tables[lo - 1 : hi - 1]  # J_i for i in [lo, hi)   (w,)

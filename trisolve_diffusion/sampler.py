@@ -390,7 +390,9 @@ def default_solver(mapping: SchedulerMapping | None = None) -> tuple[trisolve.So
     ``TriangularAnderson(history_size=mapping.default_history_size)`` on ``Picard()``, chosen
     by the benchmarks (docs/benchmarks): 4 difference pairs
     (:attr:`SchedulerMapping.default_history_size`), 1 for flow matching
-    (``FlowMatchMapping.default_history_size``); ``mapping=None`` (the k-diffusion samplers,
+    (``FlowMatchMapping.default_history_size``); on ``WeightedPicard(mapping.picard_gains)`` for
+    the loops that inject noise (DDPM, Euler ancestral, ...: :attr:`SchedulerMapping.picard_gains`,
+    a damped Picard map); ``mapping=None`` (the k-diffusion samplers,
     a system prepared elsewhere): the base class's. The core's own default for ``solver=None``
     is another one, for another kind of system: :func:`trisolve.defaults.default_method`.
 
@@ -402,7 +404,8 @@ def default_solver(mapping: SchedulerMapping | None = None) -> tuple[trisolve.So
     (4, Picard(order=None))
     """
     history_size = (SchedulerMapping if mapping is None else mapping).default_history_size
-    return trisolve.TriangularAnderson(history_size=history_size), trisolve.Picard()
+    gains = None if mapping is None else mapping.picard_gains
+    return trisolve.TriangularAnderson(history_size=history_size), (trisolve.Picard() if gains is None else trisolve.WeightedPicard(gains))
 
 
 def options_from_keywords(
