@@ -10,6 +10,7 @@
     python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
     python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
     python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
+    python benchmarks/rounds.py --freeze-passes 1 --freeze-fraction 0   # the freeze before issue 26: every passing row final at once
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -414,6 +415,8 @@ def main(argv=None):
     ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
     ap.add_argument("--lockstep", action="store_true", help="batches in lockstep (per_sample=False), not per sample")
     ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
+    ap.add_argument("--freeze-passes", type=int, help="trisolve.driver.FREEZE_PASSES (not the default's; 1 with --freeze-fraction 0: the rule before)")
+    ap.add_argument("--freeze-fraction", type=float, help="trisolve.driver.FREEZE_FRACTION (not the default's)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.trace:
@@ -447,6 +450,19 @@ def main(argv=None):
     if args.window is not None:
         options["window"] = args.window
         variant += f"_window{args.window}"
+    freeze = []  # the driver's freeze rule (module constants, read every round)
+    if args.freeze_passes is not None:
+        import trisolve.driver as driver
+
+        driver.FREEZE_PASSES = args.freeze_passes
+        variant += f"_passes{args.freeze_passes}"
+        freeze.append(f"FREEZE_PASSES={args.freeze_passes}")
+    if args.freeze_fraction is not None:
+        import trisolve.driver as driver
+
+        driver.FREEZE_FRACTION = args.freeze_fraction
+        variant += f"_fraction{args.freeze_fraction:g}"
+        freeze.append(f"FREEZE_FRACTION={args.freeze_fraction:g}")
     records = run(settings, seeds, options)
     name = "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     name = "rounds_quick" if args.quick else name + variant
@@ -455,7 +471,7 @@ def main(argv=None):
     described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
                           + ([f"Picard order {args.order}"] if args.order is not None else [])
                           + ([f"rtol={args.rtol:g}"] if args.rtol is not None else [])
-                          + (["batches in lockstep (per_sample=False)"] if args.lockstep else []))  # fmt: skip
+                          + (["batches in lockstep (per_sample=False)"] if args.lockstep else []) + freeze)  # fmt: skip
     window = "the full window" if args.window is None else f"a sliding window of {args.window} rows"
     write(name, {"seeds": seeds, "records": records},
           table(records, seeds, f"default options but {described}" if described else "default options", window))  # fmt: skip
