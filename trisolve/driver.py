@@ -675,7 +675,7 @@ class _Run:
                 self.row_errors.append(err)
 
             istar = _first(~(err <= 1.0))  # first unconverged (nan compares False: unconverged)
-            start = min(istar + 1, w)  # rows [0, start) take the plain step and freeze
+            start = min(istar + 1, w)  # rows [0, start) take the plain step (_freeze_ends: which of them become final)
             if istar < w and not np.isfinite(e_d[istar]) and not _all_finite(ev.f[istar, ...], xp):
                 # row lo + istar reads only final rows, and F is not finite there: a genuine failure.
                 # (The second read of this round happens only here: a residual that is not finite
@@ -686,11 +686,11 @@ class _Run:
                 self.lo = lo + istar
                 i = self.lo
                 return Status.NONFINITE, nonfinite_row_error(i)
-            i = start - 1  # the last row that freezes now (i*, or the window's last row)
+            i = start - 1  # the last row that takes the plain step (i*, or the window's last row)
             if not g_ok[i] or (damped and istar < w):
-                # it reads only final rows and F is finite there, but F + J delta overflowed
-                # (values near the dtype's limit), or G is a damped step (ELK), not exact
-                # there: it takes the one-step value F_i instead
+                # F is finite there, but F + J delta overflowed (values near the dtype's limit), or
+                # G is a damped step (ELK), not the map's plain step there: it takes the one-step
+                # value F_i instead (exact when it reads only final rows)
                 g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
                 g_ok[i], fused = True, None
             tail = rows = None  # the solver's rows [start, w), when they are not g's; the fused round's whole window

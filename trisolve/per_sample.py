@@ -207,7 +207,7 @@ class SampleRun(_Run):
             # -- per sample: i*_s, the rows that freeze, the non-finite stop
             bad = act & ~(err <= 1.0)  # (w, S) unconverged pairs (nan: unconverged)
             istar = np.where(bad.any(axis=0), np.argmax(bad, axis=0), b)  # (S,) window-local
-            start = np.where(live, np.minimum(istar + 1, b), a)  # rows [a_s, start_s) take the plain step and freeze
+            start = np.where(live, np.minimum(istar + 1, b), a)  # rows [a_s, start_s) take the plain step (some become final)
             write = act.copy()
             cols = np.arange(S)
             suspect = live & (istar < b) & ~np.isfinite(e_d[np.minimum(istar, w - 1), cols])
