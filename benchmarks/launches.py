@@ -344,16 +344,108 @@ def function_times(pipe, calls: int = 300, **kw) -> list[dict]:
         tc.RoundCompiler.__call__ = call
         clock.remove()
 
-    def median_us(f):
+    junk = [torch.ones(256, 256) for _ in range(64)]  # 16 MB: more than this CPU's L2 caches, half its L3
+
+    def evict():  # touch it all: what a network call and other processes do to the caches between two rounds
+        for j in junk:
+            j.add_(0.0)
+
+    def median_us(f, flush=False):
         times = []
         for _ in range(calls):
+            if flush:
+                evict()
             t0 = time.perf_counter()
             f()
             times.append(time.perf_counter() - t0)
         return 1e6 * statistics.median(times)
 
-    return [dict(function=name, compiled_us=median_us(lambda: c(*a, **k)), eager_us=median_us(lambda: f(*a, **k)))
+    return [dict(function=name, compiled_us=median_us(lambda: c(*a, **k)), eager_us=median_us(lambda: f(*a, **k)),
+                 compiled_flushed_us=median_us(lambda: c(*a, **k), flush=True), eager_flushed_us=median_us(lambda: f(*a, **k), flush=True))
             for name, (c, f, a, k) in seen.items()]  # fmt: skip
+
+
+def round_parts(pipe, solves: int, **kw) -> dict:
+    """Where a round's host time goes, eager and compiled: per part, the median over rounds (after each solve's first) of
+    its thread CPU time in that round, in us (stand-in network, :class:`StandIn`, its own time left out).
+
+    Parts: ``network wrapper`` -- the system's evaluation up to ``F``'s assembly
+    (:meth:`~trisolve.SemilinearSystem.evaluate_parts`: the sampler's ``g`` around the stand-in, its input and output
+    conversions, the scheduler mapping's ``g``, the kept rows); ``fused call`` -- the compiled ``fused_round`` call (Dynamo's
+    guards, the runtime wrappers, the kernels); ``eager round arithmetic`` -- the uncompiled round's ``_round_arrays`` and
+    the solver's ``step``; ``solver host`` -- the solver's host code around the fused call (``fused_step`` before it, the
+    check and new state after it); ``rest`` -- the whole round less those parts: the driver's host code (the read, the
+    host arrays, records, freeze decision, trajectory write) and the round's callbacks.
+    """
+    import trisolve.compiled as tc
+    import trisolve.solvers.anderson as an
+
+    clock = time.thread_time
+    spent: Counter = Counter()
+    patched = []
+
+    def timed(owner, name, label):
+        fn = getattr(owner, name)
+
+        def run(*a, **k):
+            t0 = clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] += clock() - t0
+
+        patched.append((owner, name, fn))
+        setattr(owner, name, run)
+
+    compiler_call = tc.RoundCompiler.__call__
+
+    def compiler(self, fn, key=None):
+        compiled = compiler_call(self, fn, key)
+
+        def run(*a, **k):
+            t0 = clock()
+            try:
+                return compiled(*a, **k)
+            finally:
+                spent["fused call" if fn is tc.fused_round else "eager round arithmetic"] += clock() - t0
+
+        return run
+
+    stand = StandIn(pipe.unet, clock=clock)
+    timed(trisolve.SemilinearSystem, "evaluate_parts", "network wrapper")
+    timed(trisolve.driver._Run, "_round_arrays", "eager round arithmetic")
+    timed(an._AndersonBase, "step", "eager round arithmetic")
+    timed(an._AndersonBase, "fused_step", "solver host")
+    timed(trisolve.driver._Run, "_fused_rows", "solver host")
+    tc.RoundCompiler.__call__ = compiler
+    out = {}
+    try:
+        for compile in (False, True):
+            rounds = []
+            for i in range(solves + 1):  # the first is a warm-up
+                marks = []
+
+                def on_round(info):
+                    marks.append((clock(), stand.inside, Counter(spent)))
+                    return False
+
+                td.sample(pipe, generator=torch.manual_seed(0), callback=on_round, compile=compile, **kw)
+                if i:
+                    for (t0, n0, c0), (t1, n1, c1) in zip(marks, marks[1:]):
+                        part = {k: c1[k] - c0[k] for k in c1}
+                        part["network wrapper"] = part.get("network wrapper", 0.0) - (n1 - n0)
+                        part["rest"] = (t1 - t0) - (n1 - n0) - sum(part.values())
+                        part["round"] = (t1 - t0) - (n1 - n0)
+                        rounds.append(part)
+            labels = ["network wrapper", "eager round arithmetic", "fused call", "solver host", "rest", "round"]
+            out["compiled" if compile else "eager"] = {k: 1e6 * statistics.median([r.get(k, 0.0) for r in rounds]) for k in labels}
+            print(out, flush=True)
+    finally:
+        tc.RoundCompiler.__call__ = compiler_call
+        for owner, name, fn in reversed(patched):
+            setattr(owner, name, fn)
+        stand.remove()
+    return out
 
 
 def main_compiled(args) -> None:
@@ -385,6 +477,8 @@ def main_compiled(args) -> None:
         side.append(rec)
         print(side[-1], flush=True)
     funcs = function_times(digits, calls=50 if args.quick else 300, window=trisolve.FullWindow(), **kw)
+    parts = {f"window {w or 'full'}": round_parts(digits, 2 if args.quick else 10, window=trisolve.FullWindow() if w is None else w, **kw)
+             for w in windows}  # fmt: skip
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     md = [
         f"The compiled round (`solve(..., compile=True)`) against the eager one on this machine (one thread; load average "
@@ -401,14 +495,24 @@ def main_compiled(args) -> None:
     ]
     md += [f"| {r['run']} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | {r['compiled_ms'] / r['eager_ms']:.2f} | "
            f"{r['cpu_eager_ms']:.3f} | {r['cpu_compiled_ms']:.3f} | {r['cpu_compiled_ms'] / r['cpu_eager_ms']:.2f} |" for r in side]  # fmt: skip
-    md += ["", "Per compiled function, one call on the arguments of its last call in a full-window solve (an accelerated round) [us, median]:", "",
-           "| function | eager | compiled |", "|---|---|---|"]  # fmt: skip
-    md += [f"| `{r['function']}` | {r['eager_us']:.0f} | {r['compiled_us']:.0f} |" for r in funcs]
+    md += ["", "Per compiled function, one call on the arguments of its last call in a full-window solve (an accelerated round) "
+           "[us, median of back-to-back calls; flushed: 16 MB touched before each call, as a network call or another process "
+           "does between two rounds, so the call's code and data come from memory]:", "",
+           "| function | eager | compiled | eager, flushed | compiled, flushed |", "|---|---|---|---|---|"]  # fmt: skip
+    md += [f"| `{r['function']}` | {r['eager_us']:.0f} | {r['compiled_us']:.0f} | {r['eager_flushed_us']:.0f} | {r['compiled_flushed_us']:.0f} |"
+           for r in funcs]  # fmt: skip
+    md += ["", "Where the round's host time goes (thread CPU time per round [us], medians over the rounds after each solve's first "
+           f"of {2 if args.quick else 10} solves; each part's median, so they need not add up to the round's):", "",
+           "| window | round | parts: network wrapper | eager round arithmetic | fused call | solver host | rest |", "|---|---|---|---|---|---|---|"]
+    for w, rec in parts.items():
+        for mode, p in rec.items():
+            md.append(f"| {w.split(' ', 1)[1]}, {mode} | {p['round']:.0f} | {p['network wrapper']:.0f} | {p['eager round arithmetic']:.0f} | "
+                      f"{p['fused call']:.0f} | {p['solver host']:.0f} | {p['rest']:.0f} |")
     md += ["", f"What compiling costs: wall seconds of one solve (stand-in network; inductor's on-disk cache "
            f"{'fresh' if args.cold else 'as left by earlier runs'}):", "",
            "| window | solve | eager | first compiled | second compiled |", "|---|---|---|---|---|"]  # fmt: skip
     md += [f"| {r['window']} | {r['what']} | {r['eager_s']:.2f} | {r['first_compiled_s']:.2f} | {r['second_compiled_s']:.2f} |" for r in cost]
-    write("launches_compiled" + ("_quick" if args.quick else ""), dict(side_by_side=side, functions=funcs, compile_cost=cost, load_average=load,
+    write("launches_compiled" + ("_quick" if args.quick else ""), dict(side_by_side=side, functions=funcs, round_parts=parts, compile_cost=cost, load_average=load,
           cold_cache=bool(args.cold)), "\n".join(md) + "\n")  # fmt: skip
 
 

@@ -164,7 +164,8 @@ def test_compiled_functions_are_cached_per_configuration(monkeypatch):
 
         cpu = tc.RoundCompiler("cpu")
         assert cpu(f, "k") is cpu(f, "k") is tc.RoundCompiler("cpu")(f, "k")
-        assert len(made) == 1 and made[0][1] == {"dynamic": None, "fullgraph": False}
+        assert len(made) == 1 and made[0][1] == {"dynamic": None, "fullgraph": False,
+                                                  "options": {"guard_filter_fn": tc.skip_global_guards, "size_asserts": False}}
         assert made[0][0] is not f and made[0][0].__code__ is not f.__code__  # its own code object: its own recompile budget
 
         def g(a, *, b=2):
@@ -174,7 +175,8 @@ def test_compiled_functions_are_cached_per_configuration(monkeypatch):
         cpu(f, "other")
         assert len(made) == 3  # f, g, and f under another key
         cuda = tc.RoundCompiler("cuda")(f, "k")
-        assert made[-1][1]["mode"] == "reduce-overhead" and cuda is not made[-1][0]  # wrapped: outputs copied out of the graph
+        assert made[-1][1]["options"]["triton.cudagraphs"] and cuda is not made[-1][0]  # wrapped: outputs copied out of the graph
+        assert "mode" not in made[-1][1]  # torch.compile takes mode= or options=, not both: reduce-overhead's option itself
     finally:
         tc.clear_cache()
 
@@ -206,6 +208,11 @@ def test_compiled_benchmark_runs_at_smoke_size(tmp_path, monkeypatch):
     assert {r["run"].rsplit("window ", 1)[1] for r in payload["side_by_side"]} == {"full", "8"}
     assert all(r[k] > 0 for r in payload["side_by_side"] for k in ("eager_ms", "compiled_ms", "cpu_eager_ms", "cpu_compiled_ms"))
     assert "fused_round" in {r["function"] for r in payload["functions"]}  # the round as one compiled call (TAA on Picard)
+    assert all(r["compiled_flushed_us"] > 0 and r["eager_flushed_us"] > 0 for r in payload["functions"])
+    for parts in payload["round_parts"].values():  # the round's host time by part: the fused call only in the compiled solve
+        assert parts["compiled"]["fused call"] > 0
+        assert parts["eager"]["eager round arithmetic"] > 0 and parts["eager"]["fused call"] == 0
+        assert all(p["round"] > 0 and p["network wrapper"] > 0 for p in parts.values())
     assert all(r["first_compiled_s"] > 0 and r["second_compiled_s"] > 0 for r in payload["compile_cost"])
     assert (tmp_path / "launches_compiled_quick.md").read_text().count("|") > 10
 
@@ -236,3 +243,25 @@ def test_fused_step_proposes_what_step_does(solver):
         torch.testing.assert_close(proposal[start:], expect[start:], rtol=1e-12, atol=1e-12)
         restarts += int(checks is not None and bool(checks[0] > 0.5))
     assert solver.stats(fused) == solver.stats(eager) and eager.num_restarts == restarts == 1
+
+
+def test_guards_on_module_globals_are_skipped_and_on_arguments_kept():
+    """The guard filter drops guards on module globals (code and constants fixed for the process) and keeps the rest;
+    a compiled function still recompiles for a new static argument and a new dtype (the argument guards stay)."""
+    from types import SimpleNamespace
+
+    entries = [SimpleNamespace(is_global=True, guard_type="ID_MATCH"), SimpleNamespace(is_global=False, guard_type="TENSOR_MATCH"),
+               SimpleNamespace(is_global=False, guard_type="CONSTANT_MATCH")]  # fmt: skip
+    assert tc.skip_global_guards(entries) == [False, True, True]
+
+    def scaled(a, *, k):
+        return a * k
+
+    tc.clear_cache()
+    try:
+        f = tc.RoundCompiler("cpu")(scaled, "guards")
+        x = torch.arange(4.0)
+        assert torch.equal(f(x, k=2.0), x * 2) and torch.equal(f(x, k=3.0), x * 3)  # a new constant: its value, never the first call's
+        assert f(x.double(), k=2.0).dtype == torch.float64  # a new dtype: recompiled
+    finally:
+        tc.clear_cache()

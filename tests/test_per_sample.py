@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import BACKENDS
+from zoo import amplifying_recurrence
 
 import trisolve
 
@@ -86,7 +87,11 @@ def test_each_sample_is_solved_as_if_alone_and_frozen_pairs_are_never_evaluated(
 
 @pytest.mark.parametrize("solver", [trisolve.TriangularAnderson(history_size=2), trisolve.Anderson()], ids=["taa", "anderson"])
 def test_anderson_histories_of_frozen_pairs_do_not_disturb_the_others(solver):
-    """TAA per sample: rounds within one of the sample alone (the safeguard compares the batch's residuals), exact result."""
+    """TAA per sample: rounds within one of the sample alone (the safeguard compares the batch's residuals), exact result.
+
+    Anderson's one coefficient vector is fitted on every active pair of the batch, the rows that passed
+    but wait to become final (``trisolve.driver._freeze_ends``) included: within two rounds (measured:
+    8 13 18 28 per sample against 8 12 16 28 alone; TAA: the same rounds)."""
     backend = BACKENDS[0]
     spy = Spy(backend, RATES)
     system = spy.system()
@@ -96,7 +101,8 @@ def test_anderson_histories_of_frozen_pairs_do_not_disturb_the_others(solver):
     np.testing.assert_allclose(sol.trajectory, trisolve.forward_substitution(system, x0), rtol=0, atol=1e-8)
     for s in range(len(RATES)):
         one, _ = alone(backend, RATES, s, solver, trisolve.Picard(), atol=1e-10)
-        assert abs(int(sol.sample_rounds[s]) - one.num_rounds) <= 1, (s, sol.sample_rounds, one.num_rounds)
+        slack = 2 if isinstance(solver, trisolve.Anderson) else 1
+        assert abs(int(sol.sample_rounds[s]) - one.num_rounds) <= slack, (s, sol.sample_rounds, one.num_rounds)
 
 
 def test_without_g_pairs_whole_rows_are_evaluated_and_the_result_is_the_same():
@@ -316,3 +322,20 @@ def test_the_k_diffusion_samplers_gather_the_active_pairs_too():
     torch.testing.assert_close(got, lock, rtol=0, atol=1e-6)
     for a, b in zip(steps, lsteps):  # the recorded denoised values of pairs not evaluated in a round are kept
         torch.testing.assert_close(a["denoised"], b["denoised"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_sample", [True, False], ids=["per-sample", "lockstep"])
+def test_each_sample_keeps_its_output_within_the_finish_on_an_amplifying_recurrence(per_sample):
+    """Issue 26 per sample and in lockstep: the rows of each sample become final only after the rows before
+    them settled (``trisolve.driver._freeze_ends``, called by both loops), so a sample whose recurrence
+    amplifies its rows' defects 2e4-fold still ends within ``final_row_atol`` of forward substitution (every
+    passing row final at once, the rule before: 0.13 and 0.12 per sample, 0.22 and 0.09 in lockstep, in the same
+    19 rounds; now at most 1.7e-3)."""
+    system = amplifying_recurrence(batch_ndim=1)
+    x0 = np.stack([np.full(4, 0.01), np.linspace(-0.5, 0.5, 4)])  # (S, 4)
+    ref = trisolve.forward_substitution(system, x0)
+    sol = trisolve.solve(system, trisolve.TriangularAnderson(history_size=2), x0, update_map=trisolve.Picard(), atol=1e-3,
+                         final_row_atol=1e-2, per_sample=per_sample)  # fmt: skip
+    assert sol.status.ok
+    err = np.sqrt(np.mean((sol.trajectory[-1] - ref[-1]) ** 2, axis=-1))  # (S,)
+    assert np.all(err <= 1e-2), err

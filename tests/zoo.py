@@ -1,7 +1,8 @@
-"""Random lower-triangular test systems written with array-API calls only."""
+"""Random lower-triangular test systems written with array-API calls only (and one NumPy system: amplifying_recurrence)."""
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import strategies as st
 
 import trisolve
@@ -69,3 +70,19 @@ def rk4_system(f, h, n):
         return y + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
 
     return trisolve.BlackBoxSystem(F, n)
+
+
+def amplifying_recurrence(n=40, h=0.1, batch_ndim=0):
+    """(NumPy) ``x_i = x_{i-1} + h (L x_{i-1} + sin(3 t_i + x_{i-1}))`` on 4 values a sample, ``L`` with one mode growing at
+    rate 2.5: a change of row ``j`` reaches row ``n`` multiplied by up to ``e^(2.5 h (n - j))`` (``2e4`` from row 0).
+    Any leading axes of a row are samples (``batch_ndim``)."""
+    Q = np.linalg.qr(np.random.default_rng(0).normal(size=(4, 4)))[0]
+    L = Q @ np.diag([2.5, -1.0, -2.0, -0.5]) @ Q.T
+
+    def fn(x, lo, hi):
+        p = x[lo - 1 : hi - 1]
+        t = np.arange(lo, hi).reshape((-1,) + (1,) * (p.ndim - 1)) * h
+        return p + h * (p @ L.T + np.sin(3.0 * t + p))
+
+    return trisolve.BlackBoxSystem(fn, n=n, batch_ndim=batch_ndim)
+

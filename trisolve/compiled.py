@@ -43,9 +43,14 @@ reduction) and so compiles a graph per length until Dynamo's recompile limit, af
 function runs eager (same values). Inductor's on-disk cache (``/tmp/torchinductor_<user>``)
 makes a later process's compiles faster.
 
-On CUDA the compiled functions are additionally captured as CUDA graphs
-(``mode="reduce-overhead"``) and replayed for the fixed shapes of a sliding window; their
-outputs live in the graphs' static buffers, so they are copied out before the next replay
+Dynamo checks its guards before every call of a compiled function; the guards on module
+globals (trisolve's own functions, array_api_compat's tables: about 170 of the fused round's
+290) are dropped (:func:`skip_global_guards`), every guard on the arguments kept.
+
+On CUDA the compiled functions are additionally captured as CUDA graphs (inductor's
+``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets) and replayed for the fixed shapes
+of a sliding window; their outputs live in the graphs' static buffers, so they are copied out
+before the next replay
 (:class:`RoundCompiler`). That path is written for CUDA only and is not exercised by the CPU
 test suite.
 
@@ -60,7 +65,7 @@ import types
 from collections.abc import Callable, Hashable
 from typing import Any
 
-__all__ = ["RoundCompiler", "compile_options", "eager", "clear_cache", "fused_round"]
+__all__ = ["RoundCompiler", "compile_options", "skip_global_guards", "eager", "clear_cache", "fused_round"]
 
 # (function, device type, key) -> compiled function: one process-wide table, so that a second solve
 # with the same configuration reuses the compiled graphs (bounded by the configurations used)
@@ -75,13 +80,33 @@ def eager(fn: Callable, key: Hashable = None) -> Callable:
 def compile_options(device_type: str) -> dict[str, Any]:
     """``torch.compile`` keyword arguments for a device type.
 
-    ``"cuda"``: ``mode="reduce-overhead"`` (inductor plus a CUDA-graph capture per input shape,
-    replayed on later calls); any other device: inductor's default mode. ``dynamic=None``: the
-    first shape is compiled static, a second makes the changed dimensions symbolic.
+    ``"cuda"``: inductor plus a CUDA-graph capture per input shape, replayed on later calls
+    (``triton.cudagraphs``: what ``mode="reduce-overhead"`` sets); any other device: inductor's
+    default mode. ``dynamic=None``: the first shape is compiled static, a second makes the
+    changed dimensions symbolic. Every device: Dynamo's guards on module globals are dropped
+    (:func:`skip_global_guards`), and inductor's per-call size and stride asserts on the inputs,
+    which the kept tensor guards already check.
     """
+    options: dict[str, Any] = {"guard_filter_fn": skip_global_guards, "size_asserts": False}
     if device_type == "cuda":
-        return {"mode": "reduce-overhead", "dynamic": None, "fullgraph": False}
-    return {"dynamic": None, "fullgraph": False}
+        options["triton.cudagraphs"] = True
+    return {"dynamic": None, "fullgraph": False, "options": options}
+
+
+def skip_global_guards(entries: Any) -> list[bool]:
+    """Dynamo ``guard_filter_fn``: keep every guard except those on module globals (``entry.is_global``).
+
+    A compiled round function reads module-level names while it is traced -- trisolve's own
+    functions and constants, array_api_compat's dtype tables and helpers, ``math`` -- and
+    Dynamo guards each of them on every call: about 170 of the fused round's 290 guards
+    (:func:`fused_round`, TAA on the Picard map), checked before each call. They are code
+    and constants fixed for the process, so the compiled functions skip those checks. Every
+    guard on the call's arguments stays (tensors' dtype, shape and strides, the static
+    arguments' values, aliasing, grad mode and other global state): a call with other
+    arguments still recompiles. Monkeypatching a module global the round traces after it was
+    compiled is not seen: call :func:`clear_cache` after it.
+    """
+    return [not entry.is_global for entry in entries]
 
 
 def _own_code(fn: Callable) -> Callable:
@@ -125,7 +150,8 @@ class RoundCompiler:
             # lookups (called from trisolve._backend and array_api_compat's _helpers): pure lookups, expected here
             note = r"Dynamo detected a call to a `functools.lru_cache`-wrapped function at '(_backend|_helpers).py"
             warnings.filterwarnings("ignore", message=note)
-            compiled = torch.compile(_own_code(fn), **compile_options(self.device_type))
+            options = compile_options(self.device_type)
+            compiled = torch.compile(_own_code(fn), **{**options, "options": dict(options["options"])})  # torch.compile pops from it
             if self.cuda_graphs:  # pragma: no cover - needs a CUDA device
                 compiled = _replayed(compiled)
             _CACHE[full] = compiled

@@ -5,9 +5,12 @@ Each round (DESIGN 3-4):
 1. evaluate the system on the window ``[lo, hi)`` in one batched call;
 2. compute the first-order residual ``F(x) - x`` and the map residual ``G(x) - x`` and their
    scaled errors (:class:`~trisolve.Tolerance`);
-3. find ``i*``, the first row that fails the test; rows ``lo .. i*`` take the plain map step
-   and become final (row ``i*`` reads only final rows, so it is exact) -- the frozen prefix
-   grows by at least one row per round, hence at most ``n`` rounds;
+3. find ``i*``, the first row that fails the test; rows ``lo .. i*`` take the plain map step;
+   row ``lo`` reads only final rows, so it is exact and becomes final, and so do the rows after
+   it up to ``i*`` as long as every row before them in the window has *settled*
+   (:func:`_freeze_ends`: passed in the last ``FREEZE_PASSES`` rounds, or moved by at most
+   ``FREEZE_FRACTION`` of its threshold), so that no row becomes final reading a row that still
+   moves -- the frozen prefix grows by at least one row per round, hence at most ``n`` rounds;
 4. the solver proposes values for the rows after ``i*``;
 5. the window policy picks the next window; rows entering it start as a copy of the last
    known row (or from ``init``).
@@ -210,7 +213,7 @@ def solve(
         the eager round's to the dtype's round-off. Compiling costs time once per process and
         configuration (tens of seconds on a loaded 2-core CPU for a TAA solve's graphs with a
         cold inductor cache, more for a new window length); afterwards the host time of a whole
-        digits round outside the network is about 0.7-0.9 of the eager round's there (docs:
+        digits round outside the network is about 0.65-0.8 of the eager round's there (docs:
         "The compiled round"). ``False`` (default): eager.
     per_sample : bool
         With ``S > 1`` independent samples (``system.batch_ndim > 0``), give every sample its
@@ -466,6 +469,7 @@ class _Run:
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
+        self.streak = np.zeros(self.n + 1, dtype=np.int64)  # (n + 1,) rounds each row passed in a row, taking the plain step
         # final_row_atol: the final row's pending correction per sample at the two previous rounds, and every
         # row's unscaled correction at the two last rounds it was checked (nan: not yet)
         self.prev_correction: list[np.ndarray] = []
@@ -671,7 +675,7 @@ class _Run:
                 self.row_errors.append(err)
 
             istar = _first(~(err <= 1.0))  # first unconverged (nan compares False: unconverged)
-            start = min(istar + 1, w)  # rows [0, start) take the plain step and freeze
+            start = min(istar + 1, w)  # rows [0, start) take the plain step (_freeze_ends: which of them become final)
             if istar < w and not np.isfinite(e_d[istar]) and not _all_finite(ev.f[istar, ...], xp):
                 # row lo + istar reads only final rows, and F is not finite there: a genuine failure.
                 # (The second read of this round happens only here: a residual that is not finite
@@ -682,11 +686,11 @@ class _Run:
                 self.lo = lo + istar
                 i = self.lo
                 return Status.NONFINITE, nonfinite_row_error(i)
-            i = start - 1  # the last row that freezes now (i*, or the window's last row)
+            i = start - 1  # the last row that takes the plain step (i*, or the window's last row)
             if not g_ok[i] or (damped and istar < w):
-                # it reads only final rows and F is finite there, but F + J delta overflowed
-                # (values near the dtype's limit), or G is a damped step (ELK), not exact
-                # there: it takes the one-step value F_i instead
+                # F is finite there, but F + J delta overflowed (values near the dtype's limit), or
+                # G is a damped step (ELK), not the map's plain step there: it takes the one-step
+                # value F_i instead (exact when it reads only final rows)
                 g = xp.concat([g[:i, ...], ev.f[i : i + 1, ...], g[i + 1 :, ...]], axis=0)
                 g_ok[i], fused = True, None
             tail = rows = None  # the solver's rows [start, w), when they are not g's; the fused round's whole window
@@ -708,6 +712,10 @@ class _Run:
             else:
                 x[lo : lo + start, ...] = g[:start, ...]
                 x[lo + start : hi, ...] = tail
+            # rows [0, start) took the plain step; those up to the first unsettled row's successor become final
+            freeze, streak = _freeze_ends(err[:, None], self.streak[lo:hi, None], np.zeros(1, dtype=np.int64), np.array([start]))
+            self.streak[lo:hi] = streak[:, 0]
+            start = int(freeze[0])
             # a linear row (no g term) right after the frozen prefix reads only final rows: it is
             # exact now, without an evaluation, and freezes in this round too
             while lo + start < hi and self.linear[lo + start]:
@@ -786,6 +794,55 @@ def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_
         change = Tolerance.sample_rms(xw[-1:, ...] - prev_last, batch_ndim=batch_ndim, xp=xp, careful=careful)
         parts.append(xp.reshape(scale_rms(change, thr_last, **scale), (-1,)))  # (1,) or (S,)
     return xp.concat(parts, axis=0)
+
+
+def _freeze_ends(err: np.ndarray, streak: np.ndarray, a: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each sample's final rows end after a round, and the rows' new pass streaks: ``(freeze (S,), streak (w, S))``.
+
+    The freeze rule of both round loops (:class:`_Run` and :class:`~trisolve.per_sample.SampleRun`;
+    lockstep passes ``S = 1``). ``err`` ``(w, S)``: the round's scaled errors of the window's rows;
+    ``streak`` ``(w, S)``: how many consecutive rounds each row passed the step test and took the
+    plain step, before this round; ``a`` ``(S,)``: each sample's first non-final row and
+    ``start`` ``(S,)``: rows ``[a, start)`` took the plain step this round (``i*`` and the rows
+    before it), window-local. Rows ``[a, freeze)`` become final, ``a < freeze <= start``
+    (``freeze = a`` for a sample with no plain rows).
+
+    Row ``a`` reads only final rows, so its plain step is exact: it is final in every round, and
+    the ``n``-round bound holds. A later plain row ``i`` computed its step from its predecessors'
+    iterates *before* this round's update, so if it became final now it would keep a defect
+    ``x_i - F_i(x_{i-1})`` of about ``(I - dF_i/dx_{i-1})`` times its predecessor's correction in
+    this round (with the Picard map), up to the step tolerance -- and the sequential loop
+    multiplies a defect on its way to the output by however much the sample amplifies it, several
+    hundred times on an ill-conditioned sample (issue 26: the digits flow model's seed 28, whose
+    defects of 1e-4 at rows 7-10 ended 24.8 dB from the loop when every passing row became final
+    at once). So row ``i > a`` becomes final only when every row before it in the window has
+    *settled*: passed the test, taking the plain step, in this round and the
+    ``FREEZE_PASSES - 1`` rounds before (its correction is then a correction of corrections), or
+    moved this round by at most ``FREEZE_FRACTION`` of its threshold (its scaled error, the larger
+    of the one-step and the map residual, is ``<= FREEZE_FRACTION``). The other plain rows stay in
+    the window: the next rounds evaluate them again, and their defects, now residuals, are
+    corrected and carried to the rows after them like any other.
+    """
+    w = err.shape[0]
+    t = np.arange(w)[:, None]  # (w, 1)
+    plain = (t >= a[None, :]) & (t < start[None, :])  # (w, S)
+    new = np.where(plain & (err <= 1.0), streak + 1, 0)  # nan compares False: no pass
+    settled = (new >= FREEZE_PASSES) | (plain & (err <= FREEZE_FRACTION))
+    unsettled = (t >= a[None, :]) & (t < start[None, :] - 1) & ~settled  # (w, S): rows whose successor stays
+    freeze = np.where(unsettled.any(axis=0), np.argmax(unsettled, axis=0), start - 1) + 1
+    return np.where(start > a, freeze, start), new
+
+
+#: Consecutive rounds a row passes the step test, taking the plain step, before the row after it may
+#: become final with it (:func:`_freeze_ends`). On the bundled digits flow model, seed 28 at batch 4
+#: (its fourth image; benchmarks/rounds.py, docs/benchmarks): 1 -- every passing row final at once, the
+#: rule before -- 24.8 dB from the sequential loop; 2: 44.2 dB; 3: 55.4 dB (15 rounds instead of 16).
+FREEZE_PASSES = 3
+
+#: A row whose scaled error is at most this -- it moved by at most 1 % of its threshold -- has settled
+#: at once (:func:`_freeze_ends`): a warm start from a solution still takes one round, and rows that
+#: converge early leave the window without waiting ``FREEZE_PASSES`` rounds.
+FREEZE_FRACTION = 0.01
 
 
 def nonfinite_row_error(i: int) -> FloatingPointError:

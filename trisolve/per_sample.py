@@ -19,9 +19,11 @@ per round (DESIGN 4.2 applied to each sample ``s``):
    map's scan, so each sample's scan starts at its own ``lo_s``, and nothing to the solver's
    fit: :attr:`~trisolve.StepContext.active`); the errors stay per ``(row, sample)`` on the
    host -- still one read a round;
-4. per sample, ``i*_s`` is its first unconverged row; rows ``lo_s .. i*_s`` take the plain step
-   and freeze, the solver proposes the rest; only active pairs are written (masked writes:
-   every other pair keeps its value exactly);
+4. per sample, ``i*_s`` is its first unconverged row; rows ``lo_s .. i*_s`` take the plain step,
+   the solver proposes the rest; only active pairs are written (masked writes: every other pair
+   keeps its value exactly); of the plain rows, ``lo_s`` and the rows after it up to the first
+   one that reads an unsettled row become final (the driver's rule,
+   :func:`trisolve.driver._freeze_ends`, per sample);
 5. a sample is done when its prefix passes row ``n``, or by ``final_row_atol`` / ``early_stop``
    on its own final row; the solve ends when every sample is done.
 
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device, finite, mask_from_host, to_host
-from .driver import _pending_error, _Run, nonfinite_row_error
+from .driver import _freeze_ends, _pending_error, _Run, nonfinite_row_error
 from .result import RoundInfo, Solution, Status
 from .solvers.base import StepContext
 
@@ -74,6 +76,7 @@ class SampleRun(_Run):
         self.prev_rows = None if self.final_row_atol is None else np.full((2, n + 1, S), np.nan)
         self.prev_sample_correction = np.full((2, S), np.nan)  # the final row's correction at the two previous rounds
         self.had_last = np.zeros(S, dtype=bool)  # the final row was in the sample's window last round (early_stop)
+        self.streak = np.zeros((n + 1, S), dtype=np.int64)  # (n + 1, S) rounds each pair passed in a row, taking the plain step
 
     # -- device masks from host (w, S) tables ---------------------------------------------------
 
@@ -204,7 +207,7 @@ class SampleRun(_Run):
             # -- per sample: i*_s, the rows that freeze, the non-finite stop
             bad = act & ~(err <= 1.0)  # (w, S) unconverged pairs (nan: unconverged)
             istar = np.where(bad.any(axis=0), np.argmax(bad, axis=0), b)  # (S,) window-local
-            start = np.where(live, np.minimum(istar + 1, b), a)  # rows [a_s, start_s) take the plain step and freeze
+            start = np.where(live, np.minimum(istar + 1, b), a)  # rows [a_s, start_s) take the plain step (some become final)
             write = act.copy()
             cols = np.arange(S)
             suspect = live & (istar < b) & ~np.isfinite(e_d[np.minimum(istar, w - 1), cols])
@@ -236,14 +239,16 @@ class SampleRun(_Run):
                     plain_ok = bool(g_ok[act].all())
                     if not (proposal is g and plain_ok):
                         new = self._sanitize(proposal, g, xv, plain_ok)
-            plain = t < start[None, :]  # (w, S): the rows that freeze take the plain step
+            plain = t < start[None, :]  # (w, S): rows up to i*_s take the plain step (those before freeze_s become final)
             if new is not g:
                 plain_d, write_d = self._masks(plain, write)
                 new = xp.where(plain_d, g, new)
             else:
                 (write_d,) = self._masks(write)
             x[lo:hi, ...] = xp.where(write_d, new, x[lo:hi, ...])  # only active pairs: every other keeps its value exactly
-            new_lo = np.where(live, lo + start, self.sample_lo)  # a sample stopped now keeps the rows before its row i*
+            # rows [a_s, freeze_s) become final; the rest of the plain rows stay in the window (driver._freeze_ends)
+            freeze, self.streak[lo:hi] = _freeze_ends(err, self.streak[lo:hi], a, start)
+            new_lo = np.where(live, lo + np.where(going, freeze, start), self.sample_lo)  # a sample stopped now keeps the rows before its row i*
             new_lo = self._linear_rows(new_lo, going, shi)
             advance = int((new_lo - self.sample_lo)[live].max())
             self.sample_lo = new_lo  # only after the rows are written

@@ -487,6 +487,8 @@ class _Progress:
             self.bar = None
         else:
             self.bar = progress(total=n)
+        if getattr(self.bar, "disable", False) is True:  # a disabled tqdm bar shows nothing: no postfix to format per round
+            self.bar = None
 
     def round(self, info: trisolve.RoundInfo) -> None:
         if self.bar is not None:
@@ -667,6 +669,7 @@ def _sample_latents(
     # device tables, built once: (n,) timesteps in the scheduler's dtype, (n,) input scales
     t_dtype = scheduler.timesteps.dtype if isinstance(getattr(scheduler, "timesteps", None), torch.Tensor) else torch.float32
     ts = torch.as_tensor(np.asarray(mapping.timesteps, dtype=np.float64), device=device).to(t_dtype)
+    t_inputs = ts.repeat_interleave(batch)  # (n * B,): each row's timestep for its B network inputs (row-major), sliced per call
     input_scale = np.asarray(mapping.input_scale, dtype=np.float64)
     scaled = not np.all(input_scale == 1.0)
     scale = torch.as_tensor(input_scale, device=device).to(traj)
@@ -680,7 +683,7 @@ def _sample_latents(
         def g(x_rows: torch.Tensor, lo: int, hi: int, active: np.ndarray | None = None) -> torch.Tensor:  # (w, B, *event) -> (w, B, *event)
             w = hi - lo
             model_input = x_rows * scale[lo:hi].reshape(bshape) if scaled else x_rows
-            t = ts[lo:hi].repeat_interleave(batch)  # (w * B,)
+            t = t_inputs[lo * batch : hi * batch]  # (w * B,)
             inp = model_input.reshape(w * batch, *shape[1:]).to(latents.dtype)
             if active is None:
                 out = _checked_output(den(inp, t), inp)

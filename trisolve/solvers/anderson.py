@@ -204,8 +204,7 @@ class _AndersonBase(Solver):
             if reject or (dropped and restart != bool(checks[0] > 0.5)):
                 return False, None
             x, r, valid, dX, dR, err = out
-            new = self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, 1 if restart else k)
-            return True, replace(new, counts=counts, err_device=err)
+            return True, self._advanced(ctx, state, x, r, dX, dR, valid, restart, eye, 1 if restart else k, counts=counts, err_device=err)
 
         # one graph for every history length (padded to m - 1 kept pairs): each round calls the same, warm graph
         return FusedStep(_fused_update, ("anderson", self, ov == hi - lo), (self, *arrays), finish)
@@ -269,8 +268,8 @@ class _AndersonBase(Solver):
         return tuple(_pad_rows(a, slots, axis=0, xp=xp) for a in old)
 
     def _advanced(self, ctx: StepContext, state: AndersonState, x: Any, r: Any, dX: Any, dR: Any, valid: Any, restart: bool,
-                  eye: Any, k: int) -> AndersonState:  # fmt: skip
-        """The state after an accelerated round."""
+                  eye: Any, k: int, *, counts: Any = None, err_device: Any = None) -> AndersonState:  # fmt: skip
+        """The state after an accelerated round (``counts``, ``err_device``: the fused round's, else ``state.counts`` and none)."""
         return AndersonState(
             lo=ctx.lo,
             hi=ctx.hi,
@@ -285,8 +284,8 @@ class _AndersonBase(Solver):
             num_rejections=state.num_rejections,
             **_record_valid(state, valid[ctx.start :, ...], ctx.xp),
             eye=eye,
-            counts=state.counts,
-            err_device=None,
+            counts=state.counts if counts is None else counts,
+            err_device=err_device,
             active=ctx.active,
         )
 
