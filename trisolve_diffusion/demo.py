@@ -203,7 +203,7 @@ def run_demo(
     torch.manual_seed(seed)
     pipe = load_digits_pipeline(scheduler)
     order = None if order is None else min(order, steps)
-    # solver "default" and no map: the samplers' default (default_solver: TAA with the scheduler's history, Picard)
+    # solver "default" and no map: the samplers' default (default_solver: TAA with the scheduler's history, Picard; WeightedPicard for noisy loops)
     parallel_kw = dict(solver=_solver(solver, history), window=window)
     if update_map is not None or order is not None:
         parallel_kw["update_map"] = _map(update_map or "picard", order)
