@@ -11,7 +11,8 @@
     python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
     python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
     python benchmarks/rounds.py --gain-weight 0 --settings DDPM-100 EulerA-25   # WeightedPicard(d ** W) as the map (0: plain Picard)
-    python benchmarks/rounds.py --freeze-passes 1 --freeze-fraction 0   # the freeze before issue 26: every passing row final at once
+    python benchmarks/rounds.py --freeze-fraction inf   # the freeze before issue 26: every passing row final at once
+                                                        # (results/*_passes1_fraction0.*: the same rule, made with the flags of the settle test)
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -436,8 +437,7 @@ def main(argv=None):
     ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
     ap.add_argument("--gain-weight", type=float, help="WeightedPicard(d ** W) for every non-flow setting, d the step's derivative at a fixed "
                     "clean-image prediction (SchedulerMapping.fixed_prediction_derivative; 0: Picard), not the default's map")  # fmt: skip
-    ap.add_argument("--freeze-passes", type=int, help="trisolve.driver.FREEZE_PASSES (not the default's; 1 with --freeze-fraction 0: the rule before)")
-    ap.add_argument("--freeze-fraction", type=float, help="trisolve.driver.FREEZE_FRACTION (not the default's)")
+    ap.add_argument("--freeze-fraction", type=float, help="trisolve.driver.FREEZE_FRACTION (not the default's; inf: the rule before issue 26)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.trace:
@@ -475,12 +475,6 @@ def main(argv=None):
         options["gain_weight"] = args.gain_weight
         variant += f"_gainweight{args.gain_weight:g}"
     freeze = []  # the driver's freeze rule (module constants, read every round)
-    if args.freeze_passes is not None:
-        import trisolve.driver as driver
-
-        driver.FREEZE_PASSES = args.freeze_passes
-        variant += f"_passes{args.freeze_passes}"
-        freeze.append(f"FREEZE_PASSES={args.freeze_passes}")
     if args.freeze_fraction is not None:
         import trisolve.driver as driver
 
