@@ -36,6 +36,21 @@ def test_rounds_benchmark_sweeps_say_what_they_change(tmp_path, monkeypatch):
     assert all(r["sample_rounds"] == [r["rounds"]] for r in payload["records"])  # batch 1: the one sample's rounds
 
 
+def test_rounds_benchmark_names_each_setting_apart(monkeypatch):
+    """Result files are named by the settings' slugs: a batch-4 setting's never collides with the batch-1 one's."""
+    import importlib
+    import sys
+
+    from benchrun import BENCH
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("rounds", None)
+    rounds = importlib.import_module("rounds")
+    slugs = [rounds.slug(s) for s in rounds.SETTINGS]
+    assert len(set(slugs)) == len(slugs)
+    assert rounds.slug("DDIM-50") == "ddim-50" and rounds.slug("DDIM-50, batch 4") == "ddim-50-batch4"
+
+
 def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monkeypatch):
     payload, table = _run("default_speed", ["--quick"], tmp_path, monkeypatch)
     (row,) = payload["rows"]
