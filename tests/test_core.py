@@ -732,23 +732,10 @@ def test_pending_error_reads_the_contraction_over_two_rounds():
     assert _pending_error(np.array([1e-3]), np.array([1e-3]), np.array([1e-3]))[0] == np.inf  # no contraction
 
 
-def test_pending_share_is_the_solvers_step_over_its_correction():
-    """The finish's estimate is scaled by the share of the final row's correction that the solver's step
-    applied, the larger of the last two rounds', in [PENDING_SHARE_FLOOR, 1] = [1/2, 1] (DDIM-50 and
-    PNDM-50 on the digits model: TAA steps 0.5-0.7 of the plain Picard correction, which overshoots),
-    and 1 until two rounds are measured."""
-    from trisolve.driver import PENDING_SHARE_FLOOR, _pending_share, _step_share
-
-    assert PENDING_SHARE_FLOOR == 0.5
-    shares = np.array([[0.6, 0.3, np.nan, 2.0, 0.1], [0.55, 0.2, 0.7, 0.4, 0.8]])
-    np.testing.assert_allclose(_pending_share(shares), [0.6, 0.5, 1.0, 1.0, 0.8])  # a stall (0.3, 0.2) cannot go below 1/2
-    np.testing.assert_allclose(_step_share(np.array([0.2, 0.2, 0.2]), np.array([0.4, 0.0, np.nan])), [0.5, np.nan, np.nan])
-
-
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_final_row_atol_and_early_stop_together(per_sample):
-    """Both finishes read the final row's step since the last round from the same decisions vector: each stops
-    the solve where it alone would, and the final-row finish keeps its row within final_row_atol."""
+    """Both finishes in one solve read their own entries of the round's decisions vector: each stops the
+    solve where it alone would, and the final-row finish keeps its row within final_row_atol."""
     A = np.array([[0.6, 0.3], [-0.2, 0.5]])
     system = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] @ A.T) + 0.1, 30, batch_ndim=1)
     x0 = np.array([[0.5, -0.3], [1.0, 0.2]])

@@ -468,15 +468,13 @@ class _Run:
         # the plain RMS decides every round unless a threshold is so small that underflowing squares could matter
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
-        self.prev_last = None  # the final row's iterate at the previous round (early_stop, final_row_atol)
+        self.prev_last = None  # the final row's iterate at the previous round (early_stop)
         self.streak = np.zeros(self.n + 1, dtype=np.int64)  # (n + 1,) rounds each row passed in a row, taking the plain step
         # final_row_atol: the final row's pending correction per sample at the two previous rounds, and every
         # row's unscaled correction at the two last rounds it was checked (nan: not yet)
         self.prev_correction: list[np.ndarray] = []
         self.prev_rows = None if final_row_atol is None else np.full((2, self.n + 1), np.nan)  # 16 bytes a row, only then
         self.samples = math.prod(x.shape[1 : 1 + system.batch_ndim]) if system.batch_ndim else 1
-        # final_row_atol: the final row's step over its correction at the two previous rounds, per sample (_pending_share)
-        self.prev_share = np.full((2, self.samples), np.nan)
         self.probe = probe  # gradients=None: check whether the first evaluation's values require grad
         self.grad_seen = False  # ... and they did: the solve runs to the tolerance and gets the adjoint
         # the round's pure device functions: compiled (trisolve.compiled) or as written
@@ -548,9 +546,8 @@ class _Run:
         ``per_sample``: the decisions per row and sample, :mod:`trisolve.per_sample`, never compiled)."""
         flags = dict(thresholds_positive=self.tol.atol > 0, batch_ndim=self.system.batch_ndim, careful=self.careful,
                      one_step=self.update_map.is_one_step, retain=self.solver.retains_iterate,
-                     final=last and self.final_row_atol is not None, early=last and self.early_stop is not None,
-                     per_sample=per_sample)  # fmt: skip
-        return flags, self.prev_last if last and (self.early_stop is not None or self.final_row_atol is not None) else None
+                     final=last and self.final_row_atol is not None, per_sample=per_sample)  # fmt: skip
+        return flags, self.prev_last if last and self.early_stop is not None else None
 
     def _fused_round(self, lo: int, hi: int, last: bool) -> tuple[Evaluation, tuple, tuple] | None:
         """The round's evaluation and arithmetic, up to the host read, as one compiled call (:func:`trisolve.compiled.fused_round`).
@@ -605,9 +602,10 @@ class _Run:
 
     def _decisions_again(self, d: Any, r: Any, g: Any, xw: Any, lo: int, hi: int, last: bool, per_sample: bool = False) -> Any:
         """The round's decision vector recomputed with the careful RMS (eager): after a plain RMS read ``inf``."""
-        flags, prev_last = self._flags(last, per_sample)
-        flags = {k: v for k, v in flags.items() if k not in ("careful", "retain")}
-        return _decisions(d, r, g, xw, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, careful=True, xp=self.xp, **flags)
+        prev_last = self.prev_last if last and self.early_stop is not None else None
+        return _decisions(d, r, g, xw, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, thresholds_positive=self.tol.atol > 0,
+                          batch_ndim=self.system.batch_ndim, careful=True, one_step=self.update_map.is_one_step,
+                          final=last and self.final_row_atol is not None, xp=self.xp, per_sample=per_sample)  # fmt: skip
 
     def loop(self) -> tuple[Status, BaseException | None]:
         """Run rounds until a stop; return the status and the error that ended the solve, if any."""
@@ -621,7 +619,6 @@ class _Run:
             lo = self.lo
             hi = self._window()
             w = hi - lo
-            stepped = self.prev_last is not None  # the decisions hold the final row's step since the last round (_flags)
             if hi > self.filled:  # rows entering the window start as a copy of the last known row
                 x[self.filled : hi, ...] = xp.broadcast_to(x[self.filled - 1 : self.filled, ...], (hi - self.filled, *x.shape[1:]))
                 self.filled = hi
@@ -655,30 +652,23 @@ class _Run:
                 err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
             final_ok = change = None
             if last and self.final_row_atol is not None:
-                correction = np.array(host[pos : pos + self.samples])  # the final row's, per sample
-                pos += self.samples
-                if stepped:  # the final row's step since the last round, per sample: that round's share (_pending_share)
-                    before = self.prev_correction[0] if self.prev_correction else np.full(self.samples, np.nan)
-                    self.prev_share = np.stack([_step_share(host[pos : pos + self.samples], before), self.prev_share[0]])
-                    pos += self.samples
-                share = _pending_share(self.prev_share)  # (S,) the share of a correction that is error, in [1/2, 1]
-                # no earlier step still has a larger pending correction (unscaled: err x thr): the
+                # and no earlier step still has a larger pending correction (unscaled: err x thr): the
                 # next round would carry it into the final row (a stalled row stays stalled downstream)
                 # -- or its pending error after this round's update, where its own observed contraction is
-                # faster than 1/2 (then that estimate is the smaller one; a row that does not contract keeps the first test);
-                # either times the share (the largest over samples: the rows' errors are the largest over samples)
+                # faster than 1/2 (then that estimate is the smaller one; a row that does not contract keeps the first test)
                 rows = err * self.thr_host[lo - 1 : hi - 1]
-                rows_pending = np.minimum(rows, _pending_error(rows, *self.prev_rows[:, lo:hi])) * share.max()
-                rows_ok = bool(np.all(rows_pending <= self.final_row_atol))
+                rows_ok = bool(np.all(np.minimum(rows, _pending_error(rows, *self.prev_rows[:, lo:hi])) <= self.final_row_atol))
                 self.prev_rows[1, lo:hi] = self.prev_rows[0, lo:hi]
                 self.prev_rows[0, lo:hi] = rows
-                # the final row: its pending error after the update (never below share x correction / 2: PENDING_RATE_FLOOR)
-                pending = _pending_error(correction, *self.prev_correction) * share
+                correction = np.array(host[pos : pos + self.samples])
+                # the final row: its pending error after the update (never below correction / 2: PENDING_RATE_FLOOR)
+                pending = _pending_error(correction, *self.prev_correction)
                 final_ok = bool(np.all(pending <= self.final_row_atol)) and rows_ok
                 self.prev_correction = [correction, *self.prev_correction[:1]]
-            if last and self.early_stop is not None and stepped:
-                change = float(host[pos])
-            if last and (self.early_stop is not None or self.final_row_atol is not None):
+                pos += self.samples
+            if last and self.early_stop is not None:
+                if self.prev_last is not None:
+                    change = float(host[pos])
                 self.prev_last = xp.asarray(xw[-1:, ...], copy=True)  # xw may be a view of the buffer
             self.records.append(lo, hi, float(np.nan if np.isnan(err).any() else err.max()))
             if self.row_errors is not None:
@@ -750,7 +740,7 @@ class _Run:
 
 def _round_arrays(update_map: UpdateMap, J: Any, g: Any, r: Any, xw: Any, f: Any, thr_w: Any, thr_last: Any, prev_last: Any, *,
                   thresholds_positive: bool, batch_ndim: int, careful: bool, one_step: bool, retain: bool, final: bool,
-                  xp: Any, early: bool = False, per_sample: bool = False) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
+                  xp: Any, per_sample: bool = False) -> tuple[Any, Any, Any, Any, Any]:  # fmt: skip
     """The round's arithmetic before the host read: ``(G, R, d, xw copy or None, decisions)``.
 
     ``xw`` is the window's iterate (a view of the trajectory), ``f`` the evaluation ``F`` of its
@@ -765,20 +755,18 @@ def _round_arrays(update_map: UpdateMap, J: Any, g: Any, r: Any, xw: Any, f: Any
     copy = xp.asarray(xw, copy=True) if retain else None
     d = r if one_step else f - xw  # first-order residual (the one-step map's R is it)
     decisions = _decisions(d, r, g, xw, thr_w, thr_last, prev_last, thresholds_positive=thresholds_positive, batch_ndim=batch_ndim,
-                           careful=careful, one_step=one_step, final=final, early=early, xp=xp, per_sample=per_sample)  # fmt: skip
+                           careful=careful, one_step=one_step, final=final, xp=xp, per_sample=per_sample)  # fmt: skip
     return g, r, d, copy, decisions
 
 
 def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_last: Any, *, thresholds_positive: bool,
-               batch_ndim: int, careful: bool, one_step: bool, final: bool, xp: Any, early: bool = False,
-               per_sample: bool = False) -> Any:  # fmt: skip
+               batch_ndim: int, careful: bool, one_step: bool, final: bool, xp: Any, per_sample: bool = False) -> Any:  # fmt: skip
     """Everything the host decides on in a round, gathered into one device vector.
 
     ``e_d`` (w,), then for an unrolled map ``e_R`` (w,) and ``G`` finite (w,), then, with
     ``final`` (the last row is in the window and ``final_row_atol`` asked for), the final row's
-    pending correction per sample (S,) and, with ``prev_last`` (the final row's previous
-    iterate), its unscaled step since then per sample (S,); with ``early`` (``early_stop``) and
-    ``prev_last``, that change scaled like the residual (1,). ``per_sample`` (a per-sample solve,
+    pending correction per sample (S,), and with ``prev_last`` (``early_stop``: the final row's
+    previous iterate) its change since the last round (1,). ``per_sample`` (a per-sample solve,
     :mod:`trisolve.per_sample`): ``e_d``, ``e_R`` and ``G`` finite per row and sample, ``(w * S,)``
     each (row-major), and the change per sample ``(S,)``.
     """
@@ -802,10 +790,8 @@ def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_
         # that is nearly the identity has a small one-step residual at any input)
         rms = rms_d[-1:, ...] if one_step else xp.maximum(rms_d[-1:, ...], rms_r[-1:, ...])
         parts.append(xp.reshape(rms, (-1,)))  # per sample (S,): each contracts at its own rate
-    change = None if prev_last is None else Tolerance.sample_rms(xw[-1:, ...] - prev_last, batch_ndim=batch_ndim, xp=xp, careful=careful)
-    if final and change is not None:
-        parts.append(xp.reshape(change, (-1,)))  # the final row's step per sample (S,), unscaled: _pending_share
-    if early and change is not None:
+    if prev_last is not None:
+        change = Tolerance.sample_rms(xw[-1:, ...] - prev_last, batch_ndim=batch_ndim, xp=xp, careful=careful)
         parts.append(xp.reshape(scale_rms(change, thr_last, **scale), (-1,)))  # (1,) or (S,)
     return xp.concat(parts, axis=0)
 
@@ -893,34 +879,6 @@ def _pending_error(correction: np.ndarray, previous: np.ndarray | None = None, e
         rate = np.maximum(rate, PENDING_RATE_FLOOR)  # nan stays nan: not measured, inf below
         est = np.where(rate < 1.0, rate * correction / (1.0 - rate), np.inf)
     return np.where(correction == 0.0, 0.0, est)
-
-
-def _step_share(step: np.ndarray, correction: np.ndarray) -> np.ndarray:
-    """One round's share of the final row's correction that the solver applied: ``step / correction`` (nan where not measured)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where((correction > 0) & np.isfinite(correction), step / correction, np.nan)
-
-
-def _pending_share(shares: np.ndarray) -> np.ndarray:
-    """The factor on :func:`_pending_error`'s estimate: how much of a correction is the error, per sample.
-
-    ``shares`` ``(2, S)``: the final row's step over its correction (:func:`_step_share`) at
-    the last two rounds, newest first (nan: not measured). The correction is the plain step's
-    ``G_n(x) - x_n``; the solver's accelerated step moves the row by about the iterate's
-    error, which on the digits models is 0.5-0.7 times that correction (the plain Picard step
-    overshoots; benchmarks/rounds.py, docs/benchmarks). The factor is the larger of the two
-    shares, clipped to ``[PENDING_SHARE_FLOOR, 1]`` (a stalled solver, whose steps are much
-    smaller than its corrections, cannot lower the estimate below half), and 1 until both are
-    measured.
-    """
-    share = np.maximum(shares[0], shares[1])  # nan propagates: not measured
-    return np.where(np.isnan(share), 1.0, np.clip(share, PENDING_SHARE_FLOOR, 1.0))
-
-
-#: The smallest share of the final row's correction that :func:`_pending_share` takes as its error: a
-#: plain step whose map is non-expansive moves an iterate by at most twice its error, so the error is at
-#: least half the correction. Measured on the bundled digits models (benchmarks/rounds.py, docs/benchmarks).
-PENDING_SHARE_FLOOR = 0.5
 
 
 #: The fastest contraction per round that :func:`_pending_error` believes: a rate measured below it is

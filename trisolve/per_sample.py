@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device, finite, mask_from_host, to_host
-from .driver import _freeze_ends, _pending_error, _pending_share, _Run, _step_share, nonfinite_row_error
+from .driver import _freeze_ends, _pending_error, _Run, nonfinite_row_error
 from .result import RoundInfo, Solution, Status
 from .solvers.base import StepContext
 
@@ -75,8 +75,7 @@ class SampleRun(_Run):
         # final_row_atol per sample: every row's unscaled correction at the two last rounds it was checked, (2, n + 1, S)
         self.prev_rows = None if self.final_row_atol is None else np.full((2, n + 1, S), np.nan)
         self.prev_sample_correction = np.full((2, S), np.nan)  # the final row's correction at the two previous rounds
-        self.prev_sample_share = np.full((2, S), np.nan)  # ... and its step over that correction (driver._pending_share)
-        self.had_last = np.zeros(S, dtype=bool)  # the final row was in the sample's window last round (early_stop, final_row_atol)
+        self.had_last = np.zeros(S, dtype=bool)  # the final row was in the sample's window last round (early_stop)
         self.streak = np.zeros((n + 1, S), dtype=np.int64)  # (n + 1, S) rounds each pair passed in a row, taking the plain step
 
     # -- device masks from host (w, S) tables ---------------------------------------------------
@@ -165,7 +164,6 @@ class SampleRun(_Run):
             act_pairs = xp.reshape(act_d, (w, S))  # (w, S) for the solver
             last_s = live & (shi == n + 1)  # samples whose window holds the final row
             last = bool(last_s.any())
-            stepped = last and self.prev_last is not None  # the decisions hold the final row's step (driver._Run._flags)
             xv = x[lo:hi, ...]
             with np.errstate(all="ignore"):
                 f = xp.where(act_d, ev.f, xv)  # inactive pairs: F = x, so their residuals are 0
@@ -191,15 +189,14 @@ class SampleRun(_Run):
                 err = np.where(np.isnan(e_d) | np.isnan(e_R), np.nan, np.maximum(e_d, e_R))
             final_ok = np.zeros(S, dtype=bool)
             if last and self.final_row_atol is not None:
-                step = host[pos + S : pos + 2 * S] if stepped else None
-                final_ok = self._final_row(err, act, last_s, lo, hi, host[pos : pos + S], step)
-                pos += 2 * S if stepped else S
+                final_ok = self._final_row(err, act, last_s, lo, hi, host[pos : pos + S])
+                pos += S
             early = np.zeros(S, dtype=bool)
-            if last and self.early_stop is not None and stepped:
-                early = self.had_last & last_s & (host[pos : pos + S] <= self.early_stop)
-            if last and (self.early_stop is not None or self.final_row_atol is not None):
+            if last and self.early_stop is not None:
+                if self.prev_last is not None:
+                    early = self.had_last & last_s & (host[pos : pos + S] <= self.early_stop)
                 self.prev_last = xp.asarray(xw[-1:, ...], copy=True)
-                self.had_last = last_s
+            self.had_last = last_s if self.early_stop is not None else self.had_last
             if not last:
                 self.prev_last = None
             row_err = np.max(np.where(act, err, 0.0), axis=1)  # (w,) each row's largest error over its active pairs
@@ -268,31 +265,24 @@ class SampleRun(_Run):
                     return Status.STOPPED_BY_CALLBACK
         return None
 
-    def _final_row(self, err: np.ndarray, act: np.ndarray, last_s: np.ndarray, lo: int, hi: int, correction: np.ndarray,
-                   step: np.ndarray | None) -> np.ndarray:  # fmt: skip
+    def _final_row(self, err: np.ndarray, act: np.ndarray, last_s: np.ndarray, lo: int, hi: int, correction: np.ndarray) -> np.ndarray:
         """``final_row_atol`` per sample (the test of :func:`trisolve.solve`, each sample on its own rows): ``(S,)`` bool.
 
-        For the samples whose window holds row ``n``: the final row's after-update estimate, and
-        every window row's correction (or its own after-update estimate, where smaller), each
-        times the sample's share (:func:`~trisolve.driver._pending_share`), are ``<= final_row_atol``.
-        ``step`` ``(S,)``: the final row's step since the last round (``None``: no last round).
+        For the samples whose window holds row ``n``: the final row's pending correction and its
+        after-update estimate, and every window row's correction (or its own after-update
+        estimate, where smaller), are ``<= final_row_atol``.
         """
         fa = self.final_row_atol
-        pc = self.prev_sample_correction
-        if step is not None:  # that round's share, where the sample's window held row n then and now
-            fresh = self.had_last & last_s
-            self.prev_sample_share[1, fresh] = self.prev_sample_share[0, fresh]
-            self.prev_sample_share[0, fresh] = _step_share(np.asarray(step), pc[0])[fresh]
-        share = _pending_share(self.prev_sample_share)  # (S,)
         rows = err * self.thr_host[lo - 1 : hi - 1, None]  # (w, S) unscaled corrections
         prev = self.prev_rows[:, lo:hi, :]  # (2, w, S), a view
-        ok = np.minimum(rows, _pending_error(rows, prev[0], prev[1])) * share[None, :] <= fa
+        ok = np.minimum(rows, _pending_error(rows, prev[0], prev[1])) <= fa
         rows_ok = np.all(ok | ~act, axis=0)  # (S,) over each sample's window rows
         upd = act & last_s[None, :]
         prev[1][upd] = prev[0][upd]
         prev[0][upd] = rows[upd]
         c = np.array(correction)
-        pending = _pending_error(c, pc[0], pc[1]) * share  # the driver's final-row test (>= share x c / 2, PENDING_RATE_FLOOR)
+        pc = self.prev_sample_correction
+        pending = _pending_error(c, pc[0], pc[1])  # the driver's final-row test: the estimate alone (>= c / 2, PENDING_RATE_FLOOR)
         pc[1, last_s] = pc[0, last_s]
         pc[0, last_s] = c[last_s]
         return last_s & (pending <= fa) & rows_ok
