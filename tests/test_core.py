@@ -750,6 +750,24 @@ def test_pending_error_reads_the_contraction_over_two_rounds():
     assert _pending_error(np.array([1e-3]), np.array([1e-3]), np.array([1e-3]))[0] == np.inf  # no contraction
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_final_row_atol_and_early_stop_together(per_sample):
+    """Both finishes in one solve read their own entries of the round's decisions vector: each stops the
+    solve where it alone would, and the final-row finish keeps its row within final_row_atol."""
+    A = np.array([[0.6, 0.3], [-0.2, 0.5]])
+    system = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1] @ A.T) + 0.1, 30, batch_ndim=1)
+    x0 = np.array([[0.5, -0.3], [1.0, 0.2]])
+    ref = trisolve.forward_substitution(system, x0)
+    kw = dict(update_map=trisolve.Picard(), atol=1e-12, per_sample=per_sample)
+    alone = trisolve.solve(system, trisolve.TriangularAnderson(), x0, final_row_atol=1e-4, **kw)
+    both = trisolve.solve(system, trisolve.TriangularAnderson(), x0, final_row_atol=1e-4, early_stop=1e-30, **kw)
+    assert alone.status is both.status is trisolve.Status.FINAL_ROW_CONVERGED and alone.num_rounds == both.num_rounds
+    assert np.sqrt(np.mean((both.trajectory[-1] - ref[-1]) ** 2, axis=-1)).max() <= 1e-4
+    early = trisolve.solve(system, trisolve.TriangularAnderson(), x0, early_stop=1e6, **kw)
+    early_both = trisolve.solve(system, trisolve.TriangularAnderson(), x0, early_stop=1e6, final_row_atol=1e-30, **kw)
+    assert early.status is early_both.status is trisolve.Status.EARLY_STOPPED and early.num_rounds == early_both.num_rounds
+
+
 def test_final_row_atol_is_checked():
     with pytest.raises(ValueError, match="final_row_atol must be a finite number >= 0"):
         trisolve.solve(trisolve.BlackBoxSystem(lambda x, lo, hi: x[lo - 1 : hi - 1], 3), trisolve.Jacobi(), np.zeros(2), final_row_atol=-1.0)
