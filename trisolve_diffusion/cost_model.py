@@ -662,9 +662,9 @@ def auto_window(
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
         (what a rank evaluates at window 1 when the batch is split; 3 timed calls after a warm-up, up to 2 more where they
         disagree or exceed the whole row's time as a curve point's do; cached like the curve); with ``split_inputs``.
-        On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
-        started together): the slowest rank's median over rank 0's time alone is the
-        :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
+        On several ranks every rank also runs it at once, paired with rank 0 running it alone
+        (:func:`_contention`: the median over 5 side-by-side pairs of the slowest rank's time over
+        rank 0's) for the :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
     run_rows : callable, optional
         ``run_rows() -> steps``: the solve row by row with a free stand-in network
         (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
@@ -701,8 +701,7 @@ def auto_window(
         curve, overhead, one_row, contention = _from_rank0(info, curve, overhead, one_row, contention)
         if math.isnan(contention):  # every rank evaluates its share at once (rank 0 decided: one collective path for all)
             call = (lambda: evaluate_share(share)) if evaluate_share is not None and 0 < share < split_inputs else (lambda: evaluate_rows(1))
-            alone = curve(share / split_inputs) if evaluate_share is not None and 0 < share < split_inputs else curve(1)
-            contention = max(1.0, _time_together(info, call, sync) / alone)
+            contention = _contention(info, call, sync)
             if info.rank == 0 and store is not None:
                 store[contention_key] = contention
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
@@ -896,19 +895,34 @@ def _from_rank0(
     return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (extra[0], extra[1]), extra[2], extra[3]
 
 
-def _time_together(info: Any, call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
-    """The slowest rank's median time of ``call()`` when every rank runs it at once (a tiny all-gather starts each)."""
+def _contention(info: Any, call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
+    """How much slower ``call()`` runs when every rank runs it at once than on rank 0 alone (at least 1), the same on every rank.
+
+    Measured in :data:`CONTENTION_PAIRS` side-by-side pairs after a warm-up: rank 0 times the call alone while
+    the other ranks wait in a collective (as they do while rank 0 measures the curve), then every rank times it
+    at once (a tiny all-gather starts them together; the slowest rank counts). The ratio of each pair is taken
+    and the median over the pairs kept, so that a burst of other work on a shared machine, which hits a pair's
+    two halves alike, does not make the contention (the ratio of two timings taken seconds apart, with the
+    curve's, before) read 1.04 on one call and 1.28 on the next.
+    """
     import torch
 
     sync = sync or (lambda: None)
-    start = torch.zeros(1, dtype=torch.float32, device=info.device)
+    start = torch.zeros(1, dtype=torch.float64, device=info.device)
     call()  # warm-up
-    times = []
-    for _ in range(3):
-        info.all_gather(start, "timing the network on every rank at once")
-        times.append(_timed(call, sync=sync)[0])
-    mine = torch.tensor([statistics.median(times)], dtype=torch.float64, device=info.device)
-    return float(info.all_gather(mine, "timing the network on every rank at once").max())
+    ratios = []
+    for _ in range(CONTENTION_PAIRS):
+        alone = _timed(call, sync=sync)[0] if info.rank == 0 else math.nan
+        info.all_gather(start, "timing the network on every rank at once")  # the others wait here while rank 0 runs alone
+        mine = torch.tensor([_timed(call, sync=sync)[0]], dtype=torch.float64, device=info.device)
+        together = float(info.all_gather(mine, "timing the network on every rank at once").max())
+        ratios.append(together / alone)
+    ratio = torch.tensor([statistics.median(ratios) if info.rank == 0 else 0.0], dtype=torch.float64, device=info.device)
+    return max(1.0, float(info.all_gather(ratio, "timing the network on every rank at once")[0]))  # rank 0's, on every rank
+
+
+#: :func:`_contention`: the side-by-side pairs (alone, together) whose median ratio is the contention.
+CONTENTION_PAIRS = 5
 
 
 def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float, float]:
