@@ -8,9 +8,9 @@ meets it, 0.004-0.007; a rule that freezes only row ``a`` is exact).
 
 import numpy as np
 import pytest
+from zoo import amplifying_recurrence
 
 import trisolve
-from zoo import amplifying_recurrence
 
 BOUND = 1e-2
 
