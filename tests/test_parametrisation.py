@@ -154,3 +154,29 @@ def test_constructor_checks_shapes_and_finiteness():
     ddim.set_timesteps(10)
     with pytest.raises(UnsupportedSchedulerError, match="use a smaller eta"):
         map_scheduler(ddim, eta=3.0)
+
+
+def test_g_takes_the_terms_the_window_needs_as_the_reductions_did():
+    """Review of 741ed6e (prefix counts built once): for every window ``[lo, hi)`` -- empty, past the end, ``hi < lo``
+    -- of tables holding ones, zeros and nan, ``g`` asks for the same columns as the per-call reductions before it
+    (``np.all(k_m == 1)``, ``np.any(k_x != 0)``, ``np.any(k_0 != 0)`` on the slices; nan counts as a term)."""
+    rng = np.random.default_rng(0)
+    n = 9
+    pick = np.array([0.0, 1.0, np.nan, 0.5])
+    for _ in range(20):
+        k_x, k_m, k_0 = (pick[rng.integers(0, 4, n)] for _ in range(3))
+        p = Parametrisation("epsilon", np.ones(n + 1), np.linspace(1.0, 0.0, n + 1), k_x, k_m, k_0, np.ones(n), np.zeros(n), process=lambda t: t)
+        for lo in range(0, n + 2):
+            for hi in range(0, n + 3):
+                asked = []
+
+                def column(name, table, asked=asked):
+                    asked.append(name)
+                    return torch.as_tensor(table, dtype=torch.float64)[:, None]
+
+                rows = len(k_x[lo:hi])
+                p.g(torch.ones(rows, 1), torch.ones(rows, 1), column, lo, hi)
+                want = {"k_m"} if not np.all(k_m[lo:hi] == 1.0) else set()
+                want |= {"k_x"} if np.any(k_x[lo:hi] != 0.0) else set()
+                want |= {"x0_x", "x0_m", "k_0"} if np.any(k_0[lo:hi] != 0.0) else set()
+                assert set(asked) == want, (lo, hi, k_x, k_m, k_0)
