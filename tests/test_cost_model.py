@@ -439,3 +439,61 @@ def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):
     model = torch.nn.Identity()
     assert cm.measure_row_by_row(run_rows, key="k", model=model, cache=cache) == pytest.approx(0.001)
     assert cm.measure_row_by_row(run_rows, key="k", model=model, cache=cache) == pytest.approx(0.001) and len(runs) == 4
+
+
+def test_contention_on_two_ranks_is_rank_0s_median_on_both_and_the_collectives_match():
+    """Review of 1143172, with two ranks as threads sharing a fake all-gather (a barrier per collective): rank 1 returns
+    rank 0's median ratio, not its own; both ranks make the same number of collectives (2 a pair and 1 to share the
+    result); rank 1 never times the call alone. The network is twice as slow together on both ranks."""
+    import threading
+    import time
+
+    world, slot = 2, [None, None]
+    barrier = threading.Barrier(world, timeout=30)
+    collectives = [0, 0]
+    alone_calls = [0, 0]
+    together = threading.Event()  # set while both ranks run the call at once (between the two collectives of a pair)
+
+    class Rank:
+        world, device = 2, torch.device("cpu")
+
+        def __init__(self, rank):
+            self.rank = rank
+
+        def all_gather(self, t, what):
+            collectives[self.rank] += 1
+            slot[self.rank] = t.clone()
+            barrier.wait()
+            out = torch.cat(list(slot))
+            barrier.wait()
+            if self.rank == 0:  # after a pair's first collective every rank runs together; after its second, alone
+                together.set() if collectives[0] % 2 == 1 and collectives[0] < 2 * cm.CONTENTION_PAIRS else together.clear()
+            barrier.wait()
+            return out
+
+    def call_for(rank):
+        def call():
+            if not together.is_set():
+                alone_calls[rank] += 1
+            time.sleep(0.02 * (2 if together.is_set() else 1) * (1.5 if rank == 1 else 1.0))
+
+        return call
+
+    out, errors = [None, None], []
+
+    def run(rank):
+        try:
+            out[rank] = cm._contention(Rank(rank), call_for(rank), None)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert collectives == [2 * cm.CONTENTION_PAIRS + 1] * 2
+    assert out[0] == out[1], out  # rank 0's value on every rank
+    assert alone_calls[1] == 1  # rank 1's warm-up only: it never times the call alone
+    assert 2.2 < out[0] < 3.6, out  # the slowest rank together (rank 1: 1.5 x 2 = 3x rank 0 alone)
