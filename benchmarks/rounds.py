@@ -11,7 +11,8 @@
     python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
     python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
     python benchmarks/rounds.py --gain-weight 0 --settings DDPM-100 EulerA-25   # WeightedPicard(d ** W) as the map (0: plain Picard)
-    python benchmarks/rounds.py --freeze-passes 1 --freeze-fraction 0   # the freeze before issue 26: every passing row final at once
+    python benchmarks/rounds.py --freeze-fraction inf   # the freeze before issue 26: every passing row final at once
+                                                        # (results/*_passes1_fraction0.*: the same rule, made with the flags of the settle test)
 
 Model: the bundled digits DDPM (``load_digits_pipeline``) with the scheduler of each setting,
 and the bundled digits flow model (``load_digits_flow_pipeline``) for flow-matching Euler.
@@ -469,6 +470,12 @@ def _batch_cells(rs: list[dict]) -> str:
     return f"{statistics.median(rounds):g} [{min(rounds)}, {max(rounds)}] | {statistics.median(r['sample_evals_per_step'] for r in rs):.2f}"
 
 
+def slug(setting: str) -> str:
+    """A setting's part of a result file's name: ``"DDIM-50"`` -> ``ddim-50``, ``"DDIM-50, batch 4"`` -> ``ddim-50-batch4``."""
+    name, _, batch = setting.partition(", batch ")
+    return name.lower() + (f"-batch{batch}" if batch else "")
+
+
 def parse_seeds(text: str) -> list[int]:
     lo, _, hi = text.partition("-")
     return list(range(int(lo), int(hi or lo) + 1))
@@ -488,8 +495,8 @@ def main(argv=None):
     ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
     ap.add_argument("--gain-weight", type=float, help="WeightedPicard(d ** W) for every non-flow setting, d the step's derivative at a fixed "
                     "clean-image prediction (SchedulerMapping.fixed_prediction_derivative; 0: Picard), not the default's map")  # fmt: skip
-    ap.add_argument("--freeze-passes", type=int, help="trisolve.driver.FREEZE_PASSES (not the default's; 1 with --freeze-fraction 0: the rule before)")
-    ap.add_argument("--freeze-fraction", type=float, help="trisolve.driver.FREEZE_FRACTION (not the default's)")
+    ap.add_argument("--freeze-passes", type=int, help="trisolve.driver.FREEZE_PASSES (not the default's)")
+    ap.add_argument("--freeze-fraction", type=float, help="trisolve.driver.FREEZE_FRACTION (not the default's; inf: the rule before issue 26)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.trace:
@@ -543,7 +550,7 @@ def main(argv=None):
     name = "rounds" if args.seeds == "0-9" and not args.settings else f"rounds_seeds{args.seeds}"
     name = "rounds_quick" if args.quick else name + variant
     if args.settings and not args.quick:
-        name += "_" + "_".join(s.split(",")[0].lower() for s in args.settings)
+        name += "_" + "_".join(slug(s) for s in args.settings)
     described = ", ".join(([f"{args.history} TAA difference pairs"] if args.history is not None else [])
                           + ([f"Picard order {args.order}"] if args.order is not None else [])
                           + ([f"rtol={args.rtol:g}"] if args.rtol is not None else [])

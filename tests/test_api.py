@@ -302,6 +302,22 @@ def test_old_spellings_of_the_solve_keywords_warn_and_mean_the_new_ones():
         a, _ = td.sample_latents(den, sched, latents, order=3, window=6, **tight)
     b, _ = td.sample_latents(den, sched, latents, update_map=trisolve.Picard(order=3), window=6, **tight)
     assert torch.equal(a, b)
+    # a loop that injects noise: order=k keeps the default map's family, WeightedPicard with the mapping's gains
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMScheduler(num_train_timesteps=100)
+    ddpm.set_timesteps(6)
+    gains = td.map_scheduler(ddpm).picard_gains
+    assert gains is not None
+    with pytest.warns(DeprecationWarning, match="update_map=trisolve.Picard"):
+        a, sol_a = td.sample_latents(den, ddpm, latents, order=3, window=6, generator=torch.Generator().manual_seed(1), **tight)
+    b, sol_b = td.sample_latents(
+        den, ddpm, latents, update_map=trisolve.WeightedPicard(gains, order=3), window=6, generator=torch.Generator().manual_seed(1), **tight
+    )
+    assert torch.equal(a, b) and sol_a.num_rounds == sol_b.num_rounds
+    with pytest.warns(DeprecationWarning, match="update_map=trisolve.Picard"):
+        _, update_map = td.SolveOptions(order=3).solver_and_map(6, td.map_scheduler(ddpm))
+    assert update_map == trisolve.WeightedPicard(gains, order=3)
     with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="either window= or"):
         td.sample_latents(den, sched, latents, window=4, window_size=8)
     # the deprecated options=SolveOptions(...): warns, says what to write, and the keywords given beside it override it

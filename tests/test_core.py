@@ -660,9 +660,9 @@ def test_rows_become_final_only_after_the_rows_they_read_settle(monkeypatch, sol
     """Issue 26, in small: a row made final in the same round as the rows it reads, while those still move,
     keeps a defect ``x_i - F_i(x_{i-1})`` of about their last correction (up to the step tolerance, 1e-3
     here), which an ill-conditioned recurrence amplifies on its way to the output. Every passing row final
-    at once (the rule before, ``FREEZE_PASSES = 1``) ends the output 0.39 (TAA) / 0.58 (Jacobi) RMS from
-    forward substitution, 40-60x the finish's ``final_row_atol`` of 1e-2; with rows final only after the
-    rows before them settled (``trisolve.driver._freeze_ends``) it is within it, in both modes."""
+    at once (the rule before, ``FREEZE_FRACTION = inf``) ends the output 0.39 (TAA) / 0.58 (Jacobi) RMS from
+    forward substitution, 40-60x the finish's ``final_row_atol`` of 1e-2; with rows final only once they and
+    the rows before them settled (``trisolve.driver._freeze_ends``) it is within it, in both modes."""
     import trisolve.driver as driver
 
     system = amplifying_recurrence()
@@ -678,32 +678,50 @@ def test_rows_become_final_only_after_the_rows_they_read_settle(monkeypatch, sol
     sol = trisolve.solve(system, solver, x0, **kw)
     assert error(sol) <= 1e-2 and sol.num_rounds <= system.n
     with monkeypatch.context() as m:  # the rule before: the same system breaks the bound by far
-        m.setattr(driver, "FREEZE_PASSES", 1)
-        m.setattr(driver, "FREEZE_FRACTION", 0.0)
+        m.setattr(driver, "FREEZE_FRACTION", np.inf)
         before = trisolve.solve(system, solver, x0, **kw)
     assert error(before) > 0.2
     assert before.num_rounds <= sol.num_rounds + 3  # the honest freeze costs a few rounds here, not n
 
 
-def test_freeze_ends_makes_a_row_final_only_after_the_rows_before_it_settled():
-    """The rule itself: row ``a`` always; row ``i > a`` when every row before it in the window passed
-    FREEZE_PASSES rounds in a row or moved by at most FREEZE_FRACTION of its threshold; never past ``start``."""
-    from trisolve.driver import FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends
+def test_freeze_ends_makes_a_row_final_only_once_it_and_the_rows_before_it_settled():
+    """The rule itself: row ``a`` always; row ``i > a`` when it and every plain row between ``a`` and it is
+    expected to move next round by at most FREEZE_FRACTION of its threshold (its error times its observed
+    contraction ``err / previous``, or its error alone where nothing was measured), or passed FREEZE_PASSES
+    rounds in a row; never past ``start``."""
+    from trisolve.driver import FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends, _settle_state
 
-    k = FREEZE_PASSES
-    err = np.array([[0.5, 0.5, 0.5], [0.5, 0.5, 0.005], [0.5, 0.5, 0.5], [3.0, 0.5, 0.5]])  # (w, S) = (4, 3)
-    assert FREEZE_FRACTION >= 0.005
-    streak = np.array([[k - 1, 0, 0], [0, k - 1, 0], [k - 1, k - 1, 0], [0, 0, 0]])
-    a, start = np.array([0, 0, 1]), np.array([4, 4, 4])  # sample 0: i* = 3; samples 1 and 2 passed every row
-    freeze, new = _freeze_ends(err, streak, a, start)
-    # sample 0: row 0 settled (k passes) -> row 1 final; row 1 has 1 pass -> row 2 stays
-    # sample 1: row 0 has 1 pass -> only row 0 (always final); sample 2: a = 1, row 1 moved by 0.5 % -> row 2 final, row 2 not settled
-    assert freeze.tolist() == [2, 1, 3]
-    assert new[:, 0].tolist() == [k, 1, k, 0] and new[0, 2] == 0  # failed (row 3) and non-window rows restart at 0
-    one, _ = _freeze_ends(np.array([[0.5]]), np.zeros((1, 1), dtype=int), np.array([0]), np.array([1]))
+    f, k = FREEZE_FRACTION, FREEZE_PASSES
+    assert 0.005 <= f < 0.1 and k >= 2
+    # (w, S) = (4, 5); columns are samples
+    err = np.array([[0.5, 0.5, 0.5, 0.5, 0.5],
+                    [0.5 * f, 0.5, 0.5 * f, 0.5, 0.5],
+                    [0.5, 0.05, 0.5, 0.05, 0.5],
+                    [3.0, 0.05, 0.5, 0.05, 0.5]])  # fmt: skip
+    state = _settle_state((4, 5))
+    state[:, 1, 0] = [np.inf, 0.5, 0.5, 1.0]  # sample 1: row 1 did not contract (expected 0.5); rows 2-3 did (0.0025)
+    state[:, 3, 0] = [1.0, 0.5, 1.0, 1.0]  # sample 3: the same
+    state[2, 2, 0] = np.nan  # sample 2, row 2: a nan error before counts as not measured
+    state[:, 4, 1] = [0, k - 1, k - 2, 0]  # sample 4: row 1 passes its k-th round in a row, row 2 only its (k-1)-th
+    a, start = np.array([0, 0, 1, 0, 0]), np.array([3, 4, 4, 4, 4])
+    freeze, new = _freeze_ends(err, state, a, start)
+    # sample 0: row 0 always; row 1 moved by f / 2 (nothing measured: its error itself) -> final; row 2 (0.5) stays; start = 3
+    # sample 1: row 1 expected 0.5 -> only row 0, though rows 2-3 would settle; sample 2: a = 1 -> row 1; row 2 expected 0.5 stays
+    # sample 3: row 1 stays -> row 0 alone; sample 4: row 1 settled by its passes, row 2 not
+    assert freeze.tolist() == [2, 1, 2, 1, 2]
+    np.testing.assert_array_equal(new[..., 0], err)  # this round's errors: the next round's ``previous``
+    assert new[:, 0, 1].tolist() == [1, 1, 1, 0] and new[:, 4, 1].tolist() == [1, k, k - 1, 1]  # passes; a failing row restarts at 0
+    # rows that contract: expected 0.01 * (0.01 / 0.5) and 0.05 * (0.05 / 1) <= f -> every plain row final
+    state = _settle_state((3, 1))
+    state[1:, 0, 0] = [0.5, 1.0]
+    ok, _ = _freeze_ends(np.array([[0.5], [0.01], [0.05]]), state, np.array([0]), np.array([3]))
+    assert ok.tolist() == [3]
+    one, _ = _freeze_ends(np.array([[0.5]]), _settle_state((1, 1)), np.array([0]), np.array([1]))
     assert one.tolist() == [1]  # the structural row alone
-    none, _ = _freeze_ends(np.zeros((2, 1)), np.zeros((2, 1), dtype=int), np.array([0]), np.array([0]))
+    none, _ = _freeze_ends(np.zeros((2, 1)), _settle_state((2, 1)), np.array([0]), np.array([0]))
     assert none.tolist() == [0]  # no plain rows (a sample that is done)
+    nan, _ = _freeze_ends(np.array([[0.5], [np.nan]]), _settle_state((2, 1)), np.array([0]), np.array([2]))
+    assert nan.tolist() == [1]  # a nan error never settles
 
 
 def test_pending_error_reads_the_contraction_over_two_rounds():

@@ -350,6 +350,31 @@ def test_row_by_row_overhead_and_contention_enter_the_prediction():
     assert cm.CostModel(LINEAR, 50, contention=3.0).wall_time(8) == cm.CostModel(LINEAR, 50).wall_time(8)  # one device: none
 
 
+def test_contention_is_the_median_of_side_by_side_pairs_and_ignores_a_burst():
+    """_contention times rank 0 alone, then every rank at once, in pairs, and keeps the median ratio: a call twice as slow
+    together reads 2 even when one pair falls in a burst of other work that slows both halves (and the warm-up) fourfold."""
+    import time
+
+    class OneRank:  # a group of one: all_gather is the tensor itself; the "together" half is made slower by the call
+        rank, world, device = 0, 1, torch.device("cpu")
+
+        def all_gather(self, t, what):
+            return t
+
+    calls = []
+
+    def call():  # warm-up, then (alone, together) pairs; pair 2 falls in a burst
+        k = len(calls)
+        calls.append(k)
+        together = k > 0 and k % 2 == 0
+        burst = k in (0, 3, 4)
+        time.sleep(0.02 * (2 if together else 1) * (4 if burst else 1))
+
+    c = cm._contention(OneRank(), call, None)
+    assert len(calls) == 1 + 2 * cm.CONTENTION_PAIRS
+    assert 1.6 < c < 2.6, c  # timed together over a curve point timed before the burst would read 8
+
+
 def test_the_loop_on_one_rank_when_splitting_one_row_does_not_pay():
     """Batch 1 without guidance on two ranks (windows cost 10 ms a round outside the network): a share of one input is the
     whole row, so splitting it only adds the collective; the plan runs the loop on rank 0 and broadcasts the trajectory;

@@ -25,16 +25,30 @@ def test_rounds_benchmark_sweeps_say_what_they_change(tmp_path, monkeypatch):
     with that change, and the table says so."""
     import trisolve.driver as driver
 
-    for name in ("FREEZE_PASSES", "FREEZE_FRACTION"):  # the flags set the driver's constants: restored after the test
-        monkeypatch.setattr(driver, name, getattr(driver, name))
+    monkeypatch.setattr(driver, "FREEZE_FRACTION", driver.FREEZE_FRACTION)  # the flag sets the driver's constant: restored after the test
     argv = ["--quick", "--history", "2", "--order", "8", "--rtol", "0", "--lockstep", "--window", "8", "--gain-weight", "0.25",
-            "--freeze-passes", "2", "--freeze-fraction", "0"]  # fmt: skip
+            "--freeze-fraction", "0.5"]  # fmt: skip
     payload, table = _run("rounds", argv, tmp_path, monkeypatch)
     assert len(payload["records"]) == 3 and all(r["psnr_db"] >= 40 for r in payload["records"])
     assert ("default options but 2 TAA difference pairs, Picard order 8, rtol=0, batches in lockstep (per_sample=False), "
-            "WeightedPicard(d ** 0.25) as the map, FREEZE_PASSES=2, FREEZE_FRACTION=0 with a sliding window of 8 rows") in table  # fmt: skip
-    assert driver.FREEZE_PASSES == 2 and driver.FREEZE_FRACTION == 0
+            "WeightedPicard(d ** 0.25) as the map, FREEZE_FRACTION=0.5 with a sliding window of 8 rows") in table  # fmt: skip
+    assert driver.FREEZE_FRACTION == 0.5
     assert all(r["sample_rounds"] == [r["rounds"]] for r in payload["records"])  # batch 1: the one sample's rounds
+
+
+def test_rounds_benchmark_names_each_setting_apart(monkeypatch):
+    """Result files are named by the settings' slugs: a batch-4 setting's never collides with the batch-1 one's."""
+    import importlib
+    import sys
+
+    from benchrun import BENCH
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("rounds", None)
+    rounds = importlib.import_module("rounds")
+    slugs = [rounds.slug(s) for s in rounds.SETTINGS]
+    assert len(set(slugs)) == len(slugs)
+    assert rounds.slug("DDIM-50") == "ddim-50" and rounds.slug("DDIM-50, batch 4") == "ddim-50-batch4"
 
 
 def test_default_speed_benchmark_records_the_choice_and_the_load(tmp_path, monkeypatch):

@@ -3,8 +3,8 @@
 ``solve(..., compile=True)`` runs a round's device arithmetic outside the system's expensive
 call as one compiled call, :func:`fused_round`, instead of ~100 separately dispatched
 operators, when the update map's scan can be traced (:attr:`~trisolve.UpdateMap.compilable`:
-:class:`~trisolve.OneStep`, :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`) and the
-solver offers a :meth:`~trisolve.Solver.fused_step` (:class:`~trisolve.Jacobi`,
+:class:`~trisolve.OneStep`, :class:`~trisolve.Picard`, :class:`~trisolve.Unrolled`,
+:class:`~trisolve.WeightedPicard`) and the solver offers a :meth:`~trisolve.Solver.fused_step` (:class:`~trisolve.Jacobi`,
 :class:`~trisolve.Anderson`, :class:`~trisolve.TriangularAnderson`):
 
 1. the last arithmetic of the system's evaluation
@@ -38,9 +38,9 @@ symbolic (``dynamic=None``: a sliding window compiles once for its fixed length 
 for the shrinking last rounds). Anderson's fused step pads its history to ``history_size``
 pairs, so a TAA solve compiles two fused graphs (its first round, without history, and every
 later round), each static and then symbolic in the window length.
-:class:`~trisolve.Unrolled` with ``order=None`` recurses on the window length (odd-even
-reduction) and so compiles a graph per length until Dynamo's recompile limit, after which that
-function runs eager (same values). Inductor's on-disk cache (``/tmp/torchinductor_<user>``)
+:class:`~trisolve.Unrolled` and :class:`~trisolve.WeightedPicard` with ``order=None`` recur on the
+window length (odd-even reduction) and so compile a graph per length until Dynamo's recompile limit, after which that
+function runs eager (same values); with an ``order`` one graph serves every length. Inductor's on-disk cache (``/tmp/torchinductor_<user>``)
 makes a later process's compiles faster.
 
 Dynamo checks its guards before every call of a compiled function; the guards on module

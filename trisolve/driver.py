@@ -7,10 +7,11 @@ Each round (DESIGN 3-4):
    scaled errors (:class:`~trisolve.Tolerance`);
 3. find ``i*``, the first row that fails the test; rows ``lo .. i*`` take the plain map step;
    row ``lo`` reads only final rows, so it is exact and becomes final, and so do the rows after
-   it up to ``i*`` as long as every row before them in the window has *settled*
-   (:func:`_freeze_ends`: passed in the last ``FREEZE_PASSES`` rounds, or moved by at most
-   ``FREEZE_FRACTION`` of its threshold), so that no row becomes final reading a row that still
-   moves -- the frozen prefix grows by at least one row per round, hence at most ``n`` rounds;
+   it up to ``i*`` as long as they and the rows between have *settled* (:func:`_freeze_ends`:
+   the residual each is expected to show next round, its error times its observed contraction,
+   is at most ``FREEZE_FRACTION`` of its threshold), so that no row becomes final with a defect
+   that the sample could amplify -- the frozen prefix grows by at least one row per round, hence
+   at most ``n`` rounds;
 4. the solver proposes values for the rows after ``i*``;
 5. the window policy picks the next window; rows entering it start as a copy of the last
    known row (or from ``init``).
@@ -469,7 +470,7 @@ class _Run:
         self.careful = bool(np.min(self.thr_host, initial=np.inf) < tol.fast_floor(xp, x.dtype))
         self.linear = system.linear_rows  # (n + 1,) host bool
         self.prev_last = None  # the final row's iterate at the previous round (early_stop)
-        self.streak = np.zeros(self.n + 1, dtype=np.int64)  # (n + 1,) rounds each row passed in a row, taking the plain step
+        self.settle = _settle_state((self.n + 1,))  # (n + 1, 2) each row's last scaled error and pass streak (_freeze_ends)
         # final_row_atol: the final row's pending correction per sample at the two previous rounds, and every
         # row's unscaled correction at the two last rounds it was checked (nan: not yet)
         self.prev_correction: list[np.ndarray] = []
@@ -712,9 +713,9 @@ class _Run:
             else:
                 x[lo : lo + start, ...] = g[:start, ...]
                 x[lo + start : hi, ...] = tail
-            # rows [0, start) took the plain step; those up to the first unsettled row's successor become final
-            freeze, streak = _freeze_ends(err[:, None], self.streak[lo:hi, None], np.zeros(1, dtype=np.int64), np.array([start]))
-            self.streak[lo:hi] = streak[:, 0]
+            # rows [0, start) took the plain step; those before the first unsettled one after row 0 become final
+            freeze, settle = _freeze_ends(err[:, None], self.settle[lo:hi, None], np.zeros(1, dtype=np.int64), np.array([start]))
+            self.settle[lo:hi] = settle[:, 0]
             start = int(freeze[0])
             # a linear row (no g term) right after the frozen prefix reads only final rows: it is
             # exact now, without an evaluation, and freezes in this round too
@@ -796,53 +797,79 @@ def _decisions(d: Any, r: Any, g: Any, xw: Any, thr_w: Any, thr_last: Any, prev_
     return xp.concat(parts, axis=0)
 
 
-def _freeze_ends(err: np.ndarray, streak: np.ndarray, a: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each sample's final rows end after a round, and the rows' new pass streaks: ``(freeze (S,), streak (w, S))``.
+def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each sample's final rows end after a round, and the rows' new state: ``(freeze (S,), state (w, S, 2))``.
 
     The freeze rule of both round loops (:class:`_Run` and :class:`~trisolve.per_sample.SampleRun`;
-    lockstep passes ``S = 1``). ``err`` ``(w, S)``: the round's scaled errors of the window's rows;
-    ``streak`` ``(w, S)``: how many consecutive rounds each row passed the step test and took the
-    plain step, before this round; ``a`` ``(S,)``: each sample's first non-final row and
-    ``start`` ``(S,)``: rows ``[a, start)`` took the plain step this round (``i*`` and the rows
-    before it), window-local. Rows ``[a, freeze)`` become final, ``a < freeze <= start``
-    (``freeze = a`` for a sample with no plain rows).
+    lockstep passes ``S = 1``). ``err`` ``(w, S)``: the round's scaled errors of the window's rows
+    (the larger of the one-step and the map residual); ``state`` ``(w, S, 2)``: per row, its
+    scaled error in the last round that evaluated it (``inf`` before any: :func:`_settle_state`)
+    and how many consecutive rounds it passed the step test taking the plain step; ``a``
+    ``(S,)``: each sample's first non-final row and ``start`` ``(S,)``: rows ``[a, start)`` took
+    the plain step this round (``i*`` and the rows before it), window-local. Rows ``[a, freeze)``
+    become final, ``a < freeze <= start`` (``freeze = a`` for a sample with no plain rows).
 
     Row ``a`` reads only final rows, so its plain step is exact: it is final in every round, and
     the ``n``-round bound holds. A later plain row ``i`` computed its step from its predecessors'
-    iterates *before* this round's update, so if it became final now it would keep a defect
-    ``x_i - F_i(x_{i-1})`` of about ``(I - dF_i/dx_{i-1})`` times its predecessor's correction in
-    this round (with the Picard map), up to the step tolerance -- and the sequential loop
-    multiplies a defect on its way to the output by however much the sample amplifies it, several
-    hundred times on an ill-conditioned sample (issue 26: the digits flow model's seed 28, whose
-    defects of 1e-4 at rows 7-10 ended 24.8 dB from the loop when every passing row became final
-    at once). So row ``i > a`` becomes final only when every row before it in the window has
-    *settled*: passed the test, taking the plain step, in this round and the
-    ``FREEZE_PASSES - 1`` rounds before (its correction is then a correction of corrections), or
-    moved this round by at most ``FREEZE_FRACTION`` of its threshold (its scaled error, the larger
-    of the one-step and the map residual, is ``<= FREEZE_FRACTION``). The other plain rows stay in
-    the window: the next rounds evaluate them again, and their defects, now residuals, are
-    corrected and carried to the rows after them like any other.
+    iterates *before* this round's update, so if it becomes final now it keeps a defect
+    ``x_i - F_i(x_{i-1})`` -- the one-step residual it would show next round -- of about
+    ``(I - dF_i/dx_{i-1})`` times its predecessor's correction in this round (with the Picard
+    map), up to the step tolerance; and the sequential loop multiplies a defect on its way to the
+    output by however much the sample amplifies it, several hundred times on an ill-conditioned
+    sample (issue 26: the digits flow model's seed 28, whose defects of 1e-4 at rows 7-10 ended
+    24.8 dB from the loop when every passing row became final at once). So row ``i > a`` becomes
+    final only when it and every plain row between ``a`` and it has *settled*: the residual it is
+    expected to show next round, this round's error times its observed contraction
+    ``rate = err / previous`` (``rate = 1`` where not measured yet), is at most
+    ``FREEZE_FRACTION`` of its threshold -- or it passed ``FREEZE_PASSES`` rounds in a row (a
+    row at its round-off floor no longer contracts). The other plain rows stay in the window:
+    the next rounds evaluate them again, and their defects, now residuals, are corrected and
+    carried to the rows after them like any other.
+
+    The estimate asks how much a row would still move, not how many rounds the rows before it
+    passed: a row that entered a sliding window late, and converges fast, becomes final as soon
+    as one that passed many rounds would. (The rule before it -- final once every row before had
+    passed three rounds in a row or moved by at most 1 % of its threshold -- took a sliding
+    window of 15 rows on DDIM-50 from 12 rounds to 14; docs/benchmarks.)
     """
     w = err.shape[0]
     t = np.arange(w)[:, None]  # (w, 1)
+    previous, streak = state[..., 0], state[..., 1]  # (w, S) each
     plain = (t >= a[None, :]) & (t < start[None, :])  # (w, S)
-    new = np.where(plain & (err <= 1.0), streak + 1, 0)  # nan compares False: no pass
-    settled = (new >= FREEZE_PASSES) | (plain & (err <= FREEZE_FRACTION))
-    unsettled = (t >= a[None, :]) & (t < start[None, :] - 1) & ~settled  # (w, S): rows whose successor stays
-    freeze = np.where(unsettled.any(axis=0), np.argmax(unsettled, axis=0), start - 1) + 1
-    return np.where(start > a, freeze, start), new
+    with np.errstate(all="ignore"):
+        measured = np.isfinite(previous) & (previous > 0)
+        expected = err * np.where(measured, err / np.where(measured, previous, 1.0), 1.0)  # (w, S) next round's residual
+    passes = np.where(plain & (err <= 1.0), streak + 1, 0)  # nan compares False: no pass
+    settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)  # nan compares False: not settled
+    unsettled = (t > a[None, :]) & plain & ~settled  # (w, S): plain rows after a that stay
+    freeze = np.where(unsettled.any(axis=0), np.argmax(unsettled, axis=0), start)
+    return np.where(start > a, freeze, start), np.stack([err, passes], axis=-1)
 
 
-#: Consecutive rounds a row passes the step test, taking the plain step, before the row after it may
-#: become final with it (:func:`_freeze_ends`). On the bundled digits flow model, seed 28 at batch 4
-#: (its fourth image; benchmarks/rounds.py, docs/benchmarks): 1 -- every passing row final at once, the
-#: rule before -- 24.8 dB from the sequential loop; 2: 44.2 dB; 3: 55.4 dB (15 rounds instead of 16).
+def _settle_state(shape: tuple[int, ...]) -> np.ndarray:
+    """The freeze rule's per-row state before any round, ``(*shape, 2)``: no error measured (``inf``), no passes."""
+    state = np.zeros((*shape, 2))
+    state[..., 0] = np.inf
+    return state
+
+
+#: A plain row after the first non-final one becomes final (:func:`_freeze_ends`) when its residual
+#: expected next round -- its scaled error times its observed contraction -- is at most this
+#: fraction of its threshold, and so is every such row before it. ``inf`` is the rule before issue
+#: 26 (every passing row final at once). Measured (benchmarks/rounds.py, docs/benchmarks): the
+#: digits flow model's seed 28 at batch 4 (its fourth image) ends 24.8 dB from the sequential loop
+#: with ``inf``, 40.7 dB with 0.1, 48.6 with 0.02, 53.5 with 0.01 and 55.6 with 0.0075; the
+#: amplifying recurrence of the tests (2e4-fold, ``atol=1e-3``) ends up to 0.58 / 0.016 / 0.013 /
+#: 0.0066 from forward substitution with ``inf`` / 0.02 / 0.01 / 0.0075 (its bound: 0.01). A
+#: sliding window of 15 rows on DDIM-50 takes 12 / 12 / 12.5 / 13 rounds (the pass-streak rule
+#: before: 14).
+FREEZE_FRACTION = 0.0075
+
+#: Consecutive rounds a plain row passes the step test after which it has settled whatever its
+#: contraction (:func:`_freeze_ends`): a row whose residual sits at its round-off floor does not
+#: contract any more (a warm start from a solution converged to ``atol=1e-6`` in float32 took 24
+#: rounds instead of 2 without it).
 FREEZE_PASSES = 3
-
-#: A row whose scaled error is at most this -- it moved by at most 1 % of its threshold -- has settled
-#: at once (:func:`_freeze_ends`): a warm start from a solution still takes one round, and rows that
-#: converge early leave the window without waiting ``FREEZE_PASSES`` rounds.
-FREEZE_FRACTION = 0.01
 
 
 def nonfinite_row_error(i: int) -> FloatingPointError:

@@ -22,7 +22,7 @@ per round (DESIGN 4.2 applied to each sample ``s``):
 4. per sample, ``i*_s`` is its first unconverged row; rows ``lo_s .. i*_s`` take the plain step,
    the solver proposes the rest; only active pairs are written (masked writes: every other pair
    keeps its value exactly); of the plain rows, ``lo_s`` and the rows after it up to the first
-   one that reads an unsettled row become final (the driver's rule,
+   unsettled one become final (the driver's rule,
    :func:`trisolve.driver._freeze_ends`, per sample);
 5. a sample is done when its prefix passes row ``n``, or by ``final_row_atol`` / ``early_stop``
    on its own final row; the solve ends when every sample is done.
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device, finite, mask_from_host, to_host
-from .driver import _freeze_ends, _pending_error, _Run, nonfinite_row_error
+from .driver import _freeze_ends, _pending_error, _Run, _settle_state, nonfinite_row_error
 from .result import RoundInfo, Solution, Status
 from .solvers.base import StepContext
 
@@ -76,7 +76,7 @@ class SampleRun(_Run):
         self.prev_rows = None if self.final_row_atol is None else np.full((2, n + 1, S), np.nan)
         self.prev_sample_correction = np.full((2, S), np.nan)  # the final row's correction at the two previous rounds
         self.had_last = np.zeros(S, dtype=bool)  # the final row was in the sample's window last round (early_stop)
-        self.streak = np.zeros((n + 1, S), dtype=np.int64)  # (n + 1, S) rounds each pair passed in a row, taking the plain step
+        self.settle = _settle_state((n + 1, S))  # (n + 1, S, 2) each pair's last scaled error and pass streak (driver._freeze_ends)
 
     # -- device masks from host (w, S) tables ---------------------------------------------------
 
@@ -247,7 +247,7 @@ class SampleRun(_Run):
                 (write_d,) = self._masks(write)
             x[lo:hi, ...] = xp.where(write_d, new, x[lo:hi, ...])  # only active pairs: every other keeps its value exactly
             # rows [a_s, freeze_s) become final; the rest of the plain rows stay in the window (driver._freeze_ends)
-            freeze, self.streak[lo:hi] = _freeze_ends(err, self.streak[lo:hi], a, start)
+            freeze, self.settle[lo:hi] = _freeze_ends(err, self.settle[lo:hi], a, start)
             new_lo = np.where(live, lo + np.where(going, freeze, start), self.sample_lo)  # a sample stopped now keeps the rows before its row i*
             new_lo = self._linear_rows(new_lo, going, shi)
             advance = int((new_lo - self.sample_lo)[live].max())

@@ -34,18 +34,21 @@ row ``T``): 62 % of all rows with the full window. Fitted on the
 bundled digits model (TAA m=4 + Picard, the defaults; seeds 0-4, ``benchmarks/autowindow.py``
 prints the measured table next to this model)::
 
-    R_T = log2(T) + 2.4,       beta_inf = 2.7   deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
+    R_T = log2(T) + 2.4,       beta_inf = 2.2   deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
     R_T = 2 (log2(T) + 2.4),   beta_inf = 2.5   samplers that add noise (DDPM-100: 16-19 rounds)
-    phi = 0.14
+    phi = 0.19
 
-``beta_inf`` (deterministic) and ``phi`` were refitted after the settle test of the freeze rule
-(a row becomes final only once the rows it reads passed three rounds; docs/theory.rst), which slows
-a sliding window: DDIM-50 on the digits model, seeds 0-9, windows of 8 / 15 / 25 rows took 20 /
-14 / 10.5 rounds and 3.08 / 3.86 / 4.61 network evaluations per step (``benchmarks/rounds.py
---settings DDIM-50 --window W``; the full window 6.5 and 5.66), the least-squares fit of
-``beta_inf`` to those rounds is 2.69 (1.9 before the settle test: 12 rounds at 15 rows) and of
-``phi`` to the evaluations 0.14 (0.38 before); DDPM-100 with 25 rows took 24 rounds (2.5
-predicts 25.3), so the stochastic ``beta_inf`` stays.
+``beta_inf`` (deterministic) and ``phi`` were refitted after the freeze rule's contraction test
+(a row becomes final once it and the rows before it are expected to move by at most
+``trisolve.driver.FREEZE_FRACTION`` of their thresholds; docs/theory.rst): DDIM-50 on the digits
+model, seeds 0-9, windows of 8 / 15 / 25 rows took 18 / 13 / 10 rounds and 2.75 / 3.53 / 4.28
+network evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window W``); the
+least-squares fit of ``beta_inf`` to those rounds is 2.19 (predicting 18.1 / 12.8 / 10.1) and of
+``phi`` to the evaluations (at the measured rounds) 0.19. The pass-streak rule before it took
+20 / 14 / 10.5 rounds and 3.08 / 3.86 / 4.61 evaluations (fit 2.7 and 0.14); the rule before
+issue 26, every passing row final at once, 16 / 12 / 9 and 2.36 / 2.94 / 3.50 (fit 1.67 and 0.31).
+DDPM-100 with 25 rows took 24 rounds under the pass-streak rule (2.5 predicts 25.3), so the
+stochastic ``beta_inf`` stays.
 
 ``t(r)`` is measured (:func:`measure_round_time`): a few timed calls at ``r = 1, 2, 4, ...``,
 device-synchronised, cached per (model, row shape, dtype, device); once the time doubles with
@@ -78,7 +81,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 >>> model = CostModel(curve, steps=50)
 >>> choice = model.best_window()
 >>> choice.window, round(model.rounds(choice.window), 1), round(model.sequential_time() / choice.seconds, 1)
-(9, 18.7, 2.0)
+(9, 16.9, 2.3)
 """
 
 from __future__ import annotations
@@ -167,7 +170,7 @@ class RoundsModel:
         (times 2 when ``stochastic``).
     beta_inf : float, optional
         Rounds the frozen front of a large sliding window needs to advance by one window;
-        ``None``: 2.7, or 2.5 when ``stochastic`` (fitted; see the module docstring).
+        ``None``: 2.2, or 2.5 when ``stochastic`` (fitted; see the module docstring).
     stochastic : bool
         Whether the sampler adds noise (DDPM, ancestral samplers): about twice the rounds.
     phi : float
@@ -177,7 +180,7 @@ class RoundsModel:
     full_rounds: float | None = None
     beta_inf: float | None = None
     stochastic: bool = False
-    phi: float = 0.14
+    phi: float = 0.19
 
     def fill(self, w: int, steps: int) -> float:
         return 1.0 - self.phi * math.sqrt(min(w, steps) / steps)
@@ -191,7 +194,7 @@ class RoundsModel:
     def __call__(self, w: int, steps: int) -> float:
         if w >= steps:
             return self.full(steps)
-        beta_inf = (2.5 if self.stochastic else 2.7) if self.beta_inf is None else self.beta_inf
+        beta_inf = (2.5 if self.stochastic else 2.2) if self.beta_inf is None else self.beta_inf
         beta = 1 + (beta_inf - 1) * (1 - 1 / w) ** 2
         return min(float(steps), self.full(steps) + beta * (steps / w - 1))
 
@@ -662,9 +665,9 @@ def auto_window(
         ``evaluate_share(k)``: one network call on the first ``k`` inputs of one row's batch
         (what a rank evaluates at window 1 when the batch is split; 3 timed calls after a warm-up, up to 2 more where they
         disagree or exceed the whole row's time as a curve point's do; cached like the curve); with ``split_inputs``.
-        On several ranks every rank also runs it at once (3 timed calls after a warm-up, each
-        started together): the slowest rank's median over rank 0's time alone is the
-        :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
+        On several ranks every rank also runs it at once, paired with rank 0 running it alone
+        (:func:`_contention`: the median over 5 side-by-side pairs of the slowest rank's time over
+        rank 0's) for the :class:`CostModel`'s ``contention`` (measured once per network and shape, like the curve).
     run_rows : callable, optional
         ``run_rows() -> steps``: the solve row by row with a free stand-in network
         (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
@@ -701,8 +704,7 @@ def auto_window(
         curve, overhead, one_row, contention = _from_rank0(info, curve, overhead, one_row, contention)
         if math.isnan(contention):  # every rank evaluates its share at once (rank 0 decided: one collective path for all)
             call = (lambda: evaluate_share(share)) if evaluate_share is not None and 0 < share < split_inputs else (lambda: evaluate_rows(1))
-            alone = curve(share / split_inputs) if evaluate_share is not None and 0 < share < split_inputs else curve(1)
-            contention = max(1.0, _time_together(info, call, sync) / alone)
+            contention = _contention(info, call, sync)
             if info.rank == 0 and store is not None:
                 store[contention_key] = contention
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
@@ -896,19 +898,34 @@ def _from_rank0(
     return BatchTimeCurve(rows, tuple(vals[1 + k : 1 + 2 * k])), (extra[0], extra[1]), extra[2], extra[3]
 
 
-def _time_together(info: Any, call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
-    """The slowest rank's median time of ``call()`` when every rank runs it at once (a tiny all-gather starts each)."""
+def _contention(info: Any, call: Callable[[], Any], sync: Callable[[], None] | None) -> float:
+    """How much slower ``call()`` runs when every rank runs it at once than on rank 0 alone (at least 1), the same on every rank.
+
+    Measured in :data:`CONTENTION_PAIRS` side-by-side pairs after a warm-up: rank 0 times the call alone while
+    the other ranks wait in a collective (as they do while rank 0 measures the curve), then every rank times it
+    at once (a tiny all-gather starts them together; the slowest rank counts). The ratio of each pair is taken
+    and the median over the pairs kept, so that a burst of other work on a shared machine, which hits a pair's
+    two halves alike, does not make the contention (the ratio of two timings taken seconds apart, with the
+    curve's, before) read 1.04 on one call and 1.28 on the next.
+    """
     import torch
 
     sync = sync or (lambda: None)
-    start = torch.zeros(1, dtype=torch.float32, device=info.device)
+    start = torch.zeros(1, dtype=torch.float64, device=info.device)
     call()  # warm-up
-    times = []
-    for _ in range(3):
-        info.all_gather(start, "timing the network on every rank at once")
-        times.append(_timed(call, sync=sync)[0])
-    mine = torch.tensor([statistics.median(times)], dtype=torch.float64, device=info.device)
-    return float(info.all_gather(mine, "timing the network on every rank at once").max())
+    ratios = []
+    for _ in range(CONTENTION_PAIRS):
+        alone = _timed(call, sync=sync)[0] if info.rank == 0 else math.nan
+        info.all_gather(start, "timing the network on every rank at once")  # the others wait here while rank 0 runs alone
+        mine = torch.tensor([_timed(call, sync=sync)[0]], dtype=torch.float64, device=info.device)
+        together = float(info.all_gather(mine, "timing the network on every rank at once").max())
+        ratios.append(together / alone)
+    ratio = torch.tensor([statistics.median(ratios) if info.rank == 0 else 0.0], dtype=torch.float64, device=info.device)
+    return max(1.0, float(info.all_gather(ratio, "timing the network on every rank at once")[0]))  # rank 0's, on every rank
+
+
+#: :func:`_contention`: the side-by-side pairs (alone, together) whose median ratio is the contention.
+CONTENTION_PAIRS = 5
 
 
 def _time_gather(info: Any, max_rows: int, bytes_per_row: float) -> tuple[float, float]:

@@ -115,10 +115,13 @@ class SolveOptions:
         (:func:`trisolve.defaults.default_method`, Newton-type maps for small states): a
         diffusion row is a whole latent.
     update_map : trisolve.UpdateMap, optional
-        ``None``: the map of :func:`default_solver`, ``Picard()`` (ParaDiGMS's map, the whole
-        window), or ``Picard(order)`` with the deprecated ``order``.
+        ``None``: the map of :func:`default_solver`: ``Picard()`` (ParaDiGMS's map, the whole
+        window), ``WeightedPicard(mapping.picard_gains)`` for the loops that inject noise; with
+        the deprecated ``order``, that map with ``order=min(order, n)``.
     order : int, optional
-        Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)``.
+        Deprecated (``DeprecationWarning``): pass ``update_map=trisolve.Picard(order=k)`` (or
+        ``trisolve.WeightedPicard(mapping.picard_gains, order=k)`` for a loop that injects noise,
+        which is what ``order=k`` gives there).
     window : int, "auto", AutoWindow or trisolve.WindowPolicy, optional
         Rows per round (the core's ``window``; ``window_size=`` is its deprecated spelling);
         bounds memory. An :class:`~trisolve_diffusion.AutoWindow` chooses it per solve, with
@@ -357,7 +360,8 @@ class SolveOptions:
         solver = solver if self.solver is None else self.solver
         if self.update_map is not None:
             return solver, self.update_map
-        return solver, (update_map if self.order is None else trisolve.Picard(order=min(self.order, n)))
+        # the deprecated order=k: the default map with that order (WeightedPicard keeps its gains for noisy loops)
+        return solver, (update_map if self.order is None else dataclasses.replace(update_map, order=min(self.order, n)))
 
     @property
     def tolerance(self) -> trisolve.Tolerance:

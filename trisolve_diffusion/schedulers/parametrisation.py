@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -280,6 +281,13 @@ class Parametrisation:
             self.prediction_type, self.alpha * c, self.sigma * c, self.k_x / c[:-1], self.k_m, self.k_0, self.x0_x / c[:-1], self.x0_m, self.process
         )
 
+    @cached_property
+    def _terms(self) -> tuple[list[int], list[int], list[int]]:
+        """Prefix counts (host ints, ``n + 1`` each) of the rows where ``k_m != 1``, ``k_x != 0`` and ``k_0 != 0`` (nan
+        counts): whether a window ``[lo, hi)`` needs a term of :meth:`g` is ``counts[hi] > counts[lo]``, built once per
+        parametrisation instead of three NumPy reductions per call."""
+        return tuple(np.concatenate([[0], np.cumsum(t)]).tolist() for t in (~(self.k_m == 1.0), self.k_x != 0.0, self.k_0 != 0.0))
+
     def g(self, x: torch.Tensor, m: torch.Tensor, column: Callable[[str, np.ndarray], torch.Tensor], lo: int, hi: int) -> torch.Tensor:
         """``g`` of rows ``lo <= j < hi``: ``x`` and ``m`` of shape ``(hi - lo, *event)``.
 
@@ -287,11 +295,12 @@ class Parametrisation:
         dtype (trailing axes of size 1); terms with all-zero (or all-one) coefficients are skipped,
         so ``g = m`` costs nothing.
         """
-        k_x, k_m, k_0 = self.k_x[lo:hi], self.k_m[lo:hi], self.k_0[lo:hi]
-        out = m if np.all(k_m == 1.0) else column("k_m", self.k_m)[lo:hi] * m
-        if np.any(k_x != 0.0):
+        m_terms, x_terms, p_terms = self._terms
+        lo, hi = min(lo, self.n), min(max(lo, hi), self.n)  # the rows a slice [lo:hi) of the tables holds
+        out = m if m_terms[hi] == m_terms[lo] else column("k_m", self.k_m)[lo:hi] * m
+        if x_terms[hi] > x_terms[lo]:
             out = out + column("k_x", self.k_x)[lo:hi] * x
-        if self.process is not None and np.any(k_0 != 0.0):
+        if self.process is not None and p_terms[hi] > p_terms[lo]:
             x0 = column("x0_x", self.x0_x)[lo:hi] * x + column("x0_m", self.x0_m)[lo:hi] * m
             out = out + column("k_0", self.k_0)[lo:hi] * self.process(x0)
         return out
