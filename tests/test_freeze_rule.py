@@ -41,14 +41,15 @@ def test_a_row_entering_a_sliding_window_does_not_read_its_first_step_as_contrac
     strict=True,
     reason="freeze rule: FREEZE_PASSES makes a row final after 3 passing rounds whatever its error, so from a warm start "
     "within ~atol of the solution every row passes at once and rows freeze still moving by up to their threshold: "
-    "0.035-0.079 from forward substitution (seeds 1-3), 3.5-8x the bound; without the passes rule 0.006-0.012 in one "
-    "round more (19 against 16-18)",
+    "0.072 from forward substitution here (seeds 1-3: 0.035-0.079), 7x the bound; counting a pass only where the row no "
+    "longer contracts (err / previous >= 1/2, a round-off floor): 0.0057 in 19 rounds instead of 16 (seeds 1-3: "
+    "0.0057-0.0102), and the float32 floor the rule is for keeps 27 rounds (25 now, 37 without it)",
 )
 def test_a_warm_start_near_the_solution_keeps_the_bound():
     system = amplifying_recurrence()
     x0 = np.full(4, 0.01)
     ref = trisolve.forward_substitution(system, x0)
-    init = ref + 1e-3 * np.random.default_rng(1).normal(size=ref.shape)
+    init = ref + 1e-3 * np.random.default_rng(2).normal(size=ref.shape)
     sol = trisolve.solve(system, trisolve.Jacobi(), x0, update_map=trisolve.Picard(), atol=1e-3, init=init)
     assert _output_error(sol, ref) <= BOUND
 
