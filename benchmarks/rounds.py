@@ -50,7 +50,10 @@ row's correction and the final row's, per round, as the driver passes them to
 ``trisolve.driver._pending_error``). The finish is then replayed on those inputs with the driver's
 own estimate for several values of ``trisolve.driver.PENDING_RATE_FLOOR``: the round it would stop
 at and that round's PSNR (the replay at the default floor stops where the default solve, also run, stops). ``first >= 45 dB``: the first round from which every later output is
->= 45 dB from the sequential one (what a finish that knew the answer could do).
+>= 45 dB from the sequential one (what a finish that knew the answer could do). The trace also replays other
+finishes at the default floor (``TRACE_VARIANTS``): the estimate times the share of the final row's
+correction that the solver's step applied, the final row's rate over three rounds, and looser
+``final_row_atol`` values.
 """
 
 from __future__ import annotations

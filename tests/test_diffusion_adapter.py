@@ -113,7 +113,8 @@ def test_progress_bar_follows_set_progress_bar_config(capsys):
 
 def test_warm_start_from_an_earlier_trajectory_is_exact_and_faster():
     pipe = gmm_pipe(k=12, size=6)
-    first = td.sample(pipe, num_inference_steps=40, generator=torch.manual_seed(1), output_type="np", atol=1e-6, rtol=0)
+    full = trisolve.FullWindow()  # the rounds, not the automatic window's timing (which may pick forward substitution), decide
+    first = td.sample(pipe, num_inference_steps=40, generator=torch.manual_seed(1), output_type="np", atol=1e-6, rtol=0, window=full)
     again = td.sample(
         pipe,
         num_inference_steps=40,
@@ -122,10 +123,12 @@ def test_warm_start_from_an_earlier_trajectory_is_exact_and_faster():
         atol=1e-6,
         rtol=0,
         init=first.solution.trajectory,
+        window=full,
     )
-    # the earlier trajectory meets the step test (scaled errors <= 1), but a row whose error is above FREEZE_FRACTION
-    # settles only once a second round has measured its contraction (the freeze rule, trisolve.driver._freeze_ends)
-    assert again.solution.num_rounds <= 3 < first.solution.num_rounds
+    # the earlier trajectory meets the step test (scaled errors <= 1), but its rows sit at the float32 round-off floor of
+    # atol = 1e-6 and do not contract: they settle by passing FREEZE_PASSES rounds (trisolve.driver._freeze_ends), and the
+    # last rows, whose floor is near the threshold (scaled 0.6-1.2), may fail one round (measured: 4 rounds, cold 12)
+    assert again.solution.num_rounds <= trisolve.driver.FREEZE_PASSES + 1 < first.solution.num_rounds
     np.testing.assert_allclose(again.images, first.images, atol=1e-5)
 
 
