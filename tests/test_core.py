@@ -686,10 +686,10 @@ def test_rows_become_final_only_after_the_rows_they_read_settle(monkeypatch, sol
 
 def test_freeze_ends_makes_a_row_final_only_once_it_and_the_rows_before_it_settled():
     """The rule itself: row ``a`` always; row ``i > a`` when it and every plain row between ``a`` and it is
-    expected to move next round by at most FREEZE_FRACTION of its threshold (its error times its observed
-    contraction ``err / previous``, or its error alone where nothing was measured), or passed FREEZE_PASSES
-    rounds in a row; never past ``start``."""
-    from trisolve.driver import FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends, _settle_state
+    expected to move next round by at most FREEZE_FRACTION of its threshold (its error times the slower of its
+    own observed contraction ``err / previous`` -- 1 where nothing was measured -- and its predecessor's), or
+    passed FREEZE_PASSES rounds in a row without contracting (err / previous >= FLOOR_RATE); never past ``start``."""
+    from trisolve.driver import FLOOR_RATE, FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends, _settle_state
 
     f, k = FREEZE_FRACTION, FREEZE_PASSES
     assert 0.005 <= f < 0.1 and k >= 2
@@ -711,11 +711,25 @@ def test_freeze_ends_makes_a_row_final_only_once_it_and_the_rows_before_it_settl
     assert freeze.tolist() == [2, 1, 2, 1, 2]
     np.testing.assert_array_equal(new[..., 0], err)  # this round's errors: the next round's ``previous``
     assert new[:, 0, 1].tolist() == [1, 1, 1, 0] and new[:, 4, 1].tolist() == [1, k, k - 1, 1]  # passes; a failing row restarts at 0
-    # rows that contract: expected 0.01 * (0.01 / 0.5) and 0.05 * (0.05 / 1) <= f -> every plain row final
+    # rows that contract, and so do the rows before them: row 1 0.01 x max(0.01 / 0.5, 0.5 / 1), row 2
+    # 0.05 x max(0.05 / 1, 0.02) <= f -> every plain row final
     state = _settle_state((3, 1))
-    state[1:, 0, 0] = [0.5, 1.0]
+    state[:, 0, 0] = [1.0, 0.5, 1.0]
     ok, _ = _freeze_ends(np.array([[0.5], [0.01], [0.05]]), state, np.array([0]), np.array([3]))
     assert ok.tolist() == [3]
+    # ... but not where the row before was not measured (row 0 entering: its rate 1 -> row 1 expected 0.01 > f)
+    state[0, 0, 0] = np.inf
+    assert _freeze_ends(np.array([[0.5], [0.01], [0.05]]), state, np.array([0]), np.array([3]))[0].tolist() == [1]
+    # a row's own ratio read small by chance (error 100 -> 0.1: a row entering a sliding window as a copy of the last
+    # known row) while its predecessor did not contract: its next residual follows the predecessor's correction -> stays
+    state = _settle_state((2, 1))
+    state[:, 0, 0] = [0.5, 100.0]
+    assert _freeze_ends(np.array([[0.5], [0.1]]), state, np.array([0]), np.array([2]))[0].tolist() == [1]
+    # passes count only where a row no longer contracts: 0.5 after 2.0 (rate 0.25 < FLOOR_RATE) restarts its streak
+    state = _settle_state((2, 1))
+    state[:, 0, 0], state[:, 0, 1] = [0.5, 2.0], [k - 1, k - 1]
+    freeze_c, new_c = _freeze_ends(np.array([[0.5], [0.5]]), state, np.array([0]), np.array([2]))
+    assert 0.25 < FLOOR_RATE and new_c[:, 0, 1].tolist() == [k, 0] and freeze_c.tolist() == [1]
     one, _ = _freeze_ends(np.array([[0.5]]), _settle_state((1, 1)), np.array([0]), np.array([1]))
     assert one.tolist() == [1]  # the structural row alone
     none, _ = _freeze_ends(np.zeros((2, 1)), _settle_state((2, 1)), np.array([0]), np.array([0]))

@@ -20,16 +20,11 @@ def _output_error(sol, ref):
     return float(np.sqrt(np.mean((sol.trajectory[-1] - ref[-1]) ** 2)))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="freeze rule: a row entering a sliding window starts as a copy of the last known row, so its first error is "
-    "large (~150 scaled here) and its second, after one step, small (~0.6): err / previous reads a contraction of ~0.004, "
-    "and the row becomes final with a defect of about its predecessor's correction (window 3: 0.035-0.040 from forward "
-    "substitution, 4x the bound; a rate floored at 1/3 as _pending_error does, or not measuring a rate against a row's "
-    "first round in the window: 1e-4)",
-)
 @pytest.mark.parametrize("solver", [trisolve.Jacobi(), trisolve.TriangularAnderson(history_size=2)], ids=["jacobi", "taa"])
 def test_a_row_entering_a_sliding_window_does_not_read_its_first_step_as_contraction(solver):
+    """A row entering a sliding window starts as a copy of the last known row: its first error is large (~150 scaled
+    here), its second small (~0.6), and its own ratio reads a contraction of ~0.004; with the rule reading only that,
+    it became final with a defect of about its predecessor's correction (0.035-0.040 from forward substitution)."""
     system = amplifying_recurrence()
     x0 = np.full(4, 0.01)
     ref = trisolve.forward_substitution(system, x0)
@@ -37,15 +32,10 @@ def test_a_row_entering_a_sliding_window_does_not_read_its_first_step_as_contrac
     assert _output_error(sol, ref) <= BOUND
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="freeze rule: FREEZE_PASSES makes a row final after 3 passing rounds whatever its error, so from a warm start "
-    "within ~atol of the solution every row passes at once and rows freeze still moving by up to their threshold: "
-    "0.072 from forward substitution here (seeds 1-3: 0.035-0.079), 7x the bound; counting a pass only where the row no "
-    "longer contracts (err / previous >= 1/2, a round-off floor): 0.0057 in 19 rounds instead of 16 (seeds 1-3: "
-    "0.0057-0.0102), and the float32 floor the rule is for keeps 27 rounds (25 now, 37 without it)",
-)
 def test_a_warm_start_near_the_solution_keeps_the_bound():
+    """From a warm start within ~atol of the solution every row passes at once; with every pass counted, rows became
+    final after FREEZE_PASSES rounds still moving by up to their threshold (0.072 here; seeds 1-3 0.035-0.079). Passes
+    count only where a row no longer contracts (FLOOR_RATE)."""
     system = amplifying_recurrence()
     x0 = np.full(4, 0.01)
     ref = trisolve.forward_substitution(system, x0)
@@ -67,21 +57,31 @@ def test_windows_of_one_and_two_rows_are_forward_substitution():
         np.testing.assert_allclose(sol.trajectory, ref, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="freeze rule: a row's next residual is set by its predecessor's correction this round, but the rule extrapolates "
-    "the row's own errors over one round (err / previous), which an erratic predecessor makes small by chance: per sample, "
-    "TAA, window 8, rows froze at err 0.12-0.78 after ratios of 0.0003-0.05 (one at err 2.3 after 2118) and sample 1 ends "
-    "0.0174 from forward substitution (1e-3 with FREEZE_FRACTION = 0); the row's error times the larger of its own and its "
-    "predecessor's ratio this round: 0.0011-0.0081 on 24 configurations, 1.4 % more rounds",
-)
 def test_per_sample_rows_do_not_freeze_on_a_ratio_read_small_by_chance():
+    """A row's next residual follows its predecessor's correction this round; an erratic predecessor makes the row's own
+    ratio small by chance (per sample, TAA, window 8: rows froze at err 0.12-0.78 after ratios of 0.0003-0.05, and
+    sample 1 ended 0.0174 from forward substitution when the rule read only the row's own ratio)."""
     system = amplifying_recurrence(batch_ndim=1)
     x0 = np.array([[0.01] * 4, [0.5, -0.3, 0.2, 0.1], [-1.0, 0.0, 0.3, 0.02]])
     ref = trisolve.forward_substitution(system, x0)
     sol = trisolve.solve(system, trisolve.TriangularAnderson(history_size=2), x0, update_map=trisolve.Picard(), atol=1e-3, window=8)
     assert sol.status.ok
     assert np.sqrt(np.mean((sol.trajectory[-1] - ref[-1]) ** 2, axis=-1)).max() <= BOUND
+
+
+@pytest.mark.parametrize("window", [3, 8, 15, None], ids=["w3", "w8", "w15", "full"])
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "per_sample"])
+def test_every_solver_and_window_keeps_the_bound(window, batch):
+    """Jacobi, Anderson and TAA, sliding windows of 3/8/15 rows and the full window, one sample and three per sample:
+    within the bound of forward substitution (the rule reading only a row's own ratio: 8 of these 24 over it, worst 0.097)."""
+    system = amplifying_recurrence(batch_ndim=1 if batch else 0)
+    x0 = np.array([[0.01] * 4, [0.5, -0.3, 0.2, 0.1], [-1.0, 0.0, 0.3, 0.02]]) if batch else np.full(4, 0.01)
+    ref = trisolve.forward_substitution(system, x0)
+    for solver in (trisolve.Jacobi(), trisolve.Anderson(history_size=2), trisolve.TriangularAnderson(history_size=2)):
+        sol = trisolve.solve(system, solver, x0, update_map=trisolve.Picard(), atol=1e-3, window=window)
+        assert sol.status.ok
+        err = np.sqrt(np.mean((sol.trajectory[-1] - ref[-1]) ** 2, axis=-1)).max()
+        assert err <= BOUND, (type(solver).__name__, err)
 
 
 @pytest.mark.xfail(
