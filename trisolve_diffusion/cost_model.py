@@ -44,7 +44,9 @@ prints the measured table next to this model)::
 model, seeds 0-9, windows of 8 / 15 / 25 rows took 18 / 13 / 10 rounds and 2.75 / 3.53 / 4.28
 network evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window W``); the
 least-squares fit of ``beta_inf`` to those rounds is 2.19 (predicting 18.1 / 12.8 / 10.1) and of
-``phi`` to the evaluations (at the measured rounds) 0.19. The pass-streak rule before it took
+``phi`` to the evaluations (at the measured rounds) 0.19. With the predecessor's contraction
+added to the test (its review) the same windows took 18 / 13.5 / 10 rounds and 2.78 / 3.55 /
+4.29 evaluations, within 0.7 rounds of the fit, which was kept. The pass-streak rule before it took
 20 / 14 / 10.5 rounds and 3.08 / 3.86 / 4.61 evaluations (fit 2.7 and 0.14); the rule before
 issue 26, every passing row final at once, 16 / 12 / 9 and 2.36 / 2.94 / 3.50 (fit 1.67 and 0.31).
 DDPM-100 with 25 rows took 24 rounds under the pass-streak rule (2.5 predicts 25.3), so the
