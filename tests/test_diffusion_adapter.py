@@ -126,11 +126,9 @@ def test_warm_start_from_an_earlier_trajectory_is_exact_and_faster():
         window=full,
     )
     # the earlier trajectory meets the step test (scaled errors <= 1), but its rows sit at the float32 round-off floor of
-    # atol = 1e-6 and do not contract: they settle by passing FREEZE_PASSES rounds without contracting
-    # (trisolve.driver._freeze_ends); at the floor a row's ratio jitters, and a round read as contracting (below
-    # FLOOR_RATE) restarts its count, so that a warm start still moving by up to its threshold does not count as settled
-    # (measured: 8 rounds, cold 12; 4 when every pass counted, which froze moving rows: tests/test_freeze_rule.py)
-    assert again.solution.num_rounds < first.solution.num_rounds
+    # atol = 1e-6 and do not contract: they settle by passing FREEZE_PASSES rounds (trisolve.driver._freeze_ends), and the
+    # last rows, whose floor is near the threshold (scaled 0.6-1.2), may fail one round (measured: 4 rounds, cold 12)
+    assert again.solution.num_rounds <= trisolve.driver.FREEZE_PASSES + 1 < first.solution.num_rounds
     np.testing.assert_allclose(again.images, first.images, atol=1e-5)
 
 
