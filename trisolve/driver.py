@@ -844,7 +844,7 @@ def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.nd
         measured = np.isfinite(previous) & (previous > 0)
         own = np.where(measured, err / np.where(measured, previous, 1.0), 1.0)  # (w, S): 1 where not measured (nan stays nan)
         # the row's next residual follows its predecessor's correction this round: the slower of the two
-        # contractions (row a's predecessor is final: its own alone); nan (not finite) compares False below
+        # contractions (the window's first row: its own alone; row a becomes final whatever its rate); nan compares False below
         rate = np.concatenate([own[:1], np.fmax(own[1:], own[:-1])], axis=0) if w > 1 else own
         rate = np.where(np.isnan(own), np.nan, rate)
         expected = err * rate  # (w, S) next round's residual
