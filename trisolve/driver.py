@@ -856,11 +856,8 @@ def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.nd
 
 
 def _settle_state(shape: tuple[int, ...]) -> np.ndarray:
-    """The freeze rule's per-row state before any round, ``(*shape, 2)``: no error measured (``inf``), no passes.
-
-    float32 (8 bytes a row, as the pass count alone took before): the errors enter only as ratios against a fraction of
-    the threshold, and the passes are small integers."""
-    state = np.zeros((*shape, 2), dtype=np.float32)
+    """The freeze rule's per-row state before any round, ``(*shape, 2)``: no error measured (``inf``), no passes."""
+    state = np.zeros((*shape, 2))
     state[..., 0] = np.inf
     return state
 
