@@ -276,3 +276,31 @@ def test_guards_on_module_globals_are_skipped_and_on_arguments_kept():
         assert f(x.double(), k=2.0).dtype == torch.float64  # a new dtype: recompiled
     finally:
         tc.clear_cache()
+
+
+def test_the_freeze_rule_on_the_device_decides_as_the_host_rule():
+    """The fused round's freeze rule (``driver._freeze_ends_device``) against the host rule (``driver._freeze_ends``,
+    lockstep): the same end and the same new state, bitwise, on errors with nan, inf, zeros and values at the thresholds,
+    states never measured (inf), zero, nan and with pass streaks, every ``start``. (Compiled, inside the fused round: the
+    solve tests above, whose frozen rows and windows are the eager solve's.)"""
+    import array_api_compat.torch as xp
+
+    from trisolve.driver import FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends, _freeze_ends_device, _settle_state
+
+    rng = np.random.default_rng(5)
+    special = np.array([np.nan, np.inf, 0.0, 1.0, 1.0 + 1e-12, FREEZE_FRACTION, 0.5, 2.0, 1e-3, 1e-9])
+    checked = 0
+    for case in range(60):
+        w = (1, 2, 7)[case % 3]
+        err = rng.choice(special, w) if case % 2 else rng.uniform(0.0, 1.2, w) * rng.choice([1e-4, 1e-2, 1.0], w)
+        state = _settle_state((w,))
+        measured = rng.random(w) < 0.7
+        state[measured, 0] = rng.choice(np.array([0.0, np.nan, 1e-6, 0.01, 0.3, 1.0, 5.0]), int(measured.sum()))
+        state[:, 1] = rng.integers(0, FREEZE_PASSES + 1, w)
+        for start in range(1, w + 1):
+            end, new = _freeze_ends(err[:, None], state[:, None], np.zeros(1, dtype=np.int64), np.array([start]))
+            got_end, got = _freeze_ends_device(torch.from_numpy(err), torch.from_numpy(state), torch.tensor(start), xp=xp)
+            assert int(got_end) == int(end[0]), (err, state, start)
+            np.testing.assert_array_equal(got.numpy(), new[:, 0])
+            checked += 1
+    assert checked == 200  # 20 windows each of 1, 2 and 7 rows, every start
