@@ -908,7 +908,7 @@ def _contention(info: Any, call: Callable[[], Any], sync: Callable[[], None] | N
     at once (a tiny all-gather starts them together; the slowest rank counts). The ratio of each pair is taken
     and the median over the pairs kept, so that a burst of other work on a shared machine, which hits a pair's
     two halves alike, does not make the contention (the ratio of two timings taken seconds apart, with the
-    curve's, before) read 1.04 on one call and 1.28 on the next.
+    curve's, before) read 1.04 on one call and 1.28 on the next. One broadcast hands rank 0's median to every rank.
     """
     import torch
 
@@ -923,7 +923,7 @@ def _contention(info: Any, call: Callable[[], Any], sync: Callable[[], None] | N
         together = float(info.all_gather(mine, "timing the network on every rank at once").max())
         ratios.append(together / alone)
     ratio = torch.tensor([statistics.median(ratios) if info.rank == 0 else 0.0], dtype=torch.float64, device=info.device)
-    return max(1.0, float(info.all_gather(ratio, "timing the network on every rank at once")[0]))  # rank 0's, on every rank
+    return max(1.0, float(info.broadcast(ratio, "the contention rank 0 measured")[0]))  # rank 0's, on every rank
 
 
 #: :func:`_contention`: the side-by-side pairs (alone, together) whose median ratio is the contention.
