@@ -449,11 +449,11 @@ class _ThreadRanks:
     rank order, ``broadcast`` copies rank 0's into every rank's tensor (in place, as ``torch.distributed``'s). ``kinds[r]``
     lists rank r's collectives in order."""
 
-    def __init__(self, world=2, on_collective=None):
+    def __init__(self, world=2, on_collective=None, timeout=30):
         import threading
 
         self.world, self.slot = world, [None] * world
-        self.barrier = threading.Barrier(world, timeout=30)
+        self.barrier = threading.Barrier(world, timeout=timeout)  # a rank left waiting: BrokenBarrierError after ``timeout`` s
         self.kinds = [[] for _ in range(world)]
         self.on_collective = on_collective  # called by rank 0 between a collective's exchange and its return
 
@@ -540,3 +540,41 @@ def test_contention_on_two_ranks_is_rank_0s_median_on_both_and_the_collectives_m
     assert out[0] == out[1], out  # rank 0's value on every rank
     assert alone_calls[1] == 1  # rank 1's warm-up only: it never times the call alone
     assert 2.2 < out[0] < 3.6, out  # the slowest rank together (rank 1: 1.5 x 2 = 3x rank 0 alone)
+
+
+@pytest.mark.parametrize(
+    "failing, on_call, fault",
+    [(1, 2, RuntimeError("boom on rank 1")), (1, 1, RuntimeError("boom on rank 1")), (0, 2, RuntimeError("boom on rank 0")),
+     (1, 4, KeyboardInterrupt())],
+    ids=["rank1-together", "rank1-warm-up", "rank0-alone", "rank1-ctrl-c"],
+)  # fmt: skip
+def test_a_network_failing_on_one_rank_while_the_contention_is_timed_raises_on_every_rank(failing, on_call, fault):
+    """Review F5: the network raises on one rank only (its warm-up, its first call timed together, rank 0's call timed alone,
+    or a Ctrl-C in a later pair). Every rank learns it at the next collective: the failing rank raises its own exception,
+    the other a DistributedError naming the rank and the exception; both make the same collectives (no rank is left in one
+    until the group's timeout, here a 5 s barrier) and nothing is broadcast."""
+    import time
+
+    calls = [0, 0]
+
+    def call_for(rank):
+        def call():
+            calls[rank] += 1
+            if rank == failing and calls[rank] == on_call:
+                raise fault
+            time.sleep(0.001)
+
+        return call
+
+    group = _ThreadRanks(timeout=5)
+    start = time.perf_counter()
+    out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
+    assert time.perf_counter() - start < 4
+    other = 1 - failing
+    assert out == [None, None] and errors[failing] is fault
+    assert isinstance(errors[other], trisolve.DistributedError), errors
+    msg = str(errors[other])
+    assert f"rank(s) [{failing}]" in msg and f"rank {failing}: {type(fault).__name__}: {fault}" in msg, msg
+    assert "pass an int window=" in msg
+    assert calls[failing] == on_call  # no call after the failure
+    assert group.kinds[0] == group.kinds[1] and "broadcast" not in group.kinds[0]
