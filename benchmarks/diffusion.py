@@ -16,17 +16,27 @@ Methods. "ParaDiGMS" is the Picard map with a sliding window and Jacobi updates 
 tolerance (rtol = 0.1 or 0.01 times the posterior std, atol = 0); trisolve's freeze test also
 requires the one-step residual to pass, so this is a slightly stricter ParaDiGMS. "ParaTAA
 defaults" is TAA with one difference pair, lambda = 1e-3 (relative here), order T (DDIM) or 20,
-atol = rtol = 1e-3.
+atol = rtol = 1e-3. The samplers' default (``solver=None``: ``td.default_solver(mapping)``) is
+labelled with what it is for the setting's scheduler (:func:`default_label`): "TAA m=4, Picard
+(default)" for the deterministic loops, "TAA m=4, WeightedPicard (default)" for the loops that
+inject noise (DDPM, Euler ancestral); its early-stop and tol-1e-3 variants carry the same name.
 
 Scheduler settings ("Euler-25", "EulerA-25", "UniPC-20", "PNDM-50", ...): the same network sampled
 with another diffusers scheduler (built from the digits scheduler config with SD's spacing,
-``timestep_spacing="leading"``, ``steps_offset=1``), seeds 0-9, batch 1, the default method
-only (plus, for the k-diffusion schedulers, the same solve on the variance-preserving rows
-``mapping.scaled()``). The reference is the loop a Stable Diffusion pipeline runs (initial noise times
-``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator); the parallel solve
-maps the scheduler (``map_scheduler``), pre-draws its noise in the loop's order and feeds the
-network ``input_scale * x``, as ``sample_latents`` does. "evals / T" divides by the number of
-steps; PNDM's doubled first step makes it ``T + 1`` network evaluations sequentially.
+``timestep_spacing="leading"``, ``steps_offset=1``), seeds 0-9, batch 1. The default method is
+``sample_latents`` itself with its defaults (full window): for the k-diffusion schedulers it
+solves the variance-preserving rows ``mapping.scaled()``; those settings also run the default
+solver on the unscaled latent rows ("..., latent rows", :func:`parallel_latents`). The reference
+is the loop a Stable Diffusion pipeline runs (initial noise times ``init_noise_sigma``,
+``scale_model_input``, ``step`` with the generator); the parallel solves map the scheduler
+(``map_scheduler``), pre-draw its noise in the loop's order and feed the network ``input_scale *
+x``. "evals / T" divides by the number of steps; PNDM's doubled first step makes it ``T + 1``
+network evaluations sequentially.
+
+Records written before the labels were derived (results of 2026-11-27) say "TAA m=4, Picard
+(default)" for every setting, Picard being the default of that date; on the scheduler settings
+that record is the solve on the latent rows at atol = rtol = 5e-4 without the output-aware finish,
+and "TAA m=4, Picard, VP rows (mapping.scaled())" the same solve on the scaled rows.
 """
 
 from __future__ import annotations
@@ -76,14 +86,19 @@ def make_scheduler(setting: str, steps: int):
     return sched
 
 
+def _initial_latents(unet, sched, seed: int, batch: int):
+    """The SD loop's initial noise and the generator it continues with (the step noise comes next)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    gen = torch.Generator().manual_seed(seed)
+    return randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma, gen
+
+
 def sequential_latents(unet, sched, seed: int, batch: int) -> torch.Tensor:
     """The Stable Diffusion pipeline's loop on an unconditional network."""
     import inspect
 
-    from diffusers.utils.torch_utils import randn_tensor
-
-    gen = torch.Generator().manual_seed(seed)
-    x = randn_tensor((batch, 1, 16, 16), generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    x, gen = _initial_latents(unet, sched, seed, batch)
     kw = {"generator": gen} if "generator" in inspect.signature(sched.step).parameters else {}
     with torch.no_grad():
         for t in sched.timesteps:
@@ -92,23 +107,22 @@ def sequential_latents(unet, sched, seed: int, batch: int) -> torch.Tensor:
     return x
 
 
-def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool = False):
-    """The same loop solved in parallel rounds with the default solver and tolerance of ``sample``.
+def default_latents(unet, sched, seed: int, batch: int, callback) -> trisolve.Solution:
+    """The same loop solved by ``sample_latents`` with its defaults (the full window: rounds independent of timings)."""
+    x0, gen = _initial_latents(unet, sched, seed, batch)
+    _, sol = td.sample_latents(td.UNetDenoiser(unet), sched, x0, generator=gen, window=trisolve.FullWindow(), callback=callback,
+                               progress=False)  # fmt: skip
+    return sol
 
-    ``scaled``: solve for the variance-preserving rows ``y = row_scale * x`` (``mapping.scaled()``);
-    the callback and the returned trajectory are then in ``y`` units, the final latents ``y_n / row_scale[n]``.
-    """
-    from diffusers.utils.torch_utils import randn_tensor
 
+def parallel_latents(unet, sched, seed: int, batch: int, callback):
+    """The same loop solved in parallel rounds on the latent rows (unscaled) with the default solver of the mapping
+    and ``sample``'s default tolerance (atol = rtol = 5e-4, no output-aware finish)."""
     from trisolve_diffusion.sampler import draw_noise
 
-    gen = torch.Generator().manual_seed(seed)
-    shape = (batch, 1, 16, 16)
-    x0 = randn_tensor(shape, generator=gen, dtype=unet.dtype) * sched.init_noise_sigma
+    x0, gen = _initial_latents(unet, sched, seed, batch)
+    shape = tuple(x0.shape)
     mapping = td.map_scheduler(sched)
-    if scaled:
-        x0 = x0 * float(mapping.row_scale[0])
-        mapping = mapping.scaled()
     noise = draw_noise(mapping, shape, gen, x0.device, unet.dtype, torch.float32)
     denoiser = td.UNetDenoiser(unet)
     ts = torch.as_tensor(mapping.timesteps).to(sched.timesteps.dtype)  # (n,) as sample_latents passes them
@@ -124,25 +138,33 @@ def parallel_latents(unet, sched, seed: int, batch: int, callback, scaled: bool 
         return trisolve.solve(system, solver, x0, update_map=update_map, **DEFAULT_TOLERANCE.as_kwargs(), callback=callback)
 
 
+def default_label(mapping) -> str:
+    """What the samplers' default runs on ``mapping`` (``td.default_solver(mapping)``), as a method label: ``"TAA m=4, Picard"``."""
+    solver, update_map = td.default_solver(mapping)
+    name = "TAA" if isinstance(solver, trisolve.TriangularAnderson) else type(solver).__name__
+    return f"{name} m={solver.history_size}, {type(update_map).__name__}"
+
+
 def run_scheduler_setting(setting: str, seeds, records):
     from trisolve_diffusion.models import load_digits_unet
 
     unet = load_digits_unet()
     steps = int(setting.rsplit("-", 1)[1])
-    variants = [("TAA m=4, Picard (default)", False)]
-    if td.map_scheduler(make_scheduler(setting, steps)).row_scale is not None:
-        variants.append(("TAA m=4, Picard, VP rows (mapping.scaled())", True))
-    for seed, (method, scaled) in [(seed, v) for seed in seeds for v in variants]:
+    mapping = td.map_scheduler(make_scheduler(setting, steps))
+    # the default: sample_latents, on the rows it solves (mapping.scaled(): the mapping itself without a row_scale)
+    variants = [(f"{default_label(mapping.scaled())} (default)", default_latents)]
+    if mapping.row_scale is not None:
+        variants.append((f"{default_label(mapping)}, latent rows", parallel_latents))
+    for seed, (method, solve) in [(seed, v) for seed in seeds for v in variants]:
         ref = to_images(sequential_latents(unet, make_scheduler(setting, steps), seed, 1))
         sched = make_scheduler(setting, steps)
-        c_n = float(td.map_scheduler(sched).row_scale[-1]) if scaled else 1.0
         finals = []
         start = time.perf_counter()
-        sol = parallel_latents(unet, sched, seed, 1, lambda info: finals.append(info.trajectory[-1].clone() / c_n) and False, scaled)
+        sol = solve(unet, sched, seed, 1, lambda info: finals.append(info.trajectory[-1].clone()) and False)  # latents
         wall = time.perf_counter() - start
         curve = [worst_psnr(to_images(f), ref) for f in finals]
         first = lambda db, curve=curve: next((i + 1 for i, v in enumerate(curve) if v >= db), None)
-        images = to_images(sol.trajectory[-1] / c_n)
+        images = to_images(sol.trajectory[-1])
         records.append(
             dict(
                 setting=setting, steps=steps, batch=1, seed=seed, method=method, rounds=sol.num_rounds,
@@ -158,11 +180,15 @@ def run_scheduler_setting(setting: str, seeds, records):
         )
 
 
-#: Methods also run at batch 4 (batch 1 runs all of them).
-BATCH4 = {"Jacobi k=T", "ParaDiGMS tol 0.1, W=all", "ParaTAA defaults", "TAA m=4, Picard (default)", "TAA m=4, Picard, tol 1e-3"}
+#: Methods also run at batch 4 (batch 1 runs all of them); ``{default}``: :func:`default_label` of the setting.
+BATCH4 = {"Jacobi k=T", "ParaDiGMS tol 0.1, W=all", "ParaTAA defaults", "{default} (default)", "{default}, tol 1e-3"}
+#: Methods of ``--quick``.
+QUICK = {"Jacobi k=T", "ParaTAA defaults", "{default} (default)"}
 
 
-def methods(T: int, quick: bool, batch: int = 1):
+def methods(T: int, quick: bool, batch: int, default: str):
+    """``(label, sample() keywords)`` of the methods run on a setting of ``T`` steps; ``default``: :func:`default_label` of its
+    scheduler (the label of the samplers' default and of its variants, which run ``solver=None`` too)."""
     taa_order = T if T <= 50 else 20
     out = [
         ("Jacobi k=1", dict(solver=trisolve.Jacobi(), update_map=trisolve.OneStep())),
@@ -183,15 +209,13 @@ def methods(T: int, quick: bool, batch: int = 1):
         ("Anderson m=2, k=T", dict(solver=trisolve.Anderson(history_size=2), update_map=trisolve.Unrolled())),
         ("TAA m=2, k=T", dict(solver=trisolve.TriangularAnderson(history_size=2), update_map=trisolve.Unrolled())),
         ("TAA m=2, Picard", dict(solver=trisolve.TriangularAnderson(history_size=2), update_map=trisolve.Picard())),
-        ("TAA m=4, Picard (default)", dict()),
-        ("TAA m=4, Picard, early stop", dict(early_stop=1.0)),
-        ("TAA m=4, Picard, tol 1e-3", dict(atol=1e-3, rtol=1e-3)),
+        (f"{default} (default)", dict()),
+        (f"{default}, early stop", dict(early_stop=1.0)),
+        (f"{default}, tol 1e-3", dict(atol=1e-3, rtol=1e-3)),
     ]
-    if quick:
-        keep = {"Jacobi k=T", "ParaTAA defaults", "TAA m=4, Picard (default)"}
-        out = [m for m in out if m[0] in keep]
-    elif batch > 1:
-        out = [m for m in out if m[0] in BATCH4]
+    keep = QUICK if quick else BATCH4 if batch > 1 else None
+    if keep is not None:
+        out = [m for m in out if m[0] in {k.format(default=default) for k in keep}]
     return out
 
 
@@ -246,10 +270,12 @@ def main(argv=None):
             continue
         pipe, steps = pipeline(setting)
         pipe.set_progress_bar_config(disable=True)
+        pipe.scheduler.set_timesteps(steps)
+        default = default_label(td.map_scheduler(pipe.scheduler))
         for batch in batches:
             for seed in seeds:
                 ref = pipe(batch_size=batch, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="np").images
-                for name, opts in methods(steps, args.quick, batch):
+                for name, opts in methods(steps, args.quick, batch, default):
                     out, finals, wall = run_one(pipe, steps, seed, batch, opts)
                     sol = out.solution
                     curve = [worst_psnr(to_images(f), ref) for f in finals]

@@ -26,8 +26,8 @@ times ``init_noise_sigma``, ``scale_model_input``, ``step`` with the generator);
 model ``pipe(...)`` itself. Parallel: :func:`trisolve_diffusion.sample_latents` with the options
 ``sample(pipe, ...)`` uses on a pixel-space pipeline (default ``SolveOptions``, ``final_row_atol``
 resolved for pixel space), and ``sample(pipe, ...)`` for the flow model; the window is the full
-one (``trisolve.FullWindow()``) rather than the timed automatic choice, so that the rounds do not
-depend on the machine's load. Per run: rounds, network
+one (``trisolve.FullWindow()``, :func:`run`'s default) rather than the timed automatic choice, so that
+the rounds do not depend on the machine's load. Per run: rounds, network
 evaluations per step, status and the worst PSNR of the batch from the sequential images (pixels
 in [0, 1]). Rounds, evaluations and PSNR do not depend on the machine. Batch rows also give the
 rounds each sample took (per-sample rounds, the default: ``Solution.sample_rounds``) and the
@@ -143,8 +143,17 @@ def parallel(unet, sched, seed: int, batch: int, options: dict):
 
 
 def run(settings: dict, seeds: list[int], options: dict) -> list[dict]:
+    """One record per setting and seed: the sequential loop, then the parallel sampler with ``options``.
+
+    ``options``: :func:`trisolve_diffusion.sample_latents` keywords (:func:`trisolve_diffusion.sample`'s for the flow
+    model). The window is the full one (``trisolve.FullWindow()``) unless ``options`` names another: a rounds table must
+    not depend on the machine's load, and the samplers' default window (``"auto"``) is chosen from timings: DDIM-50, seed
+    0, through this function on the 2-core CPU under a load average of 2.5, took 7 rounds with the full window and 50
+    with ``"auto"``, which chose forward substitution there. ``window="auto"`` measures the automatic choice itself.
+    """
     from trisolve_diffusion.models import load_digits_flow_pipeline, load_digits_unet
 
+    options = {"window": trisolve.FullWindow(), **options}
     unet, flow = load_digits_unet(), None
     records = []
     for setting, (kind, steps, batch, target) in settings.items():
@@ -330,7 +339,7 @@ def run_trace(settings: dict, seeds: list[int]) -> list[dict]:
             stop = replay[f"{driver.PENDING_RATE_FLOOR:.3g}"]  # the default finish's round: its estimate against the image's error
             final, final_before = seen[2 * (stop - first - 1) + 1]
             estimate = float(np.max(driver._pending_error(final, *final_before)))
-            (default,) = run({setting: settings[setting]}, [seed], dict(progress=False, window=trisolve.FullWindow()))  # the solve itself
+            (default,) = run({setting: settings[setting]}, [seed], dict(progress=False))  # the solve itself (the full window)
             error = 2 * 10 ** (-psnrs[stop - 1] / 20)  # the returned image's RMS error, in [-1, 1] units like the estimate
             records.append(dict(setting=setting, seed=seed, target=target, psnr_db=psnrs, first_45db=ok45, default_rounds=default["rounds"],
                                 error_over_estimate=error / estimate if 0 < estimate < np.inf else None,
@@ -516,7 +525,7 @@ def main(argv=None):
         return 0
     seeds = [0] if args.quick else parse_seeds(args.seeds)
     settings = QUICK if args.quick else {k: SETTINGS[k] for k in (args.settings or SETTINGS)}
-    options = dict(progress=False, window=trisolve.FullWindow())
+    options = dict(progress=False)  # the full window unless --window (run()'s default)
     variant = ""
     if args.history is not None:
         options["solver"] = trisolve.TriangularAnderson(history_size=args.history)

@@ -219,6 +219,27 @@ def main(out: Path) -> None:
     finally:
         pipe.unet.forward = forward
 
+    # 3f2. rank 1's network fails while every rank times it at once (the contention, review F5; a new policy: nothing cached):
+    # rank 1 raises its own error at once, rank 0 learns it at the next collective, none waits for the group's timeout
+    rank1_calls = []
+
+    def rank1_fails_timed(*a, **k):  # rank 1 calls the network first in the contention: its warm-up, then a call timed together
+        rank1_calls.append(True)
+        if rank == 1 and len(rank1_calls) == 2:
+            raise RuntimeError("rank 1's network failed while timed together")
+        return forward(*a, **k)
+
+    pipe.unet.forward = rank1_fails_timed
+    start = time.perf_counter()
+    try:
+        td.sample(pipe, batch_size=1, num_inference_steps=6, generator=torch.manual_seed(2), output_type="np", distributed=True,
+                  window=td.AutoWindow(pipe.unet))  # fmt: skip
+        record("contention_failure", raised=None)
+    except (td.ParallelSamplingError, trisolve.DistributedError) as exc:
+        record("contention_failure", raised=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - start)
+    finally:
+        pipe.unet.forward = forward
+
     # 3g. a k-diffusion sampler without extra_args: every model call's batch split over the ranks (window 1: the samples)
     from trisolve_diffusion import k_diffusion as kd
 

@@ -168,12 +168,17 @@ def test_multi_gpu_model_plans_data_parallel_where_a_step_saturates_a_gpu(tmp_pa
 
 
 # -- benchmark paths the parametrised smoke test above does not reach: one tiny setting each ---------
-def test_diffusion_scheduler_path_runs_at_smoke_size(tmp_path, monkeypatch):
-    """``diffusion.py --settings Euler-4``: the scheduler path (Euler, UniPC, PNDM rows), with and without ``mapping.scaled()``."""
-    run_benchmark("diffusion", ["--quick", "--settings", "Euler-4"], tmp_path, monkeypatch)
+def test_diffusion_scheduler_and_noisy_paths_run_at_smoke_size(tmp_path, monkeypatch):
+    """``diffusion.py --settings Euler-4 EulerA-4 DDPM-4``: the scheduler path (Euler, UniPC, PNDM rows: ``sample_latents``'
+    default on the scaled rows, and the default solver on the latent rows), and a loop that injects noise on each path,
+    whose default method is labelled with the map it runs (WeightedPicard, ``td.default_solver``), not Picard."""
+    run_benchmark("diffusion", ["--quick", "--settings", "Euler-4", "EulerA-4", "DDPM-4"], tmp_path, monkeypatch)
     recs = json.loads((tmp_path / "diffusion_quick.json").read_text())["records"]
-    assert {r["method"] for r in recs} == {"TAA m=4, Picard (default)", "TAA m=4, Picard, VP rows (mapping.scaled())"}
-    assert all(r["setting"] == "Euler-4" and r["rounds"] <= 4 and r["final_psnr"] >= 40 for r in recs)
+    methods = {s: {r["method"] for r in recs if r["setting"] == s} for s in ("Euler-4", "EulerA-4", "DDPM-4")}
+    assert methods["Euler-4"] == {"TAA m=4, Picard (default)", "TAA m=4, Picard, latent rows"}
+    assert methods["EulerA-4"] == {"TAA m=4, WeightedPicard (default)", "TAA m=4, WeightedPicard, latent rows"}
+    assert methods["DDPM-4"] == {"Jacobi k=T", "ParaTAA defaults", "TAA m=4, WeightedPicard (default)"}
+    assert all(r["rounds"] <= r["steps"] == 4 and r["final_psnr"] >= 40 for r in recs)
 
 
 def test_flow_sweep_runs_at_smoke_size(tmp_path, monkeypatch):

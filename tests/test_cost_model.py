@@ -361,6 +361,9 @@ def test_contention_is_the_median_of_side_by_side_pairs_and_ignores_a_burst():
         def all_gather(self, t, what):
             return t
 
+        def broadcast(self, t, what):
+            return t
+
     calls = []
 
     def call():  # warm-up, then (alone, together) pairs; pair 2 falls in a burst
@@ -441,35 +444,87 @@ def test_measure_row_by_row_is_per_step_and_cached(monkeypatch):
     assert cm.measure_row_by_row(run_rows, key="k", model=model, cache=cache) == pytest.approx(0.001) and len(runs) == 4
 
 
+class _ThreadRanks:
+    """Two ranks as threads sharing a fake group: every collective is a barrier; ``all_gather`` returns every rank's tensor in
+    rank order, ``broadcast`` copies rank 0's into every rank's tensor (in place, as ``torch.distributed``'s). ``kinds[r]``
+    lists rank r's collectives in order."""
+
+    def __init__(self, world=2, on_collective=None, timeout=30):
+        import threading
+
+        self.world, self.slot = world, [None] * world
+        self.barrier = threading.Barrier(world, timeout=timeout)  # a rank left waiting: BrokenBarrierError after ``timeout`` s
+        self.kinds = [[] for _ in range(world)]
+        self.on_collective = on_collective  # called by rank 0 between a collective's exchange and its return
+
+    def rank(self, r):
+        group = self
+
+        class Rank:
+            rank, world, device = r, group.world, torch.device("cpu")
+
+            def _exchange(self, kind, t):
+                group.kinds[r].append(kind)
+                group.slot[r] = t.clone()
+                group.barrier.wait()
+                out = torch.cat(list(group.slot)) if kind == "all_gather" else group.slot[0].clone()
+                group.barrier.wait()
+                if r == 0 and group.on_collective is not None:
+                    group.on_collective(group.kinds[0])
+                group.barrier.wait()
+                return out
+
+            def all_gather(self, t, what):
+                return self._exchange("all_gather", t)
+
+            def broadcast(self, t, what):
+                return t.copy_(self._exchange("broadcast", t))
+
+            def all_gather_text(self, text):
+                data = torch.tensor(list(text.encode()), dtype=torch.uint8)
+                size = self.all_gather(torch.tensor([data.numel()]), "an error report")
+                buf = torch.zeros(int(size.max()), dtype=torch.uint8)
+                buf[: data.numel()] = data
+                allb = self.all_gather(buf, "an error report").reshape(group.world, -1)
+                return [bytes(allb[k, : int(size[k])].tolist()).decode() for k in range(group.world)]
+
+        return Rank()
+
+    def run(self, fn):
+        """``fn(rank_info)`` on every rank at once: (results, exceptions) per rank."""
+        import threading
+
+        out, errors = [None] * self.world, [None] * self.world
+
+        def body(r):
+            try:
+                out[r] = fn(self.rank(r))
+            except BaseException as exc:  # reported per rank
+                errors[r] = exc
+
+        threads = [threading.Thread(target=body, args=(r,)) for r in range(self.world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a rank hung in a collective"
+        return out, errors
+
+
 def test_contention_on_two_ranks_is_rank_0s_median_on_both_and_the_collectives_match():
-    """Review of 1143172, with two ranks as threads sharing a fake all-gather (a barrier per collective): rank 1 returns
-    rank 0's median ratio, not its own; both ranks make the same number of collectives (2 a pair and 1 to share the
-    result); rank 1 never times the call alone. The network is twice as slow together on both ranks."""
+    """Review of 1143172, with two ranks as threads sharing a fake group (a barrier per collective): rank 1 returns
+    rank 0's median ratio, not its own, through one broadcast; both ranks make the same collectives (2 all-gathers a
+    pair, then the broadcast); rank 1 never times the call alone. The network is twice as slow together on both ranks."""
     import threading
     import time
 
-    world, slot = 2, [None, None]
-    barrier = threading.Barrier(world, timeout=30)
-    collectives = [0, 0]
-    alone_calls = [0, 0]
     together = threading.Event()  # set while both ranks run the call at once (between the two collectives of a pair)
+    alone_calls = [0, 0]
 
-    class Rank:
-        world, device = 2, torch.device("cpu")
+    def toggle(kinds):  # after a pair's first all-gather every rank runs together; after its second, alone
+        together.set() if kinds[-1] == "all_gather" and len(kinds) % 2 == 1 else together.clear()
 
-        def __init__(self, rank):
-            self.rank = rank
-
-        def all_gather(self, t, what):
-            collectives[self.rank] += 1
-            slot[self.rank] = t.clone()
-            barrier.wait()
-            out = torch.cat(list(slot))
-            barrier.wait()
-            if self.rank == 0:  # after a pair's first collective every rank runs together; after its second, alone
-                together.set() if collectives[0] % 2 == 1 and collectives[0] < 2 * cm.CONTENTION_PAIRS else together.clear()
-            barrier.wait()
-            return out
+    group = _ThreadRanks(on_collective=toggle)
 
     def call_for(rank):
         def call():
@@ -479,21 +534,47 @@ def test_contention_on_two_ranks_is_rank_0s_median_on_both_and_the_collectives_m
 
         return call
 
-    out, errors = [None, None], []
-
-    def run(rank):
-        try:
-            out[rank] = cm._contention(Rank(rank), call_for(rank), None)
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert collectives == [2 * cm.CONTENTION_PAIRS + 1] * 2
+    out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
+    assert errors == [None, None], errors
+    assert group.kinds == [["all_gather"] * (2 * cm.CONTENTION_PAIRS) + ["broadcast"]] * 2
     assert out[0] == out[1], out  # rank 0's value on every rank
     assert alone_calls[1] == 1  # rank 1's warm-up only: it never times the call alone
     assert 2.2 < out[0] < 3.6, out  # the slowest rank together (rank 1: 1.5 x 2 = 3x rank 0 alone)
+
+
+@pytest.mark.parametrize(
+    "failing, on_call, fault",
+    [(1, 2, RuntimeError("boom on rank 1")), (1, 1, RuntimeError("boom on rank 1")), (0, 2, RuntimeError("boom on rank 0")),
+     (1, 4, KeyboardInterrupt())],
+    ids=["rank1-together", "rank1-warm-up", "rank0-alone", "rank1-ctrl-c"],
+)  # fmt: skip
+def test_a_network_failing_on_one_rank_while_the_contention_is_timed_raises_on_every_rank(failing, on_call, fault):
+    """Review F5: the network raises on one rank only (its warm-up, its first call timed together, rank 0's call timed alone,
+    or a Ctrl-C in a later pair). Every rank learns it at the next collective: the failing rank raises its own exception,
+    the other a DistributedError naming the rank and the exception; both make the same collectives (no rank is left in one
+    until the group's timeout, here a 5 s barrier) and nothing is broadcast."""
+    import time
+
+    calls = [0, 0]
+
+    def call_for(rank):
+        def call():
+            calls[rank] += 1
+            if rank == failing and calls[rank] == on_call:
+                raise fault
+            time.sleep(0.001)
+
+        return call
+
+    group = _ThreadRanks(timeout=5)
+    start = time.perf_counter()
+    out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
+    assert time.perf_counter() - start < 4
+    other = 1 - failing
+    assert out == [None, None] and errors[failing] is fault
+    assert isinstance(errors[other], trisolve.DistributedError), errors
+    msg = str(errors[other])
+    assert f"rank(s) [{failing}]" in msg and f"rank {failing}: {type(fault).__name__}: {fault}" in msg, msg
+    assert "pass an int window=" in msg
+    assert calls[failing] == on_call  # no call after the failure
+    assert group.kinds[0] == group.kinds[1] and "broadcast" not in group.kinds[0]

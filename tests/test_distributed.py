@@ -244,6 +244,16 @@ def test_a_network_failing_while_rank_0_measures_the_plan_raises_on_every_rank(r
     assert f1["seconds"] < 60  # told by rank 0's broadcast, not after a collective's timeout
 
 
+def test_a_network_failing_on_one_rank_while_the_ranks_time_it_together_raises_on_every_rank(ranks):
+    """Review F5: rank 1's network raises in the contention's timing; rank 0 learns it at the next collective."""
+    _, read = ranks
+    f0, f1 = read("contention_failure", 0), read("contention_failure", 1)
+    assert f1["raised"].startswith("ParallelSamplingError") and "while timed together" in f1["raised"], f1
+    assert f0["raised"].startswith("DistributedError") and "rank(s) [1]" in f0["raised"], f0
+    assert "rank 1's network failed while timed together" in f0["raised"], f0  # the failing rank's exception, named
+    assert f0["seconds"] < 60  # told at the next collective, not after the group's 120 s timeout
+
+
 def test_guidance_halves_on_two_ranks_give_the_single_process_sample(ranks):
     import trisolve_diffusion as td
     from trisolve_diffusion.models.tiny_sd import build_tiny_stable_diffusion

@@ -12,6 +12,18 @@ def _run(name, argv, tmp_path, monkeypatch):
     return json.loads((tmp_path / f"{name}_quick.json").read_text()), (tmp_path / f"{name}_quick.md").read_text()
 
 
+def _rounds_module(monkeypatch):
+    """``benchmarks/rounds.py`` imported afresh (its folder on the path for this test)."""
+    import importlib
+    import sys
+
+    from benchrun import BENCH
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("rounds", None)
+    return importlib.import_module("rounds")
+
+
 def test_rounds_benchmark_runs_a_ddpm_a_k_diffusion_and_a_flow_loop(tmp_path, monkeypatch):
     payload, table = _run("rounds", ["--quick"], tmp_path, monkeypatch)
     recs = payload["records"]
@@ -36,16 +48,36 @@ def test_rounds_benchmark_sweeps_say_what_they_change(tmp_path, monkeypatch):
     assert all(r["sample_rounds"] == [r["rounds"]] for r in payload["records"])  # batch 1: the one sample's rounds
 
 
+def test_rounds_run_uses_the_full_window_unless_asked_for_another(monkeypatch):
+    """``rounds.run()``: rounds tables must not depend on the machine's load, so without ``window`` every solve (the
+    scheduler loops' ``sample_latents`` and the flow model's ``sample``) gets the full window, not the timed default;
+    ``window="auto"`` (or any window) is passed on as given."""
+    import trisolve
+
+    rounds = _rounds_module(monkeypatch)
+    seen = []
+
+    def spy(real):
+        def call(*args, **kw):
+            seen.append(kw.get("window"))
+            return real(*args, **kw)
+
+        return call
+
+    monkeypatch.setattr(rounds.td, "sample_latents", spy(rounds.td.sample_latents))
+    monkeypatch.setattr(rounds.td, "sample", spy(rounds.td.sample))
+    settings = {"DDIM-4": ("ddim", 4, 1, None), "FlowEuler-4": ("flow", 4, 1, None)}
+    recs = rounds.run(settings, [0], dict(progress=False))
+    assert len(seen) == 2 and all(isinstance(w, trisolve.FullWindow) for w in seen), seen
+    assert all(r["psnr_db"] >= 40 and r["rounds"] <= r["steps"] for r in recs)
+    seen.clear()
+    rounds.run(settings, [0], dict(progress=False, window="auto"))
+    assert seen == ["auto", "auto"]
+
+
 def test_rounds_benchmark_names_each_setting_apart(monkeypatch):
     """Result files are named by the settings' slugs: a batch-4 setting's never collides with the batch-1 one's."""
-    import importlib
-    import sys
-
-    from benchrun import BENCH
-
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("rounds", None)
-    rounds = importlib.import_module("rounds")
+    rounds = _rounds_module(monkeypatch)
     slugs = [rounds.slug(s) for s in rounds.SETTINGS]
     assert len(set(slugs)) == len(slugs)
     assert rounds.slug("DDIM-50") == "ddim-50" and rounds.slug("DDIM-50, batch 4") == "ddim-50-batch4"

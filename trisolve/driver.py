@@ -871,7 +871,6 @@ def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.nd
         # the row's next residual follows its predecessor's correction this round: the slower of the two
         # contractions (the window's first row: its own alone; row a becomes final whatever its rate); nan compares False below
         rate = np.concatenate([own[:1], np.fmax(own[1:], own[:-1])], axis=0) if w > 1 else own
-        rate = np.where(np.isnan(own), np.nan, rate)
         expected = err * rate  # (w, S) next round's residual
     passes = np.where(plain & (err <= 1.0), streak + 1, 0)  # nan compares False: no pass
     settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)  # nan compares False: not settled

@@ -651,7 +651,9 @@ def auto_window(
         ranks. Rank 0 alone measures ``t`` and ``o`` (on its device, with this process's network)
         and broadcasts them; every rank times the all-gather together (the slowest rank's time
         counts), so every rank builds the same :class:`CostModel` and reaches the same plan.
-        Call it on every rank of the group.
+        Call it on every rank of the group. A network that raises on a rank while it is timed
+        (rank 0's measurement, or any rank's in the contention) raises there, and every other rank
+        raises :class:`trisolve.DistributedError` at the next collective.
     run_rounds : callable, optional
         ``run_rounds(w, k) -> rounds``: the solve with a free stand-in network
         (:func:`measure_overhead`); ``None``: no overhead term.
@@ -908,22 +910,59 @@ def _contention(info: Any, call: Callable[[], Any], sync: Callable[[], None] | N
     at once (a tiny all-gather starts them together; the slowest rank counts). The ratio of each pair is taken
     and the median over the pairs kept, so that a burst of other work on a shared machine, which hits a pair's
     two halves alike, does not make the contention (the ratio of two timings taken seconds apart, with the
-    curve's, before) read 1.04 on one call and 1.28 on the next.
+    curve's, before) read 1.04 on one call and 1.28 on the next. One broadcast hands rank 0's median to every rank.
+
+    A rank whose ``call()`` raises (or is interrupted) makes no more calls and says so in the flag every all-gather
+    carries; at that collective every rank learns it, the ranks exchange the failures as text
+    (:meth:`~trisolve.distributed.GroupInfo.all_gather_text`), and the failing rank raises its own exception while
+    the others raise :class:`trisolve.DistributedError` naming it and its exception, instead of waiting in the next
+    collective until the group's timeout.
     """
     import torch
 
     sync = sync or (lambda: None)
-    start = torch.zeros(1, dtype=torch.float64, device=info.device)
-    call()  # warm-up
+    failed: list[BaseException] = []  # this rank's exception, told to the others at the next collective
+
+    def timed() -> float:
+        if failed:
+            return math.nan
+        try:
+            return _timed(call, sync=sync)[0]
+        except BaseException as exc:  # the network, or Ctrl-C: told to every rank below, then raised here
+            failed.append(exc)
+            return math.nan
+
+    def gather(values: list[float]) -> torch.Tensor:  # (world, len(values)): one all-gather, ``values`` and this rank's flag
+        mine = torch.tensor([*values, 0.0 if failed else 1.0], dtype=torch.float64, device=info.device)
+        every = info.all_gather(mine, "timing the network on every rank at once").reshape(info.world, -1).cpu()
+        if not bool(every[:, -1].all()):
+            _raise_contention_failure(info, [r for r in range(info.world) if not every[r, -1]], failed)
+        return every[:, :-1]
+
+    timed()  # warm-up
     ratios = []
     for _ in range(CONTENTION_PAIRS):
-        alone = _timed(call, sync=sync)[0] if info.rank == 0 else math.nan
-        info.all_gather(start, "timing the network on every rank at once")  # the others wait here while rank 0 runs alone
-        mine = torch.tensor([_timed(call, sync=sync)[0]], dtype=torch.float64, device=info.device)
-        together = float(info.all_gather(mine, "timing the network on every rank at once").max())
+        alone = timed() if info.rank == 0 else math.nan
+        gather([])  # the others wait here while rank 0 runs alone
+        together = float(gather([timed()]).max())
         ratios.append(together / alone)
     ratio = torch.tensor([statistics.median(ratios) if info.rank == 0 else 0.0], dtype=torch.float64, device=info.device)
-    return max(1.0, float(info.all_gather(ratio, "timing the network on every rank at once")[0]))  # rank 0's, on every rank
+    return max(1.0, float(info.broadcast(ratio, "the contention rank 0 measured")[0]))  # rank 0's, on every rank
+
+
+def _raise_contention_failure(info: Any, bad: list[int], failed: list[BaseException]) -> None:
+    """Raise on every rank once ranks ``bad`` said their network failed in :func:`_contention`: the failing ranks their own
+    exception, the others :class:`trisolve.DistributedError` naming each failing rank and its exception (gathered as text)."""
+    from trisolve.distributed import DistributedError
+
+    texts = info.all_gather_text(f"{type(failed[0]).__name__}: {failed[0]}" if failed else "")
+    if failed:  # the others are told: this rank raises what its network raised
+        raise failed[0]
+    lines = "; ".join(f"rank {r}: {texts[r]}" for r in bad)
+    raise DistributedError(
+        f"the network raised on rank(s) {bad} while every rank timed it for the automatic plan (its error is raised there): "
+        f"{lines}; pass an int window= to skip the measurement, once the cause is fixed."
+    )
 
 
 #: :func:`_contention`: the side-by-side pairs (alone, together) whose median ratio is the contention.
