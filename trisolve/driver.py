@@ -903,7 +903,6 @@ def _freeze_ends_device(err: Any, state: Any, start: Any, *, xp: Any) -> tuple[A
         rate = xp.concat([own[:1], slower], axis=0)
     else:
         rate = own
-    rate = xp.where(xp.isnan(own), math.nan, rate)
     expected = err * rate
     passes = xp.where(plain & (err <= 1.0), streak + 1.0, 0.0)
     settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)
