@@ -270,6 +270,9 @@ def solve(
     tests -- and builds no array from host data; a per-sample round (``per_sample``) reads its
     errors per row and sample in that same one read, and sends its small ``(w, S)`` masks of
     which pairs are active and written to the device (two or three host-built arrays a round).
+    A compiled solve keeps the freeze rule's per-row state on the device; a round whose rule
+    runs on the host (unfused: the first round under ``gradients=None``, or after a second read)
+    reads the window's state and writes it back, ``(w, 2)`` float64 each way.
 
     Examples
     --------
