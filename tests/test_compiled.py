@@ -31,9 +31,12 @@ def _same_solve(a: trisolve.Solution, b: trisolve.Solution, rtol: float = 1e-5) 
     assert (a.status, a.num_rounds, a.num_evals, a.num_frozen) == (b.status, b.num_rounds, b.num_evals, b.num_frozen)
     assert a.windows == b.windows
     assert a.stats == b.stats  # restarts, rejections, rows whose coefficients fell back
-    assert len(a.round_errors) == len(b.round_errors)
-    for ea, eb in zip(a.round_errors, b.round_errors):  # every round's per-row scaled residuals
-        np.testing.assert_allclose(eb, ea, rtol=rtol, atol=1e-9)
+    if a.round_errors is None:  # a sampler's solve records the summary: every round's largest scaled residual
+        np.testing.assert_allclose(b.round_max_errors, a.round_max_errors, rtol=rtol, atol=1e-9)
+    else:
+        assert len(a.round_errors) == len(b.round_errors)
+        for ea, eb in zip(a.round_errors, b.round_errors):  # every round's per-row scaled residuals
+            np.testing.assert_allclose(eb, ea, rtol=rtol, atol=1e-9)
     torch.testing.assert_close(b.trajectory, a.trajectory, rtol=rtol, atol=1e-6)
 
 
@@ -165,6 +168,35 @@ def test_compiled_sampler_equals_the_eager_sampler(smoke):
     np.testing.assert_allclose(out[True].images, out[False].images, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # its compiles: a sliding window's overlaps with the previous round take several shapes
+def test_compiled_multistep_sampler_in_a_sliding_window(monkeypatch):
+    """``sample_latents(..., compile=True)`` with the real DPM++(2M) mapping (diffusers' ``DPMSolverMultistepScheduler``: a band
+    of two), TAA on Picard in a sliding window of 3 (its fixed length, then the shrinking last rounds): the eager sample and
+    records, and the fused call's rows written in the accelerated rounds. A closed-form denoiser keeps the network free; few
+    steps and rows keep the compiled shapes few, and a map of order 2 gives the test its own compiled functions (on the
+    smoke's, TAA on Picard of any order, its new shapes recompiled them at twice the cost)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from trisolve_diffusion.models.closed_form import GaussianMixtureDenoiser
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=200)
+    sched.set_timesteps(6)
+    g = torch.Generator().manual_seed(0)
+    model = GaussianMixtureDenoiser(torch.rand(6, 2, 4, 4, generator=g) * 2 - 1, sched.alphas_cumprod, std=0.05)
+    latents = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for compile in (False, True):
+        taken = _fused_rounds(monkeypatch) if compile else None
+        out[compile] = td.sample_latents(lambda x, t: model(x, t).sample, sched, latents, solver=TAA, update_map=trisolve.Picard(order=2),
+                                         window=3, atol=1e-5, rtol=0.0, final_row_atol=None, progress=False, compile=compile,
+                                         per_sample=False)  # fmt: skip
+    (x_e, sol_e), (x_c, sol_c) = out[False], out[True]
+    assert sol_e.num_rounds > 2 and max(hi - lo for lo, hi in sol_e.windows) == 3  # a sliding window that moved
+    _same_solve(sol_e, sol_c)
+    torch.testing.assert_close(x_c, x_e, rtol=1e-5, atol=1e-6)
+    assert sum(taken) >= len(taken) - sol_e.stats["num_restarts"] - sol_e.stats["num_rejections"] > 0
+
+
 def test_compile_is_validated():
     x0 = np.zeros(2)
     sys = trisolve.BlackBoxSystem(lambda x, lo, hi: np.tanh(x[lo - 1 : hi - 1]), n=3)
@@ -276,3 +308,31 @@ def test_guards_on_module_globals_are_skipped_and_on_arguments_kept():
         assert f(x.double(), k=2.0).dtype == torch.float64  # a new dtype: recompiled
     finally:
         tc.clear_cache()
+
+
+def test_the_freeze_rule_on_the_device_decides_as_the_host_rule():
+    """The fused round's freeze rule (``driver._freeze_ends_device``) against the host rule (``driver._freeze_ends``,
+    lockstep): the same end and the same new state, bitwise, on errors with nan, inf, zeros and values at the thresholds,
+    states never measured (inf), zero, nan and with pass streaks, every ``start``. (Compiled, inside the fused round: the
+    solve tests above, whose frozen rows and windows are the eager solve's.)"""
+    import array_api_compat.torch as xp
+
+    from trisolve.driver import FREEZE_FRACTION, FREEZE_PASSES, _freeze_ends, _freeze_ends_device, _settle_state
+
+    rng = np.random.default_rng(5)
+    special = np.array([np.nan, np.inf, 0.0, 1.0, 1.0 + 1e-12, FREEZE_FRACTION, 0.5, 2.0, 1e-3, 1e-9])
+    checked = 0
+    for case in range(60):
+        w = (1, 2, 7)[case % 3]
+        err = rng.choice(special, w) if case % 2 else rng.uniform(0.0, 1.2, w) * rng.choice([1e-4, 1e-2, 1.0], w)
+        state = _settle_state((w,))
+        measured = rng.random(w) < 0.7
+        state[measured, 0] = rng.choice(np.array([0.0, np.nan, 1e-6, 0.01, 0.3, 1.0, 5.0]), int(measured.sum()))
+        state[:, 1] = rng.integers(0, FREEZE_PASSES + 1, w)
+        for start in range(1, w + 1):
+            end, new = _freeze_ends(err[:, None], state[:, None], np.zeros(1, dtype=np.int64), np.array([start]))
+            got_end, got = _freeze_ends_device(torch.from_numpy(err), torch.from_numpy(state), torch.tensor(start), xp=xp)
+            assert int(got_end) == int(end[0]), (err, state, start)
+            np.testing.assert_array_equal(got.numpy(), new[:, 0])
+            checked += 1
+    assert checked == 200  # 20 windows each of 1, 2 and 7 rows, every start

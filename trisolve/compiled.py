@@ -12,7 +12,9 @@ operators, when the update map's scan can be traced (:attr:`~trisolve.UpdateMap.
    assembles ``F = a x + sum_q B g + c`` from the kept ``g`` rows);
 2. the update map's scan, the residuals, the tolerance test's per-row errors and the finish
    tests: everything the round reads on the host, as one vector (``driver._round_arrays``);
-3. the freeze decision on the device (one past the first failed row: the driver's ``start``);
+3. the freeze decision on the device (one past the first failed row: the driver's ``start``; and
+   where the final rows end, the driver's freeze rule, ``_freeze_ends``, with its per-row state
+   kept on the device);
 4. the solver's proposal for every row and its new history, with what the host decides after
    the read taken on the device too where it can be (Anderson: the safeguard's restart) or
    assumed (Anderson: no rejection);
@@ -20,12 +22,14 @@ operators, when the update map's scan can be traced (:attr:`~trisolve.UpdateMap.
    them, non-finite proposal rows replaced as ``driver._sanitize`` does).
 
 What stays eager: the expensive call (the network) and its wrapper, the one device-to-host read
-per round, the host decisions (the frozen prefix, the safeguard's growth test, the window),
+per round, the host decisions (the first failed row, the safeguard's growth test, the window),
 slicing the window's rows (views) and the trajectory write (the driver stays its only writer).
 The driver writes the fused call's rows when its host decisions match the device's -- the same
 ``start`` (they differ only after a second, careful read of an overflowing residual) and the
 solver's :attr:`~trisolve.solvers.base.FusedStep.finish` -- and otherwise calls the solver's
-``step`` (compiled separately) as an uncompiled solve does. The maths is the same operators;
+``step`` (compiled separately) as an uncompiled solve does; it takes the device's freeze end
+(3.) for the same ``start``, else runs the rule on the host on the state read from the device
+(where the device has float64; elsewhere the rule and its state stay on the host). The maths is the same operators;
 inductor may fuse them and reorder sums, so values agree with the eager round to the dtype's
 round-off (tests: ``tests/test_compiled.py``). A :class:`~trisolve.Newton` map (its ``apply``
 evaluates Jacobians) runs its ``apply`` eager and the residuals, errors (2.) and the solver's
@@ -172,9 +176,9 @@ def _replayed(compiled: Callable) -> Callable:  # pragma: no cover - needs a CUD
 
 
 def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable | None, inputs: tuple, update_map: Any,
-                J: Any, xv: Any, thr_w: Any, thr_last: Any, prev_last: Any, step: Callable, step_arrays: tuple, *, flags: dict,
-                batch_ndim: int, xp: Any) -> tuple:  # fmt: skip
-    """A whole round outside the expensive call, for one compiled graph: ``(f, (G, R, d, xw, decisions), rows, outputs, c)``.
+                J: Any, xv: Any, thr_w: Any, thr_last: Any, prev_last: Any, step: Callable, step_arrays: tuple,
+                freeze: Callable | None, settle: Any, *, flags: dict, batch_ndim: int, xp: Any) -> tuple:  # fmt: skip
+    """A whole round outside the expensive call, for one compiled graph: ``(f, (G, R, d, xw, decisions), rows, outputs, settle, c)``.
 
     1. ``F`` from the system's :meth:`~trisolve.TriangularSystem.evaluate_parts` (``assemble(*inputs)``,
        or ``inputs[0]`` when ``assemble`` is ``None``);
@@ -187,11 +191,15 @@ def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable |
        outputs (the new history);
     5. ``rows``: the window as the driver writes it -- ``G`` on rows ``< start``, the proposal
        on the others, where a non-finite proposal row falls back to ``G``, or to the last
-       frozen row ``G[start - 1]`` where ``G`` is not finite either (the driver's ``sanitize``).
+       frozen row ``G[start - 1]`` where ``G`` is not finite either (the driver's ``sanitize``);
+    6. with ``freeze`` (the driver's ``_freeze_ends_device``) and ``settle`` (the window rows' state of
+       the freeze rule, ``(w, 2)``): where the final rows end, appended to the decisions before
+       ``start``, and the rows' new state (``settle`` returned; ``None`` without ``freeze``).
 
     Pure device arithmetic: every host decision is made after the read, by the driver, which
-    uses ``rows`` only where its own decisions match (``start``, the solver's ``finish``). ``c``:
-    the number of the solver's checks at the end of the decisions, after ``start``.
+    uses ``rows`` and the freeze decision only where its own decisions match (``start``, the
+    solver's ``finish``). ``c``: the number of the solver's checks at the end of the decisions,
+    after ``start``.
     """
     f = inputs[0] if assemble is None else assemble(*inputs, xp=xp)
     g, r, d, copy, decisions = round_arrays(update_map, J, None, None, xv, f, thr_w, thr_last, prev_last, xp=xp, **flags)
@@ -212,7 +220,10 @@ def fused_round(round_arrays: Callable, sanitize: Callable, assemble: Callable |
     before = xp.reshape(xp.arange(w, device=g.device) < start, (w,) + (1,) * (len(g.shape) - 1))
     rows = xp.where(before, g, tail)
     tail = [xp.astype(xp.reshape(start, (1,)), decisions.dtype)] + ([] if checks is None else [checks])
-    return f, (g, r, d, copy, xp.concat([decisions, *tail], axis=0)), rows, outputs, 0 if checks is None else int(checks.shape[0])
+    if freeze is not None:
+        end, settle = freeze(err, settle, start, xp=xp)
+        tail.insert(0, xp.astype(xp.reshape(end, (1,)), decisions.dtype))
+    return f, (g, r, d, copy, xp.concat([decisions, *tail], axis=0)), rows, outputs, settle, 0 if checks is None else int(checks.shape[0])
 
 
 def clear_cache() -> None:

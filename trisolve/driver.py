@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ._backend import device, finite, grad_probe, is_floating, namespace, no_grad, to_host
+from ._backend import device, finite, grad_probe, is_floating, namespace, no_grad, to_host, work_dtype
 from ._validate import check_float, check_int
 from .compiled import RoundCompiler, check_compile, eager, fused_round
 from .defaults import default_method
@@ -270,6 +270,9 @@ def solve(
     tests -- and builds no array from host data; a per-sample round (``per_sample``) reads its
     errors per row and sample in that same one read, and sends its small ``(w, S)`` masks of
     which pairs are active and written to the device (two or three host-built arrays a round).
+    A compiled solve keeps the freeze rule's per-row state on the device; a round whose rule
+    runs on the host (unfused: the first round under ``gradients=None``, or after a second read)
+    reads the window's state and writes it back, ``(w, 2)`` float64 each way.
 
     Examples
     --------
@@ -482,6 +485,9 @@ class _Run:
         self.jit = RoundCompiler(getattr(device(x), "type", str(device(x)))) if compile else eager
         # compiled, with a map whose scan can be traced: the round as one compiled call (_fused_round)
         self.fused = compile and update_map.compilable and type(update_map).apply is UpdateMap.apply and not update_map.damped
+        if self.fused and work_dtype(xp, device(x)) == xp.float64:
+            # the fused round decides the freeze rule on the device (_freeze_ends_device): its state lives there, in float64
+            self.settle = xp.asarray(self.settle, device=device(x))
 
     def _evaluate(self, lo: int, hi: int, samples: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
         """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
@@ -553,9 +559,11 @@ class _Run:
     def _fused_round(self, lo: int, hi: int, last: bool) -> tuple[Evaluation, tuple, tuple] | None:
         """The round's evaluation and arithmetic, up to the host read, as one compiled call (:func:`trisolve.compiled.fused_round`).
 
-        Returns ``(ev, (G, R, d, xw, decisions), (step, rows, outputs, c))`` -- ``rows`` the window's
+        Returns ``(ev, (G, R, d, xw, decisions), (step, rows, outputs, c, settle))`` -- ``rows`` the window's
         rows as written when the host's decisions match the device's (:meth:`_fused_rows`), ``c``
-        the solver's checks at the end of ``decisions`` -- or ``None`` when the solver offers no
+        the solver's checks at the end of ``decisions``, ``settle`` the freeze rule's new state of the
+        window's rows when it ran on the device (its freeze end then just before ``start`` in
+        ``decisions``; :meth:`_freeze`), else ``None`` -- or ``None`` when the solver offers no
         :meth:`~trisolve.Solver.fused_step` (then the round runs unfused).
         """
         xp, x, m = self.xp, self.x, self.update_map
@@ -566,18 +574,38 @@ class _Run:
         flags, prev_last = self._flags(last)
         J = None if m.is_one_step else m.linear_part(self.tables, x, None, lo, hi, xp=xp)  # a compilable map's: tables only
         xv = x[lo:hi, ...]
-        key = ("fused", type(m), m.order, J is None, prev_last is None, assemble, step.fn, step.key, *flags.values())
-        f, (g, r, d, xw, dec), rows, outputs, checks = self.jit(fused_round, key)(
+        freeze = None if isinstance(self.settle, np.ndarray) else _freeze_ends_device  # the rule on the device, its state there
+        key = ("fused", type(m), m.order, J is None, prev_last is None, assemble, step.fn, step.key, freeze is None, *flags.values())
+        f, (g, r, d, xw, dec), rows, outputs, settle, checks = self.jit(fused_round, key)(
             _round_arrays, _sanitize, assemble, inputs, m, J, xv, self.thr[lo - 1 : hi - 1], self.thr[-1:], prev_last, step.fn, step.arrays,
-            flags=flags, batch_ndim=self.system.batch_ndim, xp=xp)  # fmt: skip
-        return Evaluation(f=f, num_evals=num_evals), (g, r, d, xw if flags["retain"] else xv, dec), (step, rows, outputs, checks)
+            freeze, None if freeze is None else self.settle[lo:hi], flags=flags, batch_ndim=self.system.batch_ndim, xp=xp)  # fmt: skip
+        return Evaluation(f=f, num_evals=num_evals), (g, r, d, xw if flags["retain"] else xv, dec), (step, rows, outputs, checks, settle)
+
+    def _freeze(self, err: np.ndarray, lo: int, hi: int, start: int, device_rule: tuple | None) -> int:
+        """Where the round's final rows end (window-local), by the freeze rule, and its state of the rows ``[lo, hi)`` updated.
+
+        ``device_rule``: ``(end, state)`` from the fused round (:func:`_freeze_ends_device`), taken when
+        the host's ``start`` is the device's; else :func:`_freeze_ends` on the host, on the state read from
+        the device where a fused solve keeps it there (a round after a second read, or unfused).
+        """
+        if device_rule is not None:
+            end, self.settle[lo:hi] = device_rule
+            return int(end)
+        on_device = not isinstance(self.settle, np.ndarray)
+        state = to_host(self.settle[lo:hi]) if on_device else self.settle[lo:hi]
+        freeze, settle = _freeze_ends(err[:, None], state[:, None], np.zeros(1, dtype=np.int64), np.array([start]))
+        if on_device:
+            self.settle[lo:hi] = self.xp.asarray(settle[:, 0], device=device(self.x))
+        else:
+            self.settle[lo:hi] = settle[:, 0]
+        return int(freeze[0])
 
     def _fused_rows(self, fused: tuple, ctx: StepContext, host: np.ndarray) -> Any:
         """The fused round's window rows when the host decided as the device did (same ``start``, the solver's ``finish``
         takes its proposal: the state advances), else ``None`` (the round goes on unfused: ``step`` and ``_sanitize``).
 
         ``host``: the round's read, ending in the device's ``start`` and the solver's ``c`` checks."""
-        step, rows, outputs, c = fused
+        step, rows, outputs, c, _ = fused
         if host[-1 - c] != ctx.start:
             return None
         taken, state = step.finish(ctx, outputs, host[host.shape[0] - c :])
@@ -638,9 +666,11 @@ class _Run:
                 self.rounds += 1
                 self.evals += ev.num_evals
                 host = to_host(decisions)  # the one device-to-host read of the round
+                # the freeze rule decided on the device: its end and the rows' new state (used where the host's start matches)
+                frozen = None if fused is None or fused[4] is None else (host[-1 - fused[3]], host[-2 - fused[3]], fused[4])
                 if not self.careful and np.isinf(host).any():
                     # a plain RMS overflowed (or a residual holds an inf): a second read, only then
-                    host, fused = to_host(self._decisions_again(d, r, g, xw, lo, hi, last)), None
+                    host, fused, frozen = to_host(self._decisions_again(d, r, g, xw, lo, hi, last)), None, None
             e_d = np.array(host[:w])  # a copy: the records keep it, not the whole vector
             pos = w
             if one_step:
@@ -714,9 +744,7 @@ class _Run:
                 x[lo : lo + start, ...] = g[:start, ...]
                 x[lo + start : hi, ...] = tail
             # rows [0, start) took the plain step; those before the first unsettled one after row 0 become final
-            freeze, settle = _freeze_ends(err[:, None], self.settle[lo:hi, None], np.zeros(1, dtype=np.int64), np.array([start]))
-            self.settle[lo:hi] = settle[:, 0]
-            start = int(freeze[0])
+            start = self._freeze(err, lo, hi, start, None if frozen is None or frozen[0] != start else frozen[1:])
             # a linear row (no g term) right after the frozen prefix reads only final rows: it is
             # exact now, without an evaluation, and freezes in this round too
             while lo + start < hi and self.linear[lo + start]:
@@ -852,6 +880,39 @@ def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.nd
     unsettled = (t > a[None, :]) & plain & ~settled  # (w, S): plain rows after a that stay
     freeze = np.where(unsettled.any(axis=0), np.argmax(unsettled, axis=0), start)
     return np.where(start > a, freeze, start), np.stack([err, passes], axis=-1)
+
+
+def _freeze_ends_device(err: Any, state: Any, start: Any, *, xp: Any) -> tuple[Any, Any]:
+    """:func:`_freeze_ends` of a lockstep round (``S = 1``, ``a = 0``) on the device: ``(freeze (0-d), state (w, 2))``.
+
+    The compiled round's form of the rule (:func:`trisolve.compiled.fused_round`), so that its
+    host code neither computes it nor keeps the state: ``err`` ``(w,)`` the round's scaled errors,
+    ``state`` ``(w, 2)`` the rows' state (the previous error and the pass streak, in float64 as
+    the host rule's), ``start`` the device's 0-d ``start``. The same operations as the host rule
+    in float64 (``err`` widened first, as NumPy promotes it), so the same decisions and the same
+    state bitwise (tests/test_compiled.py compares the two on errors with nan, inf, zeros and
+    rows at the thresholds). Pure device arithmetic, traced into the fused round.
+    """
+    w = err.shape[0]
+    err = xp.astype(err, state.dtype)
+    t = xp.arange(w, device=err.device)
+    previous, streak = state[:, 0], state[:, 1]
+    plain = t < start
+    measured = xp.isfinite(previous) & (previous > 0)
+    own = xp.where(measured, err / xp.where(measured, previous, 1.0), 1.0)  # nan stays nan
+    if w > 1:  # np.fmax of the row's and its predecessor's: the larger, a nan giving way to a number
+        a, b = own[1:], own[:-1]
+        slower = xp.where(xp.isnan(a), b, xp.where(xp.isnan(b), a, xp.maximum(a, b)))
+        rate = xp.concat([own[:1], slower], axis=0)
+    else:
+        rate = own
+    expected = err * rate
+    passes = xp.where(plain & (err <= 1.0), streak + 1.0, 0.0)
+    settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)
+    unsettled = (t > 0) & plain & ~settled
+    freeze = xp.where(xp.any(unsettled), xp.argmax(xp.astype(unsettled, xp.int32)), start)
+    freeze = xp.where(start > 0, freeze, start)
+    return freeze, xp.stack([err, passes], axis=-1)
 
 
 def _settle_state(shape: tuple[int, ...]) -> np.ndarray:
