@@ -864,22 +864,8 @@ def _freeze_ends(err: np.ndarray, state: np.ndarray, a: np.ndarray, start: np.nd
     passed three rounds in a row or moved by at most 1 % of its threshold -- took a sliding
     window of 15 rows on DDIM-50 from 12 rounds to 14; docs/benchmarks.)
     """
-    w = err.shape[0]
-    t = np.arange(w)[:, None]  # (w, 1)
-    previous, streak = state[..., 0], state[..., 1]  # (w, S) each
-    plain = (t >= a[None, :]) & (t < start[None, :])  # (w, S)
-    with np.errstate(all="ignore"):
-        measured = np.isfinite(previous) & (previous > 0)
-        own = np.where(measured, err / np.where(measured, previous, 1.0), 1.0)  # (w, S): 1 where not measured (nan stays nan)
-        # the row's next residual follows its predecessor's correction this round: the slower of the two
-        # contractions (the window's first row: its own alone; row a becomes final whatever its rate); nan compares False below
-        rate = np.concatenate([own[:1], np.fmax(own[1:], own[:-1])], axis=0) if w > 1 else own
-        expected = err * rate  # (w, S) next round's residual
-    passes = np.where(plain & (err <= 1.0), streak + 1, 0)  # nan compares False: no pass
-    settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)  # nan compares False: not settled
-    unsettled = (t > a[None, :]) & plain & ~settled  # (w, S): plain rows after a that stay
-    freeze = np.where(unsettled.any(axis=0), np.argmax(unsettled, axis=0), start)
-    return np.where(start > a, freeze, start), np.stack([err, passes], axis=-1)
+    with np.errstate(all="ignore"):  # nan and inf errors and states are the rule's input: no warnings
+        return _freeze_rule(err, state, a, start, namespace(err))
 
 
 def _freeze_ends_device(err: Any, state: Any, start: Any, *, xp: Any) -> tuple[Any, Any]:
@@ -888,31 +874,38 @@ def _freeze_ends_device(err: Any, state: Any, start: Any, *, xp: Any) -> tuple[A
     The compiled round's form of the rule (:func:`trisolve.compiled.fused_round`), so that its
     host code neither computes it nor keeps the state: ``err`` ``(w,)`` the round's scaled errors,
     ``state`` ``(w, 2)`` the rows' state (the previous error and the pass streak, in float64 as
-    the host rule's), ``start`` the device's 0-d ``start``. The same operations as the host rule
-    in float64 (``err`` widened first, as NumPy promotes it), so the same decisions and the same
+    the host rule's), ``start`` the device's 0-d ``start``. The same code as the host rule
+    (:func:`_freeze_rule`) in float64 (``err`` widened first, as NumPy promotes it), so the same decisions and the same
     state bitwise (tests/test_compiled.py compares the two on errors with nan, inf, zeros and
     rows at the thresholds). Pure device arithmetic, traced into the fused round.
     """
+    a = xp.zeros((1,), dtype=start.dtype, device=device(start))
+    end, new = _freeze_rule(xp.astype(err, state.dtype)[:, None], state[:, None, :], a, xp.reshape(start, (1,)), xp)
+    return end[0], new[:, 0, :]
+
+
+def _freeze_rule(err: Any, state: Any, a: Any, start: Any, xp: Any) -> tuple[Any, Any]:
+    """The body of :func:`_freeze_ends` in any array namespace ``xp`` (NumPy on the host, the device's in the fused round)."""
     w = err.shape[0]
-    err = xp.astype(err, state.dtype)
-    t = xp.arange(w, device=err.device)
-    previous, streak = state[:, 0], state[:, 1]
-    plain = t < start
+    t = xp.reshape(xp.arange(w, device=device(err)), (w, 1))  # (w, 1)
+    previous, streak = state[..., 0], state[..., 1]  # (w, S) each
+    plain = (t >= a[None, :]) & (t < start[None, :])  # (w, S)
     measured = xp.isfinite(previous) & (previous > 0)
-    own = xp.where(measured, err / xp.where(measured, previous, 1.0), 1.0)  # nan stays nan
-    if w > 1:  # np.fmax of the row's and its predecessor's: the larger, a nan giving way to a number
-        a, b = own[1:], own[:-1]
-        slower = xp.where(xp.isnan(a), b, xp.where(xp.isnan(b), a, xp.maximum(a, b)))
+    own = xp.where(measured, err / xp.where(measured, previous, 1.0), 1.0)  # (w, S): 1 where not measured (nan stays nan)
+    # the row's next residual follows its predecessor's correction this round: the slower of the two contractions
+    # (np.fmax: the larger, a nan giving way to a number; the window's first row: its own alone; row a becomes final
+    # whatever its rate); nan compares False below
+    rate = own
+    if w > 1:
+        mine, before = own[1:], own[:-1]
+        slower = xp.where(xp.isnan(mine), before, xp.where(xp.isnan(before), mine, xp.maximum(mine, before)))
         rate = xp.concat([own[:1], slower], axis=0)
-    else:
-        rate = own
-    expected = err * rate
-    passes = xp.where(plain & (err <= 1.0), streak + 1.0, 0.0)
-    settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)
-    unsettled = (t > 0) & plain & ~settled
-    freeze = xp.where(xp.any(unsettled), xp.argmax(xp.astype(unsettled, xp.int32)), start)
-    freeze = xp.where(start > 0, freeze, start)
-    return freeze, xp.stack([err, passes], axis=-1)
+    expected = err * rate  # (w, S) next round's residual
+    passes = xp.where(plain & (err <= 1.0), streak + 1.0, 0.0)  # nan compares False: no pass
+    settled = (expected <= FREEZE_FRACTION) | (passes >= FREEZE_PASSES)  # nan compares False: not settled
+    unsettled = (t > a[None, :]) & plain & ~settled  # (w, S): plain rows after a that stay
+    freeze = xp.where(xp.any(unsettled, axis=0), xp.argmax(xp.astype(unsettled, xp.int32), axis=0), start)
+    return xp.where(start > a, freeze, start), xp.stack([err, passes], axis=-1)
 
 
 def _settle_state(shape: tuple[int, ...]) -> np.ndarray:
