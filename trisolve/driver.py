@@ -214,7 +214,7 @@ def solve(
         the eager round's to the dtype's round-off. Compiling costs time once per process and
         configuration (tens of seconds on a loaded 2-core CPU for a TAA solve's graphs with a
         cold inductor cache, more for a new window length); afterwards the host time of a whole
-        digits round outside the network is about 0.65-0.8 of the eager round's there (docs:
+        digits round outside the network is about 0.56-0.63 of the eager round's there (docs:
         "The compiled round"). ``False`` (default): eager.
     per_sample : bool
         With ``S > 1`` independent samples (``system.batch_ndim > 0``), give every sample its
