@@ -270,9 +270,10 @@ def solve(
     tests -- and builds no array from host data; a per-sample round (``per_sample``) reads its
     errors per row and sample in that same one read, and sends its small ``(w, S)`` masks of
     which pairs are active and written to the device (two or three host-built arrays a round).
-    A compiled solve keeps the freeze rule's per-row state on the device; a round whose rule
-    runs on the host (unfused: the first round under ``gradients=None``, or after a second read)
-    reads the window's state and writes it back, ``(w, 2)`` float64 each way.
+    A compiled solve keeps the freeze rule's per-row state on the device from its first fused
+    round on (a solve whose solver fuses no round keeps it on the host); a later round whose rule
+    runs on the host (unfused, or after a second read) reads the window's state and writes it
+    back, ``(w, 2)`` float64 each way.
 
     Examples
     --------
@@ -485,9 +486,9 @@ class _Run:
         self.jit = RoundCompiler(getattr(device(x), "type", str(device(x)))) if compile else eager
         # compiled, with a map whose scan can be traced: the round as one compiled call (_fused_round)
         self.fused = compile and update_map.compilable and type(update_map).apply is UpdateMap.apply and not update_map.damped
-        if self.fused and work_dtype(xp, device(x)) == xp.float64:
-            # the fused round decides the freeze rule on the device (_freeze_ends_device): its state lives there, in float64
-            self.settle = xp.asarray(self.settle, device=device(x))
+        # a fused round decides the freeze rule on the device (_freeze_ends_device), in float64: its state moves there
+        # at the first round the solver offers a fused step for (_fused_round), never for a solve that fuses no round
+        self.settle_to_device = self.fused and work_dtype(xp, device(x)) == xp.float64
 
     def _evaluate(self, lo: int, hi: int, samples: tuple[np.ndarray, np.ndarray] | None = None) -> Any:
         """The system's evaluation of rows ``[lo, hi)``; the first one also answers whether ``F`` requires grad.
@@ -570,6 +571,8 @@ class _Run:
         step = self.solver.fused_step(self.state, lo, hi, xp=xp)
         if step is None:
             return None
+        if self.settle_to_device and isinstance(self.settle, np.ndarray):  # host to device: no read
+            self.settle = xp.asarray(self.settle, device=device(x))
         assemble, inputs, num_evals = self.system.evaluate_parts(x, lo, hi, self.cache, xp=xp)
         flags, prev_last = self._flags(last)
         J = None if m.is_one_step else m.linear_part(self.tables, x, None, lo, hi, xp=xp)  # a compilable map's: tables only

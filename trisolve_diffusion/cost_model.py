@@ -955,7 +955,13 @@ def _raise_contention_failure(info: Any, bad: list[int], failed: list[BaseExcept
     exception, the others :class:`trisolve.DistributedError` naming each failing rank and its exception (gathered as text)."""
     from trisolve.distributed import DistributedError
 
-    texts = info.all_gather_text(f"{type(failed[0]).__name__}: {failed[0]}" if failed else "")
+    text = ""
+    if failed:
+        try:
+            text = f"{type(failed[0]).__name__}: {failed[0]}"
+        except BaseException:  # an exception whose message cannot be formatted: its type, so that every rank reaches the gather
+            text = type(failed[0]).__name__
+    texts = info.all_gather_text(text)
     if failed:  # the others are told: this rank raises what its network raised
         raise failed[0]
     lines = "; ".join(f"rank {r}: {texts[r]}" for r in bad)
