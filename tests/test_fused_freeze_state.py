@@ -1,5 +1,5 @@
-"""Review 6 (hostile review of this session's changes, 82c2210..main): the freeze rule's state on the device in a fused
-solve, and the contention's failure signalling on more ranks.
+"""The freeze rule's state on the device in a fused (compiled) solve, and the contention's failure signalling on more
+ranks (from the hostile review of the session that moved the rule into the fused round).
 
 The fused-round tests run the fused path (``solve(..., compile=True)``) with ``trisolve.compiled.eager`` in place of the
 round compiler (``torch.compile`` is not what is reviewed here, and takes tens of seconds a graph on this CPU): the
