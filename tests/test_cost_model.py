@@ -542,6 +542,25 @@ def test_contention_on_two_ranks_is_rank_0s_median_on_both_and_the_collectives_m
     assert 2.2 < out[0] < 3.6, out  # the slowest rank together (rank 1: 1.5 x 2 = 3x rank 0 alone)
 
 
+def _failing_network(faults: dict, on_call: int | None = None, pause: float = 0.0):
+    """``(calls, call_for)``: ``call_for(rank)`` is rank ``rank``'s network for ``_contention``, which counts its calls in
+    ``calls[rank]`` and raises ``faults[rank]`` at its ``on_call``-th call (every call where ``None``), else sleeps ``pause``."""
+    import time
+
+    calls: dict = {}
+
+    def call_for(rank):
+        def call():
+            calls[rank] = calls.get(rank, 0) + 1
+            if rank in faults and on_call in (None, calls[rank]):
+                raise faults[rank]
+            time.sleep(pause)
+
+        return call
+
+    return calls, call_for
+
+
 @pytest.mark.parametrize(
     "failing, on_call, fault",
     [(1, 2, RuntimeError("boom on rank 1")), (1, 1, RuntimeError("boom on rank 1")), (0, 2, RuntimeError("boom on rank 0")),
@@ -555,17 +574,7 @@ def test_a_network_failing_on_one_rank_while_the_contention_is_timed_raises_on_e
     until the group's timeout, here a 5 s barrier) and nothing is broadcast."""
     import time
 
-    calls = [0, 0]
-
-    def call_for(rank):
-        def call():
-            calls[rank] += 1
-            if rank == failing and calls[rank] == on_call:
-                raise fault
-            time.sleep(0.001)
-
-        return call
-
+    calls, call_for = _failing_network({failing: fault}, on_call, pause=0.001)
     group = _ThreadRanks(timeout=5)
     start = time.perf_counter()
     out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))

@@ -112,7 +112,7 @@ def test_fused_solve_keeps_the_freeze_state_on_the_device_and_decides_as_the_eag
     assert any(c[4] for c in tb.calls), "the fused round's device rule was never taken"
     assert not any(c[4] for c in ta.calls)
     if gradients is None:
-        assert not tb.calls[0][4]  # the probe round runs unfused: the host rule on the device's state
+        assert not tb.calls[0][4]  # the probe round runs unfused: the host rule, on the host state (it moves to the device at the first fused round)
     if "bad" in sc and sc["bad"][next(iter(sc["bad"]))][1] == float("inf"):
         assert not all(c[4] for c in tb.calls[1:])  # the careful read's round: the host rule again, mid-solve
     # the rule made a real decision somewhere (rows below start stayed in the window), else the test would be vacuous
@@ -164,24 +164,12 @@ def test_contention_on_three_ranks_raises_on_every_rank_whichever_call_fails(fai
     """Every place a network call can raise in ``_contention`` (each rank, each call), three ranks as threads: no rank
     is left waiting in a collective (a 5 s barrier), the failing rank raises its own exception, the others a
     DistributedError naming it; every rank makes the same collectives."""
-    import time
-
-    from test_cost_model import _ThreadRanks
+    from test_cost_model import _failing_network, _ThreadRanks
 
     from trisolve_diffusion import cost_model as cm
 
-    calls = [0, 0, 0]
     fault = RuntimeError(f"boom on rank {failing}")
-
-    def call_for(rank):
-        def call():
-            calls[rank] += 1
-            if rank == failing and calls[rank] == on_call:
-                raise fault
-            time.sleep(0.0005)
-
-        return call
-
+    calls, call_for = _failing_network({failing: fault}, on_call, pause=0.0005)
     group = _ThreadRanks(world=3, timeout=5)
     out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
     assert out == [None, None, None]
@@ -197,19 +185,12 @@ def test_contention_on_three_ranks_raises_on_every_rank_whichever_call_fails(fai
 def test_contention_when_two_ranks_fail_at_once_each_raises_its_own():
     """Ranks 0 and 2 fail in their warm-ups, rank 1 does not: ranks 0 and 2 raise their own exceptions, rank 1 a
     DistributedError naming both."""
-    from test_cost_model import _ThreadRanks
+    from test_cost_model import _failing_network, _ThreadRanks
 
     from trisolve_diffusion import cost_model as cm
 
     faults = {0: ValueError("zero"), 2: KeyboardInterrupt()}
-
-    def call_for(rank):
-        def call():
-            if rank in faults:
-                raise faults[rank]
-
-        return call
-
+    _, call_for = _failing_network(faults)
     group = _ThreadRanks(world=3, timeout=5)
     out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
     assert errors[0] is faults[0] and errors[2] is faults[2]
@@ -322,19 +303,12 @@ class _Unprintable(RuntimeError):
 
 
 def test_contention_failure_whose_message_cannot_be_formatted_still_reaches_every_rank():
-    from test_cost_model import _ThreadRanks
+    from test_cost_model import _failing_network, _ThreadRanks
 
     from trisolve_diffusion import cost_model as cm
 
     fault = _Unprintable()
-
-    def call_for(rank):
-        def call():
-            if rank == 1:
-                raise fault
-
-        return call
-
+    _, call_for = _failing_network({1: fault})
     group = _ThreadRanks(world=2, timeout=5)
     out, errors = group.run(lambda info: cm._contention(info, call_for(info.rank), None))
     assert isinstance(errors[0], trisolve.DistributedError), errors
