@@ -10,6 +10,7 @@
     python benchmarks/rounds.py --trace --seeds 0-9   # where the last rounds go: the finish replayed round by round (results/rounds_trace_seeds0-9.*)
     python benchmarks/rounds.py --lockstep --settings "DDIM-50, batch 4"   # a batch in lockstep (per_sample=False): the old rounds
     python benchmarks/rounds.py --window 8 --settings "DDIM-50, batch 4"   # a sliding window of 8 rows instead of the full one
+    python benchmarks/rounds.py --window 9 --fill copy --settings DDIM-50   # steps entering the window as copies (the default: 'linear')
     python benchmarks/rounds.py --gain-weight 0 --settings DDPM-100 EulerA-25   # WeightedPicard(d ** W) as the map (0: plain Picard)
     python benchmarks/rounds.py --freeze-fraction inf   # the freeze before issue 26: every passing row final at once
                                                         # (results/*_passes1_fraction0.*: the same rule, made with the flags of the settle test)
@@ -505,6 +506,7 @@ def main(argv=None):
     ap.add_argument("--trace", action="store_true", help="the finish replayed round by round (results/rounds_trace_seeds*.*)")
     ap.add_argument("--lockstep", action="store_true", help="batches in lockstep (per_sample=False), not per sample")
     ap.add_argument("--window", type=int, help="a sliding window of this many rows instead of the full window")
+    ap.add_argument("--fill", choices=trisolve.driver.FILLS, help="how steps entering a sliding window start (not the default's, 'linear')")
     ap.add_argument("--gain-weight", type=float, help="WeightedPicard(d ** W) for every non-flow setting, d the step's derivative at a fixed "
                     "clean-image prediction (SchedulerMapping.fixed_prediction_derivative; 0: Picard), not the default's map")  # fmt: skip
     ap.add_argument("--freeze-passes", type=int, help="trisolve.driver.FREEZE_PASSES (not the default's)")
@@ -542,6 +544,9 @@ def main(argv=None):
     if args.window is not None:
         options["window"] = args.window
         variant += f"_window{args.window}"
+    if args.fill is not None:
+        options["fill"] = args.fill
+        variant += f"_fill{args.fill}"
     if args.gain_weight is not None:
         options["gain_weight"] = args.gain_weight
         variant += f"_gainweight{args.gain_weight:g}"
@@ -567,6 +572,7 @@ def main(argv=None):
                           + ([f"Picard order {args.order}"] if args.order is not None else [])
                           + ([f"rtol={args.rtol:g}"] if args.rtol is not None else [])
                           + (["batches in lockstep (per_sample=False)"] if args.lockstep else [])
+                          + ([f"fill={args.fill!r}"] if args.fill is not None else [])
                           + ([f"WeightedPicard(d ** {args.gain_weight:g}) as the map"] if args.gain_weight is not None else []) + freeze)  # fmt: skip
     window = "the full window" if args.window is None else f"a sliding window of {args.window} rows"
     write(name, {"seeds": seeds, "records": records},

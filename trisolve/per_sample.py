@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._backend import device, finite, mask_from_host, to_host
-from .driver import _freeze_ends, _pending_error, _Run, _settle_state, nonfinite_row_error
+from .driver import _freeze_ends, _pending_error, _Run, _settle_state, fill_rows, nonfinite_row_error
 from .result import RoundInfo, Solution, Status
 from .solvers.base import StepContext
 
@@ -95,20 +95,17 @@ class SampleRun(_Run):
         return tuple(int(i) for i in np.unravel_index(int(s), self.batch))
 
     def _fill(self, hi_s: np.ndarray, live: np.ndarray) -> None:
-        """Rows entering sample ``s``'s window start as a copy of its last known row (per sample)."""
+        """Rows entering sample ``s``'s window start from its last known rows (``solve(fill=)``, per sample)."""
         xp, x = self.xp, self.x
         need = live & (hi_s > self.sample_filled)
         if not need.any():
             return
         f, h = self.sample_filled, hi_s
-        if need.all() and np.all(f == f[0]) and np.all(h == h[0]):  # the lockstep case: one copy for the batch
-            a, b = int(f[0]), int(h[0])
-            x[a:b, ...] = xp.broadcast_to(x[a - 1 : a, ...], (b - a, *x.shape[1:]))
+        if need.all() and np.all(f == f[0]) and np.all(h == h[0]):  # the lockstep case: one write for the batch
+            fill_rows(x, int(f[0]), int(h[0]), self.fill, xp)
         else:
             for s in np.flatnonzero(need):
-                a, b, idx = int(f[s]), int(h[s]), self._sample_index(s)
-                src = x[(slice(a - 1, a), *idx, Ellipsis)]
-                x[(slice(a, b), *idx, Ellipsis)] = xp.broadcast_to(src, (b - a, *src.shape[1:]))
+                fill_rows(x, int(f[s]), int(h[s]), self.fill, xp, self._sample_index(s))
         self.sample_filled = np.where(need, hi_s, self.sample_filled)
 
     def _ends(self, slo: np.ndarray, live: np.ndarray) -> np.ndarray:

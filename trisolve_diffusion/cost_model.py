@@ -34,15 +34,23 @@ row ``T``): 62 % of all rows with the full window. Fitted on the
 bundled digits model (TAA m=4 + Picard, the defaults; seeds 0-4, ``benchmarks/autowindow.py``
 prints the measured table next to this model)::
 
-    R_T = log2(T) + 2.4,       beta_inf = 2.2   deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
+    R_T = log2(T) + 2.4,       beta_inf = 1.57  deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
     R_T = 2 (log2(T) + 2.4),   beta_inf = 2.5   samplers that add noise (DDPM-100: 16-19 rounds)
-    phi = 0.19
+    phi = 0.14
 
-``beta_inf`` (deterministic) and ``phi`` were refitted after the freeze rule's contraction test
+with rows entering a sliding window continuing the last step (``trisolve.solve(fill="linear")``,
+the samplers' default): DDIM-50, seeds 0-9, windows of 8 / 15 / 25 rows took 16 / 11 / 9 rounds
+and 2.42 / 3.11 / 4.03 evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window
+W``); the least-squares fits are ``beta_inf`` 1.57 (predicting 15.6 / 11.5 / 9.6) and ``phi``
+0.14. DDPM-100 with 25 rows took 23 rounds (2.5 predicts 25.2), so the stochastic ``beta_inf``
+stays. With copies (``fill="copy"``, ``RoundsModel(window_fill="copy")``) the fit below holds:
+``beta_inf`` 2.2 and ``phi`` 0.19.
+
+``beta_inf`` (deterministic, copies) and ``phi`` were refitted after the freeze rule's contraction test
 (a row becomes final once it and the rows before it are expected to move by at most
 ``trisolve.driver.FREEZE_FRACTION`` of their thresholds; docs/theory.rst): DDIM-50 on the digits
 model, seeds 0-9, windows of 8 / 15 / 25 rows took 18 / 13 / 10 rounds and 2.75 / 3.53 / 4.28
-network evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window W``); the
+network evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window W --fill copy``); the
 least-squares fit of ``beta_inf`` to those rounds is 2.19 (predicting 18.1 / 12.8 / 10.1) and of
 ``phi`` to the evaluations (at the measured rounds) 0.19. With the predecessor's contraction
 added to the test (its review) the same windows took 18 / 13.5 / 10 rounds and 2.78 / 3.55 /
@@ -83,7 +91,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 >>> model = CostModel(curve, steps=50)
 >>> choice = model.best_window()
 >>> choice.window, round(model.rounds(choice.window), 1), round(model.sequential_time() / choice.seconds, 1)
-(9, 16.9, 2.3)
+(8, 15.6, 2.6)
 """
 
 from __future__ import annotations
@@ -172,20 +180,26 @@ class RoundsModel:
         (times 2 when ``stochastic``).
     beta_inf : float, optional
         Rounds the frozen front of a large sliding window needs to advance by one window;
-        ``None``: 2.2, or 2.5 when ``stochastic`` (fitted; see the module docstring).
+        ``None``: 2.5 when ``stochastic``, else 1.57 where rows entering the window continue the
+        last step (``window_fill="linear"``) and 2.2 where they are copies (fitted; see the module docstring).
     stochastic : bool
         Whether the sampler adds noise (DDPM, ancestral samplers): about twice the rounds.
-    phi : float
-        ``fill(w) = 1 - phi sqrt(w / T)``: the mean share of the window's rows a round evaluates.
+    phi : float, optional
+        ``fill(w) = 1 - phi sqrt(w / T)``: the mean share of the window's rows a round evaluates;
+        ``None``: 0.14 with ``window_fill="linear"``, 0.19 with ``"copy"`` (fitted).
+    window_fill : {"linear", "copy"}
+        How rows entering a sliding window start (``trisolve.solve(fill=)``).
     """
 
     full_rounds: float | None = None
     beta_inf: float | None = None
     stochastic: bool = False
-    phi: float = 0.19
+    phi: float | None = None
+    window_fill: str = "linear"
 
     def fill(self, w: int, steps: int) -> float:
-        return 1.0 - self.phi * math.sqrt(min(w, steps) / steps)
+        phi = (0.14 if self.window_fill == "linear" else 0.19) if self.phi is None else self.phi
+        return 1.0 - phi * math.sqrt(min(w, steps) / steps)
 
     def full(self, steps: int) -> float:
         if self.full_rounds is not None:
@@ -196,7 +210,8 @@ class RoundsModel:
     def __call__(self, w: int, steps: int) -> float:
         if w >= steps:
             return self.full(steps)
-        beta_inf = (2.5 if self.stochastic else 2.2) if self.beta_inf is None else self.beta_inf
+        deterministic = 1.57 if self.window_fill == "linear" else 2.2
+        beta_inf = (2.5 if self.stochastic else deterministic) if self.beta_inf is None else self.beta_inf
         beta = 1 + (beta_inf - 1) * (1 - 1 / w) ** 2
         return min(float(steps), self.full(steps) + beta * (steps / w - 1))
 
@@ -629,6 +644,7 @@ def auto_window(
     evaluate_share: Callable[[int], Any] | None = None,
     run_rows: Callable[[], int] | None = None,
     samples: int = 0,
+    fill: str = "linear",
 ) -> WindowChoice:
     """Choose the window of a solve: measure ``t`` and ``o`` (cached), then :meth:`CostModel.best_window`.
 
@@ -677,6 +693,8 @@ def auto_window(
         (:func:`measure_row_by_row`); ``None``: the window of one row costs ``o(1)``.
     samples : int
         ``S`` where the solve can run as each rank's own samples (:meth:`CostModel.own_samples_time`); 0: it cannot.
+    fill : str
+        How rows entering a sliding window start (``trisolve.solve(fill=)``): the rounds prior's (:class:`RoundsModel`).
     """
     import torch
 
@@ -714,7 +732,7 @@ def auto_window(
         latency, bandwidth = _time_gather(info, max_rows, gather_bytes_per_row)
     last_choice = choose_window(
         curve, steps, devices=devices, gather_bytes_per_row=gather_bytes_per_row, link_bandwidth=bandwidth, link_latency=latency,
-        overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic),
+        overhead=overhead[0], overhead_per_row=overhead[1], rounds_model=RoundsModel(stochastic=stochastic, window_fill=fill),
         split_inputs=split_inputs if devices > 1 else 0, overhead_one_row=None if math.isnan(one_row) else one_row,
         contention=1.0 if math.isnan(contention) else contention, samples=samples if devices > 1 and split_inputs else 0,
     )  # fmt: skip

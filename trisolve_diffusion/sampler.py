@@ -30,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 import trisolve
 from trisolve._validate import check_float, check_int
-from trisolve.driver import nonfinite_row_error
+from trisolve.driver import FILLS, nonfinite_row_error
 
 from .cost_model import AutoWindow
 from .network import can_split, guidance_copies
@@ -234,6 +234,13 @@ class SolveOptions:
         costing network rows while the slower ones go on. ``True`` (default). ``False``: the lockstep batch (a step
         final when every sample passed; every round evaluates every sample). The lockstep batch
         also where the network's batch is split over ranks, or with ``compile=True``.
+    fill : {"linear", "copy"}
+        The core's ``fill`` (:func:`trisolve.solve`): how steps entering a sliding window start.
+        ``"linear"`` (default here; the core's is ``"copy"``): the last step continued, which
+        the sampler's rows (smooth from step to step) need fewer rounds from -- digits DDIM-50
+        with a window of 9 steps, seeds 0-9: 17 -> 15 median rounds
+        (``benchmarks/rounds.py --window 9 --fill copy`` against ``--fill linear``; docs/window).
+        ``"copy"``: a copy of the last known step. The full window is not affected.
 
     Examples
     --------
@@ -266,6 +273,7 @@ class SolveOptions:
     distributed: Any = False
     compile: bool = False
     per_sample: bool = True
+    fill: str = "linear"
     window_size: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of window
     final_atol: dataclasses.InitVar[Any] = _UNSET  # deprecated spelling of final_row_atol
 
@@ -327,6 +335,9 @@ class SolveOptions:
             raise TypeError(f"compile must be True or False, got {type(self.compile).__name__}.")
         if not isinstance(self.per_sample, bool):
             raise TypeError(f"per_sample must be True or False, got {type(self.per_sample).__name__}.")
+        if not isinstance(self.fill, str) or self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))} (how steps entering a sliding window start), "
+                             f"got {self.fill!r}.")  # fmt: skip
         if not isinstance(self.distributed, bool) and not _is_process_group(self.distributed):
             raise TypeError(f"distributed must be True, False or a torch.distributed ProcessGroup, got {type(self.distributed).__name__}.")
 
@@ -581,7 +592,7 @@ def sample_latents(
         The solve keywords, each described under :class:`SolveOptions`: ``solver``,
         ``update_map``, ``window``, ``atol``, ``rtol``, ``final_row_atol``, ``max_iter``,
         ``early_stop``, ``init``, ``num_frozen``, ``callback`` (per round), ``progress``,
-        ``strict``, ``trajectory_dtype``, ``distributed``, ``compile``, ``per_sample``. An unknown keyword raises
+        ``strict``, ``trajectory_dtype``, ``distributed``, ``compile``, ``per_sample``, ``fill``. An unknown keyword raises
         ``TypeError``. ``options=SolveOptions(...)`` is their deprecated spelling.
 
     Returns
@@ -723,7 +734,7 @@ def _sample_latents(
         # the round outside the network, timed with a free stand-in for it (the scaled input as its output)
         free = g_of(lambda inp, t: inp)
         stand_in = trisolve.SemilinearSystem(mapping.a, band, free, c=c, sigma=rows.sigma, batch_ndim=1, g_pairs=free)
-        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance)
+        run_rounds = functools.partial(_run_rounds, stand_in, solver, update_map, x0, rows.tolerance, options.fill)
         run_rows = functools.partial(_run_rows, stand_in, x0)
         method = (repr(solver), repr(update_map), type(mapping.scheduler).__name__)  # the overhead's cache key: per scheduler
         share = None if split is None else functools.partial(_first_inputs, g_of, denoiser, x0)
@@ -733,7 +744,7 @@ def _sample_latents(
         try:
             window, split, one_rank, own = _auto_window(g, x0, denoiser, mapping, options.distributed, run_rounds, method, policy=auto,
                                                         split=split, evaluate_share=share, run_rows=run_rows,
-                                                        samples=batch if alone else 0)  # fmt: skip
+                                                        samples=batch if alone else 0, fill=options.fill)  # fmt: skip
         except (_NetworkFault, KeyboardInterrupt) as exc:  # the network failed, or Ctrl-C, while it was timed: as in a round
             _raise_unstarted(exc.fault if isinstance(exc, _NetworkFault) else exc, latents.to(traj), n)
         if own:
@@ -867,7 +878,7 @@ def solve_rows(
                     system, solver, x0, update_map=update_map, window=window, **rows.tolerance, record="errors",
                     max_iter=options.max_iter, early_stop=options.early_stop, callback=on_round, init=init,
                     num_frozen=options.num_frozen, final_row_atol=rows.final_row_atol, compile=options.compile,
-                    per_sample=options.per_sample,
+                    per_sample=options.per_sample, fill=options.fill,
                 )  # fmt: skip
         bar.finish(sol)
     finally:
@@ -1032,11 +1043,11 @@ def _begin_index(scheduler: Any, begin_index: int | None, n: int) -> int:
     return begin_index
 
 
-def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, w: int, k: int) -> int:
+def _run_rounds(system, solver, update_map, x0: torch.Tensor, tolerance: dict, fill: str, w: int, k: int) -> int:
     """Run at most ``k`` rounds of ``system`` (the stand-in) with a window of ``w`` rows; the rounds run (0 if it failed)."""
     window = None if w >= system.n else trisolve.SlidingWindow(w)
     with torch.no_grad():
-        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, **tolerance, max_iter=k)
+        sol = trisolve.solve(system, solver, x0, update_map=update_map, window=window, **tolerance, max_iter=k, fill=fill)
     if sol.status in (trisolve.Status.FAILED, trisolve.Status.NONFINITE):  # not the user's network: say so, and time nothing
         warnings.warn(
             f"window='auto' could not time the solver's rounds with a stand-in network ({sol.status.name}: {sol.error!r}); "
@@ -1063,6 +1074,7 @@ def _auto_window(
     evaluate_share: Any = None,
     run_rows: Any = None,
     samples: int = 0,
+    fill: str = "linear",
 ) -> tuple[trisolve.WindowPolicy, Any, bool, bool]:
     """The window an :class:`AutoWindow` ``policy`` chooses: the one the cost model predicts fastest (``cost_model.py``).
 
@@ -1071,7 +1083,7 @@ def _auto_window(
     inputs per row (``G = 2`` with guidance); the choice keeps ``split`` for its traffic counts, or ``None``
     where the plan runs the loop on rank 0 alone (``WindowChoice.one_rank``) or each rank its own samples
     (``WindowChoice.own_samples``, priced where ``samples``, the batch, is given). Returns the window
-    policy, that split, ``one_rank`` and ``own_samples``.
+    policy, that split, ``one_rank`` and ``own_samples``. ``fill``: how steps entering the window start (the rounds prior's).
     """
     from .cost_model import _note_used, auto_window
 
@@ -1093,7 +1105,7 @@ def _auto_window(
         rows, n, device=x0.device, stochastic=bool(np.any(mapping.noise_drawn)), key=key, method=method, policy=policy,
         model=denoiser if policy.network is None else policy.network,
         gather_bytes_per_row=x0.numel() * x0.element_size() * max(1, inputs // x0.shape[0]), group=None if distributed is False else distributed,
-        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows, samples=samples,
+        run_rounds=run_rounds, split_inputs=inputs, evaluate_share=evaluate_share, run_rows=run_rows, samples=samples, fill=fill,
     )  # fmt: skip
     split = None if choice.one_rank or choice.own_samples else split
     policy.last_choice = choice = dataclasses.replace(choice, split=split)
