@@ -1,6 +1,6 @@
 """The default ``sample(pipe, ...)`` against the sequential ``pipe(...)``: speed-up at every batch size.
 
-    python benchmarks/default_speed.py                 # digits DDIM-50, batch 1/4/8, 1 and 2 threads, 7 interleaved repeats
+    python benchmarks/default_speed.py                 # digits DDIM-50, batch 1/4/8, 1 and 2 threads, 11 interleaved repeats
     python benchmarks/default_speed.py --threads 2     # one thread count
     python benchmarks/default_speed.py --quick         # smoke size (DDIM-10, batch 1, 1 repeat; the test suite runs this)
 
@@ -100,7 +100,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--batches", type=int, nargs="*", default=[1, 4, 8])
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=11)
     args = ap.parse_args(argv)
     threads, batches, steps, repeats = ([1], [1], 10, 1) if args.quick else (args.threads, args.batches, args.steps, args.repeats)
     pipe = load_digits_pipeline("ddim")

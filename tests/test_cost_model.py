@@ -45,9 +45,14 @@ def test_flat_curve_keeps_the_full_window_and_linear_curve_prefers_short_ones():
 
 
 def test_more_devices_never_slower_with_a_free_link_and_the_link_costs_time():
-    model = lambda p, bw: cm.CostModel(LINEAR, 50, devices=p, gather_bytes_per_row=1e6, link_bandwidth=bw, link_latency=1e-4)  # noqa: E731
-    best = [model(p, math.inf).best_window().seconds for p in (1, 2, 4, 8)]
+    def model(p, bw, latency=1e-4):
+        return cm.CostModel(LINEAR, 50, devices=p, gather_bytes_per_row=1e6, link_bandwidth=bw, link_latency=latency)
+
+    # free: no time per byte and none per collective (with a latency, 2 devices that gain nothing over the loop -- a
+    # window of 2 rows takes the T rounds of the loop -- pay the result's broadcast: the loop on one rank plus 1e-4 s)
+    best = [model(p, math.inf, 0.0).best_window().seconds for p in (1, 2, 4, 8)]
     assert all(a >= b for a, b in zip(best, best[1:]))
+    assert model(2, math.inf).best_window().seconds == pytest.approx(best[0] + 1e-4)
     assert model(4, 1e9).wall_time(50) > model(4, math.inf).wall_time(50)
     assert cm.CostModel(LINEAR, 50).sequential_time() == pytest.approx(50 * 0.01)
 
@@ -106,6 +111,30 @@ def test_measure_a_burst_of_load_does_not_set_a_point(monkeypatch, slow):
     assert curve.rows == (1, 2, 4, 8, 16)
     assert curve.seconds == pytest.approx((0.04, 0.04, 0.04, 0.08, 0.16))
     assert len(calls) <= 4 * 5 + cm.EXTRA_PASSES * 2  # the extra calls are bounded: only the noisy sizes, at most 2 passes
+
+
+def test_a_curve_stopped_by_a_burst_is_cached_all_the_same(monkeypatch):
+    """The doubling stops on the first two timed calls of each size (a burst made 2 and 4 rows read 2x and 4x); the later
+    calls find the device flat, so the stored medians do not read as saturated. The next solve must still reuse the curve:
+    before, it measured again on every call (1.6 s and 3.6 s extra on digits batch 4, 2 threads) and could choose anew."""
+    clock, calls = [0.0], []
+    monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
+    slow = {4: 2.0, 5: 2.0, 7: 4.0, 8: 4.0}  # call number -> factor: the timed calls right after the warm-ups of 2 and 4 rows
+
+    def call(r):
+        calls.append(r)
+        clock[0] += 0.01 * slow.get(len(calls) - 1, 1.0)
+
+    class Model:
+        pass
+
+    model, cache = Model(), {}
+    curve = cm.measure_round_time(call, 64, repeats=3, key="k", model=model, cache=cache)
+    assert curve.rows == (1, 2, 4) and not cm._saturated(curve)  # stopped early; the medians read flat
+    n = len(calls)
+    assert cm.measure_round_time(call, 64, repeats=3, key="k", model=model, cache=cache) is curve and len(calls) == n
+    cm.measure_round_time(call, 128, repeats=3, key="k", model=model, cache=cache)  # more rows than it was measured for
+    assert len(calls) > n
 
 
 def test_a_burst_of_load_on_the_share_is_timed_again(monkeypatch):

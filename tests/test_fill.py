@@ -167,5 +167,6 @@ def test_the_samplers_default_fill_is_the_continued_step_and_matches_the_loop(ma
 def test_the_rounds_prior_follows_the_fill():
     linear, copy = RoundsModel(), RoundsModel(window_fill="copy")
     assert linear(8, 50) < copy(8, 50) and linear(50, 50) == copy(50, 50)  # a sliding window only
-    assert round(linear(8, 50), 1) == 15.6 and round(copy(8, 50), 1) == 18.1  # the fits (cost_model's docstring)
+    # the fits (cost_model's docstring): measured 27 / 16 rounds at 4 / 8 rows with the continued step, 18 at 8 with copies
+    assert [round(linear(w, 50), 1) for w in (4, 8)] == [26.7, 15.6] and round(copy(8, 50), 1) == 18.1
     assert linear.fill(8, 50) > copy.fill(8, 50)

@@ -13,7 +13,8 @@ sequential loop makes ``T`` calls of one row. With ``t(r)`` the measured time of
     one rank      = T * (t(1) + o_row) + latency + T bytes(1) / bandwidth    (several devices: the loop on one, then a broadcast)
     own samples   = min_w wall_own(w) + latency + (T + 1) traj_bytes / bandwidth  (each device its ceil(S / P) samples alone:
                     t_own(r) = k t(r ceil(S / P) / S), no collective per round, one all-gather of the trajectories at the end)
-    rounds(w)     = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2
+    rounds(w)     = min(T, R_w + beta * (T / w - 1)),   R_w = R_T - log2(T / w)   (deterministic, steps entering continue the last)
+                  = min(T, R_T + beta(w) * (T / w - 1)),   beta(w) = 1 + (beta_inf - 1) (1 - 1/w)^2   (copies; noise)
     fill(w)       = 1 - phi * sqrt(w / T)
 
 ``o(r) = overhead + overhead_per_row * r`` is the round's work outside the network (the
@@ -34,17 +35,24 @@ row ``T``): 62 % of all rows with the full window. Fitted on the
 bundled digits model (TAA m=4 + Picard, the defaults; seeds 0-4, ``benchmarks/autowindow.py``
 prints the measured table next to this model)::
 
-    R_T = log2(T) + 2.4,       beta_inf = 1.57  deterministic samplers (DDIM-25/50/100: 7 / 8 / 8-9 rounds)
-    R_T = 2 (log2(T) + 2.4),   beta_inf = 2.5   samplers that add noise (DDPM-100: 16-19 rounds)
-    phi = 0.14
+    R_T = log2(T) + 2.4,       beta = 1.94,      phi = 0.12   deterministic samplers, steps entering continue the last
+    R_T = log2(T) + 2.4,       beta_inf = 2.2,   phi = 0.19   deterministic samplers, steps entering as copies
+    R_T = 2 (log2(T) + 2.4),   beta_inf = 2.5                 samplers that add noise (DDPM-100: 16-19 rounds)
 
-with rows entering a sliding window continuing the last step (``trisolve.solve(fill="linear")``,
-the samplers' default): DDIM-50, seeds 0-9, windows of 8 / 15 / 25 rows took 16 / 11 / 9 rounds
-and 2.42 / 3.11 / 4.03 evaluations per step (``benchmarks/rounds.py --settings DDIM-50 --window
-W``); the least-squares fits are ``beta_inf`` 1.57 (predicting 15.6 / 11.5 / 9.6) and ``phi``
-0.14. DDPM-100 with 25 rows took 23 rounds (2.5 predicts 25.2), so the stochastic ``beta_inf``
-stays. With copies (``fill="copy"``, ``RoundsModel(window_fill="copy")``) the fit below holds:
-``beta_inf`` 2.2 and ``phi`` 0.19.
+(``R_T`` was fitted to DDIM-25/50/100 at 7 / 8 / 8-9 full-window rounds, every step solved to the
+tolerance; with the output-aware finish they take 6 / 6.5 / 7, so the full window's prior is
+cautious.) With steps entering a sliding window continuing the last step
+(``trisolve.solve(fill="linear")``, the samplers' default), DDIM-50 on the digits model, seeds 0-9,
+windows of 3 / 4 / 6 / 8 / 12 / 15 / 25 rows took 34 / 27 / 19 / 16 / 12 / 11 / 9 rounds, DDIM-25
+and DDIM-100 with 3 and 12 rows 18 / 8 and 67 / 20 (``benchmarks/rounds.py --settings DDIM-50
+--window W``); the least-squares ``beta`` of the first form over these 11 runs is 1.94, every
+prediction within 0.4 rounds (34.4 / 26.7 / 19.2 / 15.6 / 12.1 / 10.8 / 9.0; 18.2 / 8.1; 66.7 /
+20.2), and ``phi`` 0.12 fits their evaluations per step (1.98-4.03) within 0.08. The second form
+with its own fit (``beta_inf`` 1.57 on windows 8 / 15 / 25) predicted 23.2 rounds at 4 rows where
+27 were measured, and chose a window of 4 at batch 4 with 2 threads that ran 0.94x the loop
+(``benchmarks/default_speed.py``). DDPM-100 with 25 rows took 23 rounds (2.5 predicts 25.2),
+so the stochastic ``beta_inf`` stays. With copies (``fill="copy"``,
+``RoundsModel(window_fill="copy")``) the fit below holds: ``beta_inf`` 2.2 and ``phi`` 0.19.
 
 ``beta_inf`` (deterministic, copies) and ``phi`` were refitted after the freeze rule's contraction test
 (a row becomes final once it and the rows before it are expected to move by at most
@@ -91,7 +99,7 @@ H200, from ``benchmarks/results/gpu.md``: 42 ms for 1 row, 53 ms for 8, 94 ms fo
 >>> model = CostModel(curve, steps=50)
 >>> choice = model.best_window()
 >>> choice.window, round(model.rounds(choice.window), 1), round(model.sequential_time() / choice.seconds, 1)
-(8, 15.6, 2.6)
+(9, 14.4, 2.6)
 """
 
 from __future__ import annotations
@@ -171,7 +179,18 @@ class BatchTimeCurve:
 
 @dataclass(frozen=True)
 class RoundsModel:
-    """``rounds(w) = min(T, R_T + beta(w) (T / w - 1))``, ``beta(w) = 1 + (beta_inf - 1)(1 - 1/w)^2``.
+    """Rounds of a sliding window of ``w`` rows over ``T`` (the module docstring has the fits).
+
+    A deterministic sampler whose steps enter the window continuing the last step
+    (``window_fill="linear"``, the samplers' default)::
+
+        rounds(w) = min(T, R_w + beta (T / w - 1)),   R_w = R_T - log2(T / w)
+
+    the last window's own rounds (``R_w``: the full-window prior of ``w`` rows) plus ``beta``
+    rounds per further window of rows. Steps entering as copies (``"copy"``), or a sampler
+    that adds noise::
+
+        rounds(w) = min(T, R_T + beta(w) (T / w - 1)),   beta(w) = 1 + (beta_inf - 1)(1 - 1/w)^2
 
     Parameters
     ----------
@@ -179,14 +198,15 @@ class RoundsModel:
         ``R_T``, rounds with the whole window; ``None``: the fitted prior ``log2(T) + 2.4``
         (times 2 when ``stochastic``).
     beta_inf : float, optional
-        Rounds the frozen front of a large sliding window needs to advance by one window;
-        ``None``: 2.5 when ``stochastic``, else 1.57 where rows entering the window continue the
-        last step (``window_fill="linear"``) and 2.2 where they are copies (fitted; see the module docstring).
+        Rounds the frozen front of a sliding window needs to advance by one window (``beta``,
+        the same for every ``w``, in the first form; the large-window limit in the second);
+        ``None``: 1.94 for the first form, else 2.5 when ``stochastic`` and 2.2 for copies
+        (fitted; see the module docstring).
     stochastic : bool
         Whether the sampler adds noise (DDPM, ancestral samplers): about twice the rounds.
     phi : float, optional
         ``fill(w) = 1 - phi sqrt(w / T)``: the mean share of the window's rows a round evaluates;
-        ``None``: 0.14 with ``window_fill="linear"``, 0.19 with ``"copy"`` (fitted).
+        ``None``: 0.12 with ``window_fill="linear"``, 0.19 with ``"copy"`` (fitted).
     window_fill : {"linear", "copy"}
         How rows entering a sliding window start (``trisolve.solve(fill=)``).
     """
@@ -198,7 +218,7 @@ class RoundsModel:
     window_fill: str = "linear"
 
     def fill(self, w: int, steps: int) -> float:
-        phi = (0.14 if self.window_fill == "linear" else 0.19) if self.phi is None else self.phi
+        phi = (0.12 if self.window_fill == "linear" else 0.19) if self.phi is None else self.phi
         return 1.0 - phi * math.sqrt(min(w, steps) / steps)
 
     def full(self, steps: int) -> float:
@@ -210,8 +230,11 @@ class RoundsModel:
     def __call__(self, w: int, steps: int) -> float:
         if w >= steps:
             return self.full(steps)
-        deterministic = 1.57 if self.window_fill == "linear" else 2.2
-        beta_inf = (2.5 if self.stochastic else deterministic) if self.beta_inf is None else self.beta_inf
+        if self.window_fill == "linear" and not self.stochastic:  # the last window's rounds + beta per further window
+            beta = 1.94 if self.beta_inf is None else self.beta_inf
+            last = max(1.0, self.full(steps) - math.log2(steps / w))
+            return min(float(steps), last + beta * (steps / w - 1))
+        beta_inf = (2.5 if self.stochastic else 2.2) if self.beta_inf is None else self.beta_inf
         beta = 1 + (beta_inf - 1) * (1 - 1 / w) ** 2
         return min(float(steps), self.full(steps) + beta * (steps / w - 1))
 
@@ -457,7 +480,9 @@ def measure_round_time(
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
     store = _store_in(model, key, cache)
-    if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
+    # a curve measured up to max_rows -- or for at least as many rows, stopped early where the device saturated (the stop is
+    # decided on the first two calls; the medians of all calls need not read as saturated again) -- or extending linearly
+    if store is not None and key in store and (store.get(("measured for", key), 0) >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
     rows, samples = [], []  # samples[i]: the timed calls at rows[i]
@@ -484,7 +509,7 @@ def measure_round_time(
     secs = [max(statistics.median(s), 1e-9) for s in samples]
     curve = BatchTimeCurve(tuple(rows), tuple(secs))
     if store is not None:
-        store[key] = curve
+        store[key], store["measured for", key] = curve, max_rows
     return curve
 
 
