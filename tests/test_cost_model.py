@@ -113,10 +113,12 @@ def test_measure_a_burst_of_load_does_not_set_a_point(monkeypatch, slow):
     assert len(calls) <= 4 * 5 + cm.EXTRA_PASSES * 2  # the extra calls are bounded: only the noisy sizes, at most 2 passes
 
 
-def test_a_curve_stopped_by_a_burst_is_cached_all_the_same(monkeypatch):
+def test_a_doubling_stopped_by_a_burst_goes_on_and_the_curve_is_cached(monkeypatch):
     """The doubling stops on the first two timed calls of each size (a burst made 2 and 4 rows read 2x and 4x); the later
-    calls find the device flat, so the stored medians do not read as saturated. The next solve must still reuse the curve:
-    before, it measured again on every call (1.6 s and 3.6 s extra on digits batch 4, 2 threads) and could choose anew."""
+    calls find the device flat, so the medians do not read as saturated: the doubling goes on in the same call, up to
+    max_rows, and the next solve reuses the curve. Before, the curve stopped at 4 rows, priced more rows as linear
+    (16 times 4 rows' time at 64), was not reused, and every later call measured again (1.6 s and 3.6 s extra on the
+    digits batch 4 with 2 threads, and a different window)."""
     clock, calls = [0.0], []
     monkeypatch.setattr(cm.time, "perf_counter", lambda: clock[0])
     slow = {4: 2.0, 5: 2.0, 7: 4.0, 8: 4.0}  # call number -> factor: the timed calls right after the warm-ups of 2 and 4 rows
@@ -130,11 +132,10 @@ def test_a_curve_stopped_by_a_burst_is_cached_all_the_same(monkeypatch):
 
     model, cache = Model(), {}
     curve = cm.measure_round_time(call, 64, repeats=3, key="k", model=model, cache=cache)
-    assert curve.rows == (1, 2, 4) and not cm._saturated(curve)  # stopped early; the medians read flat
+    assert curve.rows == (1, 2, 4, 8, 16, 32, 64)  # went on past the burst
+    assert curve.seconds == pytest.approx((0.01,) * 7) and curve(64) == pytest.approx(0.01)  # the device as it is: flat
     n = len(calls)
     assert cm.measure_round_time(call, 64, repeats=3, key="k", model=model, cache=cache) is curve and len(calls) == n
-    cm.measure_round_time(call, 128, repeats=3, key="k", model=model, cache=cache)  # more rows than it was measured for
-    assert len(calls) > n
 
 
 def test_a_burst_of_load_on_the_share_is_timed_again(monkeypatch):

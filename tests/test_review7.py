@@ -3,7 +3,8 @@ rounds prior (``RoundsModel(window_fill=)``) and the reuse of a measured curve (
 
 References: the rows :func:`trisolve.driver.fill_rows` must write, computed by hand; forward substitution; autograd
 through the sequential loop; a one-process solve (two ranks); the real ``k_diffusion.sampling`` loop; each sample
-solved alone (per-sample windows). Tests marked ``xfail(strict=True)`` fail on main: the reason names the defect.
+solved alone (per-sample windows). Three defects it found are fixed and their tests pass: a float16 cast warning,
+an unvalidated ``window_fill``, the curve cache's side entry colliding with a caller's key.
 """
 
 from __future__ import annotations
@@ -71,10 +72,6 @@ def test_a_line_past_float32s_range_stays_finite_on_array_api_strict():
     np.testing.assert_array_equal(out[2:, 1], np.full(8, 3e38, dtype=np.float32))  # 3e38 + k 3e38 overflows: copies
 
 
-@pytest.mark.xfail(strict=True, reason="fill_rows casts arange(1, b - a + 1) to float16 outside its np.errstate: with more "
-                   "than 65504 rows entering at once NumPy warns 'overflow encountered in cast' (the overflowing line itself "
-                   "is replaced silently, as documented). Suggested fix: cast inside the errstate block (or build k in "
-                   "float32/float64 and cast the line).")  # fmt: skip
 def test_numpy_float16_fill_of_more_rows_than_float16_counts_does_not_warn():
     x = np.zeros((70000, 2), dtype=np.float16)
     x[1] = 1e-3
@@ -237,20 +234,11 @@ def test_the_rounds_prior_of_the_line_is_continuous_at_the_full_window_and_falls
         assert r[0] == T  # one row per round: the loop's rounds
 
 
-@pytest.mark.xfail(strict=True, reason="RoundsModel(window_fill=) is not validated: a misspelt 'Linear' silently prices "
-                   "the copies' rounds (18.1 rounds at 8 of 50 rows instead of 15.6). Suggested fix: a __post_init__ that "
-                   "checks window_fill in trisolve.driver.FILLS (ValueError naming the choices), as solve(fill=) does; the "
-                   "same for auto_window(fill=).")  # fmt: skip
 def test_a_misspelt_window_fill_is_refused():
     with pytest.raises(ValueError, match="window_fill"):
         cm.RoundsModel(window_fill="Linear")
 
 
-@pytest.mark.xfail(strict=True, reason="the side entry ('measured for', key) lives in the same dict as the curves, whose keys "
-                   "are the caller's own: a curve cached under key ('measured for', 'k') after one under 'k' finds the int "
-                   "side entry as its curve and fails (AttributeError: 'int' object has no attribute 'seconds'). Suggested "
-                   "fix: keep the measured-for count with the curve (store[key] = (curve, max_rows)) or in a tagged "
-                   "namespace every caller key is wrapped in (('curve', key)).")  # fmt: skip
 def test_the_curves_side_entry_does_not_collide_with_a_callers_key():
     cache: dict = {}
     a = cm.measure_round_time(lambda r: None, 4, repeats=1, key="k", cache=cache)

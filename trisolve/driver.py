@@ -103,6 +103,12 @@ def _prepare(system: Any, x0: Any, init: Any, num_frozen: int) -> tuple[Any, Any
 FILLS = ("copy", "linear")
 
 
+def check_fill(fill: Any) -> None:
+    """Raise ``ValueError`` unless ``fill`` is one of :data:`FILLS` (``solve(fill=)``, ``SolveOptions(fill=)``)."""
+    if not isinstance(fill, str) or fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))} (how rows entering a sliding window start), got {fill!r}.")
+
+
 def fill_rows(x: Any, a: int, b: int, fill: str, xp: Any, idx: tuple = ()) -> None:
     """Write rows ``a .. b - 1`` of ``x`` (rows entering the window) from the last known rows, ``x_{a - 1}`` and ``x_{a - 2}``.
 
@@ -116,8 +122,8 @@ def fill_rows(x: Any, a: int, b: int, fill: str, xp: Any, idx: tuple = ()) -> No
     if fill == "copy" or a < 2:
         x[(slice(a, b), *idx, Ellipsis)] = xp.broadcast_to(last, shape)
         return
-    k = xp.reshape(xp.astype(xp.arange(1, b - a + 1, device=device(x)), x.dtype), (b - a,) + (1,) * (len(shape) - 1))
-    with np.errstate(all="ignore"):  # an overflowing line is replaced below, not warned about
+    with np.errstate(all="ignore"):  # an overflowing line (or a row count beyond a float16's range) is replaced below, not warned about
+        k = xp.reshape(xp.astype(xp.arange(1, b - a + 1, device=device(x)), x.dtype), (b - a,) + (1,) * (len(shape) - 1))
         line = last + k * (last - x[(slice(a - 2, a - 1), *idx, Ellipsis)])
         x[(slice(a, b), *idx, Ellipsis)] = xp.where(xp.isfinite(line), line, xp.broadcast_to(last, shape))
 
@@ -330,6 +336,7 @@ def solve(
     tolerance = Tolerance(atol=atol, rtol=rtol, final_row_atol=final_row_atol)  # checked here, recorded on the result
     adjoint, auto = _check_gradients(gradients, x0, system)
     compile = check_compile(compile, x0)
+    check_fill(fill)  # before the ranks compare their arguments: a bad value is the caller's error on every rank
     if system.num_ranks > 1:  # every rank must solve with the same arguments: checked on every rank before the first round
         system.agree(solver=solver, x0=x0, update_map=update_map, window=window, tolerance=tolerance, max_iter=max_iter,
                      early_stop=early_stop, callback=callback is not None, init=init, num_frozen=num_frozen, gradients=gradients,
@@ -442,8 +449,7 @@ def _solve(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
     if not isinstance(per_sample, (bool, np.bool_)):
         raise TypeError(f"per_sample must be True or False, got {type(per_sample).__name__}.")
-    if not isinstance(fill, str) or fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))} (how rows entering a sliding window start), got {fill!r}.")
+    check_fill(fill)
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
     gradients = gradients or (probe and bool(x0.requires_grad))

@@ -217,6 +217,12 @@ class RoundsModel:
     phi: float | None = None
     window_fill: str = "linear"
 
+    def __post_init__(self):
+        from trisolve.driver import FILLS
+
+        if self.window_fill not in FILLS:
+            raise ValueError(f"window_fill must be one of {', '.join(map(repr, FILLS))} (trisolve.solve's fill), got {self.window_fill!r}.")
+
     def fill(self, w: int, steps: int) -> float:
         phi = (0.12 if self.window_fill == "linear" else 0.19) if self.phi is None else self.phi
         return 1.0 - phi * math.sqrt(min(w, steps) / steps)
@@ -465,7 +471,11 @@ def measure_round_time(
     of other work on a shared machine lands on one call of several sizes, not on every call of
     one). A size whose calls differ by more than :data:`NOISE_SPREAD` (20 %) of the fastest, or
     whose median exceeds a larger size's by that much, gets one more call per pass, for at most
-    :data:`EXTRA_PASSES` (2) passes; its median is then over all its calls. With ``model`` (by identity, weakly
+    :data:`EXTRA_PASSES` (2) passes; its median is then over all its calls. Where the doubling
+    stopped as saturated but the medians of all calls do not read so (a burst of load slowed the
+    first calls of the last sizes), the doubling goes on from the next size, the same way: a
+    stored curve reaches ``max_rows`` or is saturated by its medians, so a burst never prices the
+    rows beyond it as linear. With ``model`` (by identity, weakly
     referenced: the entry goes with the model) and ``key`` (e.g. ``(row shape, dtype, device,
     guidance)``) the curve is cached in ``cache`` (a dict, e.g. an :class:`AutoWindow`'s) and
     measured once; with ``key`` alone, the key names it. Without ``cache`` nothing is cached.
@@ -480,36 +490,38 @@ def measure_round_time(
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 1:
         raise ValueError(f"max_rows must be an int >= 1, got {max_rows!r}.")
     store = _store_in(model, key, cache)
-    # a curve measured up to max_rows -- or for at least as many rows, stopped early where the device saturated (the stop is
-    # decided on the first two calls; the medians of all calls need not read as saturated again) -- or extending linearly
-    if store is not None and key in store and (store.get(("measured for", key), 0) >= max_rows or _saturated(store[key])):
+    if store is not None and key in store and (store[key].rows[-1] >= max_rows or _saturated(store[key])):
         return store[key]
     sync = sync or (lambda: None)
     rows, samples = [], []  # samples[i]: the timed calls at rows[i]
-    r, steep = 1, 0
-    first = min(2, repeats)
-    while True:  # the sizes: a warm-up and two timed calls each (the faster decides), doubling until max_rows or saturated
-        call(r)  # warm-up (allocator, kernels)
-        sync()
-        rows.append(r)
-        samples.append([_timed(call, r, sync=sync)[0] for _ in range(first)])
-        steep = steep + 1 if len(samples) > 1 and min(samples[-1]) >= 1.8 * min(samples[-2]) else 0
-        if r >= max_rows or steep >= 2:
+    r, first = 1, min(2, repeats)
+    while True:  # one stretch of doubling, its passes, and its check: saturated by the medians, or go on
+        start, steep = len(rows), 0
+        while True:  # the sizes: a warm-up and two timed calls each (the faster decides), doubling until max_rows or saturated
+            call(r)  # warm-up (allocator, kernels)
+            sync()
+            rows.append(r)
+            samples.append([_timed(call, r, sync=sync)[0] for _ in range(first)])
+            steep = steep + 1 if len(samples) > start + 1 and min(samples[-1]) >= 1.8 * min(samples[-2]) else 0
+            if r >= max_rows or steep >= 2:
+                break
+            r = min(2 * r, max_rows)
+        for _ in range(repeats - first):  # the other timed calls interleaved over the new sizes: a burst hits several sizes once
+            for i in range(start, len(rows)):
+                samples[i].append(_timed(call, rows[i], sync=sync)[0])
+        for _ in range(EXTRA_PASSES):  # where samples disagree or a size is slower than a larger one, one more pass each
+            noisy = _noisy_points(samples)
+            if not noisy:
+                break
+            for i in noisy:
+                samples[i].append(_timed(call, rows[i], sync=sync)[0])
+        secs = [max(statistics.median(s), 1e-9) for s in samples]
+        curve = BatchTimeCurve(tuple(rows), tuple(secs))
+        if r >= max_rows or _saturated(curve):
             break
-        r = min(2 * r, max_rows)
-    for _ in range(repeats - first):  # the other timed calls interleaved over the sizes: a burst of load hits several sizes once
-        for i, r in enumerate(rows):
-            samples[i].append(_timed(call, r, sync=sync)[0])
-    for _ in range(EXTRA_PASSES):  # where samples disagree or a size is slower than a larger one, one more pass each
-        noisy = _noisy_points(samples)
-        if not noisy:
-            break
-        for i in noisy:
-            samples[i].append(_timed(call, rows[i], sync=sync)[0])
-    secs = [max(statistics.median(s), 1e-9) for s in samples]
-    curve = BatchTimeCurve(tuple(rows), tuple(secs))
+        r = min(2 * r, max_rows)  # stopped by a burst: the medians read flatter than the first calls did
     if store is not None:
-        store[key], store["measured for", key] = curve, max_rows
+        store[key] = curve
     return curve
 
 
