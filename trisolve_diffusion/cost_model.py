@@ -82,7 +82,8 @@ at one row, a large batch on a CPU).
 
 First-call cost: the curve takes one warm-up and 3 timed calls at ``r = 1, 2, 4, ...`` rows
 (the third in a pass over all sizes; up to 2 more at a size whose calls disagree by over 20 %),
-stopping at the whole window or once the time has doubled with the rows twice (a CPU at batch
+stopping at the whole window or once the time has doubled with the rows twice (by the medians of
+all calls: where a burst of load made the first calls read so, the doubling goes on) (a CPU at batch
 1 is saturated from the start: 12 timed calls on 1, 2 and 4 rows, about ``28 t(1)``, half a
 50-step loop); the overhead takes 32 stand-in rounds without the network. Both are cached per
 network, latent shape, dtype and device (the overhead also per solver, map and scheduler), so
