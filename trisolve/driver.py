@@ -103,10 +103,11 @@ def _prepare(system: Any, x0: Any, init: Any, num_frozen: int) -> tuple[Any, Any
 FILLS = ("copy", "linear")
 
 
-def check_fill(fill: Any) -> None:
-    """Raise ``ValueError`` unless ``fill`` is one of :data:`FILLS` (``solve(fill=)``, ``SolveOptions(fill=)``)."""
+def check_fill(fill: Any, name: str = "fill") -> None:
+    """Raise ``ValueError`` unless ``fill`` is one of :data:`FILLS` (``solve(fill=)``, ``SolveOptions(fill=)``,
+    ``RoundsModel(window_fill=)``: ``name`` is the argument's, for the message)."""
     if not isinstance(fill, str) or fill not in FILLS:
-        raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))} (how rows entering a sliding window start), got {fill!r}.")
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, FILLS))} (how rows entering a sliding window start), got {fill!r}.")
 
 
 def fill_rows(x: Any, a: int, b: int, fill: str, xp: Any, idx: tuple = ()) -> None:
@@ -449,7 +450,6 @@ def _solve(
         raise TypeError(f"callback must be callable, got {type(callback).__name__}.")
     if not isinstance(per_sample, (bool, np.bool_)):
         raise TypeError(f"per_sample must be True or False, got {type(per_sample).__name__}.")
-    check_fill(fill)
 
     xp, x, filled = _prepare(system, x0, init, num_frozen)
     gradients = gradients or (probe and bool(x0.requires_grad))

@@ -219,10 +219,9 @@ class RoundsModel:
     window_fill: str = "linear"
 
     def __post_init__(self):
-        from trisolve.driver import FILLS
+        from trisolve.driver import check_fill
 
-        if self.window_fill not in FILLS:
-            raise ValueError(f"window_fill must be one of {', '.join(map(repr, FILLS))} (trisolve.solve's fill), got {self.window_fill!r}.")
+        check_fill(self.window_fill, "window_fill")
 
     def fill(self, w: int, steps: int) -> float:
         phi = (0.12 if self.window_fill == "linear" else 0.19) if self.phi is None else self.phi

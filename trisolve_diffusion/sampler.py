@@ -1074,7 +1074,7 @@ def _auto_window(
     evaluate_share: Any = None,
     run_rows: Any = None,
     samples: int = 0,
-    fill: str = "linear",
+    fill: str,
 ) -> tuple[trisolve.WindowPolicy, Any, bool, bool]:
     """The window an :class:`AutoWindow` ``policy`` chooses: the one the cost model predicts fastest (``cost_model.py``).
 
